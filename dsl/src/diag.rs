@@ -1,0 +1,147 @@
+//! Diagnostics: one error a user caused, with a stable code, a span, a label and a help line.
+//! Libraries collect them; the command line renders them with miette against the `SourceMap`.
+
+use std::fmt;
+use std::sync::Arc;
+
+use miette::{LabeledSpan, SourceCode};
+
+use crate::source::{SourceMap, Span};
+
+/// One user-facing error. `help` is never empty: every error says what to do about it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Diagnostic {
+    /// Stable identifier, e.g. `qc::unknown-op`.
+    pub code: &'static str,
+    pub message: String,
+    pub span: Span,
+    pub label: String,
+    pub help: String,
+    /// Further places that explain the error (e.g. where a block was instantiated).
+    pub notes: Vec<(Span, String)>,
+}
+
+impl Diagnostic {
+    pub fn new(code: &'static str, span: Span, message: impl Into<String>) -> Self {
+        Diagnostic {
+            code,
+            message: message.into(),
+            span,
+            label: String::from("here"),
+            help: String::new(),
+            notes: Vec::new(),
+        }
+    }
+    pub fn label(mut self, label: impl Into<String>) -> Self {
+        self.label = label.into();
+        self
+    }
+    pub fn help(mut self, help: impl Into<String>) -> Self {
+        self.help = help.into();
+        self
+    }
+    pub fn note(mut self, span: Span, text: impl Into<String>) -> Self {
+        self.notes.push((span, text.into()));
+        self
+    }
+}
+
+/// "did you mean `x`?" for a name among candidates, or nothing when none is close.
+pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    closest(name, candidates).map(|c| format!("did you mean `{c}`?"))
+}
+
+/// The candidate closest to `name` by Jaro-Winkler similarity, if it is similar enough.
+pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let mut best: Option<(f64, &str)> = None;
+    for c in candidates {
+        let score = strsim::jaro_winkler(name, c);
+        if score >= 0.8 && best.is_none_or(|(b, _)| score > b) {
+            best = Some((score, c));
+        }
+    }
+    best.map(|(_, c)| c)
+}
+
+/// A diagnostic bound to its sources, ready for miette to render.
+#[derive(Clone)]
+pub struct Rendered {
+    pub diagnostic: Diagnostic,
+    pub sources: Arc<SourceMap>,
+}
+
+impl fmt::Debug for Rendered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.diagnostic.fmt(f)
+    }
+}
+
+impl fmt::Display for Rendered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.diagnostic.message)
+    }
+}
+
+impl std::error::Error for Rendered {}
+
+impl miette::Diagnostic for Rendered {
+    fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        Some(Box::new(self.diagnostic.code))
+    }
+    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        Some(Box::new(self.diagnostic.help.clone()))
+    }
+    fn source_code(&self) -> Option<&dyn SourceCode> {
+        Some(&*self.sources)
+    }
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
+        let d = &self.diagnostic;
+        let primary = LabeledSpan::new_primary_with_span(Some(d.label.clone()), d.span);
+        // Notes in another file than the primary span cannot share its snippet; they go to help.
+        let file = self.sources.file_at(d.span.start).map(|f| f.base);
+        let notes = d
+            .notes
+            .iter()
+            .filter(move |(s, _)| self.sources.file_at(s.start).map(|f| f.base) == file)
+            .map(|(s, t)| LabeledSpan::new_with_span(Some(t.clone()), *s));
+        Some(Box::new(std::iter::once(primary).chain(notes)))
+    }
+}
+
+/// All diagnostics of one run, in source order.
+#[derive(Clone, Debug, Default)]
+pub struct Diagnostics {
+    pub items: Vec<Diagnostic>,
+}
+
+impl Diagnostics {
+    pub fn push(&mut self, d: Diagnostic) {
+        self.items.push(d);
+    }
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+    pub fn extend(&mut self, other: Diagnostics) {
+        self.items.extend(other.items);
+    }
+    /// Sorted by position, duplicates (same code and span) removed.
+    pub fn finish(mut self) -> Vec<Diagnostic> {
+        self.items.sort_by_key(|d| (d.span.start, d.span.end));
+        self.items.dedup_by(|a, b| a.code == b.code && a.span == b.span && a.message == b.message);
+        self.items
+    }
+}
+
+/// Renders diagnostics as plain text (no colour), the way tests snapshot them and `qc` prints
+/// them when its output is not a terminal.
+pub fn render_plain(diags: &[Diagnostic], sources: &Arc<SourceMap>) -> String {
+    let handler = miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+        .with_width(100)
+        .with_links(false);
+    let mut out = String::new();
+    for d in diags {
+        let r = Rendered { diagnostic: d.clone(), sources: sources.clone() };
+        let _ = handler.render_report(&mut out, &r);
+    }
+    out
+}

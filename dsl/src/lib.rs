@@ -1,0 +1,51 @@
+//! The `.qrecipe` language: grammar (pest), AST with spans, section checking and diagnostics.
+//!
+//! `load` reads a recipe and everything it includes and returns the AST together with every
+//! diagnostic found; nothing here evaluates the model (the compiler expands blocks).
+
+pub mod ast;
+pub mod diag;
+pub mod parse;
+pub mod sections;
+pub mod source;
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use diag::{Diagnostic, Diagnostics};
+pub use source::{SourceMap, Span};
+
+/// A parsed recipe with its sources and what was wrong with it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub recipe: ast::Recipe,
+    pub sections: sections::Sections,
+    pub sources: Arc<SourceMap>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Why a recipe could not be read at all (before any diagnostic can point into it).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read recipe `{path}`: {source}")]
+    Read { path: String, source: std::io::Error },
+}
+
+/// Reads, parses and checks a recipe file and its includes.
+pub fn load(path: &Path) -> Result<Loaded, LoadError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| LoadError::Read { path: path.display().to_string(), source })?;
+    let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    Ok(load_str(&path.display().to_string(), &canonical, text))
+}
+
+/// Parses and checks recipe text as if it were the file `name` at `path`.
+pub fn load_str(name: &str, path: &Path, text: String) -> Loaded {
+    let mut sources = SourceMap::new();
+    let id = sources.add(name, path, text);
+    let mut recipe = ast::Recipe::default();
+    let mut diags = Diagnostics::default();
+    parse::parse_file(&mut sources, id, &mut recipe, &mut diags);
+    let sections = sections::check(&recipe, &mut diags);
+    Loaded { recipe, sections, sources: Arc::new(sources), diagnostics: diags.finish() }
+}

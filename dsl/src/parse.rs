@@ -1,0 +1,569 @@
+//! Parsing: the only module that sees pest `Pair`s. Turns text into the AST, follows includes,
+//! and recovers after a syntax error at the next top-level item so that every error is reported.
+
+use std::path::{Path, PathBuf};
+
+use pest::iterators::Pair;
+use pest::Parser;
+
+use crate::ast::*;
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::source::{FileId, SourceMap, Span};
+
+#[derive(pest_derive::Parser)]
+#[grammar = "grammar.pest"]
+struct RecipeParser;
+
+/// Words that start a top-level item; a syntax error skips to the next line starting with one.
+const TOP_LEVEL: &[&str] = &["include", "block", "model", "weights", "quantize", "qat", "train"];
+
+/// Parses one file already in the source map, following its includes (which are added to the
+/// map). Syntax errors go to `diags`; the items that parsed are kept.
+pub fn parse_file(sources: &mut SourceMap, id: FileId, recipe: &mut Recipe, diags: &mut Diagnostics) {
+    let mut stack = vec![sources.file(id).path.clone()];
+    parse_into(sources, id, recipe, diags, &mut stack);
+}
+
+fn parse_into(
+    sources: &mut SourceMap,
+    id: FileId,
+    recipe: &mut Recipe,
+    diags: &mut Diagnostics,
+    stack: &mut Vec<PathBuf>,
+) {
+    let (text, base, dir) = {
+        let f = sources.file(id);
+        let dir = f.path.parent().map(Path::to_path_buf).unwrap_or_default();
+        (f.text.clone(), f.base, dir)
+    };
+    let mut includes = Vec::new();
+    for (start, end) in top_level_chunks(&text) {
+        let chunk = &text[start..end];
+        match RecipeParser::parse(Rule::file, chunk) {
+            Ok(mut pairs) => {
+                let file = pairs.next().expect("grammar: file");
+                let cx = Cx { base: base + start, dir: &dir };
+                for item in file.into_inner() {
+                    cx.item(item, recipe, &mut includes);
+                }
+            }
+            Err(e) => diags.push(syntax_error(e, base + start, chunk)),
+        }
+    }
+    for (path_text, span) in includes {
+        let resolved = dir.join(&path_text);
+        let canonical = resolved.canonicalize().unwrap_or_else(|_| resolved.clone());
+        if stack.contains(&canonical) {
+            diags.push(
+                Diagnostic::new("qc::include-cycle", span, format!("`{path_text}` includes itself"))
+                    .label("this include closes a cycle")
+                    .help("remove the include, or move what both files need into a third file"),
+            );
+            continue;
+        }
+        match std::fs::read_to_string(&resolved) {
+            Ok(text) => {
+                let name = resolved.display().to_string();
+                let child = sources.add(name, &canonical, text);
+                stack.push(canonical);
+                parse_into(sources, child, recipe, diags, stack);
+                stack.pop();
+            }
+            Err(err) => diags.push(
+                Diagnostic::new(
+                    "qc::include-not-found",
+                    span,
+                    format!("cannot read included file `{}`: {err}", resolved.display()),
+                )
+                .label("included here")
+                .help("include paths are relative to the file that includes them"),
+            ),
+        }
+    }
+}
+
+/// Splits a file into top-level items: a new chunk starts at each line that begins (column 1)
+/// with a top-level keyword. Chunks are parsed separately, so one error does not hide the next.
+fn top_level_chunks(text: &str) -> Vec<(usize, usize)> {
+    let mut starts = vec![0];
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        if offset > 0 {
+            let word: String = line.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            let rest = &line[word.len()..];
+            if TOP_LEVEL.contains(&word.as_str()) && rest.starts_with([' ', '\t', '{', '"']) {
+                starts.push(offset);
+            }
+        }
+        offset += line.len();
+    }
+    starts.push(text.len());
+    starts.windows(2).map(|w| (w[0], w[1])).collect()
+}
+
+fn describe(rule: &Rule) -> &'static str {
+    match rule {
+        Rule::EOI => "end of file",
+        Rule::item | Rule::file => "`model`, `block`, `weights`, `quantize`, `qat`, `train` or `include`",
+        Rule::include => "`include`",
+        Rule::weights => "`weights`",
+        Rule::model => "`model`",
+        Rule::block => "`block`",
+        Rule::quantize => "`quantize`",
+        Rule::qat => "`qat`",
+        Rule::train => "`train`",
+        Rule::input_decl => "`input`",
+        Rule::output_decl => "`output`",
+        Rule::statement => "a statement (`name = op(...)`)",
+        Rule::tensor_type => "a tensor type like `f32[N, 3, 224, 224]`",
+        Rule::dim => "a dimension (a number or a name)",
+        Rule::param => "a block parameter",
+        Rule::expr
+        | Rule::or_expr
+        | Rule::and_expr
+        | Rule::not_expr
+        | Rule::cmp_expr
+        | Rule::sum_expr
+        | Rule::prod_expr
+        | Rule::unary_expr => "an expression",
+        Rule::or_op | Rule::and_op => "`and`/`or`",
+        Rule::not_op => "`not`",
+        Rule::cmp_op => "a comparison",
+        Rule::sum_op | Rule::prod_op | Rule::neg_op => "an operator",
+        Rule::if_expr => "`if`",
+        Rule::binding => "a named call",
+        Rule::call => "a call like `relu(x)`",
+        Rule::arg => "an argument",
+        Rule::list => "a list `[...]`",
+        Rule::scheme_entry => "`scheme`",
+        Rule::fuse_entry => "`fuse`",
+        Rule::observe_entry => "`observe`",
+        Rule::calibrate_entry => "`calibrate`",
+        Rule::layer_entry => "`layer`",
+        Rule::selector | Rule::op_selector => "a layer selector (a name, a \"glob\" or `op(kind)`)",
+        Rule::skip => "`skip`",
+        Rule::qspec => "`activations:` or `weights:`",
+        Rule::qspec_key => "`activations` or `weights`",
+        Rule::qspec_word => "a quantization word (like `int8`, `per_channel`, `minmax`)",
+        Rule::entry_keyword => "an entry",
+        Rule::bad_entry => "an entry",
+        Rule::kwarg => "`key: value`",
+        Rule::settings => "`{`",
+        Rule::keyword => "a keyword",
+        Rule::ident => "a name",
+        Rule::path => "a name",
+        Rule::index => "an index",
+        Rule::boolean => "`true` or `false`",
+        Rule::number | Rule::int => "a number",
+        Rule::string | Rule::string_inner => "a string",
+        Rule::escape => "an escape (`\\\"`, `\\\\`, `\\n`, `\\t`, `\\r`, `\\u{...}`)",
+        Rule::WHITESPACE | Rule::COMMENT => "whitespace",
+        Rule::sep => "`;` or `,`",
+        Rule::quantize_entry
+        | Rule::model_stmt
+        | Rule::block_stmt
+        | Rule::primary
+        | Rule::ident_char => "an item",
+    }
+}
+
+fn syntax_error(e: pest::error::Error<Rule>, base: usize, chunk: &str) -> Diagnostic {
+    let pos = match e.location {
+        pest::error::InputLocation::Pos(p) => p,
+        pest::error::InputLocation::Span((s, _)) => s,
+    };
+    let found: String = chunk[pos..].chars().next().map(|c| c.to_string()).unwrap_or_default();
+    let token: String = {
+        let rest = &chunk[pos..];
+        let word: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+        if word.is_empty() { found.clone() } else { word }
+    };
+    let len = token.len().max(1).min(chunk.len().saturating_sub(pos)).max(if pos < chunk.len() { 1 } else { 0 });
+    let span = Span::new(base + pos, base + pos + len);
+    let expected = match &e.variant {
+        pest::error::ErrorVariant::ParsingError { positives, .. } => {
+            let mut names: Vec<&str> = positives.iter().map(describe).collect();
+            names.sort();
+            names.dedup();
+            names
+        }
+        pest::error::ErrorVariant::CustomError { .. } => vec![],
+    };
+    let expected_text = match expected.len() {
+        0 => "something else".to_string(),
+        1 => expected[0].to_string(),
+        n => format!("{} or {}", expected[..n - 1].join(", "), expected[n - 1]),
+    };
+    let (message, label) = if pos >= chunk.trim_end().len() {
+        (format!("unexpected end of input: expected {expected_text}"), "input ends here".to_string())
+    } else {
+        (format!("expected {expected_text}, found `{token}`"), format!("unexpected `{token}`"))
+    };
+    let help = if found == "}" || pos >= chunk.trim_end().len() {
+        "check that every `(`, `[` and `{` is closed and every statement is complete".to_string()
+    } else if found == "=" {
+        "a statement is `name = op(input, key: value)`; names start with a letter or `_`".to_string()
+    } else if found == ":" {
+        "keyword arguments are `key: value`; positional arguments come first".to_string()
+    } else {
+        "see docs/recipe-language.md for the syntax of this part of a recipe".to_string()
+    };
+    Diagnostic::new("qc::syntax", span, message).label(label).help(help)
+}
+
+struct Cx<'a> {
+    base: usize,
+    dir: &'a Path,
+}
+
+impl Cx<'_> {
+    fn span(&self, p: &Pair<Rule>) -> Span {
+        let s = p.as_span();
+        Span::new(self.base + s.start(), self.base + s.end())
+    }
+
+    fn ident(&self, p: Pair<Rule>) -> Ident {
+        Ident { name: p.as_str().to_string(), span: self.span(&p) }
+    }
+
+    fn path(&self, p: Pair<Rule>) -> PathName {
+        PathName { text: p.as_str().to_string(), span: self.span(&p) }
+    }
+
+    fn item(&self, p: Pair<Rule>, recipe: &mut Recipe, includes: &mut Vec<(String, Span)>) {
+        let span = self.span(&p);
+        match p.as_rule() {
+            Rule::include => {
+                let s = p.into_inner().next().expect("grammar: include string");
+                includes.push((self.string(s.clone()), self.span(&s)));
+            }
+            Rule::weights => {
+                let s = p.into_inner().next().expect("grammar: weights string");
+                let path = self.string(s.clone());
+                let resolved = self.dir.join(&path);
+                recipe.weights.push(Weights { path, resolved, span: self.span(&s) });
+            }
+            Rule::model => recipe.models.push(self.model(p)),
+            Rule::block => recipe.blocks.push(self.block(p)),
+            Rule::quantize => recipe.quantize.push(self.quantize(p)),
+            Rule::qat => recipe.qat.push(self.settings(p.into_inner().next().expect("grammar: qat"), span)),
+            Rule::train => recipe.train.push(self.settings(p.into_inner().next().expect("grammar: train"), span)),
+            Rule::EOI => {}
+            r => unreachable!("grammar: unexpected item {r:?}"),
+        }
+    }
+
+    fn model(&self, p: Pair<Rule>) -> Model {
+        let span = self.span(&p);
+        let mut inner = p.into_inner();
+        let name = self.ident(inner.next().expect("grammar: model name"));
+        let mut model = Model { name, inputs: vec![], stmts: vec![], outputs: vec![], span };
+        for s in inner {
+            match s.as_rule() {
+                Rule::input_decl => model.inputs.push(self.input(s)),
+                Rule::output_decl => model.outputs.extend(s.into_inner().map(|o| self.path(o))),
+                Rule::statement => model.stmts.push(self.stmt(s)),
+                r => unreachable!("grammar: model statement {r:?}"),
+            }
+        }
+        model
+    }
+
+    fn input(&self, p: Pair<Rule>) -> InputDecl {
+        let span = self.span(&p);
+        let mut inner = p.into_inner();
+        let name = self.ident(inner.next().expect("grammar: input name"));
+        let mut ty = inner.next().expect("grammar: input type").into_inner();
+        let dtype = self.ident(ty.next().expect("grammar: dtype"));
+        let dims = ty
+            .map(|d| {
+                let d = d.into_inner().next().expect("grammar: dim");
+                match d.as_rule() {
+                    Rule::int => Dim::Fixed(d.as_str().parse().unwrap_or(u64::MAX), self.span(&d)),
+                    _ => Dim::Symbol(self.ident(d)),
+                }
+            })
+            .collect();
+        InputDecl { name, dtype, dims, span }
+    }
+
+    fn block(&self, p: Pair<Rule>) -> Block {
+        let span = self.span(&p);
+        let mut inner = p.into_inner();
+        let name = self.ident(inner.next().expect("grammar: block name"));
+        let mut block = Block { name, params: vec![], stmts: vec![], outputs: vec![], span };
+        for s in inner {
+            match s.as_rule() {
+                Rule::param => {
+                    let mut pi = s.into_inner();
+                    let name = self.ident(pi.next().expect("grammar: param name"));
+                    let default = pi.next().map(|e| self.expr(e));
+                    block.params.push(Param { name, default });
+                }
+                Rule::output_decl => block.outputs.extend(s.into_inner().map(|o| self.path(o))),
+                Rule::statement => block.stmts.push(self.stmt(s)),
+                r => unreachable!("grammar: block statement {r:?}"),
+            }
+        }
+        block
+    }
+
+    fn stmt(&self, p: Pair<Rule>) -> Stmt {
+        let span = self.span(&p);
+        let mut inner = p.into_inner();
+        let target = self.path(inner.next().expect("grammar: target"));
+        let value = inner.next().expect("grammar: value");
+        let value = match value.as_rule() {
+            Rule::call => {
+                let s = self.span(&value);
+                Expr { kind: ExprKind::Call(self.call(value)), span: s }
+            }
+            _ => self.expr(value),
+        };
+        Stmt { target, value, span }
+    }
+
+    fn call(&self, p: Pair<Rule>) -> Call {
+        let span = self.span(&p);
+        let mut inner = p.into_inner();
+        let callee = self.ident(inner.next().expect("grammar: callee"));
+        let args = inner
+            .map(|a| {
+                let mut ai = a.into_inner();
+                let first = ai.next().expect("grammar: arg");
+                match ai.next() {
+                    Some(value) => Arg { name: Some(self.ident(first)), value: self.expr(value) },
+                    None => Arg { name: None, value: self.expr(first) },
+                }
+            })
+            .collect();
+        Call { callee, args, span }
+    }
+
+    fn expr(&self, p: Pair<Rule>) -> Expr {
+        let span = self.span(&p);
+        match p.as_rule() {
+            Rule::expr => self.expr(p.into_inner().next().expect("grammar: expr")),
+            Rule::or_expr | Rule::and_expr | Rule::sum_expr | Rule::prod_expr | Rule::cmp_expr => {
+                let mut inner = p.into_inner();
+                let mut lhs = self.expr(inner.next().expect("grammar: operand"));
+                while let Some(op) = inner.next() {
+                    let rhs = self.expr(inner.next().expect("grammar: operand"));
+                    let op = match op.as_str() {
+                        "or" => BinaryOp::Or,
+                        "and" => BinaryOp::And,
+                        "+" => BinaryOp::Add,
+                        "-" => BinaryOp::Sub,
+                        "*" => BinaryOp::Mul,
+                        "/" => BinaryOp::Div,
+                        "%" => BinaryOp::Rem,
+                        "==" => BinaryOp::Eq,
+                        "!=" => BinaryOp::Ne,
+                        "<" => BinaryOp::Lt,
+                        "<=" => BinaryOp::Le,
+                        ">" => BinaryOp::Gt,
+                        ">=" => BinaryOp::Ge,
+                        o => unreachable!("grammar: operator {o}"),
+                    };
+                    let span = lhs.span.to(rhs.span);
+                    lhs = Expr { kind: ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)), span };
+                }
+                lhs
+            }
+            Rule::not_expr | Rule::unary_expr => {
+                let mut ops = vec![];
+                let mut operand = None;
+                for q in p.into_inner() {
+                    match q.as_rule() {
+                        Rule::not_op => ops.push(UnaryOp::Not),
+                        Rule::neg_op => ops.push(UnaryOp::Neg),
+                        _ => operand = Some(self.expr(q)),
+                    }
+                }
+                let mut e = operand.expect("grammar: unary operand");
+                for op in ops.into_iter().rev() {
+                    e = Expr { kind: ExprKind::Unary(op, Box::new(e)), span };
+                }
+                // Fold `-3` into a literal so that values print as written.
+                if let ExprKind::Unary(UnaryOp::Neg, inner) = &e.kind {
+                    match inner.kind {
+                        ExprKind::Int(v) => return Expr { kind: ExprKind::Int(-v), span },
+                        ExprKind::Float(v) => return Expr { kind: ExprKind::Float(-v), span },
+                        _ => {}
+                    }
+                }
+                e
+            }
+            Rule::if_expr => {
+                let mut inner = p.into_inner();
+                let cond = self.expr(inner.next().expect("grammar: if cond"));
+                let then = self.expr(inner.next().expect("grammar: then"));
+                let otherwise = self.expr(inner.next().expect("grammar: else"));
+                Expr {
+                    kind: ExprKind::If { cond: Box::new(cond), then: Box::new(then), otherwise: Box::new(otherwise) },
+                    span,
+                }
+            }
+            Rule::list => Expr { kind: ExprKind::List(p.into_inner().map(|e| self.expr(e)).collect()), span },
+            Rule::number => {
+                let t = p.as_str();
+                let kind = if t.contains(['.', 'e', 'E']) {
+                    ExprKind::Float(t.parse().unwrap_or(f64::NAN))
+                } else {
+                    match t.parse::<i64>() {
+                        Ok(v) => ExprKind::Int(v),
+                        Err(_) => ExprKind::Float(t.parse().unwrap_or(f64::INFINITY)),
+                    }
+                };
+                Expr { kind, span }
+            }
+            Rule::string => Expr { kind: ExprKind::Str(self.string(p)), span },
+            Rule::boolean => Expr { kind: ExprKind::Bool(p.as_str() == "true"), span },
+            Rule::binding => {
+                let mut inner = p.into_inner();
+                let target = self.path(inner.next().expect("grammar: binding target"));
+                let call = inner.next().expect("grammar: binding call");
+                let cspan = self.span(&call);
+                let value = Expr { kind: ExprKind::Call(self.call(call)), span: cspan };
+                Expr { kind: ExprKind::Binding(Box::new(Stmt { target, value, span })), span }
+            }
+            Rule::call => Expr { kind: ExprKind::Call(self.call(p)), span },
+            Rule::path => Expr { kind: ExprKind::Path(self.path(p)), span },
+            r => unreachable!("grammar: expression {r:?}"),
+        }
+    }
+
+    fn string(&self, p: Pair<Rule>) -> String {
+        let raw = p.into_inner().next().map(|i| i.as_str()).unwrap_or("");
+        unescape(raw)
+    }
+
+    fn quantize(&self, p: Pair<Rule>) -> Quantize {
+        let span = self.span(&p);
+        let mut entries = vec![];
+        for e in p.into_inner() {
+            let espan = self.span(&e);
+            let entry = match e.as_rule() {
+                Rule::scheme_entry => QuantizeEntry::Scheme(self.ident(e.into_inner().next().expect("grammar: scheme"))),
+                Rule::fuse_entry => QuantizeEntry::Fuse { ops: e.into_inner().map(|i| self.ident(i)).collect(), span: espan },
+                Rule::observe_entry => QuantizeEntry::Observe(e.into_inner().map(|q| self.qspec(q)).collect()),
+                Rule::calibrate_entry => {
+                    let mut inner = e.into_inner();
+                    let src = inner.next().expect("grammar: calibration source");
+                    let source = match src.as_rule() {
+                        Rule::string => {
+                            let s = self.span(&src);
+                            CalibrationSource::File { path: self.string(src), span: s }
+                        }
+                        _ => CalibrationSource::Call(self.call(src)),
+                    };
+                    let args = inner.map(|k| self.kwarg(k)).collect();
+                    QuantizeEntry::Calibrate { source, args, span: espan }
+                }
+                Rule::layer_entry => {
+                    let mut inner = e.into_inner();
+                    let sel = inner.next().expect("grammar: selector").into_inner().next().expect("grammar: selector");
+                    let selector = match sel.as_rule() {
+                        Rule::op_selector => Selector::Op(self.ident(sel.into_inner().next().expect("grammar: op"))),
+                        Rule::string => {
+                            let s = self.span(&sel);
+                            Selector::Glob { pattern: self.string(sel), span: s }
+                        }
+                        _ => Selector::Name(self.path(sel)),
+                    };
+                    let mut skip = None;
+                    let mut specs = vec![];
+                    for b in inner {
+                        match b.as_rule() {
+                            Rule::skip => skip = Some(self.span(&b)),
+                            _ => specs.push(self.qspec(b)),
+                        }
+                    }
+                    QuantizeEntry::Layer { selector, skip, specs, span: espan }
+                }
+                Rule::qspec => QuantizeEntry::Spec(self.qspec(e)),
+                Rule::bad_entry => {
+                    let word: String = e.as_str().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                    let start = self.span(&e).start;
+                    QuantizeEntry::Unknown {
+                        word: Ident { span: Span::new(start, start + word.len()), name: word },
+                        span: Span::new(start, start + e.as_str().trim_end().len()),
+                    }
+                }
+                r => unreachable!("grammar: quantize entry {r:?}"),
+            };
+            entries.push(entry);
+        }
+        Quantize { entries, span }
+    }
+
+    fn qspec(&self, p: Pair<Rule>) -> QSpec {
+        let span = self.span(&p);
+        let mut inner = p.into_inner();
+        let key = self.ident(inner.next().expect("grammar: qspec key"));
+        let words = inner
+            .map(|w| {
+                let w = w.into_inner().next().expect("grammar: qspec word");
+                match w.as_rule() {
+                    Rule::call => QWord::Call(self.call(w)),
+                    Rule::number => QWord::Number(w.as_str().parse().unwrap_or(f64::NAN), self.span(&w)),
+                    _ => QWord::Word(self.ident(w)),
+                }
+            })
+            .collect();
+        QSpec { key, words, span }
+    }
+
+    fn kwarg(&self, p: Pair<Rule>) -> KwArg {
+        let mut inner = p.into_inner();
+        let key = self.ident(inner.next().expect("grammar: key"));
+        let value = self.expr(inner.next().expect("grammar: value"));
+        KwArg { key, value }
+    }
+
+    fn settings(&self, p: Pair<Rule>, span: Span) -> Settings {
+        Settings { entries: p.into_inner().map(|k| self.kwarg(k)).collect(), span }
+    }
+}
+
+/// Resolves the escapes the grammar admits: `\"`, `\\`, `\n`, `\t`, `\r`, `\u{...}`.
+fn unescape(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('r') => out.push('\r'),
+            Some('u') => {
+                let hex: String = chars.by_ref().skip(1).take_while(|c| *c != '}').collect();
+                out.push(u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32).unwrap_or('\u{fffd}'));
+            }
+            Some(other) => out.push(other),
+            None => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_resolve() {
+        assert_eq!(unescape(r#"a\"b\\c\n\u{41}"#), "a\"b\\c\nA");
+    }
+
+    #[test]
+    fn chunks_split_at_top_level_keywords() {
+        let text = "model a {\n}\n// c\nblock b(x) {\n}\nquantize {\n}\n";
+        let chunks = top_level_chunks(text);
+        assert_eq!(chunks.len(), 3);
+        assert!(text[chunks[1].0..].starts_with("block"));
+    }
+}
