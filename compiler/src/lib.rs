@@ -1,1 +1,120 @@
-//! qc-compiler
+//! qc's compiler: the petgraph IR with provenance, the stage pipeline and its passes, the IR
+//! printer and parser, and checkpoint I/O.
+//!
+//! `compile` runs a checked recipe through the stages that exist, handing each finished stage to
+//! a callback (which writes dumps, prints, or collects keys).
+
+pub mod checkpoint;
+pub mod expand;
+pub mod float;
+pub mod ir;
+pub mod ops;
+pub mod pass;
+pub mod printer;
+pub mod types;
+pub mod verify;
+
+use qc_dsl::{Diagnostic, Loaded};
+
+pub use ir::{Module, Stage};
+pub use pass::{PassError, RunOptions};
+
+/// The stages that exist, after `parsed`, with their passes.
+pub fn pipeline() -> Vec<pass::StageDef> {
+    vec![pass::StageDef { stage: Stage::Float, passes: vec![Box::new(float::InferShapes), Box::new(float::BindWeights)] }]
+}
+
+/// The last stage the pipeline reaches.
+pub fn last_stage() -> Stage {
+    pipeline().last().map(|s| s.stage).unwrap_or(Stage::Parsed)
+}
+
+/// Why compilation stopped.
+#[derive(Debug)]
+pub enum CompileError {
+    /// The recipe (or a file it names) is at fault; render these.
+    User(Vec<Diagnostic>),
+    /// A compiler bug found by the verifier.
+    Internal { pass: String, message: String },
+}
+
+/// Runs every stage up to `opts.stop_after` (or the last that exists). `on_stage` sees the module
+/// after each stage, `parsed` included; `on_print` serves `--print-after`.
+pub fn compile(
+    loaded: &Loaded,
+    opts: &RunOptions,
+    on_stage: &mut dyn FnMut(&Module),
+    on_print: &mut dyn FnMut(&str, &Module),
+) -> Result<Module, CompileError> {
+    if !loaded.diagnostics.is_empty() {
+        return Err(CompileError::User(loaded.diagnostics.clone()));
+    }
+    let mut module = expand::expand(loaded).map_err(CompileError::User)?;
+    if cfg!(debug_assertions) || opts.verify {
+        let errors = verify::verify(&module);
+        if !errors.is_empty() {
+            return Err(CompileError::Internal { pass: "expand".into(), message: errors.join("; ") });
+        }
+    }
+    on_stage(&module);
+    if opts.print_after_all || opts.print_after.iter().any(|p| p == "parsed" || p == "expand") {
+        on_print("expand", &module);
+    }
+    let mut cx = pass::Ctx { loaded };
+    pass::run_stages(&mut module, &pipeline(), &mut cx, opts, on_stage, on_print).map_err(|e| match e {
+        PassError::User(d) => CompileError::User(d),
+        PassError::Internal { pass, message } => CompileError::Internal { pass, message },
+    })?;
+    Ok(module)
+}
+
+/// Names of every pass, in order (for `--print-after` validation and help).
+pub fn pass_names() -> Vec<&'static str> {
+    let mut names = vec!["expand"];
+    for s in pipeline() {
+        names.extend(s.passes.iter().map(|p| p.name()));
+    }
+    names
+}
+
+/// Validates a recipe without materialising weights: parse, sections, expansion, shapes, and
+/// (when the recipe names one) the checkpoint's keys and shapes. Returns a one-line summary.
+pub fn check(loaded: &Loaded) -> Result<String, CompileError> {
+    if !loaded.diagnostics.is_empty() {
+        return Err(CompileError::User(loaded.diagnostics.clone()));
+    }
+    let mut module = expand::expand(loaded).map_err(CompileError::User)?;
+    let mut cx = pass::Ctx { loaded };
+    use pass::Pass;
+    let user = |e: PassError| match e {
+        PassError::User(d) => CompileError::User(d),
+        PassError::Internal { pass, message } => CompileError::Internal { pass, message },
+    };
+    float::InferShapes.run(&mut module, &mut cx).map_err(user)?;
+    let weights = match loaded.recipe.weights.first() {
+        Some(_) => {
+            float::BindWeights.run(&mut module, &mut cx).map_err(user)?;
+            "checkpoint fits"
+        }
+        None => "no checkpoint (deterministic initialiser)",
+    };
+    let n_params: usize = module.params.values().map(|p| p.shape.iter().product::<usize>()).sum();
+    let mut sections = vec![];
+    if loaded.recipe.quantize.first().is_some() {
+        sections.push("quantize");
+    }
+    if loaded.recipe.train.first().is_some() {
+        sections.push("train");
+    }
+    if loaded.recipe.qat.first().is_some() {
+        sections.push("qat");
+    }
+    let sections = if sections.is_empty() { String::new() } else { format!(", sections {}", sections.join("+")) };
+    Ok(format!(
+        "model `{}`: {} nodes, {} parameter tensors ({} values), {weights}{sections}",
+        module.name,
+        module.graph.node_count(),
+        module.params.len(),
+        n_params
+    ))
+}

@@ -130,10 +130,12 @@ fn describe(rule: &Rule) -> &'static str {
         Rule::not_op => "`not`",
         Rule::cmp_op => "a comparison",
         Rule::sum_op | Rule::prod_op | Rule::neg_op => "an operator",
-        Rule::if_expr => "`if`",
+        Rule::if_expr | Rule::if_kw => "`if`",
+        Rule::else_kw => "`else`",
         Rule::binding => "a named call",
         Rule::call => "a call like `relu(x)`",
         Rule::arg => "an argument",
+        Rule::arg_name => "an argument name",
         Rule::list => "a list `[...]`",
         Rule::scheme_entry => "`scheme`",
         Rule::fuse_entry => "`fuse`",
@@ -395,7 +397,7 @@ impl Cx<'_> {
                 e
             }
             Rule::if_expr => {
-                let mut inner = p.into_inner();
+                let mut inner = p.into_inner().filter(|q| !matches!(q.as_rule(), Rule::if_kw | Rule::else_kw));
                 let cond = self.expr(inner.next().expect("grammar: if cond"));
                 let then = self.expr(inner.next().expect("grammar: then"));
                 let otherwise = self.expr(inner.next().expect("grammar: else"));

@@ -1,1 +1,10 @@
-//! qc-runtime
+//! qc's runtime: host tensors, the executable model format, the float reference interpreter,
+//! CPU int8 kernels and (behind the `torch` feature) the libtorch backend.
+//!
+//! Architecture invariant: this crate never depends on the compiler; the compiler lowers into
+//! the formats defined here.
+
+pub mod tensor;
+pub mod torch;
+
+pub use tensor::{DType, SplitMix64, Tensor, TensorData};

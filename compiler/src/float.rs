@@ -1,0 +1,227 @@
+//! Stage `float`: shapes and dtypes inferred (`infer-shapes`), then weights bound from the
+//! recipe's checkpoint or a deterministic initialiser (`bind-weights`).
+
+use qc_dsl::diag::closest;
+use qc_dsl::{Diagnostic, Span};
+use qc_runtime::{DType, SplitMix64, Tensor, TensorData};
+
+use crate::ir::{Module, NodeId, Provenance};
+use crate::ops::Op;
+use crate::pass::{Changed, Ctx, Pass, PassError};
+
+/// A diagnostic at a node's recipe line, with notes at the block instances it sits in.
+pub fn node_diagnostic(module: &Module, id: NodeId, code: &'static str, message: String, label: &str, help: String) -> Diagnostic {
+    let node = module.graph.node(id);
+    let mut d = Diagnostic::new(code, node.origin.span, message).label(label).help(help);
+    for inst in node.origin.instances.iter().rev() {
+        d = d.note(inst.call, format!("in `{}`, an instance of block `{}`", inst.name, inst.block));
+    }
+    d
+}
+
+/// Infers every node's output type and every parameter's shape.
+pub struct InferShapes;
+
+impl Pass for InferShapes {
+    fn name(&self) -> &'static str {
+        "infer-shapes"
+    }
+
+    fn run(&self, module: &mut Module, _cx: &mut Ctx) -> Result<Changed, PassError> {
+        let mut diags = vec![];
+        for id in module.graph.topo_order() {
+            if matches!(module.graph.node(id).op, Op::Input { .. }) {
+                continue;
+            }
+            let inputs = module.graph.inputs_of(id);
+            let types: Option<Vec<_>> = inputs.iter().map(|i| module.graph.node(*i).ty.clone()).collect();
+            // An input that failed inference was reported already.
+            let Some(types) = types else { continue };
+            let refs: Vec<_> = types.iter().collect();
+            let node = module.graph.node(id);
+            match node.op.infer(&refs) {
+                Ok(ty) => {
+                    let in_channels = match &node.op {
+                        Op::Linear(_) => types[0].dims.last().and_then(fixed),
+                        _ => types.first().and_then(|t| t.dims.get(1)).and_then(fixed),
+                    };
+                    let shapes = node.op.params(in_channels);
+                    let keys = node.params.clone();
+                    for (role, key) in keys {
+                        if let Some((_, _, shape)) = shapes.iter().find(|(r, _, _)| *r == role) {
+                            if let Some(p) = module.params.get_mut(&key) {
+                                p.shape = shape.clone();
+                            }
+                        }
+                    }
+                    module.graph.node_mut(id).ty = Some(ty);
+                }
+                Err(msg) => {
+                    let inputs_text: Vec<String> = inputs
+                        .iter()
+                        .zip(&types)
+                        .map(|(i, t)| format!("`{}` is {t}", module.graph.node(*i).name))
+                        .collect();
+                    let name = node.name.clone();
+                    diags.push(node_diagnostic(
+                        module,
+                        id,
+                        "qc::shape",
+                        format!("shape error in `{name}`: {msg}"),
+                        "the shapes do not fit here",
+                        format!("inputs: {}", inputs_text.join(", ")),
+                    ));
+                }
+            }
+        }
+        if diags.is_empty() {
+            Ok(Changed::Yes)
+        } else {
+            Err(PassError::User(diags))
+        }
+    }
+}
+
+fn fixed(d: &crate::types::Dim) -> Option<usize> {
+    match d {
+        crate::types::Dim::Fixed(n) => Some(*n),
+        _ => None,
+    }
+}
+
+/// Binds every parameter: from the recipe's `weights` file when it has one (every key must fit),
+/// else from qc's deterministic initialiser (PyTorch's default schemes, seeded by the key).
+pub struct BindWeights;
+
+impl Pass for BindWeights {
+    fn name(&self) -> &'static str {
+        "bind-weights"
+    }
+
+    fn run(&self, module: &mut Module, cx: &mut Ctx) -> Result<Changed, PassError> {
+        let recipe = &cx.loaded.recipe;
+        match recipe.weights.as_slice() {
+            [] => {
+                init_all(module);
+                Ok(Changed::Yes)
+            }
+            [w, rest @ ..] => {
+                if let Some(extra) = rest.first() {
+                    return Err(PassError::User(vec![Diagnostic::new(
+                        "qc::many-weights",
+                        extra.span,
+                        "a second `weights` line",
+                    )
+                    .label("second checkpoint")
+                    .note(w.span, "first here")
+                    .help("a recipe binds one checkpoint; merge them into one file")]));
+                }
+                let tensors = crate::checkpoint::read_safetensors(&w.resolved).map_err(|e| {
+                    PassError::User(vec![Diagnostic::new("qc::weights-file", w.span, e.to_string())
+                        .label("this checkpoint")
+                        .help("check the path (relative paths start at the recipe's folder) and that the file is .safetensors")])
+                })?;
+                bind_checkpoint(module, &tensors, &w.path, w.span).map_err(PassError::User)?;
+                Ok(Changed::Yes)
+            }
+        }
+    }
+}
+
+fn init_all(module: &mut Module) {
+    let keys: Vec<String> = module.params.keys().cloned().collect();
+    for key in keys {
+        let (dtype, shape, owner) = {
+            let p = &module.params[&key];
+            (p.dtype, p.shape.clone(), p.owner.clone())
+        };
+        let op = module.graph.find(&owner).map(|id| module.graph.node(id).op.clone());
+        let role = key.rsplit('.').next().unwrap_or("");
+        let seed = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
+        let n: usize = shape.iter().product();
+        let (method, tensor) = match (dtype, role, &op) {
+            (DType::I64, _, _) => ("zeros", Tensor { shape: shape.clone(), data: TensorData::I64(vec![0; n]) }),
+            (_, "weight", Some(Op::BatchNorm(_))) | (_, "running_var", _) => ("ones", Tensor::f32(shape.clone(), vec![1.0; n])),
+            (_, "bias", Some(Op::BatchNorm(_))) | (_, "running_mean", _) => ("zeros", Tensor::f32(shape.clone(), vec![0.0; n])),
+            _ => {
+                // PyTorch's default for conv and linear: kaiming_uniform(a=sqrt(5)) for the
+                // weight and U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the bias; both reduce to
+                // that same bound.
+                let weight_shape = module.params.get(&format!("{owner}.weight")).map(|p| p.shape.clone()).unwrap_or_default();
+                let fan_in: usize = weight_shape.iter().skip(1).product::<usize>().max(1);
+                let bound = 1.0 / (fan_in as f32).sqrt();
+                let mut rng = SplitMix64::new(seed);
+                let v = (0..n).map(|_| rng.uniform(-bound, bound)).collect();
+                (if role == "weight" { "kaiming_uniform" } else { "uniform_fan_in" }, Tensor::f32(shape.clone(), v))
+            }
+        };
+        let p = module.params.get_mut(&key).expect("key from the store");
+        p.value = Some(tensor);
+        p.provenance = Provenance::Init { method, seed };
+    }
+}
+
+/// Binds a checkpoint; every missing, unexpected or mis-shaped key is one diagnostic with the
+/// closest key on the other side.
+pub fn bind_checkpoint(
+    module: &mut Module,
+    tensors: &indexmap::IndexMap<String, Tensor>,
+    file: &str,
+    span: Span,
+) -> Result<(), Vec<Diagnostic>> {
+    let mut diags = vec![];
+    let ckpt_keys: Vec<&str> = tensors.keys().map(|k| k.as_str()).collect();
+    let model_keys: Vec<&str> = module.params.keys().map(|k| k.as_str()).collect();
+    let owner_note = |module: &Module, key: &str, d: Diagnostic| -> Diagnostic {
+        match module.params.get(key).and_then(|p| module.graph.find(&p.owner)) {
+            Some(id) => d.note(module.graph.node(id).origin.span, format!("`{key}` belongs to this node")),
+            None => d,
+        }
+    };
+    for (key, p) in &module.params {
+        match tensors.get(key) {
+            None => {
+                let help = match closest(key, ckpt_keys.iter().copied().filter(|k| !module.params.contains_key(*k))) {
+                    Some(c) => format!("the checkpoint has `{c}`, which the model does not use: is it this one under another name?"),
+                    None => "export the checkpoint from the same architecture (torch.save(model.state_dict()) → safetensors)".into(),
+                };
+                let d = Diagnostic::new("qc::checkpoint-missing", span, format!("`{file}` has no `{key}` ({} {:?})", p.dtype, p.shape))
+                    .label("missing key")
+                    .help(help);
+                diags.push(owner_note(module, key, d));
+            }
+            Some(t) if t.shape != p.shape || t.dtype() != p.dtype => {
+                let d = Diagnostic::new(
+                    "qc::checkpoint-shape",
+                    span,
+                    format!("`{key}` is {} {:?} in `{file}`, the model needs {} {:?}", t.dtype(), t.shape, p.dtype, p.shape),
+                )
+                .label("mis-shaped key")
+                .help("the recipe and the checkpoint disagree on this layer's size: check `out`, `kernel`, `groups` and the input channels");
+                diags.push(owner_note(module, key, d));
+            }
+            Some(_) => {}
+        }
+    }
+    for key in tensors.keys() {
+        if !module.params.contains_key(key) {
+            let help = match closest(key, model_keys.iter().copied().filter(|k| !tensors.contains_key(*k))) {
+                Some(c) => format!("closest key of the model: `{c}`"),
+                None => "remove it from the checkpoint, or add the layer it belongs to to the recipe".into(),
+            };
+            diags.push(
+                Diagnostic::new("qc::checkpoint-unexpected", span, format!("`{file}` has `{key}`, which no layer of the model owns"))
+                    .label("unexpected key")
+                    .help(help),
+            );
+        }
+    }
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    for (key, p) in module.params.iter_mut() {
+        p.value = Some(tensors[key].clone());
+        p.provenance = Provenance::Checkpoint { file: file.to_string(), key: key.clone() };
+    }
+    Ok(())
+}

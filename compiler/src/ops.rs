@@ -1,0 +1,683 @@
+//! The closed set of ops: typed payloads, how each is built from named attributes (the one
+//! builder that both recipe expansion and the IR text parser use), its attributes for printing,
+//! its parameters (PyTorch names) and its shape rule.
+
+use std::collections::BTreeMap;
+
+use crate::types::{Dim, TensorType};
+use qc_runtime::DType;
+
+/// An attribute value, as written in a recipe or an IR dump.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Attr {
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Ints(Vec<i64>),
+}
+
+impl std::fmt::Display for Attr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Attr::Int(v) => write!(f, "{v}"),
+            Attr::Float(v) => write!(f, "{}", crate::printer::fmt_f64(*v)),
+            Attr::Bool(v) => write!(f, "{v}"),
+            Attr::Ints(v) => {
+                let parts: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+                write!(f, "[{}]", parts.join(", "))
+            }
+        }
+    }
+}
+
+/// Convolution (1-D or 2-D), PyTorch `nn.Conv1d`/`nn.Conv2d` semantics.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Conv {
+    pub rank: usize,
+    pub out_channels: usize,
+    pub kernel: Vec<usize>,
+    pub stride: Vec<usize>,
+    pub pad: Vec<usize>,
+    pub dilation: Vec<usize>,
+    pub groups: usize,
+    pub bias: bool,
+}
+
+/// Max or average pooling window (1-D or 2-D).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pool {
+    pub rank: usize,
+    pub kernel: Vec<usize>,
+    pub stride: Vec<usize>,
+    pub pad: Vec<usize>,
+    pub dilation: Vec<usize>,
+    pub ceil_mode: bool,
+    /// Average pooling only: whether padded zeros count in the divisor.
+    pub count_include_pad: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchNorm {
+    pub eps: f64,
+    pub momentum: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Linear {
+    pub out_features: usize,
+    pub bias: bool,
+}
+
+/// Every op of the IR. Closed: adding one means adding its builder, attributes, parameters and
+/// shape rule here, and the compiler tells you every other place that must learn it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    Input { index: usize },
+    Conv(Conv),
+    BatchNorm(BatchNorm),
+    Relu,
+    Relu6,
+    /// `hardtanh` and `clamp`: min(max(x, min), max).
+    Clamp { min: f64, max: f64 },
+    MaxPool(Pool),
+    AvgPool(Pool),
+    AdaptiveAvgPool { output: Vec<usize> },
+    /// Mean over every spatial dim, which stay as size 1.
+    GlobalAvgPool,
+    Flatten { start_dim: i64, end_dim: i64 },
+    Linear(Linear),
+    Add,
+    Concat { dim: i64 },
+    Identity,
+    /// Inference no-op; training drops with probability `p`.
+    Dropout { p: f64 },
+}
+
+/// Why an op could not be built from its attributes; `key` names the attribute at fault.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttrError {
+    pub key: Option<String>,
+    pub message: String,
+    pub help: String,
+}
+
+/// Names a recipe can call, with the op each builds.
+pub const OP_NAMES: &[&str] = &[
+    "conv1d",
+    "conv2d",
+    "batch_norm",
+    "relu",
+    "relu6",
+    "hardtanh",
+    "clamp",
+    "max_pool1d",
+    "max_pool2d",
+    "avg_pool1d",
+    "avg_pool2d",
+    "adaptive_avg_pool1d",
+    "adaptive_avg_pool2d",
+    "global_avg_pool",
+    "flatten",
+    "linear",
+    "add",
+    "concat",
+    "identity",
+    "dropout",
+];
+
+/// How many tensor inputs an op takes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Arity {
+    Exactly(usize),
+    AtLeast(usize),
+}
+
+impl Arity {
+    pub fn accepts(self, n: usize) -> bool {
+        match self {
+            Arity::Exactly(k) => n == k,
+            Arity::AtLeast(k) => n >= k,
+        }
+    }
+    pub fn describe(self) -> String {
+        match self {
+            Arity::Exactly(1) => "one tensor input".into(),
+            Arity::Exactly(k) => format!("{k} tensor inputs"),
+            Arity::AtLeast(k) => format!("{k} or more tensor inputs"),
+        }
+    }
+}
+
+/// Reads named attributes for one op, remembering which names it asked for so that unknown
+/// ones can be reported with the accepted names.
+struct Attrs<'a> {
+    op: &'a str,
+    given: &'a [(String, Attr)],
+    known: Vec<&'static str>,
+    errors: Vec<AttrError>,
+}
+
+/// PyTorch's spellings, accepted as aliases of qc's short names.
+const ALIASES: &[(&str, &str)] = &[
+    ("out_channels", "out"),
+    ("out_features", "out"),
+    ("kernel_size", "kernel"),
+    ("padding", "pad"),
+    ("output_size", "output"),
+    ("min_val", "min"),
+    ("max_val", "max"),
+];
+
+fn canonical(name: &str) -> &str {
+    ALIASES.iter().find(|(a, _)| *a == name).map(|(_, c)| *c).unwrap_or(name)
+}
+
+impl<'a> Attrs<'a> {
+    fn new(op: &'a str, given: &'a [(String, Attr)]) -> Self {
+        Attrs { op, given, known: vec![], errors: vec![] }
+    }
+
+    fn get(&mut self, key: &'static str) -> Option<&'a Attr> {
+        self.known.push(key);
+        self.given.iter().rev().find(|(k, _)| canonical(k) == key).map(|(_, v)| v)
+    }
+
+    fn fail(&mut self, key: &str, message: String, help: String) {
+        self.errors.push(AttrError { key: Some(key.to_string()), message, help });
+    }
+
+    fn int_opt(&mut self, key: &'static str, min: i64) -> Option<i64> {
+        match self.get(key)? {
+            Attr::Int(v) if *v >= min => Some(*v),
+            Attr::Int(v) => {
+                self.fail(key, format!("`{key}` of {} must be at least {min}, found {v}", self.op), format!("write `{key}: {min}` or more"));
+                None
+            }
+            other => {
+                self.fail(key, format!("`{key}` of {} must be an integer, found `{other}`", self.op), format!("write e.g. `{key}: {}`", min.max(1)));
+                None
+            }
+        }
+    }
+
+    fn int(&mut self, key: &'static str, min: i64, default: Option<i64>) -> i64 {
+        match self.int_opt(key, min) {
+            Some(v) => v,
+            None if self.given.iter().any(|(k, _)| canonical(k) == key) => min,
+            None => match default {
+                Some(d) => d,
+                None => {
+                    self.errors.push(AttrError {
+                        key: None,
+                        message: format!("{} needs `{key}`", self.op),
+                        help: format!("add `{key}: ...` to the call"),
+                    });
+                    min
+                }
+            },
+        }
+    }
+
+    fn float(&mut self, key: &'static str, default: f64) -> f64 {
+        match self.get(key) {
+            None => default,
+            Some(Attr::Float(v)) => *v,
+            Some(Attr::Int(v)) => *v as f64,
+            Some(other) => {
+                self.fail(key, format!("`{key}` of {} must be a number, found `{other}`", self.op), format!("write e.g. `{key}: {default}`"));
+                default
+            }
+        }
+    }
+
+    fn boolean(&mut self, key: &'static str, default: bool) -> bool {
+        match self.get(key) {
+            None => default,
+            Some(Attr::Bool(v)) => *v,
+            Some(other) => {
+                self.fail(key, format!("`{key}` of {} must be `true` or `false`, found `{other}`", self.op), format!("write `{key}: {default}`"));
+                default
+            }
+        }
+    }
+
+    /// An int or a list of `rank` ints, each at least `min`.
+    fn ints(&mut self, key: &'static str, rank: usize, min: i64, default: Option<Vec<usize>>) -> Vec<usize> {
+        let given = self.get(key);
+        let values: Vec<i64> = match given {
+            None => match default {
+                Some(d) => return d,
+                None => {
+                    self.errors.push(AttrError {
+                        key: None,
+                        message: format!("{} needs `{key}`", self.op),
+                        help: format!("add `{key}: ...` to the call (an integer, or a list of {rank})"),
+                    });
+                    return vec![min.max(1) as usize; rank];
+                }
+            },
+            Some(Attr::Int(v)) => vec![*v; rank],
+            Some(Attr::Ints(v)) if v.len() == rank => v.clone(),
+            Some(Attr::Ints(v)) => {
+                self.fail(key, format!("`{key}` of {} needs {rank} values, found {}", self.op, v.len()), format!("write one integer for all dims, or a list of {rank}"));
+                return vec![min.max(1) as usize; rank];
+            }
+            Some(other) => {
+                self.fail(key, format!("`{key}` of {} must be an integer or a list, found `{other}`", self.op), format!("write e.g. `{key}: 3` or `{key}: [3, 3]`"));
+                return vec![min.max(1) as usize; rank];
+            }
+        };
+        if let Some(bad) = values.iter().find(|v| **v < min) {
+            self.fail(key, format!("`{key}` of {} must be at least {min}, found {bad}", self.op), format!("every `{key}` value must be {min} or more"));
+            return vec![min.max(1) as usize; rank];
+        }
+        values.into_iter().map(|v| v as usize).collect()
+    }
+
+    fn finish(mut self, op: Op) -> Result<Op, Vec<AttrError>> {
+        for (k, _) in self.given {
+            if !self.known.contains(&canonical(k)) {
+                let help = match qc_dsl::diag::did_you_mean(k, self.known.iter().copied()) {
+                    Some(m) => m,
+                    None if self.known.is_empty() => format!("{} takes no keyword arguments", self.op),
+                    None => format!("{} accepts: {}", self.op, self.known.join(", ")),
+                };
+                self.errors.push(AttrError { key: Some(k.clone()), message: format!("{} has no argument `{k}`", self.op), help });
+            }
+        }
+        if self.errors.is_empty() {
+            Ok(op)
+        } else {
+            Err(self.errors)
+        }
+    }
+}
+
+impl Op {
+    /// The op a recipe name builds, with its attributes checked. `None` for an unknown name.
+    pub fn build(name: &str, attrs: &[(String, Attr)]) -> Option<Result<Op, Vec<AttrError>>> {
+        let mut a = Attrs::new(name, attrs);
+        let op = match name {
+            "conv1d" | "conv2d" => {
+                let rank = if name == "conv1d" { 1 } else { 2 };
+                let out_channels = a.int("out", 1, None) as usize;
+                let kernel = a.ints("kernel", rank, 1, None);
+                let stride = a.ints("stride", rank, 1, Some(vec![1; rank]));
+                let pad = a.ints("pad", rank, 0, Some(vec![0; rank]));
+                let dilation = a.ints("dilation", rank, 1, Some(vec![1; rank]));
+                let groups = a.int("groups", 1, Some(1)) as usize;
+                let bias = a.boolean("bias", true);
+                Op::Conv(Conv { rank, out_channels, kernel, stride, pad, dilation, groups, bias })
+            }
+            "batch_norm" => {
+                let eps = a.float("eps", 1e-5);
+                let momentum = a.float("momentum", 0.1);
+                if eps <= 0.0 || !eps.is_finite() {
+                    a.fail("eps", format!("`eps` of batch_norm must be positive, found {eps}"), "PyTorch's default is `eps: 1e-5`".into());
+                }
+                if !(0.0..=1.0).contains(&momentum) {
+                    a.fail("momentum", format!("`momentum` of batch_norm must be in [0, 1], found {momentum}"), "PyTorch's default is `momentum: 0.1`".into());
+                }
+                Op::BatchNorm(BatchNorm { eps, momentum })
+            }
+            "relu" => Op::Relu,
+            "relu6" => Op::Relu6,
+            "hardtanh" | "clamp" => {
+                let (dmin, dmax) = if name == "hardtanh" { (-1.0, 1.0) } else { (f64::NEG_INFINITY, f64::INFINITY) };
+                let min = a.float("min", dmin);
+                let max = a.float("max", dmax);
+                if min > max {
+                    a.fail("max", format!("`max` ({max}) of {name} is below `min` ({min})"), "write `min` below `max`".into());
+                }
+                Op::Clamp { min, max }
+            }
+            "max_pool1d" | "max_pool2d" | "avg_pool1d" | "avg_pool2d" => {
+                let rank = if name.ends_with("1d") { 1 } else { 2 };
+                let kernel = a.ints("kernel", rank, 1, None);
+                let stride = a.ints("stride", rank, 1, Some(kernel.clone()));
+                let pad = a.ints("pad", rank, 0, Some(vec![0; rank]));
+                let ceil_mode = a.boolean("ceil_mode", false);
+                if pad.iter().zip(&kernel).any(|(p, k)| 2 * p > *k) {
+                    a.fail("pad", format!("`pad` of {name} must be at most half the kernel"), "PyTorch requires pad <= kernel / 2".into());
+                }
+                if name.starts_with("max") {
+                    let dilation = a.ints("dilation", rank, 1, Some(vec![1; rank]));
+                    Op::MaxPool(Pool { rank, kernel, stride, pad, dilation, ceil_mode, count_include_pad: false })
+                } else {
+                    let count_include_pad = a.boolean("count_include_pad", true);
+                    Op::AvgPool(Pool { rank, kernel, stride, pad, dilation: vec![1; rank], ceil_mode, count_include_pad })
+                }
+            }
+            "adaptive_avg_pool1d" | "adaptive_avg_pool2d" => {
+                let rank = if name.ends_with("1d") { 1 } else { 2 };
+                Op::AdaptiveAvgPool { output: a.ints("output", rank, 1, Some(vec![1; rank])) }
+            }
+            "global_avg_pool" => Op::GlobalAvgPool,
+            "flatten" => {
+                let start_dim = a.int("start_dim", -8, Some(1));
+                let end_dim = a.int("end_dim", -8, Some(-1));
+                Op::Flatten { start_dim, end_dim }
+            }
+            "linear" => {
+                let out_features = a.int("out", 1, None) as usize;
+                let bias = a.boolean("bias", true);
+                Op::Linear(Linear { out_features, bias })
+            }
+            "add" => Op::Add,
+            "concat" | "cat" => Op::Concat { dim: a.int("dim", -8, Some(1)) },
+            "identity" => Op::Identity,
+            "dropout" => {
+                let p = a.float("p", 0.5);
+                if !(0.0..1.0).contains(&p) {
+                    a.fail("p", format!("`p` of dropout must be in [0, 1), found {p}"), "write e.g. `p: 0.2`".into());
+                }
+                Op::Dropout { p }
+            }
+            "input" => Op::Input { index: a.int("index", 0, None) as usize },
+            _ => return None,
+        };
+        Some(a.finish(op))
+    }
+
+    /// The name used in recipes and dumps.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Input { .. } => "input",
+            Op::Conv(c) if c.rank == 1 => "conv1d",
+            Op::Conv(_) => "conv2d",
+            Op::BatchNorm(_) => "batch_norm",
+            Op::Relu => "relu",
+            Op::Relu6 => "relu6",
+            Op::Clamp { .. } => "clamp",
+            Op::MaxPool(p) if p.rank == 1 => "max_pool1d",
+            Op::MaxPool(_) => "max_pool2d",
+            Op::AvgPool(p) if p.rank == 1 => "avg_pool1d",
+            Op::AvgPool(_) => "avg_pool2d",
+            Op::AdaptiveAvgPool { output } if output.len() == 1 => "adaptive_avg_pool1d",
+            Op::AdaptiveAvgPool { .. } => "adaptive_avg_pool2d",
+            Op::GlobalAvgPool => "global_avg_pool",
+            Op::Flatten { .. } => "flatten",
+            Op::Linear(_) => "linear",
+            Op::Add => "add",
+            Op::Concat { .. } => "concat",
+            Op::Identity => "identity",
+            Op::Dropout { .. } => "dropout",
+        }
+    }
+
+    /// Attributes, sorted by name (the printer's order; `Op::build` reads them back).
+    pub fn attrs(&self) -> BTreeMap<&'static str, Attr> {
+        let ints = |v: &[usize]| Attr::Ints(v.iter().map(|&x| x as i64).collect());
+        let mut m = BTreeMap::new();
+        match self {
+            Op::Input { index } => {
+                m.insert("index", Attr::Int(*index as i64));
+            }
+            Op::Conv(c) => {
+                m.insert("out", Attr::Int(c.out_channels as i64));
+                m.insert("kernel", ints(&c.kernel));
+                m.insert("stride", ints(&c.stride));
+                m.insert("pad", ints(&c.pad));
+                m.insert("dilation", ints(&c.dilation));
+                m.insert("groups", Attr::Int(c.groups as i64));
+                m.insert("bias", Attr::Bool(c.bias));
+            }
+            Op::BatchNorm(b) => {
+                m.insert("eps", Attr::Float(b.eps));
+                m.insert("momentum", Attr::Float(b.momentum));
+            }
+            Op::Relu | Op::Relu6 | Op::GlobalAvgPool | Op::Add | Op::Identity => {}
+            Op::Clamp { min, max } => {
+                m.insert("min", Attr::Float(*min));
+                m.insert("max", Attr::Float(*max));
+            }
+            Op::MaxPool(p) | Op::AvgPool(p) => {
+                m.insert("kernel", ints(&p.kernel));
+                m.insert("stride", ints(&p.stride));
+                m.insert("pad", ints(&p.pad));
+                m.insert("ceil_mode", Attr::Bool(p.ceil_mode));
+                if matches!(self, Op::MaxPool(_)) {
+                    m.insert("dilation", ints(&p.dilation));
+                } else {
+                    m.insert("count_include_pad", Attr::Bool(p.count_include_pad));
+                }
+            }
+            Op::AdaptiveAvgPool { output } => {
+                m.insert("output", ints(output));
+            }
+            Op::Flatten { start_dim, end_dim } => {
+                m.insert("start_dim", Attr::Int(*start_dim));
+                m.insert("end_dim", Attr::Int(*end_dim));
+            }
+            Op::Linear(l) => {
+                m.insert("out", Attr::Int(l.out_features as i64));
+                m.insert("bias", Attr::Bool(l.bias));
+            }
+            Op::Concat { dim } => {
+                m.insert("dim", Attr::Int(*dim));
+            }
+            Op::Dropout { p } => {
+                m.insert("p", Attr::Float(*p));
+            }
+        }
+        m
+    }
+
+    pub fn arity(&self) -> Arity {
+        match self {
+            Op::Input { .. } => Arity::Exactly(0),
+            Op::Add => Arity::Exactly(2),
+            Op::Concat { .. } => Arity::AtLeast(1),
+            _ => Arity::Exactly(1),
+        }
+    }
+
+    /// Arity by recipe name, before attributes are known.
+    pub fn arity_of(name: &str) -> Option<Arity> {
+        Some(match name {
+            "add" => Arity::Exactly(2),
+            "concat" | "cat" => Arity::AtLeast(1),
+            n if OP_NAMES.contains(&n) => Arity::Exactly(1),
+            _ => return None,
+        })
+    }
+
+    /// Parameters this op owns, as (PyTorch suffix, shape), given its input types. `in_channels`
+    /// comes from dim 1 of the input; `None` when it is not known.
+    pub fn params(&self, in_channels: Option<usize>) -> Vec<(&'static str, DType, Vec<usize>)> {
+        match self {
+            Op::Conv(c) => {
+                let cin = in_channels.unwrap_or(0);
+                let mut shape = vec![c.out_channels, cin / c.groups.max(1)];
+                shape.extend(&c.kernel);
+                let mut p = vec![("weight", DType::F32, shape)];
+                if c.bias {
+                    p.push(("bias", DType::F32, vec![c.out_channels]));
+                }
+                p
+            }
+            Op::BatchNorm(_) => {
+                let c = in_channels.unwrap_or(0);
+                vec![
+                    ("weight", DType::F32, vec![c]),
+                    ("bias", DType::F32, vec![c]),
+                    ("running_mean", DType::F32, vec![c]),
+                    ("running_var", DType::F32, vec![c]),
+                    ("num_batches_tracked", DType::I64, vec![]),
+                ]
+            }
+            Op::Linear(l) => {
+                let cin = in_channels.unwrap_or(0);
+                let mut p = vec![("weight", DType::F32, vec![l.out_features, cin])];
+                if l.bias {
+                    p.push(("bias", DType::F32, vec![l.out_features]));
+                }
+                p
+            }
+            _ => vec![],
+        }
+    }
+
+    /// Parameter suffixes this op owns, before shapes are known.
+    pub fn param_names(&self) -> Vec<&'static str> {
+        self.params(None).into_iter().map(|(n, _, _)| n).collect()
+    }
+
+    /// The output type from the input types; an error sentence when they do not fit.
+    pub fn infer(&self, inputs: &[&TensorType]) -> Result<TensorType, String> {
+        let x = inputs.first().copied();
+        match self {
+            Op::Input { .. } => Err("an input's type is declared, not inferred".into()),
+            Op::Conv(c) => {
+                let x = x.expect("arity checked");
+                expect_rank(x, c.rank + 2, self.name())?;
+                let cin = fixed(&x.dims[1], "input channels", self.name())?;
+                if cin % c.groups != 0 || c.out_channels % c.groups != 0 {
+                    return Err(format!(
+                        "groups = {} must divide both the input channels ({cin}) and `out` ({})",
+                        c.groups, c.out_channels
+                    ));
+                }
+                let mut dims = vec![x.dims[0].clone(), Dim::Fixed(c.out_channels)];
+                for i in 0..c.rank {
+                    let n = fixed(&x.dims[2 + i], "spatial size", self.name())?;
+                    dims.push(Dim::Fixed(window_out(n, c.kernel[i], c.stride[i], c.pad[i], c.dilation[i], false, self.name())?));
+                }
+                Ok(TensorType::new(x.dtype, dims))
+            }
+            Op::BatchNorm(_) => {
+                let x = x.expect("arity checked");
+                if !(2..=4).contains(&x.dims.len()) {
+                    return Err(format!("batch_norm needs a [N, C], [N, C, L] or [N, C, H, W] input, found {x}"));
+                }
+                fixed(&x.dims[1], "channels", self.name())?;
+                Ok(x.clone())
+            }
+            Op::Relu | Op::Relu6 | Op::Clamp { .. } | Op::Identity | Op::Dropout { .. } => Ok(x.expect("arity checked").clone()),
+            Op::MaxPool(p) | Op::AvgPool(p) => {
+                let x = x.expect("arity checked");
+                expect_rank(x, p.rank + 2, self.name())?;
+                let mut dims = x.dims[..2].to_vec();
+                for i in 0..p.rank {
+                    let n = fixed(&x.dims[2 + i], "spatial size", self.name())?;
+                    dims.push(Dim::Fixed(window_out(n, p.kernel[i], p.stride[i], p.pad[i], p.dilation[i], p.ceil_mode, self.name())?));
+                }
+                Ok(TensorType::new(x.dtype, dims))
+            }
+            Op::AdaptiveAvgPool { output } => {
+                let x = x.expect("arity checked");
+                expect_rank(x, output.len() + 2, self.name())?;
+                let mut dims = x.dims[..2].to_vec();
+                dims.extend(output.iter().map(|&o| Dim::Fixed(o)));
+                Ok(TensorType::new(x.dtype, dims))
+            }
+            Op::GlobalAvgPool => {
+                let x = x.expect("arity checked");
+                if x.dims.len() < 3 {
+                    return Err(format!("global_avg_pool needs spatial dims ([N, C, ...]), found {x}"));
+                }
+                let mut dims = x.dims[..2].to_vec();
+                dims.extend(std::iter::repeat_n(Dim::Fixed(1), x.dims.len() - 2));
+                Ok(TensorType::new(x.dtype, dims))
+            }
+            Op::Flatten { start_dim, end_dim } => {
+                let x = x.expect("arity checked");
+                let r = x.dims.len() as i64;
+                let s = if *start_dim < 0 { start_dim + r } else { *start_dim };
+                let e = if *end_dim < 0 { end_dim + r } else { *end_dim };
+                if s < 0 || e >= r || s > e {
+                    return Err(format!("flatten(start_dim: {start_dim}, end_dim: {end_dim}) does not fit a rank-{r} input {x}"));
+                }
+                let (s, e) = (s as usize, e as usize);
+                let mut prod = 1usize;
+                for d in &x.dims[s..=e] {
+                    prod *= fixed(d, "flattened dim", self.name())?;
+                }
+                let mut dims = x.dims[..s].to_vec();
+                dims.push(Dim::Fixed(prod));
+                dims.extend_from_slice(&x.dims[e + 1..]);
+                Ok(TensorType::new(x.dtype, dims))
+            }
+            Op::Linear(l) => {
+                let x = x.expect("arity checked");
+                if x.dims.len() < 2 {
+                    return Err(format!("linear needs at least [N, features], found {x}"));
+                }
+                fixed(x.dims.last().expect("rank checked"), "input features", self.name())?;
+                let mut dims = x.dims.clone();
+                *dims.last_mut().expect("rank checked") = Dim::Fixed(l.out_features);
+                Ok(TensorType::new(x.dtype, dims))
+            }
+            Op::Add => {
+                let (a, b) = (inputs[0], inputs[1]);
+                if a != b {
+                    return Err(format!("add needs inputs of the same type, found {a} and {b}"));
+                }
+                Ok(a.clone())
+            }
+            Op::Concat { dim } => {
+                let first = inputs[0];
+                let r = first.dims.len() as i64;
+                let d = if *dim < 0 { dim + r } else { *dim };
+                if d < 0 || d >= r {
+                    return Err(format!("concat dim {dim} is out of range for rank {r}"));
+                }
+                let d = d as usize;
+                let mut total = 0;
+                for (i, t) in inputs.iter().enumerate() {
+                    if t.dims.len() != first.dims.len() || t.dtype != first.dtype {
+                        return Err(format!("concat input {} is {t}, which does not match input 1 ({first})", i + 1));
+                    }
+                    for (k, (a, b)) in t.dims.iter().zip(&first.dims).enumerate() {
+                        if k != d && a != b {
+                            return Err(format!(
+                                "concat inputs must agree on every dim but {d}: input {} is {t}, input 1 is {first}",
+                                i + 1
+                            ));
+                        }
+                    }
+                    total += fixed(&t.dims[d], "concatenated dim", self.name())?;
+                }
+                let mut dims = first.dims.clone();
+                dims[d] = Dim::Fixed(total);
+                Ok(TensorType::new(first.dtype, dims))
+            }
+        }
+    }
+}
+
+fn expect_rank(x: &TensorType, rank: usize, op: &str) -> Result<(), String> {
+    if x.dims.len() != rank {
+        let want = match rank {
+            3 => "[N, C, L]",
+            4 => "[N, C, H, W]",
+            _ => "a different rank",
+        };
+        return Err(format!("{op} needs a rank-{rank} input {want}, found {x}"));
+    }
+    Ok(())
+}
+
+fn fixed(d: &Dim, what: &str, op: &str) -> Result<usize, String> {
+    match d {
+        Dim::Fixed(n) => Ok(*n),
+        Dim::Symbol(s) => Err(format!("{op} needs a known {what}, found the symbolic size `{s}`")),
+    }
+}
+
+/// Output length of a sliding window (PyTorch's formula, `ceil_mode` included).
+pub fn window_out(n: usize, k: usize, s: usize, p: usize, d: usize, ceil_mode: bool, op: &str) -> Result<usize, String> {
+    let span = d * (k - 1) + 1;
+    let padded = n + 2 * p;
+    if padded < span {
+        return Err(format!(
+            "{op}: the window ({span} wide with dilation) is larger than the padded input ({padded}); the output would be empty"
+        ));
+    }
+    let mut out = if ceil_mode { (padded - span).div_ceil(s) + 1 } else { (padded - span) / s + 1 };
+    // PyTorch: the last window must start inside the input or left padding.
+    if ceil_mode && (out - 1) * s >= n + p {
+        out -= 1;
+    }
+    Ok(out)
+}

@@ -1,0 +1,88 @@
+//! The pass manager: named passes grouped into stages, a verifier after every pass (in tests and
+//! debug builds, or on request), `--print-after`, `--print-after-all` and `--stop-after`.
+
+use qc_dsl::Diagnostic;
+
+use crate::ir::{Module, Stage};
+
+/// Whether a pass changed the module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Changed {
+    Yes,
+    No,
+}
+
+/// Why a pass stopped.
+#[derive(Debug)]
+pub enum PassError {
+    /// The user's recipe, data or checkpoint is at fault; each diagnostic says how.
+    User(Vec<Diagnostic>),
+    /// A compiler bug: the verifier found a broken invariant after a pass.
+    Internal { pass: String, message: String },
+}
+
+/// What passes may read besides the module: the checked recipe and its sources.
+pub struct Ctx<'a> {
+    pub loaded: &'a qc_dsl::Loaded,
+}
+
+/// One transformation of the module.
+pub trait Pass {
+    /// Kebab-case name, used by `--print-after` and in logs.
+    fn name(&self) -> &'static str;
+    fn run(&self, module: &mut Module, cx: &mut Ctx) -> Result<Changed, PassError>;
+}
+
+/// The passes that make up a stage.
+pub struct StageDef {
+    pub stage: Stage,
+    pub passes: Vec<Box<dyn Pass>>,
+}
+
+/// Options of a pipeline run.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Stop once this stage is reached (inclusive).
+    pub stop_after: Option<Stage>,
+    /// Pass or stage names after which to print the IR.
+    pub print_after: Vec<String>,
+    pub print_after_all: bool,
+    /// Run the verifier after every pass (always on in debug builds).
+    pub verify: bool,
+}
+
+/// Runs stages in order, calling `on_stage` with the module after each stage and `on_print` with
+/// (pass name, module) wherever printing was asked for.
+pub fn run_stages(
+    module: &mut Module,
+    stages: &[StageDef],
+    cx: &mut Ctx,
+    opts: &RunOptions,
+    on_stage: &mut dyn FnMut(&Module),
+    on_print: &mut dyn FnMut(&str, &Module),
+) -> Result<(), PassError> {
+    let verify = opts.verify || cfg!(debug_assertions);
+    for def in stages {
+        if opts.stop_after.is_some_and(|s| module.stage >= s) {
+            break;
+        }
+        for pass in &def.passes {
+            pass.run(module, cx)?;
+            if verify {
+                let errors = crate::verify::verify(module);
+                if !errors.is_empty() {
+                    return Err(PassError::Internal { pass: pass.name().to_string(), message: errors.join("; ") });
+                }
+            }
+            if opts.print_after_all || opts.print_after.iter().any(|p| p == pass.name()) {
+                on_print(pass.name(), module);
+            }
+        }
+        module.stage = def.stage;
+        on_stage(module);
+        if !opts.print_after_all && opts.print_after.iter().any(|p| p == def.stage.name()) {
+            on_print(def.stage.name(), module);
+        }
+    }
+    Ok(())
+}

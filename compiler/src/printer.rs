@@ -1,0 +1,316 @@
+//! The IR text format: one line per input, parameter, node and output, in topological order
+//! (ties by source order), attributes sorted, floats in shortest round-trip form, constants as
+//! dtype, shape and content hash. Printing goes Module → `IrDoc` → text; `parse` reads text back
+//! into an `IrDoc`, rebuilding each op through `Op::build`, so the format stays parseable.
+//!
+//! ```text
+//! module fashion_cnn stage float
+//! input x: f32[N, 1, 28, 28]  # fashion_cnn.qrecipe:8
+//! param conv1.weight: f32[16, 1, 3, 3] #9f0c2a6e1d3b4c5a <- init(kaiming_uniform, seed=0x...)
+//! node conv1 = conv2d(x) {bias: true, ...} [weight=conv1.weight, bias=conv1.bias] : f32[N, 16, 28, 28]  # fashion_cnn.qrecipe:9
+//! output fc2
+//! ```
+
+use std::fmt::Write;
+
+use qc_dsl::SourceMap;
+
+use crate::ir::{Module, Provenance, Stage};
+use crate::ops::{Attr, Op};
+use crate::types::{DType, Dim, TensorType};
+
+/// Shortest round-trip text of a float, always with a `.`, an exponent, or `inf`/`nan`.
+pub fn fmt_f64(v: f64) -> String {
+    let s = format!("{v}");
+    if v.is_finite() && !s.contains(['.', 'e', 'E']) {
+        format!("{s}.0")
+    } else {
+        s
+    }
+}
+
+/// A parsed or printable IR dump.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IrDoc {
+    pub module: String,
+    pub stage: Stage,
+    pub lines: Vec<IrLine>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum IrLine {
+    Input { name: String, ty: TensorType, tail: String },
+    Param { key: String, dtype: DType, shape: Option<Vec<usize>>, hash: Option<String>, origin: String },
+    Node { name: String, op: Op, inputs: Vec<String>, params: Vec<(String, String)>, ty: Option<TensorType>, tail: String },
+    Output { name: String },
+}
+
+/// Content hash of a tensor: xxh3 of dtype, shape and little-endian bytes, 16 hex digits.
+pub fn content_hash(t: &qc_runtime::Tensor) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(t.dtype().name().as_bytes());
+    for d in &t.shape {
+        h.update(&(*d as u64).to_le_bytes());
+    }
+    h.update(&t.to_le_bytes());
+    format!("{:016x}", h.digest())
+}
+
+/// Builds the document of a module. `sources` turns spans into `file:line` tails.
+pub fn document(module: &Module, sources: &SourceMap) -> IrDoc {
+    let g = &module.graph;
+    let tail = |id| {
+        let node = g.node(id);
+        let loc = sources.location(node.origin.span);
+        let file = std::path::Path::new(&loc.file).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or(loc.file);
+        match node.origin.instances.last() {
+            Some(inst) => format!("{file}:{} in {}@{}", loc.line, inst.block, inst.name),
+            None => format!("{file}:{}", loc.line),
+        }
+    };
+    let mut lines = vec![];
+    let order = g.topo_order();
+    for &id in &order {
+        let n = g.node(id);
+        if let (Op::Input { .. }, Some(ty)) = (&n.op, &n.ty) {
+            lines.push(IrLine::Input { name: n.name.clone(), ty: ty.clone(), tail: tail(id) });
+        }
+    }
+    for (key, p) in &module.params {
+        let known = !matches!(p.provenance, Provenance::Declared);
+        lines.push(IrLine::Param {
+            key: key.clone(),
+            dtype: p.dtype,
+            shape: known.then(|| p.shape.clone()),
+            hash: p.value.as_ref().map(content_hash),
+            origin: p.provenance.to_string(),
+        });
+    }
+    for &id in &order {
+        let n = g.node(id);
+        if matches!(n.op, Op::Input { .. }) {
+            continue;
+        }
+        lines.push(IrLine::Node {
+            name: n.name.clone(),
+            op: n.op.clone(),
+            inputs: g.inputs_of(id).into_iter().map(|i| g.node(i).name.clone()).collect(),
+            params: n.params.iter().map(|(r, k)| (r.to_string(), k.clone())).collect(),
+            ty: n.ty.clone(),
+            tail: tail(id),
+        });
+    }
+    for (name, id) in &g.outputs {
+        let _ = id;
+        lines.push(IrLine::Output { name: name.clone() });
+    }
+    IrDoc { module: module.name.clone(), stage: module.stage, lines }
+}
+
+/// Prints a module at its current stage.
+pub fn print(module: &Module, sources: &SourceMap) -> String {
+    render(&document(module, sources))
+}
+
+fn fmt_shape(shape: &[usize]) -> String {
+    let parts: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    format!("[{}]", parts.join(", "))
+}
+
+/// Renders a document as text.
+pub fn render(doc: &IrDoc) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "module {} stage {}", doc.module, doc.stage);
+    for line in &doc.lines {
+        match line {
+            IrLine::Input { name, ty, tail } => {
+                let _ = writeln!(out, "input {name}: {ty}  # {tail}");
+            }
+            IrLine::Param { key, dtype, shape, hash, origin } => {
+                let shape = shape.as_ref().map(|s| fmt_shape(s)).unwrap_or_else(|| "[?]".into());
+                let hash = hash.as_ref().map(|h| format!(" #{h}")).unwrap_or_default();
+                let _ = writeln!(out, "param {key}: {dtype}{shape}{hash} <- {origin}");
+            }
+            IrLine::Node { name, op, inputs, params, ty, tail } => {
+                let _ = write!(out, "node {name} = {}({})", op.name(), inputs.join(", "));
+                let attrs = op.attrs();
+                if !attrs.is_empty() {
+                    let parts: Vec<String> = attrs.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+                    let _ = write!(out, " {{{}}}", parts.join(", "));
+                }
+                if !params.is_empty() {
+                    let parts: Vec<String> = params.iter().map(|(r, k)| format!("{r}={k}")).collect();
+                    let _ = write!(out, " [{}]", parts.join(", "));
+                }
+                let ty = ty.as_ref().map(|t| t.to_string()).unwrap_or_else(|| "?".into());
+                let _ = writeln!(out, " : {ty}  # {tail}");
+            }
+            IrLine::Output { name } => {
+                let _ = writeln!(out, "output {name}");
+            }
+        }
+    }
+    out
+}
+
+/// A line of a dump that could not be read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("line {line}: {message}")]
+pub struct IrParseError {
+    pub line: usize,
+    pub message: String,
+}
+
+/// Reads a dump back.
+pub fn parse(text: &str) -> Result<IrDoc, IrParseError> {
+    let mut lines_iter = text.lines().enumerate();
+    let err = |line: usize, message: String| IrParseError { line: line + 1, message };
+    let (_, header) = lines_iter.next().ok_or_else(|| err(0, "empty dump".into()))?;
+    let h: Vec<&str> = header.split_whitespace().collect();
+    let (module, stage) = match h.as_slice() {
+        ["module", name, "stage", stage] => {
+            (name.to_string(), Stage::from_name(stage).ok_or_else(|| err(0, format!("unknown stage `{stage}`")))?)
+        }
+        _ => return Err(err(0, "expected `module NAME stage STAGE`".into())),
+    };
+    let mut lines = vec![];
+    for (i, line) in lines_iter {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (kind, rest) = line.split_once(' ').ok_or_else(|| err(i, "expected `input`, `param`, `node` or `output`".into()))?;
+        let parsed = match kind {
+            "input" => {
+                let (body, tail) = split_tail(rest);
+                let (name, ty) = body.split_once(": ").ok_or_else(|| err(i, "expected `input NAME: TYPE`".into()))?;
+                IrLine::Input { name: name.into(), ty: parse_type(ty).map_err(|m| err(i, m))?, tail }
+            }
+            "param" => {
+                let (decl, origin) = rest.split_once(" <- ").ok_or_else(|| err(i, "expected `<- ORIGIN`".into()))?;
+                let (key, ty) = decl.split_once(": ").ok_or_else(|| err(i, "expected `param KEY: TYPE`".into()))?;
+                let (ty, hash) = match ty.split_once(" #") {
+                    Some((t, h)) => (t, Some(h.to_string())),
+                    None => (ty, None),
+                };
+                let open = ty.find('[').ok_or_else(|| err(i, "expected a shape".into()))?;
+                let dtype = DType::from_name(&ty[..open]).ok_or_else(|| err(i, format!("unknown dtype `{}`", &ty[..open])))?;
+                let shape = if &ty[open..] == "[?]" {
+                    None
+                } else {
+                    Some(parse_list(&ty[open..]).map_err(|m| err(i, m))?.into_iter().map(|d| d as usize).collect())
+                };
+                IrLine::Param { key: key.into(), dtype, shape, hash, origin: origin.into() }
+            }
+            "node" => parse_node(rest).map_err(|m| err(i, m))?,
+            "output" => IrLine::Output { name: rest.trim().into() },
+            other => return Err(err(i, format!("unknown line kind `{other}`"))),
+        };
+        lines.push(parsed);
+    }
+    Ok(IrDoc { module, stage, lines })
+}
+
+fn split_tail(s: &str) -> (&str, String) {
+    match s.split_once("  # ") {
+        Some((body, tail)) => (body, tail.to_string()),
+        None => (s, String::new()),
+    }
+}
+
+fn parse_list(s: &str) -> Result<Vec<i64>, String> {
+    let inner = s.trim().strip_prefix('[').and_then(|s| s.strip_suffix(']')).ok_or_else(|| format!("expected a list, found `{s}`"))?;
+    if inner.trim().is_empty() {
+        return Ok(vec![]);
+    }
+    inner.split(',').map(|p| p.trim().parse::<i64>().map_err(|_| format!("expected an integer, found `{p}`"))).collect()
+}
+
+fn parse_type(s: &str) -> Result<TensorType, String> {
+    let s = s.trim();
+    let open = s.find('[').ok_or_else(|| format!("expected a type like f32[N, 3], found `{s}`"))?;
+    let dtype = DType::from_name(&s[..open]).ok_or_else(|| format!("unknown dtype `{}`", &s[..open]))?;
+    let inner = s[open..].strip_prefix('[').and_then(|x| x.strip_suffix(']')).ok_or("unclosed `[`")?;
+    let dims = if inner.trim().is_empty() {
+        vec![]
+    } else {
+        inner
+            .split(',')
+            .map(|d| {
+                let d = d.trim();
+                d.parse::<usize>().map(Dim::Fixed).unwrap_or_else(|_| Dim::Symbol(d.to_string()))
+            })
+            .collect()
+    };
+    Ok(TensorType::new(dtype, dims))
+}
+
+fn parse_attr(v: &str) -> Result<Attr, String> {
+    let v = v.trim();
+    Ok(match v {
+        "true" => Attr::Bool(true),
+        "false" => Attr::Bool(false),
+        _ if v.starts_with('[') => Attr::Ints(parse_list(v)?),
+        _ => match v.parse::<i64>() {
+            Ok(x) => Attr::Int(x),
+            Err(_) => Attr::Float(v.parse::<f64>().map_err(|_| format!("bad attribute value `{v}`"))?),
+        },
+    })
+}
+
+/// Splits on commas that are not inside brackets.
+fn split_top(s: &str) -> Vec<&str> {
+    let mut parts = vec![];
+    let (mut depth, mut start) = (0i32, 0);
+    for (i, c) in s.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if !s[start..].trim().is_empty() {
+        parts.push(&s[start..]);
+    }
+    parts
+}
+
+fn parse_node(rest: &str) -> Result<IrLine, String> {
+    let (body, tail) = split_tail(rest);
+    let (name, rhs) = body.split_once(" = ").ok_or("expected `node NAME = op(...)`")?;
+    let open = rhs.find('(').ok_or("expected `op(inputs)`")?;
+    let op_name = &rhs[..open];
+    let close = rhs.find(')').ok_or("unclosed `(`")?;
+    let inputs: Vec<String> =
+        rhs[open + 1..close].split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    let mut rest = rhs[close + 1..].trim_start();
+    let mut attrs = vec![];
+    if let Some(r) = rest.strip_prefix('{') {
+        let end = r.find('}').ok_or("unclosed `{`")?;
+        for part in split_top(&r[..end]) {
+            let (k, v) = part.split_once(':').ok_or_else(|| format!("expected `key: value`, found `{part}`"))?;
+            attrs.push((k.trim().to_string(), parse_attr(v)?));
+        }
+        rest = r[end + 1..].trim_start();
+    }
+    let mut params = vec![];
+    if let Some(r) = rest.strip_prefix('[') {
+        let end = r.find(']').ok_or("unclosed `[`")?;
+        for part in r[..end].split(',') {
+            let (role, key) = part.trim().split_once('=').ok_or_else(|| format!("expected `role=key`, found `{part}`"))?;
+            params.push((role.to_string(), key.to_string()));
+        }
+        rest = r[end + 1..].trim_start();
+    }
+    let ty = rest.strip_prefix(':').ok_or("expected `: TYPE`")?.trim();
+    let ty = if ty == "?" { None } else { Some(parse_type(ty)?) };
+    let op = match Op::build(op_name, &attrs) {
+        None => return Err(format!("unknown op `{op_name}`")),
+        Some(Err(e)) => return Err(e.into_iter().map(|e| e.message).collect::<Vec<_>>().join("; ")),
+        Some(Ok(op)) => op,
+    };
+    Ok(IrLine::Node { name: name.to_string(), op, inputs, params, ty, tail })
+}

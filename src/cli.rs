@@ -1,0 +1,269 @@
+//! Command-line parsing (clap) and the commands. Exit codes: 0 success, 1 a user error (rendered
+//! with file:line:col, a caret and a help line), 2 bad command-line usage, 70 a compiler bug.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use qc_compiler::ir::{Module, Provenance, Stage};
+use qc_compiler::{CompileError, RunOptions};
+use qc_dsl::{Diagnostic, SourceMap};
+
+const EXIT_USER: i32 = 1;
+const EXIT_BUG: i32 = 70;
+
+#[derive(Parser, Debug)]
+#[command(name = "qc", version, about = "qc: a quantization compiler for neural networks", propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Parse and validate a recipe; prints a one-line summary when it is sound.
+    #[command(after_help = "Example:\n  qc check examples/fashion_cnn.qrecipe")]
+    Check {
+        /// The .qrecipe file.
+        file: PathBuf,
+    },
+    /// Run the compiler's stages, writing an IR dump after each.
+    #[command(after_help = "Examples:\n  qc compile examples/resnet18.qrecipe --dump-ir out/\n  qc compile examples/fashion_cnn.qrecipe --stop-after parsed --print-after infer-shapes")]
+    Compile {
+        /// The .qrecipe file.
+        file: PathBuf,
+        /// Where to write the compiled model (needs the `lowered` stage).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Folder for the IR dumps, one per stage: NN-<stage>.ir.
+        #[arg(long, value_name = "DIR")]
+        dump_ir: Option<PathBuf>,
+        /// Stop after this stage.
+        #[arg(long, value_name = "STAGE", value_parser = stage_parser())]
+        stop_after: Option<String>,
+        /// Print the IR to stderr after this pass or stage (repeatable).
+        #[arg(long, value_name = "PASS")]
+        print_after: Vec<String>,
+        /// Print the IR to stderr after every pass.
+        #[arg(long)]
+        print_after_all: bool,
+    },
+    /// List the parameters of a stage with their type and where each came from.
+    #[command(after_help = "Examples:\n  qc keys examples/resnet18.qrecipe --stage float\n  qc keys examples/conv1d_net.qrecipe --stage float --format tsv")]
+    Keys {
+        /// The .qrecipe file.
+        file: PathBuf,
+        /// The stage whose parameters to list.
+        #[arg(long, value_parser = stage_parser(), default_value = "float")]
+        stage: String,
+        /// `table` for people, `tsv` for tools: key<TAB>dtype<TAB>shape<TAB>origin, no header.
+        #[arg(long, value_enum, default_value_t = KeysFormat::Table)]
+        format: KeysFormat,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum KeysFormat {
+    Table,
+    Tsv,
+}
+
+fn stage_parser() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(Stage::ALL.map(|s| s.name()))
+}
+
+/// Runs the command line; returns the exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    match cli.command {
+        Command::Check { file } => check(&file),
+        Command::Compile { file, output, dump_ir, stop_after, print_after, print_after_all } => {
+            compile(&file, output.as_deref(), dump_ir.as_deref(), stop_after.as_deref(), print_after, print_after_all)
+        }
+        Command::Keys { file, stage, format } => keys(&file, &stage, format),
+    }
+}
+
+/// Prints diagnostics to stderr, in colour on a terminal.
+fn report(diags: &[Diagnostic], sources: &Arc<SourceMap>) {
+    if std::io::stderr().is_terminal() {
+        let handler = miette::GraphicalReportHandler::new().with_links(false);
+        for d in diags {
+            let mut out = String::new();
+            let r = qc_dsl::diag::Rendered { diagnostic: d.clone(), sources: sources.clone() };
+            let _ = handler.render_report(&mut out, &r);
+            eprint!("{out}");
+        }
+    } else {
+        eprint!("{}", qc_dsl::diag::render_plain(diags, sources));
+    }
+    let n = diags.len();
+    eprintln!("error: {n} problem{} found", if n == 1 { "" } else { "s" });
+}
+
+fn load(file: &Path) -> Result<qc_dsl::Loaded, i32> {
+    qc_dsl::load(file).map_err(|e| {
+        eprintln!("error: {e}");
+        eprintln!("help: check the path; recipes are text files ending in .qrecipe");
+        EXIT_USER
+    })
+}
+
+fn fail(err: CompileError, sources: &Arc<SourceMap>) -> i32 {
+    match err {
+        CompileError::User(diags) => {
+            report(&diags, sources);
+            EXIT_USER
+        }
+        CompileError::Internal { pass, message } => {
+            eprintln!("internal error: the verifier failed after pass `{pass}`: {message}");
+            eprintln!("help: this is a bug in qc, not in your recipe; please report it with the recipe");
+            EXIT_BUG
+        }
+    }
+}
+
+fn check(file: &Path) -> i32 {
+    let loaded = match load(file) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    match qc_compiler::check(&loaded) {
+        Ok(summary) => {
+            println!("ok: {} — {summary}", file.display());
+            0
+        }
+        Err(e) => fail(e, &loaded.sources),
+    }
+}
+
+fn compile(
+    file: &Path,
+    output: Option<&Path>,
+    dump_ir: Option<&Path>,
+    stop_after: Option<&str>,
+    print_after: Vec<String>,
+    print_after_all: bool,
+) -> i32 {
+    let loaded = match load(file) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let known = qc_compiler::pass_names();
+    for p in &print_after {
+        if !known.contains(&p.as_str()) && Stage::from_name(p).is_none() {
+            let hint = qc_dsl::diag::did_you_mean(p, known.iter().copied()).unwrap_or_default();
+            eprintln!("error: --print-after `{p}` names no pass or stage {hint}");
+            eprintln!("help: passes are {}; stages are {}", known.join(", "), Stage::ALL.map(|s| s.name()).join(", "));
+            return 2;
+        }
+    }
+    let last = qc_compiler::last_stage();
+    let stop = stop_after.and_then(Stage::from_name);
+    if let Some(out) = output {
+        if stop.is_some_and(|s| s < Stage::Lowered) || last < Stage::Lowered {
+            eprintln!("error: -o {} asks for a compiled model, which is written by the `lowered` stage", out.display());
+            eprintln!(
+                "help: this qc runs the stages up to `{last}`; drop -o and use --dump-ir to see them, or `qc keys` for the parameters"
+            );
+            return EXIT_USER;
+        }
+    }
+    if let Some(dir) = dump_ir {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            eprintln!("error: cannot create the dump folder `{}`: {e}", dir.display());
+            eprintln!("help: choose a folder you can write to");
+            return EXIT_USER;
+        }
+    }
+    if stop.is_some_and(|s| s > last) {
+        eprintln!("note: --stop-after {} is past the last stage this qc has (`{last}`); running every stage", stop.map(|s| s.name()).unwrap_or(""));
+    }
+    let opts = RunOptions { stop_after: stop, print_after, print_after_all, verify: false };
+    let sources = loaded.sources.clone();
+    let mut write_error = None;
+    let mut on_stage = |m: &Module| {
+        let text = qc_compiler::printer::print(m, &sources);
+        let nodes = m.graph.node_count();
+        match dump_ir {
+            Some(dir) => {
+                let path = dir.join(format!("{:02}-{}.ir", m.stage.number(), m.stage.name()));
+                if let Err(e) = qc_compiler::checkpoint::write_atomic(&path, text.as_bytes()) {
+                    write_error.get_or_insert(format!("cannot write `{}`: {e}", path.display()));
+                }
+                println!("stage {:<10} {nodes:>4} nodes {:>4} params  -> {}", m.stage.name(), m.params.len(), path.display());
+            }
+            None => println!("stage {:<10} {nodes:>4} nodes {:>4} params", m.stage.name(), m.params.len()),
+        }
+    };
+    let mut on_print = |pass: &str, m: &Module| {
+        eprintln!("// ----- IR after {pass} -----");
+        eprint!("{}", qc_compiler::printer::print(m, &sources));
+    };
+    match qc_compiler::compile(&loaded, &opts, &mut on_stage, &mut on_print) {
+        Ok(_) => match write_error {
+            Some(e) => {
+                eprintln!("error: {e}");
+                eprintln!("help: check that the dump folder is writable");
+                EXIT_USER
+            }
+            None => 0,
+        },
+        Err(e) => fail(e, &loaded.sources),
+    }
+}
+
+fn keys(file: &Path, stage: &str, format: KeysFormat) -> i32 {
+    let loaded = match load(file) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let stage = Stage::from_name(stage).expect("clap checked the stage");
+    let last = qc_compiler::last_stage();
+    if stage > last {
+        eprintln!("error: stage `{stage}` does not exist in this qc yet; it reaches `{last}`");
+        eprintln!("help: ask for one of: {}", Stage::ALL.iter().filter(|s| **s <= last).map(|s| s.name()).collect::<Vec<_>>().join(", "));
+        return EXIT_USER;
+    }
+    let opts = RunOptions { stop_after: Some(stage), ..Default::default() };
+    let module = match qc_compiler::compile(&loaded, &opts, &mut |_| {}, &mut |_, _| {}) {
+        Ok(m) => m,
+        Err(e) => return fail(e, &loaded.sources),
+    };
+    let rows: Vec<(String, String, String, String)> = module
+        .params
+        .iter()
+        .map(|(k, p)| {
+            let shape = if matches!(p.provenance, Provenance::Declared) {
+                "?".to_string()
+            } else {
+                format!("[{}]", p.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
+            };
+            (k.clone(), p.dtype.to_string(), shape, p.provenance.to_string())
+        })
+        .collect();
+    match format {
+        KeysFormat::Tsv => {
+            for (k, d, s, o) in rows {
+                println!("{k}\t{d}\t{s}\t{o}");
+            }
+        }
+        KeysFormat::Table => {
+            let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(3).max(3);
+            let w2 = rows.iter().map(|r| r.2.len()).max().unwrap_or(5).max(5);
+            println!("{:<w0$}  {:<5}  {:<w2$}  origin", "key", "dtype", "shape");
+            for (k, d, s, o) in &rows {
+                println!("{k:<w0$}  {d:<5}  {s:<w2$}  {o}");
+            }
+            println!("{} parameters at stage `{}` of model `{}`", rows.len(), module.stage, module.name);
+        }
+    }
+    0
+}
