@@ -61,6 +61,9 @@ enum Command {
         #[arg(long, value_enum, default_value_t = KeysFormat::Table)]
         format: KeysFormat,
     },
+    /// Show the execution backends this build has (qc's own CPU code, libtorch, CUDA).
+    #[command(after_help = "Example:\n  qc backends")]
+    Backends,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -88,6 +91,7 @@ pub fn main() -> i32 {
             compile(&file, output.as_deref(), dump_ir.as_deref(), stop_after.as_deref(), print_after, print_after_all)
         }
         Command::Keys { file, stage, format } => keys(&file, &stage, format),
+        Command::Backends => backends(),
     }
 }
 
@@ -263,6 +267,26 @@ fn keys(file: &Path, stage: &str, format: KeysFormat) -> i32 {
                 println!("{k:<w0$}  {d:<5}  {s:<w2$}  {o}");
             }
             println!("{} parameters at stage `{}` of model `{}`", rows.len(), module.stage, module.name);
+        }
+    }
+    0
+}
+
+fn backends() -> i32 {
+    println!("cpu    qc's own code (reference interpreter; int8 kernels): always available");
+    match qc_runtime::torch::info() {
+        Ok(info) => {
+            println!("torch  libtorch {} (tch): available", info.version);
+            if info.cuda_available {
+                println!("cuda   {} device(s) through libtorch: available", info.cuda_devices);
+            } else {
+                println!("cuda   not available (no CUDA device, or a CPU-only libtorch)");
+            }
+        }
+        Err(e) => {
+            println!("torch  not available: {e}");
+            println!("       needed by: calibration and training through libtorch, and `--device cuda`");
+            println!("       rebuild with the default features (`cargo build --release`) after `make setup`");
         }
     }
     0

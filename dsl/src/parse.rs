@@ -147,7 +147,13 @@ fn describe(rule: &Rule) -> &'static str {
         Rule::qspec => "`activations:` or `weights:`",
         Rule::qspec_key => "`activations` or `weights`",
         Rule::qspec_word => "a quantization word (like `int8`, `per_channel`, `minmax`)",
-        Rule::entry_keyword => "an entry",
+        Rule::entry_keyword
+        | Rule::scheme_kw
+        | Rule::fuse_kw
+        | Rule::observe_kw
+        | Rule::calibrate_kw
+        | Rule::layer_kw => "an entry",
+        Rule::bad_layer_entry => "a layer setting",
         Rule::bad_entry => "an entry",
         Rule::kwarg => "`key: value`",
         Rule::settings => "`{`",
@@ -443,9 +449,12 @@ impl Cx<'_> {
     fn quantize(&self, p: Pair<Rule>) -> Quantize {
         let span = self.span(&p);
         let mut entries = vec![];
+        let mut unknown_in_layers = vec![];
         for e in p.into_inner() {
             let espan = self.span(&e);
-            let entry = match e.as_rule() {
+            let rule = e.as_rule();
+            let e = KeywordFree(e);
+            let entry = match rule {
                 Rule::scheme_entry => QuantizeEntry::Scheme(self.ident(e.into_inner().next().expect("grammar: scheme"))),
                 Rule::fuse_entry => QuantizeEntry::Fuse { ops: e.into_inner().map(|i| self.ident(i)).collect(), span: espan },
                 Rule::observe_entry => QuantizeEntry::Observe(e.into_inner().map(|q| self.qspec(q)).collect()),
@@ -478,25 +487,29 @@ impl Cx<'_> {
                     for b in inner {
                         match b.as_rule() {
                             Rule::skip => skip = Some(self.span(&b)),
+                            Rule::bad_layer_entry => unknown_in_layers.push(self.unknown_entry(b)),
                             _ => specs.push(self.qspec(b)),
                         }
                     }
                     QuantizeEntry::Layer { selector, skip, specs, span: espan }
                 }
-                Rule::qspec => QuantizeEntry::Spec(self.qspec(e)),
-                Rule::bad_entry => {
-                    let word: String = e.as_str().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
-                    let start = self.span(&e).start;
-                    QuantizeEntry::Unknown {
-                        word: Ident { span: Span::new(start, start + word.len()), name: word },
-                        span: Span::new(start, start + e.as_str().trim_end().len()),
-                    }
-                }
+                Rule::qspec => QuantizeEntry::Spec(self.qspec(e.0)),
+                Rule::bad_entry => self.unknown_entry(e.0),
                 r => unreachable!("grammar: quantize entry {r:?}"),
             };
             entries.push(entry);
         }
+        entries.extend(unknown_in_layers);
         Quantize { entries, span }
+    }
+
+    fn unknown_entry(&self, e: Pair<Rule>) -> QuantizeEntry {
+        let word: String = e.as_str().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+        let start = self.span(&e).start;
+        QuantizeEntry::Unknown {
+            word: Ident { span: Span::new(start, start + word.len()), name: word },
+            span: Span::new(start, start + e.as_str().trim_end().len()),
+        }
     }
 
     fn qspec(&self, p: Pair<Rule>) -> QSpec {
@@ -525,6 +538,17 @@ impl Cx<'_> {
 
     fn settings(&self, p: Pair<Rule>, span: Span) -> Settings {
         Settings { entries: p.into_inner().map(|k| self.kwarg(k)).collect(), span }
+    }
+}
+
+/// A quantize entry's pair whose `into_inner` skips the keyword pairs (`scheme_kw`, ...).
+struct KeywordFree<'i>(Pair<'i, Rule>);
+
+impl<'i> KeywordFree<'i> {
+    fn into_inner(self) -> impl Iterator<Item = Pair<'i, Rule>> {
+        self.0.into_inner().filter(|p| {
+            !matches!(p.as_rule(), Rule::scheme_kw | Rule::fuse_kw | Rule::observe_kw | Rule::calibrate_kw | Rule::layer_kw)
+        })
     }
 }
 

@@ -1844,7 +1844,7 @@ impl Checker<'_> {
                     suggest(
                         did_you_mean(name, known.iter().copied()),
                         format!(
-                            "data sources are a file path string and {}",
+                            "data sources are a file path in quotes (`\"data/train.npz\"`) and {}",
                             list_words(known)
                         ),
                     ),
@@ -2033,6 +2033,17 @@ impl Checker<'_> {
                 );
                 None
             }
+            // The parser keeps integers too large for i64 as (integral or infinite) floats.
+            ExprKind::Float(v) if v.abs() >= 9.2e18 => {
+                self.error(
+                    BAD_VALUE,
+                    e.span,
+                    format!("{what} is too large"),
+                    "too large",
+                    help.into(),
+                );
+                None
+            }
             ExprKind::Float(v) => {
                 self.error(
                     BAD_VALUE,
@@ -2081,6 +2092,16 @@ impl Checker<'_> {
         };
         if bounds.contains(v) {
             return Some(v);
+        }
+        if !v.is_finite() {
+            self.error(
+                BAD_VALUE,
+                e.span,
+                format!("{what} is out of range"),
+                "not a finite number",
+                help.into(),
+            );
+            return None;
         }
         let must = format!("must be {}", bounds.describe());
         self.error(
@@ -2226,12 +2247,16 @@ impl Checker<'_> {
                 None
             }
             _ => {
+                let help = match &e.kind {
+                    ExprKind::Str(s) => format!("write it without quotes: `{s}`. {help}"),
+                    _ => help.to_string(),
+                };
                 self.error(
                     BAD_VALUE,
                     e.span,
                     format!("{what} must be a name or a call, found {}", describe(e)),
                     "expected a name or a call",
-                    help.into(),
+                    help,
                 );
                 None
             }

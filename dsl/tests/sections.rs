@@ -17,7 +17,10 @@ fn load(text: &str) -> Loaded {
 
 /// `(code, offending text)` of every diagnostic.
 fn found(l: &Loaded) -> Vec<(&'static str, String)> {
-    l.diagnostics.iter().map(|d| (d.code, l.sources.text(d.span).to_string())).collect()
+    l.diagnostics
+        .iter()
+        .map(|d| (d.code, l.sources.text(d.span).to_string()))
+        .collect()
 }
 
 fn text<T>(l: &Loaded, s: &Spanned<T>) -> String {
@@ -25,7 +28,12 @@ fn text<T>(l: &Loaded, s: &Spanned<T>) -> String {
 }
 
 fn only(l: &Loaded, code: &str, offending: &str) -> qc_dsl::Diagnostic {
-    assert_eq!(found(l), vec![(code, offending.to_string())], "{:#?}", l.diagnostics);
+    assert_eq!(
+        found(l),
+        vec![(code, offending.to_string())],
+        "{:#?}",
+        l.diagnostics
+    );
     l.diagnostics[0].clone()
 }
 
@@ -56,7 +64,10 @@ fn design_example() {
     let ops: Vec<FuseOp> = q.fuse[0].ops.iter().map(|o| o.value).collect();
     assert_eq!(ops, [FuseOp::Conv2d, FuseOp::BatchNorm, FuseOp::Relu]);
     assert_eq!(text(&l, &q.fuse[0].ops[1]), "batch_norm");
-    assert_eq!(l.sources.text(q.fuse[0].span), "fuse     conv2d -> batch_norm -> relu");
+    assert_eq!(
+        l.sources.text(q.fuse[0].span),
+        "fuse     conv2d -> batch_norm -> relu"
+    );
 
     let obs = q.activations.observer.expect("activation observer");
     assert_eq!(obs.value, Observer::Histogram { bins: 2048 });
@@ -65,19 +76,36 @@ fn design_example() {
     assert_eq!(q.activations.bits, None);
 
     let c = q.calibration.as_ref().expect("calibration");
-    assert_eq!(c.source.value, DataSource::Npz { path: "data/train.npz".into() });
+    assert_eq!(
+        c.source.value,
+        DataSource::Npz {
+            path: "data/train.npz".into()
+        }
+    );
     assert!(!c.random);
     assert_eq!(c.batches.map(|b| b.value), Some(32));
     assert_eq!(text(&l, c.batches.as_ref().unwrap()), "batches: 32");
-    assert_eq!(l.sources.text(c.span), "calibrate \"data/train.npz\" batches: 32");
+    assert_eq!(
+        l.sources.text(c.span),
+        "calibrate \"data/train.npz\" batches: 32"
+    );
 
     assert_eq!(q.layers.len(), 3);
     assert_eq!(q.layers[0].selector.value, LayerSelector::Name("fc".into()));
     assert_eq!(l.sources.text(q.layers[0].skip.unwrap()), "skip");
     assert!(q.layers[0].weights.is_empty() && q.layers[0].activations.is_empty());
-    assert_eq!(q.layers[1].selector.value, LayerSelector::Glob("conv*".into()));
-    assert_eq!(q.layers[1].activations.power_of_two.map(|p| p.value), Some(true));
-    assert_eq!(q.layers[2].selector.value, LayerSelector::Op("linear".into()));
+    assert_eq!(
+        q.layers[1].selector.value,
+        LayerSelector::Glob("conv*".into())
+    );
+    assert_eq!(
+        q.layers[1].activations.power_of_two.map(|p| p.value),
+        Some(true)
+    );
+    assert_eq!(
+        q.layers[2].selector.value,
+        LayerSelector::Op("linear".into())
+    );
     let w = &q.layers[2].weights;
     assert_eq!(w.bits.map(|b| b.value), Some(4));
     assert_eq!(w.signed.map(|b| b.value), Some(true));
@@ -88,20 +116,41 @@ fn design_example() {
     let qat = l.sections.qat.as_ref().expect("qat");
     assert_eq!(qat.epochs(), 3);
     assert_eq!(qat.lr(), 1e-4);
-    assert_eq!(qat.optimizer(), Optimizer::Sgd { momentum: 0.9, nesterov: false });
+    assert_eq!(
+        qat.optimizer(),
+        Optimizer::Sgd {
+            momentum: 0.9,
+            nesterov: false
+        }
+    );
     assert_eq!(qat.freeze_bn_after(), Some(2));
     assert_eq!(qat.freeze_observers_after(), Some(2));
     assert!(!qat.learnable_scales());
     assert_eq!(qat.batch_size(), 64);
     assert_eq!(text(&l, qat.lr.as_ref().unwrap()), "lr: 1e-4");
-    assert_eq!(text(&l, qat.optimizer.as_ref().unwrap()), "optimizer: sgd(momentum: 0.9)");
+    assert_eq!(
+        text(&l, qat.optimizer.as_ref().unwrap()),
+        "optimizer: sgd(momentum: 0.9)"
+    );
 
     let train = l.sections.train.as_ref().expect("train");
     assert_eq!(train.epochs(), 2);
     assert_eq!(train.lr(), 0.01);
     assert_eq!(train.batch_size(), 64);
-    assert_eq!(train.data.as_ref().unwrap().value, DataSource::Idx { dir: None, split: Split::Train });
-    assert_eq!(train.normalize(), Some(Normalize { mean: 0.2860, std: 0.3530 }));
+    assert_eq!(
+        train.data.as_ref().unwrap().value,
+        DataSource::Idx {
+            dir: None,
+            split: Split::Train
+        }
+    );
+    assert_eq!(
+        train.normalize(),
+        Some(Normalize {
+            mean: 0.2860,
+            std: 0.3530
+        })
+    );
     assert_eq!(train.seed(), 1);
     assert_eq!(train.schedule(), Schedule::Constant);
     assert_eq!(train.test_data, None);
@@ -116,7 +165,10 @@ fn node_resolution_applies_overrides_in_order() {
     let fc = q.for_node("fc", "linear");
     assert!(fc.skip.is_some());
     let w = fc.weights.resolve(&wd);
-    assert_eq!((w.bits, w.granularity, w.observer), (4, Granularity::PerTensor, Observer::MinMax));
+    assert_eq!(
+        (w.bits, w.granularity, w.observer),
+        (4, Granularity::PerTensor, Observer::MinMax)
+    );
 
     let conv = q.for_node("conv1", "conv2d");
     assert!(conv.skip.is_none());
@@ -133,8 +185,14 @@ fn node_resolution_applies_overrides_in_order() {
     let q = l.sections.quantize.as_ref().unwrap();
     assert!(q.scheme_defaulted);
     assert_eq!(l.sources.text(q.scheme.span), "quantize");
-    assert_eq!(q.for_node("fc", "linear").weights.bits.map(|b| b.value), Some(6));
-    assert_eq!(q.for_node("conv", "conv2d").weights.bits.map(|b| b.value), Some(4));
+    assert_eq!(
+        q.for_node("fc", "linear").weights.bits.map(|b| b.value),
+        Some(6)
+    );
+    assert_eq!(
+        q.for_node("conv", "conv2d").weights.bits.map(|b| b.value),
+        Some(4)
+    );
 }
 
 #[test]
@@ -169,9 +227,15 @@ fn bits_out_of_range() {
     let l = load("quantize {\n  weights: int9\n  activations: uint1\n}\n");
     assert_eq!(
         found(&l),
-        vec![("qc::bad-value", "int9".to_string()), ("qc::bad-value", "uint1".to_string())]
+        vec![
+            ("qc::bad-value", "int9".to_string()),
+            ("qc::bad-value", "uint1".to_string())
+        ]
     );
-    assert!(l.diagnostics.iter().all(|d| d.message.contains("bits must be 2 to 8")));
+    assert!(l
+        .diagnostics
+        .iter()
+        .all(|d| d.message.contains("bits must be 2 to 8")));
     // In range: accepted.
     let l = load("quantize {\n  weights: int2\n  activations: uint7\n}\n");
     assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
@@ -186,7 +250,10 @@ fn per_channel_is_for_weights_only() {
     let d = only(&l, "qc::bad-granularity", "per_channel");
     assert_eq!(d.span.start, "quantize {\n  observe activations: ".len());
     let q = l.sections.quantize.unwrap();
-    assert_eq!(q.weights.granularity.map(|g| g.value), Some(Granularity::PerChannel));
+    assert_eq!(
+        q.weights.granularity.map(|g| g.value),
+        Some(Granularity::PerChannel)
+    );
     assert_eq!(q.activations.granularity, None);
 }
 
@@ -195,10 +262,23 @@ fn unknown_observer_and_unknown_word() {
     let l = load("quantize {\n  activations: histogramm(bins: 10)\n  weights: minmux\n}\n");
     assert_eq!(
         found(&l),
-        vec![("qc::unknown-observer", "histogramm".to_string()), ("qc::unknown-word", "minmux".to_string())]
+        vec![
+            ("qc::unknown-observer", "histogramm".to_string()),
+            ("qc::unknown-word", "minmux".to_string())
+        ]
     );
-    assert!(l.diagnostics[0].help.starts_with("did you mean `histogram`?"), "{}", l.diagnostics[0].help);
-    assert!(l.diagnostics[1].help.starts_with("did you mean `minmax`?"), "{}", l.diagnostics[1].help);
+    assert!(
+        l.diagnostics[0]
+            .help
+            .starts_with("did you mean `histogram`?"),
+        "{}",
+        l.diagnostics[0].help
+    );
+    assert!(
+        l.diagnostics[1].help.starts_with("did you mean `minmax`?"),
+        "{}",
+        l.diagnostics[1].help
+    );
 }
 
 #[test]
@@ -208,8 +288,14 @@ fn observer_arguments() {
     );
     assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
     let q = l.sections.quantize.unwrap();
-    assert_eq!(q.activations.observer.map(|o| o.value), Some(Observer::MovingAverageMinMax { momentum: 0.05 }));
-    assert_eq!(q.weights.observer.map(|o| o.value), Some(Observer::Percentile { p: 99.9 }));
+    assert_eq!(
+        q.activations.observer.map(|o| o.value),
+        Some(Observer::MovingAverageMinMax { momentum: 0.05 })
+    );
+    assert_eq!(
+        q.weights.observer.map(|o| o.value),
+        Some(Observer::Percentile { p: 99.9 })
+    );
 
     let l = load(
         "quantize {\n  activations: histogram(bns: 10)\n  weights: percentile(p: 120)\n  layer x { weights: histogram(0) }\n}\n",
@@ -222,8 +308,16 @@ fn observer_arguments() {
             ("qc::bad-argument", "0".to_string()),
         ]
     );
-    assert!(l.diagnostics[0].help.contains("did you mean `bins`?"), "{}", l.diagnostics[0].help);
-    assert!(l.diagnostics[0].help.contains("`histogram` takes `bins`"), "{}", l.diagnostics[0].help);
+    assert!(
+        l.diagnostics[0].help.contains("did you mean `bins`?"),
+        "{}",
+        l.diagnostics[0].help
+    );
+    assert!(
+        l.diagnostics[0].help.contains("`histogram` takes `bins`"),
+        "{}",
+        l.diagnostics[0].help
+    );
 }
 
 #[test]
@@ -258,12 +352,21 @@ fn number_alone_in_spec() {
 
 #[test]
 fn float_for_an_integer_setting() {
+    let l = load("qat { epochs: 99999999999999999999, limit: 1e999 }\n");
+    assert_eq!(l.diagnostics[0].message, "`epochs` is too large");
+    assert_eq!(l.diagnostics[1].message, "`limit` is too large");
     let l = load("qat { epochs: 2.5, batch_size: 0, lr: 0.001 }\n");
     assert_eq!(
         found(&l),
-        vec![("qc::bad-value", "2.5".to_string()), ("qc::bad-value", "0".to_string())]
+        vec![
+            ("qc::bad-value", "2.5".to_string()),
+            ("qc::bad-value", "0".to_string())
+        ]
     );
-    assert_eq!(l.diagnostics[0].message, "`epochs` must be a whole number, found `2.5`");
+    assert_eq!(
+        l.diagnostics[0].message,
+        "`epochs` must be a whole number, found `2.5`"
+    );
     assert!(l.diagnostics[0].help.contains("at least 1"));
     // An integer where a float is expected is fine.
     let l = load("train { lr: 1, weight_decay: 0 }\n");
@@ -294,12 +397,34 @@ fn unknown_quantize_entry() {
     let l = load("quantize {\n  shceme x86\n  frobnicate all the things\n}\n");
     assert_eq!(
         found(&l),
-        vec![("qc::unknown-entry", "shceme".to_string()), ("qc::unknown-entry", "frobnicate".to_string())]
+        vec![
+            ("qc::unknown-entry", "shceme".to_string()),
+            ("qc::unknown-entry", "frobnicate".to_string())
+        ]
     );
-    assert_eq!(l.diagnostics[0].message, "unknown entry `shceme` in `quantize`");
-    assert!(l.diagnostics[0].help.starts_with("did you mean `scheme`?"), "{}", l.diagnostics[0].help);
-    for word in ["scheme", "fuse", "observe", "calibrate", "layer", "activations:", "weights:"] {
-        assert!(l.diagnostics[1].help.contains(&format!("`{word}`")), "{}", l.diagnostics[1].help);
+    assert_eq!(
+        l.diagnostics[0].message,
+        "unknown entry `shceme` in `quantize`"
+    );
+    assert!(
+        l.diagnostics[0].help.starts_with("did you mean `scheme`?"),
+        "{}",
+        l.diagnostics[0].help
+    );
+    for word in [
+        "scheme",
+        "fuse",
+        "observe",
+        "calibrate",
+        "layer",
+        "activations:",
+        "weights:",
+    ] {
+        assert!(
+            l.diagnostics[1].help.contains(&format!("`{word}`")),
+            "{}",
+            l.diagnostics[1].help
+        );
     }
 }
 
@@ -307,7 +432,11 @@ fn unknown_quantize_entry() {
 fn malformed_entries_name_their_form() {
     let l = load("quantize {\n  calibrate random\n}\n");
     let d = only(&l, "qc::bad-entry", "calibrate random");
-    assert!(d.help.contains("calibrate random(batches: 8)"), "{}", d.help);
+    assert!(
+        d.help.contains("calibrate random(batches: 8)"),
+        "{}",
+        d.help
+    );
 }
 
 #[test]
@@ -321,9 +450,14 @@ fn schemes() {
     let l = load("quantize {\n  scheme symetric8\n  scheme x86\n}\n");
     assert_eq!(
         found(&l),
-        vec![("qc::unknown-scheme", "symetric8".to_string()), ("qc::duplicate-setting", "x86".to_string())]
+        vec![
+            ("qc::unknown-scheme", "symetric8".to_string()),
+            ("qc::duplicate-setting", "x86".to_string())
+        ]
     );
-    assert!(l.diagnostics[0].help.starts_with("did you mean `symmetric8`?"));
+    assert!(l.diagnostics[0]
+        .help
+        .starts_with("did you mean `symmetric8`?"));
     let q = l.sections.quantize.unwrap();
     assert!(q.scheme_defaulted);
     assert_eq!(q.scheme.value, Scheme::X86);
@@ -331,10 +465,15 @@ fn schemes() {
 
 #[test]
 fn fuse_chains() {
-    let l = load("quantize {\n  fuse conv1d -> relu6\n  fuse linear -> rleu\n  fuse conv1d -> relu6\n}\n");
+    let l = load(
+        "quantize {\n  fuse conv1d -> relu6\n  fuse linear -> rleu\n  fuse conv1d -> relu6\n}\n",
+    );
     assert_eq!(
         found(&l),
-        vec![("qc::bad-fuse", "rleu".to_string()), ("qc::duplicate-setting", "fuse conv1d -> relu6".to_string())]
+        vec![
+            ("qc::bad-fuse", "rleu".to_string()),
+            ("qc::duplicate-setting", "fuse conv1d -> relu6".to_string())
+        ]
     );
     assert!(l.diagnostics[0].help.starts_with("did you mean `relu`?"));
     assert_eq!(l.sections.quantize.unwrap().fuse.len(), 1);
@@ -347,18 +486,47 @@ fn calibration_sources() {
     let c = l.sections.quantize.unwrap().calibration.unwrap();
     assert!(c.random);
     assert_eq!(c.source.value, DataSource::Random);
-    assert_eq!((c.batches.map(|b| b.value), c.batch_size.map(|b| b.value)), (Some(8), Some(4)));
+    assert_eq!(
+        (c.batches.map(|b| b.value), c.batch_size.map(|b| b.value)),
+        (Some(8), Some(4))
+    );
 
-    let l = load("quantize {\n  calibrate fashion_mnist(\"../data\", split: test) samples: 500\n}\n");
+    let l =
+        load("quantize {\n  calibrate fashion_mnist(\"../data\", split: test) samples: 500\n}\n");
     assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
     let c = l.sections.quantize.unwrap().calibration.unwrap();
-    assert_eq!(c.source.value, DataSource::Idx { dir: Some("../data".into()), split: Split::Test });
+    assert_eq!(
+        c.source.value,
+        DataSource::Idx {
+            dir: Some("../data".into()),
+            split: Split::Test
+        }
+    );
     assert_eq!(c.samples.map(|s| s.value), Some(500));
+
+    let l = load("quantize {\n  calibrate \"a.NPZ\", batches: 3, samples: 10\n}\n");
+    assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
+    let c = l.sections.quantize.unwrap().calibration.unwrap();
+    assert_eq!(
+        c.source.value,
+        DataSource::Npz {
+            path: "a.NPZ".into()
+        }
+    );
+    assert_eq!(
+        (c.batches.map(|b| b.value), c.samples.map(|b| b.value)),
+        (Some(3), Some(10))
+    );
 
     let l = load("quantize {\n  calibrate npy(\"x.bin\")\n}\n");
     assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
     let c = l.sections.quantize.unwrap().calibration.unwrap();
-    assert_eq!(c.source.value, DataSource::Npy { path: "x.bin".into() });
+    assert_eq!(
+        c.source.value,
+        DataSource::Npy {
+            path: "x.bin".into()
+        }
+    );
 
     let l = load(
         "quantize {\n  calibrate random(batches: 8) batches: 4 bathces: 2\n  calibrate imagenet()\n  calibrate npz()\n  calibrate \"x.csv\"\n}\n",
@@ -380,18 +548,35 @@ fn calibration_sources() {
 
 #[test]
 fn optimizers_and_schedules() {
-    let l = load("qat { optimizer: adam(beta2: 0.99), schedule: step(every: 2), learnable_scales: true }\n");
+    let l = load(
+        "qat { optimizer: adam(beta2: 0.99), schedule: step(every: 2), learnable_scales: true }\n",
+    );
     assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
     let q = l.sections.qat.unwrap();
-    assert_eq!(q.optimizer(), Optimizer::Adam { beta1: 0.9, beta2: 0.99 });
-    assert_eq!(q.schedule(), Schedule::Step { every: 2, gamma: 0.1 });
+    assert_eq!(
+        q.optimizer(),
+        Optimizer::Adam {
+            beta1: 0.9,
+            beta2: 0.99
+        }
+    );
+    assert_eq!(
+        q.schedule(),
+        Schedule::Step {
+            every: 2,
+            gamma: 0.1
+        }
+    );
     assert!(q.learnable_scales());
     assert_eq!(q.lr(), 1e-4);
 
     let l = load("train { optimizer: adamw, schedule: step(gamma: 0.5) }\n");
     assert_eq!(
         found(&l),
-        vec![("qc::bad-value", "adamw".to_string()), ("qc::missing-argument", "step(gamma: 0.5)".to_string())]
+        vec![
+            ("qc::bad-value", "adamw".to_string()),
+            ("qc::missing-argument", "step(gamma: 0.5)".to_string())
+        ]
     );
     assert!(l.diagnostics[0].help.starts_with("did you mean `adam`?"));
 
@@ -406,8 +591,19 @@ fn data_and_normalize() {
     let l = load("train { data: \"a.npz\", test_data: fashion_mnist, limit: 100, threads: 2 }\n");
     assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
     let t = l.sections.train.unwrap();
-    assert_eq!(t.data.as_ref().unwrap().value, DataSource::Npz { path: "a.npz".into() });
-    assert_eq!(t.test_data.as_ref().unwrap().value, DataSource::Idx { dir: None, split: Split::Test });
+    assert_eq!(
+        t.data.as_ref().unwrap().value,
+        DataSource::Npz {
+            path: "a.npz".into()
+        }
+    );
+    assert_eq!(
+        t.test_data.as_ref().unwrap().value,
+        DataSource::Idx {
+            dir: None,
+            split: Split::Test
+        }
+    );
     assert_eq!((t.limit(), t.threads()), (Some(100), Some(2)));
 
     let l = load(
@@ -443,7 +639,10 @@ fn skip_with_specs_conflicts() {
     let l = load("quantize {\n  layer fc { skip weights: int8 }\n  layer \"\" { skip }\n}\n");
     assert_eq!(
         found(&l),
-        vec![("qc::conflicting-setting", "weights: int8".to_string()), ("qc::bad-value", "\"\"".to_string())]
+        vec![
+            ("qc::conflicting-setting", "weights: int8".to_string()),
+            ("qc::bad-value", "\"\"".to_string())
+        ]
     );
 }
 
@@ -473,7 +672,12 @@ fn float_tensors() {
     let q = l.sections.quantize.unwrap();
     let n = q.for_node("a.0.b", "conv2d");
     assert!(n.weights.resolve(&q.scheme_defaults().0).float);
-    assert!(!q.for_node("c", "conv2d").weights.resolve(&q.scheme_defaults().0).float);
+    assert!(
+        !q.for_node("c", "conv2d")
+            .weights
+            .resolve(&q.scheme_defaults().0)
+            .float
+    );
 }
 
 #[test]
@@ -491,5 +695,24 @@ fn odd_input_does_not_panic() {
     for c in cases {
         let l = load(c);
         assert!(!l.diagnostics.is_empty(), "no diagnostic for {c}");
+    }
+}
+
+#[test]
+fn renders_with_miette() {
+    let cases = [
+        "quantize {\n  scheme x68\n  weights: int16 symmetric affine\n  activations: per_channel histogramm(bins: 3)\n  calibrate \"x.csv\" bathces: 3\n  shceme x\n}\nqat { epocs: 0, lr: 0, epocs: 1 }\ntrain { optimizer: sgd(momentum: 1.5), data: random(), normalize: [1] }\nqat { }\n",
+        "qat { epochs: 99999999999999999999999, lr: 1e999, normalize: [\"a\", true] }",
+        "train { data: npz(1), test_data: idx(\"a\", \"b\", split: train, split: test) }",
+        "quantize { calibrate fashion_mnist(split: [1]) batches: \"x\" }",
+        "quantize { activations: histogram(bins: 99999999) percentile }",
+        "qat { data: x.y, optimizer: [1], schedule: \"cosine\", learnable_scales: 1 }",
+    ];
+    for c in cases {
+        let l = load(c);
+        let out = qc_dsl::diag::render_plain(&l.diagnostics, &l.sources);
+        for d in &l.diagnostics {
+            assert!(out.contains(d.code) && out.contains(&d.message), "{out}");
+        }
     }
 }

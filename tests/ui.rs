@@ -1,0 +1,235 @@
+//! UI tests: every `tests/ui/*.qrecipe` is a broken recipe, checked with the real `qc` binary.
+//!
+//! For each case, `qc check tests/ui/NAME.qrecipe` runs from the repository root and must
+//!   - exit with 1 (a user error),
+//!   - print, for every error, a `╭─[tests/ui/NAME.qrecipe:LINE:COL]` location and a `help:` line,
+//!   - end with `error: N problem(s) found` where N is the number of errors printed,
+//!   - report every location listed in the file's `// @error LINE:COL ...` header line(s),
+//!   - match its insta snapshot `tests/snapshots/ui__NAME.snap` (stderr, exactly).
+//!
+//! To add a case: write `tests/ui/NAME.qrecipe` (a header comment saying what is wrong and an
+//! `// @error LINE:COL` line per expected error), run `INSTA_UPDATE=always cargo test --test ui`
+//! (or `cargo insta review`), and read the new snapshot: is the message, the caret and the help
+//! right for a user?
+//!
+//! Checkpoints used by the cases live in `tests/ui/data/` (small real safetensors files).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every case, sorted, as paths relative to the repository root.
+fn cases() -> Vec<String> {
+    let dir = root().join("tests/ui");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|e| e.expect("directory entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".qrecipe"))
+        .collect();
+    names.sort();
+    names.into_iter().map(|n| format!("tests/ui/{n}")).collect()
+}
+
+struct Output {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn qc_check(path: &str) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_qc"))
+        .args(["check", path])
+        .current_dir(root())
+        .env_remove("RUST_BACKTRACE")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run qc");
+    Output {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Replaces the absolute repository root (some messages carry resolved paths) with `[ROOT]`.
+/// miette wraps a message at 100 columns, so a message holding an absolute path wraps at a
+/// place that depends on where the checkout lives; for such output the wrapped continuation
+/// lines of the `×` message and of the `help:` text are joined back, so that the snapshot does
+/// not depend on the checkout's location.
+fn normalize(stderr: &str) -> String {
+    let mut roots = vec![root().display().to_string()];
+    if let Ok(c) = root().canonicalize() {
+        roots.push(c.display().to_string());
+    }
+    roots.sort_by_key(|r| std::cmp::Reverse(r.len()));
+    let mut text = stderr.to_string();
+    let mut redacted = false;
+    for r in &roots {
+        if text.contains(r.as_str()) {
+            text = text.replace(r.as_str(), "[ROOT]");
+            redacted = true;
+        }
+    }
+    if !redacted {
+        return text;
+    }
+    let mut out: Vec<String> = vec![];
+    let mut in_help = false;
+    for line in text.lines() {
+        let joins_message = line.starts_with("  │ ") && out.last().is_some_and(|l| l.starts_with("  × "));
+        let joins_help = in_help && line.starts_with("        ") && !line.trim().is_empty();
+        if joins_message || joins_help {
+            let last = out.last_mut().expect("a previous line");
+            last.push(' ');
+            last.push_str(line.trim_start_matches("  │ ").trim_start());
+            continue;
+        }
+        in_help = line.starts_with("  help:");
+        out.push(line.to_string());
+    }
+    let mut joined = out.join("\n");
+    if text.ends_with('\n') {
+        joined.push('\n');
+    }
+    joined
+}
+
+/// The `// @error LINE:COL ...` locations a case expects (in its header comment).
+fn expected_locations(source: &str) -> Vec<String> {
+    source
+        .lines()
+        .take_while(|l| l.starts_with("//"))
+        .filter_map(|l| l.strip_prefix("// @error"))
+        .flat_map(|rest| rest.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .collect()
+}
+
+/// Runs one case; returns what is wrong with its output (empty when it is right). The snapshot
+/// comparison panics on a mismatch (insta's way); the caller catches that.
+fn check(path: &str) -> Vec<String> {
+    let mut problems = vec![];
+    let source = std::fs::read_to_string(root().join(path)).expect("read the case");
+    let header_ok = source.starts_with("//");
+    if !header_ok {
+        problems.push("the file does not start with a header comment saying what is wrong".to_string());
+    }
+    let expected = expected_locations(&source);
+    if expected.is_empty() {
+        problems.push("no `// @error LINE:COL` line in the header".to_string());
+    }
+
+    let out = qc_check(path);
+    if out.code != Some(1) {
+        problems.push(format!("exit code {:?}, expected 1 (stdout: {:?})", out.code, out.stdout));
+    }
+    if out.stderr.contains("panicked at") {
+        problems.push("qc panicked".to_string());
+    }
+
+    // One chunk per diagnostic: from its `qc::code` line to the next.
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    let starts: Vec<usize> = (0..lines.len()).filter(|&i| lines[i].starts_with("qc::")).collect();
+    if starts.is_empty() {
+        problems.push("no diagnostic (`qc::code` line) in stderr".to_string());
+    }
+    let location_prefix = format!("╭─[{path}:");
+    let mut locations = vec![];
+    for (k, &s) in starts.iter().enumerate() {
+        let end = starts.get(k + 1).copied().unwrap_or(lines.len());
+        let chunk = &lines[s..end];
+        let code = lines[s];
+        let errors = chunk.iter().filter(|l| l.starts_with("  × ")).count();
+        if errors != 1 {
+            problems.push(format!("diagnostic {code} (#{}) has {errors} `×` message lines, expected 1", k + 1));
+        }
+        let locs: Vec<String> = chunk
+            .iter()
+            .filter_map(|l| l.split_once(location_prefix.as_str()).map(|(_, rest)| rest))
+            .filter_map(|rest| rest.split_once(']').map(|(loc, _)| loc.to_string()))
+            .filter(|loc| {
+                let mut parts = loc.split(':');
+                let ok = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+                ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
+            })
+            .collect();
+        if locs.is_empty() {
+            problems.push(format!("diagnostic {code} (#{}) has no `{location_prefix}LINE:COL]` location", k + 1));
+        }
+        locations.extend(locs);
+        let helps = chunk.iter().filter(|l| l.trim_start().starts_with("help:")).count();
+        if helps != 1 {
+            problems.push(format!("diagnostic {code} (#{}) has {helps} `help:` lines, expected 1", k + 1));
+        } else if chunk.iter().any(|l| l.trim() == "help:") {
+            problems.push(format!("diagnostic {code} (#{}) has an empty `help:`", k + 1));
+        }
+    }
+    let n = starts.len();
+    let summary = format!("error: {n} problem{} found", if n == 1 { "" } else { "s" });
+    if lines.last().copied() != Some(summary.as_str()) {
+        problems.push(format!("the last line is {:?}, expected {summary:?}", lines.last()));
+    }
+    // Every expected location is printed (as often as it is listed).
+    let mut remaining = locations.clone();
+    for want in &expected {
+        match remaining.iter().position(|l| l == want) {
+            Some(i) => {
+                remaining.remove(i);
+            }
+            None => problems.push(format!("no error reported at {path}:{want} (printed locations: {locations:?})")),
+        }
+    }
+    if n < expected.len() {
+        problems.push(format!("{n} errors reported, the header expects at least {}", expected.len()));
+    }
+
+    let name = Path::new(path).file_stem().expect("a file name").to_string_lossy().into_owned();
+    let stderr = normalize(&out.stderr);
+    let mut settings = insta::Settings::clone_current();
+    settings.set_prepend_module_to_snapshot(true);
+    settings.set_omit_expression(true);
+    settings.set_description(format!("qc check {path}"));
+    settings.bind(|| insta::assert_snapshot!(name.as_str(), stderr));
+    problems
+}
+
+#[test]
+fn ui_cases() {
+    let cases = cases();
+    assert!(cases.len() >= 20, "expected at least 20 cases in tests/ui, found {}", cases.len());
+    let mut failures = vec![];
+    for path in &cases {
+        let result = std::panic::catch_unwind(|| check(path));
+        match result {
+            Ok(problems) if problems.is_empty() => {}
+            Ok(problems) => failures.push(format!("{path}:\n    {}", problems.join("\n    "))),
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                let first = msg.lines().next().unwrap_or("").to_string();
+                failures.push(format!("{path}:\n    snapshot or check panicked: {first}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} ui cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+}
+
+/// A sound recipe: exit 0, one line on stdout, nothing on stderr.
+#[test]
+fn fashion_cnn_checks_clean() {
+    let out = qc_check("examples/fashion_cnn.qrecipe");
+    assert_eq!(out.code, Some(0), "stderr:\n{}", out.stderr);
+    assert_eq!(out.stderr, "", "a sound recipe prints nothing on stderr");
+    assert_eq!(out.stdout.lines().count(), 1, "expected exactly one line, got:\n{}", out.stdout);
+    assert!(out.stdout.ends_with('\n'));
+    assert!(
+        out.stdout.starts_with("ok: examples/fashion_cnn.qrecipe — model `fashion_cnn`"),
+        "unexpected summary: {}",
+        out.stdout
+    );
+}
