@@ -14,7 +14,12 @@ const EXIT_USER: i32 = 1;
 const EXIT_BUG: i32 = 70;
 
 #[derive(Parser, Debug)]
-#[command(name = "qc", version, about = "qc: a quantization compiler for neural networks", propagate_version = true)]
+#[command(
+    name = "qc",
+    version,
+    about = "qc: a quantization compiler for neural networks",
+    propagate_version = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -29,7 +34,9 @@ enum Command {
         file: PathBuf,
     },
     /// Run the compiler's stages, writing an IR dump after each.
-    #[command(after_help = "Examples:\n  qc compile examples/resnet18.qrecipe --dump-ir out/\n  qc compile examples/fashion_cnn.qrecipe --stop-after parsed --print-after infer-shapes")]
+    #[command(
+        after_help = "Examples:\n  qc compile examples/resnet18.qrecipe --dump-ir out/\n  qc compile examples/fashion_cnn.qrecipe --stop-after parsed --print-after infer-shapes"
+    )]
     Compile {
         /// The .qrecipe file.
         file: PathBuf,
@@ -50,7 +57,9 @@ enum Command {
         print_after_all: bool,
     },
     /// List the parameters of a stage with their type and where each came from.
-    #[command(after_help = "Examples:\n  qc keys examples/resnet18.qrecipe --stage float\n  qc keys examples/conv1d_net.qrecipe --stage float --format tsv")]
+    #[command(
+        after_help = "Examples:\n  qc keys examples/resnet18.qrecipe --stage float\n  qc keys examples/conv1d_net.qrecipe --stage float --format tsv"
+    )]
     Keys {
         /// The .qrecipe file.
         file: PathBuf,
@@ -87,9 +96,21 @@ pub fn main() -> i32 {
     };
     match cli.command {
         Command::Check { file } => check(&file),
-        Command::Compile { file, output, dump_ir, stop_after, print_after, print_after_all } => {
-            compile(&file, output.as_deref(), dump_ir.as_deref(), stop_after.as_deref(), print_after, print_after_all)
-        }
+        Command::Compile {
+            file,
+            output,
+            dump_ir,
+            stop_after,
+            print_after,
+            print_after_all,
+        } => compile(
+            &file,
+            output.as_deref(),
+            dump_ir.as_deref(),
+            stop_after.as_deref(),
+            print_after,
+            print_after_all,
+        ),
         Command::Keys { file, stage, format } => keys(&file, &stage, format),
         Command::Backends => backends(),
     }
@@ -101,7 +122,10 @@ fn report(diags: &[Diagnostic], sources: &Arc<SourceMap>) {
         let handler = miette::GraphicalReportHandler::new().with_links(false);
         for d in diags {
             let mut out = String::new();
-            let r = qc_dsl::diag::Rendered { diagnostic: d.clone(), sources: sources.clone() };
+            let r = qc_dsl::diag::Rendered {
+                diagnostic: d.clone(),
+                sources: sources.clone(),
+            };
             let _ = handler.render_report(&mut out, &r);
             eprint!("{out}");
         }
@@ -165,7 +189,11 @@ fn compile(
         if !known.contains(&p.as_str()) && Stage::from_name(p).is_none() {
             let hint = qc_dsl::diag::did_you_mean(p, known.iter().copied()).unwrap_or_default();
             eprintln!("error: --print-after `{p}` names no pass or stage {hint}");
-            eprintln!("help: passes are {}; stages are {}", known.join(", "), Stage::ALL.map(|s| s.name()).join(", "));
+            eprintln!(
+                "help: passes are {}; stages are {}",
+                known.join(", "),
+                Stage::ALL.map(|s| s.name()).join(", ")
+            );
             return 2;
         }
     }
@@ -173,7 +201,10 @@ fn compile(
     let stop = stop_after.and_then(Stage::from_name);
     if let Some(out) = output {
         if stop.is_some_and(|s| s < Stage::Lowered) || last < Stage::Lowered {
-            eprintln!("error: -o {} asks for a compiled model, which is written by the `lowered` stage", out.display());
+            eprintln!(
+                "error: -o {} asks for a compiled model, which is written by the `lowered` stage",
+                out.display()
+            );
             eprintln!(
                 "help: this qc runs the stages up to `{last}`; drop -o and use --dump-ir to see them, or `qc keys` for the parameters"
             );
@@ -188,9 +219,17 @@ fn compile(
         }
     }
     if stop.is_some_and(|s| s > last) {
-        eprintln!("note: --stop-after {} is past the last stage this qc has (`{last}`); running every stage", stop.map(|s| s.name()).unwrap_or(""));
+        eprintln!(
+            "note: --stop-after {} is past the last stage this qc has (`{last}`); running every stage",
+            stop.map(|s| s.name()).unwrap_or("")
+        );
     }
-    let opts = RunOptions { stop_after: stop, print_after, print_after_all, verify: false };
+    let opts = RunOptions {
+        stop_after: stop,
+        print_after,
+        print_after_all,
+        verify: false,
+    };
     let sources = loaded.sources.clone();
     let mut write_error = None;
     let mut on_stage = |m: &Module| {
@@ -202,9 +241,18 @@ fn compile(
                 if let Err(e) = qc_compiler::checkpoint::write_atomic(&path, text.as_bytes()) {
                     write_error.get_or_insert(format!("cannot write `{}`: {e}", path.display()));
                 }
-                println!("stage {:<10} {nodes:>4} nodes {:>4} params  -> {}", m.stage.name(), m.params.len(), path.display());
+                println!(
+                    "stage {:<10} {nodes:>4} nodes {:>4} params  -> {}",
+                    m.stage.name(),
+                    m.params.len(),
+                    path.display()
+                );
             }
-            None => println!("stage {:<10} {nodes:>4} nodes {:>4} params", m.stage.name(), m.params.len()),
+            None => println!(
+                "stage {:<10} {nodes:>4} nodes {:>4} params",
+                m.stage.name(),
+                m.params.len()
+            ),
         }
     };
     let mut on_print = |pass: &str, m: &Module| {
@@ -233,10 +281,21 @@ fn keys(file: &Path, stage: &str, format: KeysFormat) -> i32 {
     let last = qc_compiler::last_stage();
     if stage > last {
         eprintln!("error: stage `{stage}` does not exist in this qc yet; it reaches `{last}`");
-        eprintln!("help: ask for one of: {}", Stage::ALL.iter().filter(|s| **s <= last).map(|s| s.name()).collect::<Vec<_>>().join(", "));
+        eprintln!(
+            "help: ask for one of: {}",
+            Stage::ALL
+                .iter()
+                .filter(|s| **s <= last)
+                .map(|s| s.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         return EXIT_USER;
     }
-    let opts = RunOptions { stop_after: Some(stage), ..Default::default() };
+    let opts = RunOptions {
+        stop_after: Some(stage),
+        ..Default::default()
+    };
     let module = match qc_compiler::compile(&loaded, &opts, &mut |_| {}, &mut |_, _| {}) {
         Ok(m) => m,
         Err(e) => return fail(e, &loaded.sources),
@@ -248,7 +307,10 @@ fn keys(file: &Path, stage: &str, format: KeysFormat) -> i32 {
             let shape = if matches!(p.provenance, Provenance::Declared) {
                 "?".to_string()
             } else {
-                format!("[{}]", p.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
+                format!(
+                    "[{}]",
+                    p.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+                )
             };
             (k.clone(), p.dtype.to_string(), shape, p.provenance.to_string())
         })
@@ -266,7 +328,12 @@ fn keys(file: &Path, stage: &str, format: KeysFormat) -> i32 {
             for (k, d, s, o) in &rows {
                 println!("{k:<w0$}  {d:<5}  {s:<w2$}  {o}");
             }
-            println!("{} parameters at stage `{}` of model `{}`", rows.len(), module.stage, module.name);
+            println!(
+                "{} parameters at stage `{}` of model `{}`",
+                rows.len(),
+                module.stage,
+                module.name
+            );
         }
     }
     0

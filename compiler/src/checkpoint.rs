@@ -21,29 +21,49 @@ pub enum CheckpointError {
 /// format stores no other order).
 pub fn read_safetensors(path: &Path) -> Result<IndexMap<String, Tensor>, CheckpointError> {
     let p = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io { path: p.clone(), source })?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| CheckpointError::Format { path: p.clone(), message: e.to_string() })?;
+    let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io {
+        path: p.clone(),
+        source,
+    })?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| CheckpointError::Format {
+        path: p.clone(),
+        message: e.to_string(),
+    })?;
     let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
     names.sort();
     let mut out = IndexMap::new();
     for name in names {
-        let view = st.tensor(&name).map_err(|e| CheckpointError::Format { path: p.clone(), message: e.to_string() })?;
+        let view = st.tensor(&name).map_err(|e| CheckpointError::Format {
+            path: p.clone(),
+            message: e.to_string(),
+        })?;
         let shape = view.shape().to_vec();
         let data = view.data();
         let tensor = match view.dtype() {
             safetensors::Dtype::F32 => Tensor::from_le_bytes(DType::F32, shape, data),
             safetensors::Dtype::F64 => {
-                let v: Vec<f32> = data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32).collect();
+                let v: Vec<f32> = data
+                    .chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+                    .collect();
                 Some(Tensor::f32(shape, v))
             }
             safetensors::Dtype::I64 => Tensor::from_le_bytes(DType::I64, shape, data),
             safetensors::Dtype::I32 => Tensor::from_le_bytes(DType::I32, shape, data),
             safetensors::Dtype::I8 => Tensor::from_le_bytes(DType::I8, shape, data),
             safetensors::Dtype::U8 => Tensor::from_le_bytes(DType::U8, shape, data),
-            other => return Err(CheckpointError::DType { path: p, key: name, dtype: format!("{other:?}") }),
+            other => {
+                return Err(CheckpointError::DType {
+                    path: p,
+                    key: name,
+                    dtype: format!("{other:?}"),
+                })
+            }
         };
-        let tensor = tensor.ok_or_else(|| CheckpointError::Format { path: p.clone(), message: format!("`{name}` has the wrong byte count") })?;
+        let tensor = tensor.ok_or_else(|| CheckpointError::Format {
+            path: p.clone(),
+            message: format!("`{name}` has the wrong byte count"),
+        })?;
         out.insert(name, tensor);
     }
     Ok(out)
@@ -61,25 +81,39 @@ fn st_dtype(d: DType) -> safetensors::Dtype {
 
 /// Writes tensors to a safetensors file atomically.
 pub fn write_safetensors(path: &Path, tensors: &IndexMap<String, Tensor>) -> Result<(), CheckpointError> {
-    let bytes: Vec<(String, Vec<u8>, DType, Vec<usize>)> =
-        tensors.iter().map(|(k, t)| (k.clone(), t.to_le_bytes(), t.dtype(), t.shape.clone())).collect();
+    let bytes: Vec<(String, Vec<u8>, DType, Vec<usize>)> = tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), t.to_le_bytes(), t.dtype(), t.shape.clone()))
+        .collect();
     let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
         .iter()
         .map(|(k, b, d, s)| {
-            let v = safetensors::tensor::TensorView::new(st_dtype(*d), s.clone(), b).expect("sizes match by construction");
+            let v =
+                safetensors::tensor::TensorView::new(st_dtype(*d), s.clone(), b).expect("sizes match by construction");
             (k.clone(), v)
         })
         .collect();
-    let data = safetensors::serialize(views, None)
-        .map_err(|e| CheckpointError::Format { path: path.display().to_string(), message: e.to_string() })?;
-    write_atomic(path, &data).map_err(|source| CheckpointError::Io { path: path.display().to_string(), source })
+    let data = safetensors::serialize(views, None).map_err(|e| CheckpointError::Format {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    write_atomic(path, &data).map_err(|source| CheckpointError::Io {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// Writes a file so that readers see the old content or the new, never a part: a temporary file
 /// in the same folder, flushed, then renamed over the target.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;

@@ -65,16 +65,24 @@ pub fn expand(loaded: &Loaded) -> Result<Module, Vec<Diagnostic>> {
     for b in &recipe.blocks {
         if OP_NAMES.contains(&b.name.name.as_str()) {
             diags.push(
-                Diagnostic::new("qc::block-shadows-op", b.name.span, format!("block `{}` has the name of a built-in op", b.name.name))
-                    .label("block name")
-                    .help("rename the block; ops and blocks share one namespace"),
+                Diagnostic::new(
+                    "qc::block-shadows-op",
+                    b.name.span,
+                    format!("block `{}` has the name of a built-in op", b.name.name),
+                )
+                .label("block name")
+                .help("rename the block; ops and blocks share one namespace"),
             );
         } else if let Some(prev) = blocks.get(b.name.name.as_str()) {
             diags.push(
-                Diagnostic::new("qc::duplicate-block", b.name.span, format!("block `{}` is defined twice", b.name.name))
-                    .label("second definition")
-                    .note(prev.name.span, "first defined here")
-                    .help("rename one of the blocks"),
+                Diagnostic::new(
+                    "qc::duplicate-block",
+                    b.name.span,
+                    format!("block `{}` is defined twice", b.name.name),
+                )
+                .label("second definition")
+                .note(prev.name.span, "first defined here")
+                .help("rename one of the blocks"),
             );
         } else {
             blocks.insert(&b.name.name, b);
@@ -83,10 +91,14 @@ pub fn expand(loaded: &Loaded) -> Result<Module, Vec<Diagnostic>> {
         for p in &b.params {
             if let Some(prev) = seen.insert(&p.name.name, p.name.span) {
                 diags.push(
-                    Diagnostic::new("qc::duplicate-param", p.name.span, format!("block `{}` has two parameters named `{}`", b.name.name, p.name.name))
-                        .label("second parameter")
-                        .note(prev, "first here")
-                        .help("rename one of the parameters"),
+                    Diagnostic::new(
+                        "qc::duplicate-param",
+                        p.name.span,
+                        format!("block `{}` has two parameters named `{}`", b.name.name, p.name.name),
+                    )
+                    .label("second parameter")
+                    .note(prev, "first here")
+                    .help("rename one of the parameters"),
                 );
             }
         }
@@ -104,39 +116,70 @@ pub fn expand(loaded: &Loaded) -> Result<Module, Vec<Diagnostic>> {
         [m, rest @ ..] => {
             for extra in rest {
                 diags.push(
-                    Diagnostic::new("qc::many-models", extra.name.span, format!("a second model `{}`", extra.name.name))
-                        .label("second model")
-                        .note(m.name.span, "first model here")
-                        .help("a recipe compiles one model: move the other into its own file, or make it a `block`"),
+                    Diagnostic::new(
+                        "qc::many-models",
+                        extra.name.span,
+                        format!("a second model `{}`", extra.name.name),
+                    )
+                    .label("second model")
+                    .note(m.name.span, "first model here")
+                    .help("a recipe compiles one model: move the other into its own file, or make it a `block`"),
                 );
             }
             m
         }
     };
-    let mut ex = Expander { graph: Graph::default(), params: Default::default(), blocks, diags, names: HashSet::new(), depth: 0 };
+    let mut ex = Expander {
+        graph: Graph::default(),
+        params: Default::default(),
+        blocks,
+        diags,
+        names: HashSet::new(),
+        depth: 0,
+    };
     ex.model(model);
     if !ex.diags.is_empty() {
         return Err(ex.diags.finish());
     }
-    let source_name = loaded.sources.files().first().map(|f| f.name.clone()).unwrap_or_default();
+    let source_name = loaded
+        .sources
+        .files()
+        .first()
+        .map(|f| f.name.clone())
+        .unwrap_or_default();
     let source_name = std::path::Path::new(&source_name)
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or(source_name);
-    Ok(Module { name: model.name.name.clone(), graph: ex.graph, params: ex.params, stage: Stage::Parsed, source_name })
+    Ok(Module {
+        name: model.name.name.clone(),
+        graph: ex.graph,
+        params: ex.params,
+        stage: Stage::Parsed,
+        source_name,
+    })
 }
 
 impl<'a> Expander<'a> {
     fn model(&mut self, model: &'a ast::Model) {
-        let mut scope = Scope { prefix: String::new(), vars: IndexMap::new(), stmts: &model.stmts, instances: vec![] };
+        let mut scope = Scope {
+            prefix: String::new(),
+            vars: IndexMap::new(),
+            stmts: &model.stmts,
+            instances: vec![],
+        };
         for (index, input) in model.inputs.iter().enumerate() {
             let dtype = match DType::from_name(&input.dtype.name) {
                 Some(DType::F32) => DType::F32,
                 _ => {
                     self.diags.push(
-                        Diagnostic::new("qc::bad-input-type", input.dtype.span, format!("input `{}` has element type `{}`", input.name.name, input.dtype.name))
-                            .label("unsupported element type")
-                            .help("model inputs are float: write `f32[...]`"),
+                        Diagnostic::new(
+                            "qc::bad-input-type",
+                            input.dtype.span,
+                            format!("input `{}` has element type `{}`", input.name.name, input.dtype.name),
+                        )
+                        .label("unsupported element type")
+                        .help("model inputs are float: write `f32[...]`"),
                     );
                     DType::F32
                 }
@@ -158,9 +201,13 @@ impl<'a> Expander<'a> {
             }
             if dims.is_empty() {
                 self.diags.push(
-                    Diagnostic::new("qc::bad-dim", input.span, format!("input `{}` has no dimensions", input.name.name))
-                        .label("rank 0")
-                        .help("write the shape, e.g. `f32[N, 1, 28, 28]`"),
+                    Diagnostic::new(
+                        "qc::bad-dim",
+                        input.span,
+                        format!("input `{}` has no dimensions", input.name.name),
+                    )
+                    .label("rank 0")
+                    .help("write the shape, e.g. `f32[N, 1, 28, 28]`"),
                 );
             }
             let node = Node {
@@ -168,7 +215,10 @@ impl<'a> Expander<'a> {
                 op: Op::Input { index },
                 ty: Some(TensorType::new(dtype, dims)),
                 params: vec![],
-                origin: Origin { span: input.span, instances: vec![] },
+                origin: Origin {
+                    span: input.span,
+                    instances: vec![],
+                },
             };
             if let Some(id) = self.add_node(node, &[], input.name.span) {
                 self.bind(&mut scope, &input.name.name, Value::Tensor(id), input.name.span);
@@ -177,9 +227,13 @@ impl<'a> Expander<'a> {
         }
         if model.inputs.is_empty() {
             self.diags.push(
-                Diagnostic::new("qc::no-input", model.name.span, format!("model `{}` has no input", model.name.name))
-                    .label("model without inputs")
-                    .help("declare one: `input x: f32[N, 1, 28, 28]`"),
+                Diagnostic::new(
+                    "qc::no-input",
+                    model.name.span,
+                    format!("model `{}` has no input", model.name.name),
+                )
+                .label("model without inputs")
+                .help("declare one: `input x: f32[N, 1, 28, 28]`"),
             );
         }
         for stmt in &model.stmts {
@@ -187,9 +241,13 @@ impl<'a> Expander<'a> {
         }
         if model.outputs.is_empty() {
             self.diags.push(
-                Diagnostic::new("qc::no-output", model.name.span, format!("model `{}` has no output", model.name.name))
-                    .label("model without outputs")
-                    .help("name the result: `output fc`"),
+                Diagnostic::new(
+                    "qc::no-output",
+                    model.name.span,
+                    format!("model `{}` has no output", model.name.name),
+                )
+                .label("model without outputs")
+                .help("name the result: `output fc`"),
             );
         }
         for out in &model.outputs {
@@ -199,9 +257,13 @@ impl<'a> Expander<'a> {
                     other => {
                         let what = other.describe(&self.graph);
                         self.diags.push(
-                            Diagnostic::new("qc::output-not-tensor", out.span, format!("output `{}` is {what}, not a tensor", out.text))
-                                .label("not a tensor")
-                                .help("an output names a node of the model"),
+                            Diagnostic::new(
+                                "qc::output-not-tensor",
+                                out.span,
+                                format!("output `{}` is {what}, not a tensor", out.text),
+                            )
+                            .label("not a tensor")
+                            .help("an output names a node of the model"),
                         );
                     }
                 }
@@ -225,9 +287,13 @@ impl<'a> Expander<'a> {
     fn add_node(&mut self, node: Node, inputs: &[NodeId], span: Span) -> Option<NodeId> {
         if !self.names.insert(node.name.clone()) {
             self.diags.push(
-                Diagnostic::new("qc::duplicate-node", span, format!("a node named `{}` already exists", node.name))
-                    .label("second node with this name")
-                    .help("node names (with their block-instance prefixes) must be unique; rename this one"),
+                Diagnostic::new(
+                    "qc::duplicate-node",
+                    span,
+                    format!("a node named `{}` already exists", node.name),
+                )
+                .label("second node with this name")
+                .help("node names (with their block-instance prefixes) must be unique; rename this one"),
             );
             return None;
         }
@@ -239,7 +305,10 @@ impl<'a> Expander<'a> {
         if !self.names.contains(base) {
             return base.to_string();
         }
-        (2..).map(|i| format!("{base}_{i}")).find(|n| !self.names.contains(n)).expect("unbounded")
+        (2..)
+            .map(|i| format!("{base}_{i}"))
+            .find(|n| !self.names.contains(n))
+            .expect("unbounded")
     }
 
     fn stmt(&mut self, stmt: &'a Stmt, scope: &mut Scope<'a>) -> Option<Value> {
@@ -263,10 +332,14 @@ impl<'a> Expander<'a> {
             }
             let later = def;
             self.diags.push(
-                Diagnostic::new("qc::use-before-definition", span, format!("`{name}` is used before it is defined"))
-                    .label("used here")
-                    .note(later, "defined here, later")
-                    .help("graphs are acyclic and read top to bottom: move the definition above this use"),
+                Diagnostic::new(
+                    "qc::use-before-definition",
+                    span,
+                    format!("`{name}` is used before it is defined"),
+                )
+                .label("used here")
+                .note(later, "defined here, later")
+                .help("graphs are acyclic and read top to bottom: move the definition above this use"),
             );
             return None;
         }
@@ -277,7 +350,9 @@ impl<'a> Expander<'a> {
                 .unwrap_or_else(|| "define it with `name = op(...)` before using it, or declare it as an input".into())
         };
         self.diags.push(
-            Diagnostic::new("qc::unknown-name", span, format!("unknown name `{name}`")).label("not defined").help(help),
+            Diagnostic::new("qc::unknown-name", span, format!("unknown name `{name}`"))
+                .label("not defined")
+                .help(help),
         );
         None
     }
@@ -308,9 +383,13 @@ impl<'a> Expander<'a> {
                 other => {
                     let what = other.describe(&self.graph);
                     self.diags.push(
-                        Diagnostic::new("qc::bad-condition", cond.span, format!("the condition is {what}, not a boolean"))
-                            .label("not true or false")
-                            .help("write a comparison (`stride == 1`) or a boolean parameter (`downsample`)"),
+                        Diagnostic::new(
+                            "qc::bad-condition",
+                            cond.span,
+                            format!("the condition is {what}, not a boolean"),
+                        )
+                        .label("not true or false")
+                        .help("write a comparison (`stride == 1`) or a boolean parameter (`downsample`)"),
                     );
                     None
                 }
@@ -409,7 +488,14 @@ impl<'a> Expander<'a> {
 
     /// A call: a block instance or an op. `bound` is the statement's target when the call is
     /// the whole right-hand side; `hint` names anonymous calls.
-    fn call(&mut self, call: &'a Call, bound: Option<&str>, hint: &str, stmt_span: Span, scope: &mut Scope<'a>) -> Option<Value> {
+    fn call(
+        &mut self,
+        call: &'a Call,
+        bound: Option<&str>,
+        hint: &str,
+        stmt_span: Span,
+        scope: &mut Scope<'a>,
+    ) -> Option<Value> {
         let callee = call.callee.name.as_str();
         if let Some(block) = self.blocks.get(callee).copied() {
             let local = match bound {
@@ -423,9 +509,13 @@ impl<'a> Expander<'a> {
             let help = did_you_mean(callee, candidates.iter().copied())
                 .unwrap_or_else(|| format!("ops are: {}; or define `block {callee}(...)`", OP_NAMES.join(", ")));
             self.diags.push(
-                Diagnostic::new("qc::unknown-op", call.callee.span, format!("unknown op or block `{callee}`"))
-                    .label("not an op or block")
-                    .help(help),
+                Diagnostic::new(
+                    "qc::unknown-op",
+                    call.callee.span,
+                    format!("unknown op or block `{callee}`"),
+                )
+                .label("not an op or block")
+                .help(help),
             );
             return None;
         };
@@ -454,9 +544,13 @@ impl<'a> Expander<'a> {
                         other => {
                             let what = other.describe(&me.graph);
                             me.diags.push(
-                                Diagnostic::new("qc::expected-tensor", arg.value.span, format!("`{callee}` takes tensors as positional arguments, found {what}"))
-                                    .label("not a tensor")
-                                    .help("settings are keyword arguments: `key: value`"),
+                                Diagnostic::new(
+                                    "qc::expected-tensor",
+                                    arg.value.span,
+                                    format!("`{callee}` takes tensors as positional arguments, found {what}"),
+                                )
+                                .label("not a tensor")
+                                .help("settings are keyword arguments: `key: value`"),
                             );
                             false
                         }
@@ -486,9 +580,13 @@ impl<'a> Expander<'a> {
                         Some(a) => {
                             if attr_spans.insert(key.name.clone(), arg.span()).is_some() {
                                 self.diags.push(
-                                    Diagnostic::new("qc::duplicate-argument", arg.span(), format!("`{}` is given twice", key.name))
-                                        .label("second value")
-                                        .help("give each keyword argument once"),
+                                    Diagnostic::new(
+                                        "qc::duplicate-argument",
+                                        arg.span(),
+                                        format!("`{}` is given twice", key.name),
+                                    )
+                                    .label("second value")
+                                    .help("give each keyword argument once"),
                                 );
                                 ok = false;
                             }
@@ -497,9 +595,13 @@ impl<'a> Expander<'a> {
                         None => {
                             let what = v.describe(&self.graph);
                             self.diags.push(
-                                Diagnostic::new("qc::bad-argument", arg.value.span, format!("`{}` of {callee} cannot be {what}", key.name))
-                                    .label("not a number, boolean or list of integers")
-                                    .help("tensors are positional arguments; keyword arguments are settings"),
+                                Diagnostic::new(
+                                    "qc::bad-argument",
+                                    arg.value.span,
+                                    format!("`{}` of {callee} cannot be {what}", key.name),
+                                )
+                                .label("not a number, boolean or list of integers")
+                                .help("tensors are positional arguments; keyword arguments are settings"),
                             );
                             ok = false;
                         }
@@ -509,13 +611,17 @@ impl<'a> Expander<'a> {
         }
         if !arity.accepts(inputs.len()) && ok {
             self.diags.push(
-                Diagnostic::new("qc::arity", call.span, format!("`{callee}` takes {}, found {}", arity.describe(), inputs.len()))
-                    .label("wrong number of inputs")
-                    .help(match arity {
-                        crate::ops::Arity::Exactly(2) => format!("write `{callee}(a, b)`"),
-                        crate::ops::Arity::AtLeast(_) => format!("write `{callee}(a, b, ..., dim: 1)`"),
-                        _ => format!("write `{callee}(x, ...)` with one tensor first; settings are `key: value`"),
-                    }),
+                Diagnostic::new(
+                    "qc::arity",
+                    call.span,
+                    format!("`{callee}` takes {}, found {}", arity.describe(), inputs.len()),
+                )
+                .label("wrong number of inputs")
+                .help(match arity {
+                    crate::ops::Arity::Exactly(2) => format!("write `{callee}(a, b)`"),
+                    crate::ops::Arity::AtLeast(_) => format!("write `{callee}(a, b, ..., dim: 1)`"),
+                    _ => format!("write `{callee}(x, ...)` with one tensor first; settings are `key: value`"),
+                }),
             );
             return None;
         }
@@ -523,8 +629,17 @@ impl<'a> Expander<'a> {
             Ok(op) => op,
             Err(errors) => {
                 for e in errors {
-                    let span = e.key.as_ref().and_then(|k| attr_spans.get(k)).copied().unwrap_or(call.span);
-                    self.diags.push(Diagnostic::new("qc::bad-argument", span, e.message).label("here").help(e.help));
+                    let span = e
+                        .key
+                        .as_ref()
+                        .and_then(|k| attr_spans.get(k))
+                        .copied()
+                        .unwrap_or(call.span);
+                    self.diags.push(
+                        Diagnostic::new("qc::bad-argument", span, e.message)
+                            .label("here")
+                            .help(e.help),
+                    );
                 }
                 return None;
             }
@@ -532,25 +647,52 @@ impl<'a> Expander<'a> {
         if !ok {
             return None;
         }
-        let params: Vec<(&'static str, String)> = op.param_names().into_iter().map(|r| (r, format!("{full}.{r}"))).collect();
+        let params: Vec<(&'static str, String)> = op
+            .param_names()
+            .into_iter()
+            .map(|r| (r, format!("{full}.{r}")))
+            .collect();
         for (role, key) in &params {
-            let (_, dtype, _) = op.params(None).into_iter().find(|(n, _, _)| n == role).expect("same op");
+            let (_, dtype, _) = op
+                .params(None)
+                .into_iter()
+                .find(|(n, _, _)| n == role)
+                .expect("same op");
             self.params.insert(
                 key.clone(),
-                Param { dtype, shape: vec![], value: None, provenance: Provenance::Declared, owner: full.clone() },
+                Param {
+                    dtype,
+                    shape: vec![],
+                    value: None,
+                    provenance: Provenance::Declared,
+                    owner: full.clone(),
+                },
             );
         }
         let span = if bound.is_some() { stmt_span } else { call.span };
-        let node = Node { name: full, op, ty: None, params, origin: Origin { span, instances: scope.instances.clone() } };
+        let node = Node {
+            name: full,
+            op,
+            ty: None,
+            params,
+            origin: Origin {
+                span,
+                instances: scope.instances.clone(),
+            },
+        };
         self.add_node(node, &inputs, call.span).map(Value::Tensor)
     }
 
     fn instantiate(&mut self, block: &'a Block, call: &'a Call, local: &str, scope: &mut Scope<'a>) -> Option<Value> {
         if self.depth >= MAX_BLOCK_DEPTH {
             self.diags.push(
-                Diagnostic::new("qc::block-recursion", call.span, format!("block `{}` nests deeper than {MAX_BLOCK_DEPTH} levels", block.name.name))
-                    .label("instantiated here")
-                    .help("a block that (indirectly) instantiates itself never ends; remove the recursion"),
+                Diagnostic::new(
+                    "qc::block-recursion",
+                    call.span,
+                    format!("block `{}` nests deeper than {MAX_BLOCK_DEPTH} levels", block.name.name),
+                )
+                .label("instantiated here")
+                .help("a block that (indirectly) instantiates itself never ends; remove the recursion"),
             );
             return None;
         }
@@ -564,15 +706,20 @@ impl<'a> Expander<'a> {
             let (name, span) = match &arg.name {
                 Some(n) => {
                     if !block.params.iter().any(|p| p.name.name == n.name) {
-                        let help = did_you_mean(&n.name, block.params.iter().map(|p| p.name.name.as_str())).unwrap_or_else(|| {
-                            let names: Vec<&str> = block.params.iter().map(|p| p.name.name.as_str()).collect();
-                            format!("block `{}` takes: {}", block.name.name, names.join(", "))
-                        });
+                        let help = did_you_mean(&n.name, block.params.iter().map(|p| p.name.name.as_str()))
+                            .unwrap_or_else(|| {
+                                let names: Vec<&str> = block.params.iter().map(|p| p.name.name.as_str()).collect();
+                                format!("block `{}` takes: {}", block.name.name, names.join(", "))
+                            });
                         self.diags.push(
-                            Diagnostic::new("qc::unknown-argument", n.span, format!("block `{}` has no parameter `{}`", block.name.name, n.name))
-                                .label("unknown parameter")
-                                .note(block.name.span, "block defined here")
-                                .help(help),
+                            Diagnostic::new(
+                                "qc::unknown-argument",
+                                n.span,
+                                format!("block `{}` has no parameter `{}`", block.name.name, n.name),
+                            )
+                            .label("unknown parameter")
+                            .note(block.name.span, "block defined here")
+                            .help(help),
                         );
                         ok = false;
                         continue;
@@ -582,10 +729,18 @@ impl<'a> Expander<'a> {
                 None => {
                     let Some(p) = block.params.get(positional) else {
                         self.diags.push(
-                            Diagnostic::new("qc::arity", arg.value.span, format!("block `{}` takes {} parameters, found more", block.name.name, block.params.len()))
-                                .label("extra argument")
-                                .note(block.name.span, "block defined here")
-                                .help("remove the argument, or add a parameter to the block"),
+                            Diagnostic::new(
+                                "qc::arity",
+                                arg.value.span,
+                                format!(
+                                    "block `{}` takes {} parameters, found more",
+                                    block.name.name,
+                                    block.params.len()
+                                ),
+                            )
+                            .label("extra argument")
+                            .note(block.name.span, "block defined here")
+                            .help("remove the argument, or add a parameter to the block"),
                         );
                         ok = false;
                         continue;
@@ -596,9 +751,13 @@ impl<'a> Expander<'a> {
             };
             if given.contains_key(&name) {
                 self.diags.push(
-                    Diagnostic::new("qc::duplicate-argument", span, format!("parameter `{name}` is given twice"))
-                        .label("second value")
-                        .help("give each parameter once, by position or by name"),
+                    Diagnostic::new(
+                        "qc::duplicate-argument",
+                        span,
+                        format!("parameter `{name}` is given twice"),
+                    )
+                    .label("second value")
+                    .help("give each parameter once, by position or by name"),
                 );
                 ok = false;
             }
@@ -613,8 +772,17 @@ impl<'a> Expander<'a> {
             return None;
         }
         let mut instances = scope.instances.clone();
-        instances.push(Instance { block: block.name.name.clone(), name: full.clone(), call: call.span });
-        let mut inner = Scope { prefix: format!("{full}."), vars: IndexMap::new(), stmts: &block.stmts, instances };
+        instances.push(Instance {
+            block: block.name.name.clone(),
+            name: full.clone(),
+            call: call.span,
+        });
+        let mut inner = Scope {
+            prefix: format!("{full}."),
+            vars: IndexMap::new(),
+            stmts: &block.stmts,
+            instances,
+        };
         for p in &block.params {
             let value = match given.shift_remove(&p.name.name) {
                 Some((v, _)) => Some(v),
@@ -627,10 +795,14 @@ impl<'a> Expander<'a> {
                     }
                     None => {
                         self.diags.push(
-                            Diagnostic::new("qc::missing-argument", call.span, format!("block `{}` needs parameter `{}`", block.name.name, p.name.name))
-                                .label("missing argument")
-                                .note(p.name.span, "parameter declared here")
-                                .help(format!("pass it: `{}: ...`", p.name.name)),
+                            Diagnostic::new(
+                                "qc::missing-argument",
+                                call.span,
+                                format!("block `{}` needs parameter `{}`", block.name.name, p.name.name),
+                            )
+                            .label("missing argument")
+                            .note(p.name.span, "parameter declared here")
+                            .help(format!("pass it: `{}: ...`", p.name.name)),
                         );
                         None
                     }
@@ -660,9 +832,13 @@ impl<'a> Expander<'a> {
                 Some(v) => Some(v),
                 None => {
                     self.diags.push(
-                        Diagnostic::new("qc::empty-block", block.name.span, format!("block `{}` has no statements", block.name.name))
-                            .label("empty block")
-                            .help("a block's result is its `output` line, or else its last statement"),
+                        Diagnostic::new(
+                            "qc::empty-block",
+                            block.name.span,
+                            format!("block `{}` has no statements", block.name.name),
+                        )
+                        .label("empty block")
+                        .help("a block's result is its `output` line, or else its last statement"),
                     );
                     None
                 }
@@ -670,9 +846,13 @@ impl<'a> Expander<'a> {
             [out] => self.lookup(&out.text, out.span, &inner),
             [_, second, ..] => {
                 self.diags.push(
-                    Diagnostic::new("qc::block-outputs", second.span, format!("block `{}` has more than one output", block.name.name))
-                        .label("second output")
-                        .help("a block returns one tensor; split it into two blocks, or concat the results"),
+                    Diagnostic::new(
+                        "qc::block-outputs",
+                        second.span,
+                        format!("block `{}` has more than one output", block.name.name),
+                    )
+                    .label("second output")
+                    .help("a block returns one tensor; split it into two blocks, or concat the results"),
                 );
                 None
             }
@@ -684,16 +864,22 @@ impl<'a> Expander<'a> {
 fn defined_later(name: &str, stmts: &[Stmt]) -> Option<Span> {
     fn in_expr(name: &str, e: &Expr) -> Option<Span> {
         match &e.kind {
-            ExprKind::Binding(s) => (s.target.text == name).then_some(s.target.span).or_else(|| in_expr(name, &s.value)),
+            ExprKind::Binding(s) => (s.target.text == name)
+                .then_some(s.target.span)
+                .or_else(|| in_expr(name, &s.value)),
             ExprKind::Call(c) => c.args.iter().find_map(|a| in_expr(name, &a.value)),
-            ExprKind::If { cond, then, otherwise } => {
-                in_expr(name, cond).or_else(|| in_expr(name, then)).or_else(|| in_expr(name, otherwise))
-            }
+            ExprKind::If { cond, then, otherwise } => in_expr(name, cond)
+                .or_else(|| in_expr(name, then))
+                .or_else(|| in_expr(name, otherwise)),
             ExprKind::List(items) => items.iter().find_map(|i| in_expr(name, i)),
             ExprKind::Unary(_, a) => in_expr(name, a),
             ExprKind::Binary(_, a, b) => in_expr(name, a).or_else(|| in_expr(name, b)),
             _ => None,
         }
     }
-    stmts.iter().find_map(|s| (s.target.text == name).then_some(s.target.span).or_else(|| in_expr(name, &s.value)))
+    stmts.iter().find_map(|s| {
+        (s.target.text == name)
+            .then_some(s.target.span)
+            .or_else(|| in_expr(name, &s.value))
+    })
 }

@@ -10,11 +10,21 @@ use crate::ops::Op;
 use crate::pass::{Changed, Ctx, Pass, PassError};
 
 /// A diagnostic at a node's recipe line, with notes at the block instances it sits in.
-pub fn node_diagnostic(module: &Module, id: NodeId, code: &'static str, message: String, label: &str, help: String) -> Diagnostic {
+pub fn node_diagnostic(
+    module: &Module,
+    id: NodeId,
+    code: &'static str,
+    message: String,
+    label: &str,
+    help: String,
+) -> Diagnostic {
     let node = module.graph.node(id);
     let mut d = Diagnostic::new(code, node.origin.span, message).label(label).help(help);
     for inst in node.origin.instances.iter().rev() {
-        d = d.note(inst.call, format!("in `{}`, an instance of block `{}`", inst.name, inst.block));
+        d = d.note(
+            inst.call,
+            format!("in `{}`, an instance of block `{}`", inst.name, inst.block),
+        );
     }
     d
 }
@@ -140,19 +150,40 @@ fn init_all(module: &mut Module) {
         let seed = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
         let n: usize = shape.iter().product();
         let (method, tensor) = match (dtype, role, &op) {
-            (DType::I64, _, _) => ("zeros", Tensor { shape: shape.clone(), data: TensorData::I64(vec![0; n]) }),
-            (_, "weight", Some(Op::BatchNorm(_))) | (_, "running_var", _) => ("ones", Tensor::f32(shape.clone(), vec![1.0; n])),
-            (_, "bias", Some(Op::BatchNorm(_))) | (_, "running_mean", _) => ("zeros", Tensor::f32(shape.clone(), vec![0.0; n])),
+            (DType::I64, _, _) => (
+                "zeros",
+                Tensor {
+                    shape: shape.clone(),
+                    data: TensorData::I64(vec![0; n]),
+                },
+            ),
+            (_, "weight", Some(Op::BatchNorm(_))) | (_, "running_var", _) => {
+                ("ones", Tensor::f32(shape.clone(), vec![1.0; n]))
+            }
+            (_, "bias", Some(Op::BatchNorm(_))) | (_, "running_mean", _) => {
+                ("zeros", Tensor::f32(shape.clone(), vec![0.0; n]))
+            }
             _ => {
                 // PyTorch's default for conv and linear: kaiming_uniform(a=sqrt(5)) for the
                 // weight and U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the bias; both reduce to
                 // that same bound.
-                let weight_shape = module.params.get(&format!("{owner}.weight")).map(|p| p.shape.clone()).unwrap_or_default();
+                let weight_shape = module
+                    .params
+                    .get(&format!("{owner}.weight"))
+                    .map(|p| p.shape.clone())
+                    .unwrap_or_default();
                 let fan_in: usize = weight_shape.iter().skip(1).product::<usize>().max(1);
                 let bound = 1.0 / (fan_in as f32).sqrt();
                 let mut rng = SplitMix64::new(seed);
                 let v = (0..n).map(|_| rng.uniform(-bound, bound)).collect();
-                (if role == "weight" { "kaiming_uniform" } else { "uniform_fan_in" }, Tensor::f32(shape.clone(), v))
+                (
+                    if role == "weight" {
+                        "kaiming_uniform"
+                    } else {
+                        "uniform_fan_in"
+                    },
+                    Tensor::f32(shape.clone(), v),
+                )
             }
         };
         let p = module.params.get_mut(&key).expect("key from the store");
@@ -174,7 +205,10 @@ pub fn bind_checkpoint(
     let model_keys: Vec<&str> = module.params.keys().map(|k| k.as_str()).collect();
     let owner_note = |module: &Module, key: &str, d: Diagnostic| -> Diagnostic {
         match module.params.get(key).and_then(|p| module.graph.find(&p.owner)) {
-            Some(id) => d.note(module.graph.node(id).origin.span, format!("`{key}` belongs to this node")),
+            Some(id) => d.note(
+                module.graph.node(id).origin.span,
+                format!("`{key}` belongs to this node"),
+            ),
             None => d,
         }
     };
@@ -185,9 +219,13 @@ pub fn bind_checkpoint(
                     Some(c) => format!("the checkpoint has `{c}`, which the model does not use: is it this one under another name?"),
                     None => "export the checkpoint from the same architecture (torch.save(model.state_dict()) → safetensors)".into(),
                 };
-                let d = Diagnostic::new("qc::checkpoint-missing", span, format!("`{file}` has no `{key}` ({} {:?})", p.dtype, p.shape))
-                    .label("missing key")
-                    .help(help);
+                let d = Diagnostic::new(
+                    "qc::checkpoint-missing",
+                    span,
+                    format!("`{file}` has no `{key}` ({} {:?})", p.dtype, p.shape),
+                )
+                .label("missing key")
+                .help(help);
                 diags.push(owner_note(module, key, d));
             }
             Some(t) if t.shape != p.shape || t.dtype() != p.dtype => {
@@ -210,9 +248,13 @@ pub fn bind_checkpoint(
                 None => "remove it from the checkpoint, or add the layer it belongs to to the recipe".into(),
             };
             diags.push(
-                Diagnostic::new("qc::checkpoint-unexpected", span, format!("`{file}` has `{key}`, which no layer of the model owns"))
-                    .label("unexpected key")
-                    .help(help),
+                Diagnostic::new(
+                    "qc::checkpoint-unexpected",
+                    span,
+                    format!("`{file}` has `{key}`, which no layer of the model owns"),
+                )
+                .label("unexpected key")
+                .help(help),
             );
         }
     }
@@ -221,7 +263,10 @@ pub fn bind_checkpoint(
     }
     for (key, p) in module.params.iter_mut() {
         p.value = Some(tensors[key].clone());
-        p.provenance = Provenance::Checkpoint { file: file.to_string(), key: key.clone() };
+        p.provenance = Provenance::Checkpoint {
+            file: file.to_string(),
+            key: key.clone(),
+        };
     }
     Ok(())
 }

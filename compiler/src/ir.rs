@@ -76,8 +76,11 @@ impl Graph {
 
     /// Inputs of a node, by port.
     pub fn inputs_of(&self, id: NodeId) -> Vec<NodeId> {
-        let mut e: Vec<(Port, NodeId)> =
-            self.g.edges_directed(id, Direction::Incoming).map(|e| (*e.weight(), e.source())).collect();
+        let mut e: Vec<(Port, NodeId)> = self
+            .g
+            .edges_directed(id, Direction::Incoming)
+            .map(|e| (*e.weight(), e.source()))
+            .collect();
         e.sort();
         e.into_iter().map(|(_, n)| n).collect()
     }
@@ -97,10 +100,17 @@ impl Graph {
     /// Live nodes in topological order; among ready nodes the earliest created goes first, so
     /// the order is source order whenever source order is a valid one.
     pub fn topo_order(&self) -> Vec<NodeId> {
-        let live: Vec<NodeId> = self.order.iter().copied().filter(|n| self.g.contains_node(*n)).collect();
+        let live: Vec<NodeId> = self
+            .order
+            .iter()
+            .copied()
+            .filter(|n| self.g.contains_node(*n))
+            .collect();
         let rank: std::collections::HashMap<NodeId, usize> = live.iter().enumerate().map(|(i, n)| (*n, i)).collect();
-        let mut indeg: std::collections::HashMap<NodeId, usize> =
-            live.iter().map(|n| (*n, self.g.edges_directed(*n, Direction::Incoming).count())).collect();
+        let mut indeg: std::collections::HashMap<NodeId, usize> = live
+            .iter()
+            .map(|n| (*n, self.g.edges_directed(*n, Direction::Incoming).count()))
+            .collect();
         let mut ready: std::collections::BTreeSet<(usize, NodeId)> =
             live.iter().filter(|n| indeg[n] == 0).map(|n| (rank[n], *n)).collect();
         let mut out = Vec::with_capacity(live.len());
@@ -120,7 +130,10 @@ impl Graph {
     }
 
     pub fn find(&self, name: &str) -> Option<NodeId> {
-        self.order.iter().copied().find(|n| self.g.contains_node(*n) && self.g[*n].name == name)
+        self.order
+            .iter()
+            .copied()
+            .find(|n| self.g.contains_node(*n) && self.g[*n].name == name)
     }
 
     pub fn node_count(&self) -> usize {
@@ -184,8 +197,15 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 7] =
-        [Stage::Parsed, Stage::Float, Stage::Fused, Stage::Observed, Stage::Calibrated, Stage::Quantized, Stage::Lowered];
+    pub const ALL: [Stage; 7] = [
+        Stage::Parsed,
+        Stage::Float,
+        Stage::Fused,
+        Stage::Observed,
+        Stage::Calibrated,
+        Stage::Quantized,
+        Stage::Lowered,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {

@@ -21,7 +21,10 @@ pub use pass::{PassError, RunOptions};
 
 /// The stages that exist, after `parsed`, with their passes.
 pub fn pipeline() -> Vec<pass::StageDef> {
-    vec![pass::StageDef { stage: Stage::Float, passes: vec![Box::new(float::InferShapes), Box::new(float::BindWeights)] }]
+    vec![pass::StageDef {
+        stage: Stage::Float,
+        passes: vec![Box::new(float::InferShapes), Box::new(float::BindWeights)],
+    }]
 }
 
 /// The last stage the pipeline reaches.
@@ -53,7 +56,10 @@ pub fn compile(
     if cfg!(debug_assertions) || opts.verify {
         let errors = verify::verify(&module);
         if !errors.is_empty() {
-            return Err(CompileError::Internal { pass: "expand".into(), message: errors.join("; ") });
+            return Err(CompileError::Internal {
+                pass: "expand".into(),
+                message: errors.join("; "),
+            });
         }
     }
     on_stage(&module);
@@ -100,16 +106,20 @@ pub fn check(loaded: &Loaded) -> Result<String, CompileError> {
     };
     let n_params: usize = module.params.values().map(|p| p.shape.iter().product::<usize>()).sum();
     let mut sections = vec![];
-    if loaded.recipe.quantize.first().is_some() {
+    if !loaded.recipe.quantize.is_empty() {
         sections.push("quantize");
     }
-    if loaded.recipe.train.first().is_some() {
+    if !loaded.recipe.train.is_empty() {
         sections.push("train");
     }
-    if loaded.recipe.qat.first().is_some() {
+    if !loaded.recipe.qat.is_empty() {
         sections.push("qat");
     }
-    let sections = if sections.is_empty() { String::new() } else { format!(", sections {}", sections.join("+")) };
+    let sections = if sections.is_empty() {
+        String::new()
+    } else {
+        format!(", sections {}", sections.join("+"))
+    };
     Ok(format!(
         "model `{}`: {} nodes, {} parameter tensors ({} values), {weights}{sections}",
         module.name,

@@ -72,25 +72,39 @@ pub struct Linear {
 /// shape rule here, and the compiler tells you every other place that must learn it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
-    Input { index: usize },
+    Input {
+        index: usize,
+    },
     Conv(Conv),
     BatchNorm(BatchNorm),
     Relu,
     Relu6,
     /// `hardtanh` and `clamp`: min(max(x, min), max).
-    Clamp { min: f64, max: f64 },
+    Clamp {
+        min: f64,
+        max: f64,
+    },
     MaxPool(Pool),
     AvgPool(Pool),
-    AdaptiveAvgPool { output: Vec<usize> },
+    AdaptiveAvgPool {
+        output: Vec<usize>,
+    },
     /// Mean over every spatial dim, which stay as size 1.
     GlobalAvgPool,
-    Flatten { start_dim: i64, end_dim: i64 },
+    Flatten {
+        start_dim: i64,
+        end_dim: i64,
+    },
     Linear(Linear),
     Add,
-    Concat { dim: i64 },
+    Concat {
+        dim: i64,
+    },
     Identity,
     /// Inference no-op; training drops with probability `p`.
-    Dropout { p: f64 },
+    Dropout {
+        p: f64,
+    },
 }
 
 /// Why an op could not be built from its attributes; `key` names the attribute at fault.
@@ -169,32 +183,57 @@ const ALIASES: &[(&str, &str)] = &[
 ];
 
 fn canonical(name: &str) -> &str {
-    ALIASES.iter().find(|(a, _)| *a == name).map(|(_, c)| *c).unwrap_or(name)
+    ALIASES
+        .iter()
+        .find(|(a, _)| *a == name)
+        .map(|(_, c)| *c)
+        .unwrap_or(name)
 }
 
 impl<'a> Attrs<'a> {
     fn new(op: &'a str, given: &'a [(String, Attr)]) -> Self {
-        Attrs { op, given, known: vec![], errors: vec![] }
+        Attrs {
+            op,
+            given,
+            known: vec![],
+            errors: vec![],
+        }
     }
 
     fn get(&mut self, key: &'static str) -> Option<&'a Attr> {
         self.known.push(key);
-        self.given.iter().rev().find(|(k, _)| canonical(k) == key).map(|(_, v)| v)
+        self.given
+            .iter()
+            .rev()
+            .find(|(k, _)| canonical(k) == key)
+            .map(|(_, v)| v)
     }
 
     fn fail(&mut self, key: &str, message: String, help: String) {
-        self.errors.push(AttrError { key: Some(key.to_string()), message, help });
+        self.errors.push(AttrError {
+            key: Some(key.to_string()),
+            message,
+            help,
+        });
     }
 
     fn int_opt(&mut self, key: &'static str, min: i64) -> Option<i64> {
         match self.get(key)? {
             Attr::Int(v) if *v >= min => Some(*v),
             Attr::Int(v) => {
-                self.fail(key, format!("`{key}` of {} must be at least {min}, found {v}", self.op), format!("write `{key}: {min}` or more"));
+                self.fail(
+                    key,
+                    format!("`{key}` of {} must be at least {min}, found {v}", self.op),
+                    format!("write `{key}: {min}` or more"),
+                );
                 None
             }
             other => {
-                self.fail(key, format!("`{key}` of {} must be an integer, found `{other}`", self.op), format!("write e.g. `{key}: {}`", min.max(1)));
+                self.fail(
+                    key,
+                    format!("`{key}` of {} must be an integer, found `{other}`", self.op),
+                    format!("write e.g. `{key}: {}`", min.max(1)),
+                );
                 None
             }
         }
@@ -224,7 +263,11 @@ impl<'a> Attrs<'a> {
             Some(Attr::Float(v)) => *v,
             Some(Attr::Int(v)) => *v as f64,
             Some(other) => {
-                self.fail(key, format!("`{key}` of {} must be a number, found `{other}`", self.op), format!("write e.g. `{key}: {default}`"));
+                self.fail(
+                    key,
+                    format!("`{key}` of {} must be a number, found `{other}`", self.op),
+                    format!("write e.g. `{key}: {default}`"),
+                );
                 default
             }
         }
@@ -235,7 +278,11 @@ impl<'a> Attrs<'a> {
             None => default,
             Some(Attr::Bool(v)) => *v,
             Some(other) => {
-                self.fail(key, format!("`{key}` of {} must be `true` or `false`, found `{other}`", self.op), format!("write `{key}: {default}`"));
+                self.fail(
+                    key,
+                    format!("`{key}` of {} must be `true` or `false`, found `{other}`", self.op),
+                    format!("write `{key}: {default}`"),
+                );
                 default
             }
         }
@@ -259,16 +306,28 @@ impl<'a> Attrs<'a> {
             Some(Attr::Int(v)) => vec![*v; rank],
             Some(Attr::Ints(v)) if v.len() == rank => v.clone(),
             Some(Attr::Ints(v)) => {
-                self.fail(key, format!("`{key}` of {} needs {rank} values, found {}", self.op, v.len()), format!("write one integer for all dims, or a list of {rank}"));
+                self.fail(
+                    key,
+                    format!("`{key}` of {} needs {rank} values, found {}", self.op, v.len()),
+                    format!("write one integer for all dims, or a list of {rank}"),
+                );
                 return vec![min.max(1) as usize; rank];
             }
             Some(other) => {
-                self.fail(key, format!("`{key}` of {} must be an integer or a list, found `{other}`", self.op), format!("write e.g. `{key}: 3` or `{key}: [3, 3]`"));
+                self.fail(
+                    key,
+                    format!("`{key}` of {} must be an integer or a list, found `{other}`", self.op),
+                    format!("write e.g. `{key}: 3` or `{key}: [3, 3]`"),
+                );
                 return vec![min.max(1) as usize; rank];
             }
         };
         if let Some(bad) = values.iter().find(|v| **v < min) {
-            self.fail(key, format!("`{key}` of {} must be at least {min}, found {bad}", self.op), format!("every `{key}` value must be {min} or more"));
+            self.fail(
+                key,
+                format!("`{key}` of {} must be at least {min}, found {bad}", self.op),
+                format!("every `{key}` value must be {min} or more"),
+            );
             return vec![min.max(1) as usize; rank];
         }
         values.into_iter().map(|v| v as usize).collect()
@@ -282,7 +341,11 @@ impl<'a> Attrs<'a> {
                     None if self.known.is_empty() => format!("{} takes no keyword arguments", self.op),
                     None => format!("{} accepts: {}", self.op, self.known.join(", ")),
                 };
-                self.errors.push(AttrError { key: Some(k.clone()), message: format!("{} has no argument `{k}`", self.op), help });
+                self.errors.push(AttrError {
+                    key: Some(k.clone()),
+                    message: format!("{} has no argument `{k}`", self.op),
+                    help,
+                });
             }
         }
         if self.errors.is_empty() {
@@ -307,27 +370,52 @@ impl Op {
                 let dilation = a.ints("dilation", rank, 1, Some(vec![1; rank]));
                 let groups = a.int("groups", 1, Some(1)) as usize;
                 let bias = a.boolean("bias", true);
-                Op::Conv(Conv { rank, out_channels, kernel, stride, pad, dilation, groups, bias })
+                Op::Conv(Conv {
+                    rank,
+                    out_channels,
+                    kernel,
+                    stride,
+                    pad,
+                    dilation,
+                    groups,
+                    bias,
+                })
             }
             "batch_norm" => {
                 let eps = a.float("eps", 1e-5);
                 let momentum = a.float("momentum", 0.1);
                 if eps <= 0.0 || !eps.is_finite() {
-                    a.fail("eps", format!("`eps` of batch_norm must be positive, found {eps}"), "PyTorch's default is `eps: 1e-5`".into());
+                    a.fail(
+                        "eps",
+                        format!("`eps` of batch_norm must be positive, found {eps}"),
+                        "PyTorch's default is `eps: 1e-5`".into(),
+                    );
                 }
                 if !(0.0..=1.0).contains(&momentum) {
-                    a.fail("momentum", format!("`momentum` of batch_norm must be in [0, 1], found {momentum}"), "PyTorch's default is `momentum: 0.1`".into());
+                    a.fail(
+                        "momentum",
+                        format!("`momentum` of batch_norm must be in [0, 1], found {momentum}"),
+                        "PyTorch's default is `momentum: 0.1`".into(),
+                    );
                 }
                 Op::BatchNorm(BatchNorm { eps, momentum })
             }
             "relu" => Op::Relu,
             "relu6" => Op::Relu6,
             "hardtanh" | "clamp" => {
-                let (dmin, dmax) = if name == "hardtanh" { (-1.0, 1.0) } else { (f64::NEG_INFINITY, f64::INFINITY) };
+                let (dmin, dmax) = if name == "hardtanh" {
+                    (-1.0, 1.0)
+                } else {
+                    (f64::NEG_INFINITY, f64::INFINITY)
+                };
                 let min = a.float("min", dmin);
                 let max = a.float("max", dmax);
                 if min > max {
-                    a.fail("max", format!("`max` ({max}) of {name} is below `min` ({min})"), "write `min` below `max`".into());
+                    a.fail(
+                        "max",
+                        format!("`max` ({max}) of {name} is below `min` ({min})"),
+                        "write `min` below `max`".into(),
+                    );
                 }
                 Op::Clamp { min, max }
             }
@@ -338,19 +426,41 @@ impl Op {
                 let pad = a.ints("pad", rank, 0, Some(vec![0; rank]));
                 let ceil_mode = a.boolean("ceil_mode", false);
                 if pad.iter().zip(&kernel).any(|(p, k)| 2 * p > *k) {
-                    a.fail("pad", format!("`pad` of {name} must be at most half the kernel"), "PyTorch requires pad <= kernel / 2".into());
+                    a.fail(
+                        "pad",
+                        format!("`pad` of {name} must be at most half the kernel"),
+                        "PyTorch requires pad <= kernel / 2".into(),
+                    );
                 }
                 if name.starts_with("max") {
                     let dilation = a.ints("dilation", rank, 1, Some(vec![1; rank]));
-                    Op::MaxPool(Pool { rank, kernel, stride, pad, dilation, ceil_mode, count_include_pad: false })
+                    Op::MaxPool(Pool {
+                        rank,
+                        kernel,
+                        stride,
+                        pad,
+                        dilation,
+                        ceil_mode,
+                        count_include_pad: false,
+                    })
                 } else {
                     let count_include_pad = a.boolean("count_include_pad", true);
-                    Op::AvgPool(Pool { rank, kernel, stride, pad, dilation: vec![1; rank], ceil_mode, count_include_pad })
+                    Op::AvgPool(Pool {
+                        rank,
+                        kernel,
+                        stride,
+                        pad,
+                        dilation: vec![1; rank],
+                        ceil_mode,
+                        count_include_pad,
+                    })
                 }
             }
             "adaptive_avg_pool1d" | "adaptive_avg_pool2d" => {
                 let rank = if name.ends_with("1d") { 1 } else { 2 };
-                Op::AdaptiveAvgPool { output: a.ints("output", rank, 1, Some(vec![1; rank])) }
+                Op::AdaptiveAvgPool {
+                    output: a.ints("output", rank, 1, Some(vec![1; rank])),
+                }
             }
             "global_avg_pool" => Op::GlobalAvgPool,
             "flatten" => {
@@ -364,16 +474,24 @@ impl Op {
                 Op::Linear(Linear { out_features, bias })
             }
             "add" => Op::Add,
-            "concat" | "cat" => Op::Concat { dim: a.int("dim", -8, Some(1)) },
+            "concat" | "cat" => Op::Concat {
+                dim: a.int("dim", -8, Some(1)),
+            },
             "identity" => Op::Identity,
             "dropout" => {
                 let p = a.float("p", 0.5);
                 if !(0.0..1.0).contains(&p) {
-                    a.fail("p", format!("`p` of dropout must be in [0, 1), found {p}"), "write e.g. `p: 0.2`".into());
+                    a.fail(
+                        "p",
+                        format!("`p` of dropout must be in [0, 1), found {p}"),
+                        "write e.g. `p: 0.2`".into(),
+                    );
                 }
                 Op::Dropout { p }
             }
-            "input" => Op::Input { index: a.int("index", 0, None) as usize },
+            "input" => Op::Input {
+                index: a.int("index", 0, None) as usize,
+            },
             _ => return None,
         };
         Some(a.finish(op))
@@ -541,26 +659,46 @@ impl Op {
                 let mut dims = vec![x.dims[0].clone(), Dim::Fixed(c.out_channels)];
                 for i in 0..c.rank {
                     let n = fixed(&x.dims[2 + i], "spatial size", self.name())?;
-                    dims.push(Dim::Fixed(window_out(n, c.kernel[i], c.stride[i], c.pad[i], c.dilation[i], false, self.name())?));
+                    dims.push(Dim::Fixed(window_out(
+                        n,
+                        c.kernel[i],
+                        c.stride[i],
+                        c.pad[i],
+                        c.dilation[i],
+                        false,
+                        self.name(),
+                    )?));
                 }
                 Ok(TensorType::new(x.dtype, dims))
             }
             Op::BatchNorm(_) => {
                 let x = x.expect("arity checked");
                 if !(2..=4).contains(&x.dims.len()) {
-                    return Err(format!("batch_norm needs a [N, C], [N, C, L] or [N, C, H, W] input, found {x}"));
+                    return Err(format!(
+                        "batch_norm needs a [N, C], [N, C, L] or [N, C, H, W] input, found {x}"
+                    ));
                 }
                 fixed(&x.dims[1], "channels", self.name())?;
                 Ok(x.clone())
             }
-            Op::Relu | Op::Relu6 | Op::Clamp { .. } | Op::Identity | Op::Dropout { .. } => Ok(x.expect("arity checked").clone()),
+            Op::Relu | Op::Relu6 | Op::Clamp { .. } | Op::Identity | Op::Dropout { .. } => {
+                Ok(x.expect("arity checked").clone())
+            }
             Op::MaxPool(p) | Op::AvgPool(p) => {
                 let x = x.expect("arity checked");
                 expect_rank(x, p.rank + 2, self.name())?;
                 let mut dims = x.dims[..2].to_vec();
                 for i in 0..p.rank {
                     let n = fixed(&x.dims[2 + i], "spatial size", self.name())?;
-                    dims.push(Dim::Fixed(window_out(n, p.kernel[i], p.stride[i], p.pad[i], p.dilation[i], p.ceil_mode, self.name())?));
+                    dims.push(Dim::Fixed(window_out(
+                        n,
+                        p.kernel[i],
+                        p.stride[i],
+                        p.pad[i],
+                        p.dilation[i],
+                        p.ceil_mode,
+                        self.name(),
+                    )?));
                 }
                 Ok(TensorType::new(x.dtype, dims))
             }
@@ -586,7 +724,9 @@ impl Op {
                 let s = if *start_dim < 0 { start_dim + r } else { *start_dim };
                 let e = if *end_dim < 0 { end_dim + r } else { *end_dim };
                 if s < 0 || e >= r || s > e {
-                    return Err(format!("flatten(start_dim: {start_dim}, end_dim: {end_dim}) does not fit a rank-{r} input {x}"));
+                    return Err(format!(
+                        "flatten(start_dim: {start_dim}, end_dim: {end_dim}) does not fit a rank-{r} input {x}"
+                    ));
                 }
                 let (s, e) = (s as usize, e as usize);
                 let mut prod = 1usize;
@@ -626,7 +766,10 @@ impl Op {
                 let mut total = 0;
                 for (i, t) in inputs.iter().enumerate() {
                     if t.dims.len() != first.dims.len() || t.dtype != first.dtype {
-                        return Err(format!("concat input {} is {t}, which does not match input 1 ({first})", i + 1));
+                        return Err(format!(
+                            "concat input {} is {t}, which does not match input 1 ({first})",
+                            i + 1
+                        ));
                     }
                     for (k, (a, b)) in t.dims.iter().zip(&first.dims).enumerate() {
                         if k != d && a != b {
@@ -666,7 +809,15 @@ fn fixed(d: &Dim, what: &str, op: &str) -> Result<usize, String> {
 }
 
 /// Output length of a sliding window (PyTorch's formula, `ceil_mode` included).
-pub fn window_out(n: usize, k: usize, s: usize, p: usize, d: usize, ceil_mode: bool, op: &str) -> Result<usize, String> {
+pub fn window_out(
+    n: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+    d: usize,
+    ceil_mode: bool,
+    op: &str,
+) -> Result<usize, String> {
     let span = d * (k - 1) + 1;
     let padded = n + 2 * p;
     if padded < span {
@@ -674,10 +825,130 @@ pub fn window_out(n: usize, k: usize, s: usize, p: usize, d: usize, ceil_mode: b
             "{op}: the window ({span} wide with dilation) is larger than the padded input ({padded}); the output would be empty"
         ));
     }
-    let mut out = if ceil_mode { (padded - span).div_ceil(s) + 1 } else { (padded - span) / s + 1 };
+    let mut out = if ceil_mode {
+        (padded - span).div_ceil(s) + 1
+    } else {
+        (padded - span) / s + 1
+    };
     // PyTorch: the last window must start inside the input or left padding.
     if ceil_mode && (out - 1) * s >= n + p {
         out -= 1;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ty(dims: &[usize]) -> TensorType {
+        TensorType::new(
+            DType::F32,
+            std::iter::once(Dim::Symbol("N".into()))
+                .chain(dims.iter().map(|&d| Dim::Fixed(d)))
+                .collect(),
+        )
+    }
+
+    fn build(name: &str, attrs: &[(&str, Attr)]) -> Op {
+        let attrs: Vec<(String, Attr)> = attrs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        Op::build(name, &attrs).unwrap().unwrap()
+    }
+
+    #[test]
+    fn window_sizes_follow_pytorch() {
+        // nn.MaxPool2d(3, 2) on 112 -> 55; ceil_mode -> 56; resnet's stem pool (3, 2, pad 1) -> 56.
+        assert_eq!(window_out(112, 3, 2, 0, 1, false, "p"), Ok(55));
+        assert_eq!(window_out(112, 3, 2, 0, 1, true, "p"), Ok(56));
+        assert_eq!(window_out(112, 3, 2, 1, 1, false, "p"), Ok(56));
+        // ceil_mode never starts a window in the right padding: 5, k2, s2, pad 1 -> 3 (not 4).
+        assert_eq!(window_out(5, 2, 2, 1, 1, true, "p"), Ok(3));
+        // dilation 2, k3 spans 5.
+        assert_eq!(window_out(7, 3, 1, 0, 2, false, "p"), Ok(3));
+        assert!(window_out(2, 3, 1, 0, 1, false, "p").is_err());
+    }
+
+    #[test]
+    fn conv_shapes_and_params() {
+        let dw = build(
+            "conv2d",
+            &[
+                ("out", Attr::Int(32)),
+                ("kernel", Attr::Int(3)),
+                ("groups", Attr::Int(32)),
+                ("pad", Attr::Int(1)),
+            ],
+        );
+        assert_eq!(dw.infer(&[&ty(&[32, 112, 112])]).unwrap(), ty(&[32, 112, 112]));
+        assert_eq!(dw.params(Some(32))[0].2, vec![32, 1, 3, 3]);
+        assert!(dw.infer(&[&ty(&[30, 8, 8])]).unwrap_err().contains("groups"));
+        let c1 = build(
+            "conv1d",
+            &[
+                ("out_channels", Attr::Int(32)),
+                ("kernel_size", Attr::Int(80)),
+                ("stride", Attr::Int(16)),
+            ],
+        );
+        assert_eq!(c1.infer(&[&ty(&[1, 8000])]).unwrap(), ty(&[32, 496]));
+    }
+
+    #[test]
+    fn attributes_are_checked() {
+        let errs = Op::build(
+            "conv2d",
+            &[("out".into(), Attr::Int(8)), ("kernal".into(), Attr::Int(3))],
+        )
+        .unwrap()
+        .unwrap_err();
+        assert!(errs.iter().any(|e| e.message.contains("needs `kernel`")));
+        assert!(errs
+            .iter()
+            .any(|e| e.key.as_deref() == Some("kernal") && e.help.contains("did you mean `kernel`")));
+        assert!(Op::build("frobnicate", &[]).is_none());
+        let errs = Op::build("linear", &[("out".into(), Attr::Float(2.5))])
+            .unwrap()
+            .unwrap_err();
+        assert!(errs[0].message.contains("must be an integer"));
+    }
+
+    #[test]
+    fn attrs_rebuild_the_same_op() {
+        for op in [
+            build(
+                "conv2d",
+                &[
+                    ("out", Attr::Int(8)),
+                    ("kernel", Attr::Ints(vec![1, 7])),
+                    ("pad", Attr::Ints(vec![0, 3])),
+                ],
+            ),
+            build(
+                "avg_pool2d",
+                &[
+                    ("kernel", Attr::Int(3)),
+                    ("stride", Attr::Int(1)),
+                    ("pad", Attr::Int(1)),
+                ],
+            ),
+            build("hardtanh", &[("min", Attr::Float(-0.5))]),
+            build("batch_norm", &[("eps", Attr::Float(1e-3))]),
+            build("flatten", &[]),
+            build("adaptive_avg_pool1d", &[("output", Attr::Int(4))]),
+        ] {
+            let attrs: Vec<(String, Attr)> = op.attrs().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            assert_eq!(Op::build(op.name(), &attrs).unwrap().unwrap(), op);
+        }
+    }
+
+    #[test]
+    fn concat_and_flatten_shapes() {
+        let cat = build("concat", &[]);
+        assert_eq!(
+            cat.infer(&[&ty(&[64, 35, 35]), &ty(&[32, 35, 35])]).unwrap(),
+            ty(&[96, 35, 35])
+        );
+        assert!(cat.infer(&[&ty(&[64, 35, 35]), &ty(&[32, 17, 17])]).is_err());
+        assert_eq!(build("flatten", &[]).infer(&[&ty(&[32, 7, 7])]).unwrap(), ty(&[1568]));
+    }
 }

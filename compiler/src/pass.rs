@@ -71,7 +71,10 @@ pub fn run_stages(
             if verify {
                 let errors = crate::verify::verify(module);
                 if !errors.is_empty() {
-                    return Err(PassError::Internal { pass: pass.name().to_string(), message: errors.join("; ") });
+                    return Err(PassError::Internal {
+                        pass: pass.name().to_string(),
+                        message: errors.join("; "),
+                    });
                 }
             }
             if opts.print_after_all || opts.print_after.iter().any(|p| p == pass.name()) {

@@ -39,10 +39,29 @@ pub struct IrDoc {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum IrLine {
-    Input { name: String, ty: TensorType, tail: String },
-    Param { key: String, dtype: DType, shape: Option<Vec<usize>>, hash: Option<String>, origin: String },
-    Node { name: String, op: Op, inputs: Vec<String>, params: Vec<(String, String)>, ty: Option<TensorType>, tail: String },
-    Output { name: String },
+    Input {
+        name: String,
+        ty: TensorType,
+        tail: String,
+    },
+    Param {
+        key: String,
+        dtype: DType,
+        shape: Option<Vec<usize>>,
+        hash: Option<String>,
+        origin: String,
+    },
+    Node {
+        name: String,
+        op: Op,
+        inputs: Vec<String>,
+        params: Vec<(String, String)>,
+        ty: Option<TensorType>,
+        tail: String,
+    },
+    Output {
+        name: String,
+    },
 }
 
 /// Content hash of a tensor: xxh3 of dtype, shape and little-endian bytes, 16 hex digits.
@@ -62,7 +81,10 @@ pub fn document(module: &Module, sources: &SourceMap) -> IrDoc {
     let tail = |id| {
         let node = g.node(id);
         let loc = sources.location(node.origin.span);
-        let file = std::path::Path::new(&loc.file).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or(loc.file);
+        let file = std::path::Path::new(&loc.file)
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or(loc.file);
         match node.origin.instances.last() {
             Some(inst) => format!("{file}:{} in {}@{}", loc.line, inst.block, inst.name),
             None => format!("{file}:{}", loc.line),
@@ -73,7 +95,11 @@ pub fn document(module: &Module, sources: &SourceMap) -> IrDoc {
     for &id in &order {
         let n = g.node(id);
         if let (Op::Input { .. }, Some(ty)) = (&n.op, &n.ty) {
-            lines.push(IrLine::Input { name: n.name.clone(), ty: ty.clone(), tail: tail(id) });
+            lines.push(IrLine::Input {
+                name: n.name.clone(),
+                ty: ty.clone(),
+                tail: tail(id),
+            });
         }
     }
     for (key, p) in &module.params {
@@ -104,7 +130,11 @@ pub fn document(module: &Module, sources: &SourceMap) -> IrDoc {
         let _ = id;
         lines.push(IrLine::Output { name: name.clone() });
     }
-    IrDoc { module: module.name.clone(), stage: module.stage, lines }
+    IrDoc {
+        module: module.name.clone(),
+        stage: module.stage,
+        lines,
+    }
 }
 
 /// Prints a module at its current stage.
@@ -126,12 +156,25 @@ pub fn render(doc: &IrDoc) -> String {
             IrLine::Input { name, ty, tail } => {
                 let _ = writeln!(out, "input {name}: {ty}  # {tail}");
             }
-            IrLine::Param { key, dtype, shape, hash, origin } => {
+            IrLine::Param {
+                key,
+                dtype,
+                shape,
+                hash,
+                origin,
+            } => {
                 let shape = shape.as_ref().map(|s| fmt_shape(s)).unwrap_or_else(|| "[?]".into());
                 let hash = hash.as_ref().map(|h| format!(" #{h}")).unwrap_or_default();
                 let _ = writeln!(out, "param {key}: {dtype}{shape}{hash} <- {origin}");
             }
-            IrLine::Node { name, op, inputs, params, ty, tail } => {
+            IrLine::Node {
+                name,
+                op,
+                inputs,
+                params,
+                ty,
+                tail,
+            } => {
                 let _ = write!(out, "node {name} = {}({})", op.name(), inputs.join(", "));
                 let attrs = op.attrs();
                 if !attrs.is_empty() {
@@ -164,13 +207,17 @@ pub struct IrParseError {
 /// Reads a dump back.
 pub fn parse(text: &str) -> Result<IrDoc, IrParseError> {
     let mut lines_iter = text.lines().enumerate();
-    let err = |line: usize, message: String| IrParseError { line: line + 1, message };
+    let err = |line: usize, message: String| IrParseError {
+        line: line + 1,
+        message,
+    };
     let (_, header) = lines_iter.next().ok_or_else(|| err(0, "empty dump".into()))?;
     let h: Vec<&str> = header.split_whitespace().collect();
     let (module, stage) = match h.as_slice() {
-        ["module", name, "stage", stage] => {
-            (name.to_string(), Stage::from_name(stage).ok_or_else(|| err(0, format!("unknown stage `{stage}`")))?)
-        }
+        ["module", name, "stage", stage] => (
+            name.to_string(),
+            Stage::from_name(stage).ok_or_else(|| err(0, format!("unknown stage `{stage}`")))?,
+        ),
         _ => return Err(err(0, "expected `module NAME stage STAGE`".into())),
     };
     let mut lines = vec![];
@@ -178,31 +225,58 @@ pub fn parse(text: &str) -> Result<IrDoc, IrParseError> {
         if line.trim().is_empty() {
             continue;
         }
-        let (kind, rest) = line.split_once(' ').ok_or_else(|| err(i, "expected `input`, `param`, `node` or `output`".into()))?;
+        let (kind, rest) = line
+            .split_once(' ')
+            .ok_or_else(|| err(i, "expected `input`, `param`, `node` or `output`".into()))?;
         let parsed = match kind {
             "input" => {
                 let (body, tail) = split_tail(rest);
-                let (name, ty) = body.split_once(": ").ok_or_else(|| err(i, "expected `input NAME: TYPE`".into()))?;
-                IrLine::Input { name: name.into(), ty: parse_type(ty).map_err(|m| err(i, m))?, tail }
+                let (name, ty) = body
+                    .split_once(": ")
+                    .ok_or_else(|| err(i, "expected `input NAME: TYPE`".into()))?;
+                IrLine::Input {
+                    name: name.into(),
+                    ty: parse_type(ty).map_err(|m| err(i, m))?,
+                    tail,
+                }
             }
             "param" => {
-                let (decl, origin) = rest.split_once(" <- ").ok_or_else(|| err(i, "expected `<- ORIGIN`".into()))?;
-                let (key, ty) = decl.split_once(": ").ok_or_else(|| err(i, "expected `param KEY: TYPE`".into()))?;
+                let (decl, origin) = rest
+                    .split_once(" <- ")
+                    .ok_or_else(|| err(i, "expected `<- ORIGIN`".into()))?;
+                let (key, ty) = decl
+                    .split_once(": ")
+                    .ok_or_else(|| err(i, "expected `param KEY: TYPE`".into()))?;
                 let (ty, hash) = match ty.split_once(" #") {
                     Some((t, h)) => (t, Some(h.to_string())),
                     None => (ty, None),
                 };
                 let open = ty.find('[').ok_or_else(|| err(i, "expected a shape".into()))?;
-                let dtype = DType::from_name(&ty[..open]).ok_or_else(|| err(i, format!("unknown dtype `{}`", &ty[..open])))?;
+                let dtype =
+                    DType::from_name(&ty[..open]).ok_or_else(|| err(i, format!("unknown dtype `{}`", &ty[..open])))?;
                 let shape = if &ty[open..] == "[?]" {
                     None
                 } else {
-                    Some(parse_list(&ty[open..]).map_err(|m| err(i, m))?.into_iter().map(|d| d as usize).collect())
+                    Some(
+                        parse_list(&ty[open..])
+                            .map_err(|m| err(i, m))?
+                            .into_iter()
+                            .map(|d| d as usize)
+                            .collect(),
+                    )
                 };
-                IrLine::Param { key: key.into(), dtype, shape, hash, origin: origin.into() }
+                IrLine::Param {
+                    key: key.into(),
+                    dtype,
+                    shape,
+                    hash,
+                    origin: origin.into(),
+                }
             }
             "node" => parse_node(rest).map_err(|m| err(i, m))?,
-            "output" => IrLine::Output { name: rest.trim().into() },
+            "output" => IrLine::Output {
+                name: rest.trim().into(),
+            },
             other => return Err(err(i, format!("unknown line kind `{other}`"))),
         };
         lines.push(parsed);
@@ -218,18 +292,34 @@ fn split_tail(s: &str) -> (&str, String) {
 }
 
 fn parse_list(s: &str) -> Result<Vec<i64>, String> {
-    let inner = s.trim().strip_prefix('[').and_then(|s| s.strip_suffix(']')).ok_or_else(|| format!("expected a list, found `{s}`"))?;
+    let inner = s
+        .trim()
+        .strip_prefix('[')
+        .and_then(|s| s.strip_suffix(']'))
+        .ok_or_else(|| format!("expected a list, found `{s}`"))?;
     if inner.trim().is_empty() {
         return Ok(vec![]);
     }
-    inner.split(',').map(|p| p.trim().parse::<i64>().map_err(|_| format!("expected an integer, found `{p}`"))).collect()
+    inner
+        .split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<i64>()
+                .map_err(|_| format!("expected an integer, found `{p}`"))
+        })
+        .collect()
 }
 
 fn parse_type(s: &str) -> Result<TensorType, String> {
     let s = s.trim();
-    let open = s.find('[').ok_or_else(|| format!("expected a type like f32[N, 3], found `{s}`"))?;
+    let open = s
+        .find('[')
+        .ok_or_else(|| format!("expected a type like f32[N, 3], found `{s}`"))?;
     let dtype = DType::from_name(&s[..open]).ok_or_else(|| format!("unknown dtype `{}`", &s[..open]))?;
-    let inner = s[open..].strip_prefix('[').and_then(|x| x.strip_suffix(']')).ok_or("unclosed `[`")?;
+    let inner = s[open..]
+        .strip_prefix('[')
+        .and_then(|x| x.strip_suffix(']'))
+        .ok_or("unclosed `[`")?;
     let dims = if inner.trim().is_empty() {
         vec![]
     } else {
@@ -237,7 +327,9 @@ fn parse_type(s: &str) -> Result<TensorType, String> {
             .split(',')
             .map(|d| {
                 let d = d.trim();
-                d.parse::<usize>().map(Dim::Fixed).unwrap_or_else(|_| Dim::Symbol(d.to_string()))
+                d.parse::<usize>()
+                    .map(Dim::Fixed)
+                    .unwrap_or_else(|_| Dim::Symbol(d.to_string()))
             })
             .collect()
     };
@@ -284,14 +376,19 @@ fn parse_node(rest: &str) -> Result<IrLine, String> {
     let open = rhs.find('(').ok_or("expected `op(inputs)`")?;
     let op_name = &rhs[..open];
     let close = rhs.find(')').ok_or("unclosed `(`")?;
-    let inputs: Vec<String> =
-        rhs[open + 1..close].split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    let inputs: Vec<String> = rhs[open + 1..close]
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
     let mut rest = rhs[close + 1..].trim_start();
     let mut attrs = vec![];
     if let Some(r) = rest.strip_prefix('{') {
         let end = r.find('}').ok_or("unclosed `{`")?;
         for part in split_top(&r[..end]) {
-            let (k, v) = part.split_once(':').ok_or_else(|| format!("expected `key: value`, found `{part}`"))?;
+            let (k, v) = part
+                .split_once(':')
+                .ok_or_else(|| format!("expected `key: value`, found `{part}`"))?;
             attrs.push((k.trim().to_string(), parse_attr(v)?));
         }
         rest = r[end + 1..].trim_start();
@@ -300,7 +397,10 @@ fn parse_node(rest: &str) -> Result<IrLine, String> {
     if let Some(r) = rest.strip_prefix('[') {
         let end = r.find(']').ok_or("unclosed `[`")?;
         for part in r[..end].split(',') {
-            let (role, key) = part.trim().split_once('=').ok_or_else(|| format!("expected `role=key`, found `{part}`"))?;
+            let (role, key) = part
+                .trim()
+                .split_once('=')
+                .ok_or_else(|| format!("expected `role=key`, found `{part}`"))?;
             params.push((role.to_string(), key.to_string()));
         }
         rest = r[end + 1..].trim_start();
@@ -312,5 +412,12 @@ fn parse_node(rest: &str) -> Result<IrLine, String> {
         Some(Err(e)) => return Err(e.into_iter().map(|e| e.message).collect::<Vec<_>>().join("; ")),
         Some(Ok(op)) => op,
     };
-    Ok(IrLine::Node { name: name.to_string(), op, inputs, params, ty, tail })
+    Ok(IrLine::Node {
+        name: name.to_string(),
+        op,
+        inputs,
+        params,
+        ty,
+        tail,
+    })
 }

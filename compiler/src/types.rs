@@ -31,7 +31,13 @@ impl TensorType {
     }
     /// The shape with every symbol replaced by `batch`.
     pub fn concrete(&self, batch: usize) -> Vec<usize> {
-        self.dims.iter().map(|d| match d { Dim::Fixed(n) => *n, Dim::Symbol(_) => batch }).collect()
+        self.dims
+            .iter()
+            .map(|d| match d {
+                Dim::Fixed(n) => *n,
+                Dim::Symbol(_) => batch,
+            })
+            .collect()
     }
 }
 

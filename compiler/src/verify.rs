@@ -12,7 +12,11 @@ pub fn verify(module: &Module) -> Vec<String> {
     let mut errors = vec![];
     let order = g.topo_order();
     if order.len() != g.node_count() {
-        errors.push(format!("the graph has a cycle ({} of {} nodes ordered)", order.len(), g.node_count()));
+        errors.push(format!(
+            "the graph has a cycle ({} of {} nodes ordered)",
+            order.len(),
+            g.node_count()
+        ));
     }
     let mut names = HashSet::new();
     for &id in &order {
@@ -22,7 +26,13 @@ pub fn verify(module: &Module) -> Vec<String> {
         }
         let inputs = g.inputs_of(id);
         if !n.op.arity().accepts(inputs.len()) {
-            errors.push(format!("`{}` ({}) has {} inputs, wants {}", n.name, n.op.name(), inputs.len(), n.op.arity().describe()));
+            errors.push(format!(
+                "`{}` ({}) has {} inputs, wants {}",
+                n.name,
+                n.op.name(),
+                inputs.len(),
+                n.op.arity().describe()
+            ));
         }
         let want: Vec<&str> = n.op.param_names();
         let have: Vec<&str> = n.params.iter().map(|(r, _)| *r).collect();
@@ -31,15 +41,19 @@ pub fn verify(module: &Module) -> Vec<String> {
         }
         for (_, key) in &n.params {
             match module.params.get(key) {
-                None => errors.push(format!("`{}` refers to parameter `{key}`, which is not in the store", n.name)),
-                Some(p) if p.owner != n.name => errors.push(format!("parameter `{key}` names `{}` as owner, not `{}`", p.owner, n.name)),
+                None => errors.push(format!(
+                    "`{}` refers to parameter `{key}`, which is not in the store",
+                    n.name
+                )),
+                Some(p) if p.owner != n.name => errors.push(format!(
+                    "parameter `{key}` names `{}` as owner, not `{}`",
+                    p.owner, n.name
+                )),
                 Some(_) => {}
             }
         }
-        if module.stage >= Stage::Float || matches!(n.op, Op::Input { .. }) {
-            if n.ty.is_none() {
-                errors.push(format!("`{}` has no type", n.name));
-            }
+        if (module.stage >= Stage::Float || matches!(n.op, Op::Input { .. })) && n.ty.is_none() {
+            errors.push(format!("`{}` has no type", n.name));
         }
     }
     for (name, id) in &g.outputs {
@@ -49,14 +63,21 @@ pub fn verify(module: &Module) -> Vec<String> {
     }
     for (key, p) in &module.params {
         if g.find(&p.owner).is_none() {
-            errors.push(format!("parameter `{key}` is owned by `{}`, which is not in the graph", p.owner));
+            errors.push(format!(
+                "parameter `{key}` is owned by `{}`, which is not in the graph",
+                p.owner
+            ));
         }
         if module.stage >= Stage::Float {
             match &p.value {
                 None => errors.push(format!("parameter `{key}` has no value")),
-                Some(v) if v.shape != p.shape || v.dtype() != p.dtype => {
-                    errors.push(format!("parameter `{key}` is declared {} {:?} but holds {} {:?}", p.dtype, p.shape, v.dtype(), v.shape))
-                }
+                Some(v) if v.shape != p.shape || v.dtype() != p.dtype => errors.push(format!(
+                    "parameter `{key}` is declared {} {:?} but holds {} {:?}",
+                    p.dtype,
+                    p.shape,
+                    v.dtype(),
+                    v.shape
+                )),
                 Some(_) => {}
             }
             if matches!(p.provenance, Provenance::Declared) {

@@ -202,15 +202,30 @@ pub struct Quantize {
 pub enum QuantizeEntry {
     Scheme(Ident),
     /// `fuse conv2d -> batch_norm -> relu`
-    Fuse { ops: Vec<Ident>, span: Span },
+    Fuse {
+        ops: Vec<Ident>,
+        span: Span,
+    },
     /// `observe activations: ...; weights: ...`
     Observe(Vec<QSpec>),
-    Calibrate { source: CalibrationSource, args: Vec<KwArg>, span: Span },
-    Layer { selector: Selector, skip: Option<Span>, specs: Vec<QSpec>, span: Span },
+    Calibrate {
+        source: CalibrationSource,
+        args: Vec<KwArg>,
+        span: Span,
+    },
+    Layer {
+        selector: Selector,
+        skip: Option<Span>,
+        specs: Vec<QSpec>,
+        span: Span,
+    },
     /// `activations: ...` or `weights: ...` directly in the section: the defaults.
     Spec(QSpec),
     /// An entry that starts with an unknown word.
-    Unknown { word: Ident, span: Span },
+    Unknown {
+        word: Ident,
+        span: Span,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -127,7 +127,8 @@ impl Diagnostics {
     /// Sorted by position, duplicates (same code and span) removed.
     pub fn finish(mut self) -> Vec<Diagnostic> {
         self.items.sort_by_key(|d| (d.span.start, d.span.end));
-        self.items.dedup_by(|a, b| a.code == b.code && a.span == b.span && a.message == b.message);
+        self.items
+            .dedup_by(|a, b| a.code == b.code && a.span == b.span && a.message == b.message);
         self.items
     }
 }
@@ -140,7 +141,10 @@ pub fn render_plain(diags: &[Diagnostic], sources: &Arc<SourceMap>) -> String {
         .with_links(false);
     let mut out = String::new();
     for d in diags {
-        let r = Rendered { diagnostic: d.clone(), sources: sources.clone() };
+        let r = Rendered {
+            diagnostic: d.clone(),
+            sources: sources.clone(),
+        };
         let _ = handler.render_report(&mut out, &r);
     }
     out

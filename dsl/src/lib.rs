@@ -33,8 +33,10 @@ pub enum LoadError {
 
 /// Reads, parses and checks a recipe file and its includes.
 pub fn load(path: &Path) -> Result<Loaded, LoadError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| LoadError::Read { path: path.display().to_string(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
     let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
     Ok(load_str(&path.display().to_string(), &canonical, text))
 }
@@ -47,5 +49,10 @@ pub fn load_str(name: &str, path: &Path, text: String) -> Loaded {
     let mut diags = Diagnostics::default();
     parse::parse_file(&mut sources, id, &mut recipe, &mut diags);
     let sections = sections::check(&recipe, &mut diags);
-    Loaded { recipe, sections, sources: Arc::new(sources), diagnostics: diags.finish() }
+    Loaded {
+        recipe,
+        sections,
+        sources: Arc::new(sources),
+        diagnostics: diags.finish(),
+    }
 }

@@ -42,7 +42,10 @@ fn parse_into(
         match RecipeParser::parse(Rule::file, chunk) {
             Ok(mut pairs) => {
                 let file = pairs.next().expect("grammar: file");
-                let cx = Cx { base: base + start, dir: &dir };
+                let cx = Cx {
+                    base: base + start,
+                    dir: &dir,
+                };
                 for item in file.into_inner() {
                     cx.item(item, recipe, &mut includes);
                 }
@@ -89,7 +92,10 @@ fn top_level_chunks(text: &str) -> Vec<(usize, usize)> {
     let mut offset = 0;
     for line in text.split_inclusive('\n') {
         if offset > 0 {
-            let word: String = line.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            let word: String = line
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
             let rest = &line[word.len()..];
             if TOP_LEVEL.contains(&word.as_str()) && rest.starts_with([' ', '\t', '{', '"']) {
                 starts.push(offset);
@@ -167,11 +173,7 @@ fn describe(rule: &Rule) -> &'static str {
         Rule::escape => "an escape (`\\\"`, `\\\\`, `\\n`, `\\t`, `\\r`, `\\u{...}`)",
         Rule::WHITESPACE | Rule::COMMENT => "whitespace",
         Rule::sep => "`;` or `,`",
-        Rule::quantize_entry
-        | Rule::model_stmt
-        | Rule::block_stmt
-        | Rule::primary
-        | Rule::ident_char => "an item",
+        Rule::quantize_entry | Rule::model_stmt | Rule::block_stmt | Rule::primary | Rule::ident_char => "an item",
     }
 }
 
@@ -184,9 +186,17 @@ fn syntax_error(e: pest::error::Error<Rule>, base: usize, chunk: &str) -> Diagno
     let token: String = {
         let rest = &chunk[pos..];
         let word: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
-        if word.is_empty() { found.clone() } else { word }
+        if word.is_empty() {
+            found.clone()
+        } else {
+            word
+        }
     };
-    let len = token.len().max(1).min(chunk.len().saturating_sub(pos)).max(if pos < chunk.len() { 1 } else { 0 });
+    let len = token
+        .len()
+        .max(1)
+        .min(chunk.len().saturating_sub(pos))
+        .max(if pos < chunk.len() { 1 } else { 0 });
     let span = Span::new(base + pos, base + pos + len);
     let expected = match &e.variant {
         pest::error::ErrorVariant::ParsingError { positives, .. } => {
@@ -203,9 +213,15 @@ fn syntax_error(e: pest::error::Error<Rule>, base: usize, chunk: &str) -> Diagno
         n => format!("{} or {}", expected[..n - 1].join(", "), expected[n - 1]),
     };
     let (message, label) = if pos >= chunk.trim_end().len() {
-        (format!("unexpected end of input: expected {expected_text}"), "input ends here".to_string())
+        (
+            format!("unexpected end of input: expected {expected_text}"),
+            "input ends here".to_string(),
+        )
     } else {
-        (format!("expected {expected_text}, found `{token}`"), format!("unexpected `{token}`"))
+        (
+            format!("expected {expected_text}, found `{token}`"),
+            format!("unexpected `{token}`"),
+        )
     };
     let help = if found == "}" || pos >= chunk.trim_end().len() {
         "check that every `(`, `[` and `{` is closed and every statement is complete".to_string()
@@ -231,11 +247,17 @@ impl Cx<'_> {
     }
 
     fn ident(&self, p: Pair<Rule>) -> Ident {
-        Ident { name: p.as_str().to_string(), span: self.span(&p) }
+        Ident {
+            name: p.as_str().to_string(),
+            span: self.span(&p),
+        }
     }
 
     fn path(&self, p: Pair<Rule>) -> PathName {
-        PathName { text: p.as_str().to_string(), span: self.span(&p) }
+        PathName {
+            text: p.as_str().to_string(),
+            span: self.span(&p),
+        }
     }
 
     fn item(&self, p: Pair<Rule>, recipe: &mut Recipe, includes: &mut Vec<(String, Span)>) {
@@ -249,13 +271,21 @@ impl Cx<'_> {
                 let s = p.into_inner().next().expect("grammar: weights string");
                 let path = self.string(s.clone());
                 let resolved = self.dir.join(&path);
-                recipe.weights.push(Weights { path, resolved, span: self.span(&s) });
+                recipe.weights.push(Weights {
+                    path,
+                    resolved,
+                    span: self.span(&s),
+                });
             }
             Rule::model => recipe.models.push(self.model(p)),
             Rule::block => recipe.blocks.push(self.block(p)),
             Rule::quantize => recipe.quantize.push(self.quantize(p)),
-            Rule::qat => recipe.qat.push(self.settings(p.into_inner().next().expect("grammar: qat"), span)),
-            Rule::train => recipe.train.push(self.settings(p.into_inner().next().expect("grammar: train"), span)),
+            Rule::qat => recipe
+                .qat
+                .push(self.settings(p.into_inner().next().expect("grammar: qat"), span)),
+            Rule::train => recipe
+                .train
+                .push(self.settings(p.into_inner().next().expect("grammar: train"), span)),
             Rule::EOI => {}
             r => unreachable!("grammar: unexpected item {r:?}"),
         }
@@ -265,7 +295,13 @@ impl Cx<'_> {
         let span = self.span(&p);
         let mut inner = p.into_inner();
         let name = self.ident(inner.next().expect("grammar: model name"));
-        let mut model = Model { name, inputs: vec![], stmts: vec![], outputs: vec![], span };
+        let mut model = Model {
+            name,
+            inputs: vec![],
+            stmts: vec![],
+            outputs: vec![],
+            span,
+        };
         for s in inner {
             match s.as_rule() {
                 Rule::input_decl => model.inputs.push(self.input(s)),
@@ -292,14 +328,25 @@ impl Cx<'_> {
                 }
             })
             .collect();
-        InputDecl { name, dtype, dims, span }
+        InputDecl {
+            name,
+            dtype,
+            dims,
+            span,
+        }
     }
 
     fn block(&self, p: Pair<Rule>) -> Block {
         let span = self.span(&p);
         let mut inner = p.into_inner();
         let name = self.ident(inner.next().expect("grammar: block name"));
-        let mut block = Block { name, params: vec![], stmts: vec![], outputs: vec![], span };
+        let mut block = Block {
+            name,
+            params: vec![],
+            stmts: vec![],
+            outputs: vec![],
+            span,
+        };
         for s in inner {
             match s.as_rule() {
                 Rule::param => {
@@ -324,7 +371,10 @@ impl Cx<'_> {
         let value = match value.as_rule() {
             Rule::call => {
                 let s = self.span(&value);
-                Expr { kind: ExprKind::Call(self.call(value)), span: s }
+                Expr {
+                    kind: ExprKind::Call(self.call(value)),
+                    span: s,
+                }
             }
             _ => self.expr(value),
         };
@@ -340,8 +390,14 @@ impl Cx<'_> {
                 let mut ai = a.into_inner();
                 let first = ai.next().expect("grammar: arg");
                 match ai.next() {
-                    Some(value) => Arg { name: Some(self.ident(first)), value: self.expr(value) },
-                    None => Arg { name: None, value: self.expr(first) },
+                    Some(value) => Arg {
+                        name: Some(self.ident(first)),
+                        value: self.expr(value),
+                    },
+                    None => Arg {
+                        name: None,
+                        value: self.expr(first),
+                    },
                 }
             })
             .collect();
@@ -374,7 +430,10 @@ impl Cx<'_> {
                         o => unreachable!("grammar: operator {o}"),
                     };
                     let span = lhs.span.to(rhs.span);
-                    lhs = Expr { kind: ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)), span };
+                    lhs = Expr {
+                        kind: ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)),
+                        span,
+                    };
                 }
                 lhs
             }
@@ -390,29 +449,51 @@ impl Cx<'_> {
                 }
                 let mut e = operand.expect("grammar: unary operand");
                 for op in ops.into_iter().rev() {
-                    e = Expr { kind: ExprKind::Unary(op, Box::new(e)), span };
+                    e = Expr {
+                        kind: ExprKind::Unary(op, Box::new(e)),
+                        span,
+                    };
                 }
                 // Fold `-3` into a literal so that values print as written.
                 if let ExprKind::Unary(UnaryOp::Neg, inner) = &e.kind {
                     match inner.kind {
-                        ExprKind::Int(v) => return Expr { kind: ExprKind::Int(-v), span },
-                        ExprKind::Float(v) => return Expr { kind: ExprKind::Float(-v), span },
+                        ExprKind::Int(v) => {
+                            return Expr {
+                                kind: ExprKind::Int(-v),
+                                span,
+                            }
+                        }
+                        ExprKind::Float(v) => {
+                            return Expr {
+                                kind: ExprKind::Float(-v),
+                                span,
+                            }
+                        }
                         _ => {}
                     }
                 }
                 e
             }
             Rule::if_expr => {
-                let mut inner = p.into_inner().filter(|q| !matches!(q.as_rule(), Rule::if_kw | Rule::else_kw));
+                let mut inner = p
+                    .into_inner()
+                    .filter(|q| !matches!(q.as_rule(), Rule::if_kw | Rule::else_kw));
                 let cond = self.expr(inner.next().expect("grammar: if cond"));
                 let then = self.expr(inner.next().expect("grammar: then"));
                 let otherwise = self.expr(inner.next().expect("grammar: else"));
                 Expr {
-                    kind: ExprKind::If { cond: Box::new(cond), then: Box::new(then), otherwise: Box::new(otherwise) },
+                    kind: ExprKind::If {
+                        cond: Box::new(cond),
+                        then: Box::new(then),
+                        otherwise: Box::new(otherwise),
+                    },
                     span,
                 }
             }
-            Rule::list => Expr { kind: ExprKind::List(p.into_inner().map(|e| self.expr(e)).collect()), span },
+            Rule::list => Expr {
+                kind: ExprKind::List(p.into_inner().map(|e| self.expr(e)).collect()),
+                span,
+            },
             Rule::number => {
                 let t = p.as_str();
                 let kind = if t.contains(['.', 'e', 'E']) {
@@ -425,18 +506,36 @@ impl Cx<'_> {
                 };
                 Expr { kind, span }
             }
-            Rule::string => Expr { kind: ExprKind::Str(self.string(p)), span },
-            Rule::boolean => Expr { kind: ExprKind::Bool(p.as_str() == "true"), span },
+            Rule::string => Expr {
+                kind: ExprKind::Str(self.string(p)),
+                span,
+            },
+            Rule::boolean => Expr {
+                kind: ExprKind::Bool(p.as_str() == "true"),
+                span,
+            },
             Rule::binding => {
                 let mut inner = p.into_inner();
                 let target = self.path(inner.next().expect("grammar: binding target"));
                 let call = inner.next().expect("grammar: binding call");
                 let cspan = self.span(&call);
-                let value = Expr { kind: ExprKind::Call(self.call(call)), span: cspan };
-                Expr { kind: ExprKind::Binding(Box::new(Stmt { target, value, span })), span }
+                let value = Expr {
+                    kind: ExprKind::Call(self.call(call)),
+                    span: cspan,
+                };
+                Expr {
+                    kind: ExprKind::Binding(Box::new(Stmt { target, value, span })),
+                    span,
+                }
             }
-            Rule::call => Expr { kind: ExprKind::Call(self.call(p)), span },
-            Rule::path => Expr { kind: ExprKind::Path(self.path(p)), span },
+            Rule::call => Expr {
+                kind: ExprKind::Call(self.call(p)),
+                span,
+            },
+            Rule::path => Expr {
+                kind: ExprKind::Path(self.path(p)),
+                span,
+            },
             r => unreachable!("grammar: expression {r:?}"),
         }
     }
@@ -455,8 +554,13 @@ impl Cx<'_> {
             let rule = e.as_rule();
             let e = KeywordFree(e);
             let entry = match rule {
-                Rule::scheme_entry => QuantizeEntry::Scheme(self.ident(e.into_inner().next().expect("grammar: scheme"))),
-                Rule::fuse_entry => QuantizeEntry::Fuse { ops: e.into_inner().map(|i| self.ident(i)).collect(), span: espan },
+                Rule::scheme_entry => {
+                    QuantizeEntry::Scheme(self.ident(e.into_inner().next().expect("grammar: scheme")))
+                }
+                Rule::fuse_entry => QuantizeEntry::Fuse {
+                    ops: e.into_inner().map(|i| self.ident(i)).collect(),
+                    span: espan,
+                },
                 Rule::observe_entry => QuantizeEntry::Observe(e.into_inner().map(|q| self.qspec(q)).collect()),
                 Rule::calibrate_entry => {
                     let mut inner = e.into_inner();
@@ -464,21 +568,36 @@ impl Cx<'_> {
                     let source = match src.as_rule() {
                         Rule::string => {
                             let s = self.span(&src);
-                            CalibrationSource::File { path: self.string(src), span: s }
+                            CalibrationSource::File {
+                                path: self.string(src),
+                                span: s,
+                            }
                         }
                         _ => CalibrationSource::Call(self.call(src)),
                     };
                     let args = inner.map(|k| self.kwarg(k)).collect();
-                    QuantizeEntry::Calibrate { source, args, span: espan }
+                    QuantizeEntry::Calibrate {
+                        source,
+                        args,
+                        span: espan,
+                    }
                 }
                 Rule::layer_entry => {
                     let mut inner = e.into_inner();
-                    let sel = inner.next().expect("grammar: selector").into_inner().next().expect("grammar: selector");
+                    let sel = inner
+                        .next()
+                        .expect("grammar: selector")
+                        .into_inner()
+                        .next()
+                        .expect("grammar: selector");
                     let selector = match sel.as_rule() {
                         Rule::op_selector => Selector::Op(self.ident(sel.into_inner().next().expect("grammar: op"))),
                         Rule::string => {
                             let s = self.span(&sel);
-                            Selector::Glob { pattern: self.string(sel), span: s }
+                            Selector::Glob {
+                                pattern: self.string(sel),
+                                span: s,
+                            }
                         }
                         _ => Selector::Name(self.path(sel)),
                     };
@@ -491,7 +610,12 @@ impl Cx<'_> {
                             _ => specs.push(self.qspec(b)),
                         }
                     }
-                    QuantizeEntry::Layer { selector, skip, specs, span: espan }
+                    QuantizeEntry::Layer {
+                        selector,
+                        skip,
+                        specs,
+                        span: espan,
+                    }
                 }
                 Rule::qspec => QuantizeEntry::Spec(self.qspec(e.0)),
                 Rule::bad_entry => self.unknown_entry(e.0),
@@ -504,10 +628,17 @@ impl Cx<'_> {
     }
 
     fn unknown_entry(&self, e: Pair<Rule>) -> QuantizeEntry {
-        let word: String = e.as_str().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+        let word: String = e
+            .as_str()
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
         let start = self.span(&e).start;
         QuantizeEntry::Unknown {
-            word: Ident { span: Span::new(start, start + word.len()), name: word },
+            word: Ident {
+                span: Span::new(start, start + word.len()),
+                name: word,
+            },
             span: Span::new(start, start + e.as_str().trim_end().len()),
         }
     }
@@ -537,7 +668,10 @@ impl Cx<'_> {
     }
 
     fn settings(&self, p: Pair<Rule>, span: Span) -> Settings {
-        Settings { entries: p.into_inner().map(|k| self.kwarg(k)).collect(), span }
+        Settings {
+            entries: p.into_inner().map(|k| self.kwarg(k)).collect(),
+            span,
+        }
     }
 }
 
@@ -547,7 +681,10 @@ struct KeywordFree<'i>(Pair<'i, Rule>);
 impl<'i> KeywordFree<'i> {
     fn into_inner(self) -> impl Iterator<Item = Pair<'i, Rule>> {
         self.0.into_inner().filter(|p| {
-            !matches!(p.as_rule(), Rule::scheme_kw | Rule::fuse_kw | Rule::observe_kw | Rule::calibrate_kw | Rule::layer_kw)
+            !matches!(
+                p.as_rule(),
+                Rule::scheme_kw | Rule::fuse_kw | Rule::observe_kw | Rule::calibrate_kw | Rule::layer_kw
+            )
         })
     }
 }
@@ -567,7 +704,12 @@ fn unescape(raw: &str) -> String {
             Some('r') => out.push('\r'),
             Some('u') => {
                 let hex: String = chars.by_ref().skip(1).take_while(|c| *c != '}').collect();
-                out.push(u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32).unwrap_or('\u{fffd}'));
+                out.push(
+                    u32::from_str_radix(&hex, 16)
+                        .ok()
+                        .and_then(char::from_u32)
+                        .unwrap_or('\u{fffd}'),
+                );
             }
             Some(other) => out.push(other),
             None => {}

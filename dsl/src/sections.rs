@@ -8,8 +8,8 @@
 //! documented defaults are applied by the `effective` accessors and by [`Scheme::defaults`].
 
 use crate::ast::{
-    Arg, CalibrationSource, Call, Expr, ExprKind, Ident, KwArg, QSpec, QWord, Quantize,
-    QuantizeEntry, Recipe, Selector, Settings,
+    Arg, CalibrationSource, Call, Expr, ExprKind, Ident, KwArg, QSpec, QWord, Quantize, QuantizeEntry, Recipe,
+    Selector, Settings,
 };
 use crate::diag::{did_you_mean, Diagnostic, Diagnostics};
 use crate::source::Span;
@@ -604,8 +604,7 @@ macro_rules! effective_accessors {
         }
         /// Weight decay; default 0.
         pub fn weight_decay(&self) -> f64 {
-            self.weight_decay
-                .map_or(defaults::WEIGHT_DECAY, |s| s.value)
+            self.weight_decay.map_or(defaults::WEIGHT_DECAY, |s| s.value)
         }
         /// Schedule; default `constant`.
         pub fn schedule(&self) -> Schedule {
@@ -654,12 +653,7 @@ impl TrainSettings {
 /// Checks the sections of a recipe, reporting every error to `diags`.
 pub fn check(recipe: &Recipe, diags: &mut Diagnostics) -> Sections {
     let mut c = Checker { diags };
-    let quantize = c.first_section(
-        &recipe.quantize,
-        "quantize",
-        |q| q.span,
-        |c, q| c.quantize(q),
-    );
+    let quantize = c.first_section(&recipe.quantize, "quantize", |q| q.span, |c, q| c.quantize(q));
     let qat = c.first_section(
         &recipe.qat,
         "qat",
@@ -709,11 +703,7 @@ pub fn check(recipe: &Recipe, diags: &mut Diagnostics) -> Sections {
             }
         },
     );
-    Sections {
-        quantize,
-        qat,
-        train,
-    }
+    Sections { quantize, qat, train }
 }
 
 // ---------------------------------------------------------------- word tables
@@ -747,8 +737,7 @@ const SPEC_WORDS: &[&str] = &[
     "histogram",
     "percentile",
 ];
-const SPEC_HELP: &str =
-    "a spec is made of: a type (`int2`..`int8`, `uint2`..`uint8`), `per_channel` or \
+const SPEC_HELP: &str = "a spec is made of: a type (`int2`..`int8`, `uint2`..`uint8`), `per_channel` or \
      `per_tensor`, `symmetric` or `affine`, `power_of_two`, `float`, and an observer (`minmax`, \
      `moving_average_minmax(momentum: 0.01)`, `histogram(bins: 2048)`, `percentile(p: 99.99)`)";
 const OBSERVERS: &[&str] = &[
@@ -775,11 +764,7 @@ const COMMON_KEYS: &[&str] = &[
     "normalize",
     "limit",
 ];
-const QAT_ONLY_KEYS: &[&str] = &[
-    "freeze_bn_after",
-    "freeze_observers_after",
-    "learnable_scales",
-];
+const QAT_ONLY_KEYS: &[&str] = &["freeze_bn_after", "freeze_observers_after", "learnable_scales"];
 
 const DATA_SOURCES: &[&str] = &["fashion_mnist", "idx", "npz", "npy"];
 const CALIBRATION_SOURCES: &[&str] = &["random", "fashion_mnist", "idx", "npz", "npy"];
@@ -828,11 +813,7 @@ fn key_help(key: &str) -> &'static str {
 }
 
 fn list_words(words: &[&str]) -> String {
-    words
-        .iter()
-        .map(|w| format!("`{w}`"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    words.iter().map(|w| format!("`{w}`")).collect::<Vec<_>>().join(", ")
 }
 
 /// "did you mean `x`? REST", or just REST.
@@ -939,16 +920,8 @@ impl Bounds {
     };
 
     fn contains(self, v: f64) -> bool {
-        let lo = if self.lo_incl {
-            v >= self.lo
-        } else {
-            v > self.lo
-        };
-        let hi = if self.hi_incl {
-            v <= self.hi
-        } else {
-            v < self.hi
-        };
+        let lo = if self.lo_incl { v >= self.lo } else { v > self.lo };
+        let hi = if self.hi_incl { v <= self.hi } else { v < self.hi };
         v.is_finite() && lo && hi
     }
 
@@ -1028,14 +1001,7 @@ struct BatchArgs {
 struct Seen(Vec<(String, Span)>);
 
 impl Checker<'_> {
-    fn error(
-        &mut self,
-        code: &'static str,
-        span: Span,
-        message: String,
-        label: impl Into<String>,
-        help: String,
-    ) {
+    fn error(&mut self, code: &'static str, span: Span, message: String, label: impl Into<String>, help: String) {
         self.diags
             .push(Diagnostic::new(code, span, message).label(label).help(help));
     }
@@ -1107,10 +1073,7 @@ impl Checker<'_> {
     // ------------------------------------------------------------ quantize
 
     fn quantize(&mut self, q: &Quantize) -> QuantizeSettings {
-        let keyword = Span::new(
-            q.span.start,
-            (q.span.start + "quantize".len()).min(q.span.end),
-        );
+        let keyword = Span::new(q.span.start, (q.span.start + "quantize".len()).min(q.span.end));
         let mut scheme: Option<Spanned<Scheme>> = None;
         let mut scheme_seen: Option<Span> = None;
         let mut fuse: Vec<FuseChain> = Vec::new();
@@ -1154,12 +1117,10 @@ impl Checker<'_> {
                 }
                 QuantizeEntry::Fuse { ops, span } => {
                     if let Some(chain) = self.fuse(ops, *span) {
-                        if let Some(first) = fuse.iter().find(|f| {
-                            f.ops
-                                .iter()
-                                .map(|o| o.value)
-                                .eq(chain.ops.iter().map(|o| o.value))
-                        }) {
+                        if let Some(first) = fuse
+                            .iter()
+                            .find(|f| f.ops.iter().map(|o| o.value).eq(chain.ops.iter().map(|o| o.value)))
+                        {
                             let first = first.span;
                             self.error_note(
                                 DUPLICATE_SETTING,
@@ -1248,9 +1209,9 @@ impl Checker<'_> {
                 "write `layer NAME { ... }`, `layer \"glob*\" { ... }` or `layer op(kind) { ... }`, with `skip`, \
                  `activations: ...` or `weights: ...` inside",
             ),
-            "activations" | "weights" => Some(
-                "write quantization words after the colon, e.g. `weights: int8 per_channel symmetric minmax`",
-            ),
+            "activations" | "weights" => {
+                Some("write quantization words after the colon, e.g. `weights: int8 per_channel symmetric minmax`")
+            }
             "skip" => Some("`skip` goes inside a layer block: `layer NAME { skip }`"),
             _ => None,
         };
@@ -1354,9 +1315,7 @@ impl Checker<'_> {
                         call.span,
                         format!("`{name}` takes no arguments"),
                         "arguments here",
-                        format!(
-                            "write `{name}` alone; only observers take arguments ({OBSERVER_HELP})"
-                        ),
+                        format!("write `{name}` alone; only observers take arguments ({OBSERVER_HELP})"),
                     );
                     return None;
                 }
@@ -1422,8 +1381,7 @@ impl Checker<'_> {
                     ident.span,
                     "`per_channel` is for weights only".into(),
                     "activations are quantized per tensor",
-                    "activations have one scale per tensor: remove `per_channel`, or write it under `weights:`"
-                        .into(),
+                    "activations have one scale per tensor: remove `per_channel`, or write it under `weights:`".into(),
                 );
                 return None;
             }
@@ -1434,11 +1392,9 @@ impl Checker<'_> {
             "power_of_two" => SpecWord::PowerOfTwo,
             "float" => SpecWord::Float,
             "minmax" => SpecWord::Observer(Observer::MinMax),
-            "moving_average_minmax" | "moving_average" => {
-                SpecWord::Observer(Observer::MovingAverageMinMax {
-                    momentum: Observer::DEFAULT_MOMENTUM,
-                })
-            }
+            "moving_average_minmax" | "moving_average" => SpecWord::Observer(Observer::MovingAverageMinMax {
+                momentum: Observer::DEFAULT_MOMENTUM,
+            }),
             "histogram" => SpecWord::Observer(Observer::Histogram {
                 bins: Observer::DEFAULT_BINS,
             }),
@@ -1484,32 +1440,25 @@ impl Checker<'_> {
         for (key, value) in named {
             match (&mut obs, key.name.as_str()) {
                 (Observer::MovingAverageMinMax { momentum }, "momentum") => {
-                    match self.float_value(
-                        value,
-                        "`momentum`",
-                        Bounds::UNIT_LEFT_OPEN,
-                        key_help("ema_momentum"),
-                    ) {
+                    match self.float_value(value, "`momentum`", Bounds::UNIT_LEFT_OPEN, key_help("ema_momentum")) {
                         Some(v) => *momentum = v,
                         None => ok = false,
                     }
                 }
-                (Observer::Histogram { bins }, "bins") => {
-                    match self.int_value(value, "`bins`", 1, key_help("bins")) {
-                        Some(v) if v <= u64::from(Observer::MAX_BINS) => *bins = v as u32,
-                        Some(v) => {
-                            ok = false;
-                            self.error(
-                                BAD_VALUE,
-                                value.span,
-                                format!("`bins` must be at most {}, found {v}", Observer::MAX_BINS),
-                                "too many bins",
-                                key_help("bins").into(),
-                            );
-                        }
-                        None => ok = false,
+                (Observer::Histogram { bins }, "bins") => match self.int_value(value, "`bins`", 1, key_help("bins")) {
+                    Some(v) if v <= u64::from(Observer::MAX_BINS) => *bins = v as u32,
+                    Some(v) => {
+                        ok = false;
+                        self.error(
+                            BAD_VALUE,
+                            value.span,
+                            format!("`bins` must be at most {}, found {v}", Observer::MAX_BINS),
+                            "too many bins",
+                            key_help("bins").into(),
+                        );
                     }
-                }
+                    None => ok = false,
+                },
                 (Observer::Percentile { p }, "p") => {
                     match self.float_value(value, "`p`", Bounds::PERCENT, key_help("p")) {
                         Some(v) => *p = v,
@@ -1581,14 +1530,11 @@ impl Checker<'_> {
         };
         let text = Self::word_text(word);
         // The same setting again, or `float` together with a quantization setting.
-        let clash = existing
-            .iter()
-            .find(|(w, _)| same_slot(*w, word))
-            .or_else(|| {
-                existing
-                    .iter()
-                    .find(|(w, _)| matches!(w, SpecWord::Float) != matches!(word, SpecWord::Float))
-            });
+        let clash = existing.iter().find(|(w, _)| same_slot(*w, word)).or_else(|| {
+            existing
+                .iter()
+                .find(|(w, _)| matches!(w, SpecWord::Float) != matches!(word, SpecWord::Float))
+        });
         if let Some((first, first_span)) = clash {
             let first_text = Self::word_text(*first);
             if first_text == text {
@@ -1617,9 +1563,7 @@ impl Checker<'_> {
                     span,
                     format!("`{text}` contradicts `{first_text}`"),
                     format!("contradicts `{first_text}`"),
-                    format!(
-                        "a tensor has one setting of each kind: keep `{first_text}` or `{text}`"
-                    ),
+                    format!("a tensor has one setting of each kind: keep `{first_text}` or `{text}`"),
                     (*first_span, format!("`{first_text}` written here")),
                 );
             }
@@ -1638,13 +1582,7 @@ impl Checker<'_> {
         }
     }
 
-    fn layer(
-        &mut self,
-        selector: &Selector,
-        skip: Option<Span>,
-        specs: &[QSpec],
-        span: Span,
-    ) -> Option<LayerOverride> {
+    fn layer(&mut self, selector: &Selector, skip: Option<Span>, specs: &[QSpec], span: Span) -> Option<LayerOverride> {
         let selector = match selector {
             Selector::Name(p) => Spanned::new(LayerSelector::Name(p.text.clone()), p.span),
             Selector::Glob { pattern, span } => {
@@ -1669,9 +1607,7 @@ impl Checker<'_> {
             if let Some(skip) = skip {
                 let spec_span = Span::new(
                     spec.key.span.start,
-                    spec.words
-                        .last()
-                        .map_or(spec.key.span.end, |w| w.span().end),
+                    spec.words.last().map_or(spec.key.span.end, |w| w.span().end),
                 );
                 let key = &spec.key.name;
                 let (at, note, label) = if skip.start > spec.key.span.start {
@@ -1713,12 +1649,7 @@ impl Checker<'_> {
 
     // ------------------------------------------------------------ calibration and data
 
-    fn calibration(
-        &mut self,
-        source: &CalibrationSource,
-        args: &[KwArg],
-        span: Span,
-    ) -> Option<Calibration> {
+    fn calibration(&mut self, source: &CalibrationSource, args: &[KwArg], span: Span) -> Option<Calibration> {
         let mut batch = BatchArgs::default();
         let mut seen = Seen::default();
         let src = match source {
@@ -1778,13 +1709,9 @@ impl Checker<'_> {
     fn path_source(&mut self, path: &str, span: Span, key: &str) -> Option<DataSource> {
         let lower = path.to_ascii_lowercase();
         if lower.ends_with(".npz") {
-            Some(DataSource::Npz {
-                path: path.to_string(),
-            })
+            Some(DataSource::Npz { path: path.to_string() })
         } else if lower.ends_with(".npy") {
-            Some(DataSource::Npy {
-                path: path.to_string(),
-            })
+            Some(DataSource::Npy { path: path.to_string() })
         } else {
             self.error(
                 BAD_VALUE,
@@ -1809,11 +1736,7 @@ impl Checker<'_> {
         seen: &mut Seen,
     ) -> Option<DataSource> {
         let name = call.callee.name.as_str();
-        let extra: &[&str] = if use_ == DataUse::Calibrate {
-            BATCH_ARGS
-        } else {
-            &[]
-        };
+        let extra: &[&str] = if use_ == DataUse::Calibrate { BATCH_ARGS } else { &[] };
         let known: &[&str] = if use_ == DataUse::Calibrate {
             CALIBRATION_SOURCES
         } else {
@@ -1901,10 +1824,7 @@ impl Checker<'_> {
                         self.error(
                             BAD_VALUE,
                             value.span,
-                            format!(
-                                "`split` must be `train` or `test`, found {}",
-                                describe(value)
-                            ),
+                            format!("`split` must be `train` or `test`, found {}", describe(value)),
                             "not a split",
                             suggest(dym, key_help("split")),
                         );
@@ -2006,10 +1926,7 @@ impl Checker<'_> {
         self.error(
             BAD_VALUE,
             e.span,
-            format!(
-                "{what} must be written as a plain value, found {}",
-                describe(e)
-            ),
+            format!("{what} must be written as a plain value, found {}", describe(e)),
             "not a plain value",
             format!("settings are not evaluated: write the value itself. {help}"),
         );
@@ -2160,10 +2077,7 @@ impl Checker<'_> {
                 let (message, help) = if QAT_ONLY_KEYS.contains(&name) {
                     (
                         format!("`{name}` is a `qat` setting; `train` does not take it"),
-                        format!(
-                            "move it to the `qat` section; `train` takes {}",
-                            list_words(&all)
-                        ),
+                        format!("move it to the `qat` section; `train` takes {}", list_words(&all)),
                     )
                 } else {
                     (
@@ -2190,9 +2104,7 @@ impl Checker<'_> {
                 "threads" => f.threads = self.int_value(value, &what, 1, help).and_then(sp),
                 "limit" => f.limit = self.int_value(value, &what, 1, help).and_then(sp),
                 "seed" => f.seed = self.int_value(value, &what, 0, help).and_then(sp),
-                "freeze_bn_after" => {
-                    f.freeze_bn_after = self.int_value(value, &what, 0, help).and_then(sp)
-                }
+                "freeze_bn_after" => f.freeze_bn_after = self.int_value(value, &what, 0, help).and_then(sp),
                 "freeze_observers_after" => {
                     f.freeze_observers_after = self.int_value(value, &what, 0, help).and_then(sp)
                 }
@@ -2207,9 +2119,7 @@ impl Checker<'_> {
                         .map(|v| Spanned::new(v, span))
                 }
                 "learnable_scales" => {
-                    f.learnable_scales = self
-                        .bool_value(value, &what, help)
-                        .map(|v| Spanned::new(v, span))
+                    f.learnable_scales = self.bool_value(value, &what, help).map(|v| Spanned::new(v, span))
                 }
                 "optimizer" => f.optimizer = self.optimizer(value).map(|v| Spanned::new(v, span)),
                 "schedule" => f.schedule = self.schedule(value).map(|v| Spanned::new(v, span)),
@@ -2279,25 +2189,14 @@ impl Checker<'_> {
         let call = self.word_or_call(e, "`optimizer`", help)?;
         match call.callee.name.as_str() {
             "sgd" => {
-                let (_, named) = self.call_args(
-                    &call,
-                    &["momentum", "nesterov"],
-                    0,
-                    "",
-                    &mut Seen::default(),
-                );
+                let (_, named) = self.call_args(&call, &["momentum", "nesterov"], 0, "", &mut Seen::default());
                 let mut momentum = Optimizer::DEFAULT_MOMENTUM;
                 let mut momentum_span = call.span;
                 let mut nesterov = false;
                 let mut ok = true;
                 for (key, value) in named {
                     if key.name == "momentum" {
-                        match self.float_value(
-                            value,
-                            "`momentum`",
-                            Bounds::UNIT_HALF_OPEN,
-                            key_help("momentum"),
-                        ) {
+                        match self.float_value(value, "`momentum`", Bounds::UNIT_HALF_OPEN, key_help("momentum")) {
                             Some(v) => (momentum, momentum_span) = (v, value.span),
                             None => ok = false,
                         }
@@ -2321,14 +2220,12 @@ impl Checker<'_> {
                 ok.then_some(Optimizer::Sgd { momentum, nesterov })
             }
             "adam" => {
-                let (_, named) =
-                    self.call_args(&call, &["beta1", "beta2"], 0, "", &mut Seen::default());
+                let (_, named) = self.call_args(&call, &["beta1", "beta2"], 0, "", &mut Seen::default());
                 let (mut beta1, mut beta2) = (Optimizer::DEFAULT_BETA1, Optimizer::DEFAULT_BETA2);
                 let mut ok = true;
                 for (key, value) in named {
                     let what = format!("`{}`", key.name);
-                    match self.float_value(value, &what, Bounds::UNIT_HALF_OPEN, key_help("beta1"))
-                    {
+                    match self.float_value(value, &what, Bounds::UNIT_HALF_OPEN, key_help("beta1")) {
                         Some(v) if key.name == "beta1" => beta1 = v,
                         Some(v) => beta2 = v,
                         None => ok = false,
@@ -2356,8 +2253,7 @@ impl Checker<'_> {
                 })
             }
             "step" => {
-                let (_, named) =
-                    self.call_args(&call, &["every", "gamma"], 0, "", &mut Seen::default());
+                let (_, named) = self.call_args(&call, &["every", "gamma"], 0, "", &mut Seen::default());
                 let mut every = None;
                 let mut gamma = 0.1;
                 let mut ok = true;
@@ -2368,12 +2264,7 @@ impl Checker<'_> {
                             None => ok = false,
                         }
                     } else {
-                        match self.float_value(
-                            value,
-                            "`gamma`",
-                            Bounds::POSITIVE,
-                            key_help("gamma"),
-                        ) {
+                        match self.float_value(value, "`gamma`", Bounds::POSITIVE, key_help("gamma")) {
                             Some(v) => gamma = v,
                             None => ok = false,
                         }
@@ -2409,12 +2300,8 @@ impl Checker<'_> {
         match &e.kind {
             ExprKind::List(items) if items.len() == 2 => {
                 let mean = self.float_value(&items[0], "the mean", Bounds::FINITE, help);
-                let std =
-                    self.float_value(&items[1], "the standard deviation", Bounds::POSITIVE, help);
-                Some(Normalize {
-                    mean: mean?,
-                    std: std?,
-                })
+                let std = self.float_value(&items[1], "the standard deviation", Bounds::POSITIVE, help);
+                Some(Normalize { mean: mean?, std: std? })
             }
             ExprKind::List(items) => {
                 self.error(
@@ -2434,10 +2321,7 @@ impl Checker<'_> {
                 self.error(
                     BAD_VALUE,
                     e.span,
-                    format!(
-                        "`normalize` must be a list `[mean, std]`, found {}",
-                        describe(e)
-                    ),
+                    format!("`normalize` must be a list `[mean, std]`, found {}", describe(e)),
                     "expected `[mean, std]`",
                     help.into(),
                 );
@@ -2462,10 +2346,7 @@ impl Checker<'_> {
                 self.error(
                     BAD_VALUE,
                     e.span,
-                    format!(
-                        "`{key}` must be a path string or a data source, found {}",
-                        describe(e)
-                    ),
+                    format!("`{key}` must be a path string or a data source, found {}", describe(e)),
                     "expected data",
                     help.into(),
                 );

@@ -121,9 +121,17 @@ impl SourceMap {
                 let before = &f.text[..local];
                 let line = before.matches('\n').count() + 1;
                 let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
-                Location { file: f.name.clone(), line, column }
+                Location {
+                    file: f.name.clone(),
+                    line,
+                    column,
+                }
             }
-            None => Location { file: "<unknown>".into(), line: 0, column: 0 },
+            None => Location {
+                file: "<unknown>".into(),
+                line: 0,
+                column: 0,
+            },
         }
     }
 }
@@ -137,7 +145,10 @@ impl SourceCode for SourceMap {
     ) -> Result<Box<dyn SpanContents<'a> + 'a>, miette::MietteError> {
         let file = self.file_at(span.offset()).ok_or(miette::MietteError::OutOfBounds)?;
         let local = SourceSpan::new((span.offset() - file.base).into(), span.len());
-        let inner = file.text.as_str().read_span(&local, context_lines_before, context_lines_after)?;
+        let inner = file
+            .text
+            .as_str()
+            .read_span(&local, context_lines_before, context_lines_after)?;
         let global = SourceSpan::new((inner.span().offset() + file.base).into(), inner.span().len());
         Ok(Box::new(MietteSpanContents::new_named(
             file.name.clone(),

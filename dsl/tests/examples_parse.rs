@@ -30,8 +30,16 @@ fn recipes() -> Vec<PathBuf> {
 #[test]
 fn expected_examples_exist() {
     let dir = examples_dir();
-    let missing: Vec<&str> = EXPECTED.iter().copied().filter(|name| !dir.join(name).is_file()).collect();
-    assert!(missing.is_empty(), "missing example recipes in {}: {missing:?}", dir.display());
+    let missing: Vec<&str> = EXPECTED
+        .iter()
+        .copied()
+        .filter(|name| !dir.join(name).is_file())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "missing example recipes in {}: {missing:?}",
+        dir.display()
+    );
 }
 
 #[test]
@@ -58,7 +66,10 @@ fn every_example_loads_cleanly() {
         let models = &loaded.recipe.models;
         if models.len() != 1 {
             let names: Vec<&str> = models.iter().map(|m| m.name.name.as_str()).collect();
-            failures.push_str(&format!("{name}: expected exactly one model, found {}: {names:?}\n", models.len()));
+            failures.push_str(&format!(
+                "{name}: expected exactly one model, found {}: {names:?}\n",
+                models.len()
+            ));
         }
     }
     assert!(failures.is_empty(), "example recipes with problems:\n{failures}");

@@ -28,12 +28,7 @@ fn text<T>(l: &Loaded, s: &Spanned<T>) -> String {
 }
 
 fn only(l: &Loaded, code: &str, offending: &str) -> qc_dsl::Diagnostic {
-    assert_eq!(
-        found(l),
-        vec![(code, offending.to_string())],
-        "{:#?}",
-        l.diagnostics
-    );
+    assert_eq!(found(l), vec![(code, offending.to_string())], "{:#?}", l.diagnostics);
     l.diagnostics[0].clone()
 }
 
@@ -64,10 +59,7 @@ fn design_example() {
     let ops: Vec<FuseOp> = q.fuse[0].ops.iter().map(|o| o.value).collect();
     assert_eq!(ops, [FuseOp::Conv2d, FuseOp::BatchNorm, FuseOp::Relu]);
     assert_eq!(text(&l, &q.fuse[0].ops[1]), "batch_norm");
-    assert_eq!(
-        l.sources.text(q.fuse[0].span),
-        "fuse     conv2d -> batch_norm -> relu"
-    );
+    assert_eq!(l.sources.text(q.fuse[0].span), "fuse     conv2d -> batch_norm -> relu");
 
     let obs = q.activations.observer.expect("activation observer");
     assert_eq!(obs.value, Observer::Histogram { bins: 2048 });
@@ -85,27 +77,15 @@ fn design_example() {
     assert!(!c.random);
     assert_eq!(c.batches.map(|b| b.value), Some(32));
     assert_eq!(text(&l, c.batches.as_ref().unwrap()), "batches: 32");
-    assert_eq!(
-        l.sources.text(c.span),
-        "calibrate \"data/train.npz\" batches: 32"
-    );
+    assert_eq!(l.sources.text(c.span), "calibrate \"data/train.npz\" batches: 32");
 
     assert_eq!(q.layers.len(), 3);
     assert_eq!(q.layers[0].selector.value, LayerSelector::Name("fc".into()));
     assert_eq!(l.sources.text(q.layers[0].skip.unwrap()), "skip");
     assert!(q.layers[0].weights.is_empty() && q.layers[0].activations.is_empty());
-    assert_eq!(
-        q.layers[1].selector.value,
-        LayerSelector::Glob("conv*".into())
-    );
-    assert_eq!(
-        q.layers[1].activations.power_of_two.map(|p| p.value),
-        Some(true)
-    );
-    assert_eq!(
-        q.layers[2].selector.value,
-        LayerSelector::Op("linear".into())
-    );
+    assert_eq!(q.layers[1].selector.value, LayerSelector::Glob("conv*".into()));
+    assert_eq!(q.layers[1].activations.power_of_two.map(|p| p.value), Some(true));
+    assert_eq!(q.layers[2].selector.value, LayerSelector::Op("linear".into()));
     let w = &q.layers[2].weights;
     assert_eq!(w.bits.map(|b| b.value), Some(4));
     assert_eq!(w.signed.map(|b| b.value), Some(true));
@@ -185,14 +165,8 @@ fn node_resolution_applies_overrides_in_order() {
     let q = l.sections.quantize.as_ref().unwrap();
     assert!(q.scheme_defaulted);
     assert_eq!(l.sources.text(q.scheme.span), "quantize");
-    assert_eq!(
-        q.for_node("fc", "linear").weights.bits.map(|b| b.value),
-        Some(6)
-    );
-    assert_eq!(
-        q.for_node("conv", "conv2d").weights.bits.map(|b| b.value),
-        Some(4)
-    );
+    assert_eq!(q.for_node("fc", "linear").weights.bits.map(|b| b.value), Some(6));
+    assert_eq!(q.for_node("conv", "conv2d").weights.bits.map(|b| b.value), Some(4));
 }
 
 #[test]
@@ -232,10 +206,7 @@ fn bits_out_of_range() {
             ("qc::bad-value", "uint1".to_string())
         ]
     );
-    assert!(l
-        .diagnostics
-        .iter()
-        .all(|d| d.message.contains("bits must be 2 to 8")));
+    assert!(l.diagnostics.iter().all(|d| d.message.contains("bits must be 2 to 8")));
     // In range: accepted.
     let l = load("quantize {\n  weights: int2\n  activations: uint7\n}\n");
     assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
@@ -250,10 +221,7 @@ fn per_channel_is_for_weights_only() {
     let d = only(&l, "qc::bad-granularity", "per_channel");
     assert_eq!(d.span.start, "quantize {\n  observe activations: ".len());
     let q = l.sections.quantize.unwrap();
-    assert_eq!(
-        q.weights.granularity.map(|g| g.value),
-        Some(Granularity::PerChannel)
-    );
+    assert_eq!(q.weights.granularity.map(|g| g.value), Some(Granularity::PerChannel));
     assert_eq!(q.activations.granularity, None);
 }
 
@@ -268,9 +236,7 @@ fn unknown_observer_and_unknown_word() {
         ]
     );
     assert!(
-        l.diagnostics[0]
-            .help
-            .starts_with("did you mean `histogram`?"),
+        l.diagnostics[0].help.starts_with("did you mean `histogram`?"),
         "{}",
         l.diagnostics[0].help
     );
@@ -283,9 +249,7 @@ fn unknown_observer_and_unknown_word() {
 
 #[test]
 fn observer_arguments() {
-    let l = load(
-        "quantize {\n  activations: moving_average(momentum: 0.05)\n  weights: percentile(p: 99.9)\n}\n",
-    );
+    let l = load("quantize {\n  activations: moving_average(momentum: 0.05)\n  weights: percentile(p: 99.9)\n}\n");
     assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
     let q = l.sections.quantize.unwrap();
     assert_eq!(
@@ -358,15 +322,9 @@ fn float_for_an_integer_setting() {
     let l = load("qat { epochs: 2.5, batch_size: 0, lr: 0.001 }\n");
     assert_eq!(
         found(&l),
-        vec![
-            ("qc::bad-value", "2.5".to_string()),
-            ("qc::bad-value", "0".to_string())
-        ]
+        vec![("qc::bad-value", "2.5".to_string()), ("qc::bad-value", "0".to_string())]
     );
-    assert_eq!(
-        l.diagnostics[0].message,
-        "`epochs` must be a whole number, found `2.5`"
-    );
+    assert_eq!(l.diagnostics[0].message, "`epochs` must be a whole number, found `2.5`");
     assert!(l.diagnostics[0].help.contains("at least 1"));
     // An integer where a float is expected is fine.
     let l = load("train { lr: 1, weight_decay: 0 }\n");
@@ -402,10 +360,7 @@ fn unknown_quantize_entry() {
             ("qc::unknown-entry", "frobnicate".to_string())
         ]
     );
-    assert_eq!(
-        l.diagnostics[0].message,
-        "unknown entry `shceme` in `quantize`"
-    );
+    assert_eq!(l.diagnostics[0].message, "unknown entry `shceme` in `quantize`");
     assert!(
         l.diagnostics[0].help.starts_with("did you mean `scheme`?"),
         "{}",
@@ -432,11 +387,7 @@ fn unknown_quantize_entry() {
 fn malformed_entries_name_their_form() {
     let l = load("quantize {\n  calibrate random\n}\n");
     let d = only(&l, "qc::bad-entry", "calibrate random");
-    assert!(
-        d.help.contains("calibrate random(batches: 8)"),
-        "{}",
-        d.help
-    );
+    assert!(d.help.contains("calibrate random(batches: 8)"), "{}", d.help);
 }
 
 #[test]
@@ -455,9 +406,7 @@ fn schemes() {
             ("qc::duplicate-setting", "x86".to_string())
         ]
     );
-    assert!(l.diagnostics[0]
-        .help
-        .starts_with("did you mean `symmetric8`?"));
+    assert!(l.diagnostics[0].help.starts_with("did you mean `symmetric8`?"));
     let q = l.sections.quantize.unwrap();
     assert!(q.scheme_defaulted);
     assert_eq!(q.scheme.value, Scheme::X86);
@@ -465,9 +414,7 @@ fn schemes() {
 
 #[test]
 fn fuse_chains() {
-    let l = load(
-        "quantize {\n  fuse conv1d -> relu6\n  fuse linear -> rleu\n  fuse conv1d -> relu6\n}\n",
-    );
+    let l = load("quantize {\n  fuse conv1d -> relu6\n  fuse linear -> rleu\n  fuse conv1d -> relu6\n}\n");
     assert_eq!(
         found(&l),
         vec![
@@ -491,8 +438,7 @@ fn calibration_sources() {
         (Some(8), Some(4))
     );
 
-    let l =
-        load("quantize {\n  calibrate fashion_mnist(\"../data\", split: test) samples: 500\n}\n");
+    let l = load("quantize {\n  calibrate fashion_mnist(\"../data\", split: test) samples: 500\n}\n");
     assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
     let c = l.sections.quantize.unwrap().calibration.unwrap();
     assert_eq!(
@@ -507,12 +453,7 @@ fn calibration_sources() {
     let l = load("quantize {\n  calibrate \"a.NPZ\", batches: 3, samples: 10\n}\n");
     assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
     let c = l.sections.quantize.unwrap().calibration.unwrap();
-    assert_eq!(
-        c.source.value,
-        DataSource::Npz {
-            path: "a.NPZ".into()
-        }
-    );
+    assert_eq!(c.source.value, DataSource::Npz { path: "a.NPZ".into() });
     assert_eq!(
         (c.batches.map(|b| b.value), c.samples.map(|b| b.value)),
         (Some(3), Some(10))
@@ -521,12 +462,7 @@ fn calibration_sources() {
     let l = load("quantize {\n  calibrate npy(\"x.bin\")\n}\n");
     assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
     let c = l.sections.quantize.unwrap().calibration.unwrap();
-    assert_eq!(
-        c.source.value,
-        DataSource::Npy {
-            path: "x.bin".into()
-        }
-    );
+    assert_eq!(c.source.value, DataSource::Npy { path: "x.bin".into() });
 
     let l = load(
         "quantize {\n  calibrate random(batches: 8) batches: 4 bathces: 2\n  calibrate imagenet()\n  calibrate npz()\n  calibrate \"x.csv\"\n}\n",
@@ -548,9 +484,7 @@ fn calibration_sources() {
 
 #[test]
 fn optimizers_and_schedules() {
-    let l = load(
-        "qat { optimizer: adam(beta2: 0.99), schedule: step(every: 2), learnable_scales: true }\n",
-    );
+    let l = load("qat { optimizer: adam(beta2: 0.99), schedule: step(every: 2), learnable_scales: true }\n");
     assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
     let q = l.sections.qat.unwrap();
     assert_eq!(
@@ -560,13 +494,7 @@ fn optimizers_and_schedules() {
             beta2: 0.99
         }
     );
-    assert_eq!(
-        q.schedule(),
-        Schedule::Step {
-            every: 2,
-            gamma: 0.1
-        }
-    );
+    assert_eq!(q.schedule(), Schedule::Step { every: 2, gamma: 0.1 });
     assert!(q.learnable_scales());
     assert_eq!(q.lr(), 1e-4);
 
@@ -591,12 +519,7 @@ fn data_and_normalize() {
     let l = load("train { data: \"a.npz\", test_data: fashion_mnist, limit: 100, threads: 2 }\n");
     assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
     let t = l.sections.train.unwrap();
-    assert_eq!(
-        t.data.as_ref().unwrap().value,
-        DataSource::Npz {
-            path: "a.npz".into()
-        }
-    );
+    assert_eq!(t.data.as_ref().unwrap().value, DataSource::Npz { path: "a.npz".into() });
     assert_eq!(
         t.test_data.as_ref().unwrap().value,
         DataSource::Idx {
@@ -606,9 +529,8 @@ fn data_and_normalize() {
     );
     assert_eq!((t.limit(), t.threads()), (Some(100), Some(2)));
 
-    let l = load(
-        "train { data: random(batches: 1), test_data: fashion_mnist(split: tset), normalize: [0.5], seed: -1 }\n",
-    );
+    let l =
+        load("train { data: random(batches: 1), test_data: fashion_mnist(split: tset), normalize: [0.5], seed: -1 }\n");
     assert_eq!(
         found(&l),
         vec![
@@ -672,12 +594,7 @@ fn float_tensors() {
     let q = l.sections.quantize.unwrap();
     let n = q.for_node("a.0.b", "conv2d");
     assert!(n.weights.resolve(&q.scheme_defaults().0).float);
-    assert!(
-        !q.for_node("c", "conv2d")
-            .weights
-            .resolve(&q.scheme_defaults().0)
-            .float
-    );
+    assert!(!q.for_node("c", "conv2d").weights.resolve(&q.scheme_defaults().0).float);
 }
 
 #[test]

@@ -69,7 +69,10 @@ pub struct Tensor {
 impl Tensor {
     pub fn f32(shape: Vec<usize>, data: Vec<f32>) -> Tensor {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
-        Tensor { shape, data: TensorData::F32(data) }
+        Tensor {
+            shape,
+            data: TensorData::F32(data),
+        }
     }
     pub fn zeros(dtype: DType, shape: Vec<usize>) -> Tensor {
         let n = shape.iter().product();
@@ -120,9 +123,24 @@ impl Tensor {
             return None;
         }
         let data = match dtype {
-            DType::F32 => TensorData::F32(bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()),
-            DType::I64 => TensorData::I64(bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()),
-            DType::I32 => TensorData::I32(bytes.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap())).collect()),
+            DType::F32 => TensorData::F32(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
+            DType::I64 => TensorData::I64(
+                bytes
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
+            DType::I32 => TensorData::I32(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
             DType::I8 => TensorData::I8(bytes.iter().map(|b| *b as i8).collect()),
             DType::U8 => TensorData::U8(bytes.to_vec()),
         };

@@ -77,11 +77,15 @@ mod imp {
     use super::*;
 
     pub fn info() -> Result<BackendInfo, TorchError> {
-        Err(TorchError::NotCompiled { what: "the libtorch backend" })
+        Err(TorchError::NotCompiled {
+            what: "the libtorch backend",
+        })
     }
 
     pub fn round_trip(_t: &Tensor) -> Result<Tensor, TorchError> {
-        Err(TorchError::NotCompiled { what: "the libtorch backend" })
+        Err(TorchError::NotCompiled {
+            what: "the libtorch backend",
+        })
     }
 }
 
@@ -97,7 +101,10 @@ mod tests {
         assert_eq!(info.version, "2.11.0");
         let t = Tensor::f32(vec![2, 3], vec![0.5, -1.0, 2.0, 3.5, -0.25, 1e-3]);
         assert_eq!(round_trip(&t).unwrap(), t);
-        let q = Tensor { shape: vec![3], data: TensorData::I8(vec![-128, 0, 127]) };
+        let q = Tensor {
+            shape: vec![3],
+            data: TensorData::I8(vec![-128, 0, 127]),
+        };
         assert_eq!(round_trip(&q).unwrap(), q);
     }
 }
