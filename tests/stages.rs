@@ -6,7 +6,13 @@ use std::path::Path;
 use qc_compiler::ir::{Module, Stage};
 use qc_compiler::printer;
 
-const EXAMPLES: &[&str] = &["fashion_cnn", "resnet18", "mobilenet_v2", "inception_block", "conv1d_net"];
+const EXAMPLES: &[&str] = &[
+    "fashion_cnn",
+    "resnet18",
+    "mobilenet_v2",
+    "inception_block",
+    "conv1d_net",
+];
 
 /// Compiles an example through every stage, returning (stage, dump) pairs.
 fn dumps(example: &str) -> Vec<(Stage, String)> {
@@ -14,9 +20,17 @@ fn dumps(example: &str) -> Vec<(Stage, String)> {
     let loaded = qc_dsl::load(&path).expect("example exists");
     let mut out = vec![];
     let sources = loaded.sources.clone();
-    let opts = qc_compiler::RunOptions { verify: true, ..Default::default() };
-    qc_compiler::compile(&loaded, &opts, &mut |m: &Module| out.push((m.stage, printer::print(m, &sources))), &mut |_, _| {})
-        .unwrap_or_else(|e| panic!("{example} does not compile: {e:?}"));
+    let opts = qc_compiler::RunOptions {
+        verify: true,
+        ..Default::default()
+    };
+    qc_compiler::compile(
+        &loaded,
+        &opts,
+        &mut |m: &Module| out.push((m.stage, printer::print(m, &sources))),
+        &mut |_, _| {},
+    )
+    .unwrap_or_else(|e| panic!("{example} does not compile: {e:?}"));
     out
 }
 
@@ -24,7 +38,11 @@ fn dumps(example: &str) -> Vec<(Stage, String)> {
 fn every_example_at_every_stage() {
     for example in EXAMPLES {
         let stages = dumps(example);
-        assert_eq!(stages.last().map(|s| s.0), Some(qc_compiler::last_stage()), "{example} stopped early");
+        assert_eq!(
+            stages.last().map(|s| s.0),
+            Some(qc_compiler::last_stage()),
+            "{example} stopped early"
+        );
         for (stage, text) in stages {
             insta::assert_snapshot!(format!("{example}@{:02}-{}", stage.number(), stage.name()), text);
             // The dump reads back into the same document.
@@ -41,7 +59,10 @@ fn dumps_are_stable_across_runs() {
 
 fn float_keys(example: &str) -> Vec<(String, Vec<usize>)> {
     let loaded = qc_dsl::load(&Path::new("examples").join(format!("{example}.qrecipe"))).unwrap();
-    let opts = qc_compiler::RunOptions { stop_after: Some(Stage::Float), ..Default::default() };
+    let opts = qc_compiler::RunOptions {
+        stop_after: Some(Stage::Float),
+        ..Default::default()
+    };
     let m = qc_compiler::compile(&loaded, &opts, &mut |_| {}, &mut |_, _| {}).unwrap();
     m.params.iter().map(|(k, p)| (k.clone(), p.shape.clone())).collect()
 }
@@ -83,13 +104,30 @@ fn resnet18_has_torchvisions_keys_in_order() {
 
 #[test]
 fn example_key_counts() {
-    for (example, n) in [("fashion_cnn", 18), ("mobilenet_v2", 314), ("inception_block", 72), ("conv1d_net", 30)] {
+    for (example, n) in [
+        ("fashion_cnn", 18),
+        ("mobilenet_v2", 314),
+        ("inception_block", 72),
+        ("conv1d_net", 30),
+    ] {
         assert_eq!(float_keys(example).len(), n, "{example}");
     }
     let inception = float_keys("inception_block");
-    assert_eq!(inception[0], ("Conv2d_1a_3x3.conv.weight".to_string(), vec![32, 3, 3, 3]));
-    assert!(inception.iter().all(|(k, _)| !k.starts_with("Conv2d_1a_3x3.conv.bias")), "torchvision's BasicConv2d has no conv bias");
+    assert_eq!(
+        inception[0],
+        ("Conv2d_1a_3x3.conv.weight".to_string(), vec![32, 3, 3, 3])
+    );
+    assert!(
+        inception.iter().all(|(k, _)| !k.starts_with("Conv2d_1a_3x3.conv.bias")),
+        "torchvision's BasicConv2d has no conv bias"
+    );
     let mobilenet = float_keys("mobilenet_v2");
-    assert!(mobilenet.contains(&("features.1.conv.0.0.weight".to_string(), vec![32, 1, 3, 3])), "depthwise weight shape");
-    assert_eq!(mobilenet.last().unwrap(), &("classifier.1.bias".to_string(), vec![1000]));
+    assert!(
+        mobilenet.contains(&("features.1.conv.0.0.weight".to_string(), vec![32, 1, 3, 3])),
+        "depthwise weight shape"
+    );
+    assert_eq!(
+        mobilenet.last().unwrap(),
+        &("classifier.1.bias".to_string(), vec![1000])
+    );
 }
