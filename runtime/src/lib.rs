@@ -4,6 +4,7 @@
 //! Architecture invariant: this crate never depends on the compiler; the compiler lowers into
 //! the formats defined here.
 
+pub mod quant;
 pub mod tensor;
 pub mod torch;
 
