@@ -1,8 +1,9 @@
 //! Robustness: mutated example recipes must never make the front end or the checker panic.
 //!
 //! Each case takes one of `examples/*.qrecipe`, applies one to three random mutations (delete,
-//! duplicate or swap tokens, replace a character, insert or substitute a token from a small
-//! dictionary of troublesome words and numbers, delete a line, truncate), then in-process:
+//! duplicate or swap tokens, replace a character (printable, brace, quote, digit or non-ASCII),
+//! insert or substitute a token from a small dictionary of troublesome words, make a number
+//! extreme (0, -1, 2^63, 10^20 ...), delete a line, truncate), then in-process:
 //!
 //!   loaded = qc_dsl::load_str(...); qc_compiler::check(&loaded); render_plain(diagnostics)
 //!
@@ -13,7 +14,11 @@
 //! its seed, its mutations, and a reproduction shrunk by delta debugging.
 //!
 //! Deterministic: a fixed seed and an inline SplitMix64. Override with `QC_ROBUSTNESS_SEED` and
-//! `QC_ROBUSTNESS_CASES` to explore further.
+//! `QC_ROBUSTNESS_CASES` to explore further. 30,000 cases take about 25 s on 2 cores (test
+//! profile); a passing run prints per-example timings with `-- --nocapture`.
+//!
+//! `deep_and_long_expressions_do_not_crash` runs the `qc` binary on very deep or long
+//! expressions (a stack overflow aborts the process, so it cannot be caught in-process).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -23,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use qc_compiler::CompileError;
 
-const DEFAULT_SEED: u64 = 0x5eed_0f_9c_2024;
-const DEFAULT_CASES: usize = 12_000;
+const DEFAULT_SEED: u64 = 0x5eed_0f9c_2024;
+const DEFAULT_CASES: usize = 30_000;
 
 /// Relative weights per example: the small recipes are cheap, resnet18 and mobilenet_v2 expand
 /// into many nodes; every example gets a share.
@@ -102,7 +107,10 @@ fn tokens(text: &str) -> Vec<(usize, usize, Kind)> {
             }
             Kind::Word
         } else {
-            if ["->", "==", "!=", "<=", ">="].iter().any(|op| b[i..].starts_with(op.as_bytes())) {
+            if ["->", "==", "!=", "<=", ">="]
+                .iter()
+                .any(|op| b[i..].starts_with(op.as_bytes()))
+            {
                 i += 2;
             } else {
                 i += text[i..].chars().next().map(char::len_utf8).unwrap_or(1);
@@ -119,21 +127,110 @@ fn tokens(text: &str) -> Vec<(usize, usize, Kind)> {
 
 /// The tokens worth mutating: everything but whitespace and comments.
 fn significant(text: &str) -> Vec<(usize, usize)> {
-    tokens(text).into_iter().filter(|t| !matches!(t.2, Kind::Space | Kind::Comment)).map(|(s, e, _)| (s, e)).collect()
+    tokens(text)
+        .into_iter()
+        .filter(|t| !matches!(t.2, Kind::Space | Kind::Comment))
+        .map(|(s, e, _)| (s, e))
+        .collect()
 }
 
 // ------------------------------------------------------------------------------------ mutations
 
 /// Words and numbers that tend to reach corners: keywords, ops, sections, extreme numbers.
 const DICTIONARY: &[&str] = &[
-    "model", "block", "input", "output", "if", "else", "and", "or", "not", "true", "false", "include", "weights",
-    "quantize", "qat", "train", "scheme", "fuse", "observe", "calibrate", "layer", "skip", "op(conv2d)", "x", "N",
-    "relu", "add", "conv2d", "conv1d", "linear", "flatten", "concat", "batch_norm", "max_pool2d", "global_avg_pool",
-    "0", "1", "-1", "2", "3", "64", "1.5", "1e-5", "1e999", "-0", "0.0", "4294967296", "9223372036854775807",
-    "9223372036854775808", "18446744073709551615", "99999999999999999999", "\"\"", "\"*\"", "\"../\"",
-    "\"examples/fashion_cnn.qrecipe\"", "[]", "[0]", "[1, 1]", "[-1, 2]", "(", ")", "{", "}", "[", "]", ",", ";",
-    ":", "=", "==", "->", "-", "*", "/", "%", ".", ".0", "f32", "i8", "int8", "uint8", "int1", "per_channel",
-    "histogram(bins: 0)", "out:", "kernel:", "stride:", "pad:", "groups:", "dim:", "epochs:", "lr:", "\\",
+    "model",
+    "block",
+    "input",
+    "output",
+    "if",
+    "else",
+    "and",
+    "or",
+    "not",
+    "true",
+    "false",
+    "include",
+    "weights",
+    "quantize",
+    "qat",
+    "train",
+    "scheme",
+    "fuse",
+    "observe",
+    "calibrate",
+    "layer",
+    "skip",
+    "op(conv2d)",
+    "x",
+    "N",
+    "relu",
+    "add",
+    "conv2d",
+    "conv1d",
+    "linear",
+    "flatten",
+    "concat",
+    "batch_norm",
+    "max_pool2d",
+    "global_avg_pool",
+    "0",
+    "1",
+    "-1",
+    "2",
+    "3",
+    "64",
+    "1.5",
+    "1e-5",
+    "1e999",
+    "-0",
+    "0.0",
+    "4294967296",
+    "9223372036854775807",
+    "9223372036854775808",
+    "18446744073709551615",
+    "99999999999999999999",
+    "\"\"",
+    "\"*\"",
+    "\"../\"",
+    "\"examples/fashion_cnn.qrecipe\"",
+    "[]",
+    "[0]",
+    "[1, 1]",
+    "[-1, 2]",
+    "(",
+    ")",
+    "{",
+    "}",
+    "[",
+    "]",
+    ",",
+    ";",
+    ":",
+    "=",
+    "==",
+    "->",
+    "-",
+    "*",
+    "/",
+    "%",
+    ".",
+    ".0",
+    "f32",
+    "i8",
+    "int8",
+    "uint8",
+    "int1",
+    "per_channel",
+    "histogram(bins: 0)",
+    "out:",
+    "kernel:",
+    "stride:",
+    "pad:",
+    "groups:",
+    "dim:",
+    "epochs:",
+    "lr:",
+    "\\",
 ];
 
 /// Characters a replaced character becomes.
@@ -143,15 +240,64 @@ const NON_ASCII: &[char] = &['é', 'ß', 'λ', '→', '中', '🦀', '\u{00a0}',
 #[derive(Clone, Debug)]
 #[allow(dead_code)] // the fields are read by `Debug`, in the failure report
 enum Mutation {
-    DeleteToken { at: usize, token: String },
-    DuplicateToken { at: usize, token: String },
-    SwapTokens { at: usize, first: String, second: String },
-    ReplaceChar { at: usize, old: char, new: char },
-    InsertWord { at: usize, word: &'static str },
-    SubstituteToken { at: usize, token: String, word: &'static str },
-    DeleteLine { line: usize },
-    Truncate { at: usize },
+    DeleteToken {
+        at: usize,
+        token: String,
+    },
+    DuplicateToken {
+        at: usize,
+        token: String,
+    },
+    SwapTokens {
+        at: usize,
+        first: String,
+        second: String,
+    },
+    ReplaceChar {
+        at: usize,
+        old: char,
+        new: char,
+    },
+    InsertWord {
+        at: usize,
+        word: &'static str,
+    },
+    SubstituteToken {
+        at: usize,
+        token: String,
+        word: &'static str,
+    },
+    ReplaceNumber {
+        at: usize,
+        old: String,
+        new: &'static str,
+    },
+    DeleteLine {
+        line: usize,
+    },
+    Truncate {
+        at: usize,
+    },
 }
+
+/// Numbers that overflow, vanish or go negative in sizes, strides, pads and dims.
+const EXTREME_NUMBERS: &[&str] = &[
+    "0",
+    "-1",
+    "1",
+    "3037000500",
+    "4294967296",
+    "4611686018427387904",
+    "9223372036854775807",
+    "9223372036854775808",
+    "18446744073709551615",
+    "18446744073709551616",
+    "99999999999999999999",
+    "1e308",
+    "1e999",
+    "0.5",
+    "-9223372036854775808",
+];
 
 /// Applies one random mutation; `None` when the text offers nothing to mutate.
 fn mutate(text: &str, rng: &mut SplitMix64) -> Option<(String, Mutation)> {
@@ -163,13 +309,25 @@ fn mutate(text: &str, rng: &mut SplitMix64) -> Option<(String, Mutation)> {
     Some(match choice {
         0..=17 => {
             let (s, e) = *rng.pick(&toks);
-            (format!("{}{}", &text[..s], &text[e..]), Mutation::DeleteToken { at: s, token: text[s..e].to_string() })
+            (
+                format!("{}{}", &text[..s], &text[e..]),
+                Mutation::DeleteToken {
+                    at: s,
+                    token: text[s..e].to_string(),
+                },
+            )
         }
         18..=29 => {
             let (s, e) = *rng.pick(&toks);
             let sep = if rng.below(2) == 0 { " " } else { "" };
             let t = &text[s..e];
-            (format!("{}{t}{sep}{t}{}", &text[..s], &text[e..]), Mutation::DuplicateToken { at: s, token: t.to_string() })
+            (
+                format!("{}{t}{sep}{t}{}", &text[..s], &text[e..]),
+                Mutation::DuplicateToken {
+                    at: s,
+                    token: t.to_string(),
+                },
+            )
         }
         30..=41 => {
             if toks.len() < 2 {
@@ -180,7 +338,11 @@ fn mutate(text: &str, rng: &mut SplitMix64) -> Option<(String, Mutation)> {
             let (a, between, b) = (&text[s1..e1], &text[e1..s2], &text[s2..e2]);
             (
                 format!("{}{b}{between}{a}{}", &text[..s1], &text[e2..]),
-                Mutation::SwapTokens { at: s1, first: a.to_string(), second: b.to_string() },
+                Mutation::SwapTokens {
+                    at: s1,
+                    first: a.to_string(),
+                    second: b.to_string(),
+                },
             )
         }
         42..=61 => {
@@ -206,20 +368,53 @@ fn mutate(text: &str, rng: &mut SplitMix64) -> Option<(String, Mutation)> {
         62..=71 => {
             let (s, _) = *rng.pick(&toks);
             let word = *rng.pick(DICTIONARY);
-            (format!("{}{word} {}", &text[..s], &text[s..]), Mutation::InsertWord { at: s, word })
+            (
+                format!("{}{word} {}", &text[..s], &text[s..]),
+                Mutation::InsertWord { at: s, word },
+            )
         }
         72..=83 => {
             let (s, e) = *rng.pick(&toks);
             let word = *rng.pick(DICTIONARY);
             (
                 format!("{}{word}{}", &text[..s], &text[e..]),
-                Mutation::SubstituteToken { at: s, token: text[s..e].to_string(), word },
+                Mutation::SubstituteToken {
+                    at: s,
+                    token: text[s..e].to_string(),
+                    word,
+                },
             )
         }
-        84..=93 => {
+        84..=89 => {
+            // A number (a size, a stride, a dim) becomes an extreme one.
+            let numbers: Vec<(usize, usize)> = toks
+                .iter()
+                .copied()
+                .filter(|&(s, e)| text[s..e].bytes().all(|b| b.is_ascii_digit()))
+                .collect();
+            if numbers.is_empty() {
+                return None;
+            }
+            let (s, e) = *rng.pick(&numbers);
+            let new = *rng.pick(EXTREME_NUMBERS);
+            (
+                format!("{}{new}{}", &text[..s], &text[e..]),
+                Mutation::ReplaceNumber {
+                    at: s,
+                    old: text[s..e].to_string(),
+                    new,
+                },
+            )
+        }
+        90..=95 => {
             let lines: Vec<&str> = text.split_inclusive('\n').collect();
             let line = rng.below(lines.len());
-            let out: String = lines.iter().enumerate().filter(|(i, _)| *i != line).map(|(_, l)| *l).collect();
+            let out: String = lines
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != line)
+                .map(|(_, l)| *l)
+                .collect();
             (out, Mutation::DeleteLine { line: line + 1 })
         }
         _ => {
@@ -239,6 +434,17 @@ thread_local! {
     static LAST_PANIC: RefCell<Option<(String, String)>> = const { RefCell::new(None) };
     /// Whether this thread is inside `run_one` (whose panics are recorded, not printed).
     static IN_CASE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The first `at FILE:LINE:COL` of a backtrace that is in this workspace (not std, not a
+/// dependency, not this test), relative to the workspace root.
+fn first_qc_frame(backtrace: &str) -> Option<String> {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/");
+    backtrace
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("at "))
+        .find(|at| !at.starts_with("/rustc/") && !at.contains("/.cargo/") && !at.contains("tests/robustness.rs"))
+        .map(|at| at.trim_start_matches(root).trim_start_matches("./").to_string())
 }
 
 /// What went wrong with one input: a short key (to group failures) and a description.
@@ -279,7 +485,10 @@ fn run_one(name: &str, text: &str) -> Option<Failure> {
                 });
             }
             let files = loaded.sources.files();
-            let file = files.iter().rev().find(|f| f.base <= d.span.start && d.span.start <= f.base + f.text.len());
+            let file = files
+                .iter()
+                .rev()
+                .find(|f| f.base <= d.span.start && d.span.start <= f.base + f.text.len());
             let ok = d.span.start <= d.span.end
                 && file.is_some_and(|f| {
                     d.span.end <= f.base + f.text.len()
@@ -289,7 +498,10 @@ fn run_one(name: &str, text: &str) -> Option<Failure> {
             if !ok {
                 return Some(Failure {
                     key: format!("bad span in {}", d.code),
-                    detail: format!("diagnostic {} {:?} has span {:?}, outside the sources or off a char boundary", d.code, d.message, d.span),
+                    detail: format!(
+                        "diagnostic {} {:?} has span {:?}, outside the sources or off a char boundary",
+                        d.code, d.message, d.span
+                    ),
                 });
             }
         }
@@ -307,20 +519,98 @@ fn run_one(name: &str, text: &str) -> Option<Failure> {
                     .unwrap_or_else(|| "<non-string panic>".into());
                 (m, "<unknown location>".into())
             });
-            Some(Failure { key: format!("panic at {location}"), detail: format!("panicked at {location}: {message}") })
+            Some(Failure {
+                key: format!("panic at {location}"),
+                detail: format!("panicked at {location}: {message}"),
+            })
         }
     }
 }
 
+/// Runs cases on a worker thread so that a case that never ends (or grows without bound) is
+/// noticed: after `limit` without a result the runner gives up, reports a hang, and is dead (its
+/// thread is abandoned, still running, until the test process exits; nothing more is run).
+struct Runner {
+    jobs: std::sync::mpsc::Sender<(&'static str, String)>,
+    results: std::sync::mpsc::Receiver<Option<Failure>>,
+    dead: bool,
+}
+
+enum Outcome {
+    Done(Option<Failure>),
+    Hung,
+}
+
+impl Runner {
+    fn new() -> Runner {
+        let (jobs, job_rx) = std::sync::mpsc::channel::<(&'static str, String)>();
+        let (result_tx, results) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("robustness-case".into())
+            .stack_size(8 << 20) // like a main thread: the recipes are checked as `qc` would
+            .spawn(move || {
+                for (name, text) in job_rx {
+                    if result_tx.send(run_one(name, &text)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .expect("spawn the case thread");
+        Runner {
+            jobs,
+            results,
+            dead: false,
+        }
+    }
+
+    fn run(&mut self, name: &'static str, text: &str, limit: Duration) -> Outcome {
+        if self.dead {
+            return Outcome::Hung;
+        }
+        self.jobs
+            .send((name, text.to_string()))
+            .expect("the case thread is alive");
+        match self.results.recv_timeout(limit) {
+            Ok(f) => Outcome::Done(f),
+            Err(_) => {
+                self.dead = true;
+                Outcome::Hung
+            }
+        }
+    }
+}
+
+/// How long one case may take before it counts as a hang (a normal one takes milliseconds).
+const CASE_LIMIT: Duration = Duration::from_secs(10);
+const SHRINK_LIMIT: Duration = Duration::from_secs(5);
+
 /// Shrinks `text` while it still fails with the same key: delta debugging over lines, then over
 /// tokens, then over single characters, within a budget of runs.
-fn shrink(name: &str, text: &str, key: &str, budget: &mut usize) -> String {
-    let still_fails = |candidate: &str, budget: &mut usize| -> bool {
-        if *budget == 0 {
+/// A candidate that hung is returned in `hung` (and shrinking stops: the runner is dead).
+fn shrink(
+    runner: &mut Runner,
+    name: &'static str,
+    text: &str,
+    key: &str,
+    budget: &mut usize,
+    hung: &mut Option<String>,
+) -> String {
+    let mut still_fails = |candidate: &str, budget: &mut usize| -> bool {
+        if *budget == 0 || hung.is_some() || runner.dead {
             return false;
         }
         *budget -= 1;
-        run_one(name, candidate).is_some_and(|f| f.key == key)
+        if env_or("QC_ROBUSTNESS_TRACE", 0) >= 2 {
+            eprintln!("shrink candidate: {candidate:?}");
+        }
+        match runner.run(name, candidate, SHRINK_LIMIT) {
+            Outcome::Done(f) => f.is_some_and(|f| f.key == key),
+            Outcome::Hung => {
+                *hung = Some(candidate.to_string());
+                *budget = 0;
+                false
+            }
+        }
     };
     let mut best = text.to_string();
     // Units of one granularity: line ranges, then token ranges (whitespace kept with its token),
@@ -398,12 +688,21 @@ struct Found {
 fn mutated_examples_never_panic() {
     let seed = env_or("QC_ROBUSTNESS_SEED", DEFAULT_SEED);
     let cases = env_or("QC_ROBUSTNESS_CASES", DEFAULT_CASES as u64) as usize;
+    // QC_ROBUSTNESS_TRACE=1 prints every case before it runs (to find one that hangs or aborts).
+    let trace = env_or("QC_ROBUSTNESS_TRACE", 0) != 0;
+    // How many distinct failures get a shrunk reproduction (QC_ROBUSTNESS_SHRINK=0: none).
+    let shrink_count = env_or("QC_ROBUSTNESS_SHRINK", 8) as usize;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     std::env::set_current_dir(&root).expect("cd to the repository root");
 
     let sources: Vec<(&'static str, String)> = EXAMPLES
         .iter()
-        .map(|(n, _)| (*n, std::fs::read_to_string(root.join("examples").join(n)).expect("read an example")))
+        .map(|(n, _)| {
+            (
+                *n,
+                std::fs::read_to_string(root.join("examples").join(n)).expect("read an example"),
+            )
+        })
         .collect();
     // Every example must be sound before mutation, or the test proves nothing.
     for (name, text) in &sources {
@@ -421,7 +720,17 @@ fn mutated_examples_never_panic() {
         if !IN_CASE.with(|c| c.get()) {
             return fallback(info);
         }
-        let location = info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())).unwrap_or_default();
+        let mut location = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+            .unwrap_or_default();
+        if location.starts_with("/rustc/") || location.contains("/.cargo/") {
+            // A panic inside std or a dependency (an overflowing `product()`...): name the
+            // first frame of qc's own code too, so that distinct bugs are told apart.
+            if let Some(frame) = first_qc_frame(&std::backtrace::Backtrace::force_capture().to_string()) {
+                location = format!("{frame} (in {location})");
+            }
+        }
         let message = info
             .payload()
             .downcast_ref::<String>()
@@ -436,6 +745,7 @@ fn mutated_examples_never_panic() {
     let mut per_example: BTreeMap<&str, (usize, Duration)> = BTreeMap::new();
     let mut master = SplitMix64(seed);
     let mut ran = 0;
+    let mut runner = Runner::new();
     for _ in 0..cases {
         let case_seed = master.next();
         let mut rng = SplitMix64(case_seed);
@@ -465,12 +775,25 @@ fn mutated_examples_never_panic() {
                 mutations.push(m);
             }
         }
+        if trace {
+            eprintln!("case {ran}: seed {case_seed:#018x}, examples/{name}, {mutations:?}");
+        }
         let t0 = Instant::now();
-        let failure = run_one(name, &text);
+        let outcome = runner.run(name, &text, CASE_LIMIT);
         let entry = per_example.entry(name).or_default();
         entry.0 += 1;
         entry.1 += t0.elapsed();
         ran += 1;
+        let failure = match outcome {
+            Outcome::Done(f) => f,
+            Outcome::Hung => Some(Failure {
+                key: "hang".into(),
+                detail: format!(
+                    "no result after {} s (a loop, or unbounded time or memory)",
+                    CASE_LIMIT.as_secs()
+                ),
+            }),
+        };
         if let Some(f) = failure {
             let e = found.entry(f.key.clone()).or_insert_with(|| Found {
                 count: 0,
@@ -482,14 +805,28 @@ fn mutated_examples_never_panic() {
             });
             e.count += 1;
         }
+        if runner.dead {
+            break; // nothing more can run; report what was found
+        }
     }
     let fuzz_time = started.elapsed();
 
-    // Shrink the first case of every distinct failure.
+    // Shrink the first case of every distinct failure (the first 8 of them; the rest are
+    // reported as found).
     let mut report = String::new();
-    for (key, f) in &found {
-        let mut budget = 3000;
-        let small = shrink(f.example, &f.text, key, &mut budget);
+    for (i, (key, f)) in found.iter().enumerate() {
+        let mut budget = if i < shrink_count { 3000 } else { 0 };
+        if trace {
+            eprintln!("shrinking {key}");
+        }
+        let mut hung = None;
+        let small = shrink(&mut runner, f.example, &f.text, key, &mut budget, &mut hung);
+        if let Some(h) = hung {
+            report.push_str(&format!(
+                "\n=== hang while shrinking the case below: this input gave no result after {} s\n----8<----\n{h}\n----8<----\n",
+                SHRINK_LIMIT.as_secs()
+            ));
+        }
         report.push_str(&format!(
             "\n=== {key}  ({} case{})\n{}\nfirst case: seed {:#018x}, examples/{}, mutations {:?}\nreproduction ({} bytes, shrunk from {}):\n----8<----\n{}\n----8<----\n",
             f.count,
@@ -515,11 +852,98 @@ fn mutated_examples_never_panic() {
         started.elapsed().as_secs_f64(),
         timing.join("\n  ")
     );
-    assert!(ran >= cases.min(10_000), "only {ran} cases ran");
     let failing: usize = found.values().map(|f| f.count).sum();
     assert!(
-        found.is_empty(),
+        found.is_empty() && !runner.dead,
         "{failing} of {ran} mutated recipes failed, {} distinct failure(s):{report}\n(rerun: QC_ROBUSTNESS_SEED={seed:#x}; each reproduction is the whole recipe text)",
         found.len()
+    );
+}
+
+/// Deeply nested or very long expressions: the parser and the expander recurse on the
+/// expression tree, so these run in a child `qc check` (a stack overflow aborts the process and
+/// cannot be caught in-process). Any outcome but a crash is fine: accepted (exit 0) or a
+/// diagnostic such as "nested too deeply" (exit 1). The sizes are large for a hand-written
+/// recipe and small for a generated one.
+#[test]
+fn deep_and_long_expressions_do_not_crash() {
+    fn model(expr: &str) -> String {
+        format!("model m {{\n  input x: f32[N, 8]\n  y = {expr}\n  output y\n}}\n")
+    }
+    let n = 2_000;
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "2000 nested calls relu(relu(...x...))",
+            model(&format!("{}x{}", "relu(".repeat(n), ")".repeat(n))),
+        ),
+        (
+            "2000 nested parentheses ((...x...))",
+            model(&format!("{}x{}", "(".repeat(n), ")".repeat(n))),
+        ),
+        (
+            "1000 nested if",
+            model(&format!(
+                "{}x{}",
+                "if true { ".repeat(n / 2),
+                " } else { x }".repeat(n / 2)
+            )),
+        ),
+        (
+            "2000 nested lists",
+            model(&format!(
+                "linear(x, out: 2, bias: {}true{})",
+                "[".repeat(n),
+                "]".repeat(n)
+            )),
+        ),
+        (
+            "a sum of 20000 terms",
+            model(&format!("linear(x, out: {})", vec!["1"; 20_000].join(" + "))),
+        ),
+        (
+            "20000 unary minus",
+            model(&format!("linear(x, out: {}4)", "-".repeat(20_000))),
+        ),
+        (
+            "20000 `not`",
+            model(&format!("if {}true {{ x }} else {{ x }}", "not ".repeat(20_000))),
+        ),
+        (
+            "20000 statements in a chain",
+            format!(
+                "model m {{\n  input x: f32[N, 8]\n  y0 = relu(x)\n{}  output y19999\n}}\n",
+                (1..20_000)
+                    .map(|i| format!("  y{i} = relu(y{})\n", i - 1))
+                    .collect::<String>()
+            ),
+        ),
+    ];
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let mut failures = vec![];
+    for (i, (what, text)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("deep{i}.qrecipe"));
+        std::fs::write(&path, text).expect("write the recipe");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_qc"))
+            .arg("check")
+            .arg(&path)
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .expect("run qc");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let crashed = !matches!(out.status.code(), Some(0 | 1))
+            || stderr.contains("panicked at")
+            || stderr.contains("overflowed its stack");
+        if crashed {
+            let last: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+            let tail = last[last.len().saturating_sub(2)..].join(" | ");
+            failures.push(format!("{what}: qc check ended with {} ({tail})", out.status));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "qc crashed on {} of {} deep inputs:\n  {}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n  ")
     );
 }

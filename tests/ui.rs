@@ -2,9 +2,11 @@
 //!
 //! For each case, `qc check tests/ui/NAME.qrecipe` runs from the repository root and must
 //!   - exit with 1 (a user error),
-//!   - print, for every error, a `╭─[tests/ui/NAME.qrecipe:LINE:COL]` location and a `help:` line,
+//!   - print, for every error, a `╭─[FILE:LINE:COL]` location (FILE is the case, or a file it
+//!     includes) and a `help:` line,
 //!   - end with `error: N problem(s) found` where N is the number of errors printed,
-//!   - report every location listed in the file's `// @error LINE:COL ...` header line(s),
+//!   - report every location listed in the file's `// @error LINE:COL ...` header line(s) (a
+//!     location in another file is written `data/other.qrecipe:LINE:COL`, relative to tests/ui),
 //!   - match its insta snapshot `tests/snapshots/ui__NAME.snap` (stderr, exactly).
 //!
 //! To add a case: write `tests/ui/NAME.qrecipe` (a header comment saying what is wrong and an
@@ -97,6 +99,25 @@ fn normalize(stderr: &str) -> String {
     joined
 }
 
+/// The `FILE:LINE:COL` of a `╭─[FILE:LINE:COL]` snippet header, with FILE relative to the
+/// repository root (an absolute path under the root is made relative).
+fn location(line: &str) -> Option<String> {
+    let (_, rest) = line.split_once("╭─[")?;
+    let (loc, _) = rest.split_once(']')?;
+    let mut parts = loc.rsplitn(3, ':');
+    let number = |p: Option<&str>| {
+        p.filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            .map(str::to_string)
+    };
+    let (col, line, file) = (number(parts.next())?, number(parts.next())?, parts.next()?);
+    let root = root().display().to_string();
+    let file = file
+        .strip_prefix(root.as_str())
+        .map(|f| f.trim_start_matches('/'))
+        .unwrap_or(file);
+    Some(format!("{file}:{line}:{col}"))
+}
+
 /// The `// @error LINE:COL ...` locations a case expects (in its header comment).
 fn expected_locations(source: &str) -> Vec<String> {
     source
@@ -109,7 +130,7 @@ fn expected_locations(source: &str) -> Vec<String> {
 
 /// Runs one case; returns what is wrong with its output (empty when it is right). The snapshot
 /// comparison panics on a mismatch (insta's way); the caller catches that.
-fn check(path: &str) -> Vec<String> {
+fn check(path: &str, out: &Output) -> Vec<String> {
     let mut problems = vec![];
     let source = std::fs::read_to_string(root().join(path)).expect("read the case");
     let header_ok = source.starts_with("//");
@@ -121,9 +142,11 @@ fn check(path: &str) -> Vec<String> {
         problems.push("no `// @error LINE:COL` line in the header".to_string());
     }
 
-    let out = qc_check(path);
     if out.code != Some(1) {
-        problems.push(format!("exit code {:?}, expected 1 (stdout: {:?})", out.code, out.stdout));
+        problems.push(format!(
+            "exit code {:?}, expected 1 (stdout: {:?})",
+            out.code, out.stdout
+        ));
     }
     if out.stderr.contains("panicked at") {
         problems.push("qc panicked".to_string());
@@ -135,7 +158,6 @@ fn check(path: &str) -> Vec<String> {
     if starts.is_empty() {
         problems.push("no diagnostic (`qc::code` line) in stderr".to_string());
     }
-    let location_prefix = format!("╭─[{path}:");
     let mut locations = vec![];
     for (k, &s) in starts.iter().enumerate() {
         let end = starts.get(k + 1).copied().unwrap_or(lines.len());
@@ -143,25 +165,25 @@ fn check(path: &str) -> Vec<String> {
         let code = lines[s];
         let errors = chunk.iter().filter(|l| l.starts_with("  × ")).count();
         if errors != 1 {
-            problems.push(format!("diagnostic {code} (#{}) has {errors} `×` message lines, expected 1", k + 1));
+            problems.push(format!(
+                "diagnostic {code} (#{}) has {errors} `×` message lines, expected 1",
+                k + 1
+            ));
         }
-        let locs: Vec<String> = chunk
-            .iter()
-            .filter_map(|l| l.split_once(location_prefix.as_str()).map(|(_, rest)| rest))
-            .filter_map(|rest| rest.split_once(']').map(|(loc, _)| loc.to_string()))
-            .filter(|loc| {
-                let mut parts = loc.split(':');
-                let ok = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-                ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
-            })
-            .collect();
+        let locs: Vec<String> = chunk.iter().filter_map(|l| location(l)).collect();
         if locs.is_empty() {
-            problems.push(format!("diagnostic {code} (#{}) has no `{location_prefix}LINE:COL]` location", k + 1));
+            problems.push(format!(
+                "diagnostic {code} (#{}) has no `╭─[FILE:LINE:COL]` location",
+                k + 1
+            ));
         }
         locations.extend(locs);
         let helps = chunk.iter().filter(|l| l.trim_start().starts_with("help:")).count();
         if helps != 1 {
-            problems.push(format!("diagnostic {code} (#{}) has {helps} `help:` lines, expected 1", k + 1));
+            problems.push(format!(
+                "diagnostic {code} (#{}) has {helps} `help:` lines, expected 1",
+                k + 1
+            ));
         } else if chunk.iter().any(|l| l.trim() == "help:") {
             problems.push(format!("diagnostic {code} (#{}) has an empty `help:`", k + 1));
         }
@@ -174,18 +196,32 @@ fn check(path: &str) -> Vec<String> {
     // Every expected location is printed (as often as it is listed).
     let mut remaining = locations.clone();
     for want in &expected {
-        match remaining.iter().position(|l| l == want) {
+        let want = if want.contains(".qrecipe:") {
+            format!("tests/ui/{want}")
+        } else {
+            format!("{path}:{want}")
+        };
+        match remaining.iter().position(|l| *l == want) {
             Some(i) => {
                 remaining.remove(i);
             }
-            None => problems.push(format!("no error reported at {path}:{want} (printed locations: {locations:?})")),
+            None => problems.push(format!(
+                "no error reported at {want} (printed locations: {locations:?})"
+            )),
         }
     }
     if n < expected.len() {
-        problems.push(format!("{n} errors reported, the header expects at least {}", expected.len()));
+        problems.push(format!(
+            "{n} errors reported, the header expects at least {}",
+            expected.len()
+        ));
     }
 
-    let name = Path::new(path).file_stem().expect("a file name").to_string_lossy().into_owned();
+    let name = Path::new(path)
+        .file_stem()
+        .expect("a file name")
+        .to_string_lossy()
+        .into_owned();
     let stderr = normalize(&out.stderr);
     let mut settings = insta::Settings::clone_current();
     settings.set_prepend_module_to_snapshot(true);
@@ -198,10 +234,39 @@ fn check(path: &str) -> Vec<String> {
 #[test]
 fn ui_cases() {
     let cases = cases();
-    assert!(cases.len() >= 20, "expected at least 20 cases in tests/ui, found {}", cases.len());
+    assert!(
+        cases.len() >= 20,
+        "expected at least 20 cases in tests/ui, found {}",
+        cases.len()
+    );
+    // `qc` starts slowly (it loads libtorch), so the cases run in parallel; the checks and
+    // snapshots then go in order.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut outputs: Vec<Option<Output>> = cases.iter().map(|_| None).collect();
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).min(8);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = vec![];
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(path) = cases.get(i) else { break done };
+                        done.push((i, qc_check(path)));
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            for (i, out) in h.join().expect("a worker") {
+                outputs[i] = Some(out);
+            }
+        }
+    });
     let mut failures = vec![];
-    for path in &cases {
-        let result = std::panic::catch_unwind(|| check(path));
+    for (path, out) in cases.iter().zip(&outputs) {
+        let out = out.as_ref().expect("every case ran");
+        let result = std::panic::catch_unwind(|| check(path, out));
         match result {
             Ok(problems) if problems.is_empty() => {}
             Ok(problems) => failures.push(format!("{path}:\n    {}", problems.join("\n    "))),
@@ -212,11 +277,20 @@ fn ui_cases() {
                     .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                     .unwrap_or_default();
                 let first = msg.lines().next().unwrap_or("").to_string();
-                failures.push(format!("{path}:\n    snapshot or check panicked: {first}"));
+                failures.push(format!(
+                    "{path}:\n    {first}\n    (a new or changed snapshot: read tests/snapshots/ui__*.snap.new, then \
+                     accept with `INSTA_UPDATE=always cargo test --test ui` or `cargo insta review`)"
+                ));
             }
         }
     }
-    assert!(failures.is_empty(), "{} of {} ui cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} ui cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 /// A sound recipe: exit 0, one line on stdout, nothing on stderr.
@@ -225,10 +299,16 @@ fn fashion_cnn_checks_clean() {
     let out = qc_check("examples/fashion_cnn.qrecipe");
     assert_eq!(out.code, Some(0), "stderr:\n{}", out.stderr);
     assert_eq!(out.stderr, "", "a sound recipe prints nothing on stderr");
-    assert_eq!(out.stdout.lines().count(), 1, "expected exactly one line, got:\n{}", out.stdout);
+    assert_eq!(
+        out.stdout.lines().count(),
+        1,
+        "expected exactly one line, got:\n{}",
+        out.stdout
+    );
     assert!(out.stdout.ends_with('\n'));
     assert!(
-        out.stdout.starts_with("ok: examples/fashion_cnn.qrecipe — model `fashion_cnn`"),
+        out.stdout
+            .starts_with("ok: examples/fashion_cnn.qrecipe — model `fashion_cnn`"),
         "unexpected summary: {}",
         out.stdout
     );

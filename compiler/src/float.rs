@@ -49,13 +49,38 @@ impl Pass for InferShapes {
             let Some(types) = types else { continue };
             let refs: Vec<_> = types.iter().collect();
             let node = module.graph.node(id);
-            match node.op.infer(&refs) {
+            let inferred = node.op.infer(&refs).and_then(|ty| {
+                let fixed_dims: Vec<usize> = ty.dims.iter().filter_map(fixed).collect();
+                match crate::ops::elements(&fixed_dims) {
+                    Some(_) => Ok(ty),
+                    None => Err(format!(
+                        "the output {ty} has more than {} elements",
+                        crate::ops::MAX_ELEMENTS
+                    )),
+                }
+            });
+            match inferred {
                 Ok(ty) => {
                     let in_channels = match &node.op {
                         Op::Linear(_) => types[0].dims.last().and_then(fixed),
                         _ => types.first().and_then(|t| t.dims.get(1)).and_then(fixed),
                     };
                     let shapes = node.op.params(in_channels);
+                    if let Some((role, _, shape)) = shapes.iter().find(|(_, _, s)| crate::ops::elements(s).is_none()) {
+                        let name = node.name.clone();
+                        diags.push(node_diagnostic(
+                            module,
+                            id,
+                            "qc::too-large",
+                            format!(
+                                "parameter `{name}.{role}` would be {shape:?}, more than {} values",
+                                crate::ops::MAX_ELEMENTS
+                            ),
+                            "this layer is too large",
+                            "check `out`, `kernel` and the input size of this layer".into(),
+                        ));
+                        continue;
+                    }
                     let keys = node.params.clone();
                     for (role, key) in keys {
                         if let Some((_, _, shape)) = shapes.iter().find(|(r, _, _)| *r == role) {

@@ -104,7 +104,11 @@ pub fn check(loaded: &Loaded) -> Result<String, CompileError> {
         }
         None => "no checkpoint (deterministic initialiser)",
     };
-    let n_params: usize = module.params.values().map(|p| p.shape.iter().product::<usize>()).sum();
+    let n_params: usize = module
+        .params
+        .values()
+        .map(|p| ops::elements(&p.shape).unwrap_or(usize::MAX))
+        .fold(0, usize::saturating_add);
     let mut sections = vec![];
     if !loaded.recipe.quantize.is_empty() {
         sections.push("quantize");

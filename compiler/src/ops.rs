@@ -731,7 +731,10 @@ impl Op {
                 let (s, e) = (s as usize, e as usize);
                 let mut prod = 1usize;
                 for d in &x.dims[s..=e] {
-                    prod *= fixed(d, "flattened dim", self.name())?;
+                    prod = prod
+                        .checked_mul(fixed(d, "flattened dim", self.name())?)
+                        .filter(|n| *n <= MAX_ELEMENTS)
+                        .ok_or_else(|| format!("flatten of {x} has more than {MAX_ELEMENTS} elements"))?;
                 }
                 let mut dims = x.dims[..s].to_vec();
                 dims.push(Dim::Fixed(prod));
@@ -779,7 +782,10 @@ impl Op {
                             ));
                         }
                     }
-                    total += fixed(&t.dims[d], "concatenated dim", self.name())?;
+                    total = fixed(&t.dims[d], "concatenated dim", self.name())?
+                        .checked_add(total)
+                        .filter(|n| *n <= MAX_ELEMENTS)
+                        .ok_or_else(|| format!("concat along dim {d} is larger than {MAX_ELEMENTS}"))?;
                 }
                 let mut dims = first.dims.clone();
                 dims[d] = Dim::Fixed(total);
@@ -787,6 +793,17 @@ impl Op {
             }
         }
     }
+}
+
+/// qc refuses tensors of more elements than this (2^34): a typo such as `out: 10000000` should be
+/// an error message, not an allocation that takes the machine down.
+pub const MAX_ELEMENTS: usize = 1 << 34;
+
+/// Elements of a shape, or `None` when the product passes `MAX_ELEMENTS`.
+pub fn elements(shape: &[usize]) -> Option<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d).filter(|n| *n <= MAX_ELEMENTS))
 }
 
 fn expect_rank(x: &TensorType, rank: usize, op: &str) -> Result<(), String> {
@@ -818,8 +835,12 @@ pub fn window_out(
     ceil_mode: bool,
     op: &str,
 ) -> Result<usize, String> {
-    let span = d * (k - 1) + 1;
-    let padded = n + 2 * p;
+    let too_big = || format!("{op}: window sizes overflow (kernel {k}, dilation {d}, pad {p})");
+    let span = d
+        .checked_mul(k - 1)
+        .and_then(|v| v.checked_add(1))
+        .ok_or_else(too_big)?;
+    let padded = p.checked_mul(2).and_then(|v| v.checked_add(n)).ok_or_else(too_big)?;
     if padded < span {
         return Err(format!(
             "{op}: the window ({span} wide with dilation) is larger than the padded input ({padded}); the output would be empty"
@@ -831,7 +852,7 @@ pub fn window_out(
         (padded - span) / s + 1
     };
     // PyTorch: the last window must start inside the input or left padding.
-    if ceil_mode && (out - 1) * s >= n + p {
+    if ceil_mode && (out - 1).saturating_mul(s) >= n.saturating_add(p) {
         out -= 1;
     }
     Ok(out)

@@ -14,6 +14,45 @@ use crate::source::{FileId, SourceMap, Span};
 #[grammar = "grammar.pest"]
 struct RecipeParser;
 
+/// Brackets nested deeper than this are refused before parsing (the parser recurses on them).
+pub const MAX_NESTING: usize = 128;
+
+/// Where nesting first exceeds `MAX_NESTING` (strings and comments skipped).
+fn too_deep(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let (mut depth, mut i) = (0usize, 0);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' && bytes[i] != b'\n' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'#' => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Some(i);
+                }
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
 /// Words that start a top-level item; a syntax error skips to the next line starting with one.
 const TOP_LEVEL: &[&str] = &["include", "block", "model", "weights", "quantize", "qat", "train"];
 
@@ -39,6 +78,19 @@ fn parse_into(
     let mut includes = Vec::new();
     for (start, end) in top_level_chunks(&text) {
         let chunk = &text[start..end];
+        if let Some(at) = too_deep(chunk) {
+            let span = Span::new(base + start + at, base + start + at + 1);
+            diags.push(
+                Diagnostic::new(
+                    "qc::too-deep",
+                    span,
+                    format!("brackets nest more than {MAX_NESTING} levels deep"),
+                )
+                .label("too deep")
+                .help("name intermediate results with statements (`a = relu(x)`) instead of nesting calls"),
+            );
+            continue;
+        }
         match RecipeParser::parse(Rule::file, chunk) {
             Ok(mut pairs) => {
                 let file = pairs.next().expect("grammar: file");
@@ -223,6 +275,18 @@ fn syntax_error(e: pest::error::Error<Rule>, base: usize, chunk: &str) -> Diagno
             format!("unexpected `{token}`"),
         )
     };
+    if let Some((open, close)) = unclosed_bracket(&chunk[..pos]) {
+        let open_span = Span::new(base + open, base + open + 1);
+        let opened = chunk[open..=open].to_string();
+        return Diagnostic::new(
+            "qc::syntax",
+            span,
+            format!("`{opened}` is not closed: expected `{close}`, found `{token}`"),
+        )
+        .label(format!("expected `{close}` before this"))
+        .note(open_span, format!("this `{opened}` is not closed"))
+        .help(format!("add `{close}` where the list of arguments or items ends"));
+    }
     let help = if found == "}" || pos >= chunk.trim_end().len() {
         "check that every `(`, `[` and `{` is closed and every statement is complete".to_string()
     } else if found == "=" {
@@ -235,15 +299,60 @@ fn syntax_error(e: pest::error::Error<Rule>, base: usize, chunk: &str) -> Diagno
     Diagnostic::new("qc::syntax", span, message).label(label).help(help)
 }
 
+/// The innermost bracket still open at the end of `text`, when it was opened on an earlier line
+/// than the end (a bracket opened on the same line is more likely still being written).
+/// Strings and comments are skipped.
+fn unclosed_bracket(text: &str) -> Option<(usize, char)> {
+    let mut stack: Vec<(usize, char)> = vec![];
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' && bytes[i] != b'\n' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'#' => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'(' => stack.push((i, ')')),
+            b'[' => stack.push((i, ']')),
+            b'{' => stack.push((i, '}')),
+            b')' | b']' | b'}' => {
+                stack.pop();
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    let (open, close) = *stack.last()?;
+    if close == '}' {
+        return None;
+    }
+    let newline_after = text[open..].contains('\n');
+    newline_after.then_some((open, close))
+}
+
 struct Cx<'a> {
     base: usize,
     dir: &'a Path,
 }
 
 impl Cx<'_> {
+    /// The pair's span without the whitespace pest lets trail a non-atomic rule.
     fn span(&self, p: &Pair<Rule>) -> Span {
         let s = p.as_span();
-        Span::new(self.base + s.start(), self.base + s.end())
+        let len = p.as_str().trim_end().len();
+        Span::new(self.base + s.start(), self.base + s.start() + len)
     }
 
     fn ident(&self, p: Pair<Rule>) -> Ident {
