@@ -55,6 +55,9 @@ struct Expander<'a> {
     diags: Diagnostics,
     names: HashSet<String>,
     depth: usize,
+    /// Set by the first unbounded recursion: expansion stops there (a block that instantiates
+    /// itself twice would otherwise take 2^depth steps to fail).
+    recursion_hit: bool,
 }
 
 /// Expands the recipe's model into a module at stage `parsed`.
@@ -136,6 +139,7 @@ pub fn expand(loaded: &Loaded) -> Result<Module, Vec<Diagnostic>> {
         diags,
         names: HashSet::new(),
         depth: 0,
+        recursion_hit: false,
     };
     ex.model(model);
     if !ex.diags.is_empty() {
@@ -684,7 +688,11 @@ impl<'a> Expander<'a> {
     }
 
     fn instantiate(&mut self, block: &'a Block, call: &'a Call, local: &str, scope: &mut Scope<'a>) -> Option<Value> {
+        if self.recursion_hit {
+            return None;
+        }
         if self.depth >= MAX_BLOCK_DEPTH {
+            self.recursion_hit = true;
             self.diags.push(
                 Diagnostic::new(
                     "qc::block-recursion",
