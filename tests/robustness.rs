@@ -17,8 +17,10 @@
 //! `QC_ROBUSTNESS_CASES` to explore further. 30,000 cases take about 25 s on 2 cores (test
 //! profile); a passing run prints per-example timings with `-- --nocapture`.
 //!
-//! `deep_and_long_expressions_do_not_crash` runs the `qc` binary on very deep or long
-//! expressions (a stack overflow aborts the process, so it cannot be caught in-process).
+//! A case that gives no result within 10 s is reported as a hang (cases run on a worker thread;
+//! after a hang the run stops and reports). `pathological_recipes_do_not_crash_or_hang` runs the
+//! `qc` binary on very deep or long expressions and a self-instantiating block (a stack overflow
+//! aborts the process and a hang must be killed, neither of which works in-process).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -860,13 +862,16 @@ fn mutated_examples_never_panic() {
     );
 }
 
-/// Deeply nested or very long expressions: the parser and the expander recurse on the
-/// expression tree, so these run in a child `qc check` (a stack overflow aborts the process and
-/// cannot be caught in-process). Any outcome but a crash is fine: accepted (exit 0) or a
-/// diagnostic such as "nested too deeply" (exit 1). The sizes are large for a hand-written
-/// recipe and small for a generated one.
+/// Pathological recipes, run as a child `qc check` because an in-process failure here cannot be
+/// caught: a stack overflow aborts the process, and a case that never ends must be killed.
+///
+/// Deeply nested or very long expressions (the parser and the expander recurse on the expression
+/// tree; the sizes are large for a hand-written recipe and small for a generated one), and a
+/// block that instantiates itself more than once (the depth limit alone lets the instances grow
+/// exponentially). Any outcome but a crash or a hang is fine: accepted (exit 0) or a diagnostic
+/// such as "nested too deeply" (exit 1), within 20 s.
 #[test]
-fn deep_and_long_expressions_do_not_crash() {
+fn pathological_recipes_do_not_crash_or_hang() {
     fn model(expr: &str) -> String {
         format!("model m {{\n  input x: f32[N, 8]\n  y = {expr}\n  output y\n}}\n")
     }
@@ -917,31 +922,61 @@ fn deep_and_long_expressions_do_not_crash() {
                     .collect::<String>()
             ),
         ),
+        (
+            "a block that instantiates itself twice (2^64 instances before the depth limit)",
+            "block b(x) {\n  y1 = b(x)\n  y2 = b(x)\n}\nmodel m {\n  input x: f32[N, 8]\n  y = b(x)\n  output y\n}\n"
+                .to_string(),
+        ),
     ];
+    let limit = Duration::from_secs(20);
     let dir = tempfile::tempdir().expect("a temporary folder");
     let mut failures = vec![];
     for (i, (what, text)) in cases.iter().enumerate() {
-        let path = dir.path().join(format!("deep{i}.qrecipe"));
+        let path = dir.path().join(format!("case{i}.qrecipe"));
         std::fs::write(&path, text).expect("write the recipe");
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_qc"))
+        // stderr to a file, not a pipe: a child that prints a lot must not block on it.
+        let err_path = dir.path().join(format!("case{i}.stderr"));
+        let err_file = std::fs::File::create(&err_path).expect("create the stderr file");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qc"))
             .arg("check")
             .arg(&path)
             .env_remove("RUST_BACKTRACE")
-            .output()
+            .stdout(std::process::Stdio::null())
+            .stderr(err_file)
+            .spawn()
             .expect("run qc");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let crashed = !matches!(out.status.code(), Some(0 | 1))
-            || stderr.contains("panicked at")
-            || stderr.contains("overflowed its stack");
-        if crashed {
-            let last: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-            let tail = last[last.len().saturating_sub(2)..].join(" | ");
-            failures.push(format!("{what}: qc check ended with {} ({tail})", out.status));
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for qc") {
+                break Some(status);
+            }
+            if started.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stderr = std::fs::read(&err_path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let last: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail = last[last.len().saturating_sub(2)..].join(" | ");
+        match status {
+            None => failures.push(format!("{what}: no result after {} s (killed)", limit.as_secs())),
+            Some(status)
+                if !matches!(status.code(), Some(0 | 1))
+                    || stderr.contains("panicked at")
+                    || stderr.contains("overflowed its stack") =>
+            {
+                failures.push(format!("{what}: qc check ended with {status} ({tail})"))
+            }
+            Some(_) => {}
         }
     }
     assert!(
         failures.is_empty(),
-        "qc crashed on {} of {} deep inputs:\n  {}",
+        "qc crashed or hung on {} of {} pathological recipes:\n  {}",
         failures.len(),
         cases.len(),
         failures.join("\n  ")
