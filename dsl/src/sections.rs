@@ -536,36 +536,10 @@ pub mod defaults {
     pub const QAT_LR: f64 = 1e-4;
 }
 
-/// The settings of a `qat { ... }` section (quantization-aware training). Every field is what
-/// the recipe wrote, with the span of `key: value`; the methods give the effective values.
-#[derive(Debug, Clone, PartialEq)]
-pub struct QatSettings {
-    pub epochs: Option<Spanned<u64>>,
-    pub lr: Option<Spanned<f64>>,
-    pub optimizer: Option<Spanned<Optimizer>>,
-    pub batch_size: Option<Spanned<u64>>,
-    pub weight_decay: Option<Spanned<f64>>,
-    /// Freeze batch-norm statistics after this many epochs.
-    pub freeze_bn_after: Option<Spanned<u64>>,
-    /// Freeze observers (stop updating ranges) after this many epochs.
-    pub freeze_observers_after: Option<Spanned<u64>>,
-    /// Learn the quantization scales (LSQ-style) instead of observing them.
-    pub learnable_scales: Option<Spanned<bool>>,
-    pub schedule: Option<Spanned<Schedule>>,
-    pub seed: Option<Spanned<u64>>,
-    pub threads: Option<Spanned<u64>>,
-    pub data: Option<Spanned<DataSource>>,
-    pub test_data: Option<Spanned<DataSource>>,
-    pub normalize: Option<Spanned<Normalize>>,
-    /// Use at most this many training samples (for quick runs).
-    pub limit: Option<Spanned<u64>>,
-    /// The whole section.
-    pub span: Span,
-}
-
-/// The settings of a `train { ... }` section (float training). Every field is what the recipe
-/// wrote, with the span of `key: value`; the methods give the effective values.
-#[derive(Debug, Clone, PartialEq)]
+/// The settings of a training loop: a `train { ... }` section (float training), and the loop part
+/// of a `qat { ... }` section. Every field is what the recipe wrote, with the span of
+/// `key: value`; the methods give the effective values.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct TrainSettings {
     pub epochs: Option<Spanned<u64>>,
     pub lr: Option<Spanned<f64>>,
@@ -580,58 +554,83 @@ pub struct TrainSettings {
     pub normalize: Option<Spanned<Normalize>>,
     /// Use at most this many training samples (for quick runs).
     pub limit: Option<Spanned<u64>>,
+    /// The learning rate when none is written: [`defaults::TRAIN_LR`] for `train`,
+    /// [`defaults::QAT_LR`] for `qat` (fine-tuning starts from trained weights).
+    pub default_lr: f64,
     /// The whole section.
     pub span: Span,
 }
 
-macro_rules! effective_accessors {
-    ($lr_default:expr) => {
-        /// Epochs; default 1.
-        pub fn epochs(&self) -> u64 {
-            self.epochs.map_or(defaults::EPOCHS, |s| s.value)
-        }
-        /// Learning rate; the default is in the type's docs.
-        pub fn lr(&self) -> f64 {
-            self.lr.map_or($lr_default, |s| s.value)
-        }
-        /// Optimizer; default `sgd(momentum: 0.9, nesterov: false)`.
-        pub fn optimizer(&self) -> Optimizer {
-            self.optimizer.map_or_else(Optimizer::default, |s| s.value)
-        }
-        /// Batch size; default 64.
-        pub fn batch_size(&self) -> u64 {
-            self.batch_size.map_or(defaults::BATCH_SIZE, |s| s.value)
-        }
-        /// Weight decay; default 0.
-        pub fn weight_decay(&self) -> f64 {
-            self.weight_decay.map_or(defaults::WEIGHT_DECAY, |s| s.value)
-        }
-        /// Schedule; default `constant`.
-        pub fn schedule(&self) -> Schedule {
-            self.schedule.map_or_else(Schedule::default, |s| s.value)
-        }
-        /// Seed; default 0.
-        pub fn seed(&self) -> u64 {
-            self.seed.map_or(defaults::SEED, |s| s.value)
-        }
-        /// Threads; `None` (the default) lets the runtime decide.
-        pub fn threads(&self) -> Option<u64> {
-            self.threads.map(|s| s.value)
-        }
-        /// Normalization; default none.
-        pub fn normalize(&self) -> Option<Normalize> {
-            self.normalize.map(|s| s.value)
-        }
-        /// Sample limit; default none (all samples).
-        pub fn limit(&self) -> Option<u64> {
-            self.limit.map(|s| s.value)
-        }
-    };
+impl TrainSettings {
+    /// Epochs; default 1.
+    pub fn epochs(&self) -> u64 {
+        self.epochs.map_or(defaults::EPOCHS, |s| s.value)
+    }
+    /// Learning rate; default `default_lr`.
+    pub fn lr(&self) -> f64 {
+        self.lr.map_or(self.default_lr, |s| s.value)
+    }
+    /// Optimizer; default `sgd(momentum: 0.9, nesterov: false)`.
+    pub fn optimizer(&self) -> Optimizer {
+        self.optimizer.map_or_else(Optimizer::default, |s| s.value)
+    }
+    /// Batch size; default 64.
+    pub fn batch_size(&self) -> u64 {
+        self.batch_size.map_or(defaults::BATCH_SIZE, |s| s.value)
+    }
+    /// Weight decay; default 0.
+    pub fn weight_decay(&self) -> f64 {
+        self.weight_decay.map_or(defaults::WEIGHT_DECAY, |s| s.value)
+    }
+    /// Schedule; default `constant`.
+    pub fn schedule(&self) -> Schedule {
+        self.schedule.map_or_else(Schedule::default, |s| s.value)
+    }
+    /// Seed; default 0.
+    pub fn seed(&self) -> u64 {
+        self.seed.map_or(defaults::SEED, |s| s.value)
+    }
+    /// Threads; `None` (the default) lets the runtime decide.
+    pub fn threads(&self) -> Option<u64> {
+        self.threads.map(|s| s.value)
+    }
+    /// Normalization; default none.
+    pub fn normalize(&self) -> Option<Normalize> {
+        self.normalize.map(|s| s.value)
+    }
+    /// Sample limit; default none (all samples).
+    pub fn limit(&self) -> Option<u64> {
+        self.limit.map(|s| s.value)
+    }
+}
+
+/// The settings of a `qat { ... }` section (quantization-aware training): a training loop plus
+/// what only QAT has. Derefs to the loop, so `qat.epochs()` and `qat.lr` read as for `train`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QatSettings {
+    pub training: TrainSettings,
+    /// Freeze batch-norm statistics after this many epochs.
+    pub freeze_bn_after: Option<Spanned<u64>>,
+    /// Freeze observers (stop updating ranges) after this many epochs.
+    pub freeze_observers_after: Option<Spanned<u64>>,
+    /// Learn the quantization scales (LSQ-style) instead of observing them.
+    pub learnable_scales: Option<Spanned<bool>>,
+}
+
+impl std::ops::Deref for QatSettings {
+    type Target = TrainSettings;
+    fn deref(&self) -> &TrainSettings {
+        &self.training
+    }
+}
+
+impl std::ops::DerefMut for QatSettings {
+    fn deref_mut(&mut self) -> &mut TrainSettings {
+        &mut self.training
+    }
 }
 
 impl QatSettings {
-    effective_accessors!(defaults::QAT_LR);
-
     /// Epochs after which batch norm is frozen; `None` (the default): never.
     pub fn freeze_bn_after(&self) -> Option<u64> {
         self.freeze_bn_after.map(|s| s.value)
@@ -646,62 +645,16 @@ impl QatSettings {
     }
 }
 
-impl TrainSettings {
-    effective_accessors!(defaults::TRAIN_LR);
-}
-
 /// Checks the sections of a recipe, reporting every error to `diags`.
 pub fn check(recipe: &Recipe, diags: &mut Diagnostics) -> Sections {
     let mut c = Checker { diags };
     let quantize = c.first_section(&recipe.quantize, "quantize", |q| q.span, |c, q| c.quantize(q));
-    let qat = c.first_section(
-        &recipe.qat,
-        "qat",
-        |s| s.span,
-        |c, s| {
-            let l = c.loop_settings(s, "qat");
-            QatSettings {
-                epochs: l.epochs,
-                lr: l.lr,
-                optimizer: l.optimizer,
-                batch_size: l.batch_size,
-                weight_decay: l.weight_decay,
-                freeze_bn_after: l.freeze_bn_after,
-                freeze_observers_after: l.freeze_observers_after,
-                learnable_scales: l.learnable_scales,
-                schedule: l.schedule,
-                seed: l.seed,
-                threads: l.threads,
-                data: l.data,
-                test_data: l.test_data,
-                normalize: l.normalize,
-                limit: l.limit,
-                span: s.span,
-            }
-        },
-    );
+    let qat = c.first_section(&recipe.qat, "qat", |s| s.span, |c, s| c.loop_settings(s, "qat"));
     let train = c.first_section(
         &recipe.train,
         "train",
         |s| s.span,
-        |c, s| {
-            let l = c.loop_settings(s, "train");
-            TrainSettings {
-                epochs: l.epochs,
-                lr: l.lr,
-                optimizer: l.optimizer,
-                batch_size: l.batch_size,
-                weight_decay: l.weight_decay,
-                schedule: l.schedule,
-                seed: l.seed,
-                threads: l.threads,
-                data: l.data,
-                test_data: l.test_data,
-                normalize: l.normalize,
-                limit: l.limit,
-                span: s.span,
-            }
-        },
+        |c, s| c.loop_settings(s, "train").training,
     );
     Sections { quantize, qat, train }
 }
@@ -959,26 +912,6 @@ enum SpecWord {
     PowerOfTwo,
     Float,
     Observer(Observer),
-}
-
-/// Fields of `qat`/`train` before they become their section's type.
-#[derive(Default)]
-struct LoopFields {
-    epochs: Option<Spanned<u64>>,
-    lr: Option<Spanned<f64>>,
-    optimizer: Option<Spanned<Optimizer>>,
-    batch_size: Option<Spanned<u64>>,
-    weight_decay: Option<Spanned<f64>>,
-    freeze_bn_after: Option<Spanned<u64>>,
-    freeze_observers_after: Option<Spanned<u64>>,
-    learnable_scales: Option<Spanned<bool>>,
-    schedule: Option<Spanned<Schedule>>,
-    seed: Option<Spanned<u64>>,
-    threads: Option<Spanned<u64>>,
-    data: Option<Spanned<DataSource>>,
-    test_data: Option<Spanned<DataSource>>,
-    normalize: Option<Spanned<Normalize>>,
-    limit: Option<Spanned<u64>>,
 }
 
 /// What a data source is for: decides the accepted forms and the default split.
@@ -2061,10 +1994,19 @@ impl Checker<'_> {
 
     // ------------------------------------------------------------ qat / train
 
-    fn loop_settings(&mut self, s: &Settings, section: &str) -> LoopFields {
-        let mut f = LoopFields::default();
-        let mut seen = Seen::default();
+    /// A `qat` or `train` section; for `train` only `.training` is filled.
+    fn loop_settings(&mut self, s: &Settings, section: &str) -> QatSettings {
         let qat = section == "qat";
+        let default_lr = if qat { defaults::QAT_LR } else { defaults::TRAIN_LR };
+        let mut f = QatSettings {
+            training: TrainSettings {
+                default_lr,
+                span: s.span,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut seen = Seen::default();
         for KwArg { key, value } in &s.entries {
             let name = key.name.as_str();
             let allowed = COMMON_KEYS.contains(&name) || (qat && QAT_ONLY_KEYS.contains(&name));
