@@ -58,6 +58,7 @@ struct Expander<'a> {
     /// Set by the first unbounded recursion: expansion stops there (a block that instantiates
     /// itself twice would otherwise take 2^depth steps to fail).
     recursion_hit: bool,
+    sources: &'a qc_dsl::SourceMap,
 }
 
 /// Expands the recipe's model into a module at stage `parsed`.
@@ -140,6 +141,7 @@ pub fn expand(loaded: &Loaded) -> Result<Module, Vec<Diagnostic>> {
         names: HashSet::new(),
         depth: 0,
         recursion_hit: false,
+        sources: &loaded.sources,
     };
     ex.model(model);
     if !ex.diags.is_empty() {
@@ -196,6 +198,14 @@ impl<'a> Expander<'a> {
                             Diagnostic::new("qc::bad-dim", *span, "a dimension of size 0")
                                 .label("empty dimension")
                                 .help("sizes are positive integers, or a name such as `N` for the batch"),
+                        );
+                        Dim::Fixed(1)
+                    }
+                    ast::Dim::Fixed(n, span) if *n > crate::ops::MAX_ELEMENTS as u64 => {
+                        self.diags.push(
+                            Diagnostic::new("qc::bad-dim", *span, "a dimension larger than qc's tensor limit")
+                                .label(format!("more than {} elements", crate::ops::MAX_ELEMENTS))
+                                .help("check the number of digits of this size"),
                         );
                         Dim::Fixed(1)
                     }
@@ -364,6 +374,16 @@ impl<'a> Expander<'a> {
     fn eval(&mut self, e: &'a Expr, scope: &mut Scope<'a>, hint: &str) -> Option<Value> {
         match &e.kind {
             ExprKind::Int(v) => Some(Value::Int(*v)),
+            // The parser keeps integer literals too large for i64 as floats; say so.
+            ExprKind::Float(_) if !self.sources.text(e.span).contains(['.', 'e', 'E']) => {
+                let text = self.sources.text(e.span).to_string();
+                self.diags.push(
+                    Diagnostic::new("qc::bad-value", e.span, format!("the integer `{text}` is too large"))
+                        .label("larger than 2^63 - 1")
+                        .help("sizes and counts in a recipe are far smaller; check the number of digits"),
+                );
+                None
+            }
             ExprKind::Float(v) => Some(Value::Float(*v)),
             ExprKind::Bool(v) => Some(Value::Bool(*v)),
             ExprKind::Str(s) => Some(Value::Str(s.clone())),
@@ -470,7 +490,15 @@ impl<'a> Expander<'a> {
                     };
                     match r {
                         Some(v) => Some(Int(v)),
-                        None => self.value_error(span, format!("`{x} {sym} {y}` overflows or divides by zero")),
+                        None if *y == 0 && matches!(op, BinaryOp::Div | BinaryOp::Rem) => {
+                            self.diags.push(
+                                Diagnostic::new("qc::bad-value", span, format!("`{x} {sym} {y}` divides by zero"))
+                                    .label("the divisor is 0")
+                                    .help("check the values of the parameters this expression uses"),
+                            );
+                            None
+                        }
+                        None => self.value_error(span, format!("`{x} {sym} {y}` overflows 64-bit integers")),
                     }
                 }
                 _ => match (num(&a), num(&b)) {
@@ -613,7 +641,12 @@ impl<'a> Expander<'a> {
                 }
             }
         }
-        if !arity.accepts(inputs.len()) && ok {
+        // An argument that failed was reported; building the op now would add a spurious
+        // "needs `key`" for it.
+        if !ok {
+            return None;
+        }
+        if !arity.accepts(inputs.len()) {
             self.diags.push(
                 Diagnostic::new(
                     "qc::arity",
@@ -648,9 +681,6 @@ impl<'a> Expander<'a> {
                 return None;
             }
         };
-        if !ok {
-            return None;
-        }
         let params: Vec<(&'static str, String)> = op
             .param_names()
             .into_iter()

@@ -89,7 +89,11 @@ impl miette::Diagnostic for Rendered {
         Some(Box::new(self.diagnostic.code))
     }
     fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
-        Some(Box::new(self.diagnostic.help.clone()))
+        let mut help = self.diagnostic.help.clone();
+        for (span, text) in self.notes_in_help() {
+            help.push_str(&format!("\nnote: {text} ({})", self.sources.location(*span)));
+        }
+        Some(Box::new(help))
     }
     fn source_code(&self) -> Option<&dyn SourceCode> {
         Some(&*self.sources)
@@ -97,14 +101,27 @@ impl miette::Diagnostic for Rendered {
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
         let d = &self.diagnostic;
         let primary = LabeledSpan::new_primary_with_span(Some(d.label.clone()), d.span);
-        // Notes in another file than the primary span cannot share its snippet; they go to help.
-        let file = self.sources.file_at(d.span.start).map(|f| f.base);
+        let in_help = self.notes_in_help();
         let notes = d
             .notes
             .iter()
-            .filter(move |(s, _)| self.sources.file_at(s.start).map(|f| f.base) == file)
+            .filter(move |n| !in_help.iter().any(|h| std::ptr::eq(*h, *n)))
             .map(|(s, t)| LabeledSpan::new_with_span(Some(t.clone()), *s));
         Some(Box::new(std::iter::once(primary).chain(notes)))
+    }
+}
+
+impl Rendered {
+    /// Notes that cannot be labels in the error's snippet: those in another file, and those
+    /// before the error (miette's header would then show the note's location first). They are
+    /// written in the help text with their `file:line:col`.
+    fn notes_in_help(&self) -> Vec<&(Span, String)> {
+        let d = &self.diagnostic;
+        let file = self.sources.file_at(d.span.start).map(|f| f.base);
+        d.notes
+            .iter()
+            .filter(|(s, _)| self.sources.file_at(s.start).map(|f| f.base) != file || s.start < d.span.start)
+            .collect()
     }
 }
 

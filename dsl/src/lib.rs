@@ -37,8 +37,7 @@ pub fn load(path: &Path) -> Result<Loaded, LoadError> {
         path: path.display().to_string(),
         source,
     })?;
-    let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    Ok(load_str(&path.display().to_string(), &canonical, text))
+    Ok(load_str(&path.display().to_string(), path, text))
 }
 
 /// Parses and checks recipe text as if it were the file `name` at `path`.

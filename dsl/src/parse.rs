@@ -17,10 +17,12 @@ struct RecipeParser;
 /// Brackets nested deeper than this are refused before parsing (the parser recurses on them).
 pub const MAX_NESTING: usize = 128;
 
-/// Where nesting first exceeds `MAX_NESTING` (strings and comments skipped).
-fn too_deep(text: &str) -> Option<usize> {
+/// Calls `on_bracket(offset, byte)` for every bracket of `text` outside strings and comments,
+/// until it returns `false`. The one scanner behind the nesting limit and the unclosed-bracket
+/// diagnostic.
+fn scan_brackets(text: &str, mut on_bracket: impl FnMut(usize, u8) -> bool) {
     let bytes = text.as_bytes();
-    let (mut depth, mut i) = (0usize, 0);
+    let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
             b'"' => {
@@ -29,38 +31,53 @@ fn too_deep(text: &str) -> Option<usize> {
                     i += if bytes[i] == b'\\' { 2 } else { 1 };
                 }
             }
-            b'#' => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if bytes.get(i + 1) == Some(&b'/') => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'(' | b'[' | b'{' => {
-                depth += 1;
-                if depth > MAX_NESTING {
-                    return Some(i);
-                }
-            }
-            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            b'#' => i = text[i..].find('\n').map_or(bytes.len(), |n| i + n),
+            b'/' if bytes.get(i + 1) == Some(&b'/') => i = text[i..].find('\n').map_or(bytes.len(), |n| i + n),
+            b @ (b'(' | b'[' | b'{' | b')' | b']' | b'}') if !on_bracket(i, b) => return,
             _ => {}
         }
         i += 1;
     }
-    None
 }
+
+/// Where nesting first exceeds `MAX_NESTING`.
+fn too_deep(text: &str) -> Option<usize> {
+    let (mut depth, mut at) = (0usize, None);
+    scan_brackets(text, |i, b| {
+        if matches!(b, b'(' | b'[' | b'{') {
+            depth += 1;
+            if depth > MAX_NESTING {
+                at = Some(i);
+                return false;
+            }
+        } else {
+            depth = depth.saturating_sub(1);
+        }
+        true
+    });
+    at
+}
+
+/// Words the grammar reserves (see `keyword` in grammar.pest).
+const KEYWORDS: &[&str] = &[
+    "model", "block", "input", "output", "if", "else", "and", "or", "not", "true", "false",
+];
 
 /// Words that start a top-level item; a syntax error skips to the next line starting with one.
 const TOP_LEVEL: &[&str] = &["include", "block", "model", "weights", "quantize", "qat", "train"];
 
 /// Parses one file already in the source map, following its includes (which are added to the
 /// map). Syntax errors go to `diags`; the items that parsed are kept.
+/// File paths stay as the user wrote them (relative to the including file), so messages show
+/// them that way; canonical paths serve only to detect include cycles.
 pub fn parse_file(sources: &mut SourceMap, id: FileId, recipe: &mut Recipe, diags: &mut Diagnostics) {
-    let mut stack = vec![sources.file(id).path.clone()];
+    let f = sources.file(id);
+    let mut stack = vec![(canonical(&f.path), f.name.clone())];
     parse_into(sources, id, recipe, diags, &mut stack);
+}
+
+fn canonical(path: &Path) -> PathBuf {
+    path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
 }
 
 fn parse_into(
@@ -68,7 +85,7 @@ fn parse_into(
     id: FileId,
     recipe: &mut Recipe,
     diags: &mut Diagnostics,
-    stack: &mut Vec<PathBuf>,
+    stack: &mut Vec<(PathBuf, String)>,
 ) {
     let (text, base, dir) = {
         let f = sources.file(id);
@@ -107,20 +124,29 @@ fn parse_into(
     }
     for (path_text, span) in includes {
         let resolved = dir.join(&path_text);
-        let canonical = resolved.canonicalize().unwrap_or_else(|_| resolved.clone());
-        if stack.contains(&canonical) {
+        let canonical = canonical(&resolved);
+        if let Some(first) = stack.iter().position(|(c, _)| *c == canonical) {
+            let mut chain: Vec<&str> = stack[first..].iter().map(|(_, name)| name.as_str()).collect();
+            let name = resolved.display().to_string();
+            chain.push(&name);
             diags.push(
-                Diagnostic::new("qc::include-cycle", span, format!("`{path_text}` includes itself"))
-                    .label("this include closes a cycle")
-                    .help("remove the include, or move what both files need into a third file"),
+                Diagnostic::new(
+                    "qc::include-cycle",
+                    span,
+                    format!("include cycle: {}", chain.join(" → ")),
+                )
+                .label("this include closes the cycle")
+                .help(
+                    "remove one include of the cycle, or move what the files share into a file none of them includes",
+                ),
             );
             continue;
         }
         match std::fs::read_to_string(&resolved) {
             Ok(text) => {
                 let name = resolved.display().to_string();
-                let child = sources.add(name, &canonical, text);
-                stack.push(canonical);
+                let child = sources.add(name.clone(), &resolved, text);
+                stack.push((canonical, name));
                 parse_into(sources, child, recipe, diags, stack);
                 stack.pop();
             }
@@ -275,7 +301,9 @@ fn syntax_error(e: pest::error::Error<Rule>, base: usize, chunk: &str) -> Diagno
             format!("unexpected `{token}`"),
         )
     };
-    if let Some((open, close)) = unclosed_bracket(&chunk[..pos]) {
+    let at_end = pos >= chunk.trim_end().len();
+    // An open `{` is normal mid-model; it is the culprit only when the input ends inside it.
+    if let Some((open, close)) = unclosed_bracket(&chunk[..pos]).filter(|(_, c)| *c != '}' || at_end) {
         let open_span = Span::new(base + open, base + open + 1);
         let opened = chunk[open..=open].to_string();
         return Diagnostic::new(
@@ -289,6 +317,17 @@ fn syntax_error(e: pest::error::Error<Rule>, base: usize, chunk: &str) -> Diagno
     }
     let help = if found == "}" || pos >= chunk.trim_end().len() {
         "check that every `(`, `[` and `{` is closed and every statement is complete".to_string()
+    } else if let Some(word) = (found == "=")
+        .then(|| {
+            chunk[..pos]
+                .trim_end()
+                .rsplit(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .next()
+        })
+        .flatten()
+        .filter(|w| KEYWORDS.contains(w))
+    {
+        format!("`{word}` is a keyword and cannot name a node; pick another name (e.g. `{word}_`)")
     } else if found == "=" {
         "a statement is `name = op(input, key: value)`; names start with a letter or `_`".to_string()
     } else if found == ":" {
@@ -301,43 +340,20 @@ fn syntax_error(e: pest::error::Error<Rule>, base: usize, chunk: &str) -> Diagno
 
 /// The innermost bracket still open at the end of `text`, when it was opened on an earlier line
 /// than the end (a bracket opened on the same line is more likely still being written).
-/// Strings and comments are skipped.
 fn unclosed_bracket(text: &str) -> Option<(usize, char)> {
     let mut stack: Vec<(usize, char)> = vec![];
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'"' => {
-                i += 1;
-                while i < bytes.len() && bytes[i] != b'"' && bytes[i] != b'\n' {
-                    i += if bytes[i] == b'\\' { 2 } else { 1 };
-                }
-            }
-            b'#' => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if bytes.get(i + 1) == Some(&b'/') => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
-            }
+    scan_brackets(text, |i, b| {
+        match b {
             b'(' => stack.push((i, ')')),
             b'[' => stack.push((i, ']')),
             b'{' => stack.push((i, '}')),
-            b')' | b']' | b'}' => {
+            _ => {
                 stack.pop();
             }
-            _ => {}
         }
-        i += 1;
-    }
+        true
+    });
     let (open, close) = *stack.last()?;
-    if close == '}' {
-        return None;
-    }
     let newline_after = text[open..].contains('\n');
     newline_after.then_some((open, close))
 }
