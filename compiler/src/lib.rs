@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod expand;
 pub mod float;
 pub mod ir;
+pub mod lower;
 pub mod ops;
 pub mod pass;
 pub mod printer;

@@ -825,7 +825,8 @@ fn fixed(d: &Dim, what: &str, op: &str) -> Result<usize, String> {
     }
 }
 
-/// Output length of a sliding window (PyTorch's formula, `ceil_mode` included).
+/// Output length of a sliding window (PyTorch's formula, `ceil_mode` included), with the error
+/// sentence the shape rule reports; the formula is `qc_runtime::program::window_out`.
 pub fn window_out(
     n: usize,
     k: usize,
@@ -835,27 +836,12 @@ pub fn window_out(
     ceil_mode: bool,
     op: &str,
 ) -> Result<usize, String> {
-    let too_big = || format!("{op}: window sizes overflow (kernel {k}, dilation {d}, pad {p})");
-    let span = d
-        .checked_mul(k - 1)
-        .and_then(|v| v.checked_add(1))
-        .ok_or_else(too_big)?;
-    let padded = p.checked_mul(2).and_then(|v| v.checked_add(n)).ok_or_else(too_big)?;
-    if padded < span {
-        return Err(format!(
-            "{op}: the window ({span} wide with dilation) is larger than the padded input ({padded}); the output would be empty"
-        ));
-    }
-    let mut out = if ceil_mode {
-        (padded - span).div_ceil(s) + 1
-    } else {
-        (padded - span) / s + 1
-    };
-    // PyTorch: the last window must start inside the input or left padding.
-    if ceil_mode && (out - 1).saturating_mul(s) >= n.saturating_add(p) {
-        out -= 1;
-    }
-    Ok(out)
+    qc_runtime::program::window_out(n, k, s, p, d, ceil_mode).ok_or_else(|| {
+        let span = d.saturating_mul(k.saturating_sub(1)).saturating_add(1);
+        format!(
+            "{op}: the window ({span} wide with dilation {d}) does not fit the input ({n} plus padding {p} on each side); the output would be empty"
+        )
+    })
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 //! Architecture invariant: this crate never depends on the compiler; the compiler lowers into
 //! the formats defined here.
 
+pub mod interp;
+pub mod program;
 pub mod quant;
 pub mod tensor;
 pub mod torch;

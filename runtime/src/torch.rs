@@ -1,6 +1,9 @@
 //! The libtorch backend (tch). tch types never leave this module. Without the `torch` cargo
 //! feature every entry point returns `TorchError::NotCompiled`, so callers need no `cfg`.
 
+#[cfg(feature = "torch")]
+use crate::program::FloatOp;
+use crate::program::Program;
 use crate::tensor::Tensor;
 #[cfg(feature = "torch")]
 use crate::tensor::TensorData;
@@ -23,6 +26,14 @@ pub struct BackendInfo {
     pub version: &'static str,
     pub cuda_available: bool,
     pub cuda_devices: usize,
+}
+
+/// Where the tch backend runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    /// The first CUDA device.
+    Cuda,
 }
 
 /// True when this build has the libtorch backend.
@@ -70,6 +81,117 @@ mod imp {
     pub fn round_trip(t: &Tensor) -> Result<Tensor, TorchError> {
         from_tch(&to_tch(t)?)
     }
+
+    fn tch_device(d: Device) -> Result<tch::Device, TorchError> {
+        match d {
+            Device::Cpu => Ok(tch::Device::Cpu),
+            Device::Cuda if tch::Cuda::is_available() => Ok(tch::Device::Cuda(0)),
+            Device::Cuda => Err(TorchError::Device("cuda".into(), "libtorch sees no CUDA device".into())),
+        }
+    }
+
+    fn i64s(v: &[usize]) -> Vec<i64> {
+        v.iter().map(|&x| x as i64).collect()
+    }
+
+    /// Executes a float program through libtorch on `device`, inference mode.
+    pub fn run_program(program: &Program, inputs: &[Tensor], device: Device) -> Result<Vec<Tensor>, TorchError> {
+        program
+            .check_inputs(inputs)
+            .map_err(|e| TorchError::Torch(e.to_string()))?;
+        let dev = tch_device(device)?;
+        let err = |e: tch::TchError| TorchError::Torch(e.to_string());
+        let _guard = tch::no_grad_guard();
+        let consts: Vec<tch::Tensor> = program
+            .constants
+            .iter()
+            .map(|c| to_tch(c).map(|t| t.to_device(dev)))
+            .collect::<Result<_, _>>()?;
+        let mut values: Vec<Option<tch::Tensor>> = (0..program.values.len()).map(|_| None).collect();
+        for (t, &id) in inputs.iter().zip(&program.inputs) {
+            values[id] = Some(to_tch(t)?.to_device(dev));
+        }
+        for step in &program.steps {
+            let args: Vec<&tch::Tensor> = step
+                .inputs
+                .iter()
+                .map(|&i| values[i].as_ref().expect("topological order"))
+                .collect();
+            let x = args[0];
+            let out = match &step.op {
+                FloatOp::Conv {
+                    window: w,
+                    groups,
+                    weight,
+                    bias,
+                } => {
+                    let bias = bias.map(|b| &consts[b]);
+                    let (s, p, d) = (i64s(&w.stride), i64s(&w.pad), i64s(&w.dilation));
+                    if w.kernel.len() == 1 {
+                        x.f_conv1d(&consts[*weight], bias, s, p, d, *groups as i64)
+                    } else {
+                        x.f_conv2d(&consts[*weight], bias, s, p, d, *groups as i64)
+                    }
+                }
+                FloatOp::BatchNorm {
+                    eps,
+                    weight,
+                    bias,
+                    mean,
+                    var,
+                } => x.f_batch_norm(
+                    Some(&consts[*weight]),
+                    Some(&consts[*bias]),
+                    Some(&consts[*mean]),
+                    Some(&consts[*var]),
+                    false,
+                    0.0,
+                    *eps as f64,
+                    false,
+                ),
+                FloatOp::Relu => x.f_relu(),
+                FloatOp::Clamp { min, max } => x.f_clamp(*min as f64, *max as f64),
+                FloatOp::Identity => Ok(x.shallow_clone()),
+                FloatOp::MaxPool { window: w } => {
+                    let (k, s, p, d) = (i64s(&w.kernel), i64s(&w.stride), i64s(&w.pad), i64s(&w.dilation));
+                    if w.kernel.len() == 1 {
+                        x.f_max_pool1d(k, s, p, d, w.ceil_mode)
+                    } else {
+                        x.f_max_pool2d(k, s, p, d, w.ceil_mode)
+                    }
+                }
+                FloatOp::AvgPool {
+                    window: w,
+                    count_include_pad,
+                } => {
+                    let (k, s, p) = (i64s(&w.kernel), i64s(&w.stride), i64s(&w.pad));
+                    if w.kernel.len() == 1 {
+                        x.f_avg_pool1d(k, s, p, w.ceil_mode, *count_include_pad)
+                    } else {
+                        x.f_avg_pool2d(k, s, p, w.ceil_mode, *count_include_pad, None::<i64>)
+                    }
+                }
+                FloatOp::AdaptiveAvgPool { output } => {
+                    if output.len() == 1 {
+                        x.f_adaptive_avg_pool1d(i64s(output))
+                    } else {
+                        x.f_adaptive_avg_pool2d(i64s(output))
+                    }
+                }
+                FloatOp::Flatten { start_dim, end_dim } => x.f_flatten(*start_dim as i64, *end_dim as i64),
+                FloatOp::Linear { weight, bias } => x.f_linear(&consts[*weight], bias.map(|b| &consts[b])),
+                FloatOp::Add => x.f_add(args[1]),
+                FloatOp::Concat { dim } => tch::Tensor::f_cat(&args, *dim as i64),
+            }
+            .map_err(err)?;
+            values[step.output] = Some(out);
+        }
+        program
+            .outputs
+            .iter()
+            .map(|&id| from_tch(values[id].as_ref().expect("outputs are computed")))
+            .collect()
+    }
 }
 
 #[cfg(not(feature = "torch"))]
@@ -87,9 +209,15 @@ mod imp {
             what: "the libtorch backend",
         })
     }
+
+    pub fn run_program(_p: &Program, _inputs: &[Tensor], _device: Device) -> Result<Vec<Tensor>, TorchError> {
+        Err(TorchError::NotCompiled {
+            what: "running a model through libtorch",
+        })
+    }
 }
 
-pub use imp::{info, round_trip};
+pub use imp::{info, round_trip, run_program};
 
 #[cfg(all(test, feature = "torch"))]
 mod tests {
