@@ -5,6 +5,7 @@
 //! the formats defined here.
 
 pub mod interp;
+pub mod kernels;
 pub mod program;
 pub mod quant;
 pub mod tensor;

@@ -151,22 +151,20 @@ impl Program {
     }
 }
 
-/// Output length of a sliding window, PyTorch's formula with `ceil_mode` (a last window that
-/// would start in the right padding is dropped). `None` when the window does not fit or the
-/// sizes overflow. The compiler's shape rule and both executors use this one function.
+/// Output length of a sliding window, PyTorch's `pooling_output_shape` exactly (floor division,
+/// `ceil_mode` adding `stride - 1`, and a last window that would start in the right padding
+/// dropped). `None` when a parameter is zero or the output would be empty. The compiler's shape
+/// rule, the interpreter and the int8 kernels all use this one function.
 pub fn window_out(n: usize, k: usize, s: usize, p: usize, d: usize, ceil_mode: bool) -> Option<usize> {
-    let span = d.checked_mul(k.checked_sub(1)?)?.checked_add(1)?;
-    let padded = p.checked_mul(2)?.checked_add(n)?;
-    if padded < span || s == 0 {
+    if k == 0 || s == 0 || d == 0 || n == 0 {
         return None;
     }
-    let mut out = if ceil_mode {
-        (padded - span).div_ceil(s) + 1
-    } else {
-        (padded - span) / s + 1
-    };
-    if ceil_mode && (out - 1).saturating_mul(s) >= n.saturating_add(p) {
+    let (n, k, s, p, d) = (n as i128, k as i128, s as i128, p as i128, d as i128);
+    let span = d * (k - 1) + 1;
+    let extra = if ceil_mode { s - 1 } else { 0 };
+    let mut out = (n + 2 * p - span + extra).div_euclid(s) + 1;
+    if ceil_mode && (out - 1) * s >= n + p {
         out -= 1;
     }
-    Some(out)
+    (out >= 1).then(|| usize::try_from(out).ok()).flatten()
 }
