@@ -7,6 +7,7 @@
 pub mod checkpoint;
 pub mod expand;
 pub mod float;
+pub mod fold;
 pub mod ir;
 pub mod lower;
 pub mod ops;

@@ -6,6 +6,7 @@
 
 pub mod interp;
 pub mod kernels;
+pub mod observe;
 pub mod program;
 pub mod quant;
 pub mod tensor;
