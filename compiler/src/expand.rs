@@ -700,6 +700,7 @@ impl<'a> Expander<'a> {
                     value: None,
                     provenance: Provenance::Declared,
                     owner: full.clone(),
+                    quant: None,
                 },
             );
         }

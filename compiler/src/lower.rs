@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use qc_runtime::program::{FloatOp, Program, Step, ValueInfo, Window};
 
 use crate::ir::{Module, NodeId, Stage};
-use crate::ops::{Conv, Op, Pool};
+use crate::ops::{Act, Conv, Op, Pool};
 use crate::types::Dim;
 
 /// Why a module could not be lowered. These are compiler bugs or misuse of the API (a module
@@ -88,6 +88,20 @@ pub fn lower_float(module: &Module) -> Result<Program, LowerError> {
             .and_then(|i| g.node(*i).ty.as_ref())
             .map_or(rank, |t| t.dims.len());
         let norm = |d: i64, r: usize| if d < 0 { (d + r as i64) as usize } else { d as usize };
+        let act_op = |act: &Option<Act>| -> Vec<FloatOp> {
+            match act {
+                None => vec![],
+                Some(Act::Relu) => vec![FloatOp::Relu],
+                Some(Act::Relu6) => vec![FloatOp::Clamp { min: 0.0, max: 6.0 }],
+                Some(Act::Clamp { min, max }) => vec![FloatOp::Clamp {
+                    min: *min as f32,
+                    max: *max as f32,
+                }],
+            }
+        };
+        // Ops fused into this node (a kept batch norm, an activation) run after it as steps of
+        // their own, on values named `<node>#bn` and `<node>#pre_act`.
+        let mut then: Vec<FloatOp> = vec![];
         let op = match &node.op {
             Op::Input { .. } => {
                 program.inputs.push(value);
@@ -100,13 +114,27 @@ pub fn lower_float(module: &Module) -> Result<Program, LowerError> {
                 dilation,
                 groups,
                 bias,
+                act,
+                bn,
                 ..
-            }) => FloatOp::Conv {
-                window: window(kernel, stride, pad, dilation, false),
-                groups: *groups,
-                weight: param("weight")?,
-                bias: if *bias { Some(param("bias")?) } else { None },
-            },
+            }) => {
+                if let Some(bn) = bn {
+                    then.push(FloatOp::BatchNorm {
+                        eps: bn.eps as f32,
+                        weight: param("bn.weight")?,
+                        bias: param("bn.bias")?,
+                        mean: param("bn.running_mean")?,
+                        var: param("bn.running_var")?,
+                    });
+                }
+                then.extend(act_op(act));
+                FloatOp::Conv {
+                    window: window(kernel, stride, pad, dilation, false),
+                    groups: *groups,
+                    weight: param("weight")?,
+                    bias: if *bias { Some(param("bias")?) } else { None },
+                }
+            }
             Op::BatchNorm(bn) => FloatOp::BatchNorm {
                 eps: bn.eps as f32,
                 weight: param("weight")?,
@@ -150,20 +178,68 @@ pub fn lower_float(module: &Module) -> Result<Program, LowerError> {
                 start_dim: norm(*start_dim, in_rank),
                 end_dim: norm(*end_dim, in_rank),
             },
-            Op::Linear(l) => FloatOp::Linear {
-                weight: param("weight")?,
-                bias: if l.bias { Some(param("bias")?) } else { None },
-            },
-            Op::Add => FloatOp::Add,
+            Op::Linear(l) => {
+                if let Some(bn) = &l.bn {
+                    then.push(FloatOp::BatchNorm {
+                        eps: bn.eps as f32,
+                        weight: param("bn.weight")?,
+                        bias: param("bn.bias")?,
+                        mean: param("bn.running_mean")?,
+                        var: param("bn.running_var")?,
+                    });
+                }
+                then.extend(act_op(&l.act));
+                FloatOp::Linear {
+                    weight: param("weight")?,
+                    bias: if l.bias { Some(param("bias")?) } else { None },
+                }
+            }
+            Op::Add { act } => {
+                then.extend(act_op(act));
+                FloatOp::Add
+            }
             Op::Concat { dim } => FloatOp::Concat { dim: norm(*dim, rank) },
-            Op::Identity | Op::Dropout { .. } => FloatOp::Identity,
+            Op::Identity | Op::Dropout { .. } | Op::Observe(_) | Op::FakeQuant { .. } => FloatOp::Identity,
+            Op::Quantize { .. }
+            | Op::Dequantize
+            | Op::QConv(_)
+            | Op::QLinear(_)
+            | Op::QAdd { .. }
+            | Op::QConcat { .. } => {
+                return Err(fail(format!(
+                    "`{}` is an int8 op; the float lowering runs stages up to `calibrated`",
+                    node.op.name()
+                )))
+            }
         };
-        let inputs = g.inputs_of(id).iter().map(|i| value_of[i]).collect();
-        program.steps.push(Step {
-            op,
-            inputs,
-            output: value,
-        });
+        let mut inputs: Vec<usize> = g.inputs_of(id).iter().map(|i| value_of[i]).collect();
+        // The node's own value is the last of its chain; the ones before are named after the
+        // op they feed (`conv1#pre_bn`, `conv1#pre_act`).
+        let info = program.values[value].clone();
+        let chain: Vec<FloatOp> = std::iter::once(op).chain(then).collect();
+        for (k, op) in chain.iter().enumerate() {
+            let output = match chain.get(k + 1) {
+                None => value,
+                Some(next) => {
+                    let suffix = if matches!(next, FloatOp::BatchNorm { .. }) {
+                        "#pre_bn"
+                    } else {
+                        "#pre_act"
+                    };
+                    program.values.push(ValueInfo {
+                        name: format!("{}{suffix}", info.name),
+                        ..info.clone()
+                    });
+                    program.values.len() - 1
+                }
+            };
+            program.steps.push(Step {
+                op: op.clone(),
+                inputs: std::mem::take(&mut inputs),
+                output,
+            });
+            inputs = vec![output];
+        }
     }
     program.outputs = g.outputs.iter().map(|(_, id)| value_of[id]).collect();
     Ok(program)

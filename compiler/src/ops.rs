@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::types::{Dim, TensorType};
+use qc_dsl::sections::Observer;
 use qc_runtime::DType;
 
 /// An attribute value, as written in a recipe or an IR dump.
@@ -14,6 +15,8 @@ pub enum Attr {
     Float(f64),
     Bool(bool),
     Ints(Vec<i64>),
+    /// A bare word: `act: relu`, `observer: histogram` (IR dumps only; a recipe cannot write one).
+    Name(String),
 }
 
 impl std::fmt::Display for Attr {
@@ -26,6 +29,7 @@ impl std::fmt::Display for Attr {
                 let parts: Vec<String> = v.iter().map(|x| x.to_string()).collect();
                 write!(f, "[{}]", parts.join(", "))
             }
+            Attr::Name(v) => f.write_str(v),
         }
     }
 }
@@ -41,6 +45,12 @@ pub struct Conv {
     pub dilation: Vec<usize>,
     pub groups: usize,
     pub bias: bool,
+    /// Fused activation (stage `fused` on).
+    pub act: Option<Act>,
+    /// Batch norm kept unfolded for QAT (PyTorch's `ConvBn` modules): owns `bn.*` parameters.
+    pub bn: Option<BatchNorm>,
+    /// How the weight is quantized (stage `observed` on).
+    pub weight_quant: Option<WeightQuant>,
 }
 
 /// Max or average pooling window (1-D or 2-D).
@@ -66,6 +76,124 @@ pub struct BatchNorm {
 pub struct Linear {
     pub out_features: usize,
     pub bias: bool,
+    /// Fused activation (stage `fused` on).
+    pub act: Option<Act>,
+    /// `batch_norm1d` kept unfolded for QAT: owns `bn.*` parameters.
+    pub bn: Option<BatchNorm>,
+    /// How the weight is quantized (stage `observed` on).
+    pub weight_quant: Option<WeightQuant>,
+}
+
+/// An activation fused into the op before it (`conv_bn_relu`, `linear_relu`, `add_relu`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Act {
+    Relu,
+    Relu6,
+    /// `hardtanh`/`clamp`: min(max(x, min), max).
+    Clamp {
+        min: f64,
+        max: f64,
+    },
+}
+
+impl Act {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Act::Relu => "relu",
+            Act::Relu6 => "relu6",
+            Act::Clamp { .. } => "clamp",
+        }
+    }
+    /// The standalone op this activation was.
+    pub fn as_op(&self) -> Op {
+        match self {
+            Act::Relu => Op::Relu,
+            Act::Relu6 => Op::Relu6,
+            Act::Clamp { min, max } => Op::Clamp { min: *min, max: *max },
+        }
+    }
+    /// The activation a standalone op can become, if any.
+    pub fn from_op(op: &Op) -> Option<Act> {
+        match op {
+            Op::Relu => Some(Act::Relu),
+            Op::Relu6 => Some(Act::Relu6),
+            Op::Clamp { min, max } => Some(Act::Clamp { min: *min, max: *max }),
+            _ => None,
+        }
+    }
+}
+
+/// How one tensor is quantized: a resolved plan entry (see `qc plan`), written into observer
+/// and fake-quant nodes (activations) and into weighted ops (weights).
+#[derive(Clone, Debug, PartialEq)]
+pub struct QSpec {
+    /// 2 to 8.
+    pub bits: u8,
+    pub signed: bool,
+    pub symmetric: bool,
+    pub power_of_two: bool,
+    /// One scale per output channel (axis 0 of the weight) instead of one per tensor.
+    pub per_channel: bool,
+    pub observer: Observer,
+}
+
+impl QSpec {
+    /// `[qmin, qmax]` of the integer type.
+    pub fn range(&self) -> (i32, i32) {
+        let b = self.bits.clamp(2, 8) as u32;
+        if self.signed {
+            (-(1 << (b - 1)), (1 << (b - 1)) - 1)
+        } else {
+            (0, (1 << b) - 1)
+        }
+    }
+    /// The integer dtype that stores values of this spec.
+    pub fn storage(&self) -> DType {
+        if self.signed {
+            DType::I8
+        } else {
+            DType::U8
+        }
+    }
+    /// Short text: `u8 affine per_tensor histogram(bins: 2048)`.
+    pub fn describe(&self) -> String {
+        let ty = if self.signed { "int" } else { "uint" };
+        let mut s = format!(
+            "{ty}{} {} {}",
+            self.bits,
+            if self.symmetric { "symmetric" } else { "affine" },
+            if self.per_channel { "per_channel" } else { "per_tensor" }
+        );
+        if self.power_of_two {
+            s.push_str(" power_of_two");
+        }
+        s.push(' ');
+        s.push_str(&observer_text(&self.observer));
+        s
+    }
+}
+
+/// `histogram(bins: 2048)`, `minmax`, ...
+pub fn observer_text(o: &Observer) -> String {
+    match o {
+        Observer::MinMax => "minmax".into(),
+        Observer::MovingAverageMinMax { momentum } => {
+            format!(
+                "moving_average_minmax(momentum: {})",
+                crate::printer::fmt_f64(*momentum)
+            )
+        }
+        Observer::Histogram { bins } => format!("histogram(bins: {bins})"),
+        Observer::Percentile { p } => format!("percentile(p: {})", crate::printer::fmt_f64(*p)),
+    }
+}
+
+/// The quantization of a weighted op's weight: observed (PTQ) or fake-quantized (QAT, with
+/// PyTorch's `weight_fake_quant.*` state).
+#[derive(Clone, Debug, PartialEq)]
+pub struct WeightQuant {
+    pub spec: QSpec,
+    pub fake: bool,
 }
 
 /// Every op of the IR. Closed: adding one means adding its builder, attributes, parameters and
@@ -96,7 +224,9 @@ pub enum Op {
         end_dim: i64,
     },
     Linear(Linear),
-    Add,
+    Add {
+        act: Option<Act>,
+    },
     Concat {
         dim: i64,
     },
@@ -104,6 +234,32 @@ pub enum Op {
     /// Inference no-op; training drops with probability `p`.
     Dropout {
         p: f64,
+    },
+    /// PTQ observer of an activation (PyTorch's `activation_post_process`); stage `observed`.
+    Observe(QSpec),
+    /// QAT fake-quantization of an activation, observing while enabled; stage `observed`.
+    FakeQuant {
+        spec: QSpec,
+        learnable: bool,
+    },
+    /// Float to integer at the model's edge or before a quantized op (PyTorch's `quant`).
+    Quantize {
+        dtype: DType,
+    },
+    /// Integer to float, after the last quantized op or before a float-kept op.
+    Dequantize,
+    /// int8 convolution: integer weight (per-channel parameters on the parameter), float bias,
+    /// output `scale`/`zero_point`; stage `quantized`.
+    QConv(Conv),
+    /// int8 linear, PyTorch's `_packed_params`.
+    QLinear(Linear),
+    /// int8 add with output `scale`/`zero_point`.
+    QAdd {
+        act: Option<Act>,
+    },
+    /// int8 concatenation, every input requantized to the output's parameters.
+    QConcat {
+        dim: i64,
     },
 }
 
@@ -139,6 +295,20 @@ pub const OP_NAMES: &[&str] = &[
     "dropout",
 ];
 
+/// Ops that only passes create (IR dumps name them; a recipe cannot call them).
+pub const IR_ONLY_OP_NAMES: &[&str] = &[
+    "observe",
+    "fake_quant",
+    "quantize",
+    "dequantize",
+    "qconv1d",
+    "qconv2d",
+    "qlinear",
+    "qadd",
+    "qconcat",
+    "input",
+];
+
 /// How many tensor inputs an op takes.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Arity {
@@ -169,6 +339,90 @@ struct Attrs<'a> {
     given: &'a [(String, Attr)],
     known: Vec<&'static str>,
     errors: Vec<AttrError>,
+    /// Whether the IR-only attributes (fused activation, kept BN, quantization) are accepted.
+    internal: bool,
+}
+
+/// Attribute names of a [`QSpec`]: plain on observer nodes, `w_`-prefixed on weighted ops.
+struct QKeys {
+    bits: &'static str,
+    signed: &'static str,
+    symmetric: &'static str,
+    pow2: &'static str,
+    per_channel: &'static str,
+    observer: &'static str,
+    bins: &'static str,
+    momentum: &'static str,
+    p: &'static str,
+}
+
+const ACT_KEYS: QKeys = QKeys {
+    bits: "bits",
+    signed: "signed",
+    symmetric: "symmetric",
+    pow2: "pow2",
+    per_channel: "per_channel",
+    observer: "observer",
+    bins: "bins",
+    momentum: "momentum",
+    p: "p",
+};
+
+const WEIGHT_KEYS: QKeys = QKeys {
+    bits: "w_bits",
+    signed: "w_signed",
+    symmetric: "w_symmetric",
+    pow2: "w_pow2",
+    per_channel: "w_per_channel",
+    observer: "w_observer",
+    bins: "w_bins",
+    momentum: "w_momentum",
+    p: "w_p",
+};
+
+fn put_qspec(m: &mut BTreeMap<&'static str, Attr>, k: &QKeys, q: &QSpec) {
+    m.insert(k.bits, Attr::Int(q.bits as i64));
+    m.insert(k.signed, Attr::Bool(q.signed));
+    m.insert(k.symmetric, Attr::Bool(q.symmetric));
+    m.insert(k.pow2, Attr::Bool(q.power_of_two));
+    m.insert(k.per_channel, Attr::Bool(q.per_channel));
+    m.insert(k.observer, Attr::Name(q.observer.name().into()));
+    match q.observer {
+        Observer::MinMax => {}
+        Observer::MovingAverageMinMax { momentum } => {
+            m.insert(k.momentum, Attr::Float(momentum));
+        }
+        Observer::Histogram { bins } => {
+            m.insert(k.bins, Attr::Int(bins as i64));
+        }
+        Observer::Percentile { p } => {
+            m.insert(k.p, Attr::Float(p));
+        }
+    }
+}
+
+fn put_act(m: &mut BTreeMap<&'static str, Attr>, act: &Option<Act>) {
+    if let Some(a) = act {
+        m.insert("act", Attr::Name(a.name().into()));
+        if let Act::Clamp { min, max } = a {
+            m.insert("act_min", Attr::Float(*min));
+            m.insert("act_max", Attr::Float(*max));
+        }
+    }
+}
+
+fn put_bn(m: &mut BTreeMap<&'static str, Attr>, bn: &Option<BatchNorm>) {
+    if let Some(b) = bn {
+        m.insert("bn_eps", Attr::Float(b.eps));
+        m.insert("bn_momentum", Attr::Float(b.momentum));
+    }
+}
+
+fn put_weight_quant(m: &mut BTreeMap<&'static str, Attr>, wq: &Option<WeightQuant>) {
+    if let Some(w) = wq {
+        put_qspec(m, &WEIGHT_KEYS, &w.spec);
+        m.insert("w_fake", Attr::Bool(w.fake));
+    }
 }
 
 /// PyTorch's spellings, accepted as aliases of qc's short names.
@@ -191,13 +445,130 @@ fn canonical(name: &str) -> &str {
 }
 
 impl<'a> Attrs<'a> {
-    fn new(op: &'a str, given: &'a [(String, Attr)]) -> Self {
+    fn new(op: &'a str, given: &'a [(String, Attr)], internal: bool) -> Self {
         Attrs {
             op,
             given,
             known: vec![],
             errors: vec![],
+            internal,
         }
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.given.iter().any(|(k, _)| canonical(k) == key)
+    }
+
+    fn name_opt(&mut self, key: &'static str) -> Option<String> {
+        match self.get(key)? {
+            Attr::Name(n) => Some(n.clone()),
+            other => {
+                self.fail(
+                    key,
+                    format!("`{key}` of {} must be a name, found `{other}`", self.op),
+                    format!("write e.g. `{key}: relu`"),
+                );
+                None
+            }
+        }
+    }
+
+    /// `act: relu | relu6 | clamp` (with `act_min`, `act_max`); IR only.
+    fn act(&mut self) -> Option<Act> {
+        if !self.internal {
+            return None;
+        }
+        let name = self.name_opt("act");
+        let (min, max) = (self.float("act_min", -1.0), self.float("act_max", 1.0));
+        match name.as_deref() {
+            None => None,
+            Some("relu") => Some(Act::Relu),
+            Some("relu6") => Some(Act::Relu6),
+            Some("clamp") => Some(Act::Clamp { min, max }),
+            Some(other) => {
+                self.fail(
+                    "act",
+                    format!("unknown fused activation `{other}`"),
+                    "one of: relu, relu6, clamp".into(),
+                );
+                None
+            }
+        }
+    }
+
+    /// `bn_eps`, `bn_momentum`: batch norm kept unfolded (QAT); IR only.
+    fn bn(&mut self) -> Option<BatchNorm> {
+        if !self.internal || !self.has("bn_eps") {
+            if self.internal {
+                self.known.extend(["bn_eps", "bn_momentum"]);
+            }
+            return None;
+        }
+        Some(BatchNorm {
+            eps: self.float("bn_eps", 1e-5),
+            momentum: self.float("bn_momentum", 0.1),
+        })
+    }
+
+    fn qspec(&mut self, k: &QKeys) -> QSpec {
+        let bits = self.int(k.bits, 2, Some(8)).clamp(2, 8) as u8;
+        let signed = self.boolean(k.signed, true);
+        let symmetric = self.boolean(k.symmetric, true);
+        let power_of_two = self.boolean(k.pow2, false);
+        let per_channel = self.boolean(k.per_channel, false);
+        let name = self.name_opt(k.observer).unwrap_or_else(|| "minmax".into());
+        let bins = self.int(k.bins, 1, Some(Observer::DEFAULT_BINS as i64));
+        let momentum = self.float(k.momentum, Observer::DEFAULT_MOMENTUM);
+        let p = self.float(k.p, Observer::DEFAULT_PERCENTILE);
+        let observer = match name.as_str() {
+            "minmax" => Observer::MinMax,
+            "moving_average_minmax" => Observer::MovingAverageMinMax { momentum },
+            "histogram" => Observer::Histogram {
+                bins: bins.clamp(1, Observer::MAX_BINS as i64) as u32,
+            },
+            "percentile" => Observer::Percentile { p },
+            other => {
+                self.fail(
+                    k.observer,
+                    format!("unknown observer `{other}`"),
+                    "one of: minmax, moving_average_minmax, histogram, percentile".into(),
+                );
+                Observer::MinMax
+            }
+        };
+        QSpec {
+            bits,
+            signed,
+            symmetric,
+            power_of_two,
+            per_channel,
+            observer,
+        }
+    }
+
+    /// `w_*` attributes: the weight's quantization; IR only.
+    fn weight_quant(&mut self) -> Option<WeightQuant> {
+        if !self.internal {
+            return None;
+        }
+        if !self.has(WEIGHT_KEYS.bits) {
+            self.known.extend([
+                WEIGHT_KEYS.bits,
+                WEIGHT_KEYS.signed,
+                WEIGHT_KEYS.symmetric,
+                WEIGHT_KEYS.pow2,
+                WEIGHT_KEYS.per_channel,
+                WEIGHT_KEYS.observer,
+                WEIGHT_KEYS.bins,
+                WEIGHT_KEYS.momentum,
+                WEIGHT_KEYS.p,
+                "w_fake",
+            ]);
+            return None;
+        }
+        let spec = self.qspec(&WEIGHT_KEYS);
+        let fake = self.boolean("w_fake", false);
+        Some(WeightQuant { spec, fake })
     }
 
     fn get(&mut self, key: &'static str) -> Option<&'a Attr> {
@@ -358,11 +729,24 @@ impl<'a> Attrs<'a> {
 
 impl Op {
     /// The op a recipe name builds, with its attributes checked. `None` for an unknown name.
+    /// Only what a recipe may write is accepted (no IR-only ops or attributes).
     pub fn build(name: &str, attrs: &[(String, Attr)]) -> Option<Result<Op, Vec<AttrError>>> {
-        let mut a = Attrs::new(name, attrs);
+        if IR_ONLY_OP_NAMES.contains(&name) {
+            return None;
+        }
+        Self::build_with(name, attrs, false)
+    }
+
+    /// The op an IR dump line names: every op and attribute, the IR-only ones included.
+    pub fn build_ir(name: &str, attrs: &[(String, Attr)]) -> Option<Result<Op, Vec<AttrError>>> {
+        Self::build_with(name, attrs, true)
+    }
+
+    fn build_with(name: &str, attrs: &[(String, Attr)], internal: bool) -> Option<Result<Op, Vec<AttrError>>> {
+        let mut a = Attrs::new(name, attrs, internal);
         let op = match name {
-            "conv1d" | "conv2d" => {
-                let rank = if name == "conv1d" { 1 } else { 2 };
+            "conv1d" | "conv2d" | "qconv1d" | "qconv2d" => {
+                let rank = if name.ends_with("1d") { 1 } else { 2 };
                 let out_channels = a.int("out", 1, None) as usize;
                 let kernel = a.ints("kernel", rank, 1, None);
                 let stride = a.ints("stride", rank, 1, Some(vec![1; rank]));
@@ -370,7 +754,7 @@ impl Op {
                 let dilation = a.ints("dilation", rank, 1, Some(vec![1; rank]));
                 let groups = a.int("groups", 1, Some(1)) as usize;
                 let bias = a.boolean("bias", true);
-                Op::Conv(Conv {
+                let conv = Conv {
                     rank,
                     out_channels,
                     kernel,
@@ -379,7 +763,15 @@ impl Op {
                     dilation,
                     groups,
                     bias,
-                })
+                    act: a.act(),
+                    bn: a.bn(),
+                    weight_quant: a.weight_quant(),
+                };
+                if name.starts_with('q') {
+                    Op::QConv(conv)
+                } else {
+                    Op::Conv(conv)
+                }
             }
             "batch_norm" => {
                 let eps = a.float("eps", 1e-5);
@@ -468,12 +860,45 @@ impl Op {
                 let end_dim = a.int("end_dim", -8, Some(-1));
                 Op::Flatten { start_dim, end_dim }
             }
-            "linear" => {
+            "linear" | "qlinear" => {
                 let out_features = a.int("out", 1, None) as usize;
                 let bias = a.boolean("bias", true);
-                Op::Linear(Linear { out_features, bias })
+                let linear = Linear {
+                    out_features,
+                    bias,
+                    act: a.act(),
+                    bn: a.bn(),
+                    weight_quant: a.weight_quant(),
+                };
+                if name == "qlinear" {
+                    Op::QLinear(linear)
+                } else {
+                    Op::Linear(linear)
+                }
             }
-            "add" => Op::Add,
+            "add" => Op::Add { act: a.act() },
+            "qadd" => Op::QAdd { act: a.act() },
+            "qconcat" => Op::QConcat {
+                dim: a.int("dim", -8, Some(1)),
+            },
+            "observe" => Op::Observe(a.qspec(&ACT_KEYS)),
+            "fake_quant" => {
+                let spec = a.qspec(&ACT_KEYS);
+                let learnable = a.boolean("learnable", false);
+                Op::FakeQuant { spec, learnable }
+            }
+            "quantize" => {
+                let dtype = match a.name_opt("dtype").as_deref() {
+                    Some("i8") => DType::I8,
+                    Some("u8") | None => DType::U8,
+                    Some(other) => {
+                        a.fail("dtype", format!("quantize to `{other}`"), "one of: u8, i8".into());
+                        DType::U8
+                    }
+                };
+                Op::Quantize { dtype }
+            }
+            "dequantize" => Op::Dequantize,
             "concat" | "cat" => Op::Concat {
                 dim: a.int("dim", -8, Some(1)),
             },
@@ -516,10 +941,19 @@ impl Op {
             Op::GlobalAvgPool => "global_avg_pool",
             Op::Flatten { .. } => "flatten",
             Op::Linear(_) => "linear",
-            Op::Add => "add",
+            Op::Add { .. } => "add",
             Op::Concat { .. } => "concat",
             Op::Identity => "identity",
             Op::Dropout { .. } => "dropout",
+            Op::Observe(_) => "observe",
+            Op::FakeQuant { .. } => "fake_quant",
+            Op::Quantize { .. } => "quantize",
+            Op::Dequantize => "dequantize",
+            Op::QConv(c) if c.rank == 1 => "qconv1d",
+            Op::QConv(_) => "qconv2d",
+            Op::QLinear(_) => "qlinear",
+            Op::QAdd { .. } => "qadd",
+            Op::QConcat { .. } => "qconcat",
         }
     }
 
@@ -531,7 +965,7 @@ impl Op {
             Op::Input { index } => {
                 m.insert("index", Attr::Int(*index as i64));
             }
-            Op::Conv(c) => {
+            Op::Conv(c) | Op::QConv(c) => {
                 m.insert("out", Attr::Int(c.out_channels as i64));
                 m.insert("kernel", ints(&c.kernel));
                 m.insert("stride", ints(&c.stride));
@@ -539,12 +973,24 @@ impl Op {
                 m.insert("dilation", ints(&c.dilation));
                 m.insert("groups", Attr::Int(c.groups as i64));
                 m.insert("bias", Attr::Bool(c.bias));
+                put_act(&mut m, &c.act);
+                put_bn(&mut m, &c.bn);
+                put_weight_quant(&mut m, &c.weight_quant);
             }
             Op::BatchNorm(b) => {
                 m.insert("eps", Attr::Float(b.eps));
                 m.insert("momentum", Attr::Float(b.momentum));
             }
-            Op::Relu | Op::Relu6 | Op::GlobalAvgPool | Op::Add | Op::Identity => {}
+            Op::Relu | Op::Relu6 | Op::GlobalAvgPool | Op::Identity | Op::Dequantize => {}
+            Op::Add { act } | Op::QAdd { act } => put_act(&mut m, act),
+            Op::Observe(q) => put_qspec(&mut m, &ACT_KEYS, q),
+            Op::FakeQuant { spec, learnable } => {
+                put_qspec(&mut m, &ACT_KEYS, spec);
+                m.insert("learnable", Attr::Bool(*learnable));
+            }
+            Op::Quantize { dtype } => {
+                m.insert("dtype", Attr::Name(dtype.name().into()));
+            }
             Op::Clamp { min, max } => {
                 m.insert("min", Attr::Float(*min));
                 m.insert("max", Attr::Float(*max));
@@ -567,11 +1013,14 @@ impl Op {
                 m.insert("start_dim", Attr::Int(*start_dim));
                 m.insert("end_dim", Attr::Int(*end_dim));
             }
-            Op::Linear(l) => {
+            Op::Linear(l) | Op::QLinear(l) => {
                 m.insert("out", Attr::Int(l.out_features as i64));
                 m.insert("bias", Attr::Bool(l.bias));
+                put_act(&mut m, &l.act);
+                put_bn(&mut m, &l.bn);
+                put_weight_quant(&mut m, &l.weight_quant);
             }
-            Op::Concat { dim } => {
+            Op::Concat { dim } | Op::QConcat { dim } => {
                 m.insert("dim", Attr::Int(*dim));
             }
             Op::Dropout { p } => {
@@ -584,8 +1033,8 @@ impl Op {
     pub fn arity(&self) -> Arity {
         match self {
             Op::Input { .. } => Arity::Exactly(0),
-            Op::Add => Arity::Exactly(2),
-            Op::Concat { .. } => Arity::AtLeast(1),
+            Op::Add { .. } | Op::QAdd { .. } => Arity::Exactly(2),
+            Op::Concat { .. } | Op::QConcat { .. } => Arity::AtLeast(1),
             _ => Arity::Exactly(1),
         }
     }
@@ -603,35 +1052,57 @@ impl Op {
     /// Parameters this op owns, as (PyTorch suffix, shape), given its input types. `in_channels`
     /// comes from dim 1 of the input; `None` when it is not known.
     pub fn params(&self, in_channels: Option<usize>) -> Vec<(&'static str, DType, Vec<usize>)> {
+        let cin = in_channels.unwrap_or(0);
         match self {
             Op::Conv(c) => {
-                let cin = in_channels.unwrap_or(0);
                 let mut shape = vec![c.out_channels, cin / c.groups.max(1)];
                 shape.extend(&c.kernel);
                 let mut p = vec![("weight", DType::F32, shape)];
                 if c.bias {
                     p.push(("bias", DType::F32, vec![c.out_channels]));
                 }
+                weighted_extras(&mut p, c.out_channels, &c.bn, &c.weight_quant);
                 p
             }
-            Op::BatchNorm(_) => {
-                let c = in_channels.unwrap_or(0);
-                vec![
-                    ("weight", DType::F32, vec![c]),
-                    ("bias", DType::F32, vec![c]),
-                    ("running_mean", DType::F32, vec![c]),
-                    ("running_var", DType::F32, vec![c]),
-                    ("num_batches_tracked", DType::I64, vec![]),
-                ]
-            }
+            Op::BatchNorm(_) => bn_params(&BN_ROLES, cin),
             Op::Linear(l) => {
-                let cin = in_channels.unwrap_or(0);
                 let mut p = vec![("weight", DType::F32, vec![l.out_features, cin])];
                 if l.bias {
                     p.push(("bias", DType::F32, vec![l.out_features]));
                 }
+                weighted_extras(&mut p, l.out_features, &l.bn, &l.weight_quant);
                 p
             }
+            Op::Observe(q) => {
+                let mut p = vec![("min_val", DType::F32, vec![]), ("max_val", DType::F32, vec![])];
+                if let Observer::Histogram { bins } = q.observer {
+                    p.insert(0, ("histogram", DType::F32, vec![bins as usize]));
+                }
+                p
+            }
+            Op::FakeQuant { .. } => fake_quant_params(&ACT_FAKE_QUANT_ROLES, None),
+            Op::Quantize { .. } => vec![("scale", DType::F32, vec![1]), ("zero_point", DType::I64, vec![1])],
+            Op::QConv(c) => {
+                let mut shape = vec![c.out_channels, cin / c.groups.max(1)];
+                shape.extend(&c.kernel);
+                let dtype = c.weight_quant.as_ref().map_or(DType::I8, |w| w.spec.storage());
+                let mut p = vec![("weight", dtype, shape)];
+                if c.bias {
+                    p.push(("bias", DType::F32, vec![c.out_channels]));
+                }
+                p.extend(output_qparams());
+                p
+            }
+            Op::QLinear(l) => {
+                let dtype = l.weight_quant.as_ref().map_or(DType::I8, |w| w.spec.storage());
+                let mut p = vec![("_packed_params.weight", dtype, vec![l.out_features, cin])];
+                if l.bias {
+                    p.push(("_packed_params.bias", DType::F32, vec![l.out_features]));
+                }
+                p.extend(output_qparams());
+                p
+            }
+            Op::QAdd { .. } | Op::QConcat { .. } => output_qparams(),
             _ => vec![],
         }
     }
@@ -646,7 +1117,7 @@ impl Op {
         let x = inputs.first().copied();
         match self {
             Op::Input { .. } => Err("an input's type is declared, not inferred".into()),
-            Op::Conv(c) => {
+            Op::Conv(c) | Op::QConv(c) => {
                 let x = x.expect("arity checked");
                 expect_rank(x, c.rank + 2, self.name())?;
                 let cin = fixed(&x.dims[1], "input channels", self.name())?;
@@ -681,9 +1152,15 @@ impl Op {
                 fixed(&x.dims[1], "channels", self.name())?;
                 Ok(x.clone())
             }
-            Op::Relu | Op::Relu6 | Op::Clamp { .. } | Op::Identity | Op::Dropout { .. } => {
-                Ok(x.expect("arity checked").clone())
-            }
+            Op::Relu
+            | Op::Relu6
+            | Op::Clamp { .. }
+            | Op::Identity
+            | Op::Dropout { .. }
+            | Op::Observe(_)
+            | Op::FakeQuant { .. } => Ok(x.expect("arity checked").clone()),
+            Op::Quantize { dtype } => Ok(TensorType::new(*dtype, x.expect("arity checked").dims.clone())),
+            Op::Dequantize => Ok(TensorType::new(DType::F32, x.expect("arity checked").dims.clone())),
             Op::MaxPool(p) | Op::AvgPool(p) => {
                 let x = x.expect("arity checked");
                 expect_rank(x, p.rank + 2, self.name())?;
@@ -741,7 +1218,7 @@ impl Op {
                 dims.extend_from_slice(&x.dims[e + 1..]);
                 Ok(TensorType::new(x.dtype, dims))
             }
-            Op::Linear(l) => {
+            Op::Linear(l) | Op::QLinear(l) => {
                 let x = x.expect("arity checked");
                 if x.dims.len() < 2 {
                     return Err(format!("linear needs at least [N, features], found {x}"));
@@ -751,14 +1228,14 @@ impl Op {
                 *dims.last_mut().expect("rank checked") = Dim::Fixed(l.out_features);
                 Ok(TensorType::new(x.dtype, dims))
             }
-            Op::Add => {
+            Op::Add { .. } | Op::QAdd { .. } => {
                 let (a, b) = (inputs[0], inputs[1]);
-                if a != b {
+                if !a.same_shape(b) {
                     return Err(format!("add needs inputs of the same type, found {a} and {b}"));
                 }
-                Ok(a.clone())
+                Ok(a.plain())
             }
-            Op::Concat { dim } => {
+            Op::Concat { dim } | Op::QConcat { dim } => {
                 let first = inputs[0];
                 let r = first.dims.len() as i64;
                 let d = if *dim < 0 { dim + r } else { *dim };
@@ -792,6 +1269,87 @@ impl Op {
                 Ok(TensorType::new(first.dtype, dims))
             }
         }
+    }
+}
+
+/// PyTorch's batch-norm buffers, as roles of a `batch_norm` node.
+const BN_ROLES: [&str; 5] = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"];
+/// The same, kept inside a QAT `ConvBn`/`LinearBn` node (`conv1.bn.weight`).
+const KEPT_BN_ROLES: [&str; 5] = [
+    "bn.weight",
+    "bn.bias",
+    "bn.running_mean",
+    "bn.running_var",
+    "bn.num_batches_tracked",
+];
+
+fn bn_params(roles: &[&'static str; 5], c: usize) -> Vec<(&'static str, DType, Vec<usize>)> {
+    vec![
+        (roles[0], DType::F32, vec![c]),
+        (roles[1], DType::F32, vec![c]),
+        (roles[2], DType::F32, vec![c]),
+        (roles[3], DType::F32, vec![c]),
+        (roles[4], DType::I64, vec![]),
+    ]
+}
+
+/// PyTorch's `FusedMovingAvgObsFakeQuantize` state (the x86 QAT default), as roles.
+const ACT_FAKE_QUANT_ROLES: [&str; 7] = [
+    "fake_quant_enabled",
+    "observer_enabled",
+    "scale",
+    "zero_point",
+    "activation_post_process.eps",
+    "activation_post_process.min_val",
+    "activation_post_process.max_val",
+];
+const WEIGHT_FAKE_QUANT_ROLES: [&str; 7] = [
+    "weight_fake_quant.fake_quant_enabled",
+    "weight_fake_quant.observer_enabled",
+    "weight_fake_quant.scale",
+    "weight_fake_quant.zero_point",
+    "weight_fake_quant.activation_post_process.eps",
+    "weight_fake_quant.activation_post_process.min_val",
+    "weight_fake_quant.activation_post_process.max_val",
+];
+
+/// Fake-quant state: per tensor (`channels: None`, scalar statistics) or one entry per channel.
+fn fake_quant_params(roles: &[&'static str; 7], channels: Option<usize>) -> Vec<(&'static str, DType, Vec<usize>)> {
+    let (q, stat) = match channels {
+        Some(c) => (vec![c], vec![c]),
+        None => (vec![1], vec![]),
+    };
+    vec![
+        (roles[0], DType::I64, vec![1]),
+        (roles[1], DType::I64, vec![1]),
+        (roles[2], DType::F32, q.clone()),
+        (roles[3], DType::I32, q),
+        (roles[4], DType::F32, vec![1]),
+        (roles[5], DType::F32, stat.clone()),
+        (roles[6], DType::F32, stat),
+    ]
+}
+
+/// A quantized op's output `scale` and `zero_point` (PyTorch's buffers of converted modules).
+fn output_qparams() -> Vec<(&'static str, DType, Vec<usize>)> {
+    vec![("scale", DType::F32, vec![]), ("zero_point", DType::I64, vec![])]
+}
+
+/// The kept-BN and weight fake-quant parameters of a conv or linear.
+fn weighted_extras(
+    p: &mut Vec<(&'static str, DType, Vec<usize>)>,
+    out: usize,
+    bn: &Option<BatchNorm>,
+    wq: &Option<WeightQuant>,
+) {
+    if bn.is_some() {
+        p.extend(bn_params(&KEPT_BN_ROLES, out));
+    }
+    if let Some(w) = wq.as_ref().filter(|w| w.fake) {
+        p.extend(fake_quant_params(
+            &WEIGHT_FAKE_QUANT_ROLES,
+            w.spec.per_channel.then_some(out),
+        ));
     }
 }
 
@@ -946,6 +1504,91 @@ mod tests {
             let attrs: Vec<(String, Attr)> = op.attrs().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
             assert_eq!(Op::build(op.name(), &attrs).unwrap().unwrap(), op);
         }
+    }
+
+    #[test]
+    fn ir_only_ops_and_attributes_round_trip() {
+        let spec = QSpec {
+            bits: 8,
+            signed: false,
+            symmetric: false,
+            power_of_two: false,
+            per_channel: false,
+            observer: Observer::Histogram { bins: 2048 },
+        };
+        let wq = WeightQuant {
+            spec: QSpec {
+                signed: true,
+                symmetric: true,
+                per_channel: true,
+                observer: Observer::MovingAverageMinMax { momentum: 0.01 },
+                ..spec.clone()
+            },
+            fake: true,
+        };
+        let conv = Conv {
+            rank: 2,
+            out_channels: 8,
+            kernel: vec![3, 3],
+            stride: vec![1, 1],
+            pad: vec![1, 1],
+            dilation: vec![1, 1],
+            groups: 1,
+            bias: false,
+            act: Some(Act::Clamp { min: 0.0, max: 6.0 }),
+            bn: Some(BatchNorm {
+                eps: 1e-3,
+                momentum: 0.1,
+            }),
+            weight_quant: Some(wq.clone()),
+        };
+        let ops = [
+            Op::Conv(conv.clone()),
+            Op::QConv(Conv {
+                bn: None,
+                ..conv.clone()
+            }),
+            Op::QLinear(Linear {
+                out_features: 4,
+                bias: true,
+                act: Some(Act::Relu),
+                bn: None,
+                weight_quant: None,
+            }),
+            Op::Add { act: Some(Act::Relu6) },
+            Op::QAdd { act: None },
+            Op::QConcat { dim: 1 },
+            Op::Observe(spec.clone()),
+            Op::FakeQuant {
+                spec: QSpec {
+                    observer: Observer::Percentile { p: 99.9 },
+                    ..spec
+                },
+                learnable: true,
+            },
+            Op::Quantize { dtype: DType::I8 },
+            Op::Dequantize,
+        ];
+        for op in ops {
+            let attrs: Vec<(String, Attr)> = op.attrs().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            assert_eq!(Op::build_ir(op.name(), &attrs).unwrap().unwrap(), op, "{}", op.name());
+        }
+        // A kept BN and a per-channel weight fake-quant bring PyTorch's QAT keys.
+        let roles: Vec<&str> = Op::Conv(conv).param_names();
+        assert!(roles.contains(&"bn.running_var") && roles.contains(&"weight_fake_quant.scale"));
+        // Recipes cannot reach IR-only ops or attributes.
+        assert!(Op::build("observe", &[]).is_none());
+        let errs = Op::build(
+            "conv2d",
+            &[
+                ("out".into(), Attr::Int(8)),
+                ("kernel".into(), Attr::Int(3)),
+                ("bn_eps".into(), Attr::Float(1e-5)),
+            ],
+        )
+        .unwrap()
+        .unwrap_err();
+        assert!(errs[0].message.contains("no argument `bn_eps`"), "{errs:?}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The IR text format: one line per input, parameter, node and output, in topological order
 //! (ties by source order), attributes sorted, floats in shortest round-trip form, constants as
 //! dtype, shape and content hash. Printing goes Module → `IrDoc` → text; `parse` reads text back
-//! into an `IrDoc`, rebuilding each op through `Op::build`, so the format stays parseable.
+//! into an `IrDoc`, rebuilding each op through `Op::build_ir`, so the format stays parseable.
 //!
 //! ```text
 //! module fashion_cnn stage float
@@ -17,7 +17,7 @@ use qc_dsl::SourceMap;
 
 use crate::ir::{Module, Provenance, Stage};
 use crate::ops::{Attr, Op};
-use crate::types::{DType, Dim, TensorType};
+use crate::types::{DType, Dim, QuantParams, TensorType};
 
 /// Shortest round-trip text of a float, always with a `.`, an exponent, or `inf`/`nan`.
 pub fn fmt_f64(v: f64) -> String {
@@ -38,6 +38,7 @@ pub struct IrDoc {
 }
 
 #[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)] // one per dump line; boxing buys nothing here
 pub enum IrLine {
     Input {
         name: String,
@@ -49,6 +50,8 @@ pub enum IrLine {
         dtype: DType,
         shape: Option<Vec<usize>>,
         hash: Option<String>,
+        /// An integer parameter's quantization, as printed (`!q(...)`).
+        quant: Option<String>,
         origin: String,
     },
     Node {
@@ -109,6 +112,7 @@ pub fn document(module: &Module, sources: &SourceMap) -> IrDoc {
             dtype: p.dtype,
             shape: known.then(|| p.shape.clone()),
             hash: p.value.as_ref().map(content_hash),
+            quant: p.quant.as_ref().map(|q| q.to_string()),
             origin: p.provenance.to_string(),
         });
     }
@@ -161,11 +165,13 @@ pub fn render(doc: &IrDoc) -> String {
                 dtype,
                 shape,
                 hash,
+                quant,
                 origin,
             } => {
                 let shape = shape.as_ref().map(|s| fmt_shape(s)).unwrap_or_else(|| "[?]".into());
                 let hash = hash.as_ref().map(|h| format!(" #{h}")).unwrap_or_default();
-                let _ = writeln!(out, "param {key}: {dtype}{shape}{hash} <- {origin}");
+                let quant = quant.as_ref().map(|q| format!(" {q}")).unwrap_or_default();
+                let _ = writeln!(out, "param {key}: {dtype}{shape}{hash}{quant} <- {origin}");
             }
             IrLine::Node {
                 name,
@@ -247,6 +253,10 @@ pub fn parse(text: &str) -> Result<IrDoc, IrParseError> {
                 let (key, ty) = decl
                     .split_once(": ")
                     .ok_or_else(|| err(i, "expected `param KEY: TYPE`".into()))?;
+                let (ty, quant) = match ty.split_once(" !q(") {
+                    Some((t, q)) => (t, Some(format!("!q({q}"))),
+                    None => (ty, None),
+                };
                 let (ty, hash) = match ty.split_once(" #") {
                     Some((t, h)) => (t, Some(h.to_string())),
                     None => (ty, None),
@@ -270,6 +280,7 @@ pub fn parse(text: &str) -> Result<IrDoc, IrParseError> {
                     dtype,
                     shape,
                     hash,
+                    quant,
                     origin: origin.into(),
                 }
             }
@@ -311,6 +322,39 @@ fn parse_list(s: &str) -> Result<Vec<i64>, String> {
 }
 
 fn parse_type(s: &str) -> Result<TensorType, String> {
+    let (s, quant) = match s.trim().split_once(" !q(") {
+        Some((t, q)) => (t, Some(parse_quant(q)?)),
+        None => (s.trim(), None),
+    };
+    let mut ty = parse_plain_type(s)?;
+    ty.quant = quant;
+    Ok(ty)
+}
+
+/// `0.0235294, 128, [0, 255])` (the text after `!q(`).
+fn parse_quant(s: &str) -> Result<QuantParams, String> {
+    let inner = s
+        .trim()
+        .strip_suffix(')')
+        .ok_or_else(|| format!("unclosed `!q(` in `{s}`"))?;
+    let parts = split_top(inner);
+    let bad = || format!("expected `!q(SCALE, ZERO_POINT, [QMIN, QMAX])`, found `!q({inner})`");
+    let [scale, zp, range] = parts.as_slice() else {
+        return Err(bad());
+    };
+    let range = parse_list(range)?;
+    let [qmin, qmax] = range.as_slice() else {
+        return Err(bad());
+    };
+    Ok(QuantParams {
+        scale: scale.trim().parse::<f32>().map_err(|_| bad())?,
+        zero_point: zp.trim().parse::<i32>().map_err(|_| bad())?,
+        qmin: i32::try_from(*qmin).map_err(|_| bad())?,
+        qmax: i32::try_from(*qmax).map_err(|_| bad())?,
+    })
+}
+
+fn parse_plain_type(s: &str) -> Result<TensorType, String> {
     let s = s.trim();
     let open = s
         .find('[')
@@ -342,6 +386,12 @@ fn parse_attr(v: &str) -> Result<Attr, String> {
         "true" => Attr::Bool(true),
         "false" => Attr::Bool(false),
         _ if v.starts_with('[') => Attr::Ints(parse_list(v)?),
+        _ if v.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !matches!(v, "inf" | "nan" | "NaN") =>
+        {
+            Attr::Name(v.to_string())
+        }
         _ => match v.parse::<i64>() {
             Ok(x) => Attr::Int(x),
             Err(_) => Attr::Float(v.parse::<f64>().map_err(|_| format!("bad attribute value `{v}`"))?),
@@ -407,7 +457,7 @@ fn parse_node(rest: &str) -> Result<IrLine, String> {
     }
     let ty = rest.strip_prefix(':').ok_or("expected `: TYPE`")?.trim();
     let ty = if ty == "?" { None } else { Some(parse_type(ty)?) };
-    let op = match Op::build(op_name, &attrs) {
+    let op = match Op::build_ir(op_name, &attrs) {
         None => return Err(format!("unknown op `{op_name}`")),
         Some(Err(e)) => return Err(e.into_iter().map(|e| e.message).collect::<Vec<_>>().join("; ")),
         Some(Ok(op)) => op,
