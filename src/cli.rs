@@ -58,7 +58,7 @@ enum Command {
     },
     /// List the parameters of a stage with their type and where each came from.
     #[command(
-        after_help = "Examples:\n  qc keys examples/resnet18.qrecipe --stage float\n  qc keys examples/conv1d_net.qrecipe --stage float --format tsv"
+        after_help = "Examples:\n  qc keys examples/resnet18.qrecipe --stage float\n  qc keys examples/conv1d_net.qrecipe --stage float --format tsv\n  qc keys examples/conv1d_net.qrecipe --stage quantized --check tests/data/conv1d_net.int8.pth"
     )]
     Keys {
         /// The .qrecipe file.
@@ -69,6 +69,25 @@ enum Command {
         /// `table` for people, `tsv` for tools: key<TAB>dtype<TAB>shape<TAB>origin, no header.
         #[arg(long, value_enum, default_value_t = KeysFormat::Table)]
         format: KeysFormat,
+        /// Check a checkpoint (.safetensors or PyTorch .pth) against the stage's keys: every
+        /// missing, unexpected and mis-shaped key with its closest match and the reason.
+        #[arg(long, value_name = "CKPT")]
+        check: Option<PathBuf>,
+    },
+    /// Write a stage's parameters, under PyTorch's names, to a .safetensors file.
+    #[command(
+        name = "export-weights",
+        after_help = "Example:\n  qc export-weights examples/fashion_cnn.qrecipe --stage fused -o fused.safetensors"
+    )]
+    ExportWeights {
+        /// The .qrecipe file.
+        file: PathBuf,
+        /// The stage whose parameters to write.
+        #[arg(long, value_parser = stage_parser(), default_value = "float")]
+        stage: String,
+        /// The .safetensors file to write (atomically).
+        #[arg(short, long)]
+        output: PathBuf,
     },
     /// Show the execution backends this build has (qc's own CPU code, libtorch, CUDA).
     #[command(after_help = "Example:\n  qc backends")]
@@ -111,7 +130,13 @@ pub fn main() -> i32 {
             print_after,
             print_after_all,
         ),
-        Command::Keys { file, stage, format } => keys(&file, &stage, format),
+        Command::Keys {
+            file,
+            stage,
+            format,
+            check,
+        } => keys(&file, &stage, format, check.as_deref()),
+        Command::ExportWeights { file, stage, output } => export_weights(&file, &stage, &output),
         Command::Backends => backends(),
     }
 }
@@ -272,12 +297,22 @@ fn compile(
     }
 }
 
-fn keys(file: &Path, stage: &str, format: KeysFormat) -> i32 {
-    let loaded = match load(file) {
-        Ok(l) => l,
-        Err(code) => return code,
-    };
+/// Compiles a recipe up to `stage` (which must exist in this qc).
+fn module_at(file: &Path, stage: &str) -> Result<(Module, Arc<SourceMap>), i32> {
+    let loaded = load(file)?;
     let stage = Stage::from_name(stage).expect("clap checked the stage");
+    stage_exists(stage)?;
+    let opts = RunOptions {
+        stop_after: Some(stage),
+        ..Default::default()
+    };
+    match qc_compiler::compile(&loaded, &opts, &mut |_| {}, &mut |_, _| {}) {
+        Ok(m) => Ok((m, loaded.sources.clone())),
+        Err(e) => Err(fail(e, &loaded.sources)),
+    }
+}
+
+fn stage_exists(stage: Stage) -> Result<(), i32> {
     let last = qc_compiler::last_stage();
     if stage > last {
         eprintln!("error: stage `{stage}` does not exist in this qc yet; it reaches `{last}`");
@@ -290,15 +325,101 @@ fn keys(file: &Path, stage: &str, format: KeysFormat) -> i32 {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        return EXIT_USER;
+        return Err(EXIT_USER);
     }
-    let opts = RunOptions {
-        stop_after: Some(stage),
-        ..Default::default()
-    };
-    let module = match qc_compiler::compile(&loaded, &opts, &mut |_| {}, &mut |_, _| {}) {
+    Ok(())
+}
+
+/// `qc keys --check`: the checkpoint against the stage asked for; when it does not fit, the
+/// stage it does fit (if any) is named.
+fn check_keys(file: &Path, stage: &str, ckpt: &Path) -> i32 {
+    let (module, _) = match module_at(file, stage) {
         Ok(m) => m,
-        Err(e) => return fail(e, &loaded.sources),
+        Err(code) => return code,
+    };
+    let entries = match qc_compiler::keys::read_entries(ckpt) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e}");
+            eprintln!("help: qc reads .safetensors and PyTorch .pth files (torch.save(model.state_dict(), path))");
+            return EXIT_USER;
+        }
+    };
+    let problems = qc_compiler::keys::check(&module, &entries);
+    let ckpt_name = ckpt.display();
+    if problems.is_empty() {
+        println!(
+            "`{ckpt_name}` fits stage `{}` of model `{}`: {} keys",
+            module.stage,
+            module.name,
+            entries.len()
+        );
+        return 0;
+    }
+    for p in &problems {
+        println!("{p}");
+    }
+    println!(
+        "`{ckpt_name}` does not fit stage `{}` of model `{}`: {} problem(s)",
+        module.stage,
+        module.name,
+        problems.len()
+    );
+    let last = qc_compiler::last_stage();
+    for other in Stage::ALL
+        .into_iter()
+        .filter(|s| *s >= Stage::Float && *s <= last && *s != module.stage)
+    {
+        if let Ok((m, _)) = module_at(file, other.name()) {
+            if qc_compiler::keys::check(&m, &entries).is_empty() {
+                println!(
+                    "help: it fits stage `{other}`: name it in the recipe (`weights \"{ckpt_name}\"`) and qc binds it there and runs the later stages from it"
+                );
+                break;
+            }
+        }
+    }
+    EXIT_USER
+}
+
+fn export_weights(file: &Path, stage: &str, output: &Path) -> i32 {
+    let (module, _) = match module_at(file, stage) {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
+    let (tensors, meta) = match qc_compiler::keys::export(&module) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            eprintln!("help: export a stage from `float` on; `parsed` has no values");
+            return EXIT_USER;
+        }
+    };
+    match qc_compiler::checkpoint::write_safetensors_with_metadata(output, &tensors, Some(meta)) {
+        Ok(()) => {
+            println!(
+                "wrote {} tensors of stage `{}` to {}",
+                tensors.len(),
+                module.stage,
+                output.display()
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            eprintln!("help: check that the folder exists and is writable");
+            EXIT_USER
+        }
+    }
+}
+
+fn keys(file: &Path, stage: &str, format: KeysFormat, check: Option<&Path>) -> i32 {
+    if let Some(ckpt) = check {
+        return check_keys(file, stage, ckpt);
+    }
+    let (module, _) = match module_at(file, stage) {
+        Ok(m) => m,
+        Err(code) => return code,
     };
     let rows: Vec<(String, String, String, String)> = module
         .params

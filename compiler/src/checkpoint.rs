@@ -81,6 +81,15 @@ fn st_dtype(d: DType) -> safetensors::Dtype {
 
 /// Writes tensors to a safetensors file atomically.
 pub fn write_safetensors(path: &Path, tensors: &IndexMap<String, Tensor>) -> Result<(), CheckpointError> {
+    write_safetensors_with_metadata(path, tensors, None)
+}
+
+/// Writes tensors and a string metadata map (safetensors' `__metadata__`) atomically.
+pub fn write_safetensors_with_metadata(
+    path: &Path,
+    tensors: &IndexMap<String, Tensor>,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<(), CheckpointError> {
     let bytes: Vec<(String, Vec<u8>, DType, Vec<usize>)> = tensors
         .iter()
         .map(|(k, t)| (k.clone(), t.to_le_bytes(), t.dtype(), t.shape.clone()))
@@ -93,7 +102,7 @@ pub fn write_safetensors(path: &Path, tensors: &IndexMap<String, Tensor>) -> Res
             (k.clone(), v)
         })
         .collect();
-    let data = safetensors::serialize(views, None).map_err(|e| CheckpointError::Format {
+    let data = safetensors::serialize(views, metadata).map_err(|e| CheckpointError::Format {
         path: path.display().to_string(),
         message: e.to_string(),
     })?;

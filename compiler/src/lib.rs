@@ -9,6 +9,7 @@ pub mod expand;
 pub mod float;
 pub mod fold;
 pub mod ir;
+pub mod keys;
 pub mod lower;
 pub mod ops;
 pub mod pass;

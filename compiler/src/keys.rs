@@ -1,0 +1,407 @@
+//! A stage's parameters under PyTorch's names, and the check of a checkpoint against them:
+//! every missing, unexpected or mis-shaped key with its closest candidate and a reason read from
+//! provenance (`conv1.bias` is absent from a float checkpoint because folding `bn1` created it).
+//!
+//! qc's parameter store already uses PyTorch's keys; the one exception is a quantized linear's
+//! weight and bias, which PyTorch keeps as one pickled pair under `<fc>._packed_params._packed_params`
+//! (next to `<fc>._packed_params.dtype`).
+
+use indexmap::IndexMap;
+use qc_dsl::diag::closest;
+use qc_runtime::DType;
+
+use crate::ir::{Module, Param, ParamQuant, Provenance};
+use crate::ops::Op;
+
+/// What a checkpoint entry holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A plain tensor.
+    Tensor,
+    /// A quantized tensor (integers with a per-tensor or per-channel scheme).
+    Quantized,
+    /// PyTorch's packed (weight, bias) pair of a quantized linear.
+    Packed,
+    /// A pickled dtype (`_packed_params.dtype`).
+    DType,
+}
+
+impl EntryKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            EntryKind::Tensor => "tensor",
+            EntryKind::Quantized => "quantized tensor",
+            EntryKind::Packed => "packed (weight, bias)",
+            EntryKind::DType => "dtype",
+        }
+    }
+}
+
+/// One key of a checkpoint, or one key a stage expects: kind, dtype and shape (for a packed
+/// pair, the weight's).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    pub kind: EntryKind,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+}
+
+impl std::fmt::Display for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dims: Vec<String> = self.shape.iter().map(|d| d.to_string()).collect();
+        match self.kind {
+            EntryKind::Tensor => write!(f, "{}[{}]", self.dtype, dims.join(", ")),
+            EntryKind::DType => write!(f, "dtype"),
+            k => write!(f, "{} {}[{}]", k.name(), self.dtype, dims.join(", ")),
+        }
+    }
+}
+
+/// A key of a stage: what it holds, the qc parameters behind it, and where they came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StageKey {
+    pub key: String,
+    pub entry: Entry,
+    /// qc's parameter keys (two for a packed pair, none for `_packed_params.dtype`).
+    pub params: Vec<String>,
+    pub owner: String,
+    /// The provenance of the (first) parameter, as `qc keys` prints it.
+    pub origin: String,
+}
+
+fn entry_of(p: &Param) -> Entry {
+    Entry {
+        kind: if p.quant.is_some() {
+            EntryKind::Quantized
+        } else {
+            EntryKind::Tensor
+        },
+        dtype: p.dtype,
+        shape: p.shape.clone(),
+    }
+}
+
+/// The keys of a module's state_dict at its stage, in order, as PyTorch names them.
+pub fn stage_keys(module: &Module) -> Vec<StageKey> {
+    let mut out: Vec<StageKey> = vec![];
+    for (key, p) in &module.params {
+        if let Some(prefix) = key.strip_suffix("._packed_params.weight") {
+            let bias = format!("{prefix}._packed_params.bias");
+            let mut params = vec![key.clone()];
+            if module.params.contains_key(&bias) {
+                params.push(bias);
+            }
+            out.push(StageKey {
+                key: format!("{prefix}._packed_params.dtype"),
+                entry: Entry {
+                    kind: EntryKind::DType,
+                    dtype: p.dtype,
+                    shape: vec![],
+                },
+                params: vec![],
+                owner: p.owner.clone(),
+                origin: "the weight's integer type".into(),
+            });
+            out.push(StageKey {
+                key: format!("{prefix}._packed_params._packed_params"),
+                entry: Entry {
+                    kind: EntryKind::Packed,
+                    ..entry_of(p)
+                },
+                params,
+                owner: p.owner.clone(),
+                origin: p.provenance.to_string(),
+            });
+            continue;
+        }
+        if key.ends_with("._packed_params.bias") {
+            continue;
+        }
+        out.push(StageKey {
+            key: key.clone(),
+            entry: entry_of(p),
+            params: vec![key.clone()],
+            owner: p.owner.clone(),
+            origin: p.provenance.to_string(),
+        });
+    }
+    out
+}
+
+/// One way a checkpoint does not fit a stage.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Problem {
+    /// The stage needs `key`; the checkpoint lacks it.
+    Missing {
+        key: String,
+        expected: Entry,
+        closest: Option<String>,
+        reason: String,
+    },
+    /// The checkpoint has `key`; no parameter of the stage is called that.
+    Unexpected {
+        key: String,
+        found: Entry,
+        closest: Option<String>,
+        reason: String,
+    },
+    /// Both have `key`, with different kinds, dtypes or shapes.
+    Misshaped {
+        key: String,
+        expected: Entry,
+        found: Entry,
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let near = |c: &Option<String>| match c {
+            Some(c) => format!(" (closest: `{c}`)"),
+            None => String::new(),
+        };
+        match self {
+            Problem::Missing {
+                key,
+                expected,
+                closest,
+                reason,
+            } => write!(f, "missing     `{key}` {expected}{}: {reason}", near(closest)),
+            Problem::Unexpected {
+                key,
+                found,
+                closest,
+                reason,
+            } => write!(f, "unexpected  `{key}` {found}{}: {reason}", near(closest)),
+            Problem::Misshaped {
+                key,
+                expected,
+                found,
+                reason,
+            } => write!(
+                f,
+                "mis-shaped  `{key}` is {found}, the stage needs {expected}: {reason}"
+            ),
+        }
+    }
+}
+
+/// `bn1.weight, bn1.bias, ...` → `bn1`: the module prefix the keys share, if they all do.
+fn common_prefix(keys: &[String]) -> Option<String> {
+    let first = keys.first()?.rsplit_once('.')?.0;
+    keys.iter()
+        .all(|k| k.rsplit_once('.').map(|(p, _)| p) == Some(first))
+        .then(|| first.to_string())
+}
+
+/// Why the stage has `key` although a checkpoint lacks it, read from provenance.
+fn why_missing(module: &Module, key: &StageKey) -> String {
+    let Some(p) = key.params.first().and_then(|k| module.params.get(k)) else {
+        return "PyTorch stores the packed weight's dtype next to it".into();
+    };
+    let owner_op = module
+        .graph
+        .find(&p.owner)
+        .map(|id| module.graph.node(id).op.name())
+        .unwrap_or("?");
+    match &p.provenance {
+        Provenance::Derived { transform, from } if transform.contains("fold_bn") => {
+            let bn: Vec<String> = from
+                .iter()
+                .filter(|k| !k.starts_with(&format!("{}.", p.owner)))
+                .cloned()
+                .collect();
+            let bn = common_prefix(&bn).unwrap_or_else(|| bn.join(", "));
+            if from.iter().any(|k| k == &key.key) {
+                format!("it is the float `{}` with `{bn}` folded in (stage fused)", key.key)
+            } else {
+                format!("the float model's {owner_op} has no bias; it is created by folding `{bn}` (stage fused)")
+            }
+        }
+        Provenance::Derived { transform, from } if transform == "move" => format!(
+            "QAT keeps the batch norm inside the fused module: this is `{}` of the float model",
+            from.join(", ")
+        ),
+        Provenance::Derived { transform, from } => {
+            if from.is_empty() {
+                format!("it is computed by `{transform}` at stage {}", module.stage)
+            } else {
+                format!("it is computed by `{transform}` from {}", quote_list(from))
+            }
+        }
+        _ => {
+            let node = module.graph.find(&p.owner).map(|id| &module.graph.node(id).op);
+            match node {
+                Some(Op::Observe(_)) => "observer state, created at stage observed (PTQ)".into(),
+                Some(Op::FakeQuant { .. }) => "fake-quant state, created at stage observed (QAT)".into(),
+                _ if key.key.contains("weight_fake_quant") => {
+                    "weight fake-quant state, created at stage observed (QAT)".into()
+                }
+                _ => format!("`{}` ({owner_op}) owns it", p.owner),
+            }
+        }
+    }
+}
+
+fn quote_list(keys: &[String]) -> String {
+    keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+}
+
+/// Why a checkpoint has `key` although the stage does not: a key the stage's transforms
+/// consumed, or simply one no layer owns.
+fn why_unexpected(module: &Module, key: &str) -> String {
+    let consumers: Vec<(&String, &Provenance)> = module
+        .params
+        .iter()
+        .filter_map(|(k, p)| match &p.provenance {
+            Provenance::Derived { from, .. } if from.iter().any(|f| f == key) => Some((k, &p.provenance)),
+            _ => None,
+        })
+        .collect();
+    match consumers.first() {
+        Some((_, Provenance::Derived { transform, .. })) => {
+            let into: Vec<String> = consumers.iter().map(|(k, _)| k.to_string()).collect();
+            format!(
+                "a key of an earlier stage: `{transform}` turned it into {} at or before stage {}; load this checkpoint at the stage it was saved from",
+                quote_list(&into),
+                module.stage
+            )
+        }
+        _ => "no layer of the model owns it at this stage".into(),
+    }
+}
+
+/// Checks a checkpoint's entries against a module's stage keys.
+pub fn check(module: &Module, ckpt: &IndexMap<String, Entry>) -> Vec<Problem> {
+    let keys = stage_keys(module);
+    let by_key: IndexMap<&str, &StageKey> = keys.iter().map(|k| (k.key.as_str(), k)).collect();
+    let mut problems = vec![];
+    for k in &keys {
+        match ckpt.get(&k.key) {
+            None => problems.push(Problem::Missing {
+                key: k.key.clone(),
+                expected: k.entry.clone(),
+                closest: closest(
+                    &k.key,
+                    ckpt.keys().map(|c| c.as_str()).filter(|c| !by_key.contains_key(c)),
+                )
+                .map(str::to_string),
+                reason: why_missing(module, k),
+            }),
+            Some(found) if !fits(&k.entry, found) => problems.push(Problem::Misshaped {
+                key: k.key.clone(),
+                expected: k.entry.clone(),
+                found: found.clone(),
+                reason: if found.kind != k.entry.kind {
+                    format!(
+                        "the stage holds a {} here, the checkpoint a {}: it was saved at another stage",
+                        k.entry.kind.name(),
+                        found.kind.name()
+                    )
+                } else {
+                    "the recipe and the checkpoint disagree on this layer's size: check `out`, `kernel`, `groups` and the input channels".into()
+                },
+            }),
+            Some(_) => {}
+        }
+    }
+    for (key, found) in ckpt {
+        if !by_key.contains_key(key.as_str()) {
+            problems.push(Problem::Unexpected {
+                key: key.clone(),
+                found: found.clone(),
+                closest: closest(
+                    key,
+                    keys.iter().map(|k| k.key.as_str()).filter(|k| !ckpt.contains_key(*k)),
+                )
+                .map(str::to_string),
+                reason: why_unexpected(module, key),
+            });
+        }
+    }
+    problems
+}
+
+/// Same kind and shape; a checkpoint's dtype may differ only where PyTorch's does from qc's
+/// (fake-quant zero points are int32 or int64 across versions).
+fn fits(expected: &Entry, found: &Entry) -> bool {
+    if expected.kind != found.kind {
+        return false;
+    }
+    if expected.kind == EntryKind::DType {
+        return true;
+    }
+    let ints = |d: DType| matches!(d, DType::I32 | DType::I64);
+    expected.shape == found.shape && (expected.dtype == found.dtype || (ints(expected.dtype) && ints(found.dtype)))
+}
+
+/// Entries of a safetensors checkpoint (plain tensors only).
+pub fn entries_of_tensors(tensors: &IndexMap<String, qc_runtime::Tensor>) -> IndexMap<String, Entry> {
+    tensors
+        .iter()
+        .map(|(k, t)| {
+            (
+                k.clone(),
+                Entry {
+                    kind: EntryKind::Tensor,
+                    dtype: t.dtype(),
+                    shape: t.shape.clone(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// A per-channel or per-tensor scheme in words, for `qc keys`.
+pub fn describe_quant(q: &ParamQuant) -> String {
+    match q {
+        ParamQuant::PerTensor(p) => format!("per tensor, scale {}, zero point {}", p.scale, p.zero_point),
+        ParamQuant::PerChannel { axis, scales, .. } => format!("per channel (axis {axis}, {} scales)", scales.len()),
+    }
+}
+
+/// Reads the entries of a checkpoint file: `.safetensors` (plain tensors).
+pub fn read_entries(path: &std::path::Path) -> Result<IndexMap<String, Entry>, String> {
+    crate::checkpoint::read_safetensors(path)
+        .map(|t| entries_of_tensors(&t))
+        .map_err(|e| e.to_string())
+}
+
+/// Tensors by key, and safetensors metadata.
+pub type Export = (IndexMap<String, qc_runtime::Tensor>, std::collections::HashMap<String, String>);
+
+/// A stage's parameters for `qc export-weights`: PyTorch's keys with their values (a
+/// quantized linear's pair as `<fc>._packed_params.weight` / `.bias`, since safetensors holds
+/// no tuples), and metadata naming the model, the stage, and each integer tensor's scheme.
+pub fn export(module: &Module) -> Result<Export, String> {
+    let mut tensors = IndexMap::new();
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("qc.model".to_string(), module.name.clone());
+    meta.insert("qc.stage".to_string(), module.stage.to_string());
+    for (key, p) in &module.params {
+        let value = p
+            .value
+            .clone()
+            .ok_or_else(|| format!("`{key}` has no value at stage {}", module.stage))?;
+        if let Some(q) = &p.quant {
+            let text = match q {
+                ParamQuant::PerTensor(t) => format!(
+                    "{{\"qscheme\": \"per_tensor_affine\", \"scale\": {}, \"zero_point\": {}, \"qmin\": {}, \"qmax\": {}}}",
+                    t.scale, t.zero_point, t.qmin, t.qmax
+                ),
+                ParamQuant::PerChannel {
+                    axis,
+                    scales,
+                    zero_points,
+                    qmin,
+                    qmax,
+                } => format!(
+                    "{{\"qscheme\": \"per_channel_affine\", \"axis\": {axis}, \"scales\": {scales:?}, \"zero_points\": {zero_points:?}, \"qmin\": {qmin}, \"qmax\": {qmax}}}"
+                ),
+            };
+            meta.insert(format!("qc.quant.{key}"), text);
+        }
+        tensors.insert(key.clone(), value);
+    }
+    Ok((tensors, meta))
+}
