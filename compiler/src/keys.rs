@@ -368,7 +368,10 @@ pub fn read_entries(path: &std::path::Path) -> Result<IndexMap<String, Entry>, S
 }
 
 /// Tensors by key, and safetensors metadata.
-pub type Export = (IndexMap<String, qc_runtime::Tensor>, std::collections::HashMap<String, String>);
+pub type Export = (
+    IndexMap<String, qc_runtime::Tensor>,
+    std::collections::HashMap<String, String>,
+);
 
 /// A stage's parameters for `qc export-weights`: PyTorch's keys with their values (a
 /// quantized linear's pair as `<fc>._packed_params.weight` / `.bias`, since safetensors holds

@@ -5,6 +5,7 @@
 //! a callback (which writes dumps, prints, or collects keys).
 
 pub mod checkpoint;
+pub mod convert;
 pub mod expand;
 pub mod float;
 pub mod fold;
