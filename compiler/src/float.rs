@@ -151,12 +151,42 @@ impl Pass for BindWeights {
                     .note(w.span, "first here")
                     .help("a recipe binds one checkpoint; merge them into one file")]));
                 }
-                let tensors = crate::checkpoint::read_safetensors(&w.resolved).map_err(|e| {
-                    PassError::User(vec![Diagnostic::new("qc::weights-file", w.span, e.to_string())
+                let values = crate::keys::read_checkpoint(&w.resolved).map_err(|e| {
+                    PassError::User(vec![Diagnostic::new("qc::weights-file", w.span, e)
                         .label("this checkpoint")
-                        .help("check the path (relative paths start at the recipe's folder) and that the file is .safetensors")])
+                        .help("check the path (relative paths start at the recipe's folder); qc reads .safetensors and PyTorch .pth files")])
                 })?;
-                bind_checkpoint(module, &tensors, &w.path, w.span).map_err(PassError::User)?;
+                // A float checkpoint binds here, key by key; any other (QAT, converted) waits
+                // for the stage it fits.
+                let plain: Option<indexmap::IndexMap<String, Tensor>> = values
+                    .iter()
+                    .map(|(k, v)| match v {
+                        crate::keys::CkptValue::Tensor(t) => Some((k.clone(), t.clone())),
+                        _ => None,
+                    })
+                    .collect();
+                let later_stage = values.keys().any(|k| crate::keys::is_later_stage_key(k));
+                let float_diagnostics = match &plain {
+                    Some(tensors) => match bind_checkpoint(module, tensors, &w.path, w.span) {
+                        Ok(()) => return Ok(Changed::Yes),
+                        Err(d) if !later_stage => return Err(PassError::User(d)),
+                        Err(d) => d,
+                    },
+                    None => vec![Diagnostic::new(
+                        "qc::checkpoint-stage",
+                        w.span,
+                        format!("`{}` holds quantized tensors: it is not a float checkpoint", w.path),
+                    )
+                    .label("this checkpoint")
+                    .help("it is bound at the stage whose keys it fits")],
+                };
+                init_all(module);
+                cx.pending = Some(crate::pass::PendingCheckpoint {
+                    values,
+                    file: w.path.clone(),
+                    span: w.span,
+                    float_diagnostics,
+                });
                 Ok(Changed::Yes)
             }
         }

@@ -360,11 +360,194 @@ pub fn describe_quant(q: &ParamQuant) -> String {
     }
 }
 
-/// Reads the entries of a checkpoint file: `.safetensors` (plain tensors).
-pub fn read_entries(path: &std::path::Path) -> Result<IndexMap<String, Entry>, String> {
+/// One value of a checkpoint, whatever its file format.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CkptValue {
+    Tensor(qc_runtime::Tensor),
+    /// Integers and how they map to reals.
+    Quantized {
+        int_repr: qc_runtime::Tensor,
+        quant: ParamQuant,
+    },
+    /// A quantized linear's (weight, bias).
+    Packed {
+        weight: qc_runtime::Tensor,
+        quant: ParamQuant,
+        bias: Option<qc_runtime::Tensor>,
+    },
+    /// A pickled dtype such as `torch.qint8`.
+    DType(String),
+}
+
+impl CkptValue {
+    pub fn entry(&self) -> Entry {
+        let t = |kind, t: &qc_runtime::Tensor| Entry {
+            kind,
+            dtype: t.dtype(),
+            shape: t.shape.clone(),
+        };
+        match self {
+            CkptValue::Tensor(x) => t(EntryKind::Tensor, x),
+            CkptValue::Quantized { int_repr, .. } => t(EntryKind::Quantized, int_repr),
+            CkptValue::Packed { weight, .. } => t(EntryKind::Packed, weight),
+            CkptValue::DType(_) => Entry {
+                kind: EntryKind::DType,
+                dtype: DType::I8,
+                shape: vec![],
+            },
+        }
+    }
+}
+
+/// Reads a checkpoint file: `.safetensors` (plain tensors).
+pub fn read_checkpoint(path: &std::path::Path) -> Result<IndexMap<String, CkptValue>, String> {
     crate::checkpoint::read_safetensors(path)
-        .map(|t| entries_of_tensors(&t))
+        .map(|t| t.into_iter().map(|(k, v)| (k, CkptValue::Tensor(v))).collect())
         .map_err(|e| e.to_string())
+}
+
+/// Whether a key names state that only exists after stage `float` (a QAT module's kept batch
+/// norm, fake-quant or observer state, a converted module's `scale`/`zero_point`/packed
+/// parameters). A checkpoint with such a key is bound at the stage it fits; any other is a
+/// float checkpoint and must fit stage `float`.
+pub fn is_later_stage_key(key: &str) -> bool {
+    const MARKERS: [&str; 6] = [
+        ".bn.",
+        "fake_quant",
+        "activation_post_process",
+        "_packed_params",
+        "observer_enabled",
+        "weight_post_process",
+    ];
+    MARKERS.iter().any(|m| key.contains(m)) || key.ends_with(".scale") || key.ends_with(".zero_point")
+}
+
+/// The entries of a checkpoint, for [`check`].
+pub fn entries(values: &IndexMap<String, CkptValue>) -> IndexMap<String, Entry> {
+    values.iter().map(|(k, v)| (k.clone(), v.entry())).collect()
+}
+
+/// Reads the entries of a checkpoint file.
+pub fn read_entries(path: &std::path::Path) -> Result<IndexMap<String, Entry>, String> {
+    read_checkpoint(path).map(|v| entries(&v))
+}
+
+/// Binds a checkpoint that [`check`] found to fit the module's stage: every parameter takes the
+/// checkpoint's value (a packed pair fills weight and bias; integer tensors keep their scheme;
+/// integer widths PyTorch varies on, such as int32/int64 zero points, are converted), and each
+/// integer op's output type takes its bound `scale`/`zero_point`.
+pub fn bind(module: &mut Module, values: &IndexMap<String, CkptValue>, file: &str) -> Result<(), String> {
+    let keys = stage_keys(module);
+    for k in &keys {
+        let value = values.get(&k.key).ok_or_else(|| format!("`{}` is missing", k.key))?;
+        let mut assign = |param: &str, t: qc_runtime::Tensor, quant: Option<ParamQuant>| -> Result<(), String> {
+            let p = module
+                .params
+                .get_mut(param)
+                .ok_or_else(|| format!("no parameter `{param}`"))?;
+            let t = convert_ints(t, p.dtype).ok_or_else(|| format!("`{}` has dtype {}", k.key, p.dtype))?;
+            p.dtype = t.dtype();
+            p.shape = t.shape.clone();
+            p.value = Some(t);
+            p.quant = quant;
+            p.provenance = Provenance::Checkpoint {
+                file: file.to_string(),
+                key: k.key.clone(),
+            };
+            Ok(())
+        };
+        match value {
+            CkptValue::Tensor(t) => assign(&k.params[0], t.clone(), None)?,
+            CkptValue::Quantized { int_repr, quant } => assign(&k.params[0], int_repr.clone(), Some(quant.clone()))?,
+            CkptValue::Packed { weight, quant, bias } => {
+                assign(&k.params[0], weight.clone(), Some(quant.clone()))?;
+                if let (Some(b), Some(key)) = (bias, k.params.get(1)) {
+                    assign(key, b.clone(), None)?;
+                }
+            }
+            CkptValue::DType(_) => {}
+        }
+    }
+    // Integer ops: the output type follows the bound `scale` / `zero_point`.
+    let ids: Vec<_> = module.graph.topo_order();
+    for id in ids {
+        let name = module.graph.node(id).name.clone();
+        let scale = module
+            .params
+            .get(&format!("{name}.scale"))
+            .and_then(|p| p.value.as_ref())
+            .and_then(|t| match &t.data {
+                qc_runtime::TensorData::F32(v) => v.first().copied(),
+                _ => None,
+            });
+        let zp = module
+            .params
+            .get(&format!("{name}.zero_point"))
+            .and_then(|p| p.value.as_ref())
+            .and_then(|t| match &t.data {
+                qc_runtime::TensorData::I64(v) => v.first().map(|&z| z as i32),
+                qc_runtime::TensorData::I32(v) => v.first().copied(),
+                _ => None,
+            });
+        let node = module.graph.node_mut(id);
+        let integer = matches!(
+            node.op,
+            Op::Quantize { .. } | Op::QConv(_) | Op::QLinear(_) | Op::QAdd { .. } | Op::QConcat { .. }
+        );
+        if let (true, Some(scale), Some(zero_point), Some(ty)) = (integer, scale, zp, node.ty.as_mut()) {
+            if let Some(q) = ty.quant.as_mut() {
+                q.scale = scale;
+                q.zero_point = zero_point;
+            }
+        }
+    }
+    propagate_quant(module);
+    Ok(())
+}
+
+/// Re-derives the parameters of ops that pass their input's through (pools, flatten, relu).
+fn propagate_quant(module: &mut Module) {
+    for id in module.graph.topo_order() {
+        let inputs = module.graph.inputs_of(id);
+        let passes = matches!(
+            module.graph.node(id).op,
+            Op::MaxPool(_)
+                | Op::AvgPool(_)
+                | Op::AdaptiveAvgPool { .. }
+                | Op::GlobalAvgPool
+                | Op::Flatten { .. }
+                | Op::Relu
+                | Op::Relu6
+                | Op::Clamp { .. }
+                | Op::Identity
+                | Op::Dropout { .. }
+        );
+        if !passes || inputs.len() != 1 {
+            continue;
+        }
+        let q = module.graph.node(inputs[0]).ty.as_ref().and_then(|t| t.quant);
+        if let (Some(q), Some(ty)) = (q, module.graph.node_mut(id).ty.as_mut()) {
+            if ty.quant.is_some() {
+                ty.quant = Some(q);
+            }
+        }
+    }
+}
+
+/// Integer tensors converted to the width qc keeps (`i32` ↔ `i64`); other dtypes must match.
+fn convert_ints(t: qc_runtime::Tensor, want: DType) -> Option<qc_runtime::Tensor> {
+    use qc_runtime::TensorData as D;
+    if t.dtype() == want {
+        return Some(t);
+    }
+    let data = match (&t.data, want) {
+        (D::I32(v), DType::I64) => D::I64(v.iter().map(|&x| x as i64).collect()),
+        (D::I64(v), DType::I32) => D::I32(v.iter().map(|&x| i32::try_from(x).ok()).collect::<Option<_>>()?),
+        // Integer weights: qint8 / quint8 as PyTorch saved them, whatever qc's plan said.
+        (D::I8(_) | D::U8(_), DType::I8 | DType::U8) => return Some(t),
+        _ => return None,
+    };
+    Some(qc_runtime::Tensor { shape: t.shape, data })
 }
 
 /// Tensors by key, and safetensors metadata.

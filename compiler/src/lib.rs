@@ -70,7 +70,7 @@ pub fn compile(
     if opts.print_after_all || opts.print_after.iter().any(|p| p == "parsed" || p == "expand") {
         on_print("expand", &module);
     }
-    let mut cx = pass::Ctx { loaded };
+    let mut cx = pass::Ctx::new(loaded);
     pass::run_stages(&mut module, &pipeline(), &mut cx, opts, on_stage, on_print).map_err(|e| match e {
         PassError::User(d) => CompileError::User(d),
         PassError::Internal { pass, message } => CompileError::Internal { pass, message },
@@ -94,7 +94,7 @@ pub fn check(loaded: &Loaded) -> Result<String, CompileError> {
         return Err(CompileError::User(loaded.diagnostics.clone()));
     }
     let mut module = expand::expand(loaded).map_err(CompileError::User)?;
-    let mut cx = pass::Ctx { loaded };
+    let mut cx = pass::Ctx::new(loaded);
     use pass::Pass;
     let user = |e: PassError| match e {
         PassError::User(d) => CompileError::User(d),
@@ -104,7 +104,11 @@ pub fn check(loaded: &Loaded) -> Result<String, CompileError> {
     let weights = match loaded.recipe.weights.first() {
         Some(_) => {
             float::BindWeights.run(&mut module, &mut cx).map_err(user)?;
-            "checkpoint fits"
+            if cx.pending.is_some() {
+                "checkpoint of a later stage than float (bound where it fits when compiling)"
+            } else {
+                "checkpoint fits"
+            }
         }
         None => "no checkpoint (deterministic initialiser)",
     };

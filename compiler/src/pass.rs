@@ -24,6 +24,41 @@ pub enum PassError {
 /// What passes may read besides the module: the checked recipe and its sources.
 pub struct Ctx<'a> {
     pub loaded: &'a qc_dsl::Loaded,
+    /// A checkpoint that did not fit stage `float`: it is bound at the first later stage whose
+    /// keys it fits (a QAT or converted PyTorch checkpoint), see [`bind_pending`].
+    pub pending: Option<PendingCheckpoint>,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(loaded: &'a qc_dsl::Loaded) -> Self {
+        Ctx { loaded, pending: None }
+    }
+}
+
+/// A checkpoint waiting for the stage it was saved at.
+pub struct PendingCheckpoint {
+    pub values: indexmap::IndexMap<String, crate::keys::CkptValue>,
+    /// As written in the recipe.
+    pub file: String,
+    pub span: qc_dsl::Span,
+    /// The diagnostics of binding it at stage `float`, reported if no stage fits.
+    pub float_diagnostics: Vec<Diagnostic>,
+}
+
+/// Binds the pending checkpoint if it fits the module's stage now.
+fn bind_pending(module: &mut Module, cx: &mut Ctx) -> Result<(), PassError> {
+    let Some(p) = &cx.pending else {
+        return Ok(());
+    };
+    if !crate::keys::check(module, &crate::keys::entries(&p.values)).is_empty() {
+        return Ok(());
+    }
+    let p = cx.pending.take().expect("checked above");
+    crate::keys::bind(module, &p.values, &p.file).map_err(|m| {
+        PassError::User(vec![Diagnostic::new("qc::weights-bind", p.span, m)
+            .label("this checkpoint")
+            .help("the checkpoint's keys fit this stage but a value does not; re-export it")])
+    })
 }
 
 /// One transformation of the module.
@@ -82,10 +117,22 @@ pub fn run_stages(
             }
         }
         module.stage = def.stage;
+        bind_pending(module, cx)?;
         on_stage(module);
         if !opts.print_after_all && opts.print_after.iter().any(|p| p == def.stage.name()) {
             on_print(def.stage.name(), module);
         }
+    }
+    if let Some(p) = cx.pending.take() {
+        let mut d = p.float_diagnostics;
+        if let Some(first) = d.first_mut() {
+            let help = format!(
+                "{}; it fits no stage up to `{}` either (`qc keys FILE --stage S --check CKPT` explains each stage)",
+                first.help, module.stage
+            );
+            first.help = help;
+        }
+        return Err(PassError::User(d));
     }
     Ok(())
 }
