@@ -248,11 +248,16 @@ fn read_member<R: Read + std::io::Seek>(
         return Err(format!("`{}` claims {size} bytes, more than the file has", clip(name)));
     }
     let mut out = Vec::with_capacity(size as usize);
-    file.take(size)
+    // Reading to the end (the zip reader stops at the member's size) checks its CRC-32. One
+    // byte more than the size is allowed through so that a lying size is seen, not trusted.
+    file.take(size + 1)
         .read_to_end(&mut out)
         .map_err(|e| format!("cannot read `{}`: {e}", clip(name)))?;
     if out.len() as u64 != size {
-        return Err(format!("`{}` is truncated", clip(name)));
+        return Err(format!(
+            "`{}` does not have the {size} bytes its header says",
+            clip(name)
+        ));
     }
     Ok(out)
 }
@@ -471,7 +476,7 @@ struct Storage {
 const MAX_STACK: usize = 1 << 20;
 const MAX_MEMO: usize = 1 << 20;
 const MAX_DEPTH: u32 = 64;
-/// Most dimensions of a tensor (PyTorch's own limit is 64... but no checkpoint needs more).
+/// Most dimensions of a tensor (PyTorch allows 64; no checkpoint qc reads needs more than 32).
 const MAX_DIMS: usize = 32;
 
 #[derive(Clone, Debug)]
