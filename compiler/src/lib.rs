@@ -15,6 +15,7 @@ pub mod lower;
 pub mod ops;
 pub mod pass;
 pub mod printer;
+pub mod pth;
 pub mod types;
 pub mod verify;
 
