@@ -180,6 +180,12 @@ fn read_named(bytes: &[u8], path: &str) -> Result<IndexMap<String, PthValue>, Pt
         }));
     };
     let prefix = pkl.trim_end_matches("/data.pkl").to_string();
+    if names.iter().any(|n| *n == format!("{prefix}/constants.pkl")) {
+        return Err(format_err(
+            "it is a TorchScript archive (`torch.jit.save`); save `model.state_dict()` with `torch.save` instead"
+                .into(),
+        ));
+    }
     let limit = bytes.len();
     let pickle = read_member(&mut archive, &pkl, None, limit).map_err(format_err)?;
     let big_endian = match read_member(&mut archive, &format!("{prefix}/byteorder"), None, limit) {
@@ -193,7 +199,7 @@ fn read_named(bytes: &[u8], path: &str) -> Result<IndexMap<String, PthValue>, Pt
                 )))
             }
         },
-        // Files written before PyTorch 1.10 have no byteorder record: little-endian.
+        // Files from older PyTorch versions have no byteorder record: little-endian.
         Err(_) if !names.iter().any(|n| *n == format!("{prefix}/byteorder")) => false,
         Err(m) => return Err(format_err(m)),
     };
@@ -206,7 +212,7 @@ fn read_named(bytes: &[u8], path: &str) -> Result<IndexMap<String, PthValue>, Pt
     let budget = bytes.len().saturating_mul(4).saturating_add(64 << 20);
     let root = Machine::new(&pickle, big_endian, budget, &mut load)
         .run()
-        .map_err(|m| format_err(format!("in `{pkl}`: {m}")))?;
+        .map_err(|m| format_err(format!("in `{}`: {m}", clip(&pkl))))?;
     to_state_dict(root).map_err(|(key, message)| match key {
         Some(key) => PthError::Key {
             path: path.to_string(),
@@ -1259,6 +1265,26 @@ fn to_state_dict(root: Value) -> Result<IndexMap<String, PthValue>, KeyFail> {
         }
         other => return Err((None, format!("the file holds {}, not a state_dict", other.kind()))),
     };
+    // A training checkpoint ({'epoch': 3, 'model': {...}, 'optimizer': {...}}): name its dicts.
+    let nested: Vec<&str> = items
+        .iter()
+        .filter_map(|(k, v)| match (k, v) {
+            (Value::Str(k), Value::Dict(..)) => Some(&**k),
+            _ => None,
+        })
+        .collect();
+    if let Some(first) = nested.first() {
+        let names: Vec<String> = nested.iter().take(5).map(|k| format!("`{}`", clip(k))).collect();
+        return Err((
+            None,
+            format!(
+                "it holds dicts under {} (a training checkpoint?), not one flat state_dict; save the model's \
+                 state_dict on its own, e.g. `torch.save(checkpoint['{}'], path)`",
+                names.join(", "),
+                clip(first)
+            ),
+        ));
+    }
     let mut out = IndexMap::with_capacity(items.len());
     for (k, v) in items {
         let key = match k {
@@ -1302,13 +1328,6 @@ fn entry(v: Value) -> Result<PthValue, String> {
             }
         },
         Value::Invalid(m) => return Err(m.to_string()),
-        Value::Dict(..) => {
-            return Err(
-                "a dict, not a tensor: qc reads one flat state_dict; for a training checkpoint save \
-                        its model's state_dict on its own"
-                    .into(),
-            )
-        }
         other => return Err(format!("{}, not a tensor", other.kind())),
     })
 }
@@ -1617,8 +1636,11 @@ mod tests {
         // A training checkpoint: a dict inside the dict.
         let pkl = P::new().op(b"}(").s("model").op(b"}").s("epoch").op(b"K\x03u.").0;
         let (key, msg) = run(&pkl, &[]).unwrap_err();
-        assert_eq!(key.as_deref(), Some("model"));
-        assert!(msg.contains("flat state_dict"), "{msg}");
+        assert_eq!(key, None);
+        assert!(
+            msg.contains("under `model`") && msg.contains("checkpoint['model']"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -1814,6 +1836,8 @@ mod tests {
 
         let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
         let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        w.start_file("m/data.pkl", opts).unwrap();
+        w.write_all(b"\x80\x02c__torch__\nNet\n)\x81.").unwrap();
         w.start_file("m/constants.pkl", opts).unwrap();
         w.write_all(b"\x80\x02).").unwrap();
         let ts = w.finish().unwrap().into_inner();
