@@ -53,14 +53,13 @@ pub fn lower_float(module: &Module) -> Result<Program, LowerError> {
         };
         let ty = node.ty.as_ref().ok_or_else(|| fail("no type".into()))?;
         let value = program.values.len();
-        program.values.push(ValueInfo {
-            name: node.name.clone(),
-            shape: ty
-                .dims
+        program.values.push(ValueInfo::float(
+            node.name.clone(),
+            ty.dims
                 .iter()
                 .map(|d| if let Dim::Fixed(n) = d { Some(*n) } else { None })
                 .collect(),
-        });
+        ));
         value_of.insert(id, value);
         let rank = ty.dims.len();
         let mut param = |role: &str| -> Result<usize, LowerError> {
@@ -160,7 +159,7 @@ pub fn lower_float(module: &Module) -> Result<Program, LowerError> {
         };
         let inputs = g.inputs_of(id).iter().map(|i| value_of[i]).collect();
         program.steps.push(Step {
-            op,
+            op: op.into(),
             inputs,
             output: value,
         });
