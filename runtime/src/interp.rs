@@ -1,5 +1,6 @@
-//! The float reference interpreter: executes a `Program` in plain Rust, PyTorch semantics, NCHW.
-//! It is the oracle the tch backend and every rewrite are checked against, and the home of float
+//! The float reference interpreter: evaluates a `Program`'s float steps in plain Rust, PyTorch
+//! semantics, NCHW (the executor, `exec.rs`, dispatches to it; int8 steps go to the kernels). It is
+//! the oracle the tch backend and every rewrite are checked against, and the home of float
 //! fallback ops. Simple loops, f64 accumulation, rayon across batch items for convolutions.
 
 use rayon::prelude::*;

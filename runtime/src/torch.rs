@@ -250,4 +250,44 @@ mod tests {
         };
         assert_eq!(round_trip(&q).unwrap(), q);
     }
+
+    #[test]
+    fn int8_steps_are_refused_by_name() {
+        use crate::program::{Layout, QuantOp, Step, ValueInfo};
+        use crate::quant::{QParams, QRange};
+        let q = QParams::new(0.1, 128, QRange::U8).unwrap();
+        let p = Program {
+            values: vec![
+                ValueInfo::float("x", vec![None, Some(4)]),
+                ValueInfo::quantized("x.q", vec![None, Some(4)], crate::DType::U8, Layout::Torch, q),
+                ValueInfo::float("y", vec![None, Some(4)]),
+            ],
+            inputs: vec![0],
+            outputs: vec![2],
+            steps: vec![
+                Step {
+                    op: QuantOp::Quantize.into(),
+                    inputs: vec![0],
+                    output: 1,
+                },
+                Step {
+                    op: QuantOp::Dequantize.into(),
+                    inputs: vec![1],
+                    output: 2,
+                },
+            ],
+            constants: vec![],
+        };
+        let x = Tensor::f32(vec![1, 4], vec![0.0, 0.1, -0.2, 1.0]);
+        let e = run_program(&p, std::slice::from_ref(&x), Device::Cpu).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "int8 step `x.q` (quantize) runs on the CPU runtime only; the libtorch backend runs float steps"
+        );
+        // The CPU runtime runs it.
+        assert_eq!(
+            crate::exec::run(&p, &[x]).unwrap()[0].as_f32().unwrap(),
+            &[0.0, 0.1, -0.2, 1.0]
+        );
+    }
 }
