@@ -1,7 +1,6 @@
 //! Checkpoint I/O: reading and writing `.safetensors` (PyTorch names, any stage), and atomic
 //! file writes that every output of qc goes through.
 
-use std::io::Write;
 use std::path::Path;
 
 use indexmap::IndexMap;
@@ -112,26 +111,8 @@ pub fn write_safetensors_with_metadata(
     })
 }
 
-/// Writes a file so that readers see the old content or the new, never a part: a temporary file
-/// in the same folder, flushed, then renamed over the target.
+/// Writes a file so that readers see the old content or the new, never a part: the runtime's
+/// [`qc_runtime::fsutil::write_atomic`] (temporary file in the same folder, fsync, rename).
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out".into());
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    qc_runtime::fsutil::write_atomic(path, data)
 }

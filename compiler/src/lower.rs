@@ -1,17 +1,23 @@
-//! Lowering to the runtime's `Program`: today the float stages (every parameter bound), which the
-//! reference interpreter and the tch backend execute; int8 lowering joins it later
-//! (docs/design-later-stages.md).
+//! Lowering to the runtime's `Program`, for every stage from `float` on: float ops become float
+//! steps (PyTorch layout), integer ops (stage `quantized`) become int8 steps on channels-last
+//! `u8` values with weights in the reference kernels' layouts (docs/runtime-program.md). Fused
+//! activations and a kept batch norm of a float op become extra steps on values named
+//! `<node>#pre_bn` / `<node>#pre_act`. Observers and fake-quant nodes lower to identities (their
+//! output value keeps the node's name, which is how calibration reads what they see).
 
 use std::collections::HashMap;
 
-use qc_runtime::program::{FloatOp, Program, Step, ValueInfo, Window};
+use qc_runtime::kernels::Activation;
+use qc_runtime::program::{from_torch_order, FloatOp, Layout, Program, QuantOp, Step, StepOp, ValueInfo, Window};
+use qc_runtime::quant::{quantize_bias, QParams, QRange};
+use qc_runtime::{DType, Tensor, TensorData};
 
-use crate::ir::{Module, NodeId, Stage};
+use crate::ir::{Module, NodeId, ParamQuant, Stage};
 use crate::ops::{Act, Conv, Op, Pool};
-use crate::types::Dim;
+use crate::types::{Dim, QuantParams};
 
-/// Why a module could not be lowered. These are compiler bugs or misuse of the API (a module
-/// whose stage has no bound weights), not user errors.
+/// Why a module could not be lowered. A module the compiler built always lowers; these name
+/// what a hand-edited or checkpoint-bound module got wrong, or an int8 form the kernels lack.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum LowerError {
     #[error("stage `{stage}` has no bound weights; lower a module at stage `float` or later")]
@@ -30,8 +36,94 @@ fn window(kernel: &[usize], stride: &[usize], pad: &[usize], dilation: &[usize],
     }
 }
 
-/// Lowers a float module (stage `float`) to a program whose values are named after the nodes.
-pub fn lower_float(module: &Module) -> Result<Program, LowerError> {
+/// The runtime's parameters of an integer value, moved into the `u8` domain the kernels use: a
+/// signed (symmetric int8) value `q` is the same real number as `q + 128` with zero point
+/// `zp + 128`, so the shift is exact.
+fn runtime_qparams(q: &QuantParams) -> Result<QParams, String> {
+    let shift = if q.qmin < 0 { 128 } else { 0 };
+    let range = QRange::custom(q.qmin + shift, q.qmax + shift).map_err(|e| e.to_string())?;
+    QParams::new(q.scale, q.zero_point + shift, range).map_err(|e| e.to_string())
+}
+
+fn activation(act: &Option<Act>) -> Activation {
+    match act {
+        None => Activation::None,
+        Some(Act::Relu) => Activation::Relu,
+        Some(Act::Relu6) => Activation::Relu6,
+        Some(Act::Clamp { min, max }) => Activation::Clamp {
+            min: *min as f32,
+            max: *max as f32,
+        },
+    }
+}
+
+/// Per-output-channel scales of an integer weight (zero points must be 0: the int8 kernels
+/// take symmetric weights).
+fn weight_scales(quant: Option<&ParamQuant>, channels: usize) -> Result<Vec<f32>, String> {
+    match quant {
+        Some(ParamQuant::PerChannel {
+            axis: 0,
+            scales,
+            zero_points,
+            ..
+        }) if scales.len() == channels => {
+            if zero_points.iter().any(|z| *z != 0) {
+                return Err(
+                    "the int8 kernels take symmetric weights (zero point 0); quantize weights `symmetric`".into(),
+                );
+            }
+            Ok(scales.clone())
+        }
+        Some(ParamQuant::PerTensor(q)) => {
+            if q.zero_point != 0 {
+                return Err(
+                    "the int8 kernels take symmetric weights (zero point 0); quantize weights `symmetric`".into(),
+                );
+            }
+            Ok(vec![q.scale; channels])
+        }
+        Some(ParamQuant::PerChannel { axis, scales, .. }) => Err(format!(
+            "per-channel weight scales along axis {axis} ({} of them) do not fit {channels} output channels",
+            scales.len()
+        )),
+        None => Err("the weight has no quantization parameters".into()),
+    }
+}
+
+/// `[Cout, Cin/g, k...]` → the kernels' `[Cout, k..., Cin/g]` (OHWI).
+fn to_ohwi(w: &Tensor) -> Result<Tensor, String> {
+    let TensorData::I8(v) = &w.data else {
+        return Err(format!("the int8 kernels take i8 weights, this one is {}", w.dtype()));
+    };
+    let (o, i) = (w.shape[0], w.shape[1]);
+    let k: usize = w.shape[2..].iter().product();
+    let mut out = vec![0i8; v.len()];
+    for oc in 0..o {
+        for ic in 0..i {
+            for kk in 0..k {
+                out[(oc * k + kk) * i + ic] = v[(oc * i + ic) * k + kk];
+            }
+        }
+    }
+    let mut shape = vec![o];
+    shape.extend_from_slice(&w.shape[2..]);
+    shape.push(i);
+    Ok(Tensor {
+        shape,
+        data: TensorData::I8(out),
+    })
+}
+
+fn i8_weight(w: &Tensor) -> Result<Tensor, String> {
+    match &w.data {
+        TensorData::I8(_) => Ok(w.clone()),
+        _ => Err(format!("the int8 kernels take i8 weights, this one is {}", w.dtype())),
+    }
+}
+
+/// Lowers a module at any stage from `float` on to a program whose values are named after the
+/// nodes.
+pub fn lower(module: &Module) -> Result<Program, LowerError> {
     if module.stage < Stage::Float {
         return Err(LowerError::Stage { stage: module.stage });
     }
@@ -52,42 +144,87 @@ pub fn lower_float(module: &Module) -> Result<Program, LowerError> {
             message,
         };
         let ty = node.ty.as_ref().ok_or_else(|| fail("no type".into()))?;
-        let value = program.values.len();
-        program.values.push(ValueInfo {
-            name: node.name.clone(),
-            shape: ty
-                .dims
-                .iter()
-                .map(|d| if let Dim::Fixed(n) = d { Some(*n) } else { None })
-                .collect(),
-        });
-        value_of.insert(id, value);
+        let node_inputs = g.inputs_of(id);
+        let torch_shape: Vec<Option<usize>> = ty
+            .dims
+            .iter()
+            .map(|d| if let Dim::Fixed(n) = d { Some(*n) } else { None })
+            .collect();
         let rank = ty.dims.len();
-        let mut param = |role: &str| -> Result<usize, LowerError> {
-            let key = &node
-                .params
+        let integer = ty.dtype != DType::F32;
+        // Identities on integers: the value is the input's.
+        if integer && matches!(node.op, Op::Identity | Op::Dropout { .. }) {
+            value_of.insert(id, value_of[&node_inputs[0]]);
+            continue;
+        }
+        let value = program.values.len();
+        if integer {
+            let q = ty
+                .quant
+                .as_ref()
+                .ok_or_else(|| fail("an integer value without parameters".into()))?;
+            let layout = if matches!(rank, 3 | 4) {
+                Layout::ChannelsLast
+            } else {
+                Layout::Torch
+            };
+            program.values.push(ValueInfo::quantized(
+                node.name.clone(),
+                from_torch_order(&torch_shape, layout),
+                DType::U8,
+                layout,
+                runtime_qparams(q).map_err(fail)?,
+            ));
+        } else {
+            program
+                .values
+                .push(ValueInfo::float(node.name.clone(), torch_shape.clone()));
+        }
+        value_of.insert(id, value);
+        let param_key = |role: &str| -> Result<&String, LowerError> {
+            node.params
                 .iter()
                 .find(|(r, _)| *r == role)
-                .ok_or_else(|| fail(format!("no `{role}`")))?
-                .1;
-            if let Some(&c) = const_of.get(key) {
-                return Ok(c);
-            }
-            let t = module
+                .map(|(_, k)| k)
+                .ok_or_else(|| fail(format!("no `{role}`")))
+        };
+        let param_value = |role: &str| -> Result<(&Tensor, Option<&ParamQuant>), LowerError> {
+            let key = param_key(role)?;
+            let p = module
                 .params
                 .get(key)
-                .and_then(|p| p.value.clone())
-                .ok_or_else(|| fail(format!("`{key}` is unbound")))?;
-            program.constants.push(t);
-            const_of.insert(key.clone(), program.constants.len() - 1);
-            Ok(program.constants.len() - 1)
+                .ok_or_else(|| fail(format!("no parameter `{key}`")))?;
+            let t = p.value.as_ref().ok_or_else(|| fail(format!("`{key}` is unbound")))?;
+            Ok((t, p.quant.as_ref()))
         };
-        let in_rank = g
-            .inputs_of(id)
+        let mut constant = |key: Option<&str>, t: Tensor| -> usize {
+            if let Some(&c) = key.and_then(|k| const_of.get(k)) {
+                return c;
+            }
+            program.constants.push(t);
+            let c = program.constants.len() - 1;
+            if let Some(k) = key {
+                const_of.insert(k.to_string(), c);
+            }
+            c
+        };
+        let in_rank = node_inputs
             .first()
             .and_then(|i| g.node(*i).ty.as_ref())
             .map_or(rank, |t| t.dims.len());
+        let in_quant = node_inputs
+            .first()
+            .and_then(|i| g.node(*i).ty.as_ref())
+            .and_then(|t| t.quant);
         let norm = |d: i64, r: usize| if d < 0 { (d + r as i64) as usize } else { d as usize };
+        let mut float_param = |role: &str| -> Result<usize, LowerError> {
+            let key = param_key(role)?.clone();
+            let (t, _) = param_value(role)?;
+            let t = t.clone();
+            Ok(constant(Some(&key), t))
+        };
+        // Ops fused into a float node (a kept batch norm, an activation) run after it.
+        let mut then: Vec<FloatOp> = vec![];
         let act_op = |act: &Option<Act>| -> Vec<FloatOp> {
             match act {
                 None => vec![],
@@ -99,14 +236,116 @@ pub fn lower_float(module: &Module) -> Result<Program, LowerError> {
                 }],
             }
         };
-        // Ops fused into this node (a kept batch norm, an activation) run after it as steps of
-        // their own, on values named `<node>#bn` and `<node>#pre_act`.
-        let mut then: Vec<FloatOp> = vec![];
-        let op = match &node.op {
+        let op: StepOp = match &node.op {
             Op::Input { .. } => {
                 program.inputs.push(value);
                 continue;
             }
+            // ----- int8 -----
+            Op::Quantize { .. } => QuantOp::Quantize.into(),
+            Op::Dequantize => QuantOp::Dequantize.into(),
+            Op::QConv(c) => {
+                let s_in = in_quant
+                    .ok_or_else(|| fail("the input has no parameters".into()))?
+                    .scale;
+                let (w, wq) = param_value("weight")?;
+                let scales = weight_scales(wq, c.out_channels).map_err(fail)?;
+                let weight = to_ohwi(w).map_err(fail)?;
+                let bias = if c.bias {
+                    let (b, _) = param_value("bias")?;
+                    Some(int_bias(b, s_in, &scales).map_err(fail)?)
+                } else {
+                    None
+                };
+                let weight = constant(None, weight);
+                let weight_scales = constant(None, Tensor::f32(vec![scales.len()], scales));
+                let bias = bias.map(|b| constant(None, b));
+                QuantOp::QConv {
+                    window: window(&c.kernel, &c.stride, &c.pad, &c.dilation, false),
+                    groups: c.groups,
+                    weight,
+                    weight_scales,
+                    bias,
+                    act: activation(&c.act),
+                }
+                .into()
+            }
+            Op::QLinear(l) => {
+                let s_in = in_quant
+                    .ok_or_else(|| fail("the input has no parameters".into()))?
+                    .scale;
+                let (w, wq) = param_value("_packed_params.weight")?;
+                let scales = weight_scales(wq, l.out_features).map_err(fail)?;
+                let weight = i8_weight(w).map_err(fail)?;
+                let bias = if l.bias {
+                    let (b, _) = param_value("_packed_params.bias")?;
+                    Some(int_bias(b, s_in, &scales).map_err(fail)?)
+                } else {
+                    None
+                };
+                let weight = constant(None, weight);
+                let weight_scales = constant(None, Tensor::f32(vec![scales.len()], scales));
+                let bias = bias.map(|b| constant(None, b));
+                QuantOp::QLinear {
+                    weight,
+                    weight_scales,
+                    bias,
+                    act: activation(&l.act),
+                }
+                .into()
+            }
+            Op::QAdd { act } => QuantOp::QAdd {
+                relu: match act {
+                    None => false,
+                    Some(Act::Relu) => true,
+                    Some(other) => {
+                        return Err(fail(format!(
+                            "the int8 add fuses relu only, not {}; keep the {} separate",
+                            other.name(),
+                            other.name()
+                        )))
+                    }
+                },
+            }
+            .into(),
+            Op::QConcat { dim } => {
+                if norm(*dim, rank) != 1 {
+                    return Err(fail(format!("the int8 concat joins channels (dim 1), not dim {dim}")));
+                }
+                QuantOp::QConcat.into()
+            }
+            Op::MaxPool(p) if integer => QuantOp::QMaxPool {
+                window: window(&p.kernel, &p.stride, &p.pad, &p.dilation, p.ceil_mode),
+            }
+            .into(),
+            Op::AvgPool(p) if integer => QuantOp::QAvgPool {
+                window: window(&p.kernel, &p.stride, &p.pad, &p.dilation, p.ceil_mode),
+                count_include_pad: p.count_include_pad,
+            }
+            .into(),
+            Op::AdaptiveAvgPool { output } if integer => QuantOp::QAdaptiveAvgPool { output: output.clone() }.into(),
+            Op::GlobalAvgPool if integer => QuantOp::QAdaptiveAvgPool {
+                output: vec![1; rank - 2],
+            }
+            .into(),
+            Op::Flatten { start_dim, end_dim } if integer => {
+                if norm(*start_dim, in_rank) != 1 || norm(*end_dim, in_rank) + 1 != in_rank {
+                    return Err(fail(
+                        "the int8 flatten is `flatten(start_dim: 1)`; keep other flattens in float".into(),
+                    ));
+                }
+                QuantOp::QFlatten.into()
+            }
+            Op::Relu if integer => QuantOp::QClamp { act: Activation::Relu }.into(),
+            Op::Relu6 if integer => QuantOp::QClamp { act: Activation::Relu6 }.into(),
+            Op::Clamp { min, max } if integer => QuantOp::QClamp {
+                act: Activation::Clamp {
+                    min: *min as f32,
+                    max: *max as f32,
+                },
+            }
+            .into(),
+            // ----- float -----
             Op::Conv(Conv {
                 kernel,
                 stride,
@@ -121,33 +360,36 @@ pub fn lower_float(module: &Module) -> Result<Program, LowerError> {
                 if let Some(bn) = bn {
                     then.push(FloatOp::BatchNorm {
                         eps: bn.eps as f32,
-                        weight: param("bn.weight")?,
-                        bias: param("bn.bias")?,
-                        mean: param("bn.running_mean")?,
-                        var: param("bn.running_var")?,
+                        weight: float_param("bn.weight")?,
+                        bias: float_param("bn.bias")?,
+                        mean: float_param("bn.running_mean")?,
+                        var: float_param("bn.running_var")?,
                     });
                 }
                 then.extend(act_op(act));
                 FloatOp::Conv {
                     window: window(kernel, stride, pad, dilation, false),
                     groups: *groups,
-                    weight: param("weight")?,
-                    bias: if *bias { Some(param("bias")?) } else { None },
+                    weight: float_param("weight")?,
+                    bias: if *bias { Some(float_param("bias")?) } else { None },
                 }
+                .into()
             }
             Op::BatchNorm(bn) => FloatOp::BatchNorm {
                 eps: bn.eps as f32,
-                weight: param("weight")?,
-                bias: param("bias")?,
-                mean: param("running_mean")?,
-                var: param("running_var")?,
-            },
-            Op::Relu => FloatOp::Relu,
-            Op::Relu6 => FloatOp::Clamp { min: 0.0, max: 6.0 },
+                weight: float_param("weight")?,
+                bias: float_param("bias")?,
+                mean: float_param("running_mean")?,
+                var: float_param("running_var")?,
+            }
+            .into(),
+            Op::Relu => FloatOp::Relu.into(),
+            Op::Relu6 => FloatOp::Clamp { min: 0.0, max: 6.0 }.into(),
             Op::Clamp { min, max } => FloatOp::Clamp {
                 min: *min as f32,
                 max: *max as f32,
-            },
+            }
+            .into(),
             Op::MaxPool(Pool {
                 kernel,
                 stride,
@@ -157,7 +399,8 @@ pub fn lower_float(module: &Module) -> Result<Program, LowerError> {
                 ..
             }) => FloatOp::MaxPool {
                 window: window(kernel, stride, pad, dilation, *ceil_mode),
-            },
+            }
+            .into(),
             Op::AvgPool(Pool {
                 kernel,
                 stride,
@@ -169,59 +412,52 @@ pub fn lower_float(module: &Module) -> Result<Program, LowerError> {
             }) => FloatOp::AvgPool {
                 window: window(kernel, stride, pad, dilation, *ceil_mode),
                 count_include_pad: *count_include_pad,
-            },
-            Op::AdaptiveAvgPool { output } => FloatOp::AdaptiveAvgPool { output: output.clone() },
+            }
+            .into(),
+            Op::AdaptiveAvgPool { output } => FloatOp::AdaptiveAvgPool { output: output.clone() }.into(),
             Op::GlobalAvgPool => FloatOp::AdaptiveAvgPool {
                 output: vec![1; rank - 2],
-            },
+            }
+            .into(),
             Op::Flatten { start_dim, end_dim } => FloatOp::Flatten {
                 start_dim: norm(*start_dim, in_rank),
                 end_dim: norm(*end_dim, in_rank),
-            },
+            }
+            .into(),
             Op::Linear(l) => {
                 if let Some(bn) = &l.bn {
                     then.push(FloatOp::BatchNorm {
                         eps: bn.eps as f32,
-                        weight: param("bn.weight")?,
-                        bias: param("bn.bias")?,
-                        mean: param("bn.running_mean")?,
-                        var: param("bn.running_var")?,
+                        weight: float_param("bn.weight")?,
+                        bias: float_param("bn.bias")?,
+                        mean: float_param("bn.running_mean")?,
+                        var: float_param("bn.running_var")?,
                     });
                 }
                 then.extend(act_op(&l.act));
                 FloatOp::Linear {
-                    weight: param("weight")?,
-                    bias: if l.bias { Some(param("bias")?) } else { None },
+                    weight: float_param("weight")?,
+                    bias: if l.bias { Some(float_param("bias")?) } else { None },
                 }
+                .into()
             }
             Op::Add { act } => {
                 then.extend(act_op(act));
-                FloatOp::Add
+                FloatOp::Add.into()
             }
-            Op::Concat { dim } => FloatOp::Concat { dim: norm(*dim, rank) },
-            Op::Identity | Op::Dropout { .. } | Op::Observe(_) | Op::FakeQuant { .. } => FloatOp::Identity,
-            Op::Quantize { .. }
-            | Op::Dequantize
-            | Op::QConv(_)
-            | Op::QLinear(_)
-            | Op::QAdd { .. }
-            | Op::QConcat { .. } => {
-                return Err(fail(format!(
-                    "`{}` is an int8 op; the float lowering runs stages up to `calibrated`",
-                    node.op.name()
-                )))
-            }
+            Op::Concat { dim } => FloatOp::Concat { dim: norm(*dim, rank) }.into(),
+            Op::Identity | Op::Dropout { .. } | Op::Observe(_) | Op::FakeQuant { .. } => FloatOp::Identity.into(),
         };
-        let mut inputs: Vec<usize> = g.inputs_of(id).iter().map(|i| value_of[i]).collect();
+        let mut inputs: Vec<usize> = node_inputs.iter().map(|i| value_of[i]).collect();
         // The node's own value is the last of its chain; the ones before are named after the
         // op they feed (`conv1#pre_bn`, `conv1#pre_act`).
         let info = program.values[value].clone();
-        let chain: Vec<FloatOp> = std::iter::once(op).chain(then).collect();
+        let chain: Vec<StepOp> = std::iter::once(op).chain(then.into_iter().map(StepOp::from)).collect();
         for (k, op) in chain.iter().enumerate() {
             let output = match chain.get(k + 1) {
                 None => value,
                 Some(next) => {
-                    let suffix = if matches!(next, FloatOp::BatchNorm { .. }) {
+                    let suffix = if matches!(next, StepOp::Float(FloatOp::BatchNorm { .. })) {
                         "#pre_bn"
                     } else {
                         "#pre_act"
@@ -243,4 +479,28 @@ pub fn lower_float(module: &Module) -> Result<Program, LowerError> {
     }
     program.outputs = g.outputs.iter().map(|(_, id)| value_of[id]).collect();
     Ok(program)
+}
+
+/// The float stages' lowering (kept as the name calibration and tests use).
+pub fn lower_float(module: &Module) -> Result<Program, LowerError> {
+    lower(module)
+}
+
+/// PyTorch's float bias as the kernels' `i32` bias of scale `s_in · s_w[c]`.
+fn int_bias(b: &Tensor, s_in: f32, scales: &[f32]) -> Result<Tensor, String> {
+    let TensorData::F32(v) = &b.data else {
+        return Err(format!("the bias is {}, not f32", b.dtype()));
+    };
+    if v.len() != scales.len() {
+        return Err(format!("{} bias values for {} output channels", v.len(), scales.len()));
+    }
+    let mut out = Vec::with_capacity(v.len());
+    for (c, (&x, &s_w)) in v.iter().zip(scales).enumerate() {
+        let q = quantize_bias(x, s_in, s_w).map_err(|e| format!("bias of channel {c}: {e}"))?;
+        out.push(q.value);
+    }
+    Ok(Tensor {
+        shape: vec![out.len()],
+        data: TensorData::I32(out),
+    })
 }

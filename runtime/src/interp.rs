@@ -1,60 +1,36 @@
-//! The float reference interpreter: executes a `Program` in plain Rust, PyTorch semantics, NCHW.
-//! It is the oracle the tch backend and every rewrite are checked against, and the home of float
+//! The float reference interpreter: evaluates a `Program`'s float steps in plain Rust, PyTorch
+//! semantics, NCHW (the executor, `exec.rs`, dispatches to it; int8 steps go to the kernels). It is
+//! the oracle the tch backend and every rewrite are checked against, and the home of float
 //! fallback ops. Simple loops, f64 accumulation, rayon across batch items for convolutions.
 
 use rayon::prelude::*;
 
-use crate::program::{window_out, FloatOp, Program, RunError, Step, Window};
+use crate::program::{window_out, FloatOp, Program, RunError, Window};
 use crate::tensor::Tensor;
 
-/// Runs a program on f32 inputs; returns the outputs in declaration order. A non-finite value
-/// stops the run, naming the step that produced it.
+/// Runs a program (float steps here, int8 steps through the kernels: [`crate::exec::run`], the one
+/// dispatcher) and returns the outputs in declaration order. A non-finite float value stops the
+/// run, naming the step that produced it.
 pub fn run(program: &Program, inputs: &[Tensor]) -> Result<Vec<Tensor>, RunError> {
-    program.check_inputs(inputs)?;
-    let mut values: Vec<Option<Tensor>> = vec![None; program.values.len()];
-    for (t, &id) in inputs.iter().zip(&program.inputs) {
-        values[id] = Some(t.clone());
-    }
-    for step in &program.steps {
-        let args: Vec<&Tensor> = step
-            .inputs
-            .iter()
-            .map(|&i| values[i].as_ref().expect("topological order"))
-            .collect();
-        let out = eval(program, step, &args);
-        if let Some((index, value)) = out
-            .as_f32()
-            .and_then(|v| v.iter().enumerate().find(|(_, x)| !x.is_finite()))
-        {
-            return Err(RunError::NonFinite {
-                node: program.values[step.output].name.clone(),
-                index,
-                value: *value,
-            });
-        }
-        values[step.output] = Some(out);
-    }
-    Ok(program
-        .outputs
-        .iter()
-        .map(|&id| values[id].clone().expect("outputs are computed"))
-        .collect())
+    crate::exec::run(program, inputs)
 }
 
 fn data(t: &Tensor) -> &[f32] {
-    t.as_f32().expect("the float program carries f32 tensors")
+    t.as_f32().expect("validated: float steps carry f32 tensors")
 }
 
-fn eval(p: &Program, step: &Step, args: &[&Tensor]) -> Tensor {
-    let c = |id: usize| data(&p.constants[id]);
+/// Evaluates one float op. The executor calls it only on a validated program, after
+/// [`crate::validate::infer`] accepted the argument shapes.
+pub(crate) fn eval(op: &FloatOp, constants: &[Tensor], args: &[&Tensor]) -> Tensor {
+    let c = |id: usize| data(&constants[id]);
     let x = args[0];
-    match &step.op {
+    match op {
         FloatOp::Conv {
             window,
             groups,
             weight,
             bias,
-        } => conv(x, &p.constants[*weight], bias.map(c), window, *groups),
+        } => conv(x, &constants[*weight], bias.map(c), window, *groups),
         FloatOp::BatchNorm {
             eps,
             weight,
@@ -99,7 +75,7 @@ fn eval(p: &Program, step: &Step, args: &[&Tensor]) -> Tensor {
             Tensor::f32(shape, data(x).to_vec())
         }
         FloatOp::Linear { weight, bias } => {
-            let w = &p.constants[*weight];
+            let w = &constants[*weight];
             let (out_f, in_f) = (w.shape[0], w.shape[1]);
             let wd = data(w);
             let b = bias.map(c);

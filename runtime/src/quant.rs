@@ -57,7 +57,9 @@ pub enum QuantError {
 
 /// The integer range `[qmin, qmax]` of a quantized tensor. Always at most 8 bits wide, contains 0,
 /// and fits `i8` or `u8`: that is what makes the overflow bounds in docs/numerics.md hold.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Serialized as `{"qmin": .., "qmax": ..}`; deserializing checks it with [`QRange::custom`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "RangeRepr", into = "RangeRepr")]
 pub struct QRange {
     qmin: i32,
     qmax: i32,
@@ -120,8 +122,34 @@ impl QRange {
     }
 }
 
+/// The serialized form of [`QRange`].
+#[derive(Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct RangeRepr {
+    qmin: i32,
+    qmax: i32,
+}
+
+impl TryFrom<RangeRepr> for QRange {
+    type Error = QuantError;
+    fn try_from(r: RangeRepr) -> Result<QRange, QuantError> {
+        QRange::custom(r.qmin, r.qmax)
+    }
+}
+
+impl From<QRange> for RangeRepr {
+    fn from(r: QRange) -> RangeRepr {
+        RangeRepr {
+            qmin: r.qmin,
+            qmax: r.qmax,
+        }
+    }
+}
+
 /// Affine quantization parameters: `real = (q - zero_point) * scale`, `q` in `range`.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// Serialized as `{"scale": .., "zero_point": .., "qmin": .., "qmax": ..}`; deserializing checks
+/// it with [`QParams::new`], so a file cannot produce parameters the constructor would refuse.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "ParamsRepr", into = "ParamsRepr")]
 pub struct QParams {
     scale: f32,
     zero_point: i32,
@@ -168,6 +196,33 @@ impl QParams {
     /// [`dequantize`] with these parameters.
     pub fn dequantize(&self, q: i32) -> f32 {
         dequantize(q, self.scale, self.zero_point)
+    }
+}
+
+/// The serialized form of [`QParams`].
+#[derive(Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct ParamsRepr {
+    scale: f32,
+    zero_point: i32,
+    qmin: i32,
+    qmax: i32,
+}
+
+impl TryFrom<ParamsRepr> for QParams {
+    type Error = QuantError;
+    fn try_from(r: ParamsRepr) -> Result<QParams, QuantError> {
+        QParams::new(r.scale, r.zero_point, QRange::custom(r.qmin, r.qmax)?)
+    }
+}
+
+impl From<QParams> for ParamsRepr {
+    fn from(p: QParams) -> ParamsRepr {
+        ParamsRepr {
+            scale: p.scale,
+            zero_point: p.zero_point,
+            qmin: p.range.qmin,
+            qmax: p.range.qmax,
+        }
     }
 }
 

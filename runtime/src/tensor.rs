@@ -106,6 +106,58 @@ impl Tensor {
             _ => None,
         }
     }
+    pub fn as_u8(&self) -> Option<&[u8]> {
+        match &self.data {
+            TensorData::U8(v) => Some(v),
+            _ => None,
+        }
+    }
+    pub fn as_i8(&self) -> Option<&[i8]> {
+        match &self.data {
+            TensorData::I8(v) => Some(v),
+            _ => None,
+        }
+    }
+    pub fn as_i32(&self) -> Option<&[i32]> {
+        match &self.data {
+            TensorData::I32(v) => Some(v),
+            _ => None,
+        }
+    }
+    /// The number of elements actually stored (equal to [`Tensor::len`] for a well-formed tensor).
+    pub fn data_len(&self) -> usize {
+        match &self.data {
+            TensorData::F32(v) => v.len(),
+            TensorData::I64(v) => v.len(),
+            TensorData::I32(v) => v.len(),
+            TensorData::I8(v) => v.len(),
+            TensorData::U8(v) => v.len(),
+        }
+    }
+    /// A `u8` tensor.
+    pub fn u8(shape: Vec<usize>, data: Vec<u8>) -> Tensor {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        Tensor {
+            shape,
+            data: TensorData::U8(data),
+        }
+    }
+    /// An `i8` tensor.
+    pub fn i8(shape: Vec<usize>, data: Vec<i8>) -> Tensor {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        Tensor {
+            shape,
+            data: TensorData::I8(data),
+        }
+    }
+    /// An `i32` tensor.
+    pub fn i32(shape: Vec<usize>, data: Vec<i32>) -> Tensor {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        Tensor {
+            shape,
+            data: TensorData::I32(data),
+        }
+    }
     /// Little-endian bytes of the elements (the safetensors layout).
     pub fn to_le_bytes(&self) -> Vec<u8> {
         match &self.data {

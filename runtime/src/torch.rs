@@ -1,9 +1,9 @@
 //! The libtorch backend (tch). tch types never leave this module. Without the `torch` cargo
 //! feature every entry point returns `TorchError::NotCompiled`, so callers need no `cfg`.
 
-#[cfg(feature = "torch")]
-use crate::program::FloatOp;
 use crate::program::Program;
+#[cfg(feature = "torch")]
+use crate::program::{FloatOp, StepOp};
 use crate::tensor::Tensor;
 #[cfg(feature = "torch")]
 use crate::tensor::TensorData;
@@ -17,6 +17,8 @@ pub enum TorchError {
     Device(String, String),
     #[error("libtorch: {0}")]
     Torch(String),
+    #[error("int8 step `{step}` ({op}) runs on the CPU runtime only; the libtorch backend runs float steps")]
+    Int8Step { step: String, op: &'static str },
 }
 
 /// What libtorch this build runs on.
@@ -96,6 +98,13 @@ mod imp {
 
     /// Executes a float program through libtorch on `device`, inference mode.
     pub fn run_program(program: &Program, inputs: &[Tensor], device: Device) -> Result<Vec<Tensor>, TorchError> {
+        crate::validate::validate(program).map_err(|e| TorchError::Torch(e.to_string()))?;
+        if let Some(step) = program.steps.iter().find(|s| matches!(s.op, StepOp::Quant(_))) {
+            return Err(TorchError::Int8Step {
+                step: program.value_name(step.output).to_string(),
+                op: step.op.name(),
+            });
+        }
         program
             .check_inputs(inputs)
             .map_err(|e| TorchError::Torch(e.to_string()))?;
@@ -118,7 +127,13 @@ mod imp {
                 .map(|&i| values[i].as_ref().expect("topological order"))
                 .collect();
             let x = args[0];
-            let out = match &step.op {
+            let StepOp::Float(op) = &step.op else {
+                return Err(TorchError::Int8Step {
+                    step: program.value_name(step.output).to_string(),
+                    op: step.op.name(),
+                });
+            };
+            let out = match op {
                 FloatOp::Conv {
                     window: w,
                     groups,
@@ -234,5 +249,45 @@ mod tests {
             data: TensorData::I8(vec![-128, 0, 127]),
         };
         assert_eq!(round_trip(&q).unwrap(), q);
+    }
+
+    #[test]
+    fn int8_steps_are_refused_by_name() {
+        use crate::program::{Layout, QuantOp, Step, ValueInfo};
+        use crate::quant::{QParams, QRange};
+        let q = QParams::new(0.1, 128, QRange::U8).unwrap();
+        let p = Program {
+            values: vec![
+                ValueInfo::float("x", vec![None, Some(4)]),
+                ValueInfo::quantized("x.q", vec![None, Some(4)], crate::DType::U8, Layout::Torch, q),
+                ValueInfo::float("y", vec![None, Some(4)]),
+            ],
+            inputs: vec![0],
+            outputs: vec![2],
+            steps: vec![
+                Step {
+                    op: QuantOp::Quantize.into(),
+                    inputs: vec![0],
+                    output: 1,
+                },
+                Step {
+                    op: QuantOp::Dequantize.into(),
+                    inputs: vec![1],
+                    output: 2,
+                },
+            ],
+            constants: vec![],
+        };
+        let x = Tensor::f32(vec![1, 4], vec![0.0, 0.1, -0.2, 1.0]);
+        let e = run_program(&p, std::slice::from_ref(&x), Device::Cpu).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "int8 step `x.q` (quantize) runs on the CPU runtime only; the libtorch backend runs float steps"
+        );
+        // The CPU runtime runs it.
+        assert_eq!(
+            crate::exec::run(&p, &[x]).unwrap()[0].as_f32().unwrap(),
+            &[0.0, 0.1, -0.2, 1.0]
+        );
     }
 }

@@ -114,24 +114,55 @@ fn geometry(msg: String) -> KernelError {
 /// - `Relu6`: additionally `qmax = quantize(6.0) = min(qmax, zp + rint(6 · (1/s_out)))` with
 ///   quant.rs's `quantize` (so for u8: `min(255, zp + round(6/s))`, `round` being `rint` of the
 ///   f32 product with the inverse scale, exactly as the fake-quant computes it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+/// - `Clamp { min, max }` (PyTorch's `hardtanh`/`clamp`): `qmin = max(qmin, quantize(min))`,
+///   `qmax = min(qmax, quantize(max))`; `Clamp { min: 0, max: 6 }` gives the bits of `Relu6`.
+///   Needs `min <= max`, neither NaN ([`Activation::check`]).
+#[derive(Clone, Copy, Debug, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Activation {
     #[default]
     None,
     Relu,
     Relu6,
+    Clamp {
+        min: f32,
+        max: f32,
+    },
 }
 
 impl Activation {
+    /// `Ok` unless a `Clamp` has a NaN bound or `min > max`.
+    pub fn check(self) -> Result<(), KernelError> {
+        match self {
+            Activation::Clamp { min, max } if min.partial_cmp(&max).is_none_or(|o| o.is_gt()) => {
+                Err(geometry(format!("clamp bounds [{min}, {max}] are NaN or inverted")))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The integer output range `[qmin, qmax]` of this activation on a tensor quantized with
+    /// `output`: `output`'s range narrowed as described on [`Activation`].
+    pub fn bounds(self, output: &QParams) -> (i32, i32) {
+        let (lo, hi) = (output.range().qmin(), output.range().qmax());
+        match self {
+            Activation::None => (lo, hi),
+            Activation::Relu => (lo.max(output.zero_point()), hi),
+            Activation::Relu6 => (lo.max(output.zero_point()), hi.min(output.quantize(6.0))),
+            Activation::Clamp { min, max } => (lo.max(output.quantize(min)), hi.min(output.quantize(max))),
+        }
+    }
+
     /// `r` (built for `output`) with this activation's clamp fused in.
     pub fn fuse(self, r: Requant, output: &QParams) -> Requant {
         match self {
             Activation::None => r,
             Activation::Relu => r.with_relu(),
-            Activation::Relu6 => {
-                let r = r.with_relu();
+            Activation::Relu6 | Activation::Clamp { .. } => {
+                let (lo, hi) = self.bounds(output);
                 Requant {
-                    qmax: r.qmax.min(output.quantize(6.0)),
+                    qmin: r.qmin.max(lo),
+                    qmax: r.qmax.min(hi),
                     ..r
                 }
             }
@@ -502,6 +533,37 @@ impl QGlobalAvgPool {
     }
 }
 
+/// Parameters of a quantized adaptive average pool over NHWC: `[batch, in_h, in_w, channels]` →
+/// `[batch, out_h, out_w, channels]` (1-D: `in_h = out_h = 1`). Output keeps the input's parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct QAdaptiveAvgPool2d {
+    pub batch: usize,
+    pub in_hw: [usize; 2],
+    pub out_hw: [usize; 2],
+    pub channels: usize,
+    pub zero_point: i32,
+    pub range: QRange,
+}
+
+impl QAdaptiveAvgPool2d {
+    pub fn new(
+        batch: usize,
+        in_hw: [usize; 2],
+        out_hw: [usize; 2],
+        channels: usize,
+        input: &QParams,
+    ) -> QAdaptiveAvgPool2d {
+        QAdaptiveAvgPool2d {
+            batch,
+            in_hw,
+            out_hw,
+            channels,
+            zero_point: input.zero_point(),
+            range: input.range(),
+        }
+    }
+}
+
 /// One input of a channel concatenation: its channel count and how its codes are moved to the
 /// output's parameters, `out = requant.apply(q - input_zero_point)` with multiplier `s_i / s_out`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -660,6 +722,28 @@ mod tests {
                 .unwrap()
                 .multiplier
         );
+    }
+
+    #[test]
+    fn clamp_zero_six_is_relu6_and_bounds_are_quantized() {
+        let input = QParams::new(0.1, 0, QRange::U8).unwrap();
+        for (s, zp) in [(0.5f32, 3), (0.07, 10), (0.01, 200), (0.5, 250)] {
+            let out = QParams::new(s, zp, QRange::U8).unwrap();
+            let a = requant_per_channel(&input, &[0.01], &out, Activation::Relu6).unwrap();
+            let b = requant_per_channel(&input, &[0.01], &out, Activation::Clamp { min: 0.0, max: 6.0 }).unwrap();
+            assert_eq!(a, b);
+        }
+        let out = QParams::new(0.5, 3, QRange::U8).unwrap();
+        // quantize(-1) = 3 - 2 = 1, quantize(2) = 3 + 4 = 7.
+        assert_eq!(Activation::Clamp { min: -1.0, max: 2.0 }.bounds(&out), (1, 7));
+        assert!(Activation::Clamp { min: 1.0, max: -1.0 }.check().is_err());
+        assert!(Activation::Clamp {
+            min: f32::NAN,
+            max: 1.0
+        }
+        .check()
+        .is_err());
+        assert!(Activation::Relu.check().is_ok());
     }
 
     #[test]

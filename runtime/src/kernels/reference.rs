@@ -6,8 +6,8 @@
 //! without allocating. Rounding, requantization and saturation come only from `crate::quant`.
 
 use super::{
-    check_epilogue, check_len, check_range_u8, check_zp_u8, KernelError, Pool2dGeom, QAvgPool2d, QConcat, QConv2d,
-    QGlobalAvgPool, QLinear,
+    check_epilogue, check_len, check_range_u8, check_zp_u8, KernelError, Pool2dGeom, QAdaptiveAvgPool2d, QAvgPool2d,
+    QConcat, QConv2d, QGlobalAvgPool, QLinear,
 };
 use crate::quant::{avg_pool_out, dequantize_per_tensor, dot_acc, quantize_per_tensor, QAdd, QElem, QParams};
 
@@ -377,6 +377,72 @@ pub fn qglobal_avgpool(p: &QGlobalAvgPool, x: &[u8], out: &mut [u8]) -> Result<(
     Ok(())
 }
 
+/// Quantized adaptive average pool over NHWC (PyTorch `adaptive_avg_pool2d`): output row `oy`
+/// averages input rows `[floor(oy·H/OH), ceil((oy+1)·H/OH))`, likewise columns, and
+/// `out = avg_pool_out(Σ q, n, n, zp, range)` with `n` the window's element count (no padding).
+/// Output `[N, OH, OW, C]` keeps the input's parameters. `OH = OW = 1` is [`qglobal_avgpool`]
+/// (same bits). Windows are limited to `2^23` elements.
+pub fn qadaptive_avgpool2d(p: &QAdaptiveAvgPool2d, x: &[u8], out: &mut [u8]) -> Result<(), KernelError> {
+    let [h_n, w_n] = p.in_hw;
+    let [oh_n, ow_n] = p.out_hw;
+    let c_n = p.channels;
+    if h_n == 0 || w_n == 0 || oh_n == 0 || ow_n == 0 || c_n == 0 {
+        return Err(KernelError::Geometry(format!(
+            "adaptive average pool with a zero size: {p:?}"
+        )));
+    }
+    // The largest window is ceil(H/OH) + 1 rows by ceil(W/OW) + 1 columns.
+    if (h_n.div_ceil(oh_n) + 1).saturating_mul(w_n.div_ceil(ow_n) + 1) > 1 << 23 {
+        return Err(KernelError::Geometry(format!(
+            "adaptive average pooling window over 2^23 elements: {p:?}"
+        )));
+    }
+    check_len("input", p.batch * h_n * w_n * c_n, x.len())?;
+    check_len("output", p.batch * oh_n * ow_n * c_n, out.len())?;
+    check_zp_u8("input", p.zero_point)?;
+    check_range_u8("input", p.range.qmin(), p.range.qmax())?;
+    for n in 0..p.batch {
+        for oy in 0..oh_n {
+            let (h0, h1) = (oy * h_n / oh_n, ((oy + 1) * h_n).div_ceil(oh_n));
+            for ox in 0..ow_n {
+                let (w0, w1) = (ox * w_n / ow_n, ((ox + 1) * w_n).div_ceil(ow_n));
+                let elems = ((h1 - h0) * (w1 - w0)) as i32;
+                for c in 0..c_n {
+                    let mut sum = 0i32;
+                    for ih in h0..h1 {
+                        for iw in w0..w1 {
+                            sum += x[((n * h_n + ih) * w_n + iw) * c_n + c].to_q();
+                        }
+                    }
+                    let q = avg_pool_out(sum, elems, elems, p.zero_point, p.range);
+                    out[((n * oh_n + oy) * ow_n + ox) * c_n + c] = u8::from_q(q);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Standalone activation
+// ---------------------------------------------------------------------------------------------
+
+/// A standalone activation on quantized data (any layout): `out = clamp(q, lo, hi)` with
+/// `(lo, hi) = act.bounds(p)` ([`Activation::bounds`](super::Activation::bounds)), which is
+/// exactly `quantize(act(dequantize(q)))` because `quantize` is monotonic and `dequantize(q)`
+/// quantizes back to `q`. Output keeps the input's parameters.
+pub fn qclamp(act: super::Activation, p: &QParams, x: &[u8], out: &mut [u8]) -> Result<(), KernelError> {
+    act.check()?;
+    check_len("output", x.len(), out.len())?;
+    check_range_u8("input", p.range().qmin(), p.range().qmax())?;
+    let (lo, hi) = act.bounds(p);
+    for (o, &q) in out.iter_mut().zip(x) {
+        // `lo <= hi` for a checked activation; `max` then `min` keeps that order explicit.
+        *o = u8::from_q(q.to_q().max(lo).min(hi));
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Concatenation
 // ---------------------------------------------------------------------------------------------
@@ -491,6 +557,7 @@ mod tests {
                     Activation::None => v,
                     Activation::Relu => v.max(0.0),
                     Activation::Relu6 => v.clamp(0.0, 6.0),
+                    Activation::Clamp { min, max } => v.clamp(min as f64, max as f64),
                 };
                 u8::from_q(out.quantize(v as f32))
             })
@@ -1409,6 +1476,43 @@ mod tests {
                 c0 += ch;
             }
         }
+    }
+
+    #[test]
+    fn adaptive_avgpool_global_case_is_global_avgpool_and_windows_follow_pytorch() {
+        let mut rng = SplitMix64::new(3);
+        let ip = qp(0.05, 17);
+        let (n, h, w, c) = (2, 5, 7, 3);
+        let x = data_u8(&mut rng, n * h * w * c, ip.zero_point());
+        let a = QAdaptiveAvgPool2d::new(n, [h, w], [1, 1], c, &ip);
+        let (mut o1, mut o2) = (vec![0u8; n * c], vec![0u8; n * c]);
+        qadaptive_avgpool2d(&a, &x, &mut o1).unwrap();
+        qglobal_avgpool(&QGlobalAvgPool::new(n, h * w, c, &ip), &x, &mut o2).unwrap();
+        assert_eq!(o1, o2);
+        // 1-D [1, 5, 1] → 3 outputs: windows [0, 2), [1, 4), [3, 5) (PyTorch's start/end rule).
+        let x = [10u8, 20, 30, 40, 50];
+        let a = QAdaptiveAvgPool2d::new(1, [1, 5], [1, 3], 1, &qp(0.1, 0));
+        let mut o = [0u8; 3];
+        qadaptive_avgpool2d(&a, &x, &mut o).unwrap();
+        assert_eq!(o, [15, 30, 45]);
+    }
+
+    #[test]
+    fn qclamp_is_the_fake_quant_of_the_float_clamp() {
+        let p = qp(0.05, 100);
+        let x: Vec<u8> = (0..=255).collect();
+        for act in [
+            Activation::Relu,
+            Activation::Relu6,
+            Activation::Clamp { min: -1.0, max: 0.5 },
+            Activation::None,
+        ] {
+            let mut out = vec![0u8; 256];
+            qclamp(act, &p, &x, &mut out).unwrap();
+            let y: Vec<f64> = deq(&x, &p);
+            assert_eq!(out, requantize_oracle(&y, &p, act), "{act:?}");
+        }
+        assert!(qclamp(Activation::Clamp { min: 1.0, max: 0.0 }, &p, &x, &mut [0u8; 256]).is_err());
     }
 
     #[test]

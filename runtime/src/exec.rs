@@ -1,0 +1,462 @@
+//! The executor: the one dispatcher that runs any [`Program`] on the CPU, float steps through the
+//! reference interpreter ([`crate::interp`]) and int8 steps through the scalar reference kernels
+//! ([`crate::kernels::reference`]).
+//!
+//! [`Executor::new`] validates the program once ([`crate::validate`]) and derives what the int8
+//! kernels need from it (per-channel [`Requant`]s, [`QAdd`]s, concat parts), so that a malformed
+//! program is refused with a [`ProgramError`] before anything runs. Each run checks the inputs,
+//! runs [`crate::validate::infer`] on the actual shapes before every step (any batch size), and
+//! frees every intermediate value after its last use.
+
+use crate::interp;
+use crate::kernels::reference as k;
+use crate::kernels::{
+    check_epilogue, requant_per_channel, ConcatPart, Conv2dGeom, KernelError, Pool2dGeom, QAdaptiveAvgPool2d,
+    QAvgPool2d, QConcat, QConv2d, QGlobalAvgPool, QLinear,
+};
+use crate::program::{Layout, Program, ProgramError, QuantOp, RunError, Step, StepOp, Window};
+use crate::quant::{dequantize_per_tensor, quantize_per_tensor, QAdd, QParams, Requant};
+use crate::tensor::{DType, Tensor, TensorData};
+use crate::validate::{infer, validate};
+
+/// What an int8 step needs beyond the program, derived once.
+#[derive(Clone, Debug, PartialEq)]
+enum Prepared {
+    /// Float steps and int8 steps that read everything from the program.
+    Nothing,
+    /// `QConv` / `QLinear`: one requantization per output channel, the activation fused.
+    Requant(Vec<Requant>),
+    Add(QAdd),
+    /// One part per input, channel counts filled in at run time.
+    Concat(Vec<ConcatPart>),
+}
+
+/// A validated program, ready to run any number of times.
+#[derive(Clone, Debug)]
+pub struct Executor {
+    program: Program,
+    prepared: Vec<Prepared>,
+    /// For each value, the last step reading it (`None`: never read, or a program output).
+    last_use: Vec<Option<usize>>,
+}
+
+impl Executor {
+    /// Validates `program` and prepares its int8 steps.
+    pub fn new(program: Program) -> Result<Executor, ProgramError> {
+        validate(&program)?;
+        let prepared = prepare(&program)?;
+        let mut last_use = vec![None; program.values.len()];
+        for (i, step) in program.steps.iter().enumerate() {
+            for &v in &step.inputs {
+                last_use[v] = Some(i);
+            }
+        }
+        for &v in &program.outputs {
+            last_use[v] = None;
+        }
+        Ok(Executor {
+            program,
+            prepared,
+            last_use,
+        })
+    }
+
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+
+    pub fn into_program(self) -> Program {
+        self.program
+    }
+
+    /// Runs on `inputs` (in `program.inputs` order, any batch size); returns the outputs in
+    /// `program.outputs` order.
+    pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RunError> {
+        let mut values = execute(&self.program, &self.prepared, inputs, Some(&self.last_use))?;
+        Ok(self
+            .program
+            .outputs
+            .iter()
+            .map(|&id| values[id].take().unwrap_or_else(|| Tensor::zeros(DType::F32, vec![0])))
+            .collect())
+    }
+
+    /// Runs and returns every value (indexed like `program.values`; `None` for values no step
+    /// computed): for tests and debugging.
+    pub fn run_traced(&self, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>, RunError> {
+        execute(&self.program, &self.prepared, inputs, None)
+    }
+}
+
+/// Validates and runs `program` once (see [`Executor`] to run it many times).
+pub fn run(program: &Program, inputs: &[Tensor]) -> Result<Vec<Tensor>, RunError> {
+    validate(program)?;
+    let prepared = prepare(program)?;
+    let mut values = execute(program, &prepared, inputs, None)?;
+    Ok(program
+        .outputs
+        .iter()
+        .map(|&id| values[id].take().unwrap_or_else(|| Tensor::zeros(DType::F32, vec![0])))
+        .collect())
+}
+
+fn quant_of(p: &Program, id: usize) -> Option<QParams> {
+    p.values.get(id).and_then(|v| v.quant)
+}
+
+/// Derives each int8 step's integer parameters (validated program).
+fn prepare(p: &Program) -> Result<Vec<Prepared>, ProgramError> {
+    p.steps
+        .iter()
+        .enumerate()
+        .map(|(index, step)| {
+            let fail = |message: String| ProgramError::Step {
+                index,
+                step: p.value_name(step.output).to_string(),
+                op: step.op.name(),
+                message,
+            };
+            let StepOp::Quant(op) = &step.op else {
+                return Ok(Prepared::Nothing);
+            };
+            let params = |id: usize| quant_of(p, id).ok_or_else(|| fail("a quantized value without parameters".into()));
+            Ok(match op {
+                QuantOp::QConv {
+                    weight,
+                    weight_scales,
+                    bias,
+                    act,
+                    ..
+                }
+                | QuantOp::QLinear {
+                    weight,
+                    weight_scales,
+                    bias,
+                    act,
+                } => {
+                    let (input, output) = (params(step.inputs[0])?, params(step.output)?);
+                    let scales = p.constants[*weight_scales].as_f32().unwrap_or(&[]);
+                    let requant = requant_per_channel(&input, scales, &output, *act)
+                        .map_err(|e| fail(format!("requantization: {e}")))?;
+                    let w = &p.constants[*weight];
+                    let k = w.shape[1..].iter().product::<usize>();
+                    let bias = bias.and_then(|b| p.constants[b].as_i32());
+                    check_epilogue(requant.len(), k, input.zero_point(), &requant, bias)
+                        .map_err(|e| fail(e.to_string()))?;
+                    Prepared::Requant(requant)
+                }
+                QuantOp::QAdd { relu } => {
+                    let add = QAdd::new(
+                        &params(step.inputs[0])?,
+                        &params(step.inputs[1])?,
+                        &params(step.output)?,
+                    )
+                    .map_err(|e| fail(e.to_string()))?;
+                    Prepared::Add(if *relu { add.with_relu() } else { add })
+                }
+                QuantOp::QConcat => {
+                    let out = params(step.output)?;
+                    let parts = step
+                        .inputs
+                        .iter()
+                        .map(|&i| ConcatPart::new(0, &params(i)?, &out).map_err(|e| fail(e.to_string())))
+                        .collect::<Result<_, _>>()?;
+                    Prepared::Concat(parts)
+                }
+                _ => Prepared::Nothing,
+            })
+        })
+        .collect()
+}
+
+/// Runs the steps; `free` (the last use of each value) drops intermediates as soon as possible.
+fn execute(
+    p: &Program,
+    prepared: &[Prepared],
+    inputs: &[Tensor],
+    free: Option<&[Option<usize>]>,
+) -> Result<Vec<Option<Tensor>>, RunError> {
+    p.check_inputs(inputs)?;
+    let mut values: Vec<Option<Tensor>> = vec![None; p.values.len()];
+    for (t, &id) in inputs.iter().zip(&p.inputs) {
+        values[id] = Some(t.clone());
+    }
+    for (index, step) in p.steps.iter().enumerate() {
+        let name = || p.value_name(step.output).to_string();
+        let args: Vec<&Tensor> = step
+            .inputs
+            .iter()
+            .map(|&i| {
+                values.get(i).and_then(|v| v.as_ref()).ok_or_else(|| {
+                    RunError::Invalid(ProgramError::NotYetComputed {
+                        index,
+                        step: name(),
+                        value: p.value_name(i).to_string(),
+                    })
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let shapes: Vec<&[usize]> = args.iter().map(|t| t.shape.as_slice()).collect();
+        let out_shape = infer(p, step, &shapes).map_err(|message| RunError::Shape { step: name(), message })?;
+        let out = match &step.op {
+            StepOp::Float(op) => {
+                let out = interp::eval(op, &p.constants, &args);
+                if let Some((i, v)) = out
+                    .as_f32()
+                    .and_then(|v| v.iter().enumerate().find(|(_, x)| !x.is_finite()))
+                {
+                    return Err(RunError::NonFinite {
+                        node: name(),
+                        index: i,
+                        value: *v,
+                    });
+                }
+                out
+            }
+            StepOp::Quant(op) => {
+                let prep = prepared.get(index).unwrap_or(&Prepared::Nothing);
+                eval_quant(p, step, op, prep, &args, out_shape.clone())
+                    .map_err(|error| RunError::Kernel { step: name(), error })?
+            }
+        };
+        if out.shape != out_shape {
+            return Err(RunError::Shape {
+                step: name(),
+                message: format!("produced {:?}, expected {out_shape:?}", out.shape),
+            });
+        }
+        values[step.output] = Some(out);
+        if let Some(last) = free {
+            for &i in &step.inputs {
+                if last.get(i) == Some(&Some(index)) {
+                    values[i] = None;
+                }
+            }
+        }
+    }
+    Ok(values)
+}
+
+fn bad(what: &str) -> KernelError {
+    KernelError::Geometry(format!("{what} (the program was not validated)"))
+}
+
+/// `[N, C, H, W]` / `[N, C, L]` dims of a rank-3/4 shape in `layout`, as 4 dims (`H = 1` for 1-D).
+fn dims4(shape: &[usize], layout: Layout) -> Result<[usize; 4], KernelError> {
+    match (layout, shape) {
+        (Layout::Torch, &[n, c, l]) => Ok([n, c, 1, l]),
+        (Layout::Torch, &[n, c, h, w]) => Ok([n, c, h, w]),
+        (Layout::ChannelsLast, &[n, l, c]) => Ok([n, 1, l, c]),
+        (Layout::ChannelsLast, &[n, h, w, c]) => Ok([n, h, w, c]),
+        _ => Err(bad("a layout change needs rank 3 or 4")),
+    }
+}
+
+/// Moves data of physical shape `shape` from layout `from` to layout `to`.
+fn relayout<T: Copy + Default>(x: &[T], shape: &[usize], from: Layout, to: Layout) -> Result<Vec<T>, KernelError> {
+    if from == to {
+        return Ok(x.to_vec());
+    }
+    let mut out = vec![T::default(); x.len()];
+    match from {
+        Layout::Torch => k::nchw_to_nhwc(x, dims4(shape, from)?, &mut out)?,
+        Layout::ChannelsLast => k::nhwc_to_nchw(x, dims4(shape, from)?, &mut out)?,
+    }
+    Ok(out)
+}
+
+fn axes(w: &Window) -> (crate::kernels::Axis, crate::kernels::Axis) {
+    use crate::kernels::Axis;
+    let a = |i: usize| Axis::new(w.kernel[i], w.stride[i], w.pad[i], w.dilation[i]);
+    if w.kernel.len() == 1 {
+        (Axis::new(1, 1, 0, 1), a(0))
+    } else {
+        (a(0), a(1))
+    }
+}
+
+/// Channels-last `[N, (H,) W, C]` as `(n, h, w, c)`.
+fn nhwc(x: &[usize]) -> Result<(usize, usize, usize, usize), KernelError> {
+    match *x {
+        [n, l, c] => Ok((n, 1, l, c)),
+        [n, h, w, c] => Ok((n, h, w, c)),
+        _ => Err(bad("a channels-last value has rank 3 or 4")),
+    }
+}
+
+fn u8s(t: &Tensor) -> Result<&[u8], KernelError> {
+    t.as_u8().ok_or_else(|| bad("an int8 op reads u8 values"))
+}
+
+fn eval_quant(
+    p: &Program,
+    step: &Step,
+    op: &QuantOp,
+    prep: &Prepared,
+    args: &[&Tensor],
+    out_shape: Vec<usize>,
+) -> Result<Tensor, KernelError> {
+    let x = args[0];
+    let in_info = &p.values[step.inputs[0]];
+    let out_info = &p.values[step.output];
+    let in_q = in_info.quant;
+    let out_q = out_info.quant;
+    let n_out: usize = out_shape.iter().product();
+    let constant = |id: usize| p.constants.get(id).ok_or_else(|| bad("constant out of range"));
+    let mut out = vec![0u8; n_out];
+    match op {
+        QuantOp::Quantize => {
+            let q = out_q.ok_or_else(|| bad("quantize needs output parameters"))?;
+            let xf = x.as_f32().ok_or_else(|| bad("quantize reads f32"))?;
+            let moved = relayout(xf, &x.shape, in_info.layout, out_info.layout)?;
+            let data = match out_info.dtype {
+                DType::I8 => {
+                    let mut o = vec![0i8; n_out];
+                    quantize_per_tensor(&moved, &q, &mut o)?;
+                    TensorData::I8(o)
+                }
+                _ => {
+                    quantize_per_tensor(&moved, &q, &mut out)?;
+                    TensorData::U8(out)
+                }
+            };
+            return Ok(Tensor { shape: out_shape, data });
+        }
+        QuantOp::Dequantize => {
+            let q = in_q.ok_or_else(|| bad("dequantize needs input parameters"))?;
+            let mut f = vec![0f32; x.len()];
+            match &x.data {
+                TensorData::U8(v) => dequantize_per_tensor(v, &q, &mut f)?,
+                TensorData::I8(v) => dequantize_per_tensor(v, &q, &mut f)?,
+                _ => return Err(bad("dequantize reads u8 or i8")),
+            }
+            let moved = relayout(&f, &x.shape, in_info.layout, out_info.layout)?;
+            return Ok(Tensor::f32(out_shape, moved));
+        }
+        QuantOp::QConv {
+            window,
+            groups,
+            weight,
+            bias,
+            ..
+        } => {
+            let Prepared::Requant(requant) = prep else {
+                return Err(bad("qconv is not prepared"));
+            };
+            let (n, h, w, c) = nhwc(&x.shape)?;
+            let wt = constant(*weight)?;
+            let (ah, aw) = axes(window);
+            let geom = Conv2dGeom {
+                batch: n,
+                in_h: h,
+                in_w: w,
+                in_c: c,
+                out_c: wt.shape[0],
+                h: ah,
+                w: aw,
+                groups: *groups,
+            };
+            let params = QConv2d {
+                geom,
+                input_zero_point: in_q.map_or(0, |q| q.zero_point()),
+                requant: requant.clone(),
+            };
+            let wd = wt.as_i8().ok_or_else(|| bad("weights are i8"))?;
+            let bd = bias
+                .map(|b| constant(b).map(|t| t.as_i32().unwrap_or(&[])))
+                .transpose()?;
+            k::qconv2d(&params, u8s(x)?, wd, bd, &mut out)?;
+        }
+        QuantOp::QLinear { weight, bias, .. } => {
+            let Prepared::Requant(requant) = prep else {
+                return Err(bad("qlinear is not prepared"));
+            };
+            let wt = constant(*weight)?;
+            let kf = *x.shape.last().ok_or_else(|| bad("rank 0"))?;
+            let params = QLinear {
+                batch: x.len() / kf.max(1),
+                in_features: kf,
+                out_features: requant.len(),
+                input_zero_point: in_q.map_or(0, |q| q.zero_point()),
+                requant: requant.clone(),
+            };
+            let wd = wt.as_i8().ok_or_else(|| bad("weights are i8"))?;
+            let bd = bias
+                .map(|b| constant(b).map(|t| t.as_i32().unwrap_or(&[])))
+                .transpose()?;
+            k::qlinear(&params, u8s(x)?, wd, bd, &mut out)?;
+        }
+        QuantOp::QAdd { .. } => {
+            let Prepared::Add(add) = prep else {
+                return Err(bad("qadd is not prepared"));
+            };
+            let b = args.get(1).ok_or_else(|| bad("qadd takes two inputs"))?;
+            k::qadd(add, u8s(x)?, u8s(b)?, &mut out)?;
+        }
+        QuantOp::QMaxPool { window } | QuantOp::QAvgPool { window, .. } => {
+            let (n, h, w, c) = nhwc(&x.shape)?;
+            let (ah, aw) = axes(window);
+            let geom = Pool2dGeom {
+                batch: n,
+                in_h: h,
+                in_w: w,
+                channels: c,
+                h: ah,
+                w: aw,
+                ceil_mode: window.ceil_mode,
+            };
+            if let QuantOp::QAvgPool { count_include_pad, .. } = op {
+                let q = in_q.ok_or_else(|| bad("pooling needs input parameters"))?;
+                k::qavgpool2d(&QAvgPool2d::new(geom, *count_include_pad, &q), u8s(x)?, &mut out)?;
+            } else {
+                k::qmaxpool2d(&geom, u8s(x)?, &mut out)?;
+            }
+        }
+        QuantOp::QAdaptiveAvgPool { output } => {
+            let q = in_q.ok_or_else(|| bad("pooling needs input parameters"))?;
+            let (n, h, w, c) = nhwc(&x.shape)?;
+            if output.iter().all(|&o| o == 1) {
+                k::qglobal_avgpool(&QGlobalAvgPool::new(n, h * w, c, &q), u8s(x)?, &mut out)?;
+            } else {
+                let out_hw = match output[..] {
+                    [l] => [1, l],
+                    [oh, ow] => [oh, ow],
+                    _ => return Err(bad("adaptive pooling over 1 or 2 dims")),
+                };
+                k::qadaptive_avgpool2d(&QAdaptiveAvgPool2d::new(n, [h, w], out_hw, c, &q), u8s(x)?, &mut out)?;
+            }
+        }
+        QuantOp::QConcat => {
+            let Prepared::Concat(parts) = prep else {
+                return Err(bad("qconcat is not prepared"));
+            };
+            let outer = x.len() / x.shape.last().copied().unwrap_or(1).max(1);
+            let parts = parts
+                .iter()
+                .zip(args)
+                .map(|(part, t)| ConcatPart {
+                    channels: t.shape.last().copied().unwrap_or(0),
+                    ..*part
+                })
+                .collect();
+            let datas: Vec<&[u8]> = args.iter().map(|t| u8s(t)).collect::<Result<_, _>>()?;
+            k::qconcat_channels(&QConcat { outer, parts }, &datas, &mut out)?;
+        }
+        QuantOp::QFlatten => {
+            let xs = u8s(x)?;
+            out = if in_info.layout == Layout::ChannelsLast {
+                let (n, h, w, c) = nhwc(&x.shape)?;
+                let mut o = vec![0u8; xs.len()];
+                k::flatten_nhwc_to_torch_order(xs, [n, h, w, c], &mut o)?;
+                o
+            } else {
+                xs.to_vec()
+            };
+        }
+        QuantOp::QClamp { act } => {
+            let q = in_q.ok_or_else(|| bad("clamp needs input parameters"))?;
+            k::qclamp(*act, &q, u8s(x)?, &mut out)?;
+        }
+    }
+    Ok(Tensor::u8(out_shape, out))
+}

@@ -1,0 +1,531 @@
+//! Hand-built int8 programs on the executor, checked against their float twins with fake
+//! quantization at every boundary (docs/numerics.md §7): every int8 step, fed the executor's own
+//! input codes, is within `FAKE_QUANT_TOLERANCE_STEPS` of the twin's quantized output (max
+//! pooling, flatten, quantize and dequantize exactly); plus a case computed by hand, mixed
+//! float/int8 programs, any batch size, and the errors of malformed programs.
+
+mod common;
+
+use common::*;
+use qc_runtime::exec::Executor;
+use qc_runtime::kernels::Activation;
+use qc_runtime::program::{FloatOp, Layout, Program, ProgramError, QuantOp, RunError, Step, StepOp, ValueInfo};
+use qc_runtime::quant::{max_step_diff, QParams, QRange, FAKE_QUANT_TOLERANCE_STEPS};
+use qc_runtime::{DType, SplitMix64, Tensor};
+
+const CL: Layout = Layout::ChannelsLast;
+const T: Layout = Layout::Torch;
+
+/// Runs `p` traced and checks every int8 step against its float twin; returns the largest step
+/// difference seen.
+fn check_steps(p: &Program, inputs: &[Tensor]) -> u32 {
+    let exec = Executor::new(p.clone()).expect("valid program");
+    let values = exec.run_traced(inputs).expect("runs");
+    let mut worst = 0;
+    for step in &p.steps {
+        let StepOp::Quant(op) = &step.op else { continue };
+        let out_info = &p.values[step.output];
+        let out = values[step.output].as_ref().unwrap();
+        let ins: Vec<Tensor> = step
+            .inputs
+            .iter()
+            .map(|&i| float_torch(values[i].as_ref().unwrap(), &p.values[i]))
+            .collect();
+        match op {
+            QuantOp::Dequantize => {
+                assert_eq!(float_torch(out, out_info), ins[0], "{}", out_info.name);
+                continue;
+            }
+            QuantOp::Quantize => {
+                let q = out_info.quant.unwrap();
+                assert_eq!(
+                    codes_torch(out, out_info),
+                    quantize_codes(&ins[0], &q),
+                    "{}",
+                    out_info.name
+                );
+                continue;
+            }
+            _ => {}
+        }
+        let q = out_info.quant.unwrap();
+        let want = quantize_codes(&twin(p, step, &ins), &q);
+        let got = codes_torch(out, out_info);
+        let d = max_step_diff(&got, &want).expect("same length");
+        if matches!(op, QuantOp::QMaxPool { .. } | QuantOp::QFlatten) {
+            assert_eq!(d, 0, "{} must be exact", out_info.name);
+        }
+        assert!(
+            d <= FAKE_QUANT_TOLERANCE_STEPS,
+            "{}: {d} steps from the fake-quant twin",
+            out_info.name
+        );
+        worst = worst.max(d);
+    }
+    worst
+}
+
+/// The largest step difference between the executor's codes of quantized value `id` and the
+/// end-to-end fake-quant reference.
+fn end_to_end(b: &Builder, id: usize, inputs: &[Tensor]) -> u32 {
+    let values = Executor::new(b.p.clone()).unwrap().run_traced(inputs).unwrap();
+    let info = &b.p.values[id];
+    let got = codes_torch(values[id].as_ref().unwrap(), info);
+    let want = quantize_codes(&b.refs[id], &info.quant.unwrap());
+    max_step_diff(&got, &want).unwrap()
+}
+
+/// quantize → qconv(+relu) → qmaxpool → qavgpool → qflatten → qlinear → dequantize.
+fn cnn(seed: u64, batch: usize) -> (Builder, Vec<Tensor>, usize) {
+    let mut b = Builder::new(seed);
+    let x = random(&mut b.rng, vec![batch, 3, 9, 9], -1.0, 1.0);
+    let xi = b.input("x", x.clone());
+    let xq = b.step("x.q", QuantOp::Quantize, vec![xi], CL, None);
+    let s_in = b.params(xq).scale();
+    let (w, s, bias) = b.weights(vec![8, 3, 3, 3], 0.02, Some(0.5), s_in);
+    let conv = b.step(
+        "conv1",
+        QuantOp::QConv {
+            window: window(&[3, 3], &[1, 1], &[1, 1], &[1, 1], false),
+            groups: 1,
+            weight: w,
+            weight_scales: s,
+            bias,
+            act: Activation::Relu,
+        },
+        vec![xq],
+        CL,
+        None,
+    );
+    let mp = b.step(
+        "pool1",
+        QuantOp::QMaxPool {
+            window: window(&[2, 2], &[2, 2], &[0, 0], &[1, 1], true),
+        },
+        vec![conv],
+        CL,
+        None,
+    );
+    let ap = b.step(
+        "pool2",
+        QuantOp::QAvgPool {
+            window: window(&[3, 3], &[2, 2], &[1, 1], &[1, 1], true),
+            count_include_pad: false,
+        },
+        vec![mp],
+        CL,
+        None,
+    );
+    let fl = b.step("flatten", QuantOp::QFlatten, vec![ap], T, None);
+    let k = b.p.values[fl].shape[1].unwrap();
+    let s_fl = b.params(fl).scale();
+    let (w, s, bias) = b.weights(vec![5, k], 0.01, Some(0.2), s_fl);
+    let fc = b.step(
+        "fc",
+        QuantOp::QLinear {
+            weight: w,
+            weight_scales: s,
+            bias,
+            act: Activation::None,
+        },
+        vec![fl],
+        T,
+        None,
+    );
+    let out = b.step("fc.dq", QuantOp::Dequantize, vec![fc], T, None);
+    b.output(out);
+    (b, vec![x], fc)
+}
+
+#[test]
+fn cnn_agrees_with_fake_quant_step_by_step_and_end_to_end() {
+    let mut hist = [0usize; 8];
+    for seed in 0..40 {
+        let (b, inputs, fc) = cnn(seed, 2);
+        let worst = check_steps(&b.p, &inputs);
+        let e2e = end_to_end(&b, fc, &inputs);
+        assert!(worst <= FAKE_QUANT_TOLERANCE_STEPS);
+        hist[(e2e as usize).min(7)] += 1;
+    }
+    // End to end, flips propagate through layers (docs/numerics.md §7: whole networks are compared
+    // by task metric), so one step is not a bound there. Measured on these 40 seeds:
+    // [12, 27, 1] (exact, one step, two steps). A real bug (a wrong zero point, layout or
+    // multiplier) is off by many steps everywhere.
+    eprintln!("end to end, seeds by step difference: {hist:?}");
+    assert_eq!(hist[3..].iter().sum::<usize>(), 0, "{hist:?}");
+    assert!(hist[0] + hist[1] >= 36, "{hist:?}");
+}
+
+#[test]
+fn batch_size_is_free() {
+    let (b, _, _) = cnn(1, 1);
+    let exec = Executor::new(b.p.clone()).unwrap();
+    let mut rng = SplitMix64::new(9);
+    let x3 = random(&mut rng, vec![3, 3, 9, 9], -1.0, 1.0);
+    let all = exec.run(std::slice::from_ref(&x3)).unwrap();
+    assert_eq!(all[0].shape, vec![3, 5]);
+    // Each batch item alone gives the same numbers as in the batch.
+    for i in 0..3 {
+        let xi = Tensor::f32(vec![1, 3, 9, 9], x3.as_f32().unwrap()[i * 243..(i + 1) * 243].to_vec());
+        let one = exec.run(&[xi]).unwrap();
+        assert_eq!(one[0].as_f32().unwrap(), &all[0].as_f32().unwrap()[i * 5..(i + 1) * 5]);
+    }
+    check_steps(&b.p, &[x3]);
+}
+
+#[test]
+fn residual_qadd_and_depthwise_conv() {
+    for seed in 0..4 {
+        let mut b = Builder::new(100 + seed);
+        let x = random(&mut b.rng, vec![2, 4, 6, 6], -2.0, 2.0);
+        let xi = b.input("x", x.clone());
+        let xq = b.step("x.q", QuantOp::Quantize, vec![xi], CL, None);
+        let s_in = b.params(xq).scale();
+        let (w, s, bias) = b.weights(vec![4, 3, 3, 1], 0.05, Some(0.3), s_in);
+        let dw = b.step(
+            "dw",
+            QuantOp::QConv {
+                window: window(&[3, 3], &[1, 1], &[2, 2], &[2, 2], false),
+                groups: 4,
+                weight: w,
+                weight_scales: s,
+                bias,
+                act: Activation::Relu6,
+            },
+            vec![xq],
+            CL,
+            None,
+        );
+        let add = b.step("add", QuantOp::QAdd { relu: seed % 2 == 0 }, vec![xq, dw], CL, None);
+        let out = b.step("add.dq", QuantOp::Dequantize, vec![add], T, None);
+        b.output(out);
+        check_steps(&b.p, std::slice::from_ref(&x));
+        assert!(end_to_end(&b, add, &[x]) <= FAKE_QUANT_TOLERANCE_STEPS);
+    }
+}
+
+#[test]
+fn qconcat_requantizes_inputs_with_different_scales() {
+    let mut b = Builder::new(7);
+    let x = random(&mut b.rng, vec![2, 3, 5, 5], -1.0, 1.0);
+    let xi = b.input("x", x.clone());
+    let xq = b.step("x.q", QuantOp::Quantize, vec![xi], CL, None);
+    let s_in = b.params(xq).scale();
+    let branch = |b: &mut Builder, name: &str, cout: usize, scale: f32, act| {
+        let (w, s, bias) = b.weights(vec![cout, 1, 1, 3], scale, Some(0.1), s_in);
+        b.step(
+            name,
+            QuantOp::QConv {
+                window: window(&[1, 1], &[1, 1], &[0, 0], &[1, 1], false),
+                groups: 1,
+                weight: w,
+                weight_scales: s,
+                bias,
+                act,
+            },
+            vec![xq],
+            CL,
+            None,
+        )
+    };
+    let a = branch(&mut b, "a", 2, 0.01, Activation::None);
+    let c = branch(&mut b, "c", 3, 0.1, Activation::Clamp { min: -0.5, max: 1.0 });
+    assert_ne!(b.params(a), b.params(c));
+    // Output parameters: the widest input's scale, a third zero point: both inputs requantized.
+    let out_q = QParams::new(b.params(c).scale() * 1.5, 100, QRange::U8).unwrap();
+    let cat = b.step("cat", QuantOp::QConcat, vec![a, xq, c], CL, Some(out_q));
+    let pool = b.step(
+        "pool",
+        QuantOp::QAdaptiveAvgPool { output: vec![2, 3] },
+        vec![cat],
+        CL,
+        None,
+    );
+    let gap = b.step(
+        "gap",
+        QuantOp::QAdaptiveAvgPool { output: vec![1, 1] },
+        vec![pool],
+        CL,
+        None,
+    );
+    let relu = b.step("relu", QuantOp::QClamp { act: Activation::Relu }, vec![gap], CL, None);
+    let fl = b.step("flat", QuantOp::QFlatten, vec![relu], T, None);
+    let out = b.step("out", QuantOp::Dequantize, vec![fl], T, None);
+    b.output(out);
+    b.output(cat);
+    check_steps(&b.p, std::slice::from_ref(&x));
+    assert!(end_to_end(&b, cat, &[x]) <= FAKE_QUANT_TOLERANCE_STEPS);
+}
+
+#[test]
+fn conv1d_pools_and_linear() {
+    for seed in 0..4 {
+        let mut b = Builder::new(200 + seed);
+        let x = random(&mut b.rng, vec![2, 2, 17], -1.0, 1.0);
+        let xi = b.input("x", x.clone());
+        let xq = b.step("x.q", QuantOp::Quantize, vec![xi], CL, None);
+        let s_in = b.params(xq).scale();
+        let (w, s, bias) = b.weights(vec![6, 5, 1], 0.03, Some(0.2), s_in);
+        let conv = b.step(
+            "conv",
+            QuantOp::QConv {
+                window: window(&[5], &[2], &[2], &[1], false),
+                groups: 2,
+                weight: w,
+                weight_scales: s,
+                bias,
+                act: Activation::Relu,
+            },
+            vec![xq],
+            CL,
+            None,
+        );
+        let mp = b.step(
+            "mp",
+            QuantOp::QMaxPool {
+                window: window(&[3], &[2], &[1], &[2], false),
+            },
+            vec![conv],
+            CL,
+            None,
+        );
+        let ap = b.step(
+            "ap",
+            QuantOp::QAvgPool {
+                window: window(&[2], &[2], &[1], &[1], true),
+                count_include_pad: true,
+            },
+            vec![mp],
+            CL,
+            None,
+        );
+        let fl = b.step("fl", QuantOp::QFlatten, vec![ap], T, None);
+        let k = b.p.values[fl].shape[1].unwrap();
+        let s_fl = b.params(fl).scale();
+        let (w, s, bias) = b.weights(vec![3, k], 0.02, None, s_fl);
+        let fc = b.step(
+            "fc",
+            QuantOp::QLinear {
+                weight: w,
+                weight_scales: s,
+                bias,
+                act: Activation::Relu,
+            },
+            vec![fl],
+            T,
+            None,
+        );
+        let out = b.step("fc.dq", QuantOp::Dequantize, vec![fc], T, None);
+        b.output(out);
+        check_steps(&b.p, &[x]);
+    }
+}
+
+/// A float conv before and a float linear after the int8 part: one program, one executor.
+#[test]
+fn float_and_int8_steps_mix() {
+    let mut b = Builder::new(11);
+    let x = random(&mut b.rng, vec![2, 2, 4, 4], -1.0, 1.0);
+    let xi = b.input("x", x.clone());
+    let wt = random(&mut b.rng, vec![3, 2, 3, 3], -0.5, 0.5);
+    let w = b.constant(wt);
+    b.p.values
+        .push(ValueInfo::float("fconv", vec![None, Some(3), Some(2), Some(2)]));
+    b.p.steps.push(Step {
+        op: StepOp::Float(FloatOp::Conv {
+            window: window(&[3, 3], &[1, 1], &[0, 0], &[1, 1], false),
+            groups: 1,
+            weight: w,
+            bias: None,
+        }),
+        inputs: vec![xi],
+        output: 1,
+    });
+    let y = qc_runtime::interp::run(
+        &Program {
+            outputs: vec![1],
+            ..b.p.clone()
+        },
+        std::slice::from_ref(&x),
+    )
+    .unwrap()
+    .remove(0);
+    b.refs.push(y);
+    let q = b.step("q", QuantOp::Quantize, vec![1], CL, None);
+    let r = b.step("r", QuantOp::QClamp { act: Activation::Relu6 }, vec![q], CL, None);
+    let dq = b.step("dq", QuantOp::Dequantize, vec![r], T, None);
+    let lwt = random(&mut b.rng, vec![4, 2], -1.0, 1.0);
+    let lw = b.constant(lwt);
+    b.p.values
+        .push(ValueInfo::float("lin", vec![None, Some(3), Some(2), Some(4)]));
+    b.p.steps.push(Step {
+        op: StepOp::Float(FloatOp::Linear { weight: lw, bias: None }),
+        inputs: vec![dq],
+        output: b.p.values.len() - 1,
+    });
+    b.output(b.p.values.len() - 1);
+    check_steps(&b.p, std::slice::from_ref(&x));
+    let out = Executor::new(b.p.clone()).unwrap().run(&[x]).unwrap();
+    assert_eq!(out[0].shape, vec![2, 3, 2, 4]);
+}
+
+/// Every number by hand. x = [0.5, -0.25] (NCHW [1, 1, 1, 2]), quantized with s = 0.25, zp = 2:
+/// codes [4, 1]. A 1×1 conv to 2 channels, weights [3, -2] with scales [0.5, 0.25], bias [4, 0],
+/// output s = 0.5, zp = 10:
+/// - channel 0, M = 0.25·0.5/0.5 = 0.25: acc = 4 + (4-2)·3 = 10 → 2.5 → 3 (half up) → 13;
+///   acc = 4 + (1-2)·3 = 1 → 0.25 → 0 → 10.
+/// - channel 1, M = 0.125: acc = (4-2)·(-2) = -4 → -0.5 → 0 (half up) → 10; acc = 2 → 0 → 10.
+///
+/// NHWC output [13, 10, 10, 10]; dequantized to NCHW: [[1.5, 0], [0, 0]]. (The fake-quant float
+/// path gives 1.25 / 0.5 = 2.5 → 2 by ties-to-even: code 12, the one-step tie difference.)
+#[test]
+fn tiny_case_by_hand() {
+    let q_in = QParams::new(0.25, 2, QRange::U8).unwrap();
+    let q_out = QParams::new(0.5, 10, QRange::U8).unwrap();
+    let p = Program {
+        values: vec![
+            ValueInfo::float("x", vec![None, Some(1), Some(1), Some(2)]),
+            ValueInfo::quantized("xq", vec![None, Some(1), Some(2), Some(1)], DType::U8, CL, q_in),
+            ValueInfo::quantized("y", vec![None, Some(1), Some(2), Some(2)], DType::U8, CL, q_out),
+            ValueInfo::float("yf", vec![None, Some(2), Some(1), Some(2)]),
+        ],
+        inputs: vec![0],
+        outputs: vec![3],
+        steps: vec![
+            Step {
+                op: QuantOp::Quantize.into(),
+                inputs: vec![0],
+                output: 1,
+            },
+            Step {
+                op: QuantOp::QConv {
+                    window: window(&[1, 1], &[1, 1], &[0, 0], &[1, 1], false),
+                    groups: 1,
+                    weight: 0,
+                    weight_scales: 1,
+                    bias: Some(2),
+                    act: Activation::None,
+                }
+                .into(),
+                inputs: vec![1],
+                output: 2,
+            },
+            Step {
+                op: QuantOp::Dequantize.into(),
+                inputs: vec![2],
+                output: 3,
+            },
+        ],
+        constants: vec![
+            Tensor::i8(vec![2, 1, 1, 1], vec![3, -2]),
+            Tensor::f32(vec![2], vec![0.5, 0.25]),
+            Tensor::i32(vec![2], vec![4, 0]),
+        ],
+    };
+    let exec = Executor::new(p).unwrap();
+    let x = Tensor::f32(vec![1, 1, 1, 2], vec![0.5, -0.25]);
+    let values = exec.run_traced(std::slice::from_ref(&x)).unwrap();
+    assert_eq!(values[1].as_ref().unwrap().as_u8().unwrap(), &[4, 1]);
+    assert_eq!(values[2].as_ref().unwrap().as_u8().unwrap(), &[13, 10, 10, 10]);
+    let out = exec.run(&[x]).unwrap();
+    assert_eq!(out[0].shape, vec![1, 2, 1, 2]);
+    assert_eq!(out[0].as_f32().unwrap(), &[1.5, 0.0, 0.0, 0.0]);
+}
+
+fn step_error(p: Program) -> ProgramError {
+    Executor::new(p).expect_err("malformed")
+}
+
+#[test]
+fn malformed_programs_are_refused_naming_the_step() {
+    let (b, inputs, _) = cnn(3, 1);
+    let good = b.p.clone();
+    let conv = good
+        .steps
+        .iter()
+        .position(|s| good.values[s.output].name == "conv1")
+        .unwrap();
+
+    let mut p = good.clone();
+    p.steps[conv].inputs[0] = 999;
+    assert!(matches!(step_error(p), ProgramError::ValueOutOfRange { id: 999, .. }));
+
+    let mut p = good.clone();
+    p.steps.swap(conv, conv + 1);
+    let e = step_error(p);
+    assert!(
+        matches!(&e, ProgramError::NotYetComputed { step, value, .. } if step == "pool1" && value == "conv1"),
+        "{e}"
+    );
+
+    let mut p = good.clone();
+    if let StepOp::Quant(QuantOp::QConv { weight, .. }) = &mut p.steps[conv].op {
+        *weight = 77;
+    }
+    assert!(matches!(step_error(p), ProgramError::ConstOutOfRange { id: 77, .. }));
+
+    // The weight constant as f32: a constant error naming the step.
+    let mut p = good.clone();
+    if let StepOp::Quant(QuantOp::QConv { weight, .. }) = p.steps[conv].op.clone() {
+        let shape = p.constants[weight].shape.clone();
+        let n = shape.iter().product();
+        p.constants[weight] = Tensor::f32(shape, vec![0.0; n]);
+    }
+    let e = step_error(p);
+    assert!(
+        matches!(&e, ProgramError::Constant { step, .. } if step == "conv1"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("weight must be i8"), "{e}");
+
+    // A weight of the wrong shape: a step error from shape inference.
+    let mut p = good.clone();
+    if let StepOp::Quant(QuantOp::QConv { weight, .. }) = p.steps[conv].op.clone() {
+        p.constants[weight] = Tensor::i8(vec![8, 3, 3, 2], vec![0; 144]);
+    }
+    let e = step_error(p);
+    assert!(matches!(&e, ProgramError::Step { step, .. } if step == "conv1"), "{e}");
+
+    // A channels-last op on a torch-layout value.
+    let mut p = good.clone();
+    p.values[p.steps[conv].inputs[0]].layout = Layout::Torch;
+    let e = step_error(p);
+    assert!(e.to_string().contains("channels_last layout"), "{e}");
+
+    // A declared shape that disagrees with the computation.
+    let mut p = good.clone();
+    let out = p.steps[conv].output;
+    p.values[out].shape[1] = Some(4);
+    let e = step_error(p);
+    assert!(e.to_string().contains("declared"), "{e}");
+
+    // Pooling that changes the parameters.
+    let mut p = good.clone();
+    let pool_out = p.steps[conv + 1].output;
+    p.values[pool_out].quant = Some(QParams::new(1.0, 0, QRange::U8).unwrap());
+    assert!(step_error(p)
+        .to_string()
+        .contains("keeps its input's quantization parameters"));
+
+    // A u8 value without parameters; an f32 value with some.
+    let mut p = good.clone();
+    p.values[out].quant = None;
+    assert!(matches!(step_error(p), ProgramError::Value { .. }));
+
+    // Weight scales that cannot be requantized (zero scale).
+    let mut p = good.clone();
+    if let StepOp::Quant(QuantOp::QConv { weight_scales, .. }) = p.steps[conv].op.clone() {
+        p.constants[weight_scales] = Tensor::f32(vec![8], vec![0.0; 8]);
+    }
+    let e = step_error(p);
+    assert!(e.to_string().contains("requantization"), "{e}");
+
+    // The good one runs; wrong inputs are run errors.
+    let exec = Executor::new(good).unwrap();
+    exec.run(&inputs).unwrap();
+    let wrong = Tensor::u8(vec![1, 3, 9, 9], vec![0; 243]);
+    assert!(matches!(exec.run(&[wrong]), Err(RunError::InputDType { .. })));
+    let wrong = Tensor::f32(vec![1, 3, 9, 8], vec![0.0; 216]);
+    assert!(matches!(exec.run(&[wrong]), Err(RunError::InputShape { .. })));
+    assert!(matches!(exec.run(&[]), Err(RunError::InputCount { .. })));
+}
