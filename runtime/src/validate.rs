@@ -707,7 +707,7 @@ fn infer_unchecked(p: &Program, step: &Step, ins: &[&[usize]]) -> Result<Vec<usi
                 out.push(x[x.len() - 1]);
                 Ok(out)
             }
-            QuantOp::QConcat => concat(ins, x.len() - 1),
+            QuantOp::QConcat => concat(ins, x.len().saturating_sub(1)),
             QuantOp::QFlatten => {
                 if x.len() < 2 {
                     return Err(format!("needs a rank >= 2 input, found {x:?}"));
