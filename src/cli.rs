@@ -55,6 +55,13 @@ enum Command {
         /// Print the IR to stderr after every pass.
         #[arg(long)]
         print_after_all: bool,
+        /// Compile for quantization-aware training: batch norms stay inside the fused ops
+        /// (PyTorch's ConvBn) instead of being folded into the weights (the PTQ default).
+        #[arg(long)]
+        qat: bool,
+        /// Print what the passes did: how often each fusion rule fired, and why rewriting stopped.
+        #[arg(long)]
+        stats: bool,
     },
     /// List the parameters of a stage with their type and where each came from.
     #[command(
@@ -69,6 +76,9 @@ enum Command {
         /// `table` for people, `tsv` for tools: key<TAB>dtype<TAB>shape<TAB>origin, no header.
         #[arg(long, value_enum, default_value_t = KeysFormat::Table)]
         format: KeysFormat,
+        /// The keys of a quantization-aware-training compile (batch norms kept: `conv1.bn.weight`).
+        #[arg(long)]
+        qat: bool,
     },
     /// Show the execution backends this build has (qc's own CPU code, libtorch, CUDA).
     #[command(after_help = "Example:\n  qc backends")]
@@ -103,6 +113,8 @@ pub fn main() -> i32 {
             stop_after,
             print_after,
             print_after_all,
+            qat,
+            stats,
         } => compile(
             &file,
             output.as_deref(),
@@ -110,8 +122,15 @@ pub fn main() -> i32 {
             stop_after.as_deref(),
             print_after,
             print_after_all,
+            qat,
+            stats,
         ),
-        Command::Keys { file, stage, format } => keys(&file, &stage, format),
+        Command::Keys {
+            file,
+            stage,
+            format,
+            qat,
+        } => keys(&file, &stage, format, qat),
         Command::Backends => backends(),
     }
 }
@@ -172,6 +191,7 @@ fn check(file: &Path) -> i32 {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn compile(
     file: &Path,
     output: Option<&Path>,
@@ -179,6 +199,8 @@ fn compile(
     stop_after: Option<&str>,
     print_after: Vec<String>,
     print_after_all: bool,
+    qat: bool,
+    stats: bool,
 ) -> i32 {
     let loaded = match load(file) {
         Ok(l) => l,
@@ -229,6 +251,7 @@ fn compile(
         print_after,
         print_after_all,
         verify: false,
+        qat,
     };
     let sources = loaded.sources.clone();
     let mut write_error = None;
@@ -260,19 +283,27 @@ fn compile(
         eprint!("{}", qc_compiler::printer::print(m, &sources));
     };
     match qc_compiler::compile(&loaded, &opts, &mut on_stage, &mut on_print) {
-        Ok(_) => match write_error {
-            Some(e) => {
-                eprintln!("error: {e}");
-                eprintln!("help: check that the dump folder is writable");
-                EXIT_USER
+        Ok(module) => {
+            if stats {
+                match &module.rewrite {
+                    Some(report) => print!("{}", report.render()),
+                    None => println!("fuse: not run (the compile stopped before stage `fused`)"),
+                }
             }
-            None => 0,
-        },
+            match write_error {
+                Some(e) => {
+                    eprintln!("error: {e}");
+                    eprintln!("help: check that the dump folder is writable");
+                    EXIT_USER
+                }
+                None => 0,
+            }
+        }
         Err(e) => fail(e, &loaded.sources),
     }
 }
 
-fn keys(file: &Path, stage: &str, format: KeysFormat) -> i32 {
+fn keys(file: &Path, stage: &str, format: KeysFormat, qat: bool) -> i32 {
     let loaded = match load(file) {
         Ok(l) => l,
         Err(code) => return code,
@@ -294,6 +325,7 @@ fn keys(file: &Path, stage: &str, format: KeysFormat) -> i32 {
     }
     let opts = RunOptions {
         stop_after: Some(stage),
+        qat,
         ..Default::default()
     };
     let module = match qc_compiler::compile(&loaded, &opts, &mut |_| {}, &mut |_, _| {}) {
