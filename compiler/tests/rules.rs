@@ -677,3 +677,33 @@ fn fold_errors_name_the_node_and_the_key() {
     assert!(d[0].help.contains("fuse off conv2d_bn_relu"), "{}", d[0].help);
     assert_eq!(loaded.sources.location(d[0].span).line, 5, "points at bn1's statement");
 }
+
+#[test]
+fn mutated_rules_never_panic() {
+    // Deletions and insertions all over the prelude: every result is either a rule set or
+    // diagnostics (each with a help line), never a panic.
+    let text = rules::PRELUDE;
+    let inserts = [
+        "(", ")", "?", "->", "=", ",", "{", "}", " where ", "x.", "1", "relu(", "fold: ", "act: ",
+    ];
+    let mut cases = 0;
+    for (i, (at, _)) in text.char_indices().enumerate().filter(|(i, _)| i % 5 == 0) {
+        let next = text[at..].chars().next().map_or(at, |c| at + c.len_utf8());
+        let deleted = format!("{}{}", &text[..at], &text[next..]);
+        let inserted = format!("{}{}{}", &text[..at], inserts[i % inserts.len()], &text[at..]);
+        for mutated in [deleted, inserted] {
+            let loaded = qc_dsl::load_str("m.qrecipe", Path::new("m.qrecipe"), mutated);
+            if loaded.diagnostics.is_empty() {
+                let mut diags = vec![];
+                for def in &loaded.recipe.rules {
+                    let _ = rules::check_rule(def, rules::RuleOrigin::Recipe, &mut diags);
+                }
+                assert!(diags.iter().all(|d| !d.help.is_empty()), "{diags:?}");
+            } else {
+                assert!(loaded.diagnostics.iter().all(|d| !d.help.is_empty()));
+            }
+            cases += 1;
+        }
+    }
+    assert!(cases > 500);
+}

@@ -156,40 +156,48 @@ impl RuleSet {
 pub fn prelude() -> Result<&'static [Rule], &'static str> {
     static PRELUDE_RULES: OnceLock<Result<Vec<Rule>, String>> = OnceLock::new();
     PRELUDE_RULES
-        .get_or_init(|| {
-            let loaded = qc_dsl::load_str(PRELUDE_PATH, Path::new(PRELUDE_PATH), PRELUDE.to_string());
-            let describe = |diags: &[Diagnostic]| {
-                let rendered = qc_dsl::diag::render_plain(diags, &loaded.sources);
-                format!("the rule prelude ({PRELUDE_PATH}) is broken:\n{rendered}")
-            };
-            if !loaded.diagnostics.is_empty() {
-                return Err(describe(&loaded.diagnostics));
-            }
-            let mut diags = vec![];
-            let rules: Vec<Rule> = loaded
-                .recipe
-                .rules
-                .iter()
-                .filter_map(|d| check_rule(d, RuleOrigin::Prelude, &mut diags))
-                .collect();
-            duplicate_names(&loaded.recipe.rules, &mut diags);
-            if let Some(r) = rules.iter().find(|r| r.doc.trim().is_empty()) {
-                return Err(format!("prelude rule `{}` has no doc comment", r.name));
-            }
-            if !diags.is_empty() {
-                return Err(describe(&diags));
-            }
-            let set = RuleSet { rules, off: vec![] };
-            if let Some((a, b)) = first_overlap(&set.rules) {
-                return Err(format!(
-                    "prelude rules `{}` and `{}` can match the same nodes",
-                    a.name, b.name
-                ));
-            }
-            Ok(set.rules)
-        })
+        .get_or_init(|| check_prelude(PRELUDE))
         .as_deref()
         .map_err(|e| e.as_str())
+}
+
+/// Checks prelude text: it must parse, hold only sound rules with doc comments and unique names,
+/// and no two of them may overlap. The error is the rendered diagnostics (for a bug report).
+pub fn check_prelude(text: &str) -> Result<Vec<Rule>, String> {
+    let loaded = qc_dsl::load_str(PRELUDE_PATH, Path::new(PRELUDE_PATH), text.to_string());
+    let describe = |diags: &[Diagnostic]| {
+        let rendered = qc_dsl::diag::render_plain(diags, &loaded.sources);
+        format!("the rule prelude ({PRELUDE_PATH}) is broken:\n{rendered}")
+    };
+    if !loaded.diagnostics.is_empty() {
+        return Err(describe(&loaded.diagnostics));
+    }
+    let r = &loaded.recipe;
+    if !r.models.is_empty() || !r.blocks.is_empty() || !r.quantize.is_empty() || !r.weights.is_empty() {
+        return Err(format!(
+            "the rule prelude ({PRELUDE_PATH}) holds items other than rules"
+        ));
+    }
+    let mut diags = vec![];
+    let rules: Vec<Rule> = r
+        .rules
+        .iter()
+        .filter_map(|d| check_rule(d, RuleOrigin::Prelude, &mut diags))
+        .collect();
+    duplicate_names(&r.rules, &mut diags);
+    if !diags.is_empty() {
+        return Err(describe(&diags));
+    }
+    if let Some(r) = rules.iter().find(|r| r.doc.trim().is_empty()) {
+        return Err(format!("prelude rule `{}` has no doc comment", r.name));
+    }
+    if let Some((a, b)) = first_overlap(&rules) {
+        return Err(format!(
+            "prelude rules `{}` and `{}` can match the same nodes",
+            a.name, b.name
+        ));
+    }
+    Ok(rules)
 }
 
 /// The rule set of a recipe: the prelude, minus what `fuse off` turns off, plus the recipe's
@@ -974,6 +982,40 @@ mod tests {
         assert_eq!(c.chain_text(), "conv2d -> batch_norm -> relu");
         assert!(c.summary().contains("W' = W·γ/√(σ²+ε)"), "{}", c.summary());
         assert_eq!(c.size(), 3);
+    }
+
+    #[test]
+    fn a_broken_prelude_is_refused_with_a_reason() {
+        let one =
+            "/// conv + relu\nrule a { match r = relu(c = conv2d(?x)) where single_use(c) -> conv2d(?x, act: r) }\n";
+        assert_eq!(check_prelude(one).map(|r| r.len()), Ok(1));
+        let cases = [
+            (
+                "rule a { match r = relu(c = conv2d(?x)) -> conv2d(?x, act: r) }",
+                "single_use",
+            ),
+            (
+                "rule a { match r = relu(c = conv2d(?x)) where single_use(c) conv2d(?x, act: r) }",
+                "expected",
+            ),
+            (
+                "rule a { match r = relu(c = conv2d(?x)) where single_use(c) -> conv2d(?x, act: r) }",
+                "no doc comment",
+            ),
+            (
+                &format!("{one}{}", one.replace("rule a", "rule b")),
+                "can match the same nodes",
+            ),
+            (&format!("{one}{one}"), "a second rule named `a`"),
+            (
+                &format!("{one}model m {{\n  input x: f32[N, 3]\n  output x\n}}\n"),
+                "other than rules",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = check_prelude(text).expect_err(text);
+            assert!(err.contains(want), "{text}: {err}");
+        }
     }
 
     fn rule(text: &str) -> Result<Rule, Vec<Diagnostic>> {
