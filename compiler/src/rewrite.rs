@@ -116,7 +116,7 @@ impl Report {
         let stop = match self.stop {
             Stop::FixedPoint => "stopped at a fixed point".to_string(),
             Stop::Cap => format!(
-                "STOPPED AT THE CAP of {} rounds with rules still matching",
+                "stopped at the cap ({} rounds) with rules still matching",
                 self.max_rounds
             ),
         };
