@@ -55,6 +55,13 @@ enum Command {
         /// Print the IR to stderr after every pass.
         #[arg(long)]
         print_after_all: bool,
+        /// Compile for quantization-aware training: batch norms stay inside the fused ops
+        /// (PyTorch's ConvBn) instead of being folded into the weights (the PTQ default).
+        #[arg(long)]
+        qat: bool,
+        /// Print what the passes did: how often each fusion rule fired, and why rewriting stopped.
+        #[arg(long)]
+        stats: bool,
     },
     /// List the parameters of a stage with their type and where each came from.
     #[command(
@@ -73,6 +80,9 @@ enum Command {
         /// missing, unexpected and mis-shaped key with its closest match and the reason.
         #[arg(long, value_name = "CKPT")]
         check: Option<PathBuf>,
+        /// The keys of a quantization-aware-training compile (batch norms kept: `conv1.bn.weight`).
+        #[arg(long)]
+        qat: bool,
     },
     /// Write a stage's parameters, under PyTorch's names, to a .safetensors file.
     #[command(
@@ -88,6 +98,9 @@ enum Command {
         /// The .safetensors file to write (atomically).
         #[arg(short, long)]
         output: PathBuf,
+        /// The parameters of a quantization-aware-training compile (batch norms kept).
+        #[arg(long)]
+        qat: bool,
     },
     /// Show the execution backends this build has (qc's own CPU code, libtorch, CUDA).
     #[command(after_help = "Example:\n  qc backends")]
@@ -122,6 +135,8 @@ pub fn main() -> i32 {
             stop_after,
             print_after,
             print_after_all,
+            qat,
+            stats,
         } => compile(
             &file,
             output.as_deref(),
@@ -129,14 +144,22 @@ pub fn main() -> i32 {
             stop_after.as_deref(),
             print_after,
             print_after_all,
+            qat,
+            stats,
         ),
         Command::Keys {
             file,
             stage,
             format,
             check,
-        } => keys(&file, &stage, format, check.as_deref()),
-        Command::ExportWeights { file, stage, output } => export_weights(&file, &stage, &output),
+            qat,
+        } => keys(&file, &stage, format, check.as_deref(), qat),
+        Command::ExportWeights {
+            file,
+            stage,
+            output,
+            qat,
+        } => export_weights(&file, &stage, &output, qat),
         Command::Backends => backends(),
     }
 }
@@ -197,6 +220,7 @@ fn check(file: &Path) -> i32 {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn compile(
     file: &Path,
     output: Option<&Path>,
@@ -204,6 +228,8 @@ fn compile(
     stop_after: Option<&str>,
     print_after: Vec<String>,
     print_after_all: bool,
+    qat: bool,
+    stats: bool,
 ) -> i32 {
     let loaded = match load(file) {
         Ok(l) => l,
@@ -254,6 +280,7 @@ fn compile(
         print_after,
         print_after_all,
         verify: false,
+        qat,
     };
     let sources = loaded.sources.clone();
     let mut write_error = None;
@@ -285,25 +312,34 @@ fn compile(
         eprint!("{}", qc_compiler::printer::print(m, &sources));
     };
     match qc_compiler::compile(&loaded, &opts, &mut on_stage, &mut on_print) {
-        Ok(_) => match write_error {
-            Some(e) => {
-                eprintln!("error: {e}");
-                eprintln!("help: check that the dump folder is writable");
-                EXIT_USER
+        Ok(module) => {
+            if stats {
+                match &module.rewrite {
+                    Some(report) => print!("{}", report.render()),
+                    None => println!("fuse: not run (the compile stopped before stage `fused`)"),
+                }
             }
-            None => 0,
-        },
+            match write_error {
+                Some(e) => {
+                    eprintln!("error: {e}");
+                    eprintln!("help: check that the dump folder is writable");
+                    EXIT_USER
+                }
+                None => 0,
+            }
+        }
         Err(e) => fail(e, &loaded.sources),
     }
 }
 
 /// Compiles a recipe up to `stage` (which must exist in this qc).
-fn module_at(file: &Path, stage: &str) -> Result<(Module, Arc<SourceMap>), i32> {
+fn module_at(file: &Path, stage: &str, qat: bool) -> Result<(Module, Arc<SourceMap>), i32> {
     let loaded = load(file)?;
     let stage = Stage::from_name(stage).expect("clap checked the stage");
     stage_exists(stage)?;
     let opts = RunOptions {
         stop_after: Some(stage),
+        qat,
         ..Default::default()
     };
     match qc_compiler::compile(&loaded, &opts, &mut |_| {}, &mut |_, _| {}) {
@@ -332,8 +368,8 @@ fn stage_exists(stage: Stage) -> Result<(), i32> {
 
 /// `qc keys --check`: the checkpoint against the stage asked for; when it does not fit, the
 /// stage it does fit (if any) is named.
-fn check_keys(file: &Path, stage: &str, ckpt: &Path) -> i32 {
-    let (module, _) = match module_at(file, stage) {
+fn check_keys(file: &Path, stage: &str, ckpt: &Path, qat: bool) -> i32 {
+    let (module, _) = match module_at(file, stage, qat) {
         Ok(m) => m,
         Err(code) => return code,
     };
@@ -366,24 +402,35 @@ fn check_keys(file: &Path, stage: &str, ckpt: &Path) -> i32 {
         problems.len()
     );
     let last = qc_compiler::last_stage();
-    for other in Stage::ALL
-        .into_iter()
-        .filter(|s| *s >= Stage::Float && *s <= last && *s != module.stage)
-    {
-        if let Ok((m, _)) = module_at(file, other.name()) {
-            if qc_compiler::keys::check(&m, &entries).is_empty() {
-                println!(
-                    "help: it fits stage `{other}`: name it in the recipe (`weights \"{ckpt_name}\"`) and qc binds it there and runs the later stages from it"
-                );
-                break;
+    // Which stage (and mode) does it fit? Compiled quietly: a stage that fails to compile
+    // (no calibration data, say) is simply not a candidate.
+    if let Ok(loaded) = load(file) {
+        let candidates = [qat, !qat]
+            .into_iter()
+            .flat_map(|q| Stage::ALL.into_iter().map(move |s| (s, q)))
+            .filter(|(s, q)| *s >= Stage::Float && *s <= last && (*s, *q) != (module.stage, qat));
+        for (other, other_qat) in candidates {
+            let opts = RunOptions {
+                stop_after: Some(other),
+                qat: other_qat,
+                ..Default::default()
+            };
+            if let Ok(m) = qc_compiler::compile(&loaded, &opts, &mut |_| {}, &mut |_, _| {}) {
+                if qc_compiler::keys::check(&m, &entries).is_empty() {
+                    let mode = if other_qat { " with --qat" } else { "" };
+                    println!(
+                        "help: it fits stage `{other}`{mode}: name it in the recipe (`weights \"{ckpt_name}\"`) and qc binds it there and runs the later stages from it"
+                    );
+                    break;
+                }
             }
         }
     }
     EXIT_USER
 }
 
-fn export_weights(file: &Path, stage: &str, output: &Path) -> i32 {
-    let (module, _) = match module_at(file, stage) {
+fn export_weights(file: &Path, stage: &str, output: &Path, qat: bool) -> i32 {
+    let (module, _) = match module_at(file, stage, qat) {
         Ok(m) => m,
         Err(code) => return code,
     };
@@ -413,11 +460,11 @@ fn export_weights(file: &Path, stage: &str, output: &Path) -> i32 {
     }
 }
 
-fn keys(file: &Path, stage: &str, format: KeysFormat, check: Option<&Path>) -> i32 {
+fn keys(file: &Path, stage: &str, format: KeysFormat, check: Option<&Path>, qat: bool) -> i32 {
     if let Some(ckpt) = check {
-        return check_keys(file, stage, ckpt);
+        return check_keys(file, stage, ckpt, qat);
     }
-    let (module, _) = match module_at(file, stage) {
+    let (module, _) = match module_at(file, stage, qat) {
         Ok(m) => m,
         Err(code) => return code,
     };

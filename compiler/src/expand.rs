@@ -163,6 +163,7 @@ pub fn expand(loaded: &Loaded) -> Result<Module, Vec<Diagnostic>> {
         params: ex.params,
         stage: Stage::Parsed,
         source_name,
+        rewrite: None,
     })
 }
 

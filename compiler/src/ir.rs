@@ -129,6 +129,41 @@ impl Graph {
         out
     }
 
+    /// Moves every reader of `from` (with its input port), and every model output that is
+    /// `from`, over to `to`.
+    pub fn redirect_users(&mut self, from: NodeId, to: NodeId) {
+        let edges: Vec<(petgraph::stable_graph::EdgeIndex, NodeId, Port)> = self
+            .g
+            .edges_directed(from, Direction::Outgoing)
+            .map(|e| (e.id(), e.target(), *e.weight()))
+            .collect();
+        for (e, target, port) in edges {
+            self.g.remove_edge(e);
+            self.g.add_edge(to, target, port);
+        }
+        for (_, id) in self.outputs.iter_mut() {
+            if *id == from {
+                *id = to;
+            }
+        }
+    }
+
+    /// Removes a node and its edges (and forgets its place in `order`, so that an index petgraph
+    /// reuses later does not inherit it).
+    pub fn remove(&mut self, id: NodeId) -> Option<Node> {
+        self.order.retain(|n| *n != id);
+        self.g.remove_node(id)
+    }
+
+    /// Number of edges that read this node's output (an input used twice by one node counts twice).
+    pub fn use_count(&self, id: NodeId) -> usize {
+        self.g.edges_directed(id, Direction::Outgoing).count()
+    }
+
+    pub fn is_output(&self, id: NodeId) -> bool {
+        self.outputs.iter().any(|(_, o)| *o == id)
+    }
+
     pub fn find(&self, name: &str) -> Option<NodeId> {
         self.order
             .iter()
@@ -290,4 +325,6 @@ pub struct Module {
     pub stage: Stage,
     /// The recipe file's name (for dumps).
     pub source_name: String,
+    /// What the `fuse` pass did (rules fired, why it stopped), once it has run.
+    pub rewrite: Option<crate::rewrite::Report>,
 }

@@ -16,6 +16,8 @@ pub mod ops;
 pub mod pass;
 pub mod printer;
 pub mod pth;
+pub mod rewrite;
+pub mod rules;
 pub mod types;
 pub mod verify;
 
@@ -26,10 +28,16 @@ pub use pass::{PassError, RunOptions};
 
 /// The stages that exist, after `parsed`, with their passes.
 pub fn pipeline() -> Vec<pass::StageDef> {
-    vec![pass::StageDef {
-        stage: Stage::Float,
-        passes: vec![Box::new(float::InferShapes), Box::new(float::BindWeights)],
-    }]
+    vec![
+        pass::StageDef {
+            stage: Stage::Float,
+            passes: vec![Box::new(float::InferShapes), Box::new(float::BindWeights)],
+        },
+        pass::StageDef {
+            stage: Stage::Fused,
+            passes: vec![Box::new(rewrite::Fuse)],
+        },
+    ]
 }
 
 /// The last stage the pipeline reaches.
@@ -57,6 +65,7 @@ pub fn compile(
     if !loaded.diagnostics.is_empty() {
         return Err(CompileError::User(loaded.diagnostics.clone()));
     }
+    rules::load(loaded).map_err(pass_error)?;
     let mut module = expand::expand(loaded).map_err(CompileError::User)?;
     if cfg!(debug_assertions) || opts.verify {
         let errors = verify::verify(&module);
@@ -71,12 +80,16 @@ pub fn compile(
     if opts.print_after_all || opts.print_after.iter().any(|p| p == "parsed" || p == "expand") {
         on_print("expand", &module);
     }
-    let mut cx = pass::Ctx::new(loaded);
-    pass::run_stages(&mut module, &pipeline(), &mut cx, opts, on_stage, on_print).map_err(|e| match e {
+    let mut cx = pass::Ctx::new(loaded, opts.qat);
+    pass::run_stages(&mut module, &pipeline(), &mut cx, opts, on_stage, on_print).map_err(pass_error)?;
+    Ok(module)
+}
+
+fn pass_error(e: PassError) -> CompileError {
+    match e {
         PassError::User(d) => CompileError::User(d),
         PassError::Internal { pass, message } => CompileError::Internal { pass, message },
-    })?;
-    Ok(module)
+    }
 }
 
 /// Names of every pass, in order (for `--print-after` validation and help).
@@ -94,13 +107,11 @@ pub fn check(loaded: &Loaded) -> Result<String, CompileError> {
     if !loaded.diagnostics.is_empty() {
         return Err(CompileError::User(loaded.diagnostics.clone()));
     }
+    rules::load(loaded).map_err(pass_error)?;
     let mut module = expand::expand(loaded).map_err(CompileError::User)?;
-    let mut cx = pass::Ctx::new(loaded);
+    let mut cx = pass::Ctx::new(loaded, false);
     use pass::Pass;
-    let user = |e: PassError| match e {
-        PassError::User(d) => CompileError::User(d),
-        PassError::Internal { pass, message } => CompileError::Internal { pass, message },
-    };
+    let user = pass_error;
     float::InferShapes.run(&mut module, &mut cx).map_err(user)?;
     let weights = match loaded.recipe.weights.first() {
         Some(_) => {

@@ -21,17 +21,24 @@ pub enum PassError {
     Internal { pass: String, message: String },
 }
 
-/// What passes may read besides the module: the checked recipe and its sources.
+/// What passes may read besides the module: the checked recipe and its sources, and the mode.
 pub struct Ctx<'a> {
     pub loaded: &'a qc_dsl::Loaded,
     /// A checkpoint that did not fit stage `float`: it is bound at the first later stage whose
     /// keys it fits (a QAT or converted PyTorch checkpoint), see [`bind_pending`].
     pub pending: Option<PendingCheckpoint>,
+    /// Quantization-aware training: batch norms stay inside the fused ops (PyTorch's ConvBn)
+    /// instead of being folded into their weights (post-training quantization, the default).
+    pub qat: bool,
 }
 
 impl<'a> Ctx<'a> {
-    pub fn new(loaded: &'a qc_dsl::Loaded) -> Self {
-        Ctx { loaded, pending: None }
+    pub fn new(loaded: &'a qc_dsl::Loaded, qat: bool) -> Self {
+        Ctx {
+            loaded,
+            pending: None,
+            qat,
+        }
     }
 }
 
@@ -84,6 +91,9 @@ pub struct RunOptions {
     pub print_after_all: bool,
     /// Run the verifier after every pass (always on in debug builds).
     pub verify: bool,
+    /// Compile for quantization-aware training (`--qat`): keep batch norms inside the fused ops.
+    /// The default is post-training quantization, which folds them.
+    pub qat: bool,
 }
 
 /// Runs stages in order, calling `on_stage` with the module after each stage and `on_print` with

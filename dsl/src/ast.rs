@@ -26,6 +26,8 @@ pub struct Recipe {
     pub quantize: Vec<Quantize>,
     pub qat: Vec<Settings>,
     pub train: Vec<Settings>,
+    /// `rule` items (rewrite rules), in source order.
+    pub rules: Vec<RuleDef>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -206,6 +208,11 @@ pub enum QuantizeEntry {
         ops: Vec<Ident>,
         span: Span,
     },
+    /// `fuse off conv2d_bn_relu`: a rule turned off.
+    FuseOff {
+        name: Ident,
+        span: Span,
+    },
     /// `observe activations: ...; weights: ...`
     Observe(Vec<QSpec>),
     Calibrate {
@@ -277,4 +284,68 @@ impl QWord {
             QWord::Call(c) => c.span,
         }
     }
+}
+
+/// `rule NAME { match PATTERN where CONSTRAINTS -> RESULT }`: a rewrite (fusion) rule. The
+/// compiler checks what it means (`qc_compiler::rules`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RuleDef {
+    pub name: Ident,
+    /// The `///` (or `//`) comment lines directly above `rule`, without the slashes: the rule's
+    /// identity, kept for `--stats` and help. Empty when there is none.
+    pub doc: String,
+    pub pattern: Pattern,
+    pub constraints: Vec<Constraint>,
+    pub result: RuleResult,
+    pub span: Span,
+}
+
+/// `b = batch_norm(c = conv2d(?x))`: an op call, optionally bound to a name.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pattern {
+    pub binding: Option<Ident>,
+    pub op: Ident,
+    pub args: Vec<PatternArg>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum PatternArg {
+    /// `?x`: any input; the name is without the `?`, the span covers it.
+    Var(Ident),
+    Op(Pattern),
+}
+
+/// One condition after `where`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Constraint {
+    /// `single_use(c)`.
+    Predicate { name: Ident, arg: Ident, span: Span },
+    /// `c.groups == 1`: an attribute of a bound node against a literal (a number or a boolean).
+    Compare {
+        binding: Ident,
+        attr: Ident,
+        op: BinaryOp,
+        value: Expr,
+        span: Span,
+    },
+}
+
+impl Constraint {
+    pub fn span(&self) -> Span {
+        match self {
+            Constraint::Predicate { span, .. } | Constraint::Compare { span, .. } => *span,
+        }
+    }
+}
+
+/// `conv2d(?x, fold: b, act: relu)`: what the matched root becomes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RuleResult {
+    pub op: Ident,
+    /// The `?vars`, in order (names without `?`).
+    pub inputs: Vec<Ident>,
+    /// `key: value` arguments, in order.
+    pub args: Vec<(Ident, Ident)>,
+    pub span: Span,
 }

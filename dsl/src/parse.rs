@@ -64,7 +64,9 @@ const KEYWORDS: &[&str] = &[
 ];
 
 /// Words that start a top-level item; a syntax error skips to the next line starting with one.
-const TOP_LEVEL: &[&str] = &["include", "block", "model", "weights", "quantize", "qat", "train"];
+const TOP_LEVEL: &[&str] = &[
+    "include", "block", "model", "weights", "quantize", "qat", "train", "rule",
+];
 
 /// Parses one file already in the source map, following its includes (which are added to the
 /// map). Syntax errors go to `diags`; the items that parsed are kept.
@@ -114,6 +116,8 @@ fn parse_into(
                 let cx = Cx {
                     base: base + start,
                     dir: &dir,
+                    file_text: &text,
+                    file_base: base,
                 };
                 for item in file.into_inner() {
                     cx.item(item, recipe, &mut includes);
@@ -188,7 +192,7 @@ fn top_level_chunks(text: &str) -> Vec<(usize, usize)> {
 fn describe(rule: &Rule) -> &'static str {
     match rule {
         Rule::EOI => "end of file",
-        Rule::item | Rule::file => "`model`, `block`, `weights`, `quantize`, `qat`, `train` or `include`",
+        Rule::item | Rule::file => "`model`, `block`, `weights`, `quantize`, `qat`, `train`, `rule` or `include`",
         Rule::include => "`include`",
         Rule::weights => "`weights`",
         Rule::model => "`model`",
@@ -223,6 +227,20 @@ fn describe(rule: &Rule) -> &'static str {
         Rule::list => "a list `[...]`",
         Rule::scheme_entry => "`scheme`",
         Rule::fuse_entry => "`fuse`",
+        Rule::fuse_off | Rule::off_kw => "`off`",
+        Rule::rule_def | Rule::rule_kw => "`rule`",
+        Rule::match_kw => "`match`",
+        Rule::where_kw => "`where`",
+        Rule::pattern => "a pattern like `b = batch_norm(c = conv2d(?x))`",
+        Rule::pattern_arg => "a pattern or a `?variable`",
+        Rule::pattern_var => "a pattern variable like `?x`",
+        Rule::constraint | Rule::predicate | Rule::attr_test => "a condition like `single_use(c)`",
+        Rule::signed_number => "a number",
+        Rule::rule_result => "a result like `conv2d(?x, fold: b, act: relu)`",
+        Rule::rule_arrow => "`->` and the result",
+        Rule::comma => "`,`",
+        Rule::result_arg => "a `?variable` or `key: value`",
+        Rule::result_kwarg => "`key: value`",
         Rule::observe_entry => "`observe`",
         Rule::calibrate_entry => "`calibrate`",
         Rule::layer_entry => "`layer`",
@@ -330,6 +348,11 @@ fn syntax_error(e: pest::error::Error<Rule>, base: usize, chunk: &str) -> Diagno
         format!("`{word}` is a keyword and cannot name a node; pick another name (e.g. `{word}_`)")
     } else if found == "=" {
         "a statement is `name = op(input, key: value)`; names start with a letter or `_`".to_string()
+    } else if chunk.trim_start().starts_with("rule") {
+        "a rule is `rule NAME { match PATTERN where single_use(b), ... -> RESULT }`, e.g. \
+         `rule conv_relu { match r = relu(c = conv2d(?x)) where single_use(c) -> conv2d(?x, act: r) }`; \
+         see docs/recipe-language.md, \"Rules\""
+            .to_string()
     } else if found == ":" {
         "keyword arguments are `key: value`; positional arguments come first".to_string()
     } else {
@@ -361,6 +384,9 @@ fn unclosed_bracket(text: &str) -> Option<(usize, char)> {
 struct Cx<'a> {
     base: usize,
     dir: &'a Path,
+    /// The whole file and its base offset (doc comments live above a chunk's start).
+    file_text: &'a str,
+    file_base: usize,
 }
 
 impl Cx<'_> {
@@ -411,6 +437,7 @@ impl Cx<'_> {
             Rule::train => recipe
                 .train
                 .push(self.settings(p.into_inner().next().expect("grammar: train"), span)),
+            Rule::rule_def => recipe.rules.push(self.rule_def(p)),
             Rule::EOI => {}
             r => unreachable!("grammar: unexpected item {r:?}"),
         }
@@ -682,10 +709,26 @@ impl Cx<'_> {
                 Rule::scheme_entry => {
                     QuantizeEntry::Scheme(self.ident(e.into_inner().next().expect("grammar: scheme")))
                 }
-                Rule::fuse_entry => QuantizeEntry::Fuse {
-                    ops: e.into_inner().map(|i| self.ident(i)).collect(),
-                    span: espan,
-                },
+                Rule::fuse_entry => {
+                    let inner: Vec<Pair<Rule>> = e.into_inner().collect();
+                    match inner.first().map(|p| p.as_rule()) {
+                        Some(Rule::fuse_off) => {
+                            let off = inner.into_iter().next().expect("grammar: fuse off");
+                            let name = off
+                                .into_inner()
+                                .find(|p| p.as_rule() == Rule::ident)
+                                .expect("grammar: fuse off name");
+                            QuantizeEntry::FuseOff {
+                                name: self.ident(name),
+                                span: espan,
+                            }
+                        }
+                        _ => QuantizeEntry::Fuse {
+                            ops: inner.into_iter().map(|i| self.ident(i)).collect(),
+                            span: espan,
+                        },
+                    }
+                }
                 Rule::observe_entry => QuantizeEntry::Observe(e.into_inner().map(|q| self.qspec(q)).collect()),
                 Rule::calibrate_entry => {
                     let mut inner = e.into_inner();
@@ -792,6 +835,155 @@ impl Cx<'_> {
         KwArg { key, value }
     }
 
+    /// The comment lines directly above the line at `start` (a global offset): `///` or `//`
+    /// lines with no blank line between them and the item, slashes and one space removed.
+    fn doc_above(&self, start: usize) -> String {
+        let local = start.saturating_sub(self.file_base).min(self.file_text.len());
+        let before = &self.file_text[..local];
+        let before = match before.rfind('\n') {
+            Some(i) => &before[..i],
+            None => return String::new(),
+        };
+        let mut lines: Vec<&str> = vec![];
+        for line in before.lines().rev() {
+            let t = line.trim();
+            let Some(text) = t.strip_prefix("///").or_else(|| t.strip_prefix("//")) else {
+                break;
+            };
+            lines.push(text.strip_prefix(' ').unwrap_or(text).trim_end());
+        }
+        lines.reverse();
+        lines.join("\n")
+    }
+
+    fn rule_def(&self, p: Pair<Rule>) -> RuleDef {
+        let span = self.span(&p);
+        let doc = self.doc_above(span.start);
+        let mut inner = p.into_inner().filter(|q| {
+            !matches!(
+                q.as_rule(),
+                Rule::rule_kw | Rule::match_kw | Rule::where_kw | Rule::rule_arrow | Rule::comma
+            )
+        });
+        let name = self.ident(inner.next().expect("grammar: rule name"));
+        let pattern = self.pattern(inner.next().expect("grammar: rule pattern"));
+        let mut constraints = vec![];
+        let mut result = None;
+        for q in inner {
+            match q.as_rule() {
+                Rule::constraint => constraints.push(self.constraint(q)),
+                Rule::rule_result => result = Some(self.rule_result(q)),
+                r => unreachable!("grammar: rule part {r:?}"),
+            }
+        }
+        RuleDef {
+            name,
+            doc,
+            pattern,
+            constraints,
+            result: result.expect("grammar: rule result"),
+            span,
+        }
+    }
+
+    fn pattern(&self, p: Pair<Rule>) -> Pattern {
+        let span = self.span(&p);
+        let parts: Vec<Pair<Rule>> = p.into_inner().collect();
+        // `ident = ident(args)` or `ident(args)`: the op is the last ident before the arguments.
+        let idents = parts.iter().take_while(|q| q.as_rule() == Rule::ident).count();
+        let mut it = parts.into_iter();
+        let binding = (idents == 2).then(|| self.ident(it.next().expect("grammar: binding")));
+        let op = self.ident(it.next().expect("grammar: pattern op"));
+        let args = it
+            .map(|a| match a.as_rule() {
+                Rule::pattern_var => PatternArg::Var(self.pattern_var(a)),
+                _ => PatternArg::Op(self.pattern(a)),
+            })
+            .collect();
+        Pattern {
+            binding,
+            op,
+            args,
+            span,
+        }
+    }
+
+    /// `?x` as the ident `x` with the span of `?x`.
+    fn pattern_var(&self, p: Pair<Rule>) -> Ident {
+        let span = self.span(&p);
+        let name = p
+            .into_inner()
+            .next()
+            .expect("grammar: variable name")
+            .as_str()
+            .to_string();
+        Ident { name, span }
+    }
+
+    fn constraint(&self, p: Pair<Rule>) -> Constraint {
+        let span = self.span(&p);
+        let c = p.into_inner().next().expect("grammar: constraint");
+        match c.as_rule() {
+            Rule::predicate => {
+                let mut inner = c.into_inner();
+                let name = self.ident(inner.next().expect("grammar: predicate"));
+                let arg = self.ident(inner.next().expect("grammar: predicate argument"));
+                Constraint::Predicate { name, arg, span }
+            }
+            _ => {
+                let mut inner = c.into_inner();
+                let binding = self.ident(inner.next().expect("grammar: binding"));
+                let attr = self.ident(inner.next().expect("grammar: attribute"));
+                let op = match inner.next().expect("grammar: comparison").as_str() {
+                    "==" => BinaryOp::Eq,
+                    "!=" => BinaryOp::Ne,
+                    "<" => BinaryOp::Lt,
+                    "<=" => BinaryOp::Le,
+                    ">" => BinaryOp::Gt,
+                    _ => BinaryOp::Ge,
+                };
+                let v = inner.next().expect("grammar: value");
+                let vspan = self.span(&v);
+                let t = v.as_str();
+                let kind = match v.as_rule() {
+                    Rule::boolean => ExprKind::Bool(t == "true"),
+                    _ if t.contains(['.', 'e', 'E']) => ExprKind::Float(t.parse().unwrap_or(f64::NAN)),
+                    _ => match t.parse::<i64>() {
+                        Ok(i) => ExprKind::Int(i),
+                        Err(_) => ExprKind::Float(t.parse().unwrap_or(f64::INFINITY)),
+                    },
+                };
+                Constraint::Compare {
+                    binding,
+                    attr,
+                    op,
+                    value: Expr { kind, span: vspan },
+                    span,
+                }
+            }
+        }
+    }
+
+    fn rule_result(&self, p: Pair<Rule>) -> RuleResult {
+        let span = self.span(&p);
+        let mut inner = p.into_inner();
+        let op = self.ident(inner.next().expect("grammar: result op"));
+        let mut inputs = vec![];
+        let mut args = vec![];
+        for a in inner {
+            match a.as_rule() {
+                Rule::pattern_var => inputs.push(self.pattern_var(a)),
+                _ => {
+                    let mut kv = a.into_inner();
+                    let k = self.ident(kv.next().expect("grammar: key"));
+                    let v = self.ident(kv.next().expect("grammar: value"));
+                    args.push((k, v));
+                }
+            }
+        }
+        RuleResult { op, inputs, args, span }
+    }
+
     fn settings(&self, p: Pair<Rule>, span: Span) -> Settings {
         Settings {
             entries: p.into_inner().map(|k| self.kwarg(k)).collect(),
@@ -808,7 +1000,7 @@ impl<'i> KeywordFree<'i> {
         self.0.into_inner().filter(|p| {
             !matches!(
                 p.as_rule(),
-                Rule::scheme_kw | Rule::fuse_kw | Rule::observe_kw | Rule::calibrate_kw | Rule::layer_kw
+                Rule::scheme_kw | Rule::fuse_kw | Rule::observe_kw | Rule::calibrate_kw | Rule::layer_kw | Rule::off_kw
             )
         })
     }

@@ -422,7 +422,11 @@ pub struct QuantizeSettings {
     pub scheme: Spanned<Scheme>,
     /// True when the scheme was not taken from a `scheme` entry.
     pub scheme_defaulted: bool,
+    /// `fuse A -> B -> C`: each chain must be fused by an active rule (the compiler checks).
     pub fuse: Vec<FuseChain>,
+    /// `fuse off NAME`: rules turned off, each with the span of its name (the compiler checks
+    /// that the names exist).
+    pub fuse_off: Vec<Spanned<String>>,
     /// Section-wide activation settings (`observe activations: ...` and `activations: ...`).
     pub activations: TensorSpec,
     /// Section-wide weight settings (`observe weights: ...` and `weights: ...`).
@@ -1010,6 +1014,7 @@ impl Checker<'_> {
         let mut scheme: Option<Spanned<Scheme>> = None;
         let mut scheme_seen: Option<Span> = None;
         let mut fuse: Vec<FuseChain> = Vec::new();
+        let mut fuse_off: Vec<Spanned<String>> = Vec::new();
         let mut activations = TensorSpec::default();
         let mut weights = TensorSpec::default();
         let mut calibration: Option<Calibration> = None;
@@ -1068,6 +1073,21 @@ impl Checker<'_> {
                         }
                     }
                 }
+                QuantizeEntry::FuseOff { name, .. } => {
+                    if let Some(first) = fuse_off.iter().find(|f| f.value == name.name) {
+                        let first = first.span;
+                        self.error_note(
+                            DUPLICATE_SETTING,
+                            name.span,
+                            format!("rule `{}` is turned off twice", name.name),
+                            "turned off again",
+                            "remove one of the two `fuse off` lines".into(),
+                            (first, "first turned off here".into()),
+                        );
+                    } else {
+                        fuse_off.push(Spanned::new(name.name.clone(), name.span));
+                    }
+                }
                 QuantizeEntry::Observe(specs) => {
                     for spec in specs {
                         self.spec_into(spec, &mut activations, &mut weights);
@@ -1121,6 +1141,7 @@ impl Checker<'_> {
             scheme: scheme.unwrap_or(Spanned::new(Scheme::X86, keyword)),
             scheme_defaulted,
             fuse,
+            fuse_off,
             activations,
             weights,
             calibration,
@@ -1132,7 +1153,10 @@ impl Checker<'_> {
     fn unknown_entry(&mut self, word: &Ident, span: Span) {
         let form = match word.name.as_str() {
             "scheme" => Some("write `scheme x86`, `scheme symmetric8` or `scheme power_of_two`"),
-            "fuse" => Some("write `fuse conv2d -> batch_norm -> relu`: two or more op names joined by `->`"),
+            "fuse" => Some(
+                "write `fuse conv2d -> batch_norm -> relu` (two or more op names joined by `->`) or \
+                 `fuse off RULE` (turn a rule off)",
+            ),
             "observe" => Some("write `observe activations: histogram(bins: 2048); weights: minmax`"),
             "calibrate" => Some(
                 "write `calibrate \"data.npz\" batches: 32`, `calibrate fashion_mnist(split: train)` or \
