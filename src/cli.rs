@@ -63,6 +63,18 @@ enum Command {
         #[arg(long)]
         stats: bool,
     },
+    /// Show the quantization plan: for every node, int8 or float and why, how its weights and
+    /// activations are quantized, and the recipe line (or scheme default) behind each setting.
+    #[command(
+        after_help = "Examples:\n  qc plan examples/fashion_cnn.qrecipe\n  qc plan examples/resnet18.qrecipe --format tsv"
+    )]
+    Plan {
+        /// The .qrecipe file.
+        file: PathBuf,
+        /// `table` for people, `tsv` for tools (a header line, then one line per node).
+        #[arg(long, value_enum, default_value_t = KeysFormat::Table)]
+        format: KeysFormat,
+    },
     /// List the parameters of a stage with their type and where each came from.
     #[command(
         after_help = "Examples:\n  qc keys examples/resnet18.qrecipe --stage float\n  qc keys examples/conv1d_net.qrecipe --stage float --format tsv\n  qc keys examples/conv1d_net.qrecipe --stage quantized --check tests/data/conv1d_net.int8.pth"
@@ -147,6 +159,7 @@ pub fn main() -> i32 {
             qat,
             stats,
         ),
+        Command::Plan { file, format } => plan(&file, format),
         Command::Keys {
             file,
             stage,
@@ -281,6 +294,7 @@ fn compile(
         print_after_all,
         verify: false,
         qat,
+        progress: std::io::stderr().is_terminal().then_some(progress as fn(&str)),
     };
     let sources = loaded.sources.clone();
     let mut write_error = None;
@@ -327,6 +341,28 @@ fn compile(
                 }
                 None => 0,
             }
+        }
+        Err(e) => fail(e, &loaded.sources),
+    }
+}
+
+/// One progress line of a long pass, on stderr (only used when stderr is a terminal).
+fn progress(line: &str) {
+    eprintln!("{line}");
+}
+
+fn plan(file: &Path, format: KeysFormat) -> i32 {
+    let loaded = match load(file) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    match qc_compiler::plan(&loaded, &RunOptions::default()) {
+        Ok((_, plan)) => {
+            match format {
+                KeysFormat::Table => print!("{}", plan.table(&loaded.sources)),
+                KeysFormat::Tsv => print!("{}", plan.tsv(&loaded.sources)),
+            }
+            0
         }
         Err(e) => fail(e, &loaded.sources),
     }

@@ -164,6 +164,8 @@ pub fn expand(loaded: &Loaded) -> Result<Module, Vec<Diagnostic>> {
         stage: Stage::Parsed,
         source_name,
         rewrite: None,
+        calibrated_for_accuracy: true,
+        calibration_note: None,
     })
 }
 

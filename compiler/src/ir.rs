@@ -188,6 +188,15 @@ pub enum Provenance {
     Init { method: &'static str, seed: u64 },
     /// Computed by a transform from parameters of an earlier stage.
     Derived { transform: String, from: Vec<String> },
+    /// Statistics gathered by calibration: `source` as the recipe wrote it, how many batches
+    /// and samples went through the model.
+    Calibrated { source: String, batches: u64, samples: u64 },
+}
+
+impl Provenance {
+    /// Initialisers that take no seed (constants), printed as `init(NAME)`: `inf` and `neg_inf`
+    /// start an observer's min and max as PyTorch does, `eps` is `f32::EPSILON`.
+    pub const UNSEEDED: &'static [&'static str] = &["ones", "zeros", "inf", "neg_inf", "eps"];
 }
 
 impl std::fmt::Display for Provenance {
@@ -195,12 +204,17 @@ impl std::fmt::Display for Provenance {
         match self {
             Provenance::Declared => f.write_str("declared"),
             Provenance::Checkpoint { file, key } => write!(f, "checkpoint({file}:{key})"),
-            Provenance::Init { method, seed } if matches!(*method, "ones" | "zeros") => {
+            Provenance::Init { method, seed } if Provenance::UNSEEDED.contains(method) => {
                 let _ = seed;
                 write!(f, "init({method})")
             }
             Provenance::Init { method, seed } => write!(f, "init({method}, seed={seed:#x})"),
             Provenance::Derived { transform, from } => write!(f, "{transform}({})", from.join(", ")),
+            Provenance::Calibrated {
+                source,
+                batches,
+                samples,
+            } => write!(f, "calibrated({source}, {batches} batches, {samples} samples)"),
         }
     }
 }
@@ -327,4 +341,11 @@ pub struct Module {
     pub source_name: String,
     /// What the `fuse` pass did (rules fired, why it stopped), once it has run.
     pub rewrite: Option<crate::rewrite::Report>,
+    /// False once calibration ran on data that says nothing about real inputs
+    /// (`calibrate random(...)`): the ranges serve latency and size work only. The dump header
+    /// says so (`# not calibrated for accuracy: ...`).
+    pub calibrated_for_accuracy: bool,
+    /// Why `calibrated_for_accuracy` is false, with the recipe place that made it so
+    /// (`random data (resnet18.qrecipe:63)`).
+    pub calibration_note: Option<String>,
 }

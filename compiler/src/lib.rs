@@ -4,6 +4,7 @@
 //! `compile` runs a checked recipe through the stages that exist, handing each finished stage to
 //! a callback (which writes dumps, prints, or collects keys).
 
+pub mod calibrate;
 pub mod checkpoint;
 pub mod convert;
 pub mod expand;
@@ -12,8 +13,10 @@ pub mod fold;
 pub mod ir;
 pub mod keys;
 pub mod lower;
+pub mod observe;
 pub mod ops;
 pub mod pass;
+pub mod plan;
 pub mod printer;
 pub mod pth;
 pub mod rewrite;
@@ -36,6 +39,14 @@ pub fn pipeline() -> Vec<pass::StageDef> {
         pass::StageDef {
             stage: Stage::Fused,
             passes: vec![Box::new(rewrite::Fuse)],
+        },
+        pass::StageDef {
+            stage: Stage::Observed,
+            passes: vec![Box::new(observe::InsertObservers)],
+        },
+        pass::StageDef {
+            stage: Stage::Calibrated,
+            passes: vec![Box::new(calibrate::Calibrate)],
         },
     ]
 }
@@ -80,7 +91,7 @@ pub fn compile(
     if opts.print_after_all || opts.print_after.iter().any(|p| p == "parsed" || p == "expand") {
         on_print("expand", &module);
     }
-    let mut cx = pass::Ctx::new(loaded, opts.qat);
+    let mut cx = pass::Ctx::new(loaded, opts);
     pass::run_stages(&mut module, &pipeline(), &mut cx, opts, on_stage, on_print).map_err(pass_error)?;
     Ok(module)
 }
@@ -90,6 +101,21 @@ fn pass_error(e: PassError) -> CompileError {
         PassError::User(d) => CompileError::User(d),
         PassError::Internal { pass, message } => CompileError::Internal { pass, message },
     }
+}
+
+/// The quantization plan of a recipe: the stages before `observed`, then `plan::build` on the
+/// result (what `qc plan` prints). A recipe without a `quantize` section is a user error.
+pub fn plan(loaded: &Loaded, opts: &RunOptions) -> Result<(Module, plan::Plan), CompileError> {
+    if !loaded.diagnostics.is_empty() {
+        return Err(CompileError::User(loaded.diagnostics.clone()));
+    }
+    let mut module = expand::expand(loaded).map_err(CompileError::User)?;
+    let stages: Vec<pass::StageDef> = pipeline().into_iter().filter(|s| s.stage < Stage::Observed).collect();
+    let mut cx = pass::Ctx::new(loaded, opts);
+    pass::run_stages(&mut module, &stages, &mut cx, opts, &mut |_| {}, &mut |_, _| {}).map_err(pass_error)?;
+    let q = plan::settings(loaded, &module).map_err(CompileError::User)?;
+    let p = plan::build(&module, q).map_err(CompileError::User)?;
+    Ok((module, p))
 }
 
 /// Names of every pass, in order (for `--print-after` validation and help).
@@ -109,7 +135,8 @@ pub fn check(loaded: &Loaded) -> Result<String, CompileError> {
     }
     rules::load(loaded).map_err(pass_error)?;
     let mut module = expand::expand(loaded).map_err(CompileError::User)?;
-    let mut cx = pass::Ctx::new(loaded, false);
+    let opts = RunOptions::default();
+    let mut cx = pass::Ctx::new(loaded, &opts);
     use pass::Pass;
     let user = pass_error;
     float::InferShapes.run(&mut module, &mut cx).map_err(user)?;

@@ -21,23 +21,26 @@ pub enum PassError {
     Internal { pass: String, message: String },
 }
 
-/// What passes may read besides the module: the checked recipe and its sources, and the mode.
+/// What passes may read besides the module: the checked recipe and its sources, the options
+/// of the run (`qat`, progress reporting), and a checkpoint waiting for its stage.
 pub struct Ctx<'a> {
     pub loaded: &'a qc_dsl::Loaded,
+    pub opts: &'a RunOptions,
     /// A checkpoint that did not fit stage `float`: it is bound at the first later stage whose
     /// keys it fits (a QAT or converted PyTorch checkpoint), see [`bind_pending`].
     pub pending: Option<PendingCheckpoint>,
-    /// Quantization-aware training: batch norms stay inside the fused ops (PyTorch's ConvBn)
-    /// instead of being folded into their weights (post-training quantization, the default).
+    /// Quantization-aware training (`opts.qat`): batch norms stay inside the fused ops
+    /// (PyTorch's ConvBn), `observed` inserts fake-quant nodes.
     pub qat: bool,
 }
 
 impl<'a> Ctx<'a> {
-    pub fn new(loaded: &'a qc_dsl::Loaded, qat: bool) -> Self {
+    pub fn new(loaded: &'a qc_dsl::Loaded, opts: &'a RunOptions) -> Self {
         Ctx {
             loaded,
+            opts,
             pending: None,
-            qat,
+            qat: opts.qat,
         }
     }
 }
@@ -91,9 +94,13 @@ pub struct RunOptions {
     pub print_after_all: bool,
     /// Run the verifier after every pass (always on in debug builds).
     pub verify: bool,
-    /// Compile for quantization-aware training (`--qat`): keep batch norms inside the fused ops.
-    /// The default is post-training quantization, which folds them.
+    /// Quantization-aware training (`qc compile --qat`): batch norms stay inside the fused ops
+    /// and `observed` inserts fake-quant nodes (PyTorch's `FusedMovingAvgObsFakeQuantize`)
+    /// instead of PTQ observers. The default is post-training quantization.
     pub qat: bool,
+    /// Where long passes (calibration) report progress, one line at a time; `None` keeps them
+    /// quiet. The CLI passes a printer to stderr when stderr is a terminal.
+    pub progress: Option<fn(&str)>,
 }
 
 /// Runs stages in order, calling `on_stage` with the module after each stage and `on_print` with

@@ -10,6 +10,9 @@
 //! node conv1 = conv2d(x) {bias: true, ...} [weight=conv1.weight, bias=conv1.bias] : f32[N, 16, 28, 28]  # fashion_cnn.qrecipe:9
 //! output fc2
 //! ```
+//!
+//! A module calibrated on random data says so at the end of its header line:
+//! `module resnet18 stage calibrated  # not calibrated for accuracy: random data (resnet18.qrecipe:63)`.
 
 use std::fmt::Write;
 
@@ -34,6 +37,8 @@ pub fn fmt_f64(v: f64) -> String {
 pub struct IrDoc {
     pub module: String,
     pub stage: Stage,
+    /// A comment on the header line: `not calibrated for accuracy: random data (FILE:LINE)`.
+    pub note: Option<String>,
     pub lines: Vec<IrLine>,
 }
 
@@ -134,9 +139,16 @@ pub fn document(module: &Module, sources: &SourceMap) -> IrDoc {
         let _ = id;
         lines.push(IrLine::Output { name: name.clone() });
     }
+    let note = (!module.calibrated_for_accuracy).then(|| {
+        format!(
+            "not calibrated for accuracy: {}",
+            module.calibration_note.as_deref().unwrap_or("no real data")
+        )
+    });
     IrDoc {
         module: module.name.clone(),
         stage: module.stage,
+        note,
         lines,
     }
 }
@@ -154,7 +166,11 @@ fn fmt_shape(shape: &[usize]) -> String {
 /// Renders a document as text.
 pub fn render(doc: &IrDoc) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "module {} stage {}", doc.module, doc.stage);
+    let _ = write!(out, "module {} stage {}", doc.module, doc.stage);
+    if let Some(note) = &doc.note {
+        let _ = write!(out, "  # {note}");
+    }
+    out.push('\n');
     for line in &doc.lines {
         match line {
             IrLine::Input { name, ty, tail } => {
@@ -218,6 +234,10 @@ pub fn parse(text: &str) -> Result<IrDoc, IrParseError> {
         message,
     };
     let (_, header) = lines_iter.next().ok_or_else(|| err(0, "empty dump".into()))?;
+    let (header, note) = match header.split_once("  # ") {
+        Some((h, n)) => (h, Some(n.to_string())),
+        None => (header, None),
+    };
     let h: Vec<&str> = header.split_whitespace().collect();
     let (module, stage) = match h.as_slice() {
         ["module", name, "stage", stage] => (
@@ -292,7 +312,12 @@ pub fn parse(text: &str) -> Result<IrDoc, IrParseError> {
         };
         lines.push(parsed);
     }
-    Ok(IrDoc { module, stage, lines })
+    Ok(IrDoc {
+        module,
+        stage,
+        note,
+        lines,
+    })
 }
 
 fn split_tail(s: &str) -> (&str, String) {

@@ -349,7 +349,11 @@ fn equivalent(text: &str, seed: u64, qat: bool) -> usize {
     let mut m = compile(&loaded, Stage::Float, qat).unwrap_or_else(|e| panic!("{e:?}\n{text}"));
     randomise(&mut m, seed);
     let float = qc_compiler::lower::lower_float(&m).expect("float lowers");
-    let mut cx = Ctx::new(&loaded, qat);
+    let opts = qc_compiler::RunOptions {
+        qat,
+        ..Default::default()
+    };
+    let mut cx = Ctx::new(&loaded, &opts);
     rewrite::Fuse.run(&mut m, &mut cx).unwrap_or_else(|e| panic!("{e:?}"));
     m.stage = Stage::Fused;
     let errors = qc_compiler::verify::verify(&m);
@@ -698,7 +702,8 @@ fn fold_errors_name_the_node_and_the_key() {
     {
         v[2] = -1.0;
     }
-    let mut cx = Ctx::new(&loaded, false);
+    let opts = qc_compiler::RunOptions::default();
+    let mut cx = Ctx::new(&loaded, &opts);
     let Err(PassError::User(d)) = rewrite::Fuse.run(&mut m, &mut cx) else {
         panic!("a negative variance folds")
     };

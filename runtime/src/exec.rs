@@ -170,11 +170,40 @@ fn prepare(p: &Program) -> Result<Vec<Prepared>, ProgramError> {
 }
 
 /// Runs the steps; `free` (the last use of each value) drops intermediates as soon as possible.
+/// A per-value hook: sees every step's output (before the non-finite check), and may stop the
+/// run (`ControlFlow::Break` gives [`RunError::Stopped`]).
+pub type OnValue<'a> = &'a mut dyn FnMut(usize, &Tensor) -> std::ops::ControlFlow<()>;
+
+/// Validates and runs `program` once, calling `on_value` with every step's output as soon as it
+/// is computed (calibration reads observers this way, non-finite values included).
+pub fn run_with(program: &Program, inputs: &[Tensor], on_value: OnValue) -> Result<Vec<Tensor>, RunError> {
+    validate(program)?;
+    let prepared = prepare(program)?;
+    let mut values = execute_with(program, &prepared, inputs, None, on_value)?;
+    Ok(program
+        .outputs
+        .iter()
+        .map(|&id| values[id].take().unwrap_or_else(|| Tensor::zeros(DType::F32, vec![0])))
+        .collect())
+}
+
 fn execute(
     p: &Program,
     prepared: &[Prepared],
     inputs: &[Tensor],
     free: Option<&[Option<usize>]>,
+) -> Result<Vec<Option<Tensor>>, RunError> {
+    execute_with(p, prepared, inputs, free, &mut |_, _| {
+        std::ops::ControlFlow::Continue(())
+    })
+}
+
+fn execute_with(
+    p: &Program,
+    prepared: &[Prepared],
+    inputs: &[Tensor],
+    free: Option<&[Option<usize>]>,
+    on_value: OnValue,
 ) -> Result<Vec<Option<Tensor>>, RunError> {
     p.check_inputs(inputs)?;
     let mut values: Vec<Option<Tensor>> = vec![None; p.values.len()];
@@ -199,26 +228,26 @@ fn execute(
         let shapes: Vec<&[usize]> = args.iter().map(|t| t.shape.as_slice()).collect();
         let out_shape = infer(p, step, &shapes).map_err(|message| RunError::Shape { step: name(), message })?;
         let out = match &step.op {
-            StepOp::Float(op) => {
-                let out = interp::eval(op, &p.constants, &args);
-                if let Some((i, v)) = out
-                    .as_f32()
-                    .and_then(|v| v.iter().enumerate().find(|(_, x)| !x.is_finite()))
-                {
-                    return Err(RunError::NonFinite {
-                        node: name(),
-                        index: i,
-                        value: *v,
-                    });
-                }
-                out
-            }
+            StepOp::Float(op) => interp::eval(op, &p.constants, &args),
             StepOp::Quant(op) => {
                 let prep = prepared.get(index).unwrap_or(&Prepared::Nothing);
                 eval_quant(p, step, op, prep, &args, out_shape.clone())
                     .map_err(|error| RunError::Kernel { step: name(), error })?
             }
         };
+        if on_value(step.output, &out).is_break() {
+            return Err(RunError::Stopped { node: name() });
+        }
+        if let Some((i, v)) = out
+            .as_f32()
+            .and_then(|v| v.iter().enumerate().find(|(_, x)| !x.is_finite()))
+        {
+            return Err(RunError::NonFinite {
+                node: name(),
+                index: i,
+                value: *v,
+            });
+        }
         if out.shape != out_shape {
             return Err(RunError::Shape {
                 step: name(),

@@ -3,9 +3,11 @@
 //! the oracle the tch backend and every rewrite are checked against, and the home of float
 //! fallback ops. Simple loops, f64 accumulation, rayon across batch items for convolutions.
 
+use std::ops::ControlFlow;
+
 use rayon::prelude::*;
 
-use crate::program::{window_out, FloatOp, Program, RunError, Window};
+use crate::program::{window_out, FloatOp, Program, RunError, ValueId, Window};
 use crate::tensor::Tensor;
 
 /// Runs a program (float steps here, int8 steps through the kernels: [`crate::exec::run`], the one
@@ -13,6 +15,18 @@ use crate::tensor::Tensor;
 /// run, naming the step that produced it.
 pub fn run(program: &Program, inputs: &[Tensor]) -> Result<Vec<Tensor>, RunError> {
     crate::exec::run(program, inputs)
+}
+
+/// [`run`], calling `on_value(value, tensor)` with every step's output as soon as it is computed
+/// and before it is checked for non-finite elements, so that a caller (calibration) can see
+/// every value, a non-finite one included. `ControlFlow::Break` stops the run with
+/// [`RunError::Stopped`]; the caller keeps its own reason.
+pub fn run_with(
+    program: &Program,
+    inputs: &[Tensor],
+    on_value: &mut dyn FnMut(ValueId, &Tensor) -> ControlFlow<()>,
+) -> Result<Vec<Tensor>, RunError> {
+    crate::exec::run_with(program, inputs, on_value)
 }
 
 fn data(t: &Tensor) -> &[f32] {
@@ -169,8 +183,11 @@ fn conv(x: &Tensor, weight: &Tensor, bias: Option<&[f32]>, window: &Window, grou
     let cout_g = cout / groups;
     let (xd, wdat) = (data(x), data(weight));
     let mut out = vec![0f32; n * cout * oh * ow];
-    out.par_chunks_mut(cout * oh * ow).enumerate().for_each(|(b, ob)| {
-        for co in 0..cout {
+    // One task per output plane (batch item, output channel): the same arithmetic as a loop over
+    // planes, spread over every core even for a batch of one.
+    out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, ob)| {
+        let (b, co) = (plane / cout, plane % cout);
+        {
             let g = co / cout_g;
             for oy in 0..oh {
                 for ox in 0..ow {
@@ -193,7 +210,7 @@ fn conv(x: &Tensor, weight: &Tensor, bias: Option<&[f32]>, window: &Window, grou
                             }
                         }
                     }
-                    ob[(co * oh + oy) * ow + ox] = acc as f32;
+                    ob[oy * ow + ox] = acc as f32;
                 }
             }
         }

@@ -404,6 +404,9 @@ pub enum RunError {
     Shape { step: String, message: String },
     #[error("step `{step}`: {error}")]
     Kernel { step: String, error: KernelError },
+    /// A caller's per-value hook (`interp::run_with`) stopped the run after this value.
+    #[error("stopped after `{node}`")]
+    Stopped { node: String },
     #[error("backend: {0}")]
     Backend(String),
 }
