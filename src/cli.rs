@@ -333,16 +333,64 @@ fn compile(
                     None => println!("fuse: not run (the compile stopped before stage `fused`)"),
                 }
             }
-            match write_error {
-                Some(e) => {
-                    eprintln!("error: {e}");
-                    eprintln!("help: check that the dump folder is writable");
-                    EXIT_USER
-                }
+            if let Some(e) = write_error {
+                eprintln!("error: {e}");
+                eprintln!("help: check that the dump folder is writable");
+                return EXIT_USER;
+            }
+            match output {
+                Some(out) => write_model(&module, &loaded, out),
                 None => 0,
             }
         }
         Err(e) => fail(e, &loaded.sources),
+    }
+}
+
+/// Writes the lowered program of `module` as a `.qmodel` artifact (atomically), with the
+/// model's name, the stage, whether it was calibrated for accuracy and a hash of the recipe's
+/// sources.
+fn write_model(module: &Module, loaded: &qc_dsl::Loaded, out: &Path) -> i32 {
+    let Some(program) = module.program.clone() else {
+        eprintln!(
+            "error: the compile stopped at `{}`, before a program was lowered",
+            module.stage
+        );
+        eprintln!("help: drop --stop-after to write a compiled model");
+        return EXIT_USER;
+    };
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for f in loaded.sources.files() {
+        h.update(f.name.as_bytes());
+        h.update(&[0]);
+        h.update(f.text.as_bytes());
+        h.update(&[0]);
+    }
+    let meta = qc_runtime::artifact::Meta::new(
+        module.name.clone(),
+        module.stage.name(),
+        module.calibrated_for_accuracy,
+        format!("xxh3:{:016x}", h.digest()),
+    );
+    let steps = program.steps.len();
+    let artifact = qc_runtime::artifact::Artifact::new(meta, program);
+    match artifact.write(out) {
+        Ok(()) => {
+            let size = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+            println!("wrote {} ({steps} steps, {size} bytes)", out.display());
+            if !module.calibrated_for_accuracy {
+                println!(
+                    "note: not calibrated for accuracy: {}",
+                    module.calibration_note.as_deref().unwrap_or("no real data")
+                );
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("error: cannot write `{}`: {e}", out.display());
+            eprintln!("help: check that the folder exists and is writable");
+            EXIT_USER
+        }
     }
 }
 

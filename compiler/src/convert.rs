@@ -138,22 +138,56 @@ fn observed_qparams(module: &Module, id: NodeId) -> Result<QuantParams, Box<Diag
     ))
 }
 
-/// Quantizes a float weight `[C, ...]` with `spec` (per channel along axis 0, or per tensor),
-/// using `ranges` (one `(min, max)` per channel, or one) when given, else the weight's own.
-fn quantize_weight(w: &Tensor, spec: &QSpec, ranges: Option<Vec<(f32, f32)>>) -> Result<(Tensor, ParamQuant), String> {
+/// The runtime parameters of a weight's `ParamQuant` (fixed at `calibrated`), when they have the
+/// layout `spec` asks for.
+fn fixed_weight_qparams(pq: &ParamQuant, spec: &QSpec, channels: usize) -> Option<Vec<QParams>> {
+    match (pq, spec.per_channel) {
+        (ParamQuant::PerTensor(q), false) => Some(vec![q.to_runtime().ok()?]),
+        (
+            ParamQuant::PerChannel {
+                axis: 0,
+                scales,
+                zero_points,
+                qmin,
+                qmax,
+            },
+            true,
+        ) if scales.len() == channels && zero_points.len() == channels => {
+            let range = QRange::custom(*qmin, *qmax).ok()?;
+            scales
+                .iter()
+                .zip(zero_points)
+                .map(|(&s, &z)| QParams::new(s, z, range).ok())
+                .collect()
+        }
+        _ => None,
+    }
+}
+
+/// Quantizes a float weight `[C, ...]` with `spec` (per channel along axis 0, or per tensor):
+/// with the parameters `fixed` at `calibrated` when the weight has them, else from `ranges` (one
+/// `(min, max)` per channel, or one) when given, else from the weight's own range.
+fn quantize_weight(
+    w: &Tensor,
+    spec: &QSpec,
+    fixed: Option<&ParamQuant>,
+    ranges: Option<Vec<(f32, f32)>>,
+) -> Result<(Tensor, ParamQuant), String> {
     let TensorData::F32(values) = &w.data else {
         return Err("the weight is not f32".into());
     };
     let range = range_of(spec)?;
     let channels = if spec.per_channel { w.shape[0].max(1) } else { 1 };
     let inner = values.len() / channels.max(1);
-    let params: Vec<QParams> = match ranges {
-        Some(r) if r.len() == channels => r
+    let fixed = fixed.and_then(|pq| fixed_weight_qparams(pq, spec, channels));
+    let params: Vec<QParams> = match (fixed, ranges) {
+        (Some(p), _) => p,
+        (None, Some(r)) if r.len() == channels => r
             .into_iter()
             .map(|(lo, hi)| qparams_for_range(lo, hi, range, spec.symmetric, spec.power_of_two))
             .collect::<Result<_, _>>()
             .map_err(|e| e.to_string())?,
-        _ => {
+        (None, _) => {
             let kind = observer_kind(&spec.observer);
             let mut state = if spec.per_channel {
                 ObserverState::per_channel(kind)
@@ -305,16 +339,7 @@ pub fn convert(module: &mut Module) -> Result<(), Box<Diagnostic>> {
             let q = observed_qparams(module, id)?;
             let p_node = module.graph.node(producer).clone();
             let p_inputs = module.graph.inputs_of(producer);
-            let inputs_int = !p_inputs.is_empty() && p_inputs.iter().all(|i| quantized.contains_key(i));
-            let can_fuse = inputs_int
-                && match &p_node.op {
-                    Op::Conv(c) => c.weight_quant.is_some(),
-                    Op::Linear(l) => l.weight_quant.is_some(),
-                    Op::Add { .. } | Op::Concat { .. } => true,
-                    _ => false,
-                }
-                && module.graph.users_of(producer).len() == 1;
-            if can_fuse {
+            if fuses_with_observer(module, producer, &p_inputs, &quantized) {
                 to_integer_op(module, producer, &p_node, q)?;
                 redirect_users(&mut module.graph, id, producer);
                 remove_params_of(module, &node.name);
@@ -396,6 +421,11 @@ pub fn convert(module: &mut Module) -> Result<(), Box<Diagnostic>> {
             quantized.insert(id, q);
             continue;
         }
+        // An integer-capable op whose observer follows: it becomes integer when the observer
+        // is reached (above), so its integer inputs stay integer.
+        if fuses_with_observer(module, id, &inputs, &quantized) {
+            continue;
+        }
         // A float op (or an op left float by the plan) reading integers: dequantize first.
         for (port, input) in inputs.iter().enumerate() {
             if quantized.contains_key(input) && !matches!(node.op, Op::Input { .. }) {
@@ -428,6 +458,28 @@ pub fn convert(module: &mut Module) -> Result<(), Box<Diagnostic>> {
         }
     }
     Ok(())
+}
+
+/// Whether `producer` becomes an integer op with the observer after it: a conv/linear with a
+/// weight quantization, an add or a concat, whose inputs are all integer and whose only user is
+/// an observer or fake-quant node.
+fn fuses_with_observer(
+    module: &Module,
+    producer: NodeId,
+    inputs: &[NodeId],
+    quantized: &HashMap<NodeId, QuantParams>,
+) -> bool {
+    let users = module.graph.users_of(producer);
+    !inputs.is_empty()
+        && inputs.iter().all(|i| quantized.contains_key(i))
+        && match &module.graph.node(producer).op {
+            Op::Conv(c) => c.weight_quant.is_some(),
+            Op::Linear(l) => l.weight_quant.is_some(),
+            Op::Add { .. } | Op::Concat { .. } => true,
+            _ => false,
+        }
+        && users.len() == 1
+        && is_observer(&module.graph.node(users[0]).op)
 }
 
 /// A `dequantize` of `value` (one per value: reused when there is one already).
@@ -498,7 +550,8 @@ fn to_integer_op(module: &mut Module, id: NodeId, node: &Node, q: QuantParams) -
             } else {
                 None
             };
-            let (wq_t, pq) = quantize_weight(&w, &wq.spec, ranges).map_err(|m| fail(module, m))?;
+            let fixed = module.params[&weight_key].quant.clone();
+            let (wq_t, pq) = quantize_weight(&w, &wq.spec, fixed.as_ref(), ranges).map_err(|m| fail(module, m))?;
             let transform = if wq.spec.per_channel {
                 "quantize_per_channel"
             } else {
@@ -538,7 +591,8 @@ fn to_integer_op(module: &mut Module, id: NodeId, node: &Node, q: QuantParams) -
             } else {
                 None
             };
-            let (wq_t, pq) = quantize_weight(&w, &wq.spec, ranges).map_err(|m| fail(module, m))?;
+            let fixed = module.params[&weight_key].quant.clone();
+            let (wq_t, pq) = quantize_weight(&w, &wq.spec, fixed.as_ref(), ranges).map_err(|m| fail(module, m))?;
             let transform = if wq.spec.per_channel {
                 "quantize_per_channel"
             } else {

@@ -166,6 +166,7 @@ pub fn expand(loaded: &Loaded) -> Result<Module, Vec<Diagnostic>> {
         rewrite: None,
         calibrated_for_accuracy: true,
         calibration_note: None,
+        program: None,
     })
 }
 

@@ -348,4 +348,6 @@ pub struct Module {
     /// Why `calibrated_for_accuracy` is false, with the recipe place that made it so
     /// (`random data (resnet18.qrecipe:63)`).
     pub calibration_note: Option<String>,
+    /// The executable program, from stage `lowered` on (validated by the runtime's executor).
+    pub program: Option<qc_runtime::program::Program>,
 }

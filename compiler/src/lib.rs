@@ -48,6 +48,14 @@ pub fn pipeline() -> Vec<pass::StageDef> {
             stage: Stage::Calibrated,
             passes: vec![Box::new(calibrate::Calibrate)],
         },
+        pass::StageDef {
+            stage: Stage::Quantized,
+            passes: vec![Box::new(convert::Convert)],
+        },
+        pass::StageDef {
+            stage: Stage::Lowered,
+            passes: vec![Box::new(lower::Lower)],
+        },
     ]
 }
 

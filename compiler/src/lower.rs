@@ -504,3 +504,64 @@ fn int_bias(b: &Tensor, s_in: f32, scales: &[f32]) -> Result<Tensor, String> {
         data: TensorData::I32(out),
     })
 }
+
+/// The `lower` pass (stage `lowered`): the quantized module becomes the runtime's program,
+/// validated by the runtime's executor exactly as `Model::load` will validate it, and kept on
+/// the module (`Module::program`) for the dump and the artifact. A module that still holds
+/// observers or fake-quant nodes is refused: `lowered` follows `quantized`.
+pub struct Lower;
+
+impl crate::pass::Pass for Lower {
+    fn name(&self) -> &'static str {
+        "lower"
+    }
+
+    fn run(
+        &self,
+        module: &mut Module,
+        _cx: &mut crate::pass::Ctx,
+    ) -> Result<crate::pass::Changed, crate::pass::PassError> {
+        use crate::pass::PassError;
+        let internal = |message: String| PassError::Internal {
+            pass: "lower".into(),
+            message,
+        };
+        if let Some(id) = module
+            .graph
+            .topo_order()
+            .into_iter()
+            .find(|&id| matches!(module.graph.node(id).op, Op::Observe(_) | Op::FakeQuant { .. }))
+        {
+            return Err(internal(format!(
+                "`{}` is still an observer at stage `{}`",
+                module.graph.node(id).name,
+                module.stage
+            )));
+        }
+        let program = lower(module).map_err(|e| lower_diagnostic(module, e))?;
+        let executor = qc_runtime::exec::Executor::new(program)
+            .map_err(|e| internal(format!("the lowered program is invalid: {e}")))?;
+        module.program = Some(executor.into_program());
+        Ok(crate::pass::Changed::Yes)
+    }
+}
+
+/// A lowering failure as the user sees it: at the node's recipe line, with what to do.
+fn lower_diagnostic(module: &Module, e: LowerError) -> crate::pass::PassError {
+    let (span, message) = match &e {
+        LowerError::Node { node, .. } => (
+            module
+                .graph
+                .find(node)
+                .map(|id| module.graph.node(id).origin.span)
+                .unwrap_or_default(),
+            e.to_string(),
+        ),
+        LowerError::Stage { .. } => (qc_dsl::Span::default(), e.to_string()),
+    };
+    crate::pass::PassError::User(vec![qc_dsl::Diagnostic::new("qc::lower", span, message)
+        .label("this node")
+        .help(
+            "keep the layer in float with `layer NAME { skip }`, or change its quantization in the recipe",
+        )])
+}

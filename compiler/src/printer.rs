@@ -67,6 +67,11 @@ pub enum IrLine {
         ty: Option<TensorType>,
         tail: String,
     },
+    /// A step of the lowered program (stage `lowered`), kept as printed:
+    /// `step NAME = OP(INPUTS) {ATTRS} [CONSTANTS] : TYPE LAYOUT !q(..)  # TAIL`.
+    Step {
+        text: String,
+    },
     Output {
         name: String,
     },
@@ -121,9 +126,20 @@ pub fn document(module: &Module, sources: &SourceMap) -> IrDoc {
             origin: p.provenance.to_string(),
         });
     }
+    let program = module.program.as_ref().filter(|_| module.stage == Stage::Lowered);
+    if let Some(program) = program {
+        for step in &program.steps {
+            let name = &program.values[step.output].name;
+            let base = name.split('#').next().unwrap_or(name);
+            let tail = g.find(base).map(tail).unwrap_or_default();
+            lines.push(IrLine::Step {
+                text: format!("{}  # {tail}", step_text(program, step)),
+            });
+        }
+    }
     for &id in &order {
         let n = g.node(id);
-        if matches!(n.op, Op::Input { .. }) {
+        if matches!(n.op, Op::Input { .. }) || program.is_some() {
             continue;
         }
         lines.push(IrLine::Node {
@@ -210,12 +226,160 @@ pub fn render(doc: &IrDoc) -> String {
                 let ty = ty.as_ref().map(|t| t.to_string()).unwrap_or_else(|| "?".into());
                 let _ = writeln!(out, " : {ty}  # {tail}");
             }
+            IrLine::Step { text } => {
+                let _ = writeln!(out, "step {text}");
+            }
             IrLine::Output { name } => {
                 let _ = writeln!(out, "output {name}");
             }
         }
     }
     out
+}
+
+/// One step of a lowered program as a dump line (without the source tail): the output value's
+/// name, the op, its inputs, its attributes, its constants (dtype, shape in the kernels' layout,
+/// content hash) and the output's type, memory layout and quantization.
+fn step_text(program: &qc_runtime::program::Program, step: &qc_runtime::program::Step) -> String {
+    use qc_runtime::kernels::Activation;
+    use qc_runtime::program::{FloatOp, QuantOp, StepOp, Window};
+    let value = |id: usize| &program.values[id];
+    let list = |v: &[usize]| {
+        let parts: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+        format!("[{}]", parts.join(", "))
+    };
+    let window = |w: &Window, attrs: &mut Vec<String>| {
+        attrs.push(format!("kernel: {}", list(&w.kernel)));
+        attrs.push(format!("stride: {}", list(&w.stride)));
+        attrs.push(format!("pad: {}", list(&w.pad)));
+        attrs.push(format!("dilation: {}", list(&w.dilation)));
+        if w.ceil_mode {
+            attrs.push("ceil_mode: true".into());
+        }
+    };
+    let act = |a: &Activation, attrs: &mut Vec<String>| match a {
+        Activation::None => {}
+        Activation::Relu => attrs.push("act: relu".into()),
+        Activation::Relu6 => attrs.push("act: relu6".into()),
+        Activation::Clamp { min, max } => attrs.push(format!(
+            "act: clamp({}, {})",
+            fmt_f64(*min as f64),
+            fmt_f64(*max as f64)
+        )),
+    };
+    let mut attrs: Vec<String> = vec![];
+    let mut consts: Vec<(&str, usize)> = vec![];
+    match &step.op {
+        StepOp::Float(op) => match op {
+            FloatOp::Conv {
+                window: w,
+                groups,
+                weight,
+                bias,
+            } => {
+                window(w, &mut attrs);
+                attrs.push(format!("groups: {groups}"));
+                consts.push(("weight", *weight));
+                consts.extend(bias.map(|b| ("bias", b)));
+            }
+            FloatOp::BatchNorm {
+                eps,
+                weight,
+                bias,
+                mean,
+                var,
+            } => {
+                attrs.push(format!("eps: {}", fmt_f64(*eps as f64)));
+                consts.extend([("weight", *weight), ("bias", *bias), ("mean", *mean), ("var", *var)]);
+            }
+            FloatOp::Clamp { min, max } => {
+                attrs.push(format!("min: {}", fmt_f64(*min as f64)));
+                attrs.push(format!("max: {}", fmt_f64(*max as f64)));
+            }
+            FloatOp::MaxPool { window: w } => window(w, &mut attrs),
+            FloatOp::AvgPool {
+                window: w,
+                count_include_pad,
+            } => {
+                window(w, &mut attrs);
+                attrs.push(format!("count_include_pad: {count_include_pad}"));
+            }
+            FloatOp::AdaptiveAvgPool { output } => attrs.push(format!("output: {}", list(output))),
+            FloatOp::Flatten { start_dim, end_dim } => {
+                attrs.push(format!("start_dim: {start_dim}"));
+                attrs.push(format!("end_dim: {end_dim}"));
+            }
+            FloatOp::Linear { weight, bias } => {
+                consts.push(("weight", *weight));
+                consts.extend(bias.map(|b| ("bias", b)));
+            }
+            FloatOp::Concat { dim } => attrs.push(format!("dim: {dim}")),
+            FloatOp::Relu | FloatOp::Add | FloatOp::Identity => {}
+        },
+        StepOp::Quant(op) => match op {
+            QuantOp::QConv {
+                window: w,
+                groups,
+                weight,
+                weight_scales,
+                bias,
+                act: a,
+            } => {
+                window(w, &mut attrs);
+                attrs.push(format!("groups: {groups}"));
+                act(a, &mut attrs);
+                consts.extend([("weight", *weight), ("weight_scales", *weight_scales)]);
+                consts.extend(bias.map(|b| ("bias", b)));
+            }
+            QuantOp::QLinear {
+                weight,
+                weight_scales,
+                bias,
+                act: a,
+            } => {
+                act(a, &mut attrs);
+                consts.extend([("weight", *weight), ("weight_scales", *weight_scales)]);
+                consts.extend(bias.map(|b| ("bias", b)));
+            }
+            QuantOp::QAdd { relu } => {
+                if *relu {
+                    attrs.push("act: relu".into());
+                }
+            }
+            QuantOp::QMaxPool { window: w } => window(w, &mut attrs),
+            QuantOp::QAvgPool {
+                window: w,
+                count_include_pad,
+            } => {
+                window(w, &mut attrs);
+                attrs.push(format!("count_include_pad: {count_include_pad}"));
+            }
+            QuantOp::QAdaptiveAvgPool { output } => attrs.push(format!("output: {}", list(output))),
+            QuantOp::QClamp { act: a } => act(a, &mut attrs),
+            QuantOp::Quantize | QuantOp::Dequantize | QuantOp::QConcat | QuantOp::QFlatten => {}
+        },
+    }
+    let out = value(step.output);
+    let inputs: Vec<&str> = step.inputs.iter().map(|&i| value(i).name.as_str()).collect();
+    let mut text = format!("{} = {}({})", out.name, step.op.name(), inputs.join(", "));
+    if !attrs.is_empty() {
+        let _ = write!(text, " {{{}}}", attrs.join(", "));
+    }
+    if !consts.is_empty() {
+        let parts: Vec<String> = consts
+            .iter()
+            .map(|(role, c)| {
+                let t = &program.constants[*c];
+                format!("{role}={}{} #{}", t.dtype(), fmt_shape(&t.shape), content_hash(t))
+            })
+            .collect();
+        let _ = write!(text, " [{}]", parts.join(", "));
+    }
+    let _ = write!(text, " : {}{} {}", out.dtype, out.shape_string(), out.layout.name());
+    if let Some(q) = &out.quant {
+        let _ = write!(text, " {}", QuantParams::from_runtime(q));
+    }
+    text
 }
 
 /// A line of a dump that could not be read.
@@ -305,6 +469,7 @@ pub fn parse(text: &str) -> Result<IrDoc, IrParseError> {
                 }
             }
             "node" => parse_node(rest).map_err(|m| err(i, m))?,
+            "step" => IrLine::Step { text: rest.into() },
             "output" => IrLine::Output {
                 name: rest.trim().into(),
             },
