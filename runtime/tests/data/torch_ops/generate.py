@@ -142,6 +142,8 @@ LINEAR = [
     ("in64_out32_relu", 64, 32, True, True),
     ("in256_out10", 256, 10, False, True),
     ("in40_out24_nobias", 40, 24, False, False),
+    ("in128_out96_relu", 128, 96, True, True),
+    ("in512_out64", 512, 64, False, True),
 ]
 
 
