@@ -4,7 +4,9 @@
 //! fused ReLU), linear (with and without ReLU), add and add_relu, max / average / adaptive average
 //! pooling. Each case feeds qc PyTorch's own input codes and weights (layouts converted, the bias
 //! quantized as qc does with `quantize_bias`) and compares output codes: at least 99% equal and
-//! never more than one step apart. PyTorch requantizes in f32 with `nearbyint` (and keeps the bias
+//! never more than one step apart (pooling against PyTorch's channels_last kernels; PyTorch's NCHW
+//! average pools and a deliberately tie-heavy add only need each difference explained, see
+//! [`check`]). PyTorch requantizes in f32 with `nearbyint` (and keeps the bias
 //! in float), qc with an integer multiplier and shift (docs/numerics.md), so a few one-step
 //! differences at rounding boundaries are expected; two steps would be a bug.
 //!
