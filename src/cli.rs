@@ -586,9 +586,51 @@ fn keys(file: &Path, stage: &str, format: KeysFormat, check: Option<&Path>, qat:
                 module.stage,
                 module.name
             );
+            if module.stage > Stage::Float {
+                let (float, _) = match module_at(file, "float", qat) {
+                    Ok(m) => m,
+                    Err(code) => return code,
+                };
+                print_fates(&float, &module);
+            }
         }
     }
     0
+}
+
+/// What became of each key of stage `float` at `later`'s stage, and what `later` added, with
+/// the reasons read from provenance.
+fn print_fates(float: &Module, later: &Module) {
+    let (fates, added) = qc_compiler::keys::fates(float, later);
+    println!();
+    println!(
+        "from the {} keys of stage `float` to the {} keys of stage `{}`:",
+        float.params.len(),
+        later.params.len(),
+        later.stage
+    );
+    let w0 = fates.iter().map(|f| f.float_key.len()).max().unwrap_or(0);
+    let into: Vec<String> = fates
+        .iter()
+        .map(|f| {
+            if f.into.is_empty() {
+                "(none)".to_string()
+            } else {
+                f.into.join(", ")
+            }
+        })
+        .collect();
+    let w1 = into.iter().map(|s| s.len()).max().unwrap_or(0);
+    for (f, i) in fates.iter().zip(&into) {
+        println!("  {:<w0$}  -> {i:<w1$}  {}", f.float_key, f.reason);
+    }
+    if !added.is_empty() {
+        println!("added at later stages ({}):", added.len());
+        let w = added.iter().map(|f| f.into[0].len()).max().unwrap_or(0);
+        for f in &added {
+            println!("  {:<w$}  {}", f.into[0], f.reason);
+        }
+    }
 }
 
 fn backends() -> i32 {

@@ -57,6 +57,12 @@ impl Pass for Calibrate {
     }
 
     fn run(&self, module: &mut Module, cx: &mut Ctx) -> Result<Changed, PassError> {
+        if trained_fake_quant_state(module) {
+            // A QAT checkpoint's fake-quant nodes carry the scales and zero points training
+            // settled on; as PyTorch's `convert`, use them instead of recalibrating.
+            store_weights(module)?;
+            return Ok(Changed::Yes);
+        }
         let q = crate::plan::settings(cx.loaded, module).map_err(PassError::User)?;
         let cal = q
             .calibration
@@ -101,6 +107,35 @@ impl Pass for Calibrate {
         }
         Ok(Changed::Yes)
     }
+}
+
+/// Whether the module's quantization state comes from a QAT checkpoint: it has fake-quant nodes
+/// and no observers, and every fake-quant's `scale` and `zero_point` were read from a checkpoint.
+fn trained_fake_quant_state(module: &Module) -> bool {
+    let mut fake_quants = 0;
+    for id in module.graph.topo_order() {
+        let node = module.graph.node(id);
+        match &node.op {
+            Op::Observe(_) => return false,
+            Op::FakeQuant { .. } => {
+                fake_quants += 1;
+                let from_checkpoint = ["scale", "zero_point"].iter().all(|r| {
+                    node.params.iter().any(|(role, key)| {
+                        role == r
+                            && module
+                                .params
+                                .get(key)
+                                .is_some_and(|p| matches!(p.provenance, Provenance::Checkpoint { .. }))
+                    })
+                });
+                if !from_checkpoint {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+    }
+    fake_quants > 0
 }
 
 fn no_calibrate(q: &QuantizeSettings) -> Diagnostic {

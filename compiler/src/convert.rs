@@ -598,7 +598,7 @@ fn to_integer_op(module: &mut Module, id: NodeId, node: &Node, q: QuantParams) -
             } else {
                 "quantize_per_tensor"
             };
-            let prov = derive(module, transform, &[&weight_key]);
+            let prov = derive(module, &format!("pack∘{transform}"), &[&weight_key]);
             let bias = bias_key.as_ref().map(|k| {
                 (
                     module.params[k].value.clone().expect("bound"),

@@ -662,3 +662,102 @@ pub fn export(module: &Module) -> Result<Export, String> {
     }
     Ok((tensors, meta))
 }
+
+/// What became of one key of stage `float` at a later stage.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyFate {
+    pub float_key: String,
+    /// The later stage's keys made from it (empty: dropped).
+    pub into: Vec<String>,
+    /// Why, in words (`BN folded, quantized per channel`).
+    pub reason: String,
+}
+
+/// The reason words of a transform chain (`quantize_per_channel∘fold_bn`), innermost first.
+fn transform_words(transform: &str) -> String {
+    let words: Vec<&str> = transform
+        .split('∘')
+        .rev()
+        .map(|t| match t {
+            "fold_bn" => "batch norm folded into the weight and bias",
+            "quantize_per_channel" => "quantized per output channel",
+            "quantize_per_tensor" => "quantized per tensor",
+            "pack" => "packed (PyTorch's quantized Linear keeps weight and bias in `_packed_params`)",
+            "qparams" => "scale and zero point from an observer",
+            other => other,
+        })
+        .collect();
+    words.join(", then ")
+}
+
+/// For every key of `float` (stage `float`), what it became in `later` and why; then the keys
+/// `later` added that come from no float key (activation scales and zero points, observer
+/// state), with their reason. The mapping is read from provenance, never from renames.
+pub fn fates(float: &Module, later: &Module) -> (Vec<KeyFate>, Vec<KeyFate>) {
+    let mut into: IndexMap<String, Vec<(String, String)>> = IndexMap::new();
+    let mut added = vec![];
+    for (key, p) in &later.params {
+        match &p.provenance {
+            Provenance::Derived { transform, from } => {
+                let from_float: Vec<&String> = from.iter().filter(|k| float.params.contains_key(*k)).collect();
+                if from_float.is_empty() {
+                    added.push(KeyFate {
+                        float_key: String::new(),
+                        into: vec![key.clone()],
+                        reason: format!("{} ({})", transform_words(transform), from.join(", ")),
+                    });
+                }
+                for f in from_float {
+                    into.entry(f.clone())
+                        .or_default()
+                        .push((key.clone(), transform.clone()));
+                }
+            }
+            _ if float.params.contains_key(key) => {
+                into.entry(key.clone()).or_default().push((key.clone(), String::new()));
+            }
+            other => added.push(KeyFate {
+                float_key: String::new(),
+                into: vec![key.clone()],
+                reason: other.to_string(),
+            }),
+        }
+    }
+    let fates = float
+        .params
+        .keys()
+        .map(|k| match into.get(k) {
+            Some(targets) => {
+                // Each step of every chain once, innermost first.
+                let mut steps: Vec<&str> = vec![];
+                for (_, t) in targets {
+                    for step in t.split('∘').rev().filter(|s| !s.is_empty()) {
+                        if !steps.contains(&step) {
+                            steps.push(step);
+                        }
+                    }
+                }
+                let reason = if steps.is_empty() {
+                    "kept as it is".to_string()
+                } else {
+                    steps.iter().map(|t| transform_words(t)).collect::<Vec<_>>().join(", ")
+                };
+                KeyFate {
+                    float_key: k.clone(),
+                    into: targets.iter().map(|(t, _)| t.clone()).collect(),
+                    reason,
+                }
+            }
+            None => KeyFate {
+                float_key: k.clone(),
+                into: vec![],
+                reason: if k.ends_with(".num_batches_tracked") {
+                    "dropped: the batch norm's step counter, unused once the batch norm is folded".into()
+                } else {
+                    format!("dropped: nothing at stage `{}` reads it", later.stage)
+                },
+            },
+        })
+        .collect();
+    (fates, added)
+}
