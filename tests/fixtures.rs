@@ -95,7 +95,7 @@ fn run_lowered(module: &Module) {
     }
 }
 
-fn stage_of<'a>(stages: &'a [Module], stage: Stage) -> &'a Module {
+fn stage_of(stages: &[Module], stage: Stage) -> &Module {
     stages.iter().find(|m| m.stage == stage).unwrap()
 }
 
