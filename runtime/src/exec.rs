@@ -32,7 +32,7 @@ enum Prepared {
     /// `QLinear`: likewise.
     Linear(Box<PackedLinear>),
     Add(QAdd, Isa),
-    /// `Quantize` / `Dequantize`: the kernels to run on.
+    /// `Quantize`, `Dequantize`, `QMaxPool`, `QAdaptiveAvgPool`: the kernels to run on.
     Isa(Isa),
     /// One part per input, channel counts filled in at run time.
     Concat(Vec<ConcatPart>),
@@ -204,7 +204,10 @@ fn prepare(p: &Program, isa: Isa) -> Result<Vec<Prepared>, ProgramError> {
                         .collect::<Result<_, _>>()?;
                     Prepared::Concat(parts)
                 }
-                QuantOp::Quantize | QuantOp::Dequantize => Prepared::Isa(isa),
+                QuantOp::Quantize
+                | QuantOp::Dequantize
+                | QuantOp::QMaxPool { .. }
+                | QuantOp::QAdaptiveAvgPool { .. } => Prepared::Isa(isa),
                 _ => Prepared::Nothing,
             })
         })
@@ -374,6 +377,10 @@ fn eval_quant(
     let out_q = out_info.quant;
     let n_out: usize = out_shape.iter().product();
     let mut out = vec![0u8; n_out];
+    let isa = match prep {
+        Prepared::Isa(isa) => *isa,
+        _ => Isa::Scalar,
+    };
     match op {
         QuantOp::Quantize => {
             let q = out_q.ok_or_else(|| bad("quantize needs output parameters"))?;
@@ -386,10 +393,6 @@ fn eval_quant(
                     TensorData::I8(o)
                 }
                 _ => {
-                    let isa = match prep {
-                        Prepared::Isa(isa) => *isa,
-                        _ => Isa::Scalar,
-                    };
                     fast::quantize_u8_with(isa, &moved, &q, &mut out)?;
                     TensorData::U8(out)
                 }
@@ -400,13 +403,7 @@ fn eval_quant(
             let q = in_q.ok_or_else(|| bad("dequantize needs input parameters"))?;
             let mut f = vec![0f32; x.len()];
             match &x.data {
-                TensorData::U8(v) => {
-                    let isa = match prep {
-                        Prepared::Isa(isa) => *isa,
-                        _ => Isa::Scalar,
-                    };
-                    fast::dequantize_u8_with(isa, v, &q, &mut f)?
-                }
+                TensorData::U8(v) => fast::dequantize_u8_with(isa, v, &q, &mut f)?,
                 TensorData::I8(v) => dequantize_per_tensor(v, &q, &mut f)?,
                 _ => return Err(bad("dequantize reads u8 or i8")),
             }
@@ -461,14 +458,14 @@ fn eval_quant(
                 let q = in_q.ok_or_else(|| bad("pooling needs input parameters"))?;
                 k::qavgpool2d(&QAvgPool2d::new(geom, *count_include_pad, &q), u8s(x)?, &mut out)?;
             } else {
-                k::qmaxpool2d(&geom, u8s(x)?, &mut out)?;
+                fast::qmaxpool2d_with(isa, &geom, u8s(x)?, &mut out)?;
             }
         }
         QuantOp::QAdaptiveAvgPool { output } => {
             let q = in_q.ok_or_else(|| bad("pooling needs input parameters"))?;
             let (n, h, w, c) = nhwc(&x.shape)?;
             if output.iter().all(|&o| o == 1) {
-                k::qglobal_avgpool(&QGlobalAvgPool::new(n, h * w, c, &q), u8s(x)?, &mut out)?;
+                fast::qglobal_avgpool_with(isa, &QGlobalAvgPool::new(n, h * w, c, &q), u8s(x)?, &mut out)?;
             } else {
                 let out_hw = match output[..] {
                     [l] => [1, l],

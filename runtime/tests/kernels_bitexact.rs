@@ -5,7 +5,7 @@
 
 use proptest::prelude::*;
 use qc_runtime::kernels::fast::{self, Isa, PackedConv, PackedLinear};
-use qc_runtime::kernels::{reference, Axis, Conv2dGeom, QConv2d, QLinear};
+use qc_runtime::kernels::{reference, Axis, Conv2dGeom, Pool2dGeom, QConv2d, QGlobalAvgPool, QLinear};
 use qc_runtime::quant::{accumulator_fits, QAdd, QParams, QRange, Requant};
 use qc_runtime::SplitMix64;
 
@@ -225,8 +225,59 @@ fn check_quantize(seed: u64) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+fn check_pools(seed: u64) -> Result<(), TestCaseError> {
+    let r = &mut SplitMix64::new(seed);
+    let channels = pick(r, &[1, 3, 7, 17, 31, 32, 33, 65]);
+    let axis = |r: &mut SplitMix64| {
+        let kernel = 1 + below(r, 3) as usize;
+        Axis::new(
+            kernel,
+            1 + below(r, 3) as usize,
+            below(r, kernel as u64 / 2 + 1) as usize,
+            1 + below(r, 2) as usize,
+        )
+    };
+    let g = Pool2dGeom {
+        batch: 1 + below(r, 2) as usize,
+        in_h: 1 + below(r, 7) as usize,
+        in_w: 1 + below(r, 7) as usize,
+        channels,
+        h: axis(r),
+        w: axis(r),
+        ceil_mode: below(r, 2) == 0,
+    };
+    let x = u8s(r, g.input_len());
+    if let Ok(n) = g.output_len() {
+        let mut want = vec![0u8; n];
+        reference::qmaxpool2d(&g, &x, &mut want).unwrap();
+        let mut got = vec![1u8; n];
+        fast::qmaxpool2d(&g, &x, &mut got).unwrap();
+        prop_assert_eq!(&got, &want, "{:?}", g);
+    }
+    let p = qparams(r);
+    let range = QRange::U8;
+    let gp = QGlobalAvgPool {
+        batch: g.batch,
+        spatial: g.in_h * g.in_w,
+        channels,
+        zero_point: p.zero_point(),
+        range,
+    };
+    let mut want = vec![0u8; g.batch * channels];
+    reference::qglobal_avgpool(&gp, &x, &mut want).unwrap();
+    let mut got = vec![1u8; g.batch * channels];
+    fast::qglobal_avgpool(&gp, &x, &mut got).unwrap();
+    prop_assert_eq!(&got, &want, "{:?}", gp);
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+    #[test]
+    fn pools_match_reference(seed in any::<u64>()) {
+        check_pools(seed)?;
+    }
 
     #[test]
     fn qconv2d_matches_reference(seed in any::<u64>()) {

@@ -577,6 +577,64 @@ pub unsafe fn dequantize_u8(q: &[u8], scale: f32, zp: i32, out: &mut [f32]) {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Pooling (plain loops compiled for AVX2: the compiler vectorises them over channels)
+// ---------------------------------------------------------------------------------------------
+
+/// [`super::reference::qmaxpool2d`]'s loops compiled with AVX2 (`vpmaxub` over 32 channels).
+///
+/// # Safety
+/// Needs AVX2; geometry and lengths checked (`[oh_n, ow_n]` from `g.out_hw()`).
+#[target_feature(enable = "avx2")]
+pub unsafe fn maxpool(g: &super::Pool2dGeom, [oh_n, ow_n]: [usize; 2], x: &[u8], out: &mut [u8]) {
+    let c_n = g.channels;
+    for n in 0..g.batch {
+        for oh in 0..oh_n {
+            for ow in 0..ow_n {
+                let o = &mut out[((n * oh_n + oh) * ow_n + ow) * c_n..][..c_n];
+                o.fill(0);
+                for kh in 0..g.h.kernel {
+                    let Some(ih) = g.h.input_index(oh, kh, g.in_h) else {
+                        continue;
+                    };
+                    for kw in 0..g.w.kernel {
+                        let Some(iw) = g.w.input_index(ow, kw, g.in_w) else {
+                            continue;
+                        };
+                        let xs = &x[((n * g.in_h + ih) * g.in_w + iw) * c_n..][..c_n];
+                        for (m, &v) in o.iter_mut().zip(xs) {
+                            *m = (*m).max(v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`super::reference::qglobal_avgpool`] with the per-channel sums accumulated position by
+/// position (contiguous, vectorised) instead of channel by channel; the sums are exact integers,
+/// so the order does not matter. `sums` is scratch.
+///
+/// # Safety
+/// Needs AVX2; parameters and lengths checked as by the reference.
+#[target_feature(enable = "avx2")]
+pub unsafe fn global_avgpool(p: &super::QGlobalAvgPool, x: &[u8], out: &mut [u8]) {
+    let (s_n, c_n) = (p.spatial, p.channels);
+    let mut sums = vec![0i32; c_n];
+    for (xs, os) in x.chunks_exact(s_n * c_n).zip(out.chunks_exact_mut(c_n)) {
+        sums.fill(0);
+        for px in xs.chunks_exact(c_n) {
+            for (s, &v) in sums.iter_mut().zip(px) {
+                *s += v as i32;
+            }
+        }
+        for (o, &s) in os.iter_mut().zip(&sums) {
+            *o = crate::quant::avg_pool_out(s, s_n as i32, s_n as i32, p.zero_point, p.range) as u8;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

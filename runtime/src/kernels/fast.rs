@@ -10,7 +10,10 @@
 use std::sync::OnceLock;
 
 use super::reference;
-use super::{check_epilogue, check_len, check_range_u8, check_zp_u8, Conv2dGeom, KernelError, QConv2d, QLinear};
+use super::{
+    check_epilogue, check_len, check_range_u8, check_zp_u8, Conv2dGeom, KernelError, Pool2dGeom, QConv2d,
+    QGlobalAvgPool, QLinear,
+};
 use crate::quant::{QAdd, QParams};
 
 /// Which kernels run.
@@ -369,4 +372,49 @@ pub fn dequantize_u8_with(isa: Isa, q: &[u8], p: &QParams, out: &mut [f32]) -> R
 /// [`reference::dequantize_u8`], dispatched.
 pub fn dequantize_u8(q: &[u8], p: &QParams, out: &mut [f32]) -> Result<(), KernelError> {
     dequantize_u8_with(detected(), q, p, out)
+}
+
+/// [`reference::qmaxpool2d`] on `isa`'s kernels.
+pub fn qmaxpool2d_with(isa: Isa, g: &Pool2dGeom, x: &[u8], out: &mut [u8]) -> Result<(), KernelError> {
+    let [oh_n, ow_n] = g.out_hw()?;
+    check_len("input", g.input_len(), x.len())?;
+    check_len("output", g.batch * oh_n * ow_n * g.channels, out.len())?;
+    #[cfg(target_arch = "x86_64")]
+    if supported(isa) == Isa::Avx2 {
+        // SAFETY: AVX2 detected; geometry and lengths checked.
+        unsafe { super::avx2::maxpool(g, [oh_n, ow_n], x, out) };
+        return Ok(());
+    }
+    let _ = isa;
+    reference::qmaxpool2d(g, x, out)
+}
+
+/// [`reference::qmaxpool2d`], dispatched.
+pub fn qmaxpool2d(g: &Pool2dGeom, x: &[u8], out: &mut [u8]) -> Result<(), KernelError> {
+    qmaxpool2d_with(detected(), g, x, out)
+}
+
+/// [`reference::qglobal_avgpool`] on `isa`'s kernels.
+pub fn qglobal_avgpool_with(isa: Isa, p: &QGlobalAvgPool, x: &[u8], out: &mut [u8]) -> Result<(), KernelError> {
+    let (s_n, c_n) = (p.spatial, p.channels);
+    let checked = (1..=1 << 23).contains(&s_n)
+        && c_n > 0
+        && x.len() == p.batch * s_n * c_n
+        && out.len() == p.batch * c_n
+        && (0..=255).contains(&p.zero_point)
+        && p.range.qmin() >= 0
+        && p.range.qmax() <= 255;
+    #[cfg(target_arch = "x86_64")]
+    if checked && supported(isa) == Isa::Avx2 {
+        // SAFETY: AVX2 detected; the reference's checks hold (else it reports the error).
+        unsafe { super::avx2::global_avgpool(p, x, out) };
+        return Ok(());
+    }
+    let _ = (isa, checked);
+    reference::qglobal_avgpool(p, x, out)
+}
+
+/// [`reference::qglobal_avgpool`], dispatched.
+pub fn qglobal_avgpool(p: &QGlobalAvgPool, x: &[u8], out: &mut [u8]) -> Result<(), KernelError> {
+    qglobal_avgpool_with(detected(), p, x, out)
 }
