@@ -314,7 +314,7 @@ fn avx2_is_used_where_available() {
 #[test]
 fn large_conv_matches_reference() {
     let r = &mut SplitMix64::new(7);
-    for (in_c, out_c, groups, hw, kernel) in [(64, 72, 1, 30, 3), (40, 40, 40, 31, 3), (24, 48, 2, 23, 1)] {
+    for (in_c, out_c, groups, hw, kernel) in [(64, 72, 1, 30, 3), (40, 40, 40, 61, 3), (24, 48, 2, 23, 1)] {
         let a = Axis::new(kernel, 1, kernel / 2, 1);
         let geom = Conv2dGeom {
             batch: 2,
@@ -348,6 +348,29 @@ fn large_conv_matches_reference() {
         let scalar = PackedConv::with_isa(&p, &wt, b.as_deref(), Isa::Scalar).unwrap();
         assert_eq!(scalar.isa(), Isa::Scalar);
     }
+}
+
+/// A linear layer big enough for the threaded path with one row: split over channel blocks.
+#[test]
+fn large_linear_matches_reference() {
+    let r = &mut SplitMix64::new(8);
+    let (batch, k, m) = (3, 1030, 613);
+    let zp = 200;
+    let p = QLinear {
+        batch,
+        in_features: k,
+        out_features: m,
+        input_zero_point: zp,
+        requant: (0..m).map(|_| requant(r, k)).collect(),
+    };
+    let x = u8s(r, batch * k);
+    let wt = i8s(r, m * k);
+    let b = bias(r, m, k, zp);
+    let mut want = vec![0u8; batch * m];
+    reference::qlinear(&p, &x, &wt, b.as_deref(), &mut want).unwrap();
+    let mut got = vec![0u8; batch * m];
+    fast::qlinear(&p, &x, &wt, b.as_deref(), &mut got).unwrap();
+    assert_eq!(got, want);
 }
 
 #[test]
