@@ -1,32 +1,39 @@
 //! The executor: the one dispatcher that runs any [`Program`] on the CPU, float steps through the
-//! reference interpreter ([`crate::interp`]) and int8 steps through the scalar reference kernels
-//! ([`crate::kernels::reference`]).
+//! reference interpreter ([`crate::interp`]) and int8 steps through the optimised kernels
+//! ([`crate::kernels::fast`]: AVX2 where the CPU has it, else the scalar reference kernels of
+//! [`crate::kernels::reference`]; both give the same bits).
 //!
 //! [`Executor::new`] validates the program once ([`crate::validate`]) and derives what the int8
-//! kernels need from it (per-channel [`Requant`]s, [`QAdd`]s, concat parts), so that a malformed
-//! program is refused with a [`ProgramError`] before anything runs. Each run checks the inputs,
+//! kernels need from it (convolution and linear weights packed once with their per-channel
+//! [`Requant`](crate::quant::Requant)s, [`QAdd`]s, concat parts), so that a malformed program is refused with a
+//! [`ProgramError`] before anything runs. Each run checks the inputs,
 //! runs [`crate::validate::infer`] on the actual shapes before every step (any batch size), and
 //! frees every intermediate value after its last use.
 
 use crate::interp;
+use crate::kernels::fast::{self, Isa, PackedConv, PackedLinear};
 use crate::kernels::reference as k;
 use crate::kernels::{
-    check_epilogue, requant_per_channel, ConcatPart, Conv2dGeom, KernelError, Pool2dGeom, QAdaptiveAvgPool2d,
-    QAvgPool2d, QConcat, QConv2d, QGlobalAvgPool, QLinear,
+    requant_per_channel, ConcatPart, Conv2dGeom, KernelError, Pool2dGeom, QAdaptiveAvgPool2d, QAvgPool2d, QConcat,
+    QConv2d, QGlobalAvgPool, QLinear,
 };
 use crate::program::{Layout, Program, ProgramError, QuantOp, RunError, Step, StepOp, Window};
-use crate::quant::{dequantize_per_tensor, quantize_per_tensor, QAdd, QParams, Requant};
+use crate::quant::{dequantize_per_tensor, quantize_per_tensor, QAdd, QParams};
 use crate::tensor::{DType, Tensor, TensorData};
 use crate::validate::{infer, validate};
 
 /// What an int8 step needs beyond the program, derived once.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 enum Prepared {
     /// Float steps and int8 steps that read everything from the program.
     Nothing,
-    /// `QConv` / `QLinear`: one requantization per output channel, the activation fused.
-    Requant(Vec<Requant>),
-    Add(QAdd),
+    /// `QConv`: weights packed with one requantization per output channel, the activation fused.
+    Conv(Box<PackedConv>),
+    /// `QLinear`: likewise.
+    Linear(Box<PackedLinear>),
+    Add(QAdd, Isa),
+    /// `Quantize`, `Dequantize`, `QMaxPool`, `QAdaptiveAvgPool`: the kernels to run on.
+    Isa(Isa),
     /// One part per input, channel counts filled in at run time.
     Concat(Vec<ConcatPart>),
 }
@@ -41,10 +48,16 @@ pub struct Executor {
 }
 
 impl Executor {
-    /// Validates `program` and prepares its int8 steps.
+    /// Validates `program` and prepares its int8 steps for the best kernels of this CPU.
     pub fn new(program: Program) -> Result<Executor, ProgramError> {
+        Executor::with_isa(program, fast::detected())
+    }
+
+    /// [`Executor::new`] for the kernels of `isa` (the scalar reference ones if this CPU lacks
+    /// it): [`Isa::Scalar`] runs every int8 step on [`crate::kernels::reference`].
+    pub fn with_isa(program: Program, isa: Isa) -> Result<Executor, ProgramError> {
         validate(&program)?;
-        let prepared = prepare(&program)?;
+        let prepared = prepare(&program, isa)?;
         let mut last_use = vec![None; program.values.len()];
         for (i, step) in program.steps.iter().enumerate() {
             for &v in &step.inputs {
@@ -91,7 +104,7 @@ impl Executor {
 /// Validates and runs `program` once (see [`Executor`] to run it many times).
 pub fn run(program: &Program, inputs: &[Tensor]) -> Result<Vec<Tensor>, RunError> {
     validate(program)?;
-    let prepared = prepare(program)?;
+    let prepared = prepare(program, fast::detected())?;
     let mut values = execute(program, &prepared, inputs, None)?;
     Ok(program
         .outputs
@@ -104,8 +117,8 @@ fn quant_of(p: &Program, id: usize) -> Option<QParams> {
     p.values.get(id).and_then(|v| v.quant)
 }
 
-/// Derives each int8 step's integer parameters (validated program).
-fn prepare(p: &Program) -> Result<Vec<Prepared>, ProgramError> {
+/// Derives each int8 step's integer parameters and packs its weights (validated program).
+fn prepare(p: &Program, isa: Isa) -> Result<Vec<Prepared>, ProgramError> {
     p.steps
         .iter()
         .enumerate()
@@ -139,11 +152,39 @@ fn prepare(p: &Program) -> Result<Vec<Prepared>, ProgramError> {
                     let requant = requant_per_channel(&input, scales, &output, *act)
                         .map_err(|e| fail(format!("requantization: {e}")))?;
                     let w = &p.constants[*weight];
-                    let k = w.shape[1..].iter().product::<usize>();
+                    let wd = w.as_i8().ok_or_else(|| fail("weights are not i8".into()))?;
                     let bias = bias.and_then(|b| p.constants[b].as_i32());
-                    check_epilogue(requant.len(), k, input.zero_point(), &requant, bias)
-                        .map_err(|e| fail(e.to_string()))?;
-                    Prepared::Requant(requant)
+                    let packed = if let QuantOp::QConv { window, groups, .. } = op {
+                        // Batch and input size are placeholders: `PackedConv::run` takes the real ones.
+                        let (h, w_axis) = axes(window);
+                        let in_c = w.shape.last().copied().unwrap_or(0) * groups;
+                        let geom = Conv2dGeom {
+                            batch: 1,
+                            in_h: 1,
+                            in_w: 1,
+                            in_c,
+                            out_c: requant.len(),
+                            h,
+                            w: w_axis,
+                            groups: *groups,
+                        };
+                        let params = QConv2d {
+                            geom,
+                            input_zero_point: input.zero_point(),
+                            requant,
+                        };
+                        PackedConv::with_isa(&params, wd, bias, isa).map(|c| Prepared::Conv(Box::new(c)))
+                    } else {
+                        let params = QLinear {
+                            batch: 1,
+                            in_features: w.shape[1..].iter().product::<usize>(),
+                            out_features: requant.len(),
+                            input_zero_point: input.zero_point(),
+                            requant,
+                        };
+                        PackedLinear::with_isa(&params, wd, bias, isa).map(|l| Prepared::Linear(Box::new(l)))
+                    };
+                    packed.map_err(|e| fail(e.to_string()))?
                 }
                 QuantOp::QAdd { relu } => {
                     let add = QAdd::new(
@@ -152,7 +193,7 @@ fn prepare(p: &Program) -> Result<Vec<Prepared>, ProgramError> {
                         &params(step.output)?,
                     )
                     .map_err(|e| fail(e.to_string()))?;
-                    Prepared::Add(if *relu { add.with_relu() } else { add })
+                    Prepared::Add(if *relu { add.with_relu() } else { add }, isa)
                 }
                 QuantOp::QConcat => {
                     let out = params(step.output)?;
@@ -163,6 +204,10 @@ fn prepare(p: &Program) -> Result<Vec<Prepared>, ProgramError> {
                         .collect::<Result<_, _>>()?;
                     Prepared::Concat(parts)
                 }
+                QuantOp::Quantize
+                | QuantOp::Dequantize
+                | QuantOp::QMaxPool { .. }
+                | QuantOp::QAdaptiveAvgPool { .. } => Prepared::Isa(isa),
                 _ => Prepared::Nothing,
             })
         })
@@ -178,7 +223,7 @@ pub type OnValue<'a> = &'a mut dyn FnMut(usize, &Tensor) -> std::ops::ControlFlo
 /// is computed (calibration reads observers this way, non-finite values included).
 pub fn run_with(program: &Program, inputs: &[Tensor], on_value: OnValue) -> Result<Vec<Tensor>, RunError> {
     validate(program)?;
-    let prepared = prepare(program)?;
+    let prepared = prepare(program, fast::detected())?;
     let mut values = execute_with(program, &prepared, inputs, None, on_value)?;
     Ok(program
         .outputs
@@ -331,8 +376,11 @@ fn eval_quant(
     let in_q = in_info.quant;
     let out_q = out_info.quant;
     let n_out: usize = out_shape.iter().product();
-    let constant = |id: usize| p.constants.get(id).ok_or_else(|| bad("constant out of range"));
     let mut out = vec![0u8; n_out];
+    let isa = match prep {
+        Prepared::Isa(isa) => *isa,
+        _ => Isa::Scalar,
+    };
     match op {
         QuantOp::Quantize => {
             let q = out_q.ok_or_else(|| bad("quantize needs output parameters"))?;
@@ -345,7 +393,7 @@ fn eval_quant(
                     TensorData::I8(o)
                 }
                 _ => {
-                    quantize_per_tensor(&moved, &q, &mut out)?;
+                    fast::quantize_u8_with(isa, &moved, &q, &mut out)?;
                     TensorData::U8(out)
                 }
             };
@@ -355,72 +403,44 @@ fn eval_quant(
             let q = in_q.ok_or_else(|| bad("dequantize needs input parameters"))?;
             let mut f = vec![0f32; x.len()];
             match &x.data {
-                TensorData::U8(v) => dequantize_per_tensor(v, &q, &mut f)?,
+                TensorData::U8(v) => fast::dequantize_u8_with(isa, v, &q, &mut f)?,
                 TensorData::I8(v) => dequantize_per_tensor(v, &q, &mut f)?,
                 _ => return Err(bad("dequantize reads u8 or i8")),
             }
             let moved = relayout(&f, &x.shape, in_info.layout, out_info.layout)?;
             return Ok(Tensor::f32(out_shape, moved));
         }
-        QuantOp::QConv {
-            window,
-            groups,
-            weight,
-            bias,
-            ..
-        } => {
-            let Prepared::Requant(requant) = prep else {
+        QuantOp::QConv { window, groups, .. } => {
+            let Prepared::Conv(packed) = prep else {
                 return Err(bad("qconv is not prepared"));
             };
             let (n, h, w, c) = nhwc(&x.shape)?;
-            let wt = constant(*weight)?;
             let (ah, aw) = axes(window);
             let geom = Conv2dGeom {
                 batch: n,
                 in_h: h,
                 in_w: w,
                 in_c: c,
-                out_c: wt.shape[0],
+                out_c: packed.params().geom.out_c,
                 h: ah,
                 w: aw,
                 groups: *groups,
             };
-            let params = QConv2d {
-                geom,
-                input_zero_point: in_q.map_or(0, |q| q.zero_point()),
-                requant: requant.clone(),
-            };
-            let wd = wt.as_i8().ok_or_else(|| bad("weights are i8"))?;
-            let bd = bias
-                .map(|b| constant(b).map(|t| t.as_i32().unwrap_or(&[])))
-                .transpose()?;
-            k::qconv2d(&params, u8s(x)?, wd, bd, &mut out)?;
+            packed.run(&geom, u8s(x)?, &mut out)?;
         }
-        QuantOp::QLinear { weight, bias, .. } => {
-            let Prepared::Requant(requant) = prep else {
+        QuantOp::QLinear { .. } => {
+            let Prepared::Linear(packed) = prep else {
                 return Err(bad("qlinear is not prepared"));
             };
-            let wt = constant(*weight)?;
             let kf = *x.shape.last().ok_or_else(|| bad("rank 0"))?;
-            let params = QLinear {
-                batch: x.len() / kf.max(1),
-                in_features: kf,
-                out_features: requant.len(),
-                input_zero_point: in_q.map_or(0, |q| q.zero_point()),
-                requant: requant.clone(),
-            };
-            let wd = wt.as_i8().ok_or_else(|| bad("weights are i8"))?;
-            let bd = bias
-                .map(|b| constant(b).map(|t| t.as_i32().unwrap_or(&[])))
-                .transpose()?;
-            k::qlinear(&params, u8s(x)?, wd, bd, &mut out)?;
+            packed.run(x.len() / kf.max(1), u8s(x)?, &mut out)?;
         }
         QuantOp::QAdd { .. } => {
-            let Prepared::Add(add) = prep else {
+            let Prepared::Add(add, isa) = prep else {
                 return Err(bad("qadd is not prepared"));
             };
             let b = args.get(1).ok_or_else(|| bad("qadd takes two inputs"))?;
-            k::qadd(add, u8s(x)?, u8s(b)?, &mut out)?;
+            fast::qadd_with(*isa, add, u8s(x)?, u8s(b)?, &mut out)?;
         }
         QuantOp::QMaxPool { window } | QuantOp::QAvgPool { window, .. } => {
             let (n, h, w, c) = nhwc(&x.shape)?;
@@ -438,14 +458,14 @@ fn eval_quant(
                 let q = in_q.ok_or_else(|| bad("pooling needs input parameters"))?;
                 k::qavgpool2d(&QAvgPool2d::new(geom, *count_include_pad, &q), u8s(x)?, &mut out)?;
             } else {
-                k::qmaxpool2d(&geom, u8s(x)?, &mut out)?;
+                fast::qmaxpool2d_with(isa, &geom, u8s(x)?, &mut out)?;
             }
         }
         QuantOp::QAdaptiveAvgPool { output } => {
             let q = in_q.ok_or_else(|| bad("pooling needs input parameters"))?;
             let (n, h, w, c) = nhwc(&x.shape)?;
             if output.iter().all(|&o| o == 1) {
-                k::qglobal_avgpool(&QGlobalAvgPool::new(n, h * w, c, &q), u8s(x)?, &mut out)?;
+                fast::qglobal_avgpool_with(isa, &QGlobalAvgPool::new(n, h * w, c, &q), u8s(x)?, &mut out)?;
             } else {
                 let out_hw = match output[..] {
                     [l] => [1, l],

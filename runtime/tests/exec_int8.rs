@@ -529,3 +529,19 @@ fn malformed_programs_are_refused_naming_the_step() {
     assert!(matches!(exec.run(&[wrong]), Err(RunError::InputShape { .. })));
     assert!(matches!(exec.run(&[]), Err(RunError::InputCount { .. })));
 }
+
+/// The executor on the optimised kernels ([`Executor::new`]) and on the scalar reference
+/// ([`Executor::with_isa`]`(.., Isa::Scalar)`) computes the same bits for every value.
+#[test]
+fn fast_kernels_match_the_reference_executor() {
+    use qc_runtime::kernels::fast::Isa;
+    for seed in 0..6 {
+        let (b, inputs, _) = cnn(seed, 1 + seed as usize % 3);
+        let fast = Executor::new(b.p.clone()).unwrap().run_traced(&inputs).unwrap();
+        let scalar = Executor::with_isa(b.p.clone(), Isa::Scalar)
+            .unwrap()
+            .run_traced(&inputs)
+            .unwrap();
+        assert_eq!(fast, scalar, "seed {seed}");
+    }
+}

@@ -1,6 +1,7 @@
 //! qc's CPU int8 kernels: the parameter types and window geometry every kernel shares, and the
-//! scalar reference implementation ([`reference`](mod@reference)) that later SIMD kernels (AVX-512 VNNI, AMX)
-//! must match **bit for bit**.
+//! scalar reference implementation ([`reference`](mod@reference)) that every SIMD kernel must match
+//! **bit for bit**, and the optimised kernels: [`fast`] dispatches at run time to [`avx2`] (x86_64
+//! with AVX2) or falls back to the reference. AVX-512 VNNI and AMX paths are not written yet.
 //!
 //! # Numerics
 //!
@@ -47,6 +48,9 @@
 //! ([`reference::linear_weight_torch_to_nhwc_flatten`]). When `H = W = 1` both orders coincide and
 //! flatten / reshape of NHWC data is the identity.
 
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+pub mod fast;
 pub mod reference;
 
 use crate::quant::{requant_multiplier, QParams, QRange, QuantError, Requant};

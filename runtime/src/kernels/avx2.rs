@@ -1,0 +1,690 @@
+//! AVX2 int8 kernels (x86_64): convolution (direct, im2col-free, on a zero-point-centred `i16`
+//! copy of the input), depthwise convolution, linear, add, quantize and dequantize, bit for bit
+//! equal to [`super::reference`].
+//!
+//! Everything here is `unsafe` to call: the caller ([`super::fast`]) checks that the CPU has AVX2
+//! (`is_x86_feature_detected!("avx2")`) and has already checked every length and parameter with
+//! the reference kernels' checks.
+//!
+//! # Accumulation without saturation
+//!
+//! The input is converted once to `i16` as `x - zp_x` (in `[-255, 255]`) and the weights to `i16`;
+//! products are summed with `vpmaddwd` (`i16·i16 + i16·i16 → i32`), whose pair sum is at most
+//! `2 · 255 · 128 = 65280` in magnitude and cannot saturate (`vpmaddwd` saturates only for
+//! `-32768 · -32768` twice). `vpmaddubsw` (which saturates `u8·i8` pairs to `i16`) is not used.
+//! Padding is stored as `0 = zp_x - zp_x`, which is exactly the reference's skipped tap. The sums
+//! are the reference's `dot_acc` terms in another order; the reference's checks guarantee the i32
+//! accumulator never wraps, so any order gives the same bits.
+//!
+//! # Requantization
+//!
+//! [`requant8`] is [`Requant::apply`] on 8 lanes: `vpmuldq` gives the exact `i64` product
+//! `acc · m`; AVX2 has no 64-bit arithmetic shift, so (docs/numerics.md §4) it adds `2^62` with the
+//! rounding term, shifts logically and subtracts `2^(62-shift)`; the clamp is done in `i64`.
+//! Proptested against [`Requant::apply`] below and in `tests/kernels_bitexact.rs`.
+
+use std::arch::x86_64::*;
+
+use crate::quant::{QAdd, Requant, QADD_LEFT_SHIFT};
+
+// ---------------------------------------------------------------------------------------------
+// Requantization on 8 lanes
+// ---------------------------------------------------------------------------------------------
+
+/// [`Requant`] parameters (and an `i32` bias) of 8 output channels laid out for [`requant8`]:
+/// `[0]` holds the even lanes (channels 0, 2, 4, 6), `[1]` the odd ones.
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(32))]
+pub struct RequantLanes {
+    m: [i32; 8],
+    bias: [i32; 8],
+    /// `2^(shift-1) + 2^62`.
+    rnd: [[i64; 4]; 2],
+    shift: [[i64; 4]; 2],
+    /// `zp - 2^(62-shift)`.
+    off: [[i64; 4]; 2],
+    lo: [[i64; 4]; 2],
+    hi: [[i64; 4]; 2],
+}
+
+impl RequantLanes {
+    /// Lanes `i < r.len()` get `r[i]` and `bias[i]` (0 without bias); the rest copy lane 0 and
+    /// are ignored by the caller. `1 <= r.len() <= 8`.
+    pub fn new(r: &[Requant], bias: Option<&[i32]>) -> RequantLanes {
+        let mut l = RequantLanes {
+            m: [0; 8],
+            bias: [0; 8],
+            rnd: [[0; 4]; 2],
+            shift: [[0; 4]; 2],
+            off: [[0; 4]; 2],
+            lo: [[0; 4]; 2],
+            hi: [[0; 4]; 2],
+        };
+        for i in 0..8 {
+            let j = if i < r.len() { i } else { 0 };
+            let q = &r[j];
+            l.m[i] = q.multiplier;
+            l.bias[i] = bias.map_or(0, |b| b[j]);
+            let (h, k) = (i % 2, i / 2);
+            l.rnd[h][k] = (1i64 << (q.shift - 1)) + (1i64 << 62);
+            l.shift[h][k] = q.shift as i64;
+            l.off[h][k] = q.zero_point as i64 - (1i64 << (62 - q.shift));
+            l.lo[h][k] = q.qmin as i64;
+            l.hi[h][k] = q.qmax as i64;
+        }
+        l
+    }
+
+    /// The same requantization on all 8 lanes, no bias.
+    pub fn splat(r: &Requant) -> RequantLanes {
+        RequantLanes::new(std::slice::from_ref(r), None)
+    }
+}
+
+#[inline(always)]
+unsafe fn ld(p: *const i64) -> __m256i {
+    _mm256_loadu_si256(p as *const __m256i)
+}
+
+/// `floor((p + rnd) / 2^shift) + off` for 4 `i64` lanes, `|p| < 2^62`, `rnd` including `2^62`:
+/// `p + rnd` lies in `(0, 2^64)`, so the logical shift is the floor, and `2^62 / 2^shift` is
+/// taken back out through `off`.
+#[inline(always)]
+unsafe fn shift_round_half(p: __m256i, rnd: __m256i, shift: __m256i, off: __m256i) -> __m256i {
+    _mm256_add_epi64(_mm256_srlv_epi64(_mm256_add_epi64(p, rnd), shift), off)
+}
+
+#[inline(always)]
+unsafe fn clamp64(v: __m256i, lo: __m256i, hi: __m256i) -> __m256i {
+    let v = _mm256_blendv_epi8(v, lo, _mm256_cmpgt_epi64(lo, v));
+    _mm256_blendv_epi8(v, hi, _mm256_cmpgt_epi64(v, hi))
+}
+
+/// Rounding shift, zero point and clamp of the 4 `i64` products of lane half `h`.
+#[inline(always)]
+unsafe fn requant_half(p: __m256i, r: &RequantLanes, h: usize) -> __m256i {
+    let v = shift_round_half(p, ld(r.rnd[h].as_ptr()), ld(r.shift[h].as_ptr()), ld(r.off[h].as_ptr()));
+    clamp64(v, ld(r.lo[h].as_ptr()), ld(r.hi[h].as_ptr()))
+}
+
+/// [`Requant::apply`]`(acc + bias)` on 8 `i32` lanes (the bias added wrapping, as `dot_acc`
+/// starts from it). Results are in `[qmin, qmax]`.
+///
+/// # Safety
+/// Needs AVX2.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub unsafe fn requant8(acc: __m256i, r: &RequantLanes) -> __m256i {
+    let acc = _mm256_add_epi32(acc, _mm256_loadu_si256(r.bias.as_ptr() as *const __m256i));
+    let m = _mm256_loadu_si256(r.m.as_ptr() as *const __m256i);
+    let pe = _mm256_mul_epi32(acc, m);
+    let po = _mm256_mul_epi32(_mm256_srli_epi64(acc, 32), _mm256_srli_epi64(m, 32));
+    let (e, o) = (requant_half(pe, r, 0), requant_half(po, r, 1));
+    _mm256_blend_epi32(e, _mm256_slli_epi64(o, 32), 0b1010_1010)
+}
+
+/// Writes the low bytes of 8 `i32` lanes holding values in `[0, 255]`: the first `n` of them.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn store_u8(v: __m256i, dst: *mut u8, n: usize) {
+    let p16 = _mm256_packus_epi32(v, v);
+    let p8 = _mm256_packus_epi16(p16, p16);
+    let lo = _mm_cvtsi128_si32(_mm256_castsi256_si128(p8)) as u32 as u64;
+    let hi = _mm_cvtsi128_si32(_mm256_extracti128_si256(p8, 1)) as u32 as u64;
+    let b = lo | (hi << 32);
+    if n >= 8 {
+        std::ptr::write_unaligned(dst as *mut u64, b);
+    } else {
+        let bytes = b.to_le_bytes();
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, n);
+    }
+}
+
+/// [`requant8`] then [`store_u8`]: for tests of the epilogue alone.
+///
+/// # Safety
+/// Needs AVX2.
+#[target_feature(enable = "avx2")]
+pub unsafe fn requant_store(acc: &[i32; 8], r: &RequantLanes, out: &mut [u8; 8]) {
+    let v = requant8(_mm256_loadu_si256(acc.as_ptr() as *const __m256i), r);
+    store_u8(v, out.as_mut_ptr(), 8);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Centred, padded i16 input
+// ---------------------------------------------------------------------------------------------
+
+/// Layout of the centred input copy: `[batch, hp, wp, groups, cgp]` `i16` with `hp = in_h + 2·ph`,
+/// `wp = in_w + 2·pw`, `cgp` = channels per group rounded up (to even for `vpmaddwd` pairs).
+#[derive(Clone, Copy, Debug)]
+pub struct PadGeom {
+    pub batch: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub groups: usize,
+    pub cg: usize,
+    pub cgp: usize,
+    pub ph: usize,
+    pub pw: usize,
+}
+
+impl PadGeom {
+    pub fn hp(&self) -> usize {
+        self.in_h + 2 * self.ph
+    }
+    pub fn wp(&self) -> usize {
+        self.in_w + 2 * self.pw
+    }
+    pub fn ctot(&self) -> usize {
+        self.groups * self.cgp
+    }
+    /// Elements, plus 16 of slack so 8/16-lane loads at the end stay inside.
+    pub fn buffer_len(&self) -> usize {
+        self.batch * self.hp() * self.wp() * self.ctot() + 16
+    }
+}
+
+/// Fills `buf` (resized to `g.buffer_len()`) with `x - zp` in `g`'s layout, 0 in the padding.
+///
+/// # Safety
+/// Needs AVX2 (used for auto-vectorisation only); `x.len() = batch·in_h·in_w·groups·cg`.
+#[target_feature(enable = "avx2")]
+pub unsafe fn pad_centre(x: &[u8], zp: i32, g: &PadGeom, buf: &mut Vec<i16>) {
+    buf.clear();
+    buf.resize(g.buffer_len(), 0);
+    let zp = zp as i16;
+    let (wp, ctot, c) = (g.wp(), g.ctot(), g.groups * g.cg);
+    for n in 0..g.batch {
+        for h in 0..g.in_h {
+            let src = &x[(n * g.in_h + h) * g.in_w * c..][..g.in_w * c];
+            let row = ((n * g.hp() + h + g.ph) * wp + g.pw) * ctot;
+            let dst = &mut buf[row..row + g.in_w * ctot];
+            if ctot == c {
+                for (d, &s) in dst.iter_mut().zip(src) {
+                    *d = s as i16 - zp;
+                }
+            } else {
+                for (dp, sp) in dst.chunks_exact_mut(g.cgp).zip(src.chunks_exact(g.cg)) {
+                    for (d, &s) in dp.iter_mut().zip(sp) {
+                        *d = s as i16 - zp;
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Convolution (and linear, a 1x1 convolution)
+// ---------------------------------------------------------------------------------------------
+
+/// OHWI `i8` weights packed for the direct convolution: for each group, each block of 8 output
+/// channels, each tap and each input-channel pair `q`, one 16-lane `i16` vector
+/// `[w[co0+j][tap][2q], w[co0+j][tap][2q+1]]_{j<8}` (zeros past the group's channels).
+#[derive(Clone, Debug)]
+pub struct ConvPack {
+    pub groups: usize,
+    pub cig: usize,
+    pub cog: usize,
+    pub taps: usize,
+    pub pairs: usize,
+    pub blocks: usize,
+    w: Vec<i16>,
+    rq: Vec<RequantLanes>,
+}
+
+impl ConvPack {
+    /// `w` is OHWI `[groups·cog, taps, cig]` (checked by the caller); `requant.len() = groups·cog`.
+    pub fn new(
+        w: &[i8],
+        groups: usize,
+        cig: usize,
+        cog: usize,
+        taps: usize,
+        requant: &[Requant],
+        bias: Option<&[i32]>,
+    ) -> ConvPack {
+        let pairs = cig.div_ceil(2);
+        let blocks = cog.div_ceil(8);
+        let mut pw = vec![0i16; groups * blocks * taps * pairs * 16];
+        let mut rq = Vec::with_capacity(groups * blocks);
+        for g in 0..groups {
+            for b in 0..blocks {
+                let c0 = g * cog + b * 8;
+                let nc = (cog - b * 8).min(8);
+                rq.push(RequantLanes::new(
+                    &requant[c0..c0 + nc],
+                    bias.map(|bs| &bs[c0..c0 + nc]),
+                ));
+                for j in 0..nc {
+                    let co = c0 + j;
+                    for t in 0..taps {
+                        for ci in 0..cig {
+                            let dst = (((g * blocks + b) * taps + t) * pairs + ci / 2) * 16 + j * 2 + ci % 2;
+                            pw[dst] = w[(co * taps + t) * cig + ci] as i16;
+                        }
+                    }
+                }
+            }
+        }
+        ConvPack {
+            groups,
+            cig,
+            cog,
+            taps,
+            pairs,
+            blocks,
+            w: pw,
+            rq,
+        }
+    }
+}
+
+/// Where the output row `(n, oh)` reads and writes.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvRun {
+    pub pad: PadGeom,
+    pub kh: usize,
+    pub kw: usize,
+    pub sh: usize,
+    pub sw: usize,
+    pub dh: usize,
+    pub dw: usize,
+    pub out_h: usize,
+    pub out_w: usize,
+    pub out_c: usize,
+}
+
+const PIX: usize = 4;
+
+/// `P` output pixels `ow0..ow0+P` of row `(n, oh)` times `B` blocks of 8 channels from `blk0`,
+/// group `g`. `xrow` points at the padded input's first element of image `n`; `orow` at the
+/// output row.
+#[inline]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn conv_tile<const P: usize, const B: usize>(
+    pk: &ConvPack,
+    r: &ConvRun,
+    ximg: *const i16,
+    oh: usize,
+    ow0: usize,
+    g: usize,
+    blk0: usize,
+    orow: *mut u8,
+) {
+    let mut acc = [[_mm256_setzero_si256(); B]; P];
+    let (wp, ctot) = (r.pad.wp(), r.pad.ctot());
+    let pairs = pk.pairs;
+    let wstride = pk.taps * pairs * 16;
+    let wbase = pk.w.as_ptr().add((g * pk.blocks + blk0) * wstride);
+    let xstep = r.sw * ctot;
+    for kh in 0..r.kh {
+        let ih = oh * r.sh + kh * r.dh;
+        for kw in 0..r.kw {
+            let tap = kh * r.kw + kw;
+            let x0 = ximg.add((ih * wp + ow0 * r.sw + kw * r.dw) * ctot + g * r.pad.cgp);
+            let w0 = wbase.add(tap * pairs * 16);
+            for q in 0..pairs {
+                let mut wv = [_mm256_setzero_si256(); B];
+                for (b, v) in wv.iter_mut().enumerate() {
+                    *v = _mm256_loadu_si256(w0.add(b * wstride + q * 16) as *const __m256i);
+                }
+                for (p, a) in acc.iter_mut().enumerate() {
+                    let xv = _mm256_set1_epi32(std::ptr::read_unaligned(x0.add(p * xstep + 2 * q) as *const i32));
+                    for b in 0..B {
+                        a[b] = _mm256_add_epi32(a[b], _mm256_madd_epi16(xv, wv[b]));
+                    }
+                }
+            }
+        }
+    }
+    for (p, a) in acc.iter().enumerate() {
+        for (b, &v) in a.iter().enumerate() {
+            let blk = blk0 + b;
+            let nc = (pk.cog - blk * 8).min(8);
+            let y = requant8(v, &pk.rq[g * pk.blocks + blk]);
+            store_u8(y, orow.add((ow0 + p) * r.out_c + g * pk.cog + blk * 8), nc);
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn conv_pixels<const B: usize>(
+    pk: &ConvPack,
+    r: &ConvRun,
+    ximg: *const i16,
+    oh: usize,
+    ow0: usize,
+    ow1: usize,
+    g: usize,
+    blk: usize,
+    orow: *mut u8,
+) {
+    let mut ow = ow0;
+    while ow + PIX <= ow1 {
+        conv_tile::<PIX, B>(pk, r, ximg, oh, ow, g, blk, orow);
+        ow += PIX;
+    }
+    match ow1 - ow {
+        3 => conv_tile::<3, B>(pk, r, ximg, oh, ow, g, blk, orow),
+        2 => conv_tile::<2, B>(pk, r, ximg, oh, ow, g, blk, orow),
+        1 => conv_tile::<1, B>(pk, r, ximg, oh, ow, g, blk, orow),
+        _ => {}
+    }
+}
+
+/// Output pixels `[ow0, ow1)` of row `(n, oh)`, channel blocks `[b0, b1)` of every group.
+///
+/// # Safety
+/// Needs AVX2; `xpad` is [`pad_centre`]'s buffer for `r.pad`, `out` the whole NHWC output, the
+/// geometry checked (every tap inside the padded input).
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn conv_row(
+    pk: &ConvPack,
+    r: &ConvRun,
+    xpad: *const i16,
+    out: *mut u8,
+    n: usize,
+    oh: usize,
+    (ow0, ow1): (usize, usize),
+    (b0, b1): (usize, usize),
+) {
+    let ximg = xpad.add(n * r.pad.hp() * r.pad.wp() * r.pad.ctot());
+    let orow = out.add((n * r.out_h + oh) * r.out_w * r.out_c);
+    for g in 0..pk.groups {
+        let mut b = b0;
+        while b + 2 <= b1 {
+            conv_pixels::<2>(pk, r, ximg, oh, ow0, ow1, g, b, orow);
+            b += 2;
+        }
+        if b < b1 {
+            conv_pixels::<1>(pk, r, ximg, oh, ow0, ow1, g, b, orow);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Depthwise convolution (groups = in_c = out_c)
+// ---------------------------------------------------------------------------------------------
+
+/// Depthwise weights `[taps, C rounded up to 8]` as `i32`, and per-8-channel requantization.
+#[derive(Clone, Debug)]
+pub struct DwPack {
+    pub channels: usize,
+    pub taps: usize,
+    cpad: usize,
+    w: Vec<i32>,
+    rq: Vec<RequantLanes>,
+}
+
+impl DwPack {
+    /// `w` is OHWI `[C, taps, 1]`.
+    pub fn new(w: &[i8], channels: usize, taps: usize, requant: &[Requant], bias: Option<&[i32]>) -> DwPack {
+        let cpad = channels.div_ceil(8) * 8;
+        let mut pw = vec![0i32; taps * cpad];
+        for c in 0..channels {
+            for t in 0..taps {
+                pw[t * cpad + c] = w[c * taps + t] as i32;
+            }
+        }
+        let rq = (0..channels)
+            .step_by(8)
+            .map(|c0| {
+                let nc = (channels - c0).min(8);
+                RequantLanes::new(&requant[c0..c0 + nc], bias.map(|b| &b[c0..c0 + nc]))
+            })
+            .collect();
+        DwPack {
+            channels,
+            taps,
+            cpad,
+            w: pw,
+            rq,
+        }
+    }
+}
+
+/// Depthwise output row `(n, oh)`, all pixels and channels. `r.pad` has `groups = C`, `cgp = 1`.
+///
+/// # Safety
+/// As [`conv_row`].
+#[target_feature(enable = "avx2")]
+pub unsafe fn dw_row(pk: &DwPack, r: &ConvRun, xpad: *const i16, out: *mut u8, n: usize, oh: usize) {
+    let (wp, c) = (r.pad.wp(), pk.channels);
+    let ximg = xpad.add(n * r.pad.hp() * wp * c);
+    let orow = out.add((n * r.out_h + oh) * r.out_w * c);
+    for ow in 0..r.out_w {
+        for (bi, c0) in (0..c).step_by(8).enumerate() {
+            let mut acc = _mm256_setzero_si256();
+            for kh in 0..r.kh {
+                let ih = oh * r.sh + kh * r.dh;
+                for kw in 0..r.kw {
+                    let iw = ow * r.sw + kw * r.dw;
+                    let xv =
+                        _mm256_cvtepi16_epi32(_mm_loadu_si128(ximg.add((ih * wp + iw) * c + c0) as *const __m128i));
+                    let wv = _mm256_loadu_si256(pk.w.as_ptr().add((kh * r.kw + kw) * pk.cpad + c0) as *const __m256i);
+                    acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(xv, wv));
+                }
+            }
+            let y = requant8(acc, &pk.rq[bi]);
+            store_u8(y, orow.add(ow * c + c0), (c - c0).min(8));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Elementwise add, quantize, dequantize
+// ---------------------------------------------------------------------------------------------
+
+/// `mul_shift_round(v, m, shift)` on 8 `i32` lanes whose exact result fits `i32` (as in
+/// [`QAdd::apply`]: `|v| < 2^28`, multiplier `<= 0.5`), returned as 8 `i32` lanes.
+#[inline(always)]
+unsafe fn msr_i32(v: __m256i, m: __m256i, rnd: __m256i, shift: __m128i, off: __m256i) -> __m256i {
+    let pe = _mm256_mul_epi32(v, m);
+    let po = _mm256_mul_epi32(_mm256_srli_epi64(v, 32), m);
+    let e = _mm256_add_epi64(_mm256_srl_epi64(_mm256_add_epi64(pe, rnd), shift), off);
+    let o = _mm256_add_epi64(_mm256_srl_epi64(_mm256_add_epi64(po, rnd), shift), off);
+    _mm256_blend_epi32(e, _mm256_slli_epi64(o, 32), 0b1010_1010)
+}
+
+/// [`QAdd::apply`] element for element; `out.len() = a.len() = b.len()`.
+///
+/// # Safety
+/// Needs AVX2; the parameters checked as by the reference `qadd` (u8 zero points and range).
+#[target_feature(enable = "avx2")]
+pub unsafe fn qadd(p: &QAdd, a: &[u8], b: &[u8], out: &mut [u8]) {
+    let side = |zp: i32, m: i32, s: u32| {
+        (
+            _mm256_set1_epi32(zp),
+            _mm256_set1_epi64x(m as i64),
+            _mm256_set1_epi64x((1i64 << (s - 1)) + (1i64 << 62)),
+            _mm_set_epi64x(0, s as i64),
+            _mm256_set1_epi64x(-(1i64 << (62 - s))),
+        )
+    };
+    let (za, ma, ra, sa, oa) = side(p.a_zero_point, p.a_multiplier, p.a_shift);
+    let (zb, mb, rb, sb, ob) = side(p.b_zero_point, p.b_multiplier, p.b_shift);
+    let rl = RequantLanes::splat(&p.out);
+    let n = a.len();
+    let mut i = 0;
+    while i + 8 <= n {
+        let va = _mm256_cvtepu8_epi32(_mm_loadl_epi64(a.as_ptr().add(i) as *const __m128i));
+        let vb = _mm256_cvtepu8_epi32(_mm_loadl_epi64(b.as_ptr().add(i) as *const __m128i));
+        let da = _mm256_slli_epi32(_mm256_sub_epi32(va, za), QADD_LEFT_SHIFT as i32);
+        let db = _mm256_slli_epi32(_mm256_sub_epi32(vb, zb), QADD_LEFT_SHIFT as i32);
+        let s = _mm256_add_epi32(msr_i32(da, ma, ra, sa, oa), msr_i32(db, mb, rb, sb, ob));
+        store_u8(requant8(s, &rl), out.as_mut_ptr().add(i), 8);
+        i += 8;
+    }
+    for j in i..n {
+        out[j] = p.apply(a[j] as i32, b[j] as i32) as u8;
+    }
+}
+
+/// [`crate::quant::quantize`] to u8 element for element (`qmin >= 0`, `qmax <= 255`):
+/// `rint(x · inv)` (`vroundps`, ties to even), NaN → 0 before the zero point is added, then the
+/// clamp. Clamping the rounded value to `[-512, 512]` first is the reference's saturating cast for
+/// every result that can survive the final clamp.
+///
+/// # Safety
+/// Needs AVX2.
+#[target_feature(enable = "avx2")]
+pub unsafe fn quantize_u8(x: &[f32], inv_scale: f32, zp: i32, range: crate::quant::QRange, out: &mut [u8]) {
+    let (qmin, qmax) = (range.qmin(), range.qmax());
+    let (vinv, vzp) = (_mm256_set1_ps(inv_scale), _mm256_set1_epi32(zp));
+    let (lo, hi) = (_mm256_set1_epi32(qmin), _mm256_set1_epi32(qmax));
+    let (flo, fhi) = (_mm256_set1_ps(-512.0), _mm256_set1_ps(512.0));
+    let n = x.len();
+    let mut i = 0;
+    while i + 8 <= n {
+        let p = _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(i)), vinv);
+        let r = _mm256_round_ps(p, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        let nan = _mm256_cmp_ps(r, r, _CMP_UNORD_Q);
+        let r = _mm256_andnot_ps(nan, r);
+        let r = _mm256_min_ps(_mm256_max_ps(r, flo), fhi);
+        let q = _mm256_add_epi32(_mm256_cvtps_epi32(r), vzp);
+        let q = _mm256_min_epi32(_mm256_max_epi32(q, lo), hi);
+        store_u8(q, out.as_mut_ptr().add(i), 8);
+        i += 8;
+    }
+    for j in i..n {
+        out[j] = crate::quant::quantize(x[j], inv_scale, zp, range) as u8;
+    }
+}
+
+/// [`crate::quant::dequantize`] of u8 codes: `(q - zp) as f32 · scale`, both steps exact as in
+/// the scalar code (the difference converts exactly, one f32 multiplication).
+///
+/// # Safety
+/// Needs AVX2; `out.len() = q.len()`.
+#[target_feature(enable = "avx2")]
+pub unsafe fn dequantize_u8(q: &[u8], scale: f32, zp: i32, out: &mut [f32]) {
+    let (vs, vzp) = (_mm256_set1_ps(scale), _mm256_set1_epi32(zp));
+    let n = q.len();
+    let mut i = 0;
+    while i + 8 <= n {
+        let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(q.as_ptr().add(i) as *const __m128i));
+        let f = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(v, vzp)), vs);
+        _mm256_storeu_ps(out.as_mut_ptr().add(i), f);
+        i += 8;
+    }
+    for j in i..n {
+        out[j] = crate::quant::dequantize(q[j] as i32, scale, zp);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pooling (plain loops compiled for AVX2: the compiler vectorises them over channels)
+// ---------------------------------------------------------------------------------------------
+
+/// [`super::reference::qmaxpool2d`]'s loops compiled with AVX2 (`vpmaxub` over 32 channels).
+///
+/// # Safety
+/// Needs AVX2; geometry and lengths checked (`[oh_n, ow_n]` from `g.out_hw()`).
+#[target_feature(enable = "avx2")]
+pub unsafe fn maxpool(g: &super::Pool2dGeom, [oh_n, ow_n]: [usize; 2], x: &[u8], out: &mut [u8]) {
+    let c_n = g.channels;
+    for n in 0..g.batch {
+        for oh in 0..oh_n {
+            for ow in 0..ow_n {
+                let o = &mut out[((n * oh_n + oh) * ow_n + ow) * c_n..][..c_n];
+                o.fill(0);
+                for kh in 0..g.h.kernel {
+                    let Some(ih) = g.h.input_index(oh, kh, g.in_h) else {
+                        continue;
+                    };
+                    for kw in 0..g.w.kernel {
+                        let Some(iw) = g.w.input_index(ow, kw, g.in_w) else {
+                            continue;
+                        };
+                        let xs = &x[((n * g.in_h + ih) * g.in_w + iw) * c_n..][..c_n];
+                        for (m, &v) in o.iter_mut().zip(xs) {
+                            *m = (*m).max(v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`super::reference::qglobal_avgpool`] with the per-channel sums accumulated position by
+/// position (contiguous, vectorised) instead of channel by channel; the sums are exact integers,
+/// so the order does not matter. `sums` is scratch.
+///
+/// # Safety
+/// Needs AVX2; parameters and lengths checked as by the reference.
+#[target_feature(enable = "avx2")]
+pub unsafe fn global_avgpool(p: &super::QGlobalAvgPool, x: &[u8], out: &mut [u8]) {
+    let (s_n, c_n) = (p.spatial, p.channels);
+    let mut sums = vec![0i32; c_n];
+    for (xs, os) in x.chunks_exact(s_n * c_n).zip(out.chunks_exact_mut(c_n)) {
+        sums.fill(0);
+        for px in xs.chunks_exact(c_n) {
+            for (s, &v) in sums.iter_mut().zip(px) {
+                *s += v as i32;
+            }
+        }
+        for (o, &s) in os.iter_mut().zip(&sums) {
+            *o = crate::quant::avg_pool_out(s, s_n as i32, s_n as i32, p.zero_point, p.range) as u8;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn requant_strategy() -> impl Strategy<Value = Requant> {
+        (
+            1i32 << 30..i32::MAX,
+            1u32..=62,
+            0i32..=255,
+            0i32..=255,
+            0i32..=255,
+            0u32..6,
+        )
+            .prop_map(|(m, s, a, b, c, t)| {
+                let mut v = [a, b, c];
+                v.sort();
+                // Half the time few low multiplier bits: `acc · m` then often hits a rounding tie.
+                let tz = (s as i64 - 1 - t as i64).clamp(0, 29) as u32;
+                let m = if t < 3 { (m >> tz) << tz } else { m };
+                Requant {
+                    multiplier: m,
+                    shift: s,
+                    zero_point: v[1],
+                    qmin: v[0],
+                    qmax: v[2],
+                }
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn requant8_is_requant_apply(
+            r in proptest::collection::vec(requant_strategy(), 1..=8),
+            acc in proptest::array::uniform8(any::<i32>()),
+            bias in proptest::array::uniform8(-1000i32..1000),
+            edge in 0u8..4,
+        ) {
+            if !is_x86_feature_detected!("avx2") { return Ok(()); }
+            let mut acc = acc;
+            if edge == 1 { acc[0] = i32::MIN; acc[1] = i32::MAX; acc[2] = 0; acc[3] = -1; }
+            // The bias is added wrapping, like dot_acc starting from it.
+            let lanes = RequantLanes::new(&r, Some(&bias[..r.len()]));
+            let mut out = [0u8; 8];
+            unsafe { requant_store(&acc, &lanes, &mut out) };
+            for i in 0..r.len() {
+                let want = r[i].apply(acc[i].wrapping_add(bias[i]));
+                prop_assert_eq!(out[i] as i32, want, "lane {} {:?} acc {}", i, r[i], acc[i]);
+            }
+        }
+    }
+}

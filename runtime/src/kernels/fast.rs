@@ -1,0 +1,420 @@
+//! The optimised int8 kernels behind one dispatch: the instruction set is detected once at run time
+//! ([`detected`]); with AVX2 the kernels of [`super::avx2`] run, otherwise the scalar
+//! [`reference`] ones. Both give the same bits (tests/kernels_bitexact.rs).
+//!
+//! Convolution and linear layers prepack their weights once ([`PackedConv`], [`PackedLinear`]);
+//! running one checks the shapes exactly as the reference does and never panics on bad input.
+//! Large convolutions are split over rayon's threads by output rows (or by output-channel blocks
+//! when there are few rows).
+
+use std::sync::OnceLock;
+
+use super::reference;
+use super::{
+    check_epilogue, check_len, check_range_u8, check_zp_u8, Conv2dGeom, KernelError, Pool2dGeom, QConv2d,
+    QGlobalAvgPool, QLinear,
+};
+use crate::quant::{QAdd, QParams};
+
+/// Which kernels run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// The scalar reference kernels.
+    Scalar,
+    /// AVX2 (x86_64).
+    Avx2,
+}
+
+/// The best [`Isa`] this CPU supports, detected once.
+pub fn detected() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") {
+            return Isa::Avx2;
+        }
+        Isa::Scalar
+    })
+}
+
+/// `isa` if this CPU supports it, else [`Isa::Scalar`].
+fn supported(isa: Isa) -> Isa {
+    if isa == Isa::Avx2 && detected() == Isa::Avx2 {
+        Isa::Avx2
+    } else {
+        Isa::Scalar
+    }
+}
+
+/// Below this many multiply-accumulates a convolution runs on the calling thread.
+const PAR_MIN_MACS: usize = 1 << 20;
+
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Debug)]
+enum Avx2Conv {
+    Direct(super::avx2::ConvPack),
+    Depthwise(super::avx2::DwPack),
+}
+
+/// A quantized convolution with its weights packed for the selected kernels. The geometry given
+/// to [`PackedConv::run`] may change batch, input size, stride, padding and dilation, but not the
+/// channels, kernel size or groups it was packed for.
+#[derive(Clone, Debug)]
+pub struct PackedConv {
+    params: QConv2d,
+    weight: Vec<i8>,
+    bias: Option<Vec<i32>>,
+    isa: Isa,
+    #[cfg(target_arch = "x86_64")]
+    avx2: Option<Avx2Conv>,
+}
+
+impl PackedConv {
+    /// Packs for [`detected`]'s kernels. Checks the weight and bias lengths, the groups and the
+    /// epilogue (u8 output ranges, no accumulator overflow) once.
+    pub fn new(p: &QConv2d, w: &[i8], bias: Option<&[i32]>) -> Result<PackedConv, KernelError> {
+        PackedConv::with_isa(p, w, bias, detected())
+    }
+
+    /// Packs for `isa` (the scalar kernels when this CPU lacks it).
+    pub fn with_isa(p: &QConv2d, w: &[i8], bias: Option<&[i32]>, isa: Isa) -> Result<PackedConv, KernelError> {
+        let g = &p.geom;
+        // `checked_rem`: `None` for zero groups (`is_multiple_of` needs Rust 1.87; MSRV is 1.85).
+        if g.in_c.checked_rem(g.groups) != Some(0)
+            || g.out_c.checked_rem(g.groups) != Some(0)
+            || g.in_c == 0
+            || g.out_c == 0
+        {
+            return Err(KernelError::Geometry(format!(
+                "groups {} must divide in_c {} and out_c {}",
+                g.groups, g.in_c, g.out_c
+            )));
+        }
+        if g.h.kernel == 0 || g.w.kernel == 0 {
+            return Err(KernelError::Geometry(format!("zero-sized kernel in {g:?}")));
+        }
+        check_len("weight", g.weight_len(), w.len())?;
+        check_epilogue(g.out_c, g.reduction_len(), p.input_zero_point, &p.requant, bias)?;
+        let isa = supported(isa);
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = (isa == Isa::Avx2).then(|| {
+            let (cig, cog, taps) = (g.in_c / g.groups, g.out_c / g.groups, g.h.kernel * g.w.kernel);
+            if cig == 1 && cog == 1 {
+                Avx2Conv::Depthwise(super::avx2::DwPack::new(w, g.out_c, taps, &p.requant, bias))
+            } else {
+                Avx2Conv::Direct(super::avx2::ConvPack::new(
+                    w, g.groups, cig, cog, taps, &p.requant, bias,
+                ))
+            }
+        });
+        Ok(PackedConv {
+            params: p.clone(),
+            weight: w.to_vec(),
+            bias: bias.map(<[i32]>::to_vec),
+            isa,
+            #[cfg(target_arch = "x86_64")]
+            avx2,
+        })
+    }
+
+    /// The kernels this convolution runs on.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// The parameters it was packed with.
+    pub fn params(&self) -> &QConv2d {
+        &self.params
+    }
+
+    /// Runs on NHWC `x` with geometry `geom` into NHWC `out` (see [`reference::qconv2d`]).
+    pub fn run(&self, geom: &Conv2dGeom, x: &[u8], out: &mut [u8]) -> Result<(), KernelError> {
+        let pg = &self.params.geom;
+        if (geom.in_c, geom.out_c, geom.h.kernel, geom.w.kernel, geom.groups)
+            != (pg.in_c, pg.out_c, pg.h.kernel, pg.w.kernel, pg.groups)
+        {
+            return Err(KernelError::Geometry(format!(
+                "convolution packed for {pg:?} run with {geom:?}"
+            )));
+        }
+        let [oh_n, ow_n] = geom.out_hw()?;
+        check_len("input", geom.input_len(), x.len())?;
+        check_len("output", geom.batch * oh_n * ow_n * geom.out_c, out.len())?;
+        #[cfg(target_arch = "x86_64")]
+        if let Some(a) = &self.avx2 {
+            // SAFETY: `avx2` is only built when the CPU has AVX2; lengths and geometry are checked.
+            unsafe { run_avx2(a, geom, self.params.input_zero_point, [oh_n, ow_n], x, out) };
+            return Ok(());
+        }
+        let p = QConv2d {
+            geom: *geom,
+            ..self.params.clone()
+        };
+        reference::qconv2d(&p, x, &self.weight, self.bias.as_deref(), out)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr<T>(*mut T);
+// SAFETY: used only to hand disjoint output regions (and a read-only input) to rayon's threads.
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+impl<T> SendPtr<T> {
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// # Safety
+/// AVX2 present; geometry and lengths checked.
+#[cfg(target_arch = "x86_64")]
+unsafe fn run_avx2(a: &Avx2Conv, g: &Conv2dGeom, zp: i32, [oh_n, ow_n]: [usize; 2], x: &[u8], out: &mut [u8]) {
+    use super::avx2::{conv_row, dw_row, pad_centre, ConvRun, PadGeom};
+    use rayon::prelude::*;
+    let (cg, cgp) = match a {
+        Avx2Conv::Direct(pk) => (pk.cig, 2 * pk.pairs),
+        Avx2Conv::Depthwise(_) => (1, 1),
+    };
+    let pad = PadGeom {
+        batch: g.batch,
+        in_h: g.in_h,
+        in_w: g.in_w,
+        groups: g.groups,
+        cg,
+        cgp,
+        ph: g.h.padding,
+        pw: g.w.padding,
+    };
+    let r = ConvRun {
+        pad,
+        kh: g.h.kernel,
+        kw: g.w.kernel,
+        sh: g.h.stride,
+        sw: g.w.stride,
+        dh: g.h.dilation,
+        dw: g.w.dilation,
+        out_h: oh_n,
+        out_w: ow_n,
+        out_c: g.out_c,
+    };
+    let rows = g.batch * oh_n;
+    let macs = rows * ow_n * g.out_c * g.reduction_len();
+    let threads = rayon::current_num_threads();
+    let optr = SendPtr(out.as_mut_ptr());
+    // Taken out of the thread-local while in use: a rayon worker waiting below may run another
+    // convolution that asks for its own buffer.
+    let mut buf = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    pad_centre(x, zp, &pad, &mut buf);
+    {
+        let xptr = SendPtr(buf.as_ptr() as *mut i16);
+        let parallel = threads > 1 && macs >= PAR_MIN_MACS;
+        match a {
+            Avx2Conv::Depthwise(pk) => {
+                let row = |i: usize| dw_row(pk, &r, xptr.get(), optr.get(), i / oh_n, i % oh_n);
+                if parallel {
+                    (0..rows).into_par_iter().for_each(row);
+                } else {
+                    (0..rows).for_each(row);
+                }
+            }
+            Avx2Conv::Direct(pk) => {
+                // Few rows (small images, linear layers): also split the channel blocks.
+                let chunks = if parallel && rows < 2 * threads {
+                    pk.blocks.min((4 * threads).div_ceil(rows))
+                } else {
+                    1
+                };
+                let per = pk.blocks.div_ceil(chunks);
+                let chunks = pk.blocks.div_ceil(per);
+                let task = |t: usize| {
+                    let (i, c) = (t / chunks, t % chunks);
+                    let (b0, b1) = (c * per, ((c + 1) * per).min(pk.blocks));
+                    conv_row(pk, &r, xptr.get(), optr.get(), i / oh_n, i % oh_n, (0, ow_n), (b0, b1));
+                };
+                if parallel {
+                    (0..rows * chunks).into_par_iter().for_each(task);
+                } else {
+                    (0..rows * chunks).for_each(task);
+                }
+            }
+        }
+    }
+    SCRATCH.with(|s| *s.borrow_mut() = buf);
+}
+
+/// A quantized linear layer with packed weights: a 1x1 convolution over `batch` pixels.
+#[derive(Clone, Debug)]
+pub struct PackedLinear {
+    conv: PackedConv,
+}
+
+impl PackedLinear {
+    /// Packs for [`detected`]'s kernels; `w` is `[M, K]`.
+    pub fn new(p: &QLinear, w: &[i8], bias: Option<&[i32]>) -> Result<PackedLinear, KernelError> {
+        PackedLinear::with_isa(p, w, bias, detected())
+    }
+
+    pub fn with_isa(p: &QLinear, w: &[i8], bias: Option<&[i32]>, isa: Isa) -> Result<PackedLinear, KernelError> {
+        let (k, m) = (p.in_features, p.out_features);
+        if k == 0 || m == 0 {
+            return Err(KernelError::Geometry(format!("qlinear with K = {k}, M = {m}")));
+        }
+        let conv = QConv2d {
+            geom: linear_geom(1, k, m),
+            input_zero_point: p.input_zero_point,
+            requant: p.requant.clone(),
+        };
+        Ok(PackedLinear {
+            conv: PackedConv::with_isa(&conv, w, bias, isa)?,
+        })
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.conv.isa
+    }
+
+    /// `x [batch, K]` → `out [batch, M]` (see [`reference::qlinear`]).
+    pub fn run(&self, batch: usize, x: &[u8], out: &mut [u8]) -> Result<(), KernelError> {
+        let g = &self.conv.params.geom;
+        let (k, m) = (g.in_c, g.out_c);
+        check_len("input", batch * k, x.len())?;
+        check_len("output", batch * m, out.len())?;
+        if batch == 0 {
+            return Ok(());
+        }
+        self.conv.run(&linear_geom(batch, k, m), x, out)
+    }
+}
+
+/// `[N, K] × [M, K]` as a 1x1 convolution over an `[1, 1, N, K]` image.
+fn linear_geom(batch: usize, k: usize, m: usize) -> Conv2dGeom {
+    let one = super::Axis::new(1, 1, 0, 1);
+    Conv2dGeom {
+        batch: 1,
+        in_h: 1,
+        in_w: batch,
+        in_c: k,
+        out_c: m,
+        h: one,
+        w: one,
+        groups: 1,
+    }
+}
+
+/// Packs and runs a convolution once ([`PackedConv`] to run it more often).
+pub fn qconv2d(p: &QConv2d, x: &[u8], w: &[i8], bias: Option<&[i32]>, out: &mut [u8]) -> Result<(), KernelError> {
+    PackedConv::new(p, w, bias)?.run(&p.geom, x, out)
+}
+
+/// Packs and runs a linear layer once ([`PackedLinear`] to run it more often).
+pub fn qlinear(p: &QLinear, x: &[u8], w: &[i8], bias: Option<&[i32]>, out: &mut [u8]) -> Result<(), KernelError> {
+    PackedLinear::new(p, w, bias)?.run(p.batch, x, out)
+}
+
+/// [`reference::qadd`] on `isa`'s kernels.
+pub fn qadd_with(isa: Isa, p: &QAdd, a: &[u8], b: &[u8], out: &mut [u8]) -> Result<(), KernelError> {
+    check_len("second input", a.len(), b.len())?;
+    check_len("output", a.len(), out.len())?;
+    check_zp_u8("first input", p.a_zero_point)?;
+    check_zp_u8("second input", p.b_zero_point)?;
+    check_range_u8("output", p.out.qmin, p.out.qmax)?;
+    #[cfg(target_arch = "x86_64")]
+    if supported(isa) == Isa::Avx2 {
+        // SAFETY: AVX2 detected; lengths and parameters checked.
+        unsafe { super::avx2::qadd(p, a, b, out) };
+        return Ok(());
+    }
+    let _ = isa;
+    reference::qadd(p, a, b, out)
+}
+
+/// [`reference::qadd`], dispatched.
+pub fn qadd(p: &QAdd, a: &[u8], b: &[u8], out: &mut [u8]) -> Result<(), KernelError> {
+    qadd_with(detected(), p, a, b, out)
+}
+
+/// [`reference::quantize_u8`] on `isa`'s kernels.
+pub fn quantize_u8_with(isa: Isa, x: &[f32], p: &QParams, out: &mut [u8]) -> Result<(), KernelError> {
+    check_len("output", x.len(), out.len())?;
+    let r = p.range();
+    #[cfg(target_arch = "x86_64")]
+    if supported(isa) == Isa::Avx2 && r.qmin() >= 0 && r.qmax() <= 255 {
+        // SAFETY: AVX2 detected; lengths checked; the range fits u8 (so does the zero point).
+        unsafe { super::avx2::quantize_u8(x, p.inv_scale(), p.zero_point(), r, out) };
+        return Ok(());
+    }
+    let _ = (isa, r);
+    reference::quantize_u8(x, p, out)
+}
+
+/// [`reference::quantize_u8`], dispatched.
+pub fn quantize_u8(x: &[f32], p: &QParams, out: &mut [u8]) -> Result<(), KernelError> {
+    quantize_u8_with(detected(), x, p, out)
+}
+
+/// [`reference::dequantize_u8`] on `isa`'s kernels.
+pub fn dequantize_u8_with(isa: Isa, q: &[u8], p: &QParams, out: &mut [f32]) -> Result<(), KernelError> {
+    check_len("output", q.len(), out.len())?;
+    #[cfg(target_arch = "x86_64")]
+    if supported(isa) == Isa::Avx2 {
+        // SAFETY: AVX2 detected; lengths checked.
+        unsafe { super::avx2::dequantize_u8(q, p.scale(), p.zero_point(), out) };
+        return Ok(());
+    }
+    let _ = isa;
+    reference::dequantize_u8(q, p, out)
+}
+
+/// [`reference::dequantize_u8`], dispatched.
+pub fn dequantize_u8(q: &[u8], p: &QParams, out: &mut [f32]) -> Result<(), KernelError> {
+    dequantize_u8_with(detected(), q, p, out)
+}
+
+/// [`reference::qmaxpool2d`] on `isa`'s kernels.
+pub fn qmaxpool2d_with(isa: Isa, g: &Pool2dGeom, x: &[u8], out: &mut [u8]) -> Result<(), KernelError> {
+    let [oh_n, ow_n] = g.out_hw()?;
+    check_len("input", g.input_len(), x.len())?;
+    check_len("output", g.batch * oh_n * ow_n * g.channels, out.len())?;
+    #[cfg(target_arch = "x86_64")]
+    if supported(isa) == Isa::Avx2 {
+        // SAFETY: AVX2 detected; geometry and lengths checked.
+        unsafe { super::avx2::maxpool(g, [oh_n, ow_n], x, out) };
+        return Ok(());
+    }
+    let _ = isa;
+    reference::qmaxpool2d(g, x, out)
+}
+
+/// [`reference::qmaxpool2d`], dispatched.
+pub fn qmaxpool2d(g: &Pool2dGeom, x: &[u8], out: &mut [u8]) -> Result<(), KernelError> {
+    qmaxpool2d_with(detected(), g, x, out)
+}
+
+/// [`reference::qglobal_avgpool`] on `isa`'s kernels.
+pub fn qglobal_avgpool_with(isa: Isa, p: &QGlobalAvgPool, x: &[u8], out: &mut [u8]) -> Result<(), KernelError> {
+    let (s_n, c_n) = (p.spatial, p.channels);
+    let checked = (1..=1 << 23).contains(&s_n)
+        && c_n > 0
+        && x.len() == p.batch * s_n * c_n
+        && out.len() == p.batch * c_n
+        && (0..=255).contains(&p.zero_point)
+        && p.range.qmin() >= 0
+        && p.range.qmax() <= 255;
+    #[cfg(target_arch = "x86_64")]
+    if checked && supported(isa) == Isa::Avx2 {
+        // SAFETY: AVX2 detected; the reference's checks hold (else it reports the error).
+        unsafe { super::avx2::global_avgpool(p, x, out) };
+        return Ok(());
+    }
+    let _ = (isa, checked);
+    reference::qglobal_avgpool(p, x, out)
+}
+
+/// [`reference::qglobal_avgpool`], dispatched.
+pub fn qglobal_avgpool(p: &QGlobalAvgPool, x: &[u8], out: &mut [u8]) -> Result<(), KernelError> {
+    qglobal_avgpool_with(detected(), p, x, out)
+}

@@ -1,0 +1,399 @@
+//! The optimised kernels ([`qc_runtime::kernels::fast`], AVX2 where the CPU has it) against the
+//! scalar reference, bit for bit, on random shapes and parameters: zero points over 0..=255,
+//! per-channel requantization, outputs saturating at 0 and 255 and at fused ReLU/ReLU6 bounds,
+//! channel counts that leave SIMD tails, strides 1-3, padding, dilation, groups and depthwise.
+
+use proptest::prelude::*;
+use qc_runtime::kernels::fast::{self, Isa, PackedConv, PackedLinear};
+use qc_runtime::kernels::{reference, Axis, Conv2dGeom, Pool2dGeom, QConv2d, QGlobalAvgPool, QLinear};
+use qc_runtime::quant::{accumulator_fits, QAdd, QParams, QRange, Requant};
+use qc_runtime::SplitMix64;
+
+const CASES: u32 = 1000;
+
+fn pick<T: Copy>(r: &mut SplitMix64, xs: &[T]) -> T {
+    xs[(r.next_u64() % xs.len() as u64) as usize]
+}
+
+fn below(r: &mut SplitMix64, n: u64) -> u64 {
+    r.next_u64() % n
+}
+
+/// A requantization whose multiplier `m · 2^-shift` spreads typical accumulators over and past the
+/// u8 range; output range narrowed (fused ReLU / ReLU6 / clamp) half of the time.
+fn requant(r: &mut SplitMix64, k: usize) -> Requant {
+    let multiplier = ((1u64 << 30) + below(r, 1 << 30)) as i32;
+    // M = m · 2^-shift ≈ 2^(30 - shift). Typical |acc| ~ sqrt(k) · 74 · 74 = 2^e: M around 2^-e
+    // (± a few octaves) spreads outputs over and past the u8 range.
+    let e = ((k as f64).sqrt() * 5500.0).log2() as i64;
+    let (multiplier, shift) = if below(r, 3) == 0 {
+        // M = m' · 2^-e' with few multiplier bits and e' < e: `acc · m` often lands exactly on a
+        // rounding tie (half-up must match), outputs near the zero point or saturated.
+        let t = below(r, 4) as u32;
+        (
+            (multiplier >> (30 - t)) << (30 - t),
+            (30 + below(r, e as u64 + 1) as i64) as u32,
+        )
+    } else {
+        (multiplier, (30 + e - 3 + below(r, 8) as i64).clamp(1, 62) as u32)
+    };
+    let zero_point = below(r, 256) as i32;
+    let (qmin, qmax) = match below(r, 4) {
+        0 => (0, 255),
+        1 => (zero_point, 255),
+        2 => (zero_point, (zero_point + below(r, 40) as i32).min(255)),
+        _ => (
+            below(r, zero_point as u64 + 1) as i32,
+            zero_point + below(r, (256 - zero_point) as u64) as i32,
+        ),
+    };
+    Requant {
+        multiplier,
+        shift,
+        zero_point,
+        qmin,
+        qmax,
+    }
+}
+
+fn u8s(r: &mut SplitMix64, n: usize) -> Vec<u8> {
+    (0..n).map(|_| r.next_u64() as u8).collect()
+}
+
+/// Weights, mostly uniform, sometimes all at the extremes -128 / 127.
+fn i8s(r: &mut SplitMix64, n: usize) -> Vec<i8> {
+    let extreme = below(r, 5) == 0;
+    (0..n)
+        .map(|_| {
+            if extreme {
+                pick(r, &[-128i8, 127])
+            } else {
+                r.next_u64() as i8
+            }
+        })
+        .collect()
+}
+
+fn bias(r: &mut SplitMix64, n: usize, k: usize, zp: i32) -> Option<Vec<i32>> {
+    (below(r, 4) != 0).then(|| {
+        (0..n)
+            .map(|_| {
+                let b = below(r, 1 << 17) as i32 - (1 << 16);
+                if accumulator_fits(k as u64, QRange::U8, zp, QRange::I8, b) {
+                    b
+                } else {
+                    0
+                }
+            })
+            .collect()
+    })
+}
+
+fn check_conv(seed: u64) -> Result<(), TestCaseError> {
+    let r = &mut SplitMix64::new(seed);
+    let depthwise = below(r, 4) == 0;
+    let groups = if depthwise { 0 } else { pick(r, &[1, 1, 1, 2, 3]) };
+    let tails = [1, 2, 3, 4, 7, 8, 16, 17, 33, 65];
+    let (in_c, out_c, groups) = if depthwise {
+        let c = pick(r, &tails);
+        (c, c, c)
+    } else {
+        let cig = pick(r, &tails[..9]);
+        let cog = pick(r, &[1, 3, 7, 8, 9, 16, 17, 24]);
+        (cig * groups, cog * groups, groups)
+    };
+    let one_d = below(r, 6) == 0;
+    let axis = |r: &mut SplitMix64| {
+        let kernel = 1 + below(r, 3) as usize;
+        let stride = 1 + below(r, 3) as usize;
+        let dilation = 1 + below(r, 2) as usize;
+        let padding = below(r, kernel as u64 + 1) as usize;
+        Axis::new(kernel, stride, padding, dilation)
+    };
+    let (h, w) = (axis(r), axis(r));
+    let h = if one_d { Axis::new(1, 1, 0, 1) } else { h };
+    let in_len = |r: &mut SplitMix64, a: &Axis| (a.span().saturating_sub(2 * a.padding)).max(1) + below(r, 7) as usize;
+    let in_h = if one_d { 1 } else { in_len(r, &h) };
+    let in_w = in_len(r, &w);
+    let geom = Conv2dGeom {
+        batch: 1 + below(r, 2) as usize,
+        in_h,
+        in_w,
+        in_c,
+        out_c,
+        h,
+        w,
+        groups,
+    };
+    let Ok([oh, ow]) = geom.out_hw() else {
+        return Ok(());
+    };
+    let k = geom.reduction_len();
+    let zp = below(r, 256) as i32;
+    let p = QConv2d {
+        geom,
+        input_zero_point: zp,
+        requant: (0..out_c).map(|_| requant(r, k)).collect(),
+    };
+    let x = u8s(r, geom.input_len());
+    let wt = i8s(r, geom.weight_len());
+    let b = bias(r, out_c, k, zp);
+    let n_out = geom.batch * oh * ow * out_c;
+    let mut want = vec![0u8; n_out];
+    reference::qconv2d(&p, &x, &wt, b.as_deref(), &mut want).unwrap();
+    let packed = PackedConv::new(&p, &wt, b.as_deref()).unwrap();
+    let mut got = vec![0u8; n_out];
+    packed.run(&geom, &x, &mut got).unwrap();
+    prop_assert_eq!(&got, &want, "{:?} isa {:?}", geom, packed.isa());
+    Ok(())
+}
+
+fn check_linear(seed: u64) -> Result<(), TestCaseError> {
+    let r = &mut SplitMix64::new(seed);
+    let batch = pick(r, &[1, 1, 2, 3, 5, 8]);
+    let k = pick(r, &[1, 2, 3, 7, 16, 17, 33, 64, 65, 130]);
+    let m = pick(r, &[1, 3, 7, 8, 9, 16, 17, 33, 65]);
+    let zp = below(r, 256) as i32;
+    let p = QLinear {
+        batch,
+        in_features: k,
+        out_features: m,
+        input_zero_point: zp,
+        requant: (0..m).map(|_| requant(r, k)).collect(),
+    };
+    let x = u8s(r, batch * k);
+    let wt = i8s(r, m * k);
+    let b = bias(r, m, k, zp);
+    let mut want = vec![0u8; batch * m];
+    reference::qlinear(&p, &x, &wt, b.as_deref(), &mut want).unwrap();
+    let packed = PackedLinear::new(&p, &wt, b.as_deref()).unwrap();
+    let mut got = vec![0u8; batch * m];
+    packed.run(batch, &x, &mut got).unwrap();
+    prop_assert_eq!(&got, &want, "batch {} k {} m {}", batch, k, m);
+    Ok(())
+}
+
+fn qparams(r: &mut SplitMix64) -> QParams {
+    // Half the time a power of two: the add's multipliers are then exact and its results often
+    // exact ties.
+    let e = r.uniform(-12.0, 4.0);
+    let scale = 2f32.powf(if below(r, 2) == 0 { e.round() } else { e });
+    QParams::new(scale, below(r, 256) as i32, QRange::U8).unwrap()
+}
+
+fn check_add(seed: u64) -> Result<(), TestCaseError> {
+    let r = &mut SplitMix64::new(seed);
+    let (a, b, o) = (qparams(r), qparams(r), qparams(r));
+    let Ok(add) = QAdd::new(&a, &b, &o) else {
+        return Ok(());
+    };
+    let add = if below(r, 2) == 0 { add.with_relu() } else { add };
+    let n = below(r, 70) as usize;
+    let (xa, xb) = (u8s(r, n), u8s(r, n));
+    let mut want = vec![0u8; n];
+    reference::qadd(&add, &xa, &xb, &mut want).unwrap();
+    let mut got = vec![0u8; n];
+    fast::qadd(&add, &xa, &xb, &mut got).unwrap();
+    prop_assert_eq!(got, want, "{:?}", add);
+    Ok(())
+}
+
+fn check_quantize(seed: u64) -> Result<(), TestCaseError> {
+    let r = &mut SplitMix64::new(seed);
+    let p = qparams(r);
+    let n = below(r, 70) as usize;
+    let x: Vec<f32> = (0..n)
+        .map(|_| match below(r, 12) {
+            0 => f32::NAN,
+            1 => pick(r, &[f32::INFINITY, f32::NEG_INFINITY, 1e30, -1e30, 0.0, -0.0]),
+            // Exact ties x · (1/s) = k + 0.5.
+            2 => (below(r, 600) as f32 - 300.0 + 0.5) * p.scale(),
+            _ => r.uniform(-300.0, 300.0) * p.scale(),
+        })
+        .collect();
+    let mut want = vec![0u8; n];
+    reference::quantize_u8(&x, &p, &mut want).unwrap();
+    let mut got = vec![0u8; n];
+    fast::quantize_u8(&x, &p, &mut got).unwrap();
+    prop_assert_eq!(&got, &want, "{:?} {:?}", p, x);
+    let mut fw = vec![0f32; n];
+    reference::dequantize_u8(&want, &p, &mut fw).unwrap();
+    let mut fg = vec![0f32; n];
+    fast::dequantize_u8(&want, &p, &mut fg).unwrap();
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    prop_assert_eq!(bits(&fg), bits(&fw));
+    Ok(())
+}
+
+fn check_pools(seed: u64) -> Result<(), TestCaseError> {
+    let r = &mut SplitMix64::new(seed);
+    let channels = pick(r, &[1, 3, 7, 17, 31, 32, 33, 65]);
+    let axis = |r: &mut SplitMix64| {
+        let kernel = 1 + below(r, 3) as usize;
+        Axis::new(
+            kernel,
+            1 + below(r, 3) as usize,
+            below(r, kernel as u64 / 2 + 1) as usize,
+            1 + below(r, 2) as usize,
+        )
+    };
+    let g = Pool2dGeom {
+        batch: 1 + below(r, 2) as usize,
+        in_h: 1 + below(r, 7) as usize,
+        in_w: 1 + below(r, 7) as usize,
+        channels,
+        h: axis(r),
+        w: axis(r),
+        ceil_mode: below(r, 2) == 0,
+    };
+    let x = u8s(r, g.input_len());
+    if let Ok(n) = g.output_len() {
+        let mut want = vec![0u8; n];
+        reference::qmaxpool2d(&g, &x, &mut want).unwrap();
+        let mut got = vec![1u8; n];
+        fast::qmaxpool2d(&g, &x, &mut got).unwrap();
+        prop_assert_eq!(&got, &want, "{:?}", g);
+    }
+    let p = qparams(r);
+    let range = QRange::U8;
+    let gp = QGlobalAvgPool {
+        batch: g.batch,
+        spatial: g.in_h * g.in_w,
+        channels,
+        zero_point: p.zero_point(),
+        range,
+    };
+    let mut want = vec![0u8; g.batch * channels];
+    reference::qglobal_avgpool(&gp, &x, &mut want).unwrap();
+    let mut got = vec![1u8; g.batch * channels];
+    fast::qglobal_avgpool(&gp, &x, &mut got).unwrap();
+    prop_assert_eq!(&got, &want, "{:?}", gp);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+    #[test]
+    fn pools_match_reference(seed in any::<u64>()) {
+        check_pools(seed)?;
+    }
+
+    #[test]
+    fn qconv2d_matches_reference(seed in any::<u64>()) {
+        check_conv(seed)?;
+    }
+
+    #[test]
+    fn qlinear_matches_reference(seed in any::<u64>()) {
+        check_linear(seed)?;
+    }
+
+    #[test]
+    fn qadd_matches_reference(seed in any::<u64>()) {
+        check_add(seed)?;
+    }
+
+    #[test]
+    fn quantize_dequantize_match_reference(seed in any::<u64>()) {
+        check_quantize(seed)?;
+    }
+}
+
+#[test]
+fn avx2_is_used_where_available() {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        assert_eq!(fast::detected(), Isa::Avx2);
+        return;
+    }
+    assert_eq!(fast::detected(), Isa::Scalar);
+}
+
+/// A convolution big enough to take the multi-threaded path, with every pixel tile and block tail.
+#[test]
+fn large_conv_matches_reference() {
+    let r = &mut SplitMix64::new(7);
+    for (in_c, out_c, groups, hw, kernel) in [(64, 72, 1, 30, 3), (40, 40, 40, 61, 3), (24, 48, 2, 23, 1)] {
+        let a = Axis::new(kernel, 1, kernel / 2, 1);
+        let geom = Conv2dGeom {
+            batch: 2,
+            in_h: hw,
+            in_w: hw,
+            in_c,
+            out_c,
+            h: a,
+            w: a,
+            groups,
+        };
+        let k = geom.reduction_len();
+        let zp = 77;
+        let p = QConv2d {
+            geom,
+            input_zero_point: zp,
+            requant: (0..out_c).map(|_| requant(r, k)).collect(),
+        };
+        let x = u8s(r, geom.input_len());
+        let wt = i8s(r, geom.weight_len());
+        let b = bias(r, out_c, k, zp);
+        let n = geom.output_len().unwrap();
+        let mut want = vec![0u8; n];
+        reference::qconv2d(&p, &x, &wt, b.as_deref(), &mut want).unwrap();
+        let mut got = vec![1u8; n];
+        PackedConv::new(&p, &wt, b.as_deref())
+            .unwrap()
+            .run(&geom, &x, &mut got)
+            .unwrap();
+        assert_eq!(got, want, "{geom:?}");
+        let scalar = PackedConv::with_isa(&p, &wt, b.as_deref(), Isa::Scalar).unwrap();
+        assert_eq!(scalar.isa(), Isa::Scalar);
+    }
+}
+
+/// A linear layer big enough for the threaded path with one row: split over channel blocks.
+#[test]
+fn large_linear_matches_reference() {
+    let r = &mut SplitMix64::new(8);
+    let (batch, k, m) = (3, 1030, 613);
+    let zp = 200;
+    let p = QLinear {
+        batch,
+        in_features: k,
+        out_features: m,
+        input_zero_point: zp,
+        requant: (0..m).map(|_| requant(r, k)).collect(),
+    };
+    let x = u8s(r, batch * k);
+    let wt = i8s(r, m * k);
+    let b = bias(r, m, k, zp);
+    let mut want = vec![0u8; batch * m];
+    reference::qlinear(&p, &x, &wt, b.as_deref(), &mut want).unwrap();
+    let mut got = vec![0u8; batch * m];
+    fast::qlinear(&p, &x, &wt, b.as_deref(), &mut got).unwrap();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn packed_conv_refuses_other_geometry() {
+    let a = Axis::new(3, 1, 1, 1);
+    let geom = Conv2dGeom {
+        batch: 1,
+        in_h: 4,
+        in_w: 4,
+        in_c: 2,
+        out_c: 2,
+        h: a,
+        w: a,
+        groups: 1,
+    };
+    let p = QConv2d {
+        geom,
+        input_zero_point: 0,
+        requant: vec![Requant::from_real(0.01, 0, QRange::U8).unwrap(); 2],
+    };
+    let packed = PackedConv::new(&p, &[1; 36], None).unwrap();
+    let mut out = vec![0u8; 32];
+    assert!(packed.run(&Conv2dGeom { in_c: 4, ..geom }, &[0; 64], &mut out).is_err());
+    assert!(packed.run(&geom, &[0; 31], &mut out).is_err());
+    assert!(PackedConv::new(&p, &[1; 35], None).is_err());
+}
