@@ -134,6 +134,9 @@ enum Command {
         /// Time this many runs after 3 warm-up runs and print the median.
         #[arg(long, value_name = "ROUNDS")]
         bench: Option<usize>,
+        /// Print how long each step takes (slowest first).
+        #[arg(long)]
+        profile: bool,
     },
     /// Show the execution backends this build has (qc's own CPU code, libtorch, CUDA).
     #[command(after_help = "Example:\n  qc backends")]
@@ -200,12 +203,14 @@ pub fn main() -> i32 {
             output,
             threads,
             bench,
+            profile,
         } => crate::run::run(crate::run::RunArgs {
             model,
             inputs: input,
             output,
             threads,
             bench,
+            profile,
         }),
         Command::Backends => backends(),
     }

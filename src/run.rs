@@ -16,6 +16,7 @@ pub struct RunArgs {
     pub output: Option<PathBuf>,
     pub threads: Option<usize>,
     pub bench: Option<usize>,
+    pub profile: bool,
 }
 
 /// Runs the command; returns the exit code.
@@ -85,6 +86,21 @@ pub fn run(args: RunArgs) -> i32 {
         }
         println!("wrote {}", path.display());
     }
+    if args.profile {
+        // One warm run, then the profiled one.
+        let profiled = pool.install(|| {
+            let _ = model.run(&inputs);
+            model.executor().run_profiled(&inputs)
+        });
+        match profiled {
+            Ok((_, times)) => print_profile(&model, &times),
+            Err(e) => {
+                eprintln!("error: the model failed while profiling: {e}");
+                eprintln!("help: this is a bug if the first run succeeded; please report it");
+                return 70;
+            }
+        }
+    }
     if let Some(rounds) = args.bench {
         let rounds = rounds.max(1);
         let batch = inputs.first().and_then(|t| t.shape.first().copied()).unwrap_or(1);
@@ -112,6 +128,32 @@ pub fn run(args: RunArgs) -> i32 {
         );
     }
     0
+}
+
+/// Each step's share of one run, slowest first (the first 15), then the total.
+fn print_profile(model: &Model, times: &[std::time::Duration]) {
+    let program = model.program();
+    let total: f64 = times.iter().map(|t| t.as_secs_f64()).sum();
+    let mut order: Vec<usize> = (0..times.len()).collect();
+    order.sort_by(|&a, &b| times[b].cmp(&times[a]));
+    println!(
+        "profile: {} steps, {:.3} ms in all; slowest first:",
+        times.len(),
+        total * 1e3
+    );
+    for &i in order.iter().take(15) {
+        let step = &program.steps[i];
+        let out = &program.values[step.output];
+        println!(
+            "  {:>8.3} ms  {:>5.1}%  {} = {} -> {}{}",
+            times[i].as_secs_f64() * 1e3,
+            100.0 * times[i].as_secs_f64() / total.max(1e-12),
+            out.name,
+            step.op.name(),
+            out.dtype,
+            out.shape_string()
+        );
+    }
 }
 
 /// One tensor per model input: `.npy` files in input order, or one `.npz` with the inputs by
