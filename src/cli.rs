@@ -116,7 +116,7 @@ enum Command {
     },
     /// Run a compiled model (`qc compile RECIPE -o model.qmodel`) on inputs from `.npy` files.
     #[command(
-        after_help = "Examples:\n  qc run model.qmodel --input x.npy\n  qc run model.qmodel --input x.npy --output y.npy\n  qc run model.qmodel --input x.npy --threads 2 --bench 50"
+        after_help = "Examples:\n  qc run model.qmodel --input x.npy\n  qc run model.qmodel --input x.npy --output y.npy\n  qc run model.qmodel --input x.npy --threads 2 --bench 50\n  qc run model.qmodel --input t10k-images-idx3-ubyte.gz --labels t10k-labels-idx1-ubyte.gz"
     )]
     Run {
         /// The .qmodel file.
@@ -137,6 +137,9 @@ enum Command {
         /// Print how long each step takes (slowest first).
         #[arg(long)]
         profile: bool,
+        /// One class per input sample (IDX labels or `.npy`): print top-1 accuracy.
+        #[arg(long)]
+        labels: Option<PathBuf>,
     },
     /// Show the execution backends this build has (qc's own CPU code, libtorch, CUDA).
     #[command(after_help = "Example:\n  qc backends")]
@@ -204,6 +207,7 @@ pub fn main() -> i32 {
             threads,
             bench,
             profile,
+            labels,
         } => crate::run::run(crate::run::RunArgs {
             model,
             inputs: input,
@@ -211,6 +215,7 @@ pub fn main() -> i32 {
             threads,
             bench,
             profile,
+            labels,
         }),
         Command::Backends => backends(),
     }

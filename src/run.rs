@@ -17,6 +17,8 @@ pub struct RunArgs {
     pub threads: Option<usize>,
     pub bench: Option<usize>,
     pub profile: bool,
+    /// Labels (IDX or `.npy`, one class per sample) to report top-1 accuracy against.
+    pub labels: Option<PathBuf>,
 }
 
 /// Runs the command; returns the exit code.
@@ -77,6 +79,20 @@ pub fn run(args: RunArgs) -> i32 {
     };
     for (spec, out) in meta.outputs.iter().zip(&outputs) {
         summarize(&spec.name, out);
+    }
+    if let Some(path) = &args.labels {
+        match accuracy(path, &outputs[0]) {
+            Ok((correct, n)) => println!(
+                "accuracy: {:.2}% top-1 ({correct}/{n} against {})",
+                100.0 * correct as f64 / n.max(1) as f64,
+                path.display()
+            ),
+            Err(message) => {
+                eprintln!("error: {message}");
+                eprintln!("help: --labels takes one class index per input sample (IDX labels or a .npy of integers)");
+                return EXIT_USER;
+            }
+        }
     }
     if let Some(path) = &args.output {
         if let Err(e) = write_outputs(path, &outputs) {
@@ -185,12 +201,70 @@ fn read_inputs(model: &Model, paths: &[PathBuf]) -> Result<Vec<Tensor>, String> 
     }
     paths
         .iter()
-        .map(|p| {
-            qc_runtime::data::read_npy(p)
-                .map(|a| all(&a))
-                .map_err(|e| e.to_string())
+        .zip(specs)
+        .map(|(p, spec)| {
+            let array = read_array(p)?;
+            let t = all(&array);
+            // An array whose samples hold as many elements as the model's (IDX images
+            // `[N, 28, 28]` for an input `[N, 1, 28, 28]`) is reshaped to the model's shape.
+            let want: Vec<usize> = spec.shape.iter().skip(1).map(|d| d.unwrap_or(0)).collect();
+            let per: usize = want.iter().product();
+            let have: usize = t.shape.iter().skip(1).product();
+            if want != t.shape[1..] && per == have && per > 0 {
+                let mut shape = vec![t.shape[0]];
+                shape.extend(want);
+                return Ok(Tensor { shape, data: t.data });
+            }
+            Ok(t)
         })
         .collect()
+}
+
+/// A `.npy` array, or an IDX file (`*-ubyte`, optionally `.gz`).
+fn read_array(p: &Path) -> Result<qc_runtime::data::Array, String> {
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if name.contains("-ubyte") {
+        qc_runtime::data::read_idx(p).map_err(|e| e.to_string())
+    } else {
+        qc_runtime::data::read_npy(p).map_err(|e| e.to_string())
+    }
+}
+
+/// Top-1 accuracy of `[N, classes]` logits against the labels in `path`.
+fn accuracy(path: &Path, logits: &Tensor) -> Result<(usize, usize), String> {
+    let labels = read_array(path)?;
+    let labels: Vec<i64> = match &labels.data {
+        qc_runtime::data::ArrayData::U8(v) => v.iter().map(|&x| x as i64).collect(),
+        qc_runtime::data::ArrayData::F32(v) => v.iter().map(|&x| x as i64).collect(),
+        qc_runtime::data::ArrayData::F64(v) => v.iter().map(|&x| x as i64).collect(),
+    };
+    let TensorData::F32(v) = &logits.data else {
+        return Err("the first output is not f32 logits".into());
+    };
+    let [n, c] = logits.shape[..] else {
+        return Err(format!(
+            "the first output has shape {:?}, not [N, classes]",
+            logits.shape
+        ));
+    };
+    if labels.len() < n {
+        return Err(format!(
+            "`{}` has {} labels for {n} samples",
+            path.display(),
+            labels.len()
+        ));
+    }
+    let correct = (0..n)
+        .filter(|&i| {
+            let row = &v[i * c..(i + 1) * c];
+            let best = (0..c).fold(0, |b, j| if row[j] > row[b] { j } else { b });
+            best as i64 == labels[i]
+        })
+        .count();
+    Ok((correct, n))
 }
 
 /// One line per output: shape, range, and for `[N, classes]` outputs the top-1 class of the
