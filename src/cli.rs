@@ -114,6 +114,33 @@ enum Command {
         #[arg(long)]
         qat: bool,
     },
+    /// Run a compiled model (`qc compile RECIPE -o model.qmodel`) on inputs from `.npy` files.
+    #[command(
+        after_help = "Examples:\n  qc run model.qmodel --input x.npy\n  qc run model.qmodel --input x.npy --output y.npy\n  qc run model.qmodel --input x.npy --threads 2 --bench 50\n  qc run model.qmodel --input t10k-images-idx3-ubyte.gz --labels t10k-labels-idx1-ubyte.gz"
+    )]
+    Run {
+        /// The .qmodel file.
+        model: PathBuf,
+        /// One `.npy` per model input, in order (or one `.npz` holding them by name); `u8`
+        /// arrays are images, scaled to [0, 1].
+        #[arg(long, required = true)]
+        input: Vec<PathBuf>,
+        /// Where to write the output as `.npy` (atomically).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Worker threads (default: one per core).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Time this many runs after 3 warm-up runs and print the median.
+        #[arg(long, value_name = "ROUNDS")]
+        bench: Option<usize>,
+        /// Print how long each step takes (slowest first).
+        #[arg(long)]
+        profile: bool,
+        /// One class per input sample (IDX labels or `.npy`): print top-1 accuracy.
+        #[arg(long)]
+        labels: Option<PathBuf>,
+    },
     /// Show the execution backends this build has (qc's own CPU code, libtorch, CUDA).
     #[command(after_help = "Example:\n  qc backends")]
     Backends,
@@ -173,6 +200,23 @@ pub fn main() -> i32 {
             output,
             qat,
         } => export_weights(&file, &stage, &output, qat),
+        Command::Run {
+            model,
+            input,
+            output,
+            threads,
+            bench,
+            profile,
+            labels,
+        } => crate::run::run(crate::run::RunArgs {
+            model,
+            inputs: input,
+            output,
+            threads,
+            bench,
+            profile,
+            labels,
+        }),
         Command::Backends => backends(),
     }
 }

@@ -1,6 +1,7 @@
-//! `qc`, the command line: check, compile and inspect `.qrecipe` files.
+//! `qc`, the command line: check, compile and inspect `.qrecipe` files, and run compiled models.
 
 mod cli;
+mod run;
 
 /// Recipes nest (blocks, calls, expressions) and the front end recurses over them; a large stack
 /// keeps deeply nested input an error message instead of a stack overflow. The parser also

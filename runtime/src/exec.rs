@@ -94,6 +94,32 @@ impl Executor {
             .collect())
     }
 
+    /// Runs like [`Executor::run`] and also returns how long each step took (indexed like
+    /// `program.steps`): `qc run --profile`.
+    pub fn run_profiled(&self, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Vec<std::time::Duration>), RunError> {
+        let mut times = Vec::with_capacity(self.program.steps.len());
+        let mut last = std::time::Instant::now();
+        let mut values = execute_with(
+            &self.program,
+            &self.prepared,
+            inputs,
+            Some(&self.last_use),
+            &mut |_, _| {
+                let now = std::time::Instant::now();
+                times.push(now - last);
+                last = now;
+                std::ops::ControlFlow::Continue(())
+            },
+        )?;
+        let outputs = self
+            .program
+            .outputs
+            .iter()
+            .map(|&id| values[id].take().unwrap_or_else(|| Tensor::zeros(DType::F32, vec![0])))
+            .collect();
+        Ok((outputs, times))
+    }
+
     /// Runs and returns every value (indexed like `program.values`; `None` for values no step
     /// computed): for tests and debugging.
     pub fn run_traced(&self, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>, RunError> {

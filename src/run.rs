@@ -1,0 +1,315 @@
+//! `qc run`: loads a compiled `.qmodel`, runs it on inputs from `.npy`/`.npz` files, writes or
+//! summarises the outputs, and times it with `--bench`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use qc_runtime::model::Model;
+use qc_runtime::{Tensor, TensorData};
+
+const EXIT_USER: i32 = 1;
+
+/// What `qc run` was asked to do.
+pub struct RunArgs {
+    pub model: PathBuf,
+    pub inputs: Vec<PathBuf>,
+    pub output: Option<PathBuf>,
+    pub threads: Option<usize>,
+    pub bench: Option<usize>,
+    pub profile: bool,
+    /// Labels (IDX or `.npy`, one class per sample) to report top-1 accuracy against.
+    pub labels: Option<PathBuf>,
+}
+
+/// Runs the command; returns the exit code.
+pub fn run(args: RunArgs) -> i32 {
+    let model = match Model::load(&args.model) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: cannot load `{}`: {e}", args.model.display());
+            eprintln!("help: write a model with `qc compile RECIPE -o model.qmodel`");
+            return EXIT_USER;
+        }
+    };
+    let meta = model.meta();
+    println!(
+        "model {} (stage {}, qc {}), {} steps",
+        meta.model,
+        meta.stage,
+        meta.qc_version,
+        model.program().steps.len()
+    );
+    if !meta.calibrated_for_accuracy {
+        println!("note: not calibrated for accuracy (calibrated on random data): outputs serve latency work only");
+    }
+    let wanted: Vec<String> = meta
+        .inputs
+        .iter()
+        .map(|s| format!("{}: {}{}", s.name, s.dtype, qc_runtime::program::shape_string(&s.shape)))
+        .collect();
+    let inputs = match read_inputs(&model, &args.inputs) {
+        Ok(t) => t,
+        Err(message) => {
+            eprintln!("error: {message}");
+            eprintln!(
+                "help: pass one --input .npy file per model input, in order ({}), or one .npz holding them by name",
+                wanted.join(", ")
+            );
+            return EXIT_USER;
+        }
+    };
+    let pool = match rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads.unwrap_or(0))
+        .build()
+    {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: cannot start {} threads: {e}", args.threads.unwrap_or(0));
+            eprintln!("help: pass a smaller --threads");
+            return EXIT_USER;
+        }
+    };
+    let outputs = match pool.install(|| model.run(&inputs)) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: the model failed: {e}");
+            eprintln!("help: the model's inputs are {}", wanted.join(", "));
+            return EXIT_USER;
+        }
+    };
+    for (spec, out) in meta.outputs.iter().zip(&outputs) {
+        summarize(&spec.name, out);
+    }
+    if let Some(path) = &args.labels {
+        match accuracy(path, &outputs[0]) {
+            Ok((correct, n)) => println!(
+                "accuracy: {:.2}% top-1 ({correct}/{n} against {})",
+                100.0 * correct as f64 / n.max(1) as f64,
+                path.display()
+            ),
+            Err(message) => {
+                eprintln!("error: {message}");
+                eprintln!("help: --labels takes one class index per input sample (IDX labels or a .npy of integers)");
+                return EXIT_USER;
+            }
+        }
+    }
+    if let Some(path) = &args.output {
+        if let Err(e) = write_outputs(path, &outputs) {
+            eprintln!("error: cannot write `{}`: {e}", path.display());
+            eprintln!("help: check that the folder exists and is writable");
+            return EXIT_USER;
+        }
+        println!("wrote {}", path.display());
+    }
+    if args.profile {
+        // One warm run, then the profiled one.
+        let profiled = pool.install(|| {
+            let _ = model.run(&inputs);
+            model.executor().run_profiled(&inputs)
+        });
+        match profiled {
+            Ok((_, times)) => print_profile(&model, &times),
+            Err(e) => {
+                eprintln!("error: the model failed while profiling: {e}");
+                eprintln!("help: this is a bug if the first run succeeded; please report it");
+                return 70;
+            }
+        }
+    }
+    if let Some(rounds) = args.bench {
+        let rounds = rounds.max(1);
+        let batch = inputs.first().and_then(|t| t.shape.first().copied()).unwrap_or(1);
+        let mut times = Vec::with_capacity(rounds);
+        let warmup = 3.min(rounds);
+        for i in 0..warmup + rounds {
+            let start = Instant::now();
+            if let Err(e) = pool.install(|| model.run(&inputs)) {
+                eprintln!("error: the model failed while benchmarking: {e}");
+                eprintln!("help: this is a bug if the first run succeeded; please report it");
+                return 70;
+            }
+            if i >= warmup {
+                times.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        times.sort_by(|a, b| a.total_cmp(b));
+        let median = times[times.len() / 2];
+        println!(
+            "bench: {rounds} rounds, median {median:.3} ms/run, batch {batch}, {:.1} img/s (min {:.3}, max {:.3} ms; {} threads)",
+            batch as f64 * 1e3 / median,
+            times[0],
+            times[times.len() - 1],
+            pool.current_num_threads()
+        );
+    }
+    0
+}
+
+/// Each step's share of one run, slowest first (the first 15), then the total.
+fn print_profile(model: &Model, times: &[std::time::Duration]) {
+    let program = model.program();
+    let total: f64 = times.iter().map(|t| t.as_secs_f64()).sum();
+    let mut order: Vec<usize> = (0..times.len()).collect();
+    order.sort_by(|&a, &b| times[b].cmp(&times[a]));
+    println!(
+        "profile: {} steps, {:.3} ms in all; slowest first:",
+        times.len(),
+        total * 1e3
+    );
+    for &i in order.iter().take(15) {
+        let step = &program.steps[i];
+        let out = &program.values[step.output];
+        println!(
+            "  {:>8.3} ms  {:>5.1}%  {} = {} -> {}{}",
+            times[i].as_secs_f64() * 1e3,
+            100.0 * times[i].as_secs_f64() / total.max(1e-12),
+            out.name,
+            step.op.name(),
+            out.dtype,
+            out.shape_string()
+        );
+    }
+}
+
+/// One tensor per model input: `.npy` files in input order, or one `.npz` with the inputs by
+/// name. `u8` arrays are taken as images and scaled to `[0, 1]`.
+fn read_inputs(model: &Model, paths: &[PathBuf]) -> Result<Vec<Tensor>, String> {
+    let specs = &model.meta().inputs;
+    let all = |a: &qc_runtime::data::Array| a.batch_f32(0, a.samples());
+    if let [one] = paths {
+        if one.extension().is_some_and(|e| e == "npz") {
+            let arrays = qc_runtime::data::read_npz(one).map_err(|e| e.to_string())?;
+            return specs
+                .iter()
+                .map(|s| {
+                    arrays
+                        .iter()
+                        .find(|(n, _)| *n == s.name)
+                        .map(|(_, a)| all(a))
+                        .ok_or_else(|| format!("`{}` has no array named `{}`", one.display(), s.name))
+                })
+                .collect();
+        }
+    }
+    if paths.len() != specs.len() {
+        return Err(format!(
+            "the model has {} input(s), {} --input file(s) given",
+            specs.len(),
+            paths.len()
+        ));
+    }
+    paths
+        .iter()
+        .zip(specs)
+        .map(|(p, spec)| {
+            let array = read_array(p)?;
+            let t = all(&array);
+            // An array whose samples hold as many elements as the model's (IDX images
+            // `[N, 28, 28]` for an input `[N, 1, 28, 28]`) is reshaped to the model's shape.
+            let want: Vec<usize> = spec.shape.iter().skip(1).map(|d| d.unwrap_or(0)).collect();
+            let per: usize = want.iter().product();
+            let have: usize = t.shape.iter().skip(1).product();
+            if want != t.shape[1..] && per == have && per > 0 {
+                let mut shape = vec![t.shape[0]];
+                shape.extend(want);
+                return Ok(Tensor { shape, data: t.data });
+            }
+            Ok(t)
+        })
+        .collect()
+}
+
+/// A `.npy` array, or an IDX file (`*-ubyte`, optionally `.gz`).
+fn read_array(p: &Path) -> Result<qc_runtime::data::Array, String> {
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if name.contains("-ubyte") {
+        qc_runtime::data::read_idx(p).map_err(|e| e.to_string())
+    } else {
+        qc_runtime::data::read_npy(p).map_err(|e| e.to_string())
+    }
+}
+
+/// Top-1 accuracy of `[N, classes]` logits against the labels in `path`.
+fn accuracy(path: &Path, logits: &Tensor) -> Result<(usize, usize), String> {
+    let labels = read_array(path)?;
+    let labels: Vec<i64> = match &labels.data {
+        qc_runtime::data::ArrayData::U8(v) => v.iter().map(|&x| x as i64).collect(),
+        qc_runtime::data::ArrayData::F32(v) => v.iter().map(|&x| x as i64).collect(),
+        qc_runtime::data::ArrayData::F64(v) => v.iter().map(|&x| x as i64).collect(),
+    };
+    let TensorData::F32(v) = &logits.data else {
+        return Err("the first output is not f32 logits".into());
+    };
+    let [n, c] = logits.shape[..] else {
+        return Err(format!(
+            "the first output has shape {:?}, not [N, classes]",
+            logits.shape
+        ));
+    };
+    if labels.len() < n {
+        return Err(format!(
+            "`{}` has {} labels for {n} samples",
+            path.display(),
+            labels.len()
+        ));
+    }
+    let correct = (0..n)
+        .filter(|&i| {
+            let row = &v[i * c..(i + 1) * c];
+            let best = (0..c).fold(0, |b, j| if row[j] > row[b] { j } else { b });
+            best as i64 == labels[i]
+        })
+        .count();
+    Ok((correct, n))
+}
+
+/// One line per output: shape, range, and for `[N, classes]` outputs the top-1 class of the
+/// first rows.
+fn summarize(name: &str, t: &Tensor) {
+    let TensorData::F32(v) = &t.data else {
+        println!("output {name}: {} {:?}", t.dtype(), t.shape);
+        return;
+    };
+    let (lo, hi) = v
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &x| (l.min(x), h.max(x)));
+    let mut line = format!("output {name}: f32{:?}, min {lo}, max {hi}", t.shape);
+    if let [n, c] = t.shape[..] {
+        if c > 0 {
+            let top: Vec<String> = (0..n.min(8))
+                .map(|i| {
+                    let row = &v[i * c..(i + 1) * c];
+                    let best = (0..c).fold(0, |b, j| if row[j] > row[b] { j } else { b });
+                    best.to_string()
+                })
+                .collect();
+            line.push_str(&format!(", top-1 of the first {}: [{}]", top.len(), top.join(", ")));
+        }
+    }
+    println!("{line}");
+}
+
+/// Writes the outputs as `.npy` files (atomically): a single output to `path`, several to
+/// `<stem>.<index>.npy` beside it.
+fn write_outputs(path: &Path, outputs: &[Tensor]) -> std::io::Result<()> {
+    for (i, out) in outputs.iter().enumerate() {
+        let TensorData::F32(v) = &out.data else {
+            return Err(std::io::Error::other(format!("output {i} is {}, not f32", out.dtype())));
+        };
+        let target = if outputs.len() == 1 {
+            path.to_path_buf()
+        } else {
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            path.with_file_name(format!("{stem}.{i}.npy"))
+        };
+        qc_runtime::fsutil::write_atomic(&target, &qc_runtime::data::npy_f32_bytes(&out.shape, v))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! The compiled model end to end: `qc compile -o` writes a `.qmodel`, `qc run` runs it on a
+//! `.npy` input and writes the same outputs as the in-process model; the int8 model of
+//! fashion_cnn (PyTorch's FP32 fixture weights, calibrated on Fashion-MNIST) stays close to the
+//! float model on real test images; a loaded model runs from several threads at once.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use qc_runtime::model::Model;
+use qc_runtime::{Tensor, TensorData};
+
+fn qc() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_qc"))
+}
+
+/// fashion_cnn with PyTorch's FP32 fixture weights and a short real calibration.
+fn recipe(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string("examples/fashion_cnn.qrecipe").unwrap();
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("calibrate ") {
+                "  calibrate fashion_mnist(split: train) batches: 8\n".to_string()
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    let weights = std::fs::canonicalize("tests/data/fashion_cnn.fp32.pth").unwrap();
+    let path = dir.join("fashion_cnn_fp32.qrecipe");
+    std::fs::write(&path, format!("{text}weights \"{}\"\n", weights.display())).unwrap();
+    path
+}
+
+fn f32s(t: &Tensor) -> &[f32] {
+    let TensorData::F32(v) = &t.data else { panic!("f32") };
+    v
+}
+
+/// The first `n` Fashion-MNIST test images, `[n, 1, 28, 28]` in [0, 1].
+fn test_images(n: usize) -> Tensor {
+    let dir = Path::new("/usr/share/datasets/fashion-mnist");
+    let images = qc_runtime::data::read_idx_images(dir, false).expect("make setup installs Fashion-MNIST");
+    let t = images.batch_f32(0, n);
+    Tensor::f32(vec![n, 1, 28, 28], f32s(&t).to_vec())
+}
+
+#[test]
+fn compile_writes_a_model_that_qc_run_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_path = dir.path().join("fashion_cnn.qmodel");
+    let out = qc()
+        .args(["compile"])
+        .arg(recipe(dir.path()))
+        .arg("-o")
+        .arg(&model_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("stage lowered"), "{stdout}");
+
+    let images = test_images(16);
+    let input = dir.path().join("x.npy");
+    std::fs::write(&input, qc_runtime::data::npy_f32_bytes(&images.shape, f32s(&images))).unwrap();
+    let output = dir.path().join("y.npy");
+    let out = qc()
+        .arg("run")
+        .arg(&model_path)
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        .args(["--threads", "2", "--bench", "3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("bench: 3 rounds, median"), "{stdout}");
+    assert!(!stdout.contains("not calibrated for accuracy"), "{stdout}");
+
+    let written = qc_runtime::data::read_npy(&output).unwrap().batch_f32(0, 16);
+    let model = Model::load(&model_path).unwrap();
+    let direct = model.run(std::slice::from_ref(&images)).unwrap();
+    assert_eq!(written.shape, vec![16, 10]);
+    assert_eq!(
+        f32s(&written),
+        f32s(&direct[0]),
+        "qc run writes what the model computes"
+    );
+}
+
+#[test]
+fn int8_model_stays_close_to_the_float_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = qc_dsl::load(&recipe(dir.path())).unwrap();
+    let mut float_program = None;
+    let lowered = qc_compiler::compile(
+        &loaded,
+        &qc_compiler::RunOptions::default(),
+        &mut |m| {
+            if m.stage == qc_compiler::Stage::Float {
+                float_program = Some(qc_compiler::lower::lower(m).unwrap());
+            }
+        },
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let meta = qc_runtime::artifact::Meta::new("fashion_cnn", "lowered", true, "test");
+    let int8 = Model::from_program(lowered.program.clone().unwrap(), meta.clone()).unwrap();
+    let float = Model::from_program(float_program.unwrap(), meta).unwrap();
+    let images = test_images(256);
+    let a = int8.run(std::slice::from_ref(&images)).unwrap();
+    let b = float.run(std::slice::from_ref(&images)).unwrap();
+    let (a, b) = (f32s(&a[0]), f32s(&b[0]));
+    let out_scale = int8.program().values[int8.program().steps.last().unwrap().inputs[0]]
+        .quant
+        .unwrap()
+        .scale();
+    let diffs: Vec<f32> = a.iter().zip(b).map(|(x, y)| (x - y).abs() / out_scale).collect();
+    let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
+    let max = diffs.iter().cloned().fold(0.0, f32::max);
+    let top1 = |v: &[f32], i: usize| {
+        let row = &v[i * 10..(i + 1) * 10];
+        (0..10).fold(0, |best, j| if row[j] > row[best] { j } else { best })
+    };
+    let agree = (0..256).filter(|&i| top1(a, i) == top1(b, i)).count();
+    println!("int8 vs float logits: mean {mean:.3} steps, max {max:.3} steps; top-1 agrees on {agree}/256");
+    assert!(mean <= 2.0, "mean difference {mean} output steps");
+    assert!(agree >= 240, "top-1 agrees on only {agree}/256 images");
+}
+
+/// `Model` is `Send + Sync`: one loaded model serves several threads, each getting the
+/// single-threaded answer.
+#[test]
+fn a_loaded_model_runs_from_many_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Model>();
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = qc_dsl::load(&recipe(dir.path())).unwrap();
+    let m = qc_compiler::compile(
+        &loaded,
+        &qc_compiler::RunOptions::default(),
+        &mut |_| {},
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let model = Model::from_program(
+        m.program.unwrap(),
+        qc_runtime::artifact::Meta::new("fashion_cnn", "lowered", true, "test"),
+    )
+    .unwrap();
+    let images = test_images(8);
+    let want = model.run(std::slice::from_ref(&images)).unwrap();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| model.run(std::slice::from_ref(&images)).unwrap()))
+            .collect();
+        for h in handles {
+            assert_eq!(h.join().unwrap(), want);
+        }
+    });
+}
