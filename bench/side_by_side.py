@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -143,8 +144,11 @@ WORKLOADS = {
     "conv256": (BENCH / "conv256.qrecipe", "conv256", lambda: OneConv(256), (1, 256, 14, 14)),
 }
 
+# `qc run --bench K`'s last line:
+#   bench: K rounds, median M ms/run, batch B, I img/s (min A, max Z ms; T threads)
 BENCH_LINE = re.compile(
     r"bench:\s*(\d+)\s*rounds,\s*median\s*([0-9.eE+-]+)\s*ms/run,\s*batch\s*(\d+),\s*([0-9.eE+-]+)\s*img/s"
+    r"(?:\s*\(min\s*([0-9.eE+-]+),\s*max\s*([0-9.eE+-]+)\s*ms;\s*(\d+)\s*threads\))?"
 )
 
 
@@ -198,13 +202,16 @@ def torch_int8(ctor, weights, shape, calib_batches, seed):
     float_model = ctor()
     float_model.load_state_dict(state, strict=True)
     float_model.eval()
-    model.fuse()
-    model.qconfig = get_default_qconfig("x86")
-    prepare(model, inplace=True)
-    with torch.inference_mode():
-        for _ in range(calib_batches):
-            model(torch.randn(1, *shape[1:]))
-    convert(model, inplace=True)
+    with warnings.catch_warnings():
+        # torch.ao.quantization's eager mode warns that it moves to torchao; it still works.
+        warnings.simplefilter("ignore")
+        model.fuse()
+        model.qconfig = get_default_qconfig("x86")
+        prepare(model, inplace=True)
+        with torch.inference_mode():
+            for _ in range(calib_batches):
+                model(torch.randn(1, *shape[1:]))
+        convert(model, inplace=True)
     return model, float_model
 
 
@@ -215,7 +222,7 @@ def time_torch(model, x, iters):
             t = time.perf_counter()
             model(x)
             times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+    return statistics.median(times) * 1e3, min(times) * 1e3
 
 
 def time_qc(qc, qmodel, xfile, threads, iters):
@@ -223,7 +230,10 @@ def time_qc(qc, qmodel, xfile, threads, iters):
     for line in reversed(out.strip().splitlines()):
         m = BENCH_LINE.search(line)
         if m:
-            return float(m.group(2))
+            if m.group(7) is not None and int(m.group(7)) != threads:
+                raise SystemExit(f"qc ran with {m.group(7)} threads, not {threads}: {line}")
+            median = float(m.group(2))
+            return median, float(m.group(5)) if m.group(5) is not None else median
     raise SystemExit(f"no `bench:` line in the output of qc run:\n{out}")
 
 
@@ -311,26 +321,29 @@ def main():
         # Run counts from a short probe of each side: a block lasts about --block-seconds.
         clamp = lambda n: max(args.min_iters, min(args.max_iters, int(n)))  # noqa: E731
         time_torch(model, x, 3)  # warm-up
-        probe_t = time_torch(model, x, 5)
+        probe_t, _ = time_torch(model, x, 5)
         k_torch = clamp(args.block_seconds * 1e3 / probe_t)
         if use_qc:
-            probe_q = time_qc(qc, qmodel, xfile, args.threads, 3)
+            probe_q, _ = time_qc(qc, qmodel, xfile, args.threads, 3)
             k_qc = clamp(args.block_seconds * 1e3 / probe_q)
         log(
             f"[{name}] probe: torch {probe_t:.3f} ms -> {k_torch} runs/block"
             + (f"; qc {probe_q:.3f} ms -> {k_qc} runs/block" if use_qc else "")
         )
 
-        t_ms, q_ms, ratios = [], [], []
+        t_ms, q_ms, ratios, t_best, q_best = [], [], [], [], []
+        load0 = os.getloadavg()[0]
         for r in range(args.rounds):
             order = ("torch", "qc") if r % 2 == 0 else ("qc", "torch")
             got = {}
             for side in order:
                 if side == "torch":
                     time_torch(model, x, 2)  # warm-up after the other side ran
-                    got["torch"] = time_torch(model, x, k_torch)
+                    got["torch"], best = time_torch(model, x, k_torch)
+                    t_best.append(best)
                 elif use_qc:
-                    got["qc"] = time_qc(qc, qmodel, xfile, args.threads, k_qc)
+                    got["qc"], best = time_qc(qc, qmodel, xfile, args.threads, k_qc)
+                    q_best.append(best)
             t_ms.append(got["torch"])
             line = f"[{name}] round {r + 1}/{args.rounds} ({order[0]} first): torch {got['torch']:.3f} ms"
             if use_qc:
@@ -338,33 +351,44 @@ def main():
                 ratios.append(got["torch"] / got["qc"])
                 line += f", qc {got['qc']:.3f} ms, ratio {ratios[-1]:.2f}"
             log(line)
+        load = (load0 + os.getloadavg()[0]) / 2
         results.append(
-            (
-                name,
-                shape[0],
-                statistics.median(t_ms),
-                statistics.median(q_ms) if use_qc else None,
-                statistics.median(ratios) if use_qc else None,
-                note,
+            dict(
+                name=name,
+                batch=shape[0],
+                t=statistics.median(t_ms),
+                q=statistics.median(q_ms) if use_qc else None,
+                ratio=statistics.median(ratios) if use_qc else None,
+                t_best=min(t_best),
+                q_best=min(q_best) if use_qc else None,
+                load=load,
+                note=note,
             )
         )
 
+    fmt = lambda v, w, p=3: f"{v:{w}.{p}f}" if v is not None else f"{'-':>{w}}"  # noqa: E731
     print()
     print(
-        f"{args.rounds} interleaved rounds, {args.threads} threads; ms = median over rounds of the "
-        "per-block median; ratio = median of per-round torch_ms/qc_ms (> 1: qc faster)"
+        f"{args.rounds} interleaved rounds, {args.threads} threads, torch {torch.__version__} "
+        f"(engine x86, CPU capability {torch.backends.cpu.get_cpu_capability()}), {cpu}"
     )
-    hdr = f"| {'workload':<12} | {'PyTorch ms':>10} | {'qc ms':>9} | {'ratio':>6} | {'PyTorch img/s':>13} | {'qc img/s':>9} |"
-    print(hdr)
-    print("|" + "|".join("-" * (len(c)) for c in hdr.split("|")[1:-1]) + "|")
-    for name, batch, t, q, ratio, _ in results:
-        qs = f"{q:9.3f}" if q is not None else f"{'-':>9}"
-        rs = f"{ratio:6.2f}" if ratio is not None else f"{'-':>6}"
-        qi = f"{batch * 1e3 / q:9.0f}" if q is not None else f"{'-':>9}"
-        print(f"| {name:<12} | {t:10.3f} | {qs} | {rs} | {batch * 1e3 / t:13.0f} | {qi} |")
+    print(
+        "ms: median over rounds of each block's median run; ratio: median of the per-round "
+        "torch_ms / qc_ms (> 1: qc faster); best: fastest single run; load: 1-min load average"
+    )
     print()
-    for name, *_, note in results:
-        print(f"{name}: {note}")
+    print("| workload | PyTorch ms | qc ms | ratio | PyTorch img/s | qc img/s | PyTorch best ms | qc best ms | load |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        qi = r["batch"] * 1e3 / r["q"] if r["q"] is not None else None
+        print(
+            f"| {r['name']} | {fmt(r['t'], 0)} | {fmt(r['q'], 0)} | {fmt(r['ratio'], 0, 2)} "
+            f"| {r['batch'] * 1e3 / r['t']:.0f} | {fmt(qi, 0, 0)} | {fmt(r['t_best'], 0)} "
+            f"| {fmt(r['q_best'], 0)} | {r['load']:.1f} |"
+        )
+    print()
+    for r in results:
+        print(f"{r['name']}: {r['note']}")
 
 
 if __name__ == "__main__":
