@@ -156,9 +156,13 @@ def log(*a):
     print(*a, file=sys.stderr, flush=True)
 
 
+# OMP_WAIT_POLICY is for PyTorch's OpenMP (see README); qc runs without it.
+QC_ENV = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+
+
 def run_qc(qc, *args, capture=True):
     cmd = [str(qc), *map(str, args)]
-    r = subprocess.run(cmd, capture_output=capture, text=True)
+    r = subprocess.run(cmd, capture_output=capture, text=True, env=QC_ENV)
     if r.returncode != 0:
         raise SystemExit(
             f"failed ({r.returncode}): {' '.join(cmd)}\n{r.stdout or ''}{r.stderr or ''}"
@@ -278,6 +282,7 @@ def main():
 
     torch.backends.quantized.engine = "x86"
     torch.set_num_threads(args.threads)
+    omp_policy = os.environ.get("OMP_WAIT_POLICY", "unset")
     cpu = next(
         (l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
         platform.processor(),
@@ -285,7 +290,7 @@ def main():
     log(
         f"torch {torch.__version__}, engine {torch.backends.quantized.engine}, "
         f"{torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-        f"{cpu}, {os.cpu_count()} CPUs"
+        f"{cpu}, {os.cpu_count()} CPUs, OMP_WAIT_POLICY={omp_policy}"
     )
 
     results = []
@@ -370,7 +375,8 @@ def main():
     print()
     print(
         f"{args.rounds} interleaved rounds, {args.threads} threads, torch {torch.__version__} "
-        f"(engine x86, CPU capability {torch.backends.cpu.get_cpu_capability()}), {cpu}"
+        f"(engine x86, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"OMP_WAIT_POLICY={omp_policy}), {cpu}"
     )
     print(
         "ms: median over rounds of each block's median run; ratio: median of the per-round "
