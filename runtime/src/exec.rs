@@ -38,13 +38,46 @@ enum Prepared {
     Concat(Vec<ConcatPart>),
 }
 
-/// A validated program, ready to run any number of times.
+/// Spare `u8` buffers of finished runs: an int8 step takes its output buffer from here, and a
+/// value freed after its last use gives its buffer back, so that after the first run of a given
+/// batch size the int8 steps allocate nothing (buffers are planned by reuse, run after run).
+#[derive(Debug, Default)]
+struct BufferPool {
+    spare: Vec<Vec<u8>>,
+}
+
+impl BufferPool {
+    /// A zeroed buffer of `n` bytes: the smallest spare one that holds it, or a new one.
+    fn take(&mut self, n: usize) -> Vec<u8> {
+        let best = (0..self.spare.len())
+            .filter(|&i| self.spare[i].capacity() >= n)
+            .min_by_key(|&i| self.spare[i].capacity());
+        let mut v = match best {
+            Some(i) => self.spare.swap_remove(i),
+            None => Vec::with_capacity(n),
+        };
+        v.clear();
+        v.resize(n, 0);
+        v
+    }
+
+    /// Keeps the storage of a freed value (`u8` ones; others are dropped).
+    fn give(&mut self, t: Tensor) {
+        if let TensorData::U8(v) = t.data {
+            self.spare.push(v);
+        }
+    }
+}
+
+/// A validated program, ready to run any number of times, from any number of threads at once.
 #[derive(Clone, Debug)]
 pub struct Executor {
     program: Program,
     prepared: Vec<Prepared>,
     /// For each value, the last step reading it (`None`: never read, or a program output).
     last_use: Vec<Option<usize>>,
+    /// One pool per concurrent run (a run takes one and puts it back).
+    pools: std::sync::Arc<std::sync::Mutex<Vec<BufferPool>>>,
 }
 
 impl Executor {
@@ -71,7 +104,35 @@ impl Executor {
             program,
             prepared,
             last_use,
+            pools: Default::default(),
         })
+    }
+
+    fn take_pool(&self) -> BufferPool {
+        self.pools
+            .lock()
+            .map(|mut p| p.pop())
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    /// Puts a run's pool back with the storage of every value it still holds (not the outputs).
+    fn return_pool(&self, mut pool: BufferPool, values: Vec<Option<Tensor>>) {
+        for t in values.into_iter().flatten() {
+            pool.give(t);
+        }
+        if let Ok(mut pools) = self.pools.lock() {
+            pools.push(pool);
+        }
+    }
+
+    /// Spare buffers kept for later runs (for tests: after a run there are some).
+    pub fn spare_buffers(&self) -> usize {
+        self.pools
+            .lock()
+            .map(|p| p.iter().map(|b| b.spare.len()).sum())
+            .unwrap_or(0)
     }
 
     pub fn program(&self) -> &Program {
@@ -85,13 +146,23 @@ impl Executor {
     /// Runs on `inputs` (in `program.inputs` order, any batch size); returns the outputs in
     /// `program.outputs` order.
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RunError> {
-        let mut values = execute(&self.program, &self.prepared, inputs, Some(&self.last_use))?;
-        Ok(self
+        let mut pool = self.take_pool();
+        let mut values = execute_with(
+            &self.program,
+            &self.prepared,
+            inputs,
+            Some(&self.last_use),
+            &mut |_, _| std::ops::ControlFlow::Continue(()),
+            &mut pool,
+        )?;
+        let outputs = self
             .program
             .outputs
             .iter()
             .map(|&id| values[id].take().unwrap_or_else(|| Tensor::zeros(DType::F32, vec![0])))
-            .collect())
+            .collect();
+        self.return_pool(pool, values);
+        Ok(outputs)
     }
 
     /// Runs like [`Executor::run`] and also returns how long each step took (indexed like
@@ -99,6 +170,7 @@ impl Executor {
     pub fn run_profiled(&self, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Vec<std::time::Duration>), RunError> {
         let mut times = Vec::with_capacity(self.program.steps.len());
         let mut last = std::time::Instant::now();
+        let mut pool = self.take_pool();
         let mut values = execute_with(
             &self.program,
             &self.prepared,
@@ -110,6 +182,7 @@ impl Executor {
                 last = now;
                 std::ops::ControlFlow::Continue(())
             },
+            &mut pool,
         )?;
         let outputs = self
             .program
@@ -117,6 +190,7 @@ impl Executor {
             .iter()
             .map(|&id| values[id].take().unwrap_or_else(|| Tensor::zeros(DType::F32, vec![0])))
             .collect();
+        self.return_pool(pool, values);
         Ok((outputs, times))
     }
 
@@ -250,7 +324,7 @@ pub type OnValue<'a> = &'a mut dyn FnMut(usize, &Tensor) -> std::ops::ControlFlo
 pub fn run_with(program: &Program, inputs: &[Tensor], on_value: OnValue) -> Result<Vec<Tensor>, RunError> {
     validate(program)?;
     let prepared = prepare(program, fast::detected())?;
-    let mut values = execute_with(program, &prepared, inputs, None, on_value)?;
+    let mut values = execute_with(program, &prepared, inputs, None, on_value, &mut BufferPool::default())?;
     Ok(program
         .outputs
         .iter()
@@ -264,9 +338,14 @@ fn execute(
     inputs: &[Tensor],
     free: Option<&[Option<usize>]>,
 ) -> Result<Vec<Option<Tensor>>, RunError> {
-    execute_with(p, prepared, inputs, free, &mut |_, _| {
-        std::ops::ControlFlow::Continue(())
-    })
+    execute_with(
+        p,
+        prepared,
+        inputs,
+        free,
+        &mut |_, _| std::ops::ControlFlow::Continue(()),
+        &mut BufferPool::default(),
+    )
 }
 
 fn execute_with(
@@ -275,6 +354,7 @@ fn execute_with(
     inputs: &[Tensor],
     free: Option<&[Option<usize>]>,
     on_value: OnValue,
+    pool: &mut BufferPool,
 ) -> Result<Vec<Option<Tensor>>, RunError> {
     p.check_inputs(inputs)?;
     let mut values: Vec<Option<Tensor>> = vec![None; p.values.len()];
@@ -302,7 +382,7 @@ fn execute_with(
             StepOp::Float(op) => interp::eval(op, &p.constants, &args),
             StepOp::Quant(op) => {
                 let prep = prepared.get(index).unwrap_or(&Prepared::Nothing);
-                eval_quant(p, step, op, prep, &args, out_shape.clone())
+                eval_quant(p, step, op, prep, &args, out_shape.clone(), pool)
                     .map_err(|error| RunError::Kernel { step: name(), error })?
             }
         };
@@ -329,7 +409,9 @@ fn execute_with(
         if let Some(last) = free {
             for &i in &step.inputs {
                 if last.get(i) == Some(&Some(index)) {
-                    values[i] = None;
+                    if let Some(t) = values[i].take() {
+                        pool.give(t);
+                    }
                 }
             }
         }
@@ -395,6 +477,7 @@ fn eval_quant(
     prep: &Prepared,
     args: &[&Tensor],
     out_shape: Vec<usize>,
+    pool: &mut BufferPool,
 ) -> Result<Tensor, KernelError> {
     let x = args[0];
     let in_info = &p.values[step.inputs[0]];
@@ -402,7 +485,7 @@ fn eval_quant(
     let in_q = in_info.quant;
     let out_q = out_info.quant;
     let n_out: usize = out_shape.iter().product();
-    let mut out = vec![0u8; n_out];
+    let mut out = pool.take(n_out);
     let isa = match prep {
         Prepared::Isa(isa) => *isa,
         _ => Isa::Scalar,
@@ -519,14 +602,12 @@ fn eval_quant(
         }
         QuantOp::QFlatten => {
             let xs = u8s(x)?;
-            out = if in_info.layout == Layout::ChannelsLast {
+            if in_info.layout == Layout::ChannelsLast {
                 let (n, h, w, c) = nhwc(&x.shape)?;
-                let mut o = vec![0u8; xs.len()];
-                k::flatten_nhwc_to_torch_order(xs, [n, h, w, c], &mut o)?;
-                o
+                k::flatten_nhwc_to_torch_order(xs, [n, h, w, c], &mut out)?;
             } else {
-                xs.to_vec()
-            };
+                out.copy_from_slice(xs);
+            }
         }
         QuantOp::QClamp { act } => {
             let q = in_q.ok_or_else(|| bad("clamp needs input parameters"))?;

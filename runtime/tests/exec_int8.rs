@@ -545,3 +545,27 @@ fn fast_kernels_match_the_reference_executor() {
         assert_eq!(fast, scalar, "seed {seed}");
     }
 }
+
+/// Intermediate int8 buffers are reused: after the first run the executor keeps them, later
+/// runs of the same batch size neither add nor lose any (steady state: no new buffers), and the
+/// answers do not change.
+#[test]
+fn buffers_are_reused_run_after_run() {
+    let (b, inputs, _) = cnn(3, 2);
+    let exec = Executor::new(b.p.clone()).unwrap();
+    assert_eq!(exec.spare_buffers(), 0);
+    let first = exec.run(&inputs).unwrap();
+    let kept = exec.spare_buffers();
+    assert!(kept > 0, "the first run leaves its buffers for the next");
+    for _ in 0..3 {
+        assert_eq!(exec.run(&inputs).unwrap(), first);
+        assert_eq!(exec.spare_buffers(), kept);
+    }
+    // Concurrent runs each take a pool of their own.
+    std::thread::scope(|s| {
+        let runs: Vec<_> = (0..3).map(|_| s.spawn(|| exec.run(&inputs).unwrap())).collect();
+        for r in runs {
+            assert_eq!(r.join().unwrap(), first);
+        }
+    });
+}
