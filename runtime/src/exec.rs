@@ -440,11 +440,16 @@ fn relayout<T: Copy + Default>(x: &[T], shape: &[usize], from: Layout, to: Layou
         return Ok(x.to_vec());
     }
     let mut out = vec![T::default(); x.len()];
-    match from {
-        Layout::Torch => k::nchw_to_nhwc(x, dims4(shape, from)?, &mut out)?,
-        Layout::ChannelsLast => k::nhwc_to_nchw(x, dims4(shape, from)?, &mut out)?,
-    }
+    relayout_into(x, shape, from, &mut out)?;
     Ok(out)
+}
+
+/// Moves data of physical shape `shape` out of layout `from` into the other layout.
+fn relayout_into<T: Copy>(x: &[T], shape: &[usize], from: Layout, out: &mut [T]) -> Result<(), KernelError> {
+    match from {
+        Layout::Torch => k::nchw_to_nhwc(x, dims4(shape, from)?, out),
+        Layout::ChannelsLast => k::nhwc_to_nchw(x, dims4(shape, from)?, out),
+    }
 }
 
 fn axes(w: &Window) -> (crate::kernels::Axis, crate::kernels::Axis) {
@@ -494,15 +499,23 @@ fn eval_quant(
         QuantOp::Quantize => {
             let q = out_q.ok_or_else(|| bad("quantize needs output parameters"))?;
             let xf = x.as_f32().ok_or_else(|| bad("quantize reads f32"))?;
-            let moved = relayout(xf, &x.shape, in_info.layout, out_info.layout)?;
+            // Quantization is elementwise: quantize in the input's layout, then move the bytes
+            // (a quarter of the floats' traffic).
             let data = match out_info.dtype {
                 DType::I8 => {
                     let mut o = vec![0i8; n_out];
-                    quantize_per_tensor(&moved, &q, &mut o)?;
-                    TensorData::I8(o)
+                    quantize_per_tensor(xf, &q, &mut o)?;
+                    TensorData::I8(relayout(&o, &x.shape, in_info.layout, out_info.layout)?)
+                }
+                _ if in_info.layout == out_info.layout => {
+                    fast::quantize_u8_with(isa, xf, &q, &mut out)?;
+                    TensorData::U8(out)
                 }
                 _ => {
-                    fast::quantize_u8_with(isa, &moved, &q, &mut out)?;
+                    let mut staged = pool.take(n_out);
+                    fast::quantize_u8_with(isa, xf, &q, &mut staged)?;
+                    relayout_into(&staged, &x.shape, in_info.layout, &mut out)?;
+                    pool.spare.push(staged);
                     TensorData::U8(out)
                 }
             };
@@ -510,14 +523,24 @@ fn eval_quant(
         }
         QuantOp::Dequantize => {
             let q = in_q.ok_or_else(|| bad("dequantize needs input parameters"))?;
+            // Move the bytes first (a quarter of the floats' traffic), then dequantize in place.
+            pool.spare.push(out);
             let mut f = vec![0f32; x.len()];
             match &x.data {
-                TensorData::U8(v) => fast::dequantize_u8_with(isa, v, &q, &mut f)?,
-                TensorData::I8(v) => dequantize_per_tensor(v, &q, &mut f)?,
+                TensorData::U8(v) if in_info.layout == out_info.layout => fast::dequantize_u8_with(isa, v, &q, &mut f)?,
+                TensorData::U8(v) => {
+                    let mut moved = pool.take(v.len());
+                    relayout_into(v, &x.shape, in_info.layout, &mut moved)?;
+                    fast::dequantize_u8_with(isa, &moved, &q, &mut f)?;
+                    pool.spare.push(moved);
+                }
+                TensorData::I8(v) => {
+                    let moved = relayout(v, &x.shape, in_info.layout, out_info.layout)?;
+                    dequantize_per_tensor(&moved, &q, &mut f)?
+                }
                 _ => return Err(bad("dequantize reads u8 or i8")),
             }
-            let moved = relayout(&f, &x.shape, in_info.layout, out_info.layout)?;
-            return Ok(Tensor::f32(out_shape, moved));
+            return Ok(Tensor::f32(out_shape, f));
         }
         QuantOp::QConv { window, groups, .. } => {
             let Prepared::Conv(packed) = prep else {
