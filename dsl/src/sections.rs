@@ -60,8 +60,10 @@ pub struct Sections {
 /// A quantization scheme: the defaults every tensor starts from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scheme {
-    /// `x86`: fbgemm-style. Weights int8 symmetric per channel (minmax); activations uint8
-    /// affine per tensor (histogram with 2048 bins).
+    /// `x86`: fbgemm-style, PyTorch's `get_default_qconfig("x86")`. Weights int8 symmetric per
+    /// channel (minmax); activations unsigned 7-bit (`[0, 127]` in `u8`: PyTorch's
+    /// `reduce_range`, which keeps the `u8·i8` pair sums of AVX2's `vpmaddubsw` inside `i16`),
+    /// affine per tensor (histogram with 2048 bins). Write `activations: uint8` for the full range.
     X86,
     /// `symmetric8`: weights int8 symmetric per channel; activations int8 symmetric per
     /// tensor; minmax observers for both.
@@ -92,7 +94,7 @@ impl Scheme {
     ///
     /// | scheme         | weights                                 | activations                                      |
     /// |----------------|-----------------------------------------|--------------------------------------------------|
-    /// | `x86`          | int8, symmetric, per channel, minmax    | uint8, affine, per tensor, histogram(bins: 2048) |
+    /// | `x86`          | int8, symmetric, per channel, minmax    | uint7, affine, per tensor, histogram(bins: 2048) |
     /// | `symmetric8`   | int8, symmetric, per channel, minmax    | int8, symmetric, per tensor, minmax              |
     /// | `power_of_two` | as `symmetric8`, power-of-two scales    | as `symmetric8`, power-of-two scales             |
     ///
@@ -115,7 +117,7 @@ impl Scheme {
             Scheme::X86 => (
                 weights,
                 TensorDefaults {
-                    bits: 8,
+                    bits: 7,
                     signed: false,
                     granularity: Granularity::PerTensor,
                     symmetric: false,
@@ -2346,7 +2348,7 @@ mod tests {
         );
         assert_eq!(
             (a.bits, a.signed, a.granularity, a.symmetric),
-            (8, false, Granularity::PerTensor, false)
+            (7, false, Granularity::PerTensor, false)
         );
         assert_eq!(a.observer, Observer::Histogram { bins: 2048 });
         let (w, a) = Scheme::PowerOfTwo.defaults();
