@@ -154,7 +154,7 @@ fn node_resolution_applies_overrides_in_order() {
     assert!(conv.skip.is_none());
     let a = conv.activations.resolve(&ad);
     assert!(a.power_of_two);
-    assert_eq!((a.bits, a.signed, a.symmetric), (8, false, false));
+    assert_eq!((a.bits, a.signed, a.symmetric), (7, false, false));
     assert_eq!(a.observer, Observer::Histogram { bins: 2048 });
     let w = conv.weights.resolve(&wd);
     assert_eq!((w.bits, w.granularity), (8, Granularity::PerChannel));
