@@ -52,9 +52,11 @@ fn every_example_at_every_stage() {
     }
 }
 
+/// Two compiles give the same dumps at every stage (conv1d_net: every stage, including a
+/// calibration, in a few seconds).
 #[test]
 fn dumps_are_stable_across_runs() {
-    assert_eq!(dumps("inception_block"), dumps("inception_block"));
+    assert_eq!(dumps("conv1d_net"), dumps("conv1d_net"));
 }
 
 fn float_keys(example: &str) -> Vec<(String, Vec<usize>)> {
