@@ -162,6 +162,18 @@ pub enum Device {
     Cuda,
 }
 
+/// The sample order of epoch `epoch` (from 0) of [`train_float`]: Fisher–Yates on SplitMix64
+/// seeded by `seed + epoch`, so a run is reproducible and a step names its samples.
+pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<i64> {
+    let mut order: Vec<i64> = (0..n as i64).collect();
+    let mut rng = crate::tensor::SplitMix64::new(seed.wrapping_add(epoch as u64));
+    for i in (1..n).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
 /// True when this build has the libtorch backend.
 pub const COMPILED: bool = cfg!(feature = "torch");
 
@@ -403,17 +415,6 @@ mod imp {
         Ok(n)
     }
 
-    /// The sample order of epoch `epoch`: Fisher–Yates on SplitMix64 seeded by `seed + epoch`.
-    fn shuffled(n: usize, seed: u64, epoch: usize) -> Vec<i64> {
-        let mut order: Vec<i64> = (0..n as i64).collect();
-        let mut rng = crate::tensor::SplitMix64::new(seed.wrapping_add(epoch as u64));
-        for i in (1..n).rev() {
-            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-            order.swap(i, j);
-        }
-        order
-    }
-
     /// Top-1 accuracy of the program (inference mode) on `x`/`y`, in batches.
     fn evaluate(
         program: &Program,
@@ -541,7 +542,7 @@ mod imp {
             let started = std::time::Instant::now();
             let lr = config.schedule.lr(config.lr, epoch, config.epochs);
             opt.set_learning_rate(lr).map_err(err)?;
-            let order = shuffled(n, config.seed, epoch);
+            let order = epoch_order(n, config.seed, epoch);
             let (mut loss_sum, mut correct) = (0.0f64, 0i64);
             for step in 0..steps {
                 let (first, end) = (step * bs, ((step + 1) * bs).min(n));
