@@ -141,6 +141,8 @@ enum Command {
         #[arg(long)]
         labels: Option<PathBuf>,
     },
+    /// Train the model's float weights with the recipe's `train` section (libtorch).
+    Train(crate::train::TrainArgs),
     /// Show the execution backends this build has (qc's own CPU code, libtorch, CUDA).
     #[command(after_help = "Example:\n  qc backends")]
     Backends,
@@ -217,6 +219,7 @@ pub fn main() -> i32 {
             profile,
             labels,
         }),
+        Command::Train(args) => crate::train::main(args),
         Command::Backends => backends(),
     }
 }
@@ -241,7 +244,7 @@ fn report(diags: &[Diagnostic], sources: &Arc<SourceMap>) {
     eprintln!("error: {n} problem{} found", if n == 1 { "" } else { "s" });
 }
 
-fn load(file: &Path) -> Result<qc_dsl::Loaded, i32> {
+pub(crate) fn load(file: &Path) -> Result<qc_dsl::Loaded, i32> {
     qc_dsl::load(file).map_err(|e| {
         eprintln!("error: {e}");
         eprintln!("help: check the path; recipes are text files ending in .qrecipe");
@@ -249,7 +252,7 @@ fn load(file: &Path) -> Result<qc_dsl::Loaded, i32> {
     })
 }
 
-fn fail(err: CompileError, sources: &Arc<SourceMap>) -> i32 {
+pub(crate) fn fail(err: CompileError, sources: &Arc<SourceMap>) -> i32 {
     match err {
         CompileError::User(diags) => {
             report(&diags, sources);

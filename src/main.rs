@@ -2,6 +2,7 @@
 
 mod cli;
 mod run;
+mod train;
 
 /// Recipes nest (blocks, calls, expressions) and the front end recurses over them; a large stack
 /// keeps deeply nested input an error message instead of a stack overflow. The parser also

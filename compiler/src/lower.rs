@@ -565,3 +565,78 @@ fn lower_diagnostic(module: &Module, e: LowerError) -> crate::pass::PassError {
             "keep the layer in float with `layer NAME { skip }`, or change its quantization in the recipe",
         )])
 }
+
+/// Lowers like [`lower`] and says, per constant of the program, which parameter it holds as is
+/// (`Some("conv1.weight")`), or `None` for a constant that is no parameter's value unchanged
+/// (int8 weights, scales, integer biases). Training reads it to know what to train and under
+/// which PyTorch name to save it. Read from the steps: a float step's output is named after its
+/// node (`conv1`, or `conv1#pre_bn` inside a fused chain), and each constant of the op has a
+/// role in that node (`weight`, `bias`, `running_mean`, or `bn.weight` for a kept batch norm).
+pub fn lower_with_keys(module: &Module) -> Result<(Program, Vec<Option<String>>), LowerError> {
+    let program = lower(module)?;
+    let mut keys: Vec<Option<String>> = vec![None; program.constants.len()];
+    for step in &program.steps {
+        let StepOp::Float(op) = &step.op else { continue };
+        let name = program.value_name(step.output);
+        let base = name.split('#').next().unwrap_or(name);
+        let Some(id) = module.graph.find(base) else { continue };
+        let node = module.graph.node(id);
+        let roles: Vec<(usize, &str)> = match op {
+            FloatOp::Conv { weight, bias, .. } | FloatOp::Linear { weight, bias } => {
+                std::iter::once((*weight, "weight"))
+                    .chain(bias.map(|b| (b, "bias")))
+                    .collect()
+            }
+            FloatOp::BatchNorm {
+                weight,
+                bias,
+                mean,
+                var,
+                ..
+            } => {
+                let kept = !matches!(node.op, Op::BatchNorm(_));
+                let role = |r: &'static str| if kept { ["bn.", r].concat() } else { r.to_string() };
+                let pairs = [
+                    (*weight, role("weight")),
+                    (*bias, role("bias")),
+                    (*mean, role("running_mean")),
+                    (*var, role("running_var")),
+                ];
+                for (c, r) in pairs {
+                    set_key(module, node, &program, &mut keys, c, &r);
+                }
+                vec![]
+            }
+            _ => vec![],
+        };
+        for (c, r) in roles {
+            set_key(module, node, &program, &mut keys, c, r);
+        }
+    }
+    Ok((program, keys))
+}
+
+/// Records that constant `c` holds the parameter of `node` in `role`, when its value is that
+/// parameter's unchanged.
+fn set_key(
+    module: &Module,
+    node: &crate::ir::Node,
+    program: &Program,
+    keys: &mut [Option<String>],
+    c: usize,
+    role: &str,
+) {
+    let Some((_, key)) = node.params.iter().find(|(r, _)| *r == role) else {
+        return;
+    };
+    let same = module
+        .params
+        .get(key)
+        .and_then(|p| p.value.as_ref())
+        .is_some_and(|v| Some(v) == program.constants.get(c));
+    if same {
+        if let Some(slot) = keys.get_mut(c) {
+            *slot = Some(key.clone());
+        }
+    }
+}

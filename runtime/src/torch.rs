@@ -1,6 +1,7 @@
 //! The libtorch backend (tch). tch types never leave this module. Without the `torch` cargo
 //! feature every entry point returns `TorchError::NotCompiled`, so callers need no `cfg`.
 
+use crate::data::Array;
 use crate::program::Program;
 #[cfg(feature = "torch")]
 use crate::program::{FloatOp, StepOp};
@@ -19,6 +20,129 @@ pub enum TorchError {
     Torch(String),
     #[error("int8 step `{step}` ({op}) runs on the CPU runtime only; the libtorch backend runs float steps")]
     Int8Step { step: String, op: &'static str },
+    /// Training diverged: the loss of a batch is NaN or infinite. Epoch and step count from 1.
+    #[error("the loss is {loss} at epoch {epoch}, step {step} of {steps} (samples {first}..{end} of the shuffled order); nothing was trained")]
+    NonFinite {
+        epoch: usize,
+        step: usize,
+        steps: usize,
+        first: usize,
+        end: usize,
+        loss: f64,
+    },
+    /// The program or the data cannot be trained as given.
+    #[error("{0}")]
+    Train(String),
+}
+
+/// The optimizer of [`train_float`], PyTorch's (`torch.optim.SGD` / `torch.optim.Adam`, weight
+/// decay as an L2 term added to the gradient).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Optimizer {
+    Sgd { momentum: f64, nesterov: bool },
+    Adam { beta1: f64, beta2: f64 },
+}
+
+/// The learning rate per epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub enum LrSchedule {
+    #[default]
+    Constant,
+    /// `lr · (1 + cos(π · epoch / epochs)) / 2` for epoch 0, 1, … (PyTorch's `CosineAnnealingLR`
+    /// stepped once per epoch, to 0).
+    Cosine,
+    /// `lr · gamma^(epoch / every)` (PyTorch's `StepLR`).
+    Step { every: usize, gamma: f64 },
+}
+
+impl LrSchedule {
+    /// The rate of epoch `epoch` (from 0) of `epochs`.
+    pub fn lr(self, lr: f64, epoch: usize, epochs: usize) -> f64 {
+        match self {
+            LrSchedule::Constant => lr,
+            LrSchedule::Cosine => lr * 0.5 * (1.0 + (std::f64::consts::PI * epoch as f64 / epochs.max(1) as f64).cos()),
+            LrSchedule::Step { every, gamma } => lr * gamma.powi((epoch / every.max(1)) as i32),
+        }
+    }
+}
+
+/// How [`train_float`] trains: a plain runtime struct (the command fills it from the recipe's
+/// `train { }` section).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub schedule: LrSchedule,
+    pub optimizer: Optimizer,
+    pub weight_decay: f64,
+    /// Seeds the shuffling (SplitMix64, `seed + epoch`) and libtorch's generator.
+    pub seed: u64,
+    /// `(mean, std)`: `u8` images, scaled to [0, 1], become `(x - mean) / std`; float data is
+    /// taken as is.
+    pub normalize: Option<(f64, f64)>,
+    /// Train on the first `max_samples` samples only.
+    pub max_samples: Option<usize>,
+    /// libtorch's intra-op threads; `None` keeps libtorch's default.
+    pub threads: Option<usize>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 1,
+            batch_size: 64,
+            lr: 0.01,
+            schedule: LrSchedule::Constant,
+            optimizer: Optimizer::Sgd {
+                momentum: 0.9,
+                nesterov: false,
+            },
+            weight_decay: 0.0,
+            seed: 0,
+            normalize: None,
+            max_samples: None,
+            threads: None,
+        }
+    }
+}
+
+/// Samples with one class each: `inputs` `[N, ...]` (the model's input shape without the batch),
+/// `labels` `N` classes.
+#[derive(Clone, Copy, Debug)]
+pub struct LabeledData<'a> {
+    pub inputs: &'a Array,
+    pub labels: &'a [i64],
+}
+
+/// One epoch of [`train_float`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct EpochStats {
+    /// From 1.
+    pub epoch: usize,
+    /// The learning rate of the epoch.
+    pub lr: f64,
+    /// Mean cross-entropy over the epoch's samples.
+    pub loss: f64,
+    /// Top-1 accuracy of the training forwards (batch statistics, weights as they were at each
+    /// step), as PyTorch training loops usually report it.
+    pub train_accuracy: f64,
+    /// Top-1 accuracy on the test data after the epoch (inference batch norm).
+    pub test_accuracy: Option<f64>,
+    /// Seconds of training (forward, backward, update).
+    pub seconds: f64,
+    /// Seconds of the test evaluation.
+    pub eval_seconds: f64,
+}
+
+/// What [`train_float`] returns: every constant of the program (trained ones updated, batch-norm
+/// running statistics updated, the others unchanged), the epochs' statistics, and the number of
+/// optimizer steps (PyTorch's `num_batches_tracked` advances by it).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainResult {
+    pub constants: Vec<Tensor>,
+    pub epochs: Vec<EpochStats>,
+    pub steps: usize,
 }
 
 /// What libtorch this build runs on.
@@ -36,6 +160,18 @@ pub enum Device {
     Cpu,
     /// The first CUDA device.
     Cuda,
+}
+
+/// The sample order of epoch `epoch` (from 0) of [`train_float`]: Fisher–Yates on SplitMix64
+/// seeded by `seed + epoch`, so a run is reproducible and a step names its samples.
+pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<i64> {
+    let mut order: Vec<i64> = (0..n as i64).collect();
+    let mut rng = crate::tensor::SplitMix64::new(seed.wrapping_add(epoch as u64));
+    for i in (1..n).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order
 }
 
 /// True when this build has the libtorch backend.
@@ -96,8 +232,12 @@ mod imp {
         v.iter().map(|&x| x as i64).collect()
     }
 
-    /// Executes a float program through libtorch on `device`, inference mode.
-    pub fn run_program(program: &Program, inputs: &[Tensor], device: Device) -> Result<Vec<Tensor>, TorchError> {
+    fn err(e: tch::TchError) -> TorchError {
+        TorchError::Torch(e.to_string())
+    }
+
+    /// Refuses int8 steps by name.
+    fn float_only(program: &Program) -> Result<(), TorchError> {
         crate::validate::validate(program).map_err(|e| TorchError::Torch(e.to_string()))?;
         if let Some(step) = program.steps.iter().find(|s| matches!(s.op, StepOp::Quant(_))) {
             return Err(TorchError::Int8Step {
@@ -105,20 +245,42 @@ mod imp {
                 op: step.op.name(),
             });
         }
+        Ok(())
+    }
+
+    /// Executes a float program through libtorch on `device`, inference mode.
+    pub fn run_program(program: &Program, inputs: &[Tensor], device: Device) -> Result<Vec<Tensor>, TorchError> {
+        float_only(program)?;
         program
             .check_inputs(inputs)
             .map_err(|e| TorchError::Torch(e.to_string()))?;
         let dev = tch_device(device)?;
-        let err = |e: tch::TchError| TorchError::Torch(e.to_string());
         let _guard = tch::no_grad_guard();
         let consts: Vec<tch::Tensor> = program
             .constants
             .iter()
             .map(|c| to_tch(c).map(|t| t.to_device(dev)))
             .collect::<Result<_, _>>()?;
+        let inputs: Vec<tch::Tensor> = inputs
+            .iter()
+            .map(|t| to_tch(t).map(|t| t.to_device(dev)))
+            .collect::<Result<_, _>>()?;
+        forward(program, &consts, inputs, false)?.iter().map(from_tch).collect()
+    }
+
+    /// The program's float steps on tch tensors: inference (`training` false: batch norm with the
+    /// running statistics) or training (batch statistics; the running statistics, constants
+    /// without gradient, updated in place with momentum 0.1 and the unbiased variance, as
+    /// `nn.BatchNorm` in `train()` mode). The caller has checked the program (`float_only`).
+    fn forward(
+        program: &Program,
+        consts: &[tch::Tensor],
+        inputs: Vec<tch::Tensor>,
+        training: bool,
+    ) -> Result<Vec<tch::Tensor>, TorchError> {
         let mut values: Vec<Option<tch::Tensor>> = (0..program.values.len()).map(|_| None).collect();
-        for (t, &id) in inputs.iter().zip(&program.inputs) {
-            values[id] = Some(to_tch(t)?.to_device(dev));
+        for (t, &id) in inputs.into_iter().zip(&program.inputs) {
+            values[id] = Some(t);
         }
         for step in &program.steps {
             let args: Vec<&tch::Tensor> = step
@@ -159,8 +321,8 @@ mod imp {
                     Some(&consts[*bias]),
                     Some(&consts[*mean]),
                     Some(&consts[*var]),
-                    false,
-                    0.0,
+                    training,
+                    0.1,
                     *eps as f64,
                     false,
                 ),
@@ -201,11 +363,244 @@ mod imp {
             .map_err(err)?;
             values[step.output] = Some(out);
         }
-        program
+        Ok(program
             .outputs
             .iter()
-            .map(|&id| from_tch(values[id].as_ref().expect("outputs are computed")))
-            .collect()
+            .map(|&id| values[id].as_ref().expect("outputs are computed").shallow_clone())
+            .collect())
+    }
+
+    /// The inputs of `data` (first `n` samples) as one f32 tensor, `u8` images normalized.
+    fn data_tensor(data: &LabeledData, n: usize, normalize: Option<(f64, f64)>) -> Result<tch::Tensor, TorchError> {
+        let mut t = data.inputs.batch_f32(0, n);
+        if let (Some((mean, std)), true, crate::tensor::TensorData::F32(v)) =
+            (normalize, data.inputs.is_u8(), &mut t.data)
+        {
+            for x in v.iter_mut() {
+                *x = ((*x as f64 - mean) / std) as f32;
+            }
+        }
+        to_tch(&t)
+    }
+
+    /// Checks data against the program's single input and output; returns the sample count.
+    fn check_data(program: &Program, data: &LabeledData, classes: usize, what: &str) -> Result<usize, TorchError> {
+        let want: Vec<Option<usize>> = program.values[program.inputs[0]].shape[1..].to_vec();
+        let got = data.inputs.sample_shape();
+        let fits = got.len() == want.len() && got.iter().zip(&want).all(|(g, w)| w.is_none_or(|w| w == *g));
+        if !fits {
+            return Err(TorchError::Train(format!(
+                "the {what} samples have shape {got:?}, but input `{}` takes {}",
+                program.values[program.inputs[0]].name,
+                program.values[program.inputs[0]].shape_string()
+            )));
+        }
+        let n = data.inputs.samples();
+        if data.labels.len() != n {
+            return Err(TorchError::Train(format!(
+                "the {what} data has {n} samples but {} labels",
+                data.labels.len()
+            )));
+        }
+        if let Some((i, l)) = data
+            .labels
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| l < 0 || l as usize >= classes)
+        {
+            return Err(TorchError::Train(format!(
+                "{what} label {i} is {l}, but the model has {classes} classes (0..{classes})"
+            )));
+        }
+        Ok(n)
+    }
+
+    /// Top-1 accuracy of the program (inference mode) on `x`/`y`, in batches.
+    fn evaluate(
+        program: &Program,
+        consts: &[tch::Tensor],
+        x: &tch::Tensor,
+        y: &tch::Tensor,
+    ) -> Result<f64, TorchError> {
+        let _guard = tch::no_grad_guard();
+        let n = x.size()[0];
+        let mut correct = 0i64;
+        let mut start = 0;
+        while start < n {
+            let len = EVAL_BATCH.min(n - start);
+            let xb = x.f_narrow(0, start, len).map_err(err)?;
+            let yb = y.f_narrow(0, start, len).map_err(err)?;
+            let out = forward(program, consts, vec![xb], false)?;
+            correct += correct_count(&out[0], &yb)?;
+            start += len;
+        }
+        Ok(correct as f64 / n.max(1) as f64)
+    }
+
+    const EVAL_BATCH: i64 = 500;
+
+    fn correct_count(logits: &tch::Tensor, y: &tch::Tensor) -> Result<i64, TorchError> {
+        let hits = logits
+            .f_argmax(-1, false)
+            .and_then(|a| a.f_eq_tensor(y))
+            .and_then(|e| e.f_sum(tch::Kind::Int64))
+            .map_err(err)?;
+        i64::try_from(&hits).map_err(err)
+    }
+
+    /// Trains the float program's `trainable` constants (one flag per constant; each must be
+    /// `f32`) with cross-entropy on its single output (logits `[N, classes]`) against the labels.
+    /// See `docs/design-later-stages.md` (Training). `on_epoch` sees each epoch's statistics as it
+    /// ends. A non-finite loss stops training with [`TorchError::NonFinite`].
+    pub fn train_float(
+        program: &Program,
+        trainable: &[bool],
+        config: &TrainConfig,
+        train: LabeledData,
+        test: Option<LabeledData>,
+        on_epoch: &mut dyn FnMut(&EpochStats),
+    ) -> Result<TrainResult, TorchError> {
+        float_only(program)?;
+        if program.inputs.len() != 1 || program.outputs.len() != 1 {
+            return Err(TorchError::Train(format!(
+                "training takes a model with one input and one output (logits); this one has {} inputs and {} outputs",
+                program.inputs.len(),
+                program.outputs.len()
+            )));
+        }
+        if trainable.len() != program.constants.len() {
+            return Err(TorchError::Train(format!(
+                "{} trainable flags for {} constants",
+                trainable.len(),
+                program.constants.len()
+            )));
+        }
+        let out_info = &program.values[program.outputs[0]];
+        let classes = match out_info.shape.as_slice() {
+            [_, Some(c)] if *c >= 1 => *c,
+            _ => {
+                return Err(TorchError::Train(format!(
+                    "output `{}` is {}, not logits [N, classes]",
+                    out_info.name,
+                    out_info.shape_string()
+                )))
+            }
+        };
+        if config.batch_size == 0 {
+            return Err(TorchError::Train("the batch size must be at least 1".into()));
+        }
+        let available = check_data(program, &train, classes, "training")?;
+        let n = config.max_samples.map_or(available, |m| m.min(available));
+        if n == 0 {
+            return Err(TorchError::Train("there are no training samples".into()));
+        }
+        if let Some(t) = config.threads {
+            tch::set_num_threads(t.max(1) as i32);
+        }
+        tch::manual_seed(config.seed as i64);
+        let x_train = data_tensor(&train, n, config.normalize)?;
+        let y_train = tch::Tensor::from_slice(&train.labels[..n]);
+        let test_xy = match &test {
+            Some(t) => {
+                let m = check_data(program, t, classes, "test")?;
+                Some((data_tensor(t, m, config.normalize)?, tch::Tensor::from_slice(t.labels)))
+            }
+            None => None,
+        };
+        let mut consts = Vec::with_capacity(program.constants.len());
+        for (i, (c, &train_it)) in program.constants.iter().zip(trainable).enumerate() {
+            let t = to_tch(c)?;
+            if train_it {
+                if c.dtype() != crate::DType::F32 {
+                    return Err(TorchError::Train(format!(
+                        "constant {i} is {}, only f32 is trainable",
+                        c.dtype()
+                    )));
+                }
+                consts.push(t.f_set_requires_grad(true).map_err(err)?);
+            } else {
+                consts.push(t);
+            }
+        }
+        let mut opt = match config.optimizer {
+            Optimizer::Sgd { momentum, nesterov } => {
+                tch::COptimizer::sgd(config.lr, momentum, 0.0, config.weight_decay, nesterov)
+            }
+            Optimizer::Adam { beta1, beta2 } => {
+                tch::COptimizer::adam(config.lr, beta1, beta2, config.weight_decay, 1e-8, false)
+            }
+        }
+        .map_err(err)?;
+        for (t, _) in consts.iter().zip(trainable).filter(|(_, &f)| f) {
+            opt.add_parameters(t, 0).map_err(err)?;
+        }
+        let bs = config.batch_size;
+        let steps = n.div_ceil(bs);
+        let mut epochs = vec![];
+        let mut total_steps = 0;
+        for epoch in 0..config.epochs {
+            let started = std::time::Instant::now();
+            let lr = config.schedule.lr(config.lr, epoch, config.epochs);
+            opt.set_learning_rate(lr).map_err(err)?;
+            let order = epoch_order(n, config.seed, epoch);
+            let (mut loss_sum, mut correct) = (0.0f64, 0i64);
+            for step in 0..steps {
+                let (first, end) = (step * bs, ((step + 1) * bs).min(n));
+                let idx = tch::Tensor::from_slice(&order[first..end]);
+                let xb = x_train.f_index_select(0, &idx).map_err(err)?;
+                let yb = y_train.f_index_select(0, &idx).map_err(err)?;
+                let out = forward(program, &consts, vec![xb], true)?;
+                let loss = out[0]
+                    .f_cross_entropy_loss::<tch::Tensor>(&yb, None, tch::Reduction::Mean, -100, 0.0)
+                    .map_err(err)?;
+                let value = f64::try_from(&loss).map_err(err)?;
+                if !value.is_finite() {
+                    return Err(TorchError::NonFinite {
+                        epoch: epoch + 1,
+                        step: step + 1,
+                        steps,
+                        first,
+                        end,
+                        loss: value,
+                    });
+                }
+                opt.zero_grad().map_err(err)?;
+                loss.f_backward().map_err(err)?;
+                opt.step().map_err(err)?;
+                loss_sum += value * (end - first) as f64;
+                correct += {
+                    let _guard = tch::no_grad_guard();
+                    correct_count(&out[0], &yb)?
+                };
+                total_steps += 1;
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            let eval_started = std::time::Instant::now();
+            let test_accuracy = match &test_xy {
+                Some((x, y)) => Some(evaluate(program, &consts, x, y)?),
+                None => None,
+            };
+            let stats = EpochStats {
+                epoch: epoch + 1,
+                lr,
+                loss: loss_sum / n as f64,
+                train_accuracy: correct as f64 / n as f64,
+                test_accuracy,
+                seconds,
+                eval_seconds: eval_started.elapsed().as_secs_f64(),
+            };
+            on_epoch(&stats);
+            epochs.push(stats);
+        }
+        let constants = consts
+            .iter()
+            .map(|c| from_tch(&c.f_detach().map_err(err)?))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TrainResult {
+            constants,
+            epochs,
+            steps: total_steps,
+        })
     }
 }
 
@@ -230,9 +625,22 @@ mod imp {
             what: "running a model through libtorch",
         })
     }
+
+    pub fn train_float(
+        _program: &Program,
+        _trainable: &[bool],
+        _config: &TrainConfig,
+        _train: LabeledData,
+        _test: Option<LabeledData>,
+        _on_epoch: &mut dyn FnMut(&EpochStats),
+    ) -> Result<TrainResult, TorchError> {
+        Err(TorchError::NotCompiled {
+            what: "training through libtorch",
+        })
+    }
 }
 
-pub use imp::{info, round_trip, run_program};
+pub use imp::{info, round_trip, run_program, train_float};
 
 #[cfg(all(test, feature = "torch"))]
 mod tests {
