@@ -413,12 +413,25 @@ fn write_model(module: &Module, loaded: &qc_dsl::Loaded, out: &Path) -> i32 {
         h.update(f.text.as_bytes());
         h.update(&[0]);
     }
+    // The normalization calibration (and training) applied to the data goes with the model,
+    // so that `qc run` and `Model::run` take raw samples.
+    let normalize = loaded
+        .sections
+        .train
+        .as_ref()
+        .and_then(|t| t.normalize())
+        .or_else(|| loaded.sections.qat.as_ref().and_then(|t| t.normalize()))
+        .map(|n| qc_runtime::artifact::Normalize {
+            mean: n.mean as f32,
+            std: n.std as f32,
+        });
     let meta = qc_runtime::artifact::Meta::new(
         module.name.clone(),
         module.stage.name(),
         module.calibrated_for_accuracy,
         format!("xxh3:{:016x}", h.digest()),
-    );
+    )
+    .with_input_normalize(normalize);
     let steps = program.steps.len();
     let artifact = qc_runtime::artifact::Artifact::new(meta, program);
     match artifact.write(out) {

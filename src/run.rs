@@ -39,6 +39,9 @@ pub fn run(args: RunArgs) -> i32 {
         meta.qc_version,
         model.program().steps.len()
     );
+    if let Some(n) = meta.input_normalize {
+        println!("inputs are normalized by the model: (x - {}) / {}", n.mean, n.std);
+    }
     if !meta.calibrated_for_accuracy {
         println!("note: not calibrated for accuracy (calibrated on random data): outputs serve latency work only");
     }
@@ -106,7 +109,7 @@ pub fn run(args: RunArgs) -> i32 {
         // One warm run, then the profiled one.
         let profiled = pool.install(|| {
             let _ = model.run(&inputs);
-            model.executor().run_profiled(&inputs)
+            model.run_profiled(&inputs)
         });
         match profiled {
             Ok((_, times)) => print_profile(&model, &times),

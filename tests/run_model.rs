@@ -79,8 +79,24 @@ fn compile_writes_a_model_that_qc_run_runs() {
     assert!(stdout.contains("bench: 3 rounds, median"), "{stdout}");
     assert!(!stdout.contains("not calibrated for accuracy"), "{stdout}");
 
+    assert!(
+        stdout.contains("inputs are normalized by the model: (x - 0.286) / 0.353"),
+        "{stdout}"
+    );
+
     let written = qc_runtime::data::read_npy(&output).unwrap().batch_f32(0, 16);
     let model = Model::load(&model_path).unwrap();
+    // The recipe's `normalize` travels in the artifact; `run` applies it to raw samples.
+    let n = model.meta().input_normalize.expect("fashion_cnn declares normalize");
+    assert_eq!((n.mean, n.std), (0.286, 0.353));
+    let by_hand = Tensor::f32(
+        images.shape.clone(),
+        f32s(&images).iter().map(|&x| (x - n.mean) / n.std).collect(),
+    );
+    assert_eq!(
+        model.executor().run(&[by_hand]).unwrap(),
+        model.run(std::slice::from_ref(&images)).unwrap()
+    );
     let direct = model.run(std::slice::from_ref(&images)).unwrap();
     assert_eq!(written.shape, vec![16, 10]);
     assert_eq!(

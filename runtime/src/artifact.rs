@@ -53,7 +53,21 @@ pub struct Meta {
     pub calibrated_for_accuracy: bool,
     /// A hash of the recipe (and its includes) the model was compiled from.
     pub recipe_hash: String,
+    /// The input normalization the model was trained and calibrated with (the recipe's
+    /// `normalize`): [`crate::model::Model::run`] applies `(x - mean) / std` to every `f32`
+    /// input, so callers pass raw samples (images in `[0, 1]`). Absent in older files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_normalize: Option<Normalize>,
 }
+
+/// `(x - mean) / std`, elementwise.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Normalize {
+    pub mean: f32,
+    pub std: f32,
+}
+
+impl Eq for Normalize {}
 
 impl Meta {
     /// Metadata with this qc's version.
@@ -69,7 +83,14 @@ impl Meta {
             stage: stage.into(),
             calibrated_for_accuracy,
             recipe_hash: recipe_hash.into(),
+            input_normalize: None,
         }
+    }
+
+    /// The same metadata with an input normalization.
+    pub fn with_input_normalize(mut self, n: Option<Normalize>) -> Meta {
+        self.input_normalize = n;
+        self
     }
 }
 
@@ -101,6 +122,8 @@ pub struct Header {
     pub stage: String,
     pub calibrated_for_accuracy: bool,
     pub recipe_hash: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_normalize: Option<Normalize>,
     pub program: ProgramHeader,
     pub constants: Vec<ConstantEntry>,
 }
@@ -210,6 +233,7 @@ impl Artifact {
             stage: self.meta.stage.clone(),
             calibrated_for_accuracy: self.meta.calibrated_for_accuracy,
             recipe_hash: self.meta.recipe_hash.clone(),
+            input_normalize: self.meta.input_normalize,
             program: ProgramHeader {
                 values: p.values.clone(),
                 inputs: p.inputs.clone(),
@@ -367,6 +391,7 @@ impl Artifact {
             stage,
             calibrated_for_accuracy,
             recipe_hash,
+            input_normalize,
             program: ph,
             ..
         } = header;
@@ -385,6 +410,7 @@ impl Artifact {
                 stage,
                 calibrated_for_accuracy,
                 recipe_hash,
+                input_normalize,
             },
             program,
         })

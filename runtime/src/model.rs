@@ -37,6 +37,8 @@ pub struct ModelMeta {
     pub calibrated_for_accuracy: bool,
     pub qc_version: String,
     pub recipe_hash: String,
+    /// Applied by [`Model::run`] to every `f32` input.
+    pub input_normalize: Option<crate::artifact::Normalize>,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
 }
@@ -68,6 +70,7 @@ impl Model {
             calibrated_for_accuracy: meta.calibrated_for_accuracy,
             qc_version: meta.qc_version.clone(),
             recipe_hash: meta.recipe_hash.clone(),
+            input_normalize: meta.input_normalize,
             inputs: specs(&p.inputs),
             outputs: specs(&p.outputs),
         };
@@ -78,9 +81,21 @@ impl Model {
         })
     }
 
-    /// Runs on `inputs` (in the order of `meta().inputs`, any batch size).
+    /// Runs on `inputs` (in the order of `meta().inputs`, any batch size): raw samples, which
+    /// the model normalizes first when its metadata says so (`input_normalize`).
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RunError> {
-        self.exec.run(inputs)
+        match self.meta.input_normalize {
+            None => self.exec.run(inputs),
+            Some(n) => self.exec.run(&normalized(inputs, n)),
+        }
+    }
+
+    /// [`Model::run`] with the time of each step (`qc run --profile`).
+    pub fn run_profiled(&self, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Vec<std::time::Duration>), RunError> {
+        match self.meta.input_normalize {
+            None => self.exec.run_profiled(inputs),
+            Some(n) => self.exec.run_profiled(&normalized(inputs, n)),
+        }
     }
 
     pub fn meta(&self) -> &ModelMeta {
@@ -99,4 +114,15 @@ impl Model {
     pub fn save(&self, path: &Path) -> Result<(), WriteError> {
         Artifact::new(self.stored.clone(), self.exec.program().clone()).write(path)
     }
+}
+
+/// `(x - mean) / std` of every `f32` input (others as they are).
+fn normalized(inputs: &[Tensor], n: crate::artifact::Normalize) -> Vec<Tensor> {
+    inputs
+        .iter()
+        .map(|t| match t.as_f32() {
+            Some(v) => Tensor::f32(t.shape.clone(), v.iter().map(|&x| (x - n.mean) / n.std).collect()),
+            None => t.clone(),
+        })
+        .collect()
 }
