@@ -49,7 +49,7 @@ ms=$(sed -n 's/^bench: .* median \([0-9.]*\) ms\/run.*/\1/p' "$out/run.log")
 echo
 echo "fashion_cnn on Fashion-MNIST (10,000 test images)"
 printf '%-10s %9s  %s\n' model accuracy time
-printf '%-10s %8s%%  %ss training ($epochs epochs, libtorch CPU)\n' FP32 "$fp32" "$(secs "$t0" "$t1")"
+printf '%-10s %8s%%  %ss training (%s epochs, libtorch CPU)\n' FP32 "$fp32" "$(secs "$t0" "$t1")" "$epochs"
 printf '%-10s %8s%%  %ss compile + calibration, %ss evaluation; %s ms per 10,000-image batch\n' \
   INT8-PTQ "$ptq" "$(secs "$t1" "$t2")" "$(secs "$t2" "$t3")" "$ms"
 printf '%-10s %9s  %s\n' INT8-QAT "-" "not yet: quantization-aware training is an open issue"
