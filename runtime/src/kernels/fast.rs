@@ -6,6 +6,11 @@
 //! running one checks the shapes exactly as the reference does and never panics on bad input.
 //! Large convolutions are split over rayon's threads by output rows (or by output-channel blocks
 //! when there are few rows).
+//!
+//! A convolution or linear layer packed with [`PackedConv::with_input_range`] for an input whose
+//! range and zero point lie in `[0, 127]` (PyTorch x86's `reduce_range` activations; the executor
+//! passes every input's range) runs the 7-bit `vpmaddubsw` kernels ([`super::avx2::conv7_row`]),
+//! bit for bit equal to the others.
 
 use std::sync::OnceLock;
 
