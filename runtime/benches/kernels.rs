@@ -1,14 +1,25 @@
-//! Criterion benchmarks of the int8 kernels: the scalar reference against the packed AVX2 path
-//! on ResNet-18-like shapes. Figures and the command are in benches/README.md.
+//! Criterion benchmarks of the int8 kernels: the scalar reference against the packed AVX2 paths
+//! (`vpmaddwd` on centred `i16` input, and `vpmaddubsw` on 7-bit input: `avx2_u7`) on
+//! ResNet-18-like shapes. Figures and the command are in benches/README.md.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use qc_runtime::kernels::fast::{Isa, PackedConv, PackedLinear};
 use qc_runtime::kernels::{reference, Axis, Conv2dGeom, QConv2d, QLinear};
 use qc_runtime::quant::{QRange, Requant};
+
+/// PyTorch x86's reduce_range activations: `[0, 127]`.
+fn u7() -> QRange {
+    QRange::custom(0, 127).unwrap()
+}
 use qc_runtime::SplitMix64;
 
 fn bytes(r: &mut SplitMix64, n: usize) -> Vec<u8> {
     (0..n).map(|_| r.next_u64() as u8).collect()
+}
+
+/// Input bytes in `[0, 127]` (both AVX2 paths time the same input).
+fn bytes7(r: &mut SplitMix64, n: usize) -> Vec<u8> {
+    (0..n).map(|_| r.next_u64() as u8 & 127).collect()
 }
 
 fn requant(n: usize) -> Vec<Requant> {
@@ -19,7 +30,7 @@ fn requant(n: usize) -> Vec<Requant> {
 
 fn conv(c: &mut Criterion, name: &str, geom: Conv2dGeom) {
     let r = &mut SplitMix64::new(1);
-    let x = bytes(r, geom.input_len());
+    let x = bytes7(r, geom.input_len());
     let w: Vec<i8> = bytes(r, geom.weight_len()).into_iter().map(|b| b as i8).collect();
     let bias: Vec<i32> = (0..geom.out_c as i32).map(|i| i * 100 - 3000).collect();
     let p = QConv2d {
@@ -42,6 +53,12 @@ fn conv(c: &mut Criterion, name: &str, geom: Conv2dGeom) {
     g.bench_function(BenchmarkId::new(label, ""), |b| {
         b.iter(|| packed.run(&geom, &x, &mut out).unwrap())
     });
+    let packed7 = PackedConv::with_input_range(&p, &w, Some(&bias), Isa::Avx2, u7()).unwrap();
+    if packed7.seven_bit() {
+        g.bench_function(BenchmarkId::new("avx2_u7", ""), |b| {
+            b.iter(|| packed7.run(&geom, &x, &mut out).unwrap())
+        });
+    }
     g.finish();
 }
 
@@ -67,7 +84,7 @@ fn benches(c: &mut Criterion) {
 
     let (k, m) = (512, 1000);
     let r = &mut SplitMix64::new(2);
-    let x = bytes(r, k);
+    let x = bytes7(r, k);
     let w: Vec<i8> = bytes(r, m * k).into_iter().map(|b| b as i8).collect();
     let p = QLinear {
         batch: 1,
@@ -87,6 +104,12 @@ fn benches(c: &mut Criterion) {
     g.bench_function(BenchmarkId::new(label, ""), |b| {
         b.iter(|| packed.run(1, &x, &mut out).unwrap())
     });
+    let packed7 = PackedLinear::with_input_range(&p, &w, None, Isa::Avx2, u7()).unwrap();
+    if packed7.seven_bit() {
+        g.bench_function(BenchmarkId::new("avx2_u7", ""), |b| {
+            b.iter(|| packed7.run(1, &x, &mut out).unwrap())
+        });
+    }
     g.finish();
 }
 

@@ -273,7 +273,8 @@ fn prepare(p: &Program, isa: Isa) -> Result<Vec<Prepared>, ProgramError> {
                             input_zero_point: input.zero_point(),
                             requant,
                         };
-                        PackedConv::with_isa(&params, wd, bias, isa).map(|c| Prepared::Conv(Box::new(c)))
+                        PackedConv::with_input_range(&params, wd, bias, isa, input.range())
+                            .map(|c| Prepared::Conv(Box::new(c)))
                     } else {
                         let params = QLinear {
                             batch: 1,
@@ -282,7 +283,8 @@ fn prepare(p: &Program, isa: Isa) -> Result<Vec<Prepared>, ProgramError> {
                             input_zero_point: input.zero_point(),
                             requant,
                         };
-                        PackedLinear::with_isa(&params, wd, bias, isa).map(|l| Prepared::Linear(Box::new(l)))
+                        PackedLinear::with_input_range(&params, wd, bias, isa, input.range())
+                            .map(|l| Prepared::Linear(Box::new(l)))
                     };
                     packed.map_err(|e| fail(e.to_string()))?
                 }

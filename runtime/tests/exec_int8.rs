@@ -77,7 +77,13 @@ fn end_to_end(b: &Builder, id: usize, inputs: &[Tensor]) -> u32 {
 
 /// quantize → qconv(+relu) → qmaxpool → qavgpool → qflatten → qlinear → dequantize.
 fn cnn(seed: u64, batch: usize) -> (Builder, Vec<Tensor>, usize) {
+    cnn_in(seed, batch, QRange::U8)
+}
+
+/// [`cnn`] with activations calibrated to `range`.
+fn cnn_in(seed: u64, batch: usize, range: QRange) -> (Builder, Vec<Tensor>, usize) {
     let mut b = Builder::new(seed);
+    b.act_range = range;
     let x = random(&mut b.rng, vec![batch, 3, 9, 9], -1.0, 1.0);
     let xi = b.input("x", x.clone());
     let xq = b.step("x.q", QuantOp::Quantize, vec![xi], CL, None);
@@ -537,6 +543,24 @@ fn fast_kernels_match_the_reference_executor() {
     use qc_runtime::kernels::fast::Isa;
     for seed in 0..6 {
         let (b, inputs, _) = cnn(seed, 1 + seed as usize % 3);
+        let fast = Executor::new(b.p.clone()).unwrap().run_traced(&inputs).unwrap();
+        let scalar = Executor::with_isa(b.p.clone(), Isa::Scalar)
+            .unwrap()
+            .run_traced(&inputs)
+            .unwrap();
+        assert_eq!(fast, scalar, "seed {seed}");
+    }
+}
+
+/// With 7-bit activations (`[0, 127]`, PyTorch x86's reduce_range) the convolution and linear
+/// layers take the `vpmaddubsw` kernels; the executor still computes the reference executor's bits.
+#[test]
+fn seven_bit_programs_match_the_reference_executor() {
+    use qc_runtime::kernels::fast::Isa;
+    let r7 = QRange::custom(0, 127).unwrap();
+    for seed in 0..6 {
+        let (b, inputs, fc) = cnn_in(seed, 1 + seed as usize % 3, r7);
+        assert_eq!(b.params(fc).range(), r7);
         let fast = Executor::new(b.p.clone()).unwrap().run_traced(&inputs).unwrap();
         let scalar = Executor::with_isa(b.p.clone(), Isa::Scalar)
             .unwrap()

@@ -1,7 +1,9 @@
 //! The optimised kernels ([`qc_runtime::kernels::fast`], AVX2 where the CPU has it) against the
 //! scalar reference, bit for bit, on random shapes and parameters: zero points over 0..=255,
 //! per-channel requantization, outputs saturating at 0 and 255 and at fused ReLU/ReLU6 bounds,
-//! channel counts that leave SIMD tails, strides 1-3, padding, dilation, groups and depthwise.
+//! channel counts that leave SIMD tails, strides 1-3, padding, dilation, groups and depthwise;
+//! and the 7-bit (`vpmaddubsw`) convolution and linear paths, chosen by an input range within
+//! `[0, 127]`, on inputs and zero points in that range.
 
 use proptest::prelude::*;
 use qc_runtime::kernels::fast::{self, Isa, PackedConv, PackedLinear};
@@ -271,6 +273,115 @@ fn check_pools(seed: u64) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// A 7-bit input range `[0, qmax]`, `qmax <= 127` (half the time PyTorch's reduce_range
+/// `[0, 127]`; a range always contains 0) and a zero point in it.
+fn range7(r: &mut SplitMix64) -> (QRange, i32) {
+    let qmax = if below(r, 2) == 0 {
+        127
+    } else {
+        1 + below(r, 127) as i32
+    };
+    let range = QRange::custom(0, qmax).unwrap();
+    let zp = range.qmin() + below(r, (range.qmax() - range.qmin() + 1) as u64) as i32;
+    (range, zp)
+}
+
+/// Inputs in `range`, some at its ends.
+fn u7s(r: &mut SplitMix64, n: usize, range: QRange) -> Vec<u8> {
+    let (lo, hi) = (range.qmin() as u64, range.qmax() as u64);
+    (0..n)
+        .map(|_| match below(r, 8) {
+            0 => lo as u8,
+            1 => hi as u8,
+            _ => (lo + below(r, hi - lo + 1)) as u8,
+        })
+        .collect()
+}
+
+fn check_conv7(seed: u64) -> Result<(), TestCaseError> {
+    let r = &mut SplitMix64::new(seed);
+    let groups = pick(r, &[1, 1, 1, 2, 3]);
+    let tails = [1, 3, 4, 7, 8, 17, 33, 65];
+    let cig = pick(r, &tails);
+    let cog = pick(r, &[1, 3, 7, 8, 9, 16, 17, 24, 33]);
+    let (in_c, out_c) = (cig * groups, cog * groups);
+    let one_d = below(r, 6) == 0;
+    let axis = |r: &mut SplitMix64| {
+        let kernel = 1 + below(r, 3) as usize;
+        let stride = 1 + below(r, 3) as usize;
+        let dilation = 1 + below(r, 2) as usize;
+        let padding = below(r, kernel as u64 + 1) as usize;
+        Axis::new(kernel, stride, padding, dilation)
+    };
+    let (h, w) = (axis(r), axis(r));
+    let h = if one_d { Axis::new(1, 1, 0, 1) } else { h };
+    let in_len = |r: &mut SplitMix64, a: &Axis| (a.span().saturating_sub(2 * a.padding)).max(1) + below(r, 7) as usize;
+    let in_h = if one_d { 1 } else { in_len(r, &h) };
+    let in_w = in_len(r, &w);
+    let geom = Conv2dGeom {
+        batch: 1 + below(r, 2) as usize,
+        in_h,
+        in_w,
+        in_c,
+        out_c,
+        h,
+        w,
+        groups,
+    };
+    let Ok([oh, ow]) = geom.out_hw() else {
+        return Ok(());
+    };
+    let k = geom.reduction_len();
+    let (range, zp) = range7(r);
+    let p = QConv2d {
+        geom,
+        input_zero_point: zp,
+        requant: (0..out_c).map(|_| requant(r, k)).collect(),
+    };
+    let x = u7s(r, geom.input_len(), range);
+    let wt = i8s(r, geom.weight_len());
+    let b = bias(r, out_c, k, zp);
+    let n_out = geom.batch * oh * ow * out_c;
+    let mut want = vec![0u8; n_out];
+    reference::qconv2d(&p, &x, &wt, b.as_deref(), &mut want).unwrap();
+    let packed = PackedConv::with_input_range(&p, &wt, b.as_deref(), fast::detected(), range).unwrap();
+    // One input and one output channel per group is the depthwise kernel's case.
+    prop_assert_eq!(
+        packed.seven_bit(),
+        fast::detected() == Isa::Avx2 && (cig, cog) != (1, 1)
+    );
+    let mut got = vec![0u8; n_out];
+    packed.run(&geom, &x, &mut got).unwrap();
+    prop_assert_eq!(&got, &want, "{:?} {:?} zp {}", geom, range, zp);
+    Ok(())
+}
+
+fn check_linear7(seed: u64) -> Result<(), TestCaseError> {
+    let r = &mut SplitMix64::new(seed);
+    let batch = pick(r, &[1, 1, 2, 3, 5, 8]);
+    let k = pick(r, &[1, 3, 4, 7, 17, 33, 64, 65, 130]);
+    let m = pick(r, &[1, 3, 7, 8, 9, 16, 17, 33, 65]);
+    let (range, zp) = range7(r);
+    let p = QLinear {
+        batch,
+        in_features: k,
+        out_features: m,
+        input_zero_point: zp,
+        requant: (0..m).map(|_| requant(r, k)).collect(),
+    };
+    let x = u7s(r, batch * k, range);
+    let wt = i8s(r, m * k);
+    let b = bias(r, m, k, zp);
+    let mut want = vec![0u8; batch * m];
+    reference::qlinear(&p, &x, &wt, b.as_deref(), &mut want).unwrap();
+    let packed = PackedLinear::with_input_range(&p, &wt, b.as_deref(), fast::detected(), range).unwrap();
+    prop_assert_eq!(packed.seven_bit(), fast::detected() == Isa::Avx2 && (k, m) != (1, 1));
+    let mut got = vec![0u8; batch * m];
+    packed.run(batch, &x, &mut got).unwrap();
+    prop_assert_eq!(&got, &want, "batch {} k {} m {} {:?} zp {}", batch, k, m, range, zp);
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(CASES))]
 
@@ -287,6 +398,16 @@ proptest! {
     #[test]
     fn qlinear_matches_reference(seed in any::<u64>()) {
         check_linear(seed)?;
+    }
+
+    #[test]
+    fn qconv2d_7bit_matches_reference(seed in any::<u64>()) {
+        check_conv7(seed)?;
+    }
+
+    #[test]
+    fn qlinear_7bit_matches_reference(seed in any::<u64>()) {
+        check_linear7(seed)?;
     }
 
     #[test]
@@ -396,4 +517,110 @@ fn packed_conv_refuses_other_geometry() {
     assert!(packed.run(&Conv2dGeom { in_c: 4, ..geom }, &[0; 64], &mut out).is_err());
     assert!(packed.run(&geom, &[0; 31], &mut out).is_err());
     assert!(PackedConv::new(&p, &[1; 35], None).is_err());
+}
+
+/// The 7-bit path is chosen only for an input range and zero point within `[0, 127]`, never for
+/// depthwise; a 7-bit convolution handed bytes above 127 (outside its declared range) still gives
+/// the reference's bits (it falls back to the reference kernels).
+#[test]
+fn seven_bit_selection_and_fallback() {
+    let r = &mut SplitMix64::new(9);
+    let a = Axis::new(3, 1, 1, 1);
+    let geom = Conv2dGeom {
+        batch: 1,
+        in_h: 9,
+        in_w: 11,
+        in_c: 20,
+        out_c: 24,
+        h: a,
+        w: a,
+        groups: 1,
+    };
+    let k = geom.reduction_len();
+    let p = QConv2d {
+        geom,
+        input_zero_point: 60,
+        requant: (0..24).map(|_| requant(r, k)).collect(),
+    };
+    let wt = i8s(r, geom.weight_len());
+    let avx2 = fast::detected() == Isa::Avx2;
+    let r7 = QRange::custom(0, 127).unwrap();
+    let pack = |p: &QConv2d, range| PackedConv::with_input_range(p, &wt, None, Isa::Avx2, range).unwrap();
+    assert_eq!(pack(&p, r7).seven_bit(), avx2);
+    assert!(!pack(&p, QRange::custom(0, 128).unwrap()).seven_bit());
+    assert!(!pack(&p, QRange::U8).seven_bit());
+    assert!(!pack(&p, QRange::custom(-8, 7).unwrap()).seven_bit());
+    let zp200 = QConv2d {
+        input_zero_point: 200,
+        ..p.clone()
+    };
+    assert!(!pack(&zp200, r7).seven_bit());
+    assert!(!PackedConv::with_input_range(&p, &wt, None, Isa::Scalar, r7)
+        .unwrap()
+        .seven_bit());
+    let dw = QConv2d {
+        geom: Conv2dGeom {
+            in_c: 8,
+            out_c: 8,
+            groups: 8,
+            ..geom
+        },
+        input_zero_point: 60,
+        requant: p.requant[..8].to_vec(),
+    };
+    let dww = i8s(r, dw.geom.weight_len());
+    let dwp = PackedConv::with_input_range(&dw, &dww, None, Isa::Avx2, r7).unwrap();
+    assert!(!dwp.seven_bit());
+
+    let packed = pack(&p, r7);
+    let n = geom.output_len().unwrap();
+    for x in [u7s(r, geom.input_len(), r7), u8s(r, geom.input_len())] {
+        let mut want = vec![0u8; n];
+        reference::qconv2d(&p, &x, &wt, None, &mut want).unwrap();
+        let mut got = vec![1u8; n];
+        packed.run(&geom, &x, &mut got).unwrap();
+        assert_eq!(got, want);
+    }
+}
+
+/// A 7-bit convolution big enough for the threaded path, at the saturation edge of `vpmaddubsw`:
+/// every input 127 and every weight -128 (pair sums -32512) or 127.
+#[test]
+fn large_conv_7bit_extremes_match_reference() {
+    let r = &mut SplitMix64::new(10);
+    let r7 = QRange::custom(0, 127).unwrap();
+    for (in_c, out_c, groups, hw, kernel, wv) in [
+        (64, 72, 1, 30, 3, -128i8),
+        (33, 40, 1, 17, 3, 127),
+        (24, 48, 2, 23, 1, -128),
+    ] {
+        let a = Axis::new(kernel, 1, kernel / 2, 1);
+        let geom = Conv2dGeom {
+            batch: 2,
+            in_h: hw,
+            in_w: hw,
+            in_c,
+            out_c,
+            h: a,
+            w: a,
+            groups,
+        };
+        let k = geom.reduction_len();
+        for (zp, x) in [(0, vec![127u8; geom.input_len()]), (127, u7s(r, geom.input_len(), r7))] {
+            let p = QConv2d {
+                geom,
+                input_zero_point: zp,
+                requant: (0..out_c).map(|_| requant(r, k)).collect(),
+            };
+            let wt = vec![wv; geom.weight_len()];
+            let b = bias(r, out_c, k, zp);
+            let n = geom.output_len().unwrap();
+            let mut want = vec![0u8; n];
+            reference::qconv2d(&p, &x, &wt, b.as_deref(), &mut want).unwrap();
+            let mut got = vec![1u8; n];
+            let packed = PackedConv::with_input_range(&p, &wt, b.as_deref(), Isa::Avx2, r7).unwrap();
+            packed.run(&geom, &x, &mut got).unwrap();
+            assert_eq!(got, want, "{geom:?} zp {zp}");
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! AVX2 int8 kernels (x86_64): convolution (direct, im2col-free, on a zero-point-centred `i16`
-//! copy of the input), depthwise convolution, linear, add, quantize and dequantize, bit for bit
-//! equal to [`super::reference`].
+//! copy of the input, or with `vpmaddubsw` on 7-bit input bytes), depthwise convolution, linear,
+//! add, quantize and dequantize, bit for bit equal to [`super::reference`].
 //!
 //! Everything here is `unsafe` to call: the caller ([`super::fast`]) checks that the CPU has AVX2
 //! (`is_x86_feature_detected!("avx2")`) and has already checked every length and parameter with
@@ -11,10 +11,37 @@
 //! The input is converted once to `i16` as `x - zp_x` (in `[-255, 255]`) and the weights to `i16`;
 //! products are summed with `vpmaddwd` (`i16·i16 + i16·i16 → i32`), whose pair sum is at most
 //! `2 · 255 · 128 = 65280` in magnitude and cannot saturate (`vpmaddwd` saturates only for
-//! `-32768 · -32768` twice). `vpmaddubsw` (which saturates `u8·i8` pairs to `i16`) is not used.
-//! Padding is stored as `0 = zp_x - zp_x`, which is exactly the reference's skipped tap. The sums
-//! are the reference's `dot_acc` terms in another order; the reference's checks guarantee the i32
-//! accumulator never wraps, so any order gives the same bits.
+//! `-32768 · -32768` twice). Padding is stored as `0 = zp_x - zp_x`, which is exactly the
+//! reference's skipped tap. The sums are the reference's `dot_acc` terms in another order; the
+//! reference's checks guarantee the i32 accumulator never wraps, so any order gives the same bits.
+//!
+//! # 7-bit inputs: `vpmaddubsw` ([`conv7_row`])
+//!
+//! When the input's integer range is `[qmin, qmax]` with `0 <= qmin`, `qmax <= 127` and its zero
+//! point `zp_x` in `[0, 127]` (PyTorch's x86 `reduce_range` activations), [`super::fast`] selects
+//! a second direct convolution on the raw input bytes (no centring). Per group of 4 input channels,
+//! `vpmaddubsw` multiplies the 4 (unsigned) input bytes by 4 (signed) weights of each of 8 output
+//! channels and adds adjacent products into `i16`; `vpmaddwd` with a vector of ones adds adjacent
+//! `i16` into `i32`; `vpaddd` accumulates.
+//!
+//! *No saturation.* Every byte `vpmaddubsw` reads as its unsigned operand is an input value, the
+//! padding value `zp_x`, or the channel padding `zp_x` (whose weights are 0): all in `[0, 127]`
+//! ([`pad_raw7`] checks the input bytes; a run with a byte above 127 is handed to the reference
+//! kernels instead). Weights are in `[-128, 127]`. A pair sum `x0·w0 + x1·w1` therefore lies in
+//! `[2 · 127 · (-128), 2 · 127 · 127] = [-32512, 32258] ⊂ [-32768, 32767]`: `vpmaddubsw`'s
+//! saturation never triggers and each `i16` lane is the exact pair sum. `vpmaddwd` with ones adds
+//! two such lanes: `|·| <= 65024`, exact in `i32` (it saturates only for `-32768 · -32768` twice,
+//! and a factor is 1). So each `i32` lane gains the exact sum of 4 products `x · w`.
+//!
+//! *Zero point.* With raw bytes the lanes accumulate `Σ x · w` over all taps, padded taps
+//! contributing `zp_x · w`. [`ConvPack7`] folds `-zp_x · Σ w` (per output channel, over all taps
+//! and input channels) into the bias at packing time (the zero point is known there: the
+//! executor builds its kernels from every value's parameters), so the lane ends as
+//! `bias + Σ x·w - zp_x · Σ w = bias + Σ (x - zp_x) · w` (padding contributes
+//! `(zp_x - zp_x) · w = 0`, the reference's skipped tap) — the reference's `dot_acc` value. The
+//! corrected bias and the sums are computed wrapping in `i32`; equal modulo `2^32` to the
+//! reference's accumulator, which the reference's checks keep inside `i32`, they give its exact
+//! bits. The epilogue is the same [`requant8`].
 //!
 //! # Requantization
 //!
@@ -403,6 +430,234 @@ pub unsafe fn conv_row(
         }
         if b < b1 {
             conv_pixels::<1>(pk, r, ximg, oh, ow0, ow1, g, b, orow);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Convolution on 7-bit activations: `vpmaddubsw` on raw u8 input
+// ---------------------------------------------------------------------------------------------
+
+/// Fills `buf` (resized to `g.buffer_len()`) with the raw bytes of `x` in `g`'s layout (`cgp` a
+/// multiple of 4), `zp` in the spatial padding and in the channel slots past `cg` (whose weights
+/// are 0). Returns whether every byte of `x` is at most 127, i.e. whether [`conv7_row`] may run
+/// on it (it reads `buf` only; the padding value `zp` is checked by the caller).
+///
+/// # Safety
+/// Needs AVX2 (used for auto-vectorisation only); `x.len() = batch·in_h·in_w·groups·cg`.
+#[target_feature(enable = "avx2")]
+pub unsafe fn pad_raw7(x: &[u8], zp: u8, g: &PadGeom, buf: &mut Vec<u8>) -> bool {
+    buf.clear();
+    buf.resize(g.buffer_len(), zp);
+    let (wp, ctot, c) = (g.wp(), g.ctot(), g.groups * g.cg);
+    let mut high = 0u8;
+    for n in 0..g.batch {
+        for h in 0..g.in_h {
+            let src = &x[(n * g.in_h + h) * g.in_w * c..][..g.in_w * c];
+            let row = ((n * g.hp() + h + g.ph) * wp + g.pw) * ctot;
+            let dst = &mut buf[row..row + g.in_w * ctot];
+            if ctot == c {
+                for (d, &s) in dst.iter_mut().zip(src) {
+                    *d = s;
+                    high |= s;
+                }
+            } else {
+                for (dp, sp) in dst.chunks_exact_mut(g.cgp).zip(src.chunks_exact(g.cg)) {
+                    for (d, &s) in dp.iter_mut().zip(sp) {
+                        *d = s;
+                        high |= s;
+                    }
+                }
+            }
+        }
+    }
+    high < 0x80
+}
+
+/// OHWI `i8` weights packed for [`conv7_row`]: for each group, each block of 8 output channels,
+/// each tap and each input-channel quad `q`, 32 bytes `[w[co0+j][tap][4q..4q+4]]_{j<8}` (zeros
+/// past the group's channels); and the requantization with the bias
+/// `bias[c] - zp_x · Σ_{tap, ci} w[c][tap][ci]` (wrapping), which turns `Σ x · w` over raw input
+/// bytes into the reference's `bias + Σ (x - zp_x) · w`.
+#[derive(Clone, Debug)]
+pub struct ConvPack7 {
+    pub groups: usize,
+    pub cig: usize,
+    pub cog: usize,
+    pub taps: usize,
+    pub quads: usize,
+    pub blocks: usize,
+    /// The input zero point the bias was corrected for: also the padding value.
+    pub zp: u8,
+    w: Vec<i8>,
+    rq: Vec<RequantLanes>,
+}
+
+impl ConvPack7 {
+    /// As [`ConvPack::new`]; `zp` is the input zero point, in `[0, 127]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        w: &[i8],
+        groups: usize,
+        cig: usize,
+        cog: usize,
+        taps: usize,
+        requant: &[Requant],
+        bias: Option<&[i32]>,
+        zp: u8,
+    ) -> ConvPack7 {
+        let quads = cig.div_ceil(4);
+        let blocks = cog.div_ceil(8);
+        let k = taps * cig;
+        let corrected: Vec<i32> = (0..groups * cog)
+            .map(|co| {
+                let wsum = w[co * k..(co + 1) * k]
+                    .iter()
+                    .fold(0i32, |s, &v| s.wrapping_add(v as i32));
+                bias.map_or(0, |b| b[co]).wrapping_sub((zp as i32).wrapping_mul(wsum))
+            })
+            .collect();
+        let mut pw = vec![0i8; groups * blocks * taps * quads * 32];
+        let mut rq = Vec::with_capacity(groups * blocks);
+        for g in 0..groups {
+            for b in 0..blocks {
+                let c0 = g * cog + b * 8;
+                let nc = (cog - b * 8).min(8);
+                rq.push(RequantLanes::new(&requant[c0..c0 + nc], Some(&corrected[c0..c0 + nc])));
+                for j in 0..nc {
+                    let co = c0 + j;
+                    for t in 0..taps {
+                        for ci in 0..cig {
+                            let dst = (((g * blocks + b) * taps + t) * quads + ci / 4) * 32 + j * 4 + ci % 4;
+                            pw[dst] = w[(co * taps + t) * cig + ci];
+                        }
+                    }
+                }
+            }
+        }
+        ConvPack7 {
+            groups,
+            cig,
+            cog,
+            taps,
+            quads,
+            blocks,
+            zp,
+            w: pw,
+            rq,
+        }
+    }
+}
+
+/// [`conv_tile`] on raw 7-bit input bytes: per input-channel quad, one broadcast of 4 input
+/// bytes, then per block `vpmaddubsw` (two products per `i16`) and `vpmaddwd` with ones (four
+/// per `i32`).
+#[inline]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn conv7_tile<const P: usize, const B: usize>(
+    pk: &ConvPack7,
+    r: &ConvRun,
+    ximg: *const u8,
+    oh: usize,
+    ow0: usize,
+    g: usize,
+    blk0: usize,
+    orow: *mut u8,
+) {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_si256(); B]; P];
+    let (wp, ctot) = (r.pad.wp(), r.pad.ctot());
+    let quads = pk.quads;
+    let wstride = pk.taps * quads * 32;
+    let wbase = pk.w.as_ptr().add((g * pk.blocks + blk0) * wstride);
+    let xstep = r.sw * ctot;
+    for kh in 0..r.kh {
+        let ih = oh * r.sh + kh * r.dh;
+        for kw in 0..r.kw {
+            let tap = kh * r.kw + kw;
+            let x0 = ximg.add((ih * wp + ow0 * r.sw + kw * r.dw) * ctot + g * r.pad.cgp);
+            let w0 = wbase.add(tap * quads * 32);
+            for q in 0..quads {
+                let mut wv = [_mm256_setzero_si256(); B];
+                for (b, v) in wv.iter_mut().enumerate() {
+                    *v = _mm256_loadu_si256(w0.add(b * wstride + q * 32) as *const __m256i);
+                }
+                for (p, a) in acc.iter_mut().enumerate() {
+                    let xv = _mm256_set1_epi32(std::ptr::read_unaligned(x0.add(p * xstep + 4 * q) as *const i32));
+                    for b in 0..B {
+                        let pairs = _mm256_maddubs_epi16(xv, wv[b]);
+                        a[b] = _mm256_add_epi32(a[b], _mm256_madd_epi16(pairs, ones));
+                    }
+                }
+            }
+        }
+    }
+    for (p, a) in acc.iter().enumerate() {
+        for (b, &v) in a.iter().enumerate() {
+            let blk = blk0 + b;
+            let nc = (pk.cog - blk * 8).min(8);
+            let y = requant8(v, &pk.rq[g * pk.blocks + blk]);
+            store_u8(y, orow.add((ow0 + p) * r.out_c + g * pk.cog + blk * 8), nc);
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn conv7_pixels<const B: usize>(
+    pk: &ConvPack7,
+    r: &ConvRun,
+    ximg: *const u8,
+    oh: usize,
+    ow0: usize,
+    ow1: usize,
+    g: usize,
+    blk: usize,
+    orow: *mut u8,
+) {
+    let mut ow = ow0;
+    while ow + PIX <= ow1 {
+        conv7_tile::<PIX, B>(pk, r, ximg, oh, ow, g, blk, orow);
+        ow += PIX;
+    }
+    match ow1 - ow {
+        3 => conv7_tile::<3, B>(pk, r, ximg, oh, ow, g, blk, orow),
+        2 => conv7_tile::<2, B>(pk, r, ximg, oh, ow, g, blk, orow),
+        1 => conv7_tile::<1, B>(pk, r, ximg, oh, ow, g, blk, orow),
+        _ => {}
+    }
+}
+
+/// [`conv_row`] for a [`ConvPack7`] on [`pad_raw7`]'s buffer.
+///
+/// # Safety
+/// Needs AVX2; `xpad` is [`pad_raw7`]'s buffer for `r.pad` with `pk.zp`, every byte in it at most
+/// 127 (`pad_raw7` returned `true`, `pk.zp <= 127`); `out` the whole NHWC output; the geometry
+/// checked.
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn conv7_row(
+    pk: &ConvPack7,
+    r: &ConvRun,
+    xpad: *const u8,
+    out: *mut u8,
+    n: usize,
+    oh: usize,
+    (ow0, ow1): (usize, usize),
+    (b0, b1): (usize, usize),
+) {
+    let ximg = xpad.add(n * r.pad.hp() * r.pad.wp() * r.pad.ctot());
+    let orow = out.add((n * r.out_h + oh) * r.out_w * r.out_c);
+    for g in 0..pk.groups {
+        let mut b = b0;
+        while b + 2 <= b1 {
+            conv7_pixels::<2>(pk, r, ximg, oh, ow0, ow1, g, b, orow);
+            b += 2;
+        }
+        if b < b1 {
+            conv7_pixels::<1>(pk, r, ximg, oh, ow0, ow1, g, b, orow);
         }
     }
 }

@@ -6,6 +6,11 @@
 //! running one checks the shapes exactly as the reference does and never panics on bad input.
 //! Large convolutions are split over rayon's threads by output rows (or by output-channel blocks
 //! when there are few rows).
+//!
+//! A convolution or linear layer packed with [`PackedConv::with_input_range`] for an input whose
+//! range and zero point lie in `[0, 127]` (PyTorch x86's `reduce_range` activations; the executor
+//! passes every input's range) runs the 7-bit `vpmaddubsw` kernels ([`super::avx2::conv7_row`]),
+//! bit for bit equal to the others.
 
 use std::sync::OnceLock;
 
@@ -14,7 +19,7 @@ use super::{
     check_epilogue, check_len, check_range_u8, check_zp_u8, Conv2dGeom, KernelError, Pool2dGeom, QConv2d,
     QGlobalAvgPool, QLinear,
 };
-use crate::quant::{QAdd, QParams};
+use crate::quant::{QAdd, QParams, QRange};
 
 /// Which kernels run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -53,6 +58,8 @@ const PAR_MIN_MACS: usize = 1 << 20;
 #[derive(Clone, Debug)]
 enum Avx2Conv {
     Direct(super::avx2::ConvPack),
+    /// 7-bit input: `vpmaddubsw` on raw bytes ([`super::avx2::conv7_row`]).
+    Direct7(super::avx2::ConvPack7),
     Depthwise(super::avx2::DwPack),
 }
 
@@ -78,6 +85,22 @@ impl PackedConv {
 
     /// Packs for `isa` (the scalar kernels when this CPU lacks it).
     pub fn with_isa(p: &QConv2d, w: &[i8], bias: Option<&[i32]>, isa: Isa) -> Result<PackedConv, KernelError> {
+        PackedConv::with_input_range(p, w, bias, isa, QRange::U8)
+    }
+
+    /// Packs for `isa`, knowing that the input's integer range is `input` (the program's
+    /// [`QParams::range`] of the input value). With AVX2, a non-depthwise convolution whose input
+    /// range and zero point lie in `[0, 127]` takes the 7-bit `vpmaddubsw` kernels
+    /// ([`super::avx2::conv7_row`]; [`PackedConv::seven_bit`]); a run whose input nevertheless
+    /// holds a byte above 127 is computed by the reference kernels instead, so the result is the
+    /// reference's bits for every input.
+    pub fn with_input_range(
+        p: &QConv2d,
+        w: &[i8],
+        bias: Option<&[i32]>,
+        isa: Isa,
+        input: QRange,
+    ) -> Result<PackedConv, KernelError> {
         let g = &p.geom;
         // `checked_rem`: `None` for zero groups (`is_multiple_of` needs Rust 1.87; MSRV is 1.85).
         if g.in_c.checked_rem(g.groups) != Some(0)
@@ -99,8 +122,13 @@ impl PackedConv {
         #[cfg(target_arch = "x86_64")]
         let avx2 = (isa == Isa::Avx2).then(|| {
             let (cig, cog, taps) = (g.in_c / g.groups, g.out_c / g.groups, g.h.kernel * g.w.kernel);
+            let zp = p.input_zero_point;
             if cig == 1 && cog == 1 {
                 Avx2Conv::Depthwise(super::avx2::DwPack::new(w, g.out_c, taps, &p.requant, bias))
+            } else if input.qmin() >= 0 && input.qmax() <= 127 && (0..=127).contains(&zp) {
+                Avx2Conv::Direct7(super::avx2::ConvPack7::new(
+                    w, g.groups, cig, cog, taps, &p.requant, bias, zp as u8,
+                ))
             } else {
                 Avx2Conv::Direct(super::avx2::ConvPack::new(
                     w, g.groups, cig, cog, taps, &p.requant, bias,
@@ -120,6 +148,15 @@ impl PackedConv {
     /// The kernels this convolution runs on.
     pub fn isa(&self) -> Isa {
         self.isa
+    }
+
+    /// Whether it runs the 7-bit `vpmaddubsw` kernels (see [`PackedConv::with_input_range`]).
+    pub fn seven_bit(&self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(Avx2Conv::Direct7(_)) = &self.avx2 {
+            return true;
+        }
+        false
     }
 
     /// The parameters it was packed with.
@@ -143,8 +180,9 @@ impl PackedConv {
         #[cfg(target_arch = "x86_64")]
         if let Some(a) = &self.avx2 {
             // SAFETY: `avx2` is only built when the CPU has AVX2; lengths and geometry are checked.
-            unsafe { run_avx2(a, geom, self.params.input_zero_point, [oh_n, ow_n], x, out) };
-            return Ok(());
+            if unsafe { run_avx2(a, geom, self.params.input_zero_point, [oh_n, ow_n], x, out) } {
+                return Ok(());
+            }
         }
         let p = QConv2d {
             geom: *geom,
@@ -167,16 +205,21 @@ impl<T> SendPtr<T> {
 
 thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SCRATCH8: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Runs the AVX2 kernels; `false` (nothing written) when a 7-bit convolution gets an input byte
+/// above 127, which the caller then hands to the reference kernels.
+///
 /// # Safety
 /// AVX2 present; geometry and lengths checked.
 #[cfg(target_arch = "x86_64")]
-unsafe fn run_avx2(a: &Avx2Conv, g: &Conv2dGeom, zp: i32, [oh_n, ow_n]: [usize; 2], x: &[u8], out: &mut [u8]) {
-    use super::avx2::{conv_row, dw_row, pad_centre, ConvRun, PadGeom};
+unsafe fn run_avx2(a: &Avx2Conv, g: &Conv2dGeom, zp: i32, [oh_n, ow_n]: [usize; 2], x: &[u8], out: &mut [u8]) -> bool {
+    use super::avx2::{conv7_row, conv_row, dw_row, pad_centre, pad_raw7, ConvRun, PadGeom};
     use rayon::prelude::*;
     let (cg, cgp) = match a {
         Avx2Conv::Direct(pk) => (pk.cig, 2 * pk.pairs),
+        Avx2Conv::Direct7(pk) => (pk.cig, 4 * pk.quads),
         Avx2Conv::Depthwise(_) => (1, 1),
     };
     let pad = PadGeom {
@@ -205,13 +248,43 @@ unsafe fn run_avx2(a: &Avx2Conv, g: &Conv2dGeom, zp: i32, [oh_n, ow_n]: [usize; 
     let macs = rows * ow_n * g.out_c * g.reduction_len();
     let threads = rayon::current_num_threads();
     let optr = SendPtr(out.as_mut_ptr());
+    let parallel = threads > 1 && macs >= PAR_MIN_MACS;
+    // Few rows (small images, linear layers): also split the channel blocks.
+    let split = |blocks: usize| {
+        let chunks = if parallel && rows < 2 * threads {
+            blocks.min((4 * threads).div_ceil(rows))
+        } else {
+            1
+        };
+        let per = blocks.div_ceil(chunks);
+        (blocks.div_ceil(per), per)
+    };
+    if let Avx2Conv::Direct7(pk) = a {
+        let mut buf = SCRATCH8.with(|s| std::mem::take(&mut *s.borrow_mut()));
+        let seven = pad_raw7(x, pk.zp, &pad, &mut buf);
+        if seven {
+            let xptr = SendPtr(buf.as_ptr() as *mut u8);
+            let (chunks, per) = split(pk.blocks);
+            let task = |t: usize| {
+                let (i, c) = (t / chunks, t % chunks);
+                let (b0, b1) = (c * per, ((c + 1) * per).min(pk.blocks));
+                conv7_row(pk, &r, xptr.get(), optr.get(), i / oh_n, i % oh_n, (0, ow_n), (b0, b1));
+            };
+            if parallel {
+                (0..rows * chunks).into_par_iter().for_each(task);
+            } else {
+                (0..rows * chunks).for_each(task);
+            }
+        }
+        SCRATCH8.with(|s| *s.borrow_mut() = buf);
+        return seven;
+    }
     // Taken out of the thread-local while in use: a rayon worker waiting below may run another
     // convolution that asks for its own buffer.
     let mut buf = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
     pad_centre(x, zp, &pad, &mut buf);
     {
         let xptr = SendPtr(buf.as_ptr() as *mut i16);
-        let parallel = threads > 1 && macs >= PAR_MIN_MACS;
         match a {
             Avx2Conv::Depthwise(pk) => {
                 let row = |i: usize| dw_row(pk, &r, xptr.get(), optr.get(), i / oh_n, i % oh_n);
@@ -222,14 +295,7 @@ unsafe fn run_avx2(a: &Avx2Conv, g: &Conv2dGeom, zp: i32, [oh_n, ow_n]: [usize; 
                 }
             }
             Avx2Conv::Direct(pk) => {
-                // Few rows (small images, linear layers): also split the channel blocks.
-                let chunks = if parallel && rows < 2 * threads {
-                    pk.blocks.min((4 * threads).div_ceil(rows))
-                } else {
-                    1
-                };
-                let per = pk.blocks.div_ceil(chunks);
-                let chunks = pk.blocks.div_ceil(per);
+                let (chunks, per) = split(pk.blocks);
                 let task = |t: usize| {
                     let (i, c) = (t / chunks, t % chunks);
                     let (b0, b1) = (c * per, ((c + 1) * per).min(pk.blocks));
@@ -241,9 +307,11 @@ unsafe fn run_avx2(a: &Avx2Conv, g: &Conv2dGeom, zp: i32, [oh_n, ow_n]: [usize; 
                     (0..rows * chunks).for_each(task);
                 }
             }
+            Avx2Conv::Direct7(_) => unreachable!("handled above"),
         }
     }
     SCRATCH.with(|s| *s.borrow_mut() = buf);
+    true
 }
 
 /// A quantized linear layer with packed weights: a 1x1 convolution over `batch` pixels.
@@ -259,6 +327,17 @@ impl PackedLinear {
     }
 
     pub fn with_isa(p: &QLinear, w: &[i8], bias: Option<&[i32]>, isa: Isa) -> Result<PackedLinear, KernelError> {
+        PackedLinear::with_input_range(p, w, bias, isa, QRange::U8)
+    }
+
+    /// Packs for `isa` with the input's integer range `input` (see [`PackedConv::with_input_range`]).
+    pub fn with_input_range(
+        p: &QLinear,
+        w: &[i8],
+        bias: Option<&[i32]>,
+        isa: Isa,
+        input: QRange,
+    ) -> Result<PackedLinear, KernelError> {
         let (k, m) = (p.in_features, p.out_features);
         if k == 0 || m == 0 {
             return Err(KernelError::Geometry(format!("qlinear with K = {k}, M = {m}")));
@@ -269,12 +348,17 @@ impl PackedLinear {
             requant: p.requant.clone(),
         };
         Ok(PackedLinear {
-            conv: PackedConv::with_isa(&conv, w, bias, isa)?,
+            conv: PackedConv::with_input_range(&conv, w, bias, isa, input)?,
         })
     }
 
     pub fn isa(&self) -> Isa {
         self.conv.isa
+    }
+
+    /// Whether it runs the 7-bit `vpmaddubsw` kernels.
+    pub fn seven_bit(&self) -> bool {
+        self.conv.seven_bit()
     }
 
     /// `x [batch, K]` → `out [batch, M]` (see [`reference::qlinear`]).

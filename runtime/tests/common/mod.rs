@@ -241,6 +241,9 @@ pub struct Builder {
     pub p: Program,
     pub refs: Vec<Tensor>,
     pub rng: SplitMix64,
+    /// The range of the activations it calibrates (default [`QRange::U8`]; `[0, 127]` gives
+    /// PyTorch x86's reduce_range activations and the 7-bit kernels).
+    pub act_range: QRange,
 }
 
 impl Builder {
@@ -255,6 +258,7 @@ impl Builder {
             },
             refs: vec![],
             rng: SplitMix64::new(seed),
+            act_range: QRange::U8,
         }
     }
 
@@ -347,7 +351,7 @@ impl Builder {
                 } else {
                     let v = y.as_f32().unwrap();
                     let (lo, hi) = v.iter().fold((0f32, 0f32), |(a, b), &x| (a.min(x), b.max(x)));
-                    qparams_affine(lo, hi, QRange::U8, false).unwrap()
+                    qparams_affine(lo, hi, self.act_range, false).unwrap()
                 }
             });
             let fq = Tensor::f32(
