@@ -10,6 +10,7 @@ mod train;
 const STACK_BYTES: usize = 512 << 20;
 
 fn main() {
+    quiet_on_closed_stdout();
     let code = std::thread::Builder::new()
         .name("qc".into())
         .stack_size(STACK_BYTES)
@@ -20,4 +21,22 @@ fn main() {
             70
         });
     std::process::exit(code);
+}
+
+/// `qc keys ... | head`: when the reader of stdout goes away, stop quietly (as a tool killed by
+/// SIGPIPE would) instead of reporting `println!`'s panic as a qc bug.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }

@@ -982,3 +982,21 @@ fn pathological_recipes_do_not_crash_or_hang() {
         failures.join("\n  ")
     );
 }
+
+/// `qc keys ... | head -1`: a reader that goes away ends qc quietly (exit 141, as SIGPIPE
+/// would), with no panic report.
+#[test]
+fn a_closed_stdout_is_not_a_crash() {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qc"))
+        .args(["keys", "examples/resnet18.qrecipe", "--stage", "float"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the reading end before qc has compiled anything: its first write fails.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+}
