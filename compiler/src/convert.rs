@@ -400,19 +400,7 @@ pub fn convert(module: &mut Module) -> Result<(), Box<Diagnostic>> {
             continue;
         }
         // Value-preserving ops on an integer input stay integer with the input's parameters.
-        let passes_through = matches!(
-            node.op,
-            Op::MaxPool(_)
-                | Op::AvgPool(_)
-                | Op::AdaptiveAvgPool { .. }
-                | Op::GlobalAvgPool
-                | Op::Flatten { .. }
-                | Op::Relu
-                | Op::Relu6
-                | Op::Clamp { .. }
-                | Op::Identity
-                | Op::Dropout { .. }
-        );
+        let passes_through = node.op.shares_input_quant();
         if passes_through && inputs.len() == 1 && quantized.contains_key(&inputs[0]) {
             let q = quantized[&inputs[0]];
             let ty = module.graph.node_mut(id).ty.as_mut().expect("typed at float");

@@ -580,19 +580,7 @@ pub fn bind(module: &mut Module, values: &IndexMap<String, CkptValue>, file: &st
 fn propagate_quant(module: &mut Module) {
     for id in module.graph.topo_order() {
         let inputs = module.graph.inputs_of(id);
-        let passes = matches!(
-            module.graph.node(id).op,
-            Op::MaxPool(_)
-                | Op::AvgPool(_)
-                | Op::AdaptiveAvgPool { .. }
-                | Op::GlobalAvgPool
-                | Op::Flatten { .. }
-                | Op::Relu
-                | Op::Relu6
-                | Op::Clamp { .. }
-                | Op::Identity
-                | Op::Dropout { .. }
-        );
+        let passes = module.graph.node(id).op.shares_input_quant();
         if !passes || inputs.len() != 1 {
             continue;
         }

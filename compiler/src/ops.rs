@@ -728,6 +728,25 @@ impl<'a> Attrs<'a> {
 }
 
 impl Op {
+    /// Ops that run on their input's integers and keep its quantization parameters (pools,
+    /// flatten, relu/relu6/clamp, identity, dropout): the plan gives them no observer, and
+    /// `convert` and checkpoint binding give them their input's integer type.
+    pub fn shares_input_quant(&self) -> bool {
+        matches!(
+            self,
+            Op::MaxPool(_)
+                | Op::AvgPool(_)
+                | Op::AdaptiveAvgPool { .. }
+                | Op::GlobalAvgPool
+                | Op::Flatten { .. }
+                | Op::Relu
+                | Op::Relu6
+                | Op::Clamp { .. }
+                | Op::Identity
+                | Op::Dropout { .. }
+        )
+    }
+
     /// The op a recipe name builds, with its attributes checked. `None` for an unknown name.
     /// Only what a recipe may write is accepted (no IR-only ops or attributes).
     pub fn build(name: &str, attrs: &[(String, Attr)]) -> Option<Result<Op, Vec<AttrError>>> {

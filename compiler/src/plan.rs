@@ -267,16 +267,7 @@ fn kind(op: &Op) -> Kind {
         Op::Input { .. } => Kind::Input,
         Op::Conv(_) | Op::Linear(_) => Kind::Weighted,
         Op::Add { .. } | Op::Concat { .. } => Kind::OwnOutput,
-        Op::MaxPool(_)
-        | Op::AvgPool(_)
-        | Op::AdaptiveAvgPool { .. }
-        | Op::GlobalAvgPool
-        | Op::Flatten { .. }
-        | Op::Relu
-        | Op::Relu6
-        | Op::Clamp { .. }
-        | Op::Identity
-        | Op::Dropout { .. } => Kind::Shares,
+        op if op.shares_input_quant() => Kind::Shares,
         _ => Kind::NoInt8,
     }
 }

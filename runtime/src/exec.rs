@@ -146,13 +146,33 @@ impl Executor {
     /// Runs on `inputs` (in `program.inputs` order, any batch size); returns the outputs in
     /// `program.outputs` order.
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RunError> {
+        self.run_pooled(inputs, &mut |_, _| std::ops::ControlFlow::Continue(()))
+    }
+
+    /// Runs like [`Executor::run`] and also returns how long each step took (indexed like
+    /// `program.steps`): `qc run --profile`.
+    pub fn run_profiled(&self, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Vec<std::time::Duration>), RunError> {
+        let mut times = Vec::with_capacity(self.program.steps.len());
+        let mut last = std::time::Instant::now();
+        let outputs = self.run_pooled(inputs, &mut |_, _| {
+            let now = std::time::Instant::now();
+            times.push(now - last);
+            last = now;
+            std::ops::ControlFlow::Continue(())
+        })?;
+        Ok((outputs, times))
+    }
+
+    /// One run with a buffer pool of its own (returned afterwards), freeing values after their
+    /// last use; `on_value` sees every step's output.
+    fn run_pooled(&self, inputs: &[Tensor], on_value: OnValue) -> Result<Vec<Tensor>, RunError> {
         let mut pool = self.take_pool();
         let mut values = execute_with(
             &self.program,
             &self.prepared,
             inputs,
             Some(&self.last_use),
-            &mut |_, _| std::ops::ControlFlow::Continue(()),
+            on_value,
             &mut pool,
         )?;
         let outputs = self
@@ -163,35 +183,6 @@ impl Executor {
             .collect();
         self.return_pool(pool, values);
         Ok(outputs)
-    }
-
-    /// Runs like [`Executor::run`] and also returns how long each step took (indexed like
-    /// `program.steps`): `qc run --profile`.
-    pub fn run_profiled(&self, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Vec<std::time::Duration>), RunError> {
-        let mut times = Vec::with_capacity(self.program.steps.len());
-        let mut last = std::time::Instant::now();
-        let mut pool = self.take_pool();
-        let mut values = execute_with(
-            &self.program,
-            &self.prepared,
-            inputs,
-            Some(&self.last_use),
-            &mut |_, _| {
-                let now = std::time::Instant::now();
-                times.push(now - last);
-                last = now;
-                std::ops::ControlFlow::Continue(())
-            },
-            &mut pool,
-        )?;
-        let outputs = self
-            .program
-            .outputs
-            .iter()
-            .map(|&id| values[id].take().unwrap_or_else(|| Tensor::zeros(DType::F32, vec![0])))
-            .collect();
-        self.return_pool(pool, values);
-        Ok((outputs, times))
     }
 
     /// Runs and returns every value (indexed like `program.values`; `None` for values no step
