@@ -1,38 +1,85 @@
-//! `qc train`: float training of a recipe's model through libtorch with the settings of its
-//! `train { }` section, writing the trained parameters under their PyTorch names to a
-//! `.safetensors` file that a recipe binds with `weights "FILE"` (docs/design-later-stages.md,
-//! Training).
+//! `qc train`: training of a recipe's model through libtorch. Float training with the settings
+//! of its `train { }` section, or, with `--qat`, quantization-aware fine-tuning with its
+//! `qat { }` section; writes the parameters under their PyTorch names to a `.safetensors` file
+//! that a recipe binds with `weights "FILE"`, after every epoch, with the state to `--resume`
+//! beside it (docs/design-later-stages.md, Training).
 
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use indexmap::IndexMap;
 use qc_compiler::ir::{Module, Stage};
 use qc_compiler::{CompileError, RunOptions};
 use qc_dsl::sections::{DataSource, Optimizer, Schedule, Split, TrainSettings};
 use qc_dsl::Diagnostic;
 use qc_runtime::data::{self, Array, ArrayData};
-use qc_runtime::torch::{self, LabeledData, LrSchedule, TorchError, TrainConfig};
+use qc_runtime::torch::{
+    self, EpochStats, LabeledData, LrSchedule, QatTraining, StepProgress, TorchError, TrainConfig, TrainHooks,
+    TrainState,
+};
 use qc_runtime::{Tensor, TensorData};
 
 const EXIT_USER: i32 = 1;
 
+/// Where a command runs its model through libtorch.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceArg {
+    Cpu,
+    Cuda,
+    /// CUDA when libtorch sees a GPU, else the CPU.
+    Auto,
+}
+
+impl DeviceArg {
+    /// The device, or why it cannot be used.
+    pub fn resolve(self) -> Result<torch::Device, String> {
+        let cuda = torch::info().map(|i| i.cuda_available).unwrap_or(false);
+        match self {
+            DeviceArg::Cpu => Ok(torch::Device::Cpu),
+            DeviceArg::Auto if cuda => Ok(torch::Device::Cuda),
+            DeviceArg::Auto => Ok(torch::Device::Cpu),
+            DeviceArg::Cuda if cuda => Ok(torch::Device::Cuda),
+            DeviceArg::Cuda => Err("`--device cuda`: libtorch sees no CUDA device on this machine".into()),
+        }
+    }
+}
+
 /// `qc train` arguments.
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Examples:\n  qc train examples/fashion_cnn.qrecipe -o fashion_cnn.safetensors\n  qc train examples/fashion_cnn.qrecipe -o quick.safetensors --epochs 1 --max-samples 2000\n\nA recipe binds the result with a `weights \"fashion_cnn.safetensors\"` line."
+    after_help = "Examples:\n  qc train examples/fashion_cnn.qrecipe -o fashion_cnn.safetensors\n  qc train examples/fashion_cnn.qrecipe -o quick.safetensors --epochs 1 --max-samples 2000\n  qc train trained.qrecipe --qat -o qat.safetensors      (the recipe binds the float weights)\n  qc train examples/fashion_cnn.qrecipe -o fashion_cnn.safetensors --resume\n\nA recipe binds the result with a `weights \"fashion_cnn.safetensors\"` line; a QAT result binds at\nstage `observed` (`qc compile --qat`)."
 )]
 pub struct TrainArgs {
-    /// The .qrecipe file (with a `train { }` section).
+    /// The .qrecipe file (with a `train { }` section; with `--qat`, a `qat { }` section).
     file: PathBuf,
-    /// The .safetensors file to write (atomically): every float parameter under its PyTorch name.
+    /// The .safetensors file to write (atomically, after every epoch): every parameter under
+    /// its PyTorch name. The state to resume from goes beside it (`FILE.resume.safetensors`).
     #[arg(short, long)]
     output: PathBuf,
-    /// Train this many epochs instead of the recipe's `epochs`.
+    /// Quantization-aware training: fine-tune with fake quantization and batch norms folded on
+    /// the fly, from the weights the recipe binds, with the `qat { }` section's settings.
+    #[arg(long)]
+    qat: bool,
+    /// Go on from the last epoch a run with the same recipe and output saved.
+    #[arg(long)]
+    resume: bool,
+    /// Train this many epochs instead of the section's `epochs`.
     #[arg(long)]
     epochs: Option<u64>,
-    /// Train on at most this many samples (overrides the recipe's `limit`).
+    /// Train on at most this many samples (overrides the section's `limit`).
     #[arg(long, value_name = "N")]
     max_samples: Option<u64>,
+    /// Where to train.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    device: DeviceArg,
+}
+
+/// The file beside the output that holds the state to resume from.
+pub fn resume_path(output: &Path) -> PathBuf {
+    let mut name = output.file_name().unwrap_or_default().to_os_string();
+    name.push(".resume.safetensors");
+    output.with_file_name(name)
 }
 
 /// Runs the command; returns the exit code.
@@ -42,36 +89,103 @@ pub fn main(args: TrainArgs) -> i32 {
         Err(code) => return code,
     };
     let user = |d: Diagnostic| crate::cli::fail(CompileError::User(vec![d]), &loaded.sources);
-    let Some(settings) = loaded.sections.train.clone() else {
-        eprintln!("error: `{}` has no `train {{ }}` section", args.file.display());
-        eprintln!(
-            "help: add one, e.g. `train {{ epochs: 2  lr: 0.01  optimizer: sgd(momentum: 0.9)  data: fashion_mnist(split: train)  test_data: fashion_mnist(split: test) }}`"
-        );
-        return EXIT_USER;
+    let section = if args.qat { "qat" } else { "train" };
+    let settings = if args.qat {
+        let Some(q) = loaded.sections.qat.clone() else {
+            eprintln!("error: `{}` has no `qat {{ }}` section", args.file.display());
+            eprintln!("help: add one, e.g. `qat {{ epochs: 1  lr: 1e-4  optimizer: sgd(momentum: 0.9)  freeze_bn_after: 1 }}` (data, test data and normalization come from the `train` section)");
+            return EXIT_USER;
+        };
+        if let Some(l) = q.learnable_scales.filter(|l| l.value) {
+            return user(
+                Diagnostic::new("qc::train::lsq", l.span, "learnable scales (LSQ) are not trained yet")
+                    .label("asked for here")
+                    .help("remove `learnable_scales`; the scales follow the observed ranges (PyTorch's default QAT)"),
+            );
+        }
+        let freeze = (q.freeze_bn_after(), q.freeze_observers_after());
+        (
+            with_train_defaults(q.training.clone(), loaded.sections.train.as_ref()),
+            Some(freeze),
+        )
+    } else {
+        let Some(t) = loaded.sections.train.clone() else {
+            eprintln!("error: `{}` has no `train {{ }}` section", args.file.display());
+            eprintln!(
+                "help: add one, e.g. `train {{ epochs: 2  lr: 0.01  optimizer: sgd(momentum: 0.9)  data: fashion_mnist(split: train)  test_data: fashion_mnist(split: test) }}`"
+            );
+            return EXIT_USER;
+        };
+        (t, None)
+    };
+    let (settings, freeze) = settings;
+    let device = match args.device.resolve() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            eprintln!("help: `qc backends` shows what this machine has; use `--device cpu` or `--device auto`");
+            return EXIT_USER;
+        }
     };
     let opts = RunOptions {
-        stop_after: Some(Stage::Float),
+        stop_after: Some(if args.qat { Stage::Observed } else { Stage::Float }),
+        qat: args.qat,
         ..Default::default()
     };
-    let mut module = match qc_compiler::compile(&loaded, &opts, &mut |_| {}, &mut |_, _| {}) {
+    let module = match qc_compiler::compile(&loaded, &opts, &mut |_| {}, &mut |_, _| {}) {
         Ok(m) => m,
         Err(e) => return crate::cli::fail(e, &loaded.sources),
     };
-    let (program, keys) = match qc_compiler::lower::lower_with_keys(&module) {
+    let lowered = if args.qat {
+        qc_compiler::lower::lower_qat(&module).map(|(p, k, plan)| (p, k, Some(plan)))
+    } else {
+        qc_compiler::lower::lower_with_keys(&module).map(|(p, k)| (p, k, None))
+    };
+    let (program, keys, plan) = match lowered {
         Ok(p) => p,
+        Err(e @ qc_compiler::lower::LowerError::Node { .. }) => {
+            eprintln!("error: {e}");
+            eprintln!("help: change the layer's quantization in the recipe's `quantize` section");
+            return EXIT_USER;
+        }
         Err(e) => {
-            eprintln!("internal error: the float stage does not lower: {e}");
+            eprintln!("internal error: the {} stage does not lower: {e}", module.stage);
             eprintln!("help: this is a bug in qc, not in your recipe; please report it with the recipe");
             return 70;
         }
     };
-    let trainable: Vec<bool> = keys
+    let state_constants: Vec<usize> = plan
         .iter()
-        .map(|k| {
-            k.as_deref()
-                .is_some_and(|k| !k.ends_with("running_mean") && !k.ends_with("running_var"))
+        .flat_map(|p| &p.sites)
+        .flat_map(|s| {
+            [
+                s.observer_enabled,
+                s.fake_quant_enabled,
+                s.min_val,
+                s.max_val,
+                s.scale,
+                s.zero_point,
+            ]
         })
         .collect();
+    let trainable: Vec<bool> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            !state_constants.contains(&i)
+                && k.as_deref()
+                    .is_some_and(|k| !k.ends_with("running_mean") && !k.ends_with("running_var"))
+        })
+        .collect();
+    if args.qat
+        && !module
+            .params
+            .values()
+            .any(|p| matches!(p.provenance, qc_compiler::ir::Provenance::Checkpoint { .. }))
+    {
+        eprintln!("warning: the recipe binds no weights, so QAT starts from random weights");
+        eprintln!("help: train the float model first (`qc train RECIPE -o fp32.safetensors`) and bind it with `weights \"fp32.safetensors\"`");
+    }
     let recipe_dir = loaded
         .sources
         .files()
@@ -81,7 +195,7 @@ pub fn main(args: TrainArgs) -> i32 {
     let input_name = program.values[program.inputs[0]].name.clone();
     let Some(source) = settings.data.clone() else {
         return user(
-            Diagnostic::new("qc::train::data", settings.span, "the `train` section names no training data")
+            Diagnostic::new("qc::train::data", settings.span, format!("the `{section}` section names no training data"))
                 .label("no `data:` here")
                 .help("add `data: fashion_mnist(split: train)`, or `data: \"train.npz\"` with the inputs and a `labels` array"),
         );
@@ -109,26 +223,82 @@ pub fn main(args: TrainArgs) -> i32 {
         },
         None => None,
     };
-    let config = config_of(&settings, args.epochs, args.max_samples);
+    let mut config = config_of(&settings, args.epochs, args.max_samples);
+    config.device = device;
+    let resume = if args.resume {
+        match read_resume(&resume_path(&args.output)) {
+            Ok(s) if s.epoch >= config.epochs => {
+                println!(
+                    "{} already holds {} epoch(s) of {}; nothing to do (`--epochs` trains further)",
+                    args.output.display(),
+                    s.epoch,
+                    config.epochs
+                );
+                return 0;
+            }
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("error: cannot resume: {e}");
+                eprintln!(
+                    "help: `--resume` goes on from `{}`, which `qc train` writes after each epoch with the same `-o`",
+                    resume_path(&args.output).display()
+                );
+                return EXIT_USER;
+            }
+        }
+    } else {
+        None
+    };
     let samples = config
         .max_samples
         .map_or(train_data.0.samples(), |m| m.min(train_data.0.samples()));
     println!(
-        "training {} on {samples} samples{}: {} epoch(s), batch {}, lr {}, {}",
+        "{} {} on {samples} samples{}: {} epoch(s){}, batch {}, lr {}, {}, {}",
+        if args.qat {
+            "quantization-aware training of"
+        } else {
+            "training"
+        },
         module.name,
         test_data
             .as_ref()
             .map(|t| format!(" (testing on {})", t.0.samples()))
             .unwrap_or_default(),
         config.epochs,
+        resume
+            .as_ref()
+            .map(|r| format!(" (resuming after epoch {})", r.epoch))
+            .unwrap_or_default(),
         config.batch_size,
         config.lr,
         optimizer_text(&config.optimizer),
+        match device {
+            torch::Device::Cpu => "libtorch CPU",
+            torch::Device::Cuda => "libtorch CUDA",
+        }
     );
+    if let (Some(plan), Some((bn, obs))) = (&plan, freeze) {
+        let after = |e: Option<u64>| e.map_or("never".to_string(), |e| format!("after epoch {e}"));
+        println!(
+            "{} fake quantizations; batch norm frozen {}, observers frozen {}",
+            plan.sites.len(),
+            after(bn),
+            after(obs)
+        );
+    }
+    let qat = plan.map(|plan| QatTraining {
+        plan,
+        freeze_bn_after: freeze.and_then(|f| f.0).map(|e| e as usize),
+        freeze_observers_after: freeze.and_then(|f| f.1).map(|e| e as usize),
+    });
     let started = Instant::now();
-    let result = torch::train_float(
+    let bar = std::cell::RefCell::new(ProgressBar::new());
+    let mut saved: Option<String> = None;
+    let epochs_total = config.epochs;
+    let result = torch::train(
         &program,
         &trainable,
+        qat.as_ref(),
         &config,
         LabeledData {
             inputs: &train_data.0,
@@ -138,29 +308,36 @@ pub fn main(args: TrainArgs) -> i32 {
             inputs: &t.0,
             labels: &t.1,
         }),
-        &mut |s| {
-            let test = s
-                .test_accuracy
-                .map(|a| format!("  test acc {:6.2}%", a * 100.0))
-                .unwrap_or_default();
-            println!(
-                "epoch {}/{}  loss {:.4}  train acc {:6.2}%{test}  {:.1} s (+{:.1} s test)",
-                s.epoch,
-                config.epochs,
-                s.loss,
-                s.train_accuracy * 100.0,
-                s.seconds,
-                s.eval_seconds
-            );
+        resume.as_ref(),
+        TrainHooks {
+            on_step: &mut |p| bar.borrow_mut().update(p),
+            on_epoch: &mut |s, state| {
+                bar.borrow_mut().finish();
+                print_epoch(s, epochs_total);
+                let tensors = save(&module, &keys, state, epochs_total, &args.output)?;
+                saved = Some(format!("wrote {tensors} tensors to {}", args.output.display()));
+                Ok(())
+            },
         },
     );
+    bar.borrow_mut().finish();
     let result = match result {
         Ok(r) => r,
         Err(e @ TorchError::NonFinite { .. }) => {
             eprintln!("error: training diverged: {e}");
             eprintln!(
-                "help: lower the learning rate (`lr:` in the `train` section), and check the data for NaN or infinite values"
+                "help: lower the learning rate (`lr:` in the `{section}` section), and check the data for NaN or infinite values{}",
+                if saved.is_some() {
+                    format!("; `{}` holds the last good epoch (`--resume` goes on from it)", args.output.display())
+                } else {
+                    String::new()
+                }
             );
+            return EXIT_USER;
+        }
+        Err(TorchError::Train(m)) if m.starts_with("cannot write") => {
+            eprintln!("error: {m}");
+            eprintln!("help: check that the folder exists and is writable");
             return EXIT_USER;
         }
         Err(e) => {
@@ -169,38 +346,205 @@ pub fn main(args: TrainArgs) -> i32 {
             return EXIT_USER;
         }
     };
-    store(&mut module, &keys, &result);
-    let (tensors, mut meta) = match qc_compiler::keys::export(&module) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("internal error: cannot export the trained parameters: {e}");
-            eprintln!("help: this is a bug in qc, not in your recipe; please report it with the recipe");
-            return 70;
-        }
-    };
-    meta.insert("qc.trained_epochs".into(), result.epochs.len().to_string());
-    if let Some(a) = result.epochs.last().and_then(|s| s.test_accuracy) {
-        meta.insert("qc.test_accuracy".into(), format!("{a:.4}"));
-    }
-    if let Err(e) = qc_compiler::checkpoint::write_safetensors_with_metadata(&args.output, &tensors, Some(meta)) {
-        eprintln!("error: {e}");
-        eprintln!("help: check that the folder exists and is writable");
-        return EXIT_USER;
-    }
+    print_summary(&result.epochs);
     let last = result.epochs.last();
     println!(
-        "trained {} in {:.1} s ({} steps){}; wrote {} tensors to {}",
+        "trained {} in {:.1} s ({} steps){}; {}",
         module.name,
         started.elapsed().as_secs_f64(),
         result.steps,
         last.and_then(|s| s.test_accuracy)
             .map(|a| format!(", test accuracy {:.2}%", a * 100.0))
             .unwrap_or_default(),
-        tensors.len(),
-        args.output.display()
+        saved.unwrap_or_else(|| "nothing new to write".into())
     );
-    println!("bind them in a recipe with `weights \"{}\"`", args.output.display());
+    if args.qat {
+        println!(
+            "bind them in a recipe with `weights \"{}\"` and compile with `qc compile --qat`",
+            args.output.display()
+        );
+    } else {
+        println!("bind them in a recipe with `weights \"{}\"`", args.output.display());
+    }
     0
+}
+
+/// The `qat` section's settings, with what it leaves out (data, test data, normalization, seed,
+/// batch size, threads, limit) taken from the `train` section.
+fn with_train_defaults(mut q: TrainSettings, train: Option<&TrainSettings>) -> TrainSettings {
+    if let Some(t) = train {
+        q.data = q.data.or_else(|| t.data.clone());
+        q.test_data = q.test_data.or_else(|| t.test_data.clone());
+        q.normalize = q.normalize.or(t.normalize);
+        q.seed = q.seed.or(t.seed);
+        q.batch_size = q.batch_size.or(t.batch_size);
+        q.threads = q.threads.or(t.threads);
+        q.limit = q.limit.or(t.limit);
+    }
+    q
+}
+
+/// Writes the epoch's parameters (PyTorch names, `num_batches_tracked` advanced by the steps) to
+/// `output` and the state to resume from beside it, both atomically. Returns the tensor count.
+fn save(
+    module: &Module,
+    keys: &[Option<String>],
+    state: &TrainState,
+    epochs: usize,
+    output: &Path,
+) -> Result<usize, String> {
+    let mut m = module.clone();
+    store(&mut m, keys, &state.constants, state.steps);
+    let (tensors, mut meta) =
+        qc_compiler::keys::export(&m).map_err(|e| format!("cannot export the trained parameters: {e}"))?;
+    meta.insert("qc.epochs_done".into(), state.epoch.to_string());
+    meta.insert("qc.epochs".into(), epochs.to_string());
+    qc_compiler::checkpoint::write_safetensors_with_metadata(output, &tensors, Some(meta))
+        .map_err(|e| format!("cannot write the checkpoint: {e}"))?;
+    let mut resume: IndexMap<String, Tensor> = IndexMap::new();
+    let scalar = |v: usize| Tensor {
+        shape: vec![],
+        data: TensorData::I64(vec![v as i64]),
+    };
+    resume.insert("qc.epoch".into(), scalar(state.epoch));
+    resume.insert("qc.steps".into(), scalar(state.steps));
+    for (i, c) in state.constants.iter().enumerate() {
+        resume.insert(format!("constant.{i:05}"), c.clone());
+    }
+    for (i, o) in state.optimizer.iter().enumerate() {
+        resume.insert(format!("optimizer.{i:05}"), o.clone());
+    }
+    qc_compiler::checkpoint::write_safetensors(&resume_path(output), &resume)
+        .map_err(|e| format!("cannot write the checkpoint: {e}"))?;
+    Ok(tensors.len())
+}
+
+/// The state `save` wrote.
+fn read_resume(path: &Path) -> Result<TrainState, String> {
+    let t = qc_compiler::checkpoint::read_safetensors(path).map_err(|e| e.to_string())?;
+    let int = |k: &str| match t.get(k).map(|x| &x.data) {
+        Some(TensorData::I64(v)) if v.len() == 1 && v[0] >= 0 => Ok(v[0] as usize),
+        _ => Err(format!(
+            "`{}` has no `{k}`; it is not a state `qc train` wrote",
+            path.display()
+        )),
+    };
+    let list = |prefix: &str| -> Vec<Tensor> {
+        t.iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    Ok(TrainState {
+        epoch: int("qc.epoch")?,
+        steps: int("qc.steps")?,
+        constants: list("constant."),
+        optimizer: list("optimizer."),
+    })
+}
+
+/// A one-line progress bar on stderr: redrawn in place on a terminal (at most 10 times a
+/// second), a line at every quarter of an epoch otherwise.
+struct ProgressBar {
+    tty: bool,
+    last: Option<Instant>,
+    drawn: bool,
+    quarter: usize,
+}
+
+impl ProgressBar {
+    fn new() -> Self {
+        ProgressBar {
+            tty: std::io::stderr().is_terminal(),
+            last: None,
+            drawn: false,
+            quarter: 0,
+        }
+    }
+
+    fn update(&mut self, p: &StepProgress) {
+        let text = |width: usize| {
+            let done = (p.step * width).div_ceil(p.steps.max(1)).min(width);
+            format!(
+                "epoch {}/{} [{}{}] {}/{} loss {:.4} acc {:5.2}% {:.0} samples/s",
+                p.epoch,
+                p.epochs,
+                "#".repeat(done),
+                ".".repeat(width - done),
+                p.step,
+                p.steps,
+                p.loss,
+                p.accuracy * 100.0,
+                p.samples_per_second
+            )
+        };
+        if self.tty {
+            let due = self.last.is_none_or(|t| t.elapsed().as_millis() >= 100) || p.step == p.steps;
+            if due {
+                eprint!("\r{}", text(30));
+                let _ = std::io::stderr().flush();
+                self.last = Some(Instant::now());
+                self.drawn = true;
+            }
+        } else {
+            let quarter = p.step * 4 / p.steps.max(1);
+            if p.step == 1 {
+                self.quarter = 0;
+            }
+            if quarter > self.quarter {
+                self.quarter = quarter;
+                eprintln!("{}", text(20));
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        if self.drawn {
+            eprintln!();
+            self.drawn = false;
+        }
+    }
+}
+
+fn print_epoch(s: &EpochStats, epochs: usize) {
+    let test = s
+        .test_accuracy
+        .map(|a| format!("  test acc {:6.2}%", a * 100.0))
+        .unwrap_or_default();
+    println!(
+        "epoch {}/{}  loss {:.4}  train acc {:6.2}%{test}  {:.1} s (+{:.1} s test)",
+        s.epoch,
+        epochs,
+        s.loss,
+        s.train_accuracy * 100.0,
+        s.seconds,
+        s.eval_seconds
+    );
+}
+
+/// The table at the end of a run: one row per epoch trained in this run.
+fn print_summary(epochs: &[EpochStats]) {
+    if epochs.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "{:>5}  {:>9}  {:>7}  {:>9}  {:>8}  {:>7}",
+        "epoch", "lr", "loss", "train acc", "test acc", "time"
+    );
+    for s in epochs {
+        println!(
+            "{:>5}  {:>9.3e}  {:>7.4}  {:>8.2}%  {:>8}  {:>6.1}s",
+            s.epoch,
+            s.lr,
+            s.loss,
+            s.train_accuracy * 100.0,
+            s.test_accuracy
+                .map(|a| format!("{:.2}%", a * 100.0))
+                .unwrap_or_else(|| "-".into()),
+            s.seconds + s.eval_seconds
+        );
+    }
 }
 
 /// The runtime's training configuration from the recipe's section and the command line.
@@ -226,6 +570,7 @@ fn config_of(s: &TrainSettings, epochs: Option<u64>, max_samples: Option<u64>) -
         normalize: s.normalize().map(|n| (n.mean, n.std)),
         max_samples: max_samples.or(s.limit()).map(|m| m as usize),
         threads: s.threads().map(|t| t as usize),
+        device: torch::Device::Cpu,
     }
 }
 
@@ -314,10 +659,10 @@ fn classes(a: &Array) -> Result<Vec<i64>, String> {
     v.ok_or_else(|| "labels must be non-negative whole numbers (class indices)".into())
 }
 
-/// Puts the trained values back into the float module's parameters, and advances every
+/// Puts the trained values back into the module's parameters, and advances every
 /// `num_batches_tracked` by the optimizer steps (as PyTorch's batch norms count training batches).
-fn store(module: &mut Module, keys: &[Option<String>], result: &torch::TrainResult) {
-    for (key, value) in keys.iter().zip(&result.constants) {
+fn store(module: &mut Module, keys: &[Option<String>], constants: &[Tensor], steps: usize) {
+    for (key, value) in keys.iter().zip(constants) {
         if let Some(p) = key.as_ref().and_then(|k| module.params.get_mut(k)) {
             p.value = Some(value.clone());
         }
@@ -328,8 +673,8 @@ fn store(module: &mut Module, keys: &[Option<String>], result: &torch::TrainResu
         }
         if let Some(Tensor { data, .. }) = &mut p.value {
             match data {
-                TensorData::I64(v) => v.iter_mut().for_each(|x| *x += result.steps as i64),
-                TensorData::I32(v) => v.iter_mut().for_each(|x| *x += result.steps as i32),
+                TensorData::I64(v) => v.iter_mut().for_each(|x| *x += steps as i64),
+                TensorData::I32(v) => v.iter_mut().for_each(|x| *x += steps as i32),
                 _ => {}
             }
         }

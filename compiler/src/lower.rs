@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use qc_runtime::kernels::Activation;
 use qc_runtime::program::{from_torch_order, FloatOp, Layout, Program, QuantOp, Step, StepOp, ValueInfo, Window};
 use qc_runtime::quant::{quantize_bias, QParams, QRange};
+use qc_runtime::torch::{FakeQuantAt, FakeQuantSite, QatPlan};
 use qc_runtime::{DType, Tensor, TensorData};
 
 use crate::ir::{Module, NodeId, ParamQuant, Stage};
@@ -638,5 +639,113 @@ fn set_key(
         if let Some(slot) = keys.get_mut(c) {
             *slot = Some(key.clone());
         }
+    }
+}
+
+/// Lowers a module compiled for QAT (stage `observed` with `--qat`) for quantization-aware
+/// training: the program and keys of [`lower_with_keys`], with the state of every fake
+/// quantization (activation `fake_quant` nodes, `weight_fake_quant` of weighted ops) appended to
+/// the constants under its keys, and the plan that says where each fake quantization applies
+/// (`docs/design-later-stages.md`, 7.1).
+pub fn lower_qat(module: &Module) -> Result<(Program, Vec<Option<String>>, QatPlan), LowerError> {
+    let (mut program, mut keys) = lower_with_keys(module)?;
+    let mut plan = QatPlan::default();
+    let steps = program.steps.clone();
+    for (index, step) in steps.iter().enumerate() {
+        let name = program.value_name(step.output).to_string();
+        let base = name.split('#').next().unwrap_or(&name).to_string();
+        let Some(id) = module.graph.find(&base) else { continue };
+        let node = module.graph.node(id);
+        let (spec, prefix, at) = match (&node.op, &step.op) {
+            (Op::FakeQuant { spec, learnable }, StepOp::Float(FloatOp::Identity)) if name == node.name => {
+                if *learnable {
+                    return Err(node_error(
+                        node,
+                        "learnable scales (LSQ) are not trained yet; remove `learnable`",
+                    ));
+                }
+                (spec.clone(), "", FakeQuantAt::Value(step.output))
+            }
+            (
+                Op::Conv(Conv {
+                    weight_quant: Some(wq), ..
+                }),
+                StepOp::Float(FloatOp::Conv { .. }),
+            )
+            | (
+                Op::Linear(crate::ops::Linear {
+                    weight_quant: Some(wq), ..
+                }),
+                StepOp::Float(FloatOp::Linear { .. }),
+            ) if wq.fake => {
+                let bn_step = steps.get(index + 1).and_then(|next| {
+                    (matches!(next.op, StepOp::Float(FloatOp::BatchNorm { .. })) && next.inputs == [step.output])
+                        .then_some(index + 1)
+                });
+                (
+                    wq.spec.clone(),
+                    "weight_fake_quant.",
+                    FakeQuantAt::Weight { step: index, bn_step },
+                )
+            }
+            _ => continue,
+        };
+        if spec.power_of_two {
+            return Err(node_error(
+                node,
+                "power-of-two scales are not trained yet; QAT learns free scales",
+            ));
+        }
+        let mut state = |role: &str| -> Result<usize, LowerError> {
+            let key = node
+                .params
+                .iter()
+                .find(|(r, _)| *r == [prefix, role].concat())
+                .map(|(_, k)| k.clone())
+                .ok_or_else(|| node_error(node, &format!("has no `{prefix}{role}` state")))?;
+            let value = module
+                .params
+                .get(&key)
+                .and_then(|p| p.value.clone())
+                .ok_or_else(|| node_error(node, &format!("`{key}` has no value")))?;
+            program.constants.push(value);
+            keys.push(Some(key));
+            Ok(program.constants.len() - 1)
+        };
+        let (quant_min, quant_max) = spec.range();
+        plan.sites.push(FakeQuantSite {
+            name: format!(
+                "{}{}",
+                node.name,
+                if prefix.is_empty() { "" } else { ".weight_fake_quant" }
+            ),
+            at,
+            quant_min: quant_min as i64,
+            quant_max: quant_max as i64,
+            per_channel: spec.per_channel,
+            symmetric: spec.symmetric,
+            averaging_constant: match spec.observer {
+                qc_dsl::sections::Observer::MovingAverageMinMax { momentum } => momentum,
+                _ => QAT_AVERAGING_CONSTANT,
+            },
+            observer_enabled: state("observer_enabled")?,
+            fake_quant_enabled: state("fake_quant_enabled")?,
+            min_val: state("activation_post_process.min_val")?,
+            max_val: state("activation_post_process.max_val")?,
+            scale: state("scale")?,
+            zero_point: state("zero_point")?,
+        });
+    }
+    Ok((program, keys, plan))
+}
+
+/// The averaging constant of QAT observers when the recipe's observer has none: PyTorch's
+/// `MovingAverageMinMaxObserver` default.
+pub const QAT_AVERAGING_CONSTANT: f64 = 0.01;
+
+fn node_error(node: &crate::ir::Node, message: &str) -> LowerError {
+    LowerError::Node {
+        node: node.name.clone(),
+        message: message.to_string(),
     }
 }

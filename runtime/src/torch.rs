@@ -2,7 +2,7 @@
 //! feature every entry point returns `TorchError::NotCompiled`, so callers need no `cfg`.
 
 use crate::data::Array;
-use crate::program::Program;
+use crate::program::{ConstId, Program, ValueId};
 #[cfg(feature = "torch")]
 use crate::program::{FloatOp, StepOp};
 use crate::tensor::Tensor;
@@ -20,8 +20,10 @@ pub enum TorchError {
     Torch(String),
     #[error("int8 step `{step}` ({op}) runs on the CPU runtime only; the libtorch backend runs float steps")]
     Int8Step { step: String, op: &'static str },
-    /// Training diverged: the loss of a batch is NaN or infinite. Epoch and step count from 1.
-    #[error("the loss is {loss} at epoch {epoch}, step {step} of {steps} (samples {first}..{end} of the shuffled order); nothing was trained")]
+    /// Training diverged: the loss of a batch is NaN or infinite. Epoch and step count from 1;
+    /// `value`: the first value of the forward that went non-finite (an input, or a node's
+    /// output), when one did.
+    #[error("the loss is {loss} at epoch {epoch}, step {step} of {steps} (samples {first}..{end} of the shuffled order){}; this epoch is not saved", value.as_ref().map(|v| format!(": `{v}` is the first value with a NaN or an infinity")).unwrap_or_default())]
     NonFinite {
         epoch: usize,
         step: usize,
@@ -29,7 +31,11 @@ pub enum TorchError {
         first: usize,
         end: usize,
         loss: f64,
+        value: Option<String>,
     },
+    /// A forward pass checked for non-finite values found one at this value.
+    #[error("`{value}` holds a NaN or an infinity")]
+    NonFiniteValue { value: String },
     /// The program or the data cannot be trained as given.
     #[error("{0}")]
     Train(String),
@@ -76,6 +82,8 @@ pub struct TrainConfig {
     pub schedule: LrSchedule,
     pub optimizer: Optimizer,
     pub weight_decay: f64,
+    /// Where to train.
+    pub device: Device,
     /// Seeds the shuffling (SplitMix64, `seed + epoch`) and libtorch's generator.
     pub seed: u64,
     /// `(mean, std)`: `u8` images, scaled to [0, 1], become `(x - mean) / std`; float data is
@@ -99,6 +107,7 @@ impl Default for TrainConfig {
                 nesterov: false,
             },
             weight_decay: 0.0,
+            device: Device::Cpu,
             seed: 0,
             normalize: None,
             max_samples: None,
@@ -135,6 +144,43 @@ pub struct EpochStats {
     pub eval_seconds: f64,
 }
 
+/// Where a training run stands after an epoch: enough to resume it exactly. `constants` are all
+/// the program's constants (trained, running statistics, fake-quant state); `optimizer` the
+/// optimizer's state, per trainable constant in order (SGD: the momentum buffer; Adam: the first
+/// and second moments), all `f32`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainState {
+    /// Epochs done.
+    pub epoch: usize,
+    /// Optimizer steps done.
+    pub steps: usize,
+    pub constants: Vec<Tensor>,
+    pub optimizer: Vec<Tensor>,
+}
+
+/// Progress within an epoch, after each step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepProgress {
+    /// From 1.
+    pub epoch: usize,
+    pub epochs: usize,
+    /// From 1.
+    pub step: usize,
+    pub steps: usize,
+    /// Mean loss and accuracy of the epoch's steps so far.
+    pub loss: f64,
+    pub accuracy: f64,
+    /// Training samples per second in this epoch so far.
+    pub samples_per_second: f64,
+}
+
+/// What a training run reports as it goes. `on_epoch` may stop the run with a message (a
+/// checkpoint that could not be written).
+pub struct TrainHooks<'a> {
+    pub on_step: &'a mut dyn FnMut(&StepProgress),
+    pub on_epoch: &'a mut dyn FnMut(&EpochStats, &TrainState) -> Result<(), String>,
+}
+
 /// What [`train_float`] returns: every constant of the program (trained ones updated, batch-norm
 /// running statistics updated, the others unchanged), the epochs' statistics, and the number of
 /// optimizer steps (PyTorch's `num_batches_tracked` advances by it).
@@ -143,6 +189,58 @@ pub struct TrainResult {
     pub constants: Vec<Tensor>,
     pub epochs: Vec<EpochStats>,
     pub steps: usize,
+}
+
+/// Where a [`FakeQuantSite`] fake-quantizes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FakeQuantAt {
+    /// The output of this step (a fake-quant node's identity step): an activation.
+    Value(ValueId),
+    /// The weight of the `Conv`/`Linear` step with this index. `bn_step`: the `BatchNorm` step on
+    /// its output when the batch norm is folded on the fly (PyTorch's QAT `ConvBn`).
+    Weight { step: usize, bn_step: Option<usize> },
+}
+
+/// One fake quantization of a QAT program: PyTorch's `FusedMovingAvgObsFakeQuantize` (see
+/// `docs/design-later-stages.md`, 7.1). Its state lives in program constants.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FakeQuantSite {
+    /// The state's key prefix, for messages: `conv1.weight_fake_quant`.
+    pub name: String,
+    pub at: FakeQuantAt,
+    pub quant_min: i64,
+    pub quant_max: i64,
+    /// One scale per output channel (axis 0 of a weight).
+    pub per_channel: bool,
+    pub symmetric: bool,
+    /// How far the running min/max move towards each batch's (PyTorch's 0.01).
+    pub averaging_constant: f64,
+    /// `i64[1]` flags.
+    pub observer_enabled: ConstId,
+    pub fake_quant_enabled: ConstId,
+    /// `f32` running range (`[]` per tensor, `[C]` per channel).
+    pub min_val: ConstId,
+    pub max_val: ConstId,
+    /// `f32` scale and `i32` zero point (`[1]` per tensor, `[C]` per channel).
+    pub scale: ConstId,
+    pub zero_point: ConstId,
+}
+
+/// The fake quantizations of a QAT program, a side table of the program
+/// (`compiler::lower::lower_qat` builds it).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct QatPlan {
+    pub sites: Vec<FakeQuantSite>,
+}
+
+/// How quantization-aware training runs: the plan and when to freeze (epochs count from 1;
+/// during epoch `e`, batch norm is frozen when `e > freeze_bn_after`, observers when
+/// `e > freeze_observers_after`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct QatTraining {
+    pub plan: QatPlan,
+    pub freeze_bn_after: Option<usize>,
+    pub freeze_observers_after: Option<usize>,
 }
 
 /// What libtorch this build runs on.
@@ -180,6 +278,7 @@ pub const COMPILED: bool = cfg!(feature = "torch");
 #[cfg(feature = "torch")]
 mod imp {
     use super::*;
+    use std::collections::HashMap;
 
     pub fn info() -> Result<BackendInfo, TorchError> {
         Ok(BackendInfo {
@@ -265,24 +364,139 @@ mod imp {
             .iter()
             .map(|t| to_tch(t).map(|t| t.to_device(dev)))
             .collect::<Result<_, _>>()?;
-        forward(program, &consts, inputs, false)?.iter().map(from_tch).collect()
+        forward(program, &consts, inputs, false, None, false)?
+            .iter()
+            .map(from_tch)
+            .collect()
+    }
+
+    /// The fake quantizations of one QAT forward pass, found by step and value, and the pass's
+    /// mode.
+    struct QatPass<'a> {
+        sites: &'a [FakeQuantSite],
+        /// The site fake-quantizing each value, after the step that computes it.
+        on_value: HashMap<ValueId, usize>,
+        /// The site fake-quantizing each step's weight.
+        on_weight: HashMap<usize, usize>,
+        /// `Some(zeros)`: the observers stay still in this pass (evaluation), whatever their
+        /// `observer_enabled` says.
+        observers_off: Option<tch::Tensor>,
+    }
+
+    impl<'a> QatPass<'a> {
+        fn new(plan: &'a QatPlan, observers_off: bool, device: tch::Device) -> Self {
+            let mut on_value = HashMap::new();
+            let mut on_weight = HashMap::new();
+            for (i, site) in plan.sites.iter().enumerate() {
+                match site.at {
+                    FakeQuantAt::Value(v) => on_value.insert(v, i),
+                    FakeQuantAt::Weight { step, .. } => on_weight.insert(step, i),
+                };
+            }
+            QatPass {
+                sites: &plan.sites,
+                on_value,
+                on_weight,
+                observers_off: observers_off.then(|| tch::Tensor::zeros([1], (tch::Kind::Int64, device))),
+            }
+        }
+
+        /// PyTorch's `FusedMovingAvgObsFakeQuantize.forward`: observe (moving average), then
+        /// fake-quantize with straight-through gradients. Updates the site's state in place.
+        fn fake_quant(&self, site: usize, x: &tch::Tensor, consts: &[tch::Tensor]) -> Result<tch::Tensor, TorchError> {
+            let s = &self.sites[site];
+            let observer_on = self.observers_off.as_ref().unwrap_or(&consts[s.observer_enabled]);
+            x.f_fused_moving_avg_obs_fake_quant(
+                observer_on,
+                &consts[s.fake_quant_enabled],
+                &consts[s.min_val],
+                &consts[s.max_val],
+                &consts[s.scale],
+                &consts[s.zero_point],
+                s.averaging_constant,
+                s.quant_min,
+                s.quant_max,
+                if s.per_channel { 0 } else { -1 },
+                s.per_channel,
+                s.symmetric,
+            )
+            .map_err(err)
+        }
+    }
+
+    /// The weight a weighted step computes with, and the per-channel factor its output is
+    /// divided by: the constant itself outside QAT; in QAT its fake quantization, of `w · f`
+    /// with `f = γ / sqrt(running_var + eps)` when the step's batch norm is folded on the fly
+    /// (PyTorch's `_ConvBnNd._forward_approximate`).
+    fn step_weight(
+        program: &Program,
+        consts: &[tch::Tensor],
+        step: usize,
+        weight: usize,
+        qat: Option<&QatPass>,
+    ) -> Result<(tch::Tensor, Option<tch::Tensor>), TorchError> {
+        let w = &consts[weight];
+        let Some((pass, site)) = qat.and_then(|q| q.on_weight.get(&step).map(|&s| (q, s))) else {
+            return Ok((w.shallow_clone(), None));
+        };
+        let bn = match pass.sites[site].at {
+            FakeQuantAt::Weight { bn_step: Some(b), .. } => match &program.steps[b].op {
+                StepOp::Float(FloatOp::BatchNorm { eps, weight, var, .. }) => Some((*eps, *weight, *var)),
+                _ => None,
+            },
+            _ => None,
+        };
+        match bn {
+            None => Ok((pass.fake_quant(site, w, consts)?, None)),
+            Some((eps, gamma, var)) => {
+                let factor = consts[var]
+                    .f_add_scalar(eps as f64)
+                    .and_then(|v| v.f_sqrt())
+                    .and_then(|std| consts[gamma].f_div(&std))
+                    .map_err(err)?;
+                let mut shape = vec![-1i64];
+                shape.resize(w.dim(), 1);
+                let scaled = w.f_mul(&factor.f_reshape(&shape).map_err(err)?).map_err(err)?;
+                Ok((pass.fake_quant(site, &scaled, consts)?, Some(factor)))
+            }
+        }
+    }
+
+    /// Undoes the folding factor on a weighted step's output (`[N, C, ...]`) and adds the bias.
+    fn unfold(out: tch::Tensor, factor: &tch::Tensor, bias: Option<&tch::Tensor>) -> Result<tch::Tensor, TorchError> {
+        let mut shape = vec![1i64, -1];
+        shape.resize(out.dim(), 1);
+        let mut y = out.f_div(&factor.f_reshape(&shape).map_err(err)?).map_err(err)?;
+        if let Some(b) = bias {
+            y = y.f_add(&b.f_reshape(&shape).map_err(err)?).map_err(err)?;
+        }
+        Ok(y)
     }
 
     /// The program's float steps on tch tensors: inference (`training` false: batch norm with the
     /// running statistics) or training (batch statistics; the running statistics, constants
     /// without gradient, updated in place with momentum 0.1 and the unbiased variance, as
-    /// `nn.BatchNorm` in `train()` mode). The caller has checked the program (`float_only`).
+    /// `nn.BatchNorm` in `train()` mode). With `qat`, the plan's fake quantizations run too.
+    /// With `check`, the first step whose output holds a NaN or an infinity stops the pass
+    /// ([`TorchError::NonFiniteValue`]). The caller has checked the program (`float_only`).
     fn forward(
         program: &Program,
         consts: &[tch::Tensor],
         inputs: Vec<tch::Tensor>,
         training: bool,
+        qat: Option<&QatPass>,
+        check: bool,
     ) -> Result<Vec<tch::Tensor>, TorchError> {
         let mut values: Vec<Option<tch::Tensor>> = (0..program.values.len()).map(|_| None).collect();
         for (t, &id) in inputs.into_iter().zip(&program.inputs) {
+            if check && !all_finite(&t)? {
+                return Err(TorchError::NonFiniteValue {
+                    value: program.value_name(id).to_string(),
+                });
+            }
             values[id] = Some(t);
         }
-        for step in &program.steps {
+        for (index, step) in program.steps.iter().enumerate() {
             let args: Vec<&tch::Tensor> = step
                 .inputs
                 .iter()
@@ -302,65 +516,40 @@ mod imp {
                     weight,
                     bias,
                 } => {
+                    let (wt, factor) = step_weight(program, consts, index, *weight, qat)?;
                     let bias = bias.map(|b| &consts[b]);
+                    let conv_bias = if factor.is_some() { None } else { bias };
                     let (s, p, d) = (i64s(&w.stride), i64s(&w.pad), i64s(&w.dilation));
-                    if w.kernel.len() == 1 {
-                        x.f_conv1d(&consts[*weight], bias, s, p, d, *groups as i64)
+                    let y = if w.kernel.len() == 1 {
+                        x.f_conv1d(&wt, conv_bias, s, p, d, *groups as i64)
                     } else {
-                        x.f_conv2d(&consts[*weight], bias, s, p, d, *groups as i64)
+                        x.f_conv2d(&wt, conv_bias, s, p, d, *groups as i64)
+                    }
+                    .map_err(err)?;
+                    match factor {
+                        Some(f) => unfold(y, &f, bias),
+                        None => Ok(y),
+                    }?
+                }
+                FloatOp::Linear { weight, bias } => {
+                    let (wt, factor) = step_weight(program, consts, index, *weight, qat)?;
+                    let bias = bias.map(|b| &consts[b]);
+                    match factor {
+                        Some(f) => unfold(x.f_linear::<&tch::Tensor>(&wt, None).map_err(err)?, &f, bias)?,
+                        None => x.f_linear(&wt, bias).map_err(err)?,
                     }
                 }
-                FloatOp::BatchNorm {
-                    eps,
-                    weight,
-                    bias,
-                    mean,
-                    var,
-                } => x.f_batch_norm(
-                    Some(&consts[*weight]),
-                    Some(&consts[*bias]),
-                    Some(&consts[*mean]),
-                    Some(&consts[*var]),
-                    training,
-                    0.1,
-                    *eps as f64,
-                    false,
-                ),
-                FloatOp::Relu => x.f_relu(),
-                FloatOp::Clamp { min, max } => x.f_clamp(*min as f64, *max as f64),
-                FloatOp::Identity => Ok(x.shallow_clone()),
-                FloatOp::MaxPool { window: w } => {
-                    let (k, s, p, d) = (i64s(&w.kernel), i64s(&w.stride), i64s(&w.pad), i64s(&w.dilation));
-                    if w.kernel.len() == 1 {
-                        x.f_max_pool1d(k, s, p, d, w.ceil_mode)
-                    } else {
-                        x.f_max_pool2d(k, s, p, d, w.ceil_mode)
-                    }
-                }
-                FloatOp::AvgPool {
-                    window: w,
-                    count_include_pad,
-                } => {
-                    let (k, s, p) = (i64s(&w.kernel), i64s(&w.stride), i64s(&w.pad));
-                    if w.kernel.len() == 1 {
-                        x.f_avg_pool1d(k, s, p, w.ceil_mode, *count_include_pad)
-                    } else {
-                        x.f_avg_pool2d(k, s, p, w.ceil_mode, *count_include_pad, None::<i64>)
-                    }
-                }
-                FloatOp::AdaptiveAvgPool { output } => {
-                    if output.len() == 1 {
-                        x.f_adaptive_avg_pool1d(i64s(output))
-                    } else {
-                        x.f_adaptive_avg_pool2d(i64s(output))
-                    }
-                }
-                FloatOp::Flatten { start_dim, end_dim } => x.f_flatten(*start_dim as i64, *end_dim as i64),
-                FloatOp::Linear { weight, bias } => x.f_linear(&consts[*weight], bias.map(|b| &consts[b])),
-                FloatOp::Add => x.f_add(args[1]),
-                FloatOp::Concat { dim } => tch::Tensor::f_cat(&args, *dim as i64),
+                other => float_step(other, consts, &args, training)?,
+            };
+            let out = match qat.and_then(|q| q.on_value.get(&step.output).map(|&s| (q, s))) {
+                Some((pass, site)) => pass.fake_quant(site, &out, consts)?,
+                None => out,
+            };
+            if check && !all_finite(&out)? {
+                return Err(TorchError::NonFiniteValue {
+                    value: program.value_name(step.output).to_string(),
+                });
             }
-            .map_err(err)?;
             values[step.output] = Some(out);
         }
         Ok(program
@@ -368,6 +557,73 @@ mod imp {
             .iter()
             .map(|&id| values[id].as_ref().expect("outputs are computed").shallow_clone())
             .collect())
+    }
+
+    fn all_finite(t: &tch::Tensor) -> Result<bool, TorchError> {
+        let ok = t.f_isfinite().and_then(|f| f.f_all()).map_err(err)?;
+        bool::try_from(&ok).map_err(err)
+    }
+
+    /// One float step other than conv and linear.
+    fn float_step(
+        op: &FloatOp,
+        consts: &[tch::Tensor],
+        args: &[&tch::Tensor],
+        training: bool,
+    ) -> Result<tch::Tensor, TorchError> {
+        let x = args[0];
+        match op {
+            FloatOp::Conv { .. } | FloatOp::Linear { .. } => unreachable!("weighted steps run in `forward`"),
+            FloatOp::BatchNorm {
+                eps,
+                weight,
+                bias,
+                mean,
+                var,
+            } => x.f_batch_norm(
+                Some(&consts[*weight]),
+                Some(&consts[*bias]),
+                Some(&consts[*mean]),
+                Some(&consts[*var]),
+                training,
+                0.1,
+                *eps as f64,
+                false,
+            ),
+            FloatOp::Relu => x.f_relu(),
+            FloatOp::Clamp { min, max } => x.f_clamp(*min as f64, *max as f64),
+            FloatOp::Identity => Ok(x.shallow_clone()),
+            FloatOp::MaxPool { window: w } => {
+                let (k, s, p, d) = (i64s(&w.kernel), i64s(&w.stride), i64s(&w.pad), i64s(&w.dilation));
+                if w.kernel.len() == 1 {
+                    x.f_max_pool1d(k, s, p, d, w.ceil_mode)
+                } else {
+                    x.f_max_pool2d(k, s, p, d, w.ceil_mode)
+                }
+            }
+            FloatOp::AvgPool {
+                window: w,
+                count_include_pad,
+            } => {
+                let (k, s, p) = (i64s(&w.kernel), i64s(&w.stride), i64s(&w.pad));
+                if w.kernel.len() == 1 {
+                    x.f_avg_pool1d(k, s, p, w.ceil_mode, *count_include_pad)
+                } else {
+                    x.f_avg_pool2d(k, s, p, w.ceil_mode, *count_include_pad, None::<i64>)
+                }
+            }
+            FloatOp::AdaptiveAvgPool { output } => {
+                if output.len() == 1 {
+                    x.f_adaptive_avg_pool1d(i64s(output))
+                } else {
+                    x.f_adaptive_avg_pool2d(i64s(output))
+                }
+            }
+            FloatOp::Flatten { start_dim, end_dim } => x.f_flatten(*start_dim as i64, *end_dim as i64),
+            FloatOp::Add => x.f_add(args[1]),
+            FloatOp::Concat { dim } => tch::Tensor::f_cat(args, *dim as i64),
+        }
+        .map_err(err)
     }
 
     /// The inputs of `data` (first `n` samples) as one f32 tensor, `u8` images normalized.
@@ -415,12 +671,15 @@ mod imp {
         Ok(n)
     }
 
-    /// Top-1 accuracy of the program (inference mode) on `x`/`y`, in batches.
+    /// Top-1 accuracy of the program (inference mode; with `qat`, fake-quantized with the
+    /// observers still) on `x`/`y`, in batches.
     fn evaluate(
         program: &Program,
         consts: &[tch::Tensor],
         x: &tch::Tensor,
         y: &tch::Tensor,
+        qat: Option<&QatPass>,
+        dev: tch::Device,
     ) -> Result<f64, TorchError> {
         let _guard = tch::no_grad_guard();
         let n = x.size()[0];
@@ -428,9 +687,9 @@ mod imp {
         let mut start = 0;
         while start < n {
             let len = EVAL_BATCH.min(n - start);
-            let xb = x.f_narrow(0, start, len).map_err(err)?;
-            let yb = y.f_narrow(0, start, len).map_err(err)?;
-            let out = forward(program, consts, vec![xb], false)?;
+            let xb = x.f_narrow(0, start, len).map_err(err)?.to_device(dev);
+            let yb = y.f_narrow(0, start, len).map_err(err)?.to_device(dev);
+            let out = forward(program, consts, vec![xb], false, qat, false)?;
             correct += correct_count(&out[0], &yb)?;
             start += len;
         }
@@ -448,17 +707,147 @@ mod imp {
         i64::try_from(&hits).map_err(err)
     }
 
-    /// Trains the float program's `trainable` constants (one flag per constant; each must be
-    /// `f32`) with cross-entropy on its single output (logits `[N, classes]`) against the labels.
-    /// See `docs/design-later-stages.md` (Training). `on_epoch` sees each epoch's statistics as it
-    /// ends. A non-finite loss stops training with [`TorchError::NonFinite`].
-    pub fn train_float(
+    /// PyTorch's `torch.optim.SGD` / `Adam` (defaults otherwise: no dampening, Adam eps 1e-8, no
+    /// amsgrad; weight decay added to the gradient), written out so that its state can be saved
+    /// in a checkpoint and a resumed run continues exactly.
+    struct Optim {
+        kind: Optimizer,
+        weight_decay: f64,
+        /// The trainable constants.
+        params: Vec<usize>,
+        /// Per trainable constant: SGD `[momentum buffer]`, Adam `[m, v]`.
+        state: Vec<Vec<tch::Tensor>>,
+        /// Steps done (Adam's bias correction).
+        steps: usize,
+    }
+
+    impl Optim {
+        fn new(kind: Optimizer, weight_decay: f64, params: Vec<usize>, consts: &[tch::Tensor]) -> Self {
+            let per = match kind {
+                Optimizer::Sgd { .. } => 1,
+                Optimizer::Adam { .. } => 2,
+            };
+            let state = params
+                .iter()
+                .map(|&c| (0..per).map(|_| consts[c].zeros_like().detach()).collect())
+                .collect();
+            Optim {
+                kind,
+                weight_decay,
+                params,
+                state,
+                steps: 0,
+            }
+        }
+
+        fn zero_grad(&self, consts: &mut [tch::Tensor]) {
+            for &c in &self.params {
+                consts[c].zero_grad();
+            }
+        }
+
+        fn step(&mut self, consts: &[tch::Tensor], lr: f64) -> Result<(), TorchError> {
+            let _guard = tch::no_grad_guard();
+            self.steps += 1;
+            for (k, &c) in self.params.iter().enumerate() {
+                let mut p = consts[c].shallow_clone();
+                let g = p.grad();
+                if !g.defined() {
+                    continue;
+                }
+                let d = if self.weight_decay != 0.0 {
+                    g.f_add(&p.f_mul_scalar(self.weight_decay).map_err(err)?).map_err(err)?
+                } else {
+                    g
+                };
+                match self.kind {
+                    Optimizer::Sgd { momentum, nesterov } => {
+                        let update = if momentum != 0.0 {
+                            let buf = &mut self.state[k][0];
+                            // The first step's buffer is the gradient: 0 · momentum + d.
+                            let _ = buf.f_mul_scalar_(momentum).and_then(|_| buf.f_add_(&d)).map_err(err)?;
+                            if nesterov {
+                                d.f_add(&buf.f_mul_scalar(momentum).map_err(err)?).map_err(err)?
+                            } else {
+                                buf.shallow_clone()
+                            }
+                        } else {
+                            d
+                        };
+                        let _ = p.f_sub_(&update.f_mul_scalar(lr).map_err(err)?).map_err(err)?;
+                    }
+                    Optimizer::Adam { beta1, beta2 } => {
+                        let t = self.steps as i32;
+                        let (m, v) = {
+                            let s = &mut self.state[k];
+                            let (a, b) = s.split_at_mut(1);
+                            (&mut a[0], &mut b[0])
+                        };
+                        let _ = m.f_lerp_(&d, 1.0 - beta1).map_err(err)?;
+                        let _ = v
+                            .f_mul_scalar_(beta2)
+                            .and_then(|_| v.f_addcmul_(&d, &d.f_mul_scalar(1.0 - beta2)?))
+                            .map_err(err)?;
+                        let bc1 = 1.0 - beta1.powi(t);
+                        let bc2 = 1.0 - beta2.powi(t);
+                        let denom = v
+                            .f_sqrt()
+                            .and_then(|s| s.f_div_scalar(bc2.sqrt()))
+                            .and_then(|s| s.f_add_scalar(1e-8))
+                            .map_err(err)?;
+                        let update = m.f_div(&denom).and_then(|u| u.f_mul_scalar(lr / bc1)).map_err(err)?;
+                        let _ = p.f_sub_(&update).map_err(err)?;
+                    }
+                }
+            }
+            Ok(())
+        }
+
+        fn state(&self) -> Result<Vec<Tensor>, TorchError> {
+            self.state.iter().flatten().map(from_tch).collect()
+        }
+
+        fn restore(&mut self, saved: &[Tensor], steps: usize, device: tch::Device) -> Result<(), TorchError> {
+            let n: usize = self.state.iter().map(Vec::len).sum();
+            if saved.len() != n {
+                return Err(TorchError::Train(format!(
+                    "the saved optimizer state has {} tensors, this optimizer needs {n}",
+                    saved.len()
+                )));
+            }
+            for (slot, t) in self.state.iter_mut().flatten().zip(saved) {
+                let t = to_tch(t)?.to_device(device);
+                if t.size() != slot.size() {
+                    return Err(TorchError::Train(format!(
+                        "a saved optimizer tensor is {:?}, its parameter {:?}",
+                        t.size(),
+                        slot.size()
+                    )));
+                }
+                *slot = t;
+            }
+            self.steps = steps;
+            Ok(())
+        }
+    }
+
+    /// Trains the program's `trainable` constants (one flag per constant; each must be `f32`)
+    /// with cross-entropy on its single output (logits `[N, classes]`) against the labels; with
+    /// `qat`, through the plan's fake quantizations (quantization-aware training). See
+    /// `docs/design-later-stages.md` (7, 7.1). `resume`: the state an earlier run reported after an
+    /// epoch; training goes on from the next epoch. `hooks.on_epoch` sees each epoch's statistics
+    /// and state as it ends. A non-finite loss stops training with [`TorchError::NonFinite`],
+    /// naming the first value that went non-finite.
+    #[allow(clippy::too_many_arguments)]
+    pub fn train(
         program: &Program,
         trainable: &[bool],
+        qat: Option<&QatTraining>,
         config: &TrainConfig,
         train: LabeledData,
         test: Option<LabeledData>,
-        on_epoch: &mut dyn FnMut(&EpochStats),
+        resume: Option<&TrainState>,
+        hooks: TrainHooks,
     ) -> Result<TrainResult, TorchError> {
         float_only(program)?;
         if program.inputs.len() != 1 || program.outputs.len() != 1 {
@@ -489,6 +878,7 @@ mod imp {
         if config.batch_size == 0 {
             return Err(TorchError::Train("the batch size must be at least 1".into()));
         }
+        let dev = tch_device(config.device)?;
         let available = check_data(program, &train, classes, "training")?;
         let n = config.max_samples.map_or(available, |m| m.min(available));
         if n == 0 {
@@ -507,9 +897,31 @@ mod imp {
             }
             None => None,
         };
+        let initial = match resume {
+            Some(r) => {
+                if r.constants.len() != program.constants.len() {
+                    return Err(TorchError::Train(format!(
+                        "the saved state has {} constants, the program {}",
+                        r.constants.len(),
+                        program.constants.len()
+                    )));
+                }
+                &r.constants
+            }
+            None => &program.constants,
+        };
         let mut consts = Vec::with_capacity(program.constants.len());
-        for (i, (c, &train_it)) in program.constants.iter().zip(trainable).enumerate() {
-            let t = to_tch(c)?;
+        for (i, ((c, start), &train_it)) in program.constants.iter().zip(initial).zip(trainable).enumerate() {
+            if start.shape != c.shape || start.dtype() != c.dtype() {
+                return Err(TorchError::Train(format!(
+                    "saved constant {i} is {} {:?}, the program's {} {:?}",
+                    start.dtype(),
+                    start.shape,
+                    c.dtype(),
+                    c.shape
+                )));
+            }
+            let t = to_tch(start)?.to_device(dev);
             if train_it {
                 if c.dtype() != crate::DType::F32 {
                     return Err(TorchError::Train(format!(
@@ -522,39 +934,78 @@ mod imp {
                 consts.push(t);
             }
         }
-        let mut opt = match config.optimizer {
-            Optimizer::Sgd { momentum, nesterov } => {
-                tch::COptimizer::sgd(config.lr, momentum, 0.0, config.weight_decay, nesterov)
+        let params: Vec<usize> = (0..consts.len()).filter(|&i| trainable[i]).collect();
+        let mut opt = Optim::new(config.optimizer, config.weight_decay, params, &consts);
+        let first_epoch = match resume {
+            Some(r) => {
+                opt.restore(&r.optimizer, r.steps, dev)?;
+                r.epoch
             }
-            Optimizer::Adam { beta1, beta2 } => {
-                tch::COptimizer::adam(config.lr, beta1, beta2, config.weight_decay, 1e-8, false)
+            None => 0,
+        };
+        if let Some(q) = qat {
+            for site in &q.plan.sites {
+                let bad = [
+                    site.observer_enabled,
+                    site.fake_quant_enabled,
+                    site.min_val,
+                    site.max_val,
+                    site.scale,
+                    site.zero_point,
+                ]
+                .into_iter()
+                .find(|&c| c >= consts.len() || trainable[c]);
+                if let Some(c) = bad {
+                    return Err(TorchError::Train(format!(
+                        "fake quantization `{}` names constant {c}, which is missing or trainable",
+                        site.name
+                    )));
+                }
             }
-        }
-        .map_err(err)?;
-        for (t, _) in consts.iter().zip(trainable).filter(|(_, &f)| f) {
-            opt.add_parameters(t, 0).map_err(err)?;
         }
         let bs = config.batch_size;
         let steps = n.div_ceil(bs);
         let mut epochs = vec![];
-        let mut total_steps = 0;
-        for epoch in 0..config.epochs {
+        let mut total_steps = opt.steps;
+        for epoch in first_epoch..config.epochs {
             let started = std::time::Instant::now();
             let lr = config.schedule.lr(config.lr, epoch, config.epochs);
-            opt.set_learning_rate(lr).map_err(err)?;
+            let bn_training = qat.is_none_or(|q| q.freeze_bn_after.is_none_or(|f| epoch < f));
+            if let Some(q) = qat {
+                if q.freeze_observers_after.is_some_and(|f| epoch >= f) {
+                    for site in &q.plan.sites {
+                        let _ = consts[site.observer_enabled].f_fill_(0).map_err(err)?;
+                    }
+                }
+            }
+            let pass = qat.map(|q| QatPass::new(&q.plan, false, dev));
             let order = epoch_order(n, config.seed, epoch);
             let (mut loss_sum, mut correct) = (0.0f64, 0i64);
             for step in 0..steps {
                 let (first, end) = (step * bs, ((step + 1) * bs).min(n));
                 let idx = tch::Tensor::from_slice(&order[first..end]);
-                let xb = x_train.f_index_select(0, &idx).map_err(err)?;
-                let yb = y_train.f_index_select(0, &idx).map_err(err)?;
-                let out = forward(program, &consts, vec![xb], true)?;
+                let xb = x_train.f_index_select(0, &idx).map_err(err)?.to_device(dev);
+                let yb = y_train.f_index_select(0, &idx).map_err(err)?.to_device(dev);
+                let out = forward(
+                    program,
+                    &consts,
+                    vec![xb.shallow_clone()],
+                    bn_training,
+                    pass.as_ref(),
+                    false,
+                )?;
                 let loss = out[0]
                     .f_cross_entropy_loss::<tch::Tensor>(&yb, None, tch::Reduction::Mean, -100, 0.0)
                     .map_err(err)?;
                 let value = f64::try_from(&loss).map_err(err)?;
                 if !value.is_finite() {
+                    // Run the batch again, checked, to name where it went non-finite.
+                    let _guard = tch::no_grad_guard();
+                    let quiet = qat.map(|q| QatPass::new(&q.plan, true, dev));
+                    let value_name = match forward(program, &consts, vec![xb], false, quiet.as_ref(), true) {
+                        Err(TorchError::NonFiniteValue { value }) => Some(value),
+                        _ => None,
+                    };
                     return Err(TorchError::NonFinite {
                         epoch: epoch + 1,
                         step: step + 1,
@@ -562,22 +1013,35 @@ mod imp {
                         first,
                         end,
                         loss: value,
+                        value: value_name,
                     });
                 }
-                opt.zero_grad().map_err(err)?;
+                opt.zero_grad(&mut consts);
                 loss.f_backward().map_err(err)?;
-                opt.step().map_err(err)?;
+                opt.step(&consts, lr)?;
                 loss_sum += value * (end - first) as f64;
                 correct += {
                     let _guard = tch::no_grad_guard();
                     correct_count(&out[0], &yb)?
                 };
                 total_steps += 1;
+                (hooks.on_step)(&StepProgress {
+                    epoch: epoch + 1,
+                    epochs: config.epochs,
+                    step: step + 1,
+                    steps,
+                    loss: loss_sum / end as f64,
+                    accuracy: correct as f64 / end as f64,
+                    samples_per_second: end as f64 / started.elapsed().as_secs_f64().max(1e-9),
+                });
             }
             let seconds = started.elapsed().as_secs_f64();
             let eval_started = std::time::Instant::now();
             let test_accuracy = match &test_xy {
-                Some((x, y)) => Some(evaluate(program, &consts, x, y)?),
+                Some((x, y)) => {
+                    let quiet = qat.map(|q| QatPass::new(&q.plan, true, dev));
+                    Some(evaluate(program, &consts, x, y, quiet.as_ref(), dev)?)
+                }
                 None => None,
             };
             let stats = EpochStats {
@@ -589,18 +1053,51 @@ mod imp {
                 seconds,
                 eval_seconds: eval_started.elapsed().as_secs_f64(),
             };
-            on_epoch(&stats);
+            let state = TrainState {
+                epoch: epoch + 1,
+                steps: total_steps,
+                constants: host_constants(&consts)?,
+                optimizer: opt.state()?,
+            };
+            (hooks.on_epoch)(&stats, &state).map_err(TorchError::Train)?;
             epochs.push(stats);
         }
-        let constants = consts
-            .iter()
-            .map(|c| from_tch(&c.f_detach().map_err(err)?))
-            .collect::<Result<Vec<_>, _>>()?;
         Ok(TrainResult {
-            constants,
+            constants: host_constants(&consts)?,
             epochs,
             steps: total_steps,
         })
+    }
+
+    fn host_constants(consts: &[tch::Tensor]) -> Result<Vec<Tensor>, TorchError> {
+        consts.iter().map(|c| from_tch(&c.f_detach().map_err(err)?)).collect()
+    }
+
+    /// [`train`] without fake quantization, resumption or per-step progress.
+    pub fn train_float(
+        program: &Program,
+        trainable: &[bool],
+        config: &TrainConfig,
+        train_data: LabeledData,
+        test: Option<LabeledData>,
+        on_epoch: &mut dyn FnMut(&EpochStats),
+    ) -> Result<TrainResult, TorchError> {
+        train(
+            program,
+            trainable,
+            None,
+            config,
+            train_data,
+            test,
+            None,
+            TrainHooks {
+                on_step: &mut |_| {},
+                on_epoch: &mut |s, _| {
+                    on_epoch(s);
+                    Ok(())
+                },
+            },
+        )
     }
 }
 
@@ -626,6 +1123,22 @@ mod imp {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
+    pub fn train(
+        _program: &Program,
+        _trainable: &[bool],
+        _qat: Option<&QatTraining>,
+        _config: &TrainConfig,
+        _train: LabeledData,
+        _test: Option<LabeledData>,
+        _resume: Option<&TrainState>,
+        _hooks: TrainHooks,
+    ) -> Result<TrainResult, TorchError> {
+        Err(TorchError::NotCompiled {
+            what: "training through libtorch",
+        })
+    }
+
     pub fn train_float(
         _program: &Program,
         _trainable: &[bool],
@@ -640,7 +1153,7 @@ mod imp {
     }
 }
 
-pub use imp::{info, round_trip, run_program, train_float};
+pub use imp::{info, round_trip, run_program, train, train_float};
 
 #[cfg(all(test, feature = "torch"))]
 mod tests {
