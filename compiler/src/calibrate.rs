@@ -138,6 +138,31 @@ fn trained_fake_quant_state(module: &Module) -> bool {
     fake_quants > 0
 }
 
+/// Whether a weight's fake-quant state comes from a checkpoint and saw data (finite ranges).
+fn trained_weight_fake_quant(module: &Module, node: &crate::ir::Node) -> bool {
+    let param = |role: &str| {
+        node.params
+            .iter()
+            .find(|(r, _)| *r == role)
+            .and_then(|(_, k)| module.params.get(k))
+    };
+    let from_checkpoint = ["weight_fake_quant.scale", "weight_fake_quant.zero_point"]
+        .iter()
+        .all(|r| param(r).is_some_and(|p| matches!(p.provenance, Provenance::Checkpoint { .. })));
+    let saw_data = [
+        "weight_fake_quant.activation_post_process.min_val",
+        "weight_fake_quant.activation_post_process.max_val",
+    ]
+    .iter()
+    .all(|r| {
+        param(r)
+            .and_then(|p| p.value.as_ref())
+            .and_then(|v| v.as_f32())
+            .is_some_and(|v| !v.is_empty() && v.iter().all(|x| x.is_finite()))
+    });
+    from_checkpoint && saw_data
+}
+
 fn no_calibrate(q: &QuantizeSettings) -> Diagnostic {
     let kw = Span::new(q.span.start, (q.span.start + "quantize".len()).min(q.span.end));
     Diagnostic::new(
@@ -685,7 +710,9 @@ fn store_activations(
     Ok(())
 }
 
-/// Quantization parameters of every int8 weight, from the weight itself.
+/// Quantization parameters of every int8 weight, from the weight itself; a QAT weight whose
+/// fake-quant state was trained (read from a checkpoint, having seen data) keeps it, and
+/// `quantized` quantizes with it.
 fn store_weights(module: &mut Module) -> Result<(), PassError> {
     for id in module.graph.topo_order() {
         let node = module.graph.node(id).clone();
@@ -695,6 +722,9 @@ fn store_weights(module: &mut Module) -> Result<(), PassError> {
             _ => None,
         };
         let Some(wq) = wq else { continue };
+        if wq.fake && trained_weight_fake_quant(module, &node) {
+            continue;
+        }
         let Some((_, key)) = node.params.iter().find(|(r, _)| *r == "weight") else {
             continue;
         };

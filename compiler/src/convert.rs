@@ -238,6 +238,33 @@ fn quantize_weight(
     ))
 }
 
+/// The scales and zero points a QAT weight fake-quant trained with (`weight_fake_quant.scale`,
+/// `.zero_point`), when it saw data: the int8 weight uses exactly these, so the converted model
+/// computes what the fake-quantized one did (PyTorch's `convert` recomputes them from the
+/// observer's range, the same values while observers are frozen). For a weight whose batch norm
+/// is folded, the fake quant saw `w · γ / sqrt(running_var + eps)`, the folded weight itself.
+fn fake_quant_params(module: &Module, owner: &str, spec: &QSpec) -> Option<ParamQuant> {
+    fake_quant_ranges(module, owner)?;
+    let scales = scalar_f32(module, &format!("{owner}.weight_fake_quant.scale"))?;
+    let zero_points = scalar_int(module, &format!("{owner}.weight_fake_quant.zero_point"))?;
+    let range = range_of(spec).ok()?;
+    if scales.len() != zero_points.len() || scales.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+        return None;
+    }
+    if spec.per_channel {
+        Some(ParamQuant::PerChannel {
+            axis: 0,
+            scales,
+            zero_points: zero_points.iter().map(|&z| z as i32).collect(),
+            qmin: range.qmin(),
+            qmax: range.qmax(),
+        })
+    } else {
+        let q = QParams::new(scales[0], zero_points[0] as i32, range).ok()?;
+        Some(ParamQuant::PerTensor(QuantParams::from_runtime(&q)))
+    }
+}
+
 /// The observed weight ranges of a QAT weight fake-quant, when it saw data.
 fn fake_quant_ranges(module: &Module, owner: &str) -> Option<Vec<(f32, f32)>> {
     let lo = scalar_f32(
@@ -533,12 +560,15 @@ fn to_integer_op(module: &mut Module, id: NodeId, node: &Node, q: QuantParams) -
             let wq = c.weight_quant.clone().expect("checked by the caller");
             let (weight_key, bias_key) = fold_kept_bn(module, node, &c.bn).map_err(|m| fail(module, m))?;
             let w = module.params[&weight_key].value.clone().expect("bound at float");
+            let fixed = module.params[&weight_key]
+                .quant
+                .clone()
+                .or_else(|| wq.fake.then(|| fake_quant_params(module, &name, &wq.spec)).flatten());
             let ranges = if wq.fake && c.bn.is_none() {
                 fake_quant_ranges(module, &name)
             } else {
                 None
             };
-            let fixed = module.params[&weight_key].quant.clone();
             let (wq_t, pq) = quantize_weight(&w, &wq.spec, fixed.as_ref(), ranges).map_err(|m| fail(module, m))?;
             let transform = if wq.spec.per_channel {
                 "quantize_per_channel"
@@ -574,12 +604,15 @@ fn to_integer_op(module: &mut Module, id: NodeId, node: &Node, q: QuantParams) -
             let wq = l.weight_quant.clone().expect("checked by the caller");
             let (weight_key, bias_key) = fold_kept_bn(module, node, &l.bn).map_err(|m| fail(module, m))?;
             let w = module.params[&weight_key].value.clone().expect("bound at float");
+            let fixed = module.params[&weight_key]
+                .quant
+                .clone()
+                .or_else(|| wq.fake.then(|| fake_quant_params(module, &name, &wq.spec)).flatten());
             let ranges = if wq.fake && l.bn.is_none() {
                 fake_quant_ranges(module, &name)
             } else {
                 None
             };
-            let fixed = module.params[&weight_key].quant.clone();
             let (wq_t, pq) = quantize_weight(&w, &wq.spec, fixed.as_ref(), ranges).map_err(|m| fail(module, m))?;
             let transform = if wq.spec.per_channel {
                 "quantize_per_channel"

@@ -345,6 +345,20 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, Array)>, DataError> {
     Ok(out)
 }
 
+/// A NumPy `.npz` (an uncompressed zip of `.npy` members, `np.savez`) of float32 arrays, each
+/// `(name, shape, values)`.
+pub fn npz_f32_bytes(arrays: &[(&str, &[usize], &[f32])]) -> Vec<u8> {
+    use std::io::Write;
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, shape, values) in arrays {
+        zip.start_file(format!("{name}.npy"), options)
+            .expect("writing to memory");
+        zip.write_all(&npy_f32_bytes(shape, values)).expect("writing to memory");
+    }
+    zip.finish().expect("writing to memory").into_inner()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

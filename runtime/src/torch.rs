@@ -370,6 +370,37 @@ mod imp {
             .collect()
     }
 
+    /// Executes a QAT program as its evaluation does: fake-quantized with the current scales
+    /// (observers still), batch norm with the running statistics. The int8 model converted
+    /// from this state computes the same within one quantization step.
+    pub fn run_program_qat(
+        program: &Program,
+        plan: &QatPlan,
+        inputs: &[Tensor],
+        device: Device,
+    ) -> Result<Vec<Tensor>, TorchError> {
+        float_only(program)?;
+        program
+            .check_inputs(inputs)
+            .map_err(|e| TorchError::Torch(e.to_string()))?;
+        let dev = tch_device(device)?;
+        let _guard = tch::no_grad_guard();
+        let consts: Vec<tch::Tensor> = program
+            .constants
+            .iter()
+            .map(|c| to_tch(c).map(|t| t.to_device(dev)))
+            .collect::<Result<_, _>>()?;
+        let inputs: Vec<tch::Tensor> = inputs
+            .iter()
+            .map(|t| to_tch(t).map(|t| t.to_device(dev)))
+            .collect::<Result<_, _>>()?;
+        let pass = QatPass::new(plan, true, dev);
+        forward(program, &consts, inputs, false, Some(&pass), false)?
+            .iter()
+            .map(from_tch)
+            .collect()
+    }
+
     /// The fake quantizations of one QAT forward pass, found by step and value, and the pass's
     /// mode.
     struct QatPass<'a> {
@@ -1123,6 +1154,17 @@ mod imp {
         })
     }
 
+    pub fn run_program_qat(
+        _p: &Program,
+        _plan: &QatPlan,
+        _inputs: &[Tensor],
+        _device: Device,
+    ) -> Result<Vec<Tensor>, TorchError> {
+        Err(TorchError::NotCompiled {
+            what: "running a model through libtorch",
+        })
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn train(
         _program: &Program,
@@ -1153,7 +1195,7 @@ mod imp {
     }
 }
 
-pub use imp::{info, round_trip, run_program, train, train_float};
+pub use imp::{info, round_trip, run_program, run_program_qat, train, train_float};
 
 #[cfg(all(test, feature = "torch"))]
 mod tests {
