@@ -454,9 +454,16 @@ fn write_model(module: &Module, loaded: &qc_dsl::Loaded, out: &Path) -> i32 {
     }
 }
 
-/// One progress line of a long pass, on stderr (only used when stderr is a terminal).
+/// A long pass's progress, redrawn in place on stderr (only used when stderr is a terminal);
+/// a line starting `calibrated` is the last of its bar.
 fn progress(line: &str) {
-    eprintln!("{line}");
+    use std::io::Write;
+    if line.starts_with("calibrated") {
+        eprintln!("\r{line}\x1b[K");
+    } else {
+        eprint!("\r{line}\x1b[K");
+        let _ = std::io::stderr().flush();
+    }
 }
 
 fn plan(file: &Path, format: KeysFormat) -> i32 {

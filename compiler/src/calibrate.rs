@@ -508,6 +508,7 @@ fn run_observers(
     }
     let n = source.batches();
     let mut samples = 0u64;
+    let started = std::time::Instant::now();
     for b in 0..n {
         let inputs = source.batch(b);
         samples += inputs.first().map_or(0, |t| t.shape[0] as u64);
@@ -597,9 +598,16 @@ fn run_observers(
             }
         }
         if let Some(p) = progress {
-            if (b + 1) % 8 == 0 || b + 1 == n {
-                p(&format!("calibrate: {} batches of {n}, {samples} samples", b + 1));
-            }
+            let done = (b + 1) * 30 / n.max(1);
+            let secs = started.elapsed().as_secs_f64().max(1e-9);
+            p(&format!(
+                "{} [{}{}] {}/{n} batches, {samples} samples, {:.0} samples/s",
+                if b + 1 == n { "calibrated" } else { "calibrate" },
+                "#".repeat(done),
+                ".".repeat(30 - done),
+                b + 1,
+                samples as f64 / secs
+            ));
         }
     }
     let _ = cal;
