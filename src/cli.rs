@@ -62,6 +62,10 @@ enum Command {
         /// Print what the passes did: how often each fusion rule fired, and why rewriting stopped.
         #[arg(long)]
         stats: bool,
+        /// Where calibration runs the observed model: libtorch on the CPU or CUDA (`auto`: CUDA
+        /// when present), or qc's reference interpreter (f64 sums, the same on every machine).
+        #[arg(long, value_enum, default_value_t = CalibrationDevice::Auto)]
+        device: CalibrationDevice,
     },
     /// Show the quantization plan: for every node, int8 or float and why, how its weights and
     /// activations are quantized, and the recipe line (or scheme default) behind each setting.
@@ -178,6 +182,7 @@ pub fn main() -> i32 {
             print_after_all,
             qat,
             stats,
+            device,
         } => compile(
             &file,
             output.as_deref(),
@@ -187,6 +192,7 @@ pub fn main() -> i32 {
             print_after_all,
             qat,
             stats,
+            device,
         ),
         Command::Plan { file, format } => plan(&file, format),
         Command::Keys {
@@ -290,7 +296,16 @@ fn compile(
     print_after_all: bool,
     qat: bool,
     stats: bool,
+    device: CalibrationDevice,
 ) -> i32 {
+    let calibration_device = match device.resolve() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            eprintln!("help: `qc backends` shows what this build and machine have; `--device reference` needs neither");
+            return EXIT_USER;
+        }
+    };
     let loaded = match load(file) {
         Ok(l) => l,
         Err(code) => return code,
@@ -342,6 +357,7 @@ fn compile(
         verify: false,
         qat,
         progress: std::io::stderr().is_terminal().then_some(progress as fn(&str)),
+        calibration_device,
     };
     let sources = loaded.sources.clone();
     let mut write_error = None;
@@ -450,6 +466,37 @@ fn write_model(module: &Module, loaded: &qc_dsl::Loaded, out: &Path) -> i32 {
             eprintln!("error: cannot write `{}`: {e}", out.display());
             eprintln!("help: check that the folder exists and is writable");
             EXIT_USER
+        }
+    }
+}
+
+/// Where `qc compile` calibrates.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CalibrationDevice {
+    /// libtorch on CUDA when it sees a GPU, else on the CPU; the reference interpreter when this
+    /// qc has no libtorch.
+    Auto,
+    Cpu,
+    Cuda,
+    /// qc's reference interpreter.
+    Reference,
+}
+
+impl CalibrationDevice {
+    fn resolve(self) -> Result<Option<qc_runtime::torch::Device>, String> {
+        use crate::train::DeviceArg;
+        let torch = |d: DeviceArg| -> Result<Option<qc_runtime::torch::Device>, String> {
+            if !qc_runtime::torch::COMPILED {
+                return Err("this qc was built without libtorch".into());
+            }
+            d.resolve().map(Some)
+        };
+        match self {
+            CalibrationDevice::Reference => Ok(None),
+            CalibrationDevice::Auto if !qc_runtime::torch::COMPILED => Ok(None),
+            CalibrationDevice::Auto => torch(DeviceArg::Auto),
+            CalibrationDevice::Cpu => torch(DeviceArg::Cpu),
+            CalibrationDevice::Cuda => torch(DeviceArg::Cuda),
         }
     }
 }

@@ -28,11 +28,22 @@ fn fashion_cnn_with(dir: &Path, calibrate: Option<&str>) -> PathBuf {
 }
 
 fn compile(path: &Path) -> (Result<qc_compiler::Module, CompileError>, Vec<Stage>, qc_dsl::Loaded) {
+    compile_on(path, None)
+}
+
+/// Compiles, calibrating through libtorch on `device`, or on the reference interpreter (`None`).
+fn compile_on(
+    path: &Path,
+    device: Option<qc_runtime::torch::Device>,
+) -> (Result<qc_compiler::Module, CompileError>, Vec<Stage>, qc_dsl::Loaded) {
     let loaded = qc_dsl::load(path).unwrap();
     let mut stages = vec![];
     let r = qc_compiler::compile(
         &loaded,
-        &RunOptions::default(),
+        &RunOptions {
+            calibration_device: device,
+            ..Default::default()
+        },
         &mut |m| stages.push(m.stage),
         &mut |_, _| {},
     );
@@ -41,6 +52,12 @@ fn compile(path: &Path) -> (Result<qc_compiler::Module, CompileError>, Vec<Stage
 
 #[test]
 fn a_nan_in_the_data_names_observer_batch_statistic_and_element() {
+    for device in [None, Some(qc_runtime::torch::Device::Cpu)] {
+        nan_in_the_data(device);
+    }
+}
+
+fn nan_in_the_data(device: Option<qc_runtime::torch::Device>) {
     let dir = tempfile::tempdir().unwrap();
     let mut x: Vec<f32> = (0..4 * 784).map(|i| (i % 255) as f32 / 255.0).collect();
     x[784 + 3 * 28 + 3] = f32::NAN; // sample 1, pixel (3, 3)
@@ -50,7 +67,7 @@ fn a_nan_in_the_data_names_observer_batch_statistic_and_element() {
     )
     .unwrap();
     let recipe = fashion_cnn_with(dir.path(), Some("calibrate \"nan.npy\" batches: 2 batch_size: 2"));
-    let (r, stages, loaded) = compile(&recipe);
+    let (r, stages, loaded) = compile_on(&recipe, device);
     let Err(CompileError::User(d)) = r else {
         panic!("NaN data must stop calibration")
     };
@@ -108,4 +125,29 @@ fn random_data_marks_the_model_not_calibrated_for_accuracy() {
     .0
     .unwrap();
     assert!(real.calibrated_for_accuracy);
+}
+
+#[test]
+fn calibration_through_libtorch_finds_the_reference_scales() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = fashion_cnn_with(dir.path(), Some("calibrate fashion_mnist(split: train) batches: 4"));
+    let scales = |device| {
+        let (r, _, _) = compile_on(&recipe, device);
+        let m = r.expect("compiles");
+        let mut out = vec![];
+        for id in m.graph.topo_order() {
+            if let Some(q) = m.graph.node(id).ty.as_ref().and_then(|t| t.quant) {
+                out.push((m.graph.node(id).name.clone(), q.scale, q.zero_point));
+            }
+        }
+        out
+    };
+    let (reference, torch) = (scales(None), scales(Some(qc_runtime::torch::Device::Cpu)));
+    assert!(reference.len() >= 5, "{reference:?}");
+    assert_eq!(reference.len(), torch.len());
+    for ((n, s, z), (n2, s2, z2)) in reference.iter().zip(&torch) {
+        assert_eq!((n, z), (n2, z2));
+        // f32 sums in libtorch, f64 in the interpreter: the ranges agree to float precision.
+        assert!((s - s2).abs() <= 1e-5 * s.abs(), "{n}: scale {s} vs {s2}");
+    }
 }

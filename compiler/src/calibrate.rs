@@ -1,6 +1,8 @@
 //! Stage `calibrated` (pass `calibrate`): streams the recipe's calibration data through the
 //! observed module (lowered with `lower::lower_float`; observers are identity steps whose values
-//! carry the observers' names), feeds each observer's `ObserverState` with every batch, and
+//! carry the observers' names) through libtorch (`RunOptions::calibration_device`, what
+//! `qc compile` uses by default) or the reference interpreter (f64 sums, machine-independent,
+//! what tests and snapshots use), feeds each observer's `ObserverState` with every batch, and
 //! stores what calibration found in the IR:
 //!
 //! - activations: the observer's output type gets `quant = Some(QuantParams)` (`!q(...)` in the
@@ -27,6 +29,7 @@ use qc_runtime::data::{self, Array, DataError};
 use qc_runtime::observe::{ObserveError, Observed, ObserverKind, ObserverState};
 use qc_runtime::program::RunError;
 use qc_runtime::quant::{QParams, QRange};
+use qc_runtime::torch::{Device, TorchError};
 use qc_runtime::{SplitMix64, Tensor, TensorData};
 
 use crate::ir::{Module, NodeId, ParamQuant, Provenance};
@@ -90,7 +93,7 @@ impl Pass for Calibrate {
             .split_whitespace()
             .collect::<Vec<_>>()
             .join(" ");
-        let stats = run_observers(module, &mut source, cal, cx.opts.progress)?;
+        let stats = run_observers(module, &mut source, cal, cx.opts.progress, cx.opts.calibration_device)?;
         let provenance = Provenance::Calibrated {
             source: described,
             batches: stats.batches,
@@ -467,6 +470,12 @@ struct Obs {
     raw: Option<(f32, f32)>,
 }
 
+/// Why a calibration batch did not run through.
+enum BatchError {
+    Run(RunError),
+    Torch(TorchError),
+}
+
 struct Stats {
     observers: Vec<Obs>,
     batches: u64,
@@ -478,6 +487,7 @@ fn run_observers(
     source: &mut Source,
     cal: &Calibration,
     progress: Option<fn(&str)>,
+    device: Option<Device>,
 ) -> Result<Stats, PassError> {
     let program = crate::lower::lower_float(module).map_err(|e| PassError::Internal {
         pass: "calibrate".into(),
@@ -506,6 +516,16 @@ fn run_observers(
             raw: None,
         });
     }
+    let watch: Vec<usize> = by_value.keys().copied().collect();
+    let session = match device {
+        Some(d) => Some(
+            qc_runtime::torch::Session::new(program.clone(), d).map_err(|e| PassError::Internal {
+                pass: "calibrate".into(),
+                message: format!("cannot run the observed model through libtorch: {e}"),
+            })?,
+        ),
+        None => None,
+    };
     let n = source.batches();
     let mut samples = 0u64;
     let started = std::time::Instant::now();
@@ -513,7 +533,7 @@ fn run_observers(
         let inputs = source.batch(b);
         samples += inputs.first().map_or(0, |t| t.shape[0] as u64);
         let mut failure: Option<(usize, ObserveError)> = None;
-        let result = qc_runtime::interp::run_with(&program, &inputs, &mut |value, t| {
+        let mut on_value = |value: usize, t: &Tensor| {
             let Some(&o) = by_value.get(&value) else {
                 return ControlFlow::Continue(());
             };
@@ -534,7 +554,16 @@ fn run_observers(
                     ControlFlow::Break(())
                 }
             }
-        });
+        };
+        let result: Result<(), BatchError> = match &session {
+            Some(s) => s
+                .run_watched(&inputs, &watch, &mut on_value)
+                .map(|_| ())
+                .map_err(BatchError::Torch),
+            None => qc_runtime::interp::run_with(&program, &inputs, &mut on_value)
+                .map(|_| ())
+                .map_err(BatchError::Run),
+        };
         let batch_text = format!("batch {} of {n}", b + 1);
         match (result, failure) {
             (Ok(_), _) => {}
@@ -574,7 +603,18 @@ fn run_observers(
                         .note(node.origin.span, format!("`{}` observes this node's output", node.name)),
                 ));
             }
-            (Err(RunError::NonFinite { node, index, value }), None) => {
+            (Err(BatchError::Torch(TorchError::NonFiniteValue { value })), None) => {
+                return Err(user(
+                    Diagnostic::new(
+                        NON_FINITE,
+                        source.span,
+                        format!("calibration stopped at {batch_text}: `{value}` produced a NaN or an infinity"),
+                    )
+                    .label("while running this data")
+                    .help("the float model overflows or divides by zero on this data: check its weights and inputs"),
+                ));
+            }
+            (Err(BatchError::Run(RunError::NonFinite { node, index, value })), None) => {
                 return Err(user(
                     Diagnostic::new(
                         NON_FINITE,
@@ -586,6 +626,10 @@ fn run_observers(
                 ));
             }
             (Err(e), None) => {
+                let e = match e {
+                    BatchError::Run(e) => e.to_string(),
+                    BatchError::Torch(e) => e.to_string(),
+                };
                 return Err(user(
                     Diagnostic::new(
                         DATA_SHAPE,

@@ -101,6 +101,10 @@ pub struct RunOptions {
     /// Where long passes (calibration) report progress, one line at a time; `None` keeps them
     /// quiet. The CLI passes a printer to stderr when stderr is a terminal.
     pub progress: Option<fn(&str)>,
+    /// Where calibration runs the observed model: through libtorch on this device, or, with
+    /// `None`, on the reference interpreter (f64 accumulation, the same result on every machine;
+    /// what tests and snapshots use).
+    pub calibration_device: Option<qc_runtime::torch::Device>,
 }
 
 /// Runs stages in order, calling `on_stage` with the module after each stage and `on_print` with

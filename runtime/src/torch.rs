@@ -33,6 +33,9 @@ pub enum TorchError {
         loss: f64,
         value: Option<String>,
     },
+    /// A caller's hook stopped the run.
+    #[error("stopped")]
+    Stopped,
     /// A forward pass checked for non-finite values found one at this value.
     #[error("`{value}` holds a NaN or an infinity")]
     NonFiniteValue { value: String },
@@ -364,10 +367,73 @@ mod imp {
             .iter()
             .map(|t| to_tch(t).map(|t| t.to_device(dev)))
             .collect::<Result<_, _>>()?;
-        forward(program, &consts, inputs, false, None, false)?
+        forward(program, &consts, inputs, false, None, Check::Nothing, None)?
             .iter()
             .map(from_tch)
             .collect()
+    }
+
+    /// A float program with its constants on a device, for running many batches (calibration).
+    pub struct Session {
+        program: Program,
+        consts: Vec<tch::Tensor>,
+        device: tch::Device,
+    }
+
+    impl Session {
+        pub fn new(program: Program, device: Device) -> Result<Session, TorchError> {
+            float_only(&program)?;
+            let dev = tch_device(device)?;
+            let consts = program
+                .constants
+                .iter()
+                .map(|c| to_tch(c).map(|t| t.to_device(dev)))
+                .collect::<Result<_, _>>()?;
+            Ok(Session {
+                program,
+                consts,
+                device: dev,
+            })
+        }
+
+        /// Runs the program (inference) on `inputs`, calling `on_value(value, tensor)` with a
+        /// host copy of each value in `watch` (an input or a step's output) as soon as it is
+        /// computed. `Break` stops the run with [`TorchError::Stopped`]; a NaN or infinity in
+        /// any value stops it with [`TorchError::NonFiniteValue`], after `on_value` saw it when
+        /// watched.
+        pub fn run_watched(
+            &self,
+            inputs: &[Tensor],
+            watch: &[ValueId],
+            on_value: &mut dyn FnMut(ValueId, &Tensor) -> std::ops::ControlFlow<()>,
+        ) -> Result<Vec<Tensor>, TorchError> {
+            self.program
+                .check_inputs(inputs)
+                .map_err(|e| TorchError::Torch(e.to_string()))?;
+            let _guard = tch::no_grad_guard();
+            let inputs: Vec<tch::Tensor> = inputs
+                .iter()
+                .map(|t| to_tch(t).map(|t| t.to_device(self.device)))
+                .collect::<Result<_, _>>()?;
+            let mut hook = |id: ValueId, t: &tch::Tensor| -> Result<(), TorchError> {
+                if watch.contains(&id) && on_value(id, &from_tch(t)?).is_break() {
+                    return Err(TorchError::Stopped);
+                }
+                Ok(())
+            };
+            forward(
+                &self.program,
+                &self.consts,
+                inputs,
+                false,
+                None,
+                Check::Steps,
+                Some(&mut hook),
+            )?
+            .iter()
+            .map(from_tch)
+            .collect()
+        }
     }
 
     /// Executes a QAT program as its evaluation does: fake-quantized with the current scales
@@ -395,7 +461,7 @@ mod imp {
             .map(|t| to_tch(t).map(|t| t.to_device(dev)))
             .collect::<Result<_, _>>()?;
         let pass = QatPass::new(plan, true, dev);
-        forward(program, &consts, inputs, false, Some(&pass), false)?
+        forward(program, &consts, inputs, false, Some(&pass), Check::Nothing, None)?
             .iter()
             .map(from_tch)
             .collect()
@@ -508,19 +574,23 @@ mod imp {
     /// running statistics) or training (batch statistics; the running statistics, constants
     /// without gradient, updated in place with momentum 0.1 and the unbiased variance, as
     /// `nn.BatchNorm` in `train()` mode). With `qat`, the plan's fake quantizations run too.
-    /// With `check`, the first step whose output holds a NaN or an infinity stops the pass
-    /// ([`TorchError::NonFiniteValue`]). The caller has checked the program (`float_only`).
+    /// `check` says which values are checked: the first that holds a NaN or an infinity stops
+    /// the pass ([`TorchError::NonFiniteValue`]); `hook` sees each value before its check. The caller has checked the program (`float_only`).
     fn forward(
         program: &Program,
         consts: &[tch::Tensor],
         inputs: Vec<tch::Tensor>,
         training: bool,
         qat: Option<&QatPass>,
-        check: bool,
+        check: Check,
+        mut hook: Option<&mut Hook>,
     ) -> Result<Vec<tch::Tensor>, TorchError> {
         let mut values: Vec<Option<tch::Tensor>> = (0..program.values.len()).map(|_| None).collect();
         for (t, &id) in inputs.into_iter().zip(&program.inputs) {
-            if check && !all_finite(&t)? {
+            if let Some(h) = hook.as_deref_mut() {
+                h(id, &t)?;
+            }
+            if check == Check::All && !all_finite(&t)? {
                 return Err(TorchError::NonFiniteValue {
                     value: program.value_name(id).to_string(),
                 });
@@ -576,7 +646,10 @@ mod imp {
                 Some((pass, site)) => pass.fake_quant(site, &out, consts)?,
                 None => out,
             };
-            if check && !all_finite(&out)? {
+            if let Some(h) = hook.as_deref_mut() {
+                h(step.output, &out)?;
+            }
+            if check != Check::Nothing && !all_finite(&out)? {
                 return Err(TorchError::NonFiniteValue {
                     value: program.value_name(step.output).to_string(),
                 });
@@ -589,6 +662,20 @@ mod imp {
             .map(|&id| values[id].as_ref().expect("outputs are computed").shallow_clone())
             .collect())
     }
+
+    /// Which values a forward pass checks for NaN and infinity.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Check {
+        Nothing,
+        /// What the steps compute (the reference interpreter's check).
+        Steps,
+        /// The inputs too.
+        All,
+    }
+
+    /// Sees every value of a forward pass (inputs, then each step's output) before it is
+    /// checked; an error stops the pass.
+    type Hook<'a> = dyn FnMut(ValueId, &tch::Tensor) -> Result<(), TorchError> + 'a;
 
     fn all_finite(t: &tch::Tensor) -> Result<bool, TorchError> {
         let ok = t.f_isfinite().and_then(|f| f.f_all()).map_err(err)?;
@@ -720,7 +807,7 @@ mod imp {
             let len = EVAL_BATCH.min(n - start);
             let xb = x.f_narrow(0, start, len).map_err(err)?.to_device(dev);
             let yb = y.f_narrow(0, start, len).map_err(err)?.to_device(dev);
-            let out = forward(program, consts, vec![xb], false, qat, false)?;
+            let out = forward(program, consts, vec![xb], false, qat, Check::Nothing, None)?;
             correct += correct_count(&out[0], &yb)?;
             start += len;
         }
@@ -1023,7 +1110,8 @@ mod imp {
                     vec![xb.shallow_clone()],
                     bn_training,
                     pass.as_ref(),
-                    false,
+                    Check::Nothing,
+                    None,
                 )?;
                 let loss = out[0]
                     .f_cross_entropy_loss::<tch::Tensor>(&yb, None, tch::Reduction::Mean, -100, 0.0)
@@ -1033,7 +1121,8 @@ mod imp {
                     // Run the batch again, checked, to name where it went non-finite.
                     let _guard = tch::no_grad_guard();
                     let quiet = qat.map(|q| QatPass::new(&q.plan, true, dev));
-                    let value_name = match forward(program, &consts, vec![xb], false, quiet.as_ref(), true) {
+                    let value_name = match forward(program, &consts, vec![xb], false, quiet.as_ref(), Check::All, None)
+                    {
                         Err(TorchError::NonFiniteValue { value }) => Some(value),
                         _ => None,
                     };
@@ -1154,6 +1243,28 @@ mod imp {
         })
     }
 
+    /// Without libtorch there is no session.
+    pub struct Session;
+
+    impl Session {
+        pub fn new(_program: Program, _device: Device) -> Result<Session, TorchError> {
+            Err(TorchError::NotCompiled {
+                what: "running a model through libtorch",
+            })
+        }
+
+        pub fn run_watched(
+            &self,
+            _inputs: &[Tensor],
+            _watch: &[ValueId],
+            _on_value: &mut dyn FnMut(ValueId, &Tensor) -> std::ops::ControlFlow<()>,
+        ) -> Result<Vec<Tensor>, TorchError> {
+            Err(TorchError::NotCompiled {
+                what: "running a model through libtorch",
+            })
+        }
+    }
+
     pub fn run_program_qat(
         _p: &Program,
         _plan: &QatPlan,
@@ -1195,7 +1306,7 @@ mod imp {
     }
 }
 
-pub use imp::{info, round_trip, run_program, run_program_qat, train, train_float};
+pub use imp::{info, round_trip, run_program, run_program_qat, train, train_float, Session};
 
 #[cfg(all(test, feature = "torch"))]
 mod tests {
