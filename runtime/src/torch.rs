@@ -283,7 +283,24 @@ mod imp {
     use super::*;
     use std::collections::HashMap;
 
+    /// Loads libtorch's CUDA library when the machine has one (once). A qc built against the
+    /// CPU-only libtorch (`make setup`) does not link it, and one built against a CUDA libtorch
+    /// may have lost it to `--as-needed`; loading it by name registers libtorch's CUDA backend,
+    /// so a binary carried to a CUDA machine (with its `torch/lib` on `LD_LIBRARY_PATH`) uses
+    /// the GPU. Without the library this does nothing and CUDA reports "not available".
+    fn load_cuda() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // SAFETY: dlopen with a valid NUL-terminated name; the handle is kept for the
+            // process's lifetime (never dlclose'd), so registered kernels stay valid.
+            unsafe {
+                libc::dlopen(c"libtorch_cuda.so".as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
+            }
+        });
+    }
+
     pub fn info() -> Result<BackendInfo, TorchError> {
+        load_cuda();
         Ok(BackendInfo {
             version: "2.11.0",
             cuda_available: tch::Cuda::is_available(),
@@ -323,6 +340,7 @@ mod imp {
     }
 
     fn tch_device(d: Device) -> Result<tch::Device, TorchError> {
+        load_cuda();
         match d {
             Device::Cpu => Ok(tch::Device::Cpu),
             Device::Cuda if tch::Cuda::is_available() => Ok(tch::Device::Cuda(0)),
