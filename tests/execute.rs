@@ -1,6 +1,7 @@
-//! The float stage runs: lowered to the runtime's `Program`, executed by the pure-Rust reference
-//! interpreter and by libtorch (CPU), and the two agree within the float tolerance of
-//! docs/numerics.md. Parameters are randomised (BN statistics included) so that no op is trivial.
+//! The pre-convert stages run: `float`, `fused` and `observed` (PTQ and QAT; observers and
+//! fake-quant nodes are identities here, `tests/qat.rs` runs fake quantization), lowered to the
+//! runtime's `Program`, executed by the pure-Rust reference interpreter and by libtorch (CPU),
+//! agree within the float tolerance of docs/numerics.md. Parameters are randomised (BN statistics included) so that no op is trivial.
 
 use std::path::Path;
 
@@ -9,8 +10,14 @@ use qc_runtime::quant::float_rewrite_close;
 use qc_runtime::{SplitMix64, Tensor, TensorData};
 
 fn float_module(loaded: &qc_dsl::Loaded) -> Module {
+    module_at(loaded, Stage::Float, false)
+}
+
+/// The module at `stage`, its float parameters randomised (BN statistics included).
+fn module_at(loaded: &qc_dsl::Loaded, stage: Stage, qat: bool) -> Module {
     let opts = qc_compiler::RunOptions {
-        stop_after: Some(Stage::Float),
+        stop_after: Some(stage),
+        qat,
         ..Default::default()
     };
     let mut m = qc_compiler::compile(loaded, &opts, &mut |_| {}, &mut |_, _| {}).expect("compiles");
@@ -49,7 +56,10 @@ fn random_inputs(program: &qc_runtime::program::Program, batch: usize, seed: u64
 
 /// Interpreter and libtorch agree on every output.
 fn check(loaded: &qc_dsl::Loaded, batch: usize) {
-    let module = float_module(loaded);
+    check_module(float_module(loaded), batch);
+}
+
+fn check_module(module: Module, batch: usize) {
     let program = qc_compiler::lower::lower_float(&module).expect("lowers");
     let inputs = random_inputs(&program, batch, 11);
     let reference = qc_runtime::interp::run(&program, &inputs).expect("interpreter runs");
@@ -80,6 +90,23 @@ fn examples_agree_between_interpreter_and_libtorch() {
             &qc_dsl::load(&Path::new("examples").join(format!("{example}.qrecipe"))).unwrap(),
             batch,
         );
+    }
+}
+
+#[test]
+fn the_fused_and_observed_stages_agree_between_interpreter_and_libtorch() {
+    for example in ["fashion_cnn", "conv1d_net"] {
+        let loaded = qc_dsl::load(&Path::new("examples").join(format!("{example}.qrecipe"))).unwrap();
+        for (stage, qat) in [
+            (Stage::Fused, false),
+            (Stage::Fused, true),
+            (Stage::Observed, false),
+            (Stage::Observed, true),
+        ] {
+            let m = module_at(&loaded, stage, qat);
+            assert_eq!(m.stage, stage);
+            check_module(m, 1);
+        }
     }
 }
 
