@@ -154,29 +154,7 @@ pub fn main(args: TrainArgs) -> i32 {
             return 70;
         }
     };
-    let state_constants: Vec<usize> = plan
-        .iter()
-        .flat_map(|p| &p.sites)
-        .flat_map(|s| {
-            [
-                s.observer_enabled,
-                s.fake_quant_enabled,
-                s.min_val,
-                s.max_val,
-                s.scale,
-                s.zero_point,
-            ]
-        })
-        .collect();
-    let trainable: Vec<bool> = keys
-        .iter()
-        .enumerate()
-        .map(|(i, k)| {
-            !state_constants.contains(&i)
-                && k.as_deref()
-                    .is_some_and(|k| !k.ends_with("running_mean") && !k.ends_with("running_var"))
-        })
-        .collect();
+    let trainable = qc_compiler::lower::trainable(&keys, plan.as_ref());
     if args.qat
         && !module
             .params

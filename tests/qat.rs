@@ -78,29 +78,7 @@ fn one_qat_step_matches_pytorch_eager_qat() {
         shape: x.shape.clone(),
         data: ArrayData::F32(xv.clone()),
     };
-    let site_consts: Vec<usize> = plan
-        .sites
-        .iter()
-        .flat_map(|s| {
-            [
-                s.observer_enabled,
-                s.fake_quant_enabled,
-                s.min_val,
-                s.max_val,
-                s.scale,
-                s.zero_point,
-            ]
-        })
-        .collect();
-    let trainable: Vec<bool> = keys
-        .iter()
-        .enumerate()
-        .map(|(i, k)| {
-            !site_consts.contains(&i)
-                && k.as_deref()
-                    .is_some_and(|k| !k.ends_with("running_mean") && !k.ends_with("running_var"))
-        })
-        .collect();
+    let trainable = qc_compiler::lower::trainable(&keys, Some(&plan));
     let config = TrainConfig {
         epochs: 1,
         batch_size: 8,

@@ -21,13 +21,7 @@ fn float_module(example: &str) -> Module {
 /// The program, its constants' keys, and the trainable flags `qc train` uses.
 fn trainable_program(m: &Module) -> (qc_runtime::program::Program, Vec<Option<String>>, Vec<bool>) {
     let (program, keys) = qc_compiler::lower::lower_with_keys(m).expect("lowers");
-    let trainable = keys
-        .iter()
-        .map(|k| {
-            k.as_deref()
-                .is_some_and(|k| !k.ends_with("running_mean") && !k.ends_with("running_var"))
-        })
-        .collect();
+    let trainable = qc_compiler::lower::trainable(&keys, None);
     (program, keys, trainable)
 }
 

@@ -739,6 +739,20 @@ pub fn lower_qat(module: &Module) -> Result<(Program, Vec<Option<String>>, QatPl
     Ok((program, keys, plan))
 }
 
+/// Which constants training trains: every parameter a step uses as is, except batch-norm
+/// running statistics (updated by the forward, not the optimizer) and fake-quant state.
+pub fn trainable(keys: &[Option<String>], plan: Option<&QatPlan>) -> Vec<bool> {
+    let state = plan.map(QatPlan::state_constants).unwrap_or_default();
+    keys.iter()
+        .enumerate()
+        .map(|(i, k)| {
+            !state.contains(&i)
+                && k.as_deref()
+                    .is_some_and(|k| !k.ends_with("running_mean") && !k.ends_with("running_var"))
+        })
+        .collect()
+}
+
 /// The averaging constant of QAT observers when the recipe's observer has none: PyTorch's
 /// `MovingAverageMinMaxObserver` default.
 pub const QAT_AVERAGING_CONSTANT: f64 = 0.01;

@@ -236,6 +236,25 @@ pub struct QatPlan {
     pub sites: Vec<FakeQuantSite>,
 }
 
+impl QatPlan {
+    /// The constants holding fake-quant state (never trained by the optimizer).
+    pub fn state_constants(&self) -> Vec<ConstId> {
+        self.sites
+            .iter()
+            .flat_map(|s| {
+                [
+                    s.observer_enabled,
+                    s.fake_quant_enabled,
+                    s.min_val,
+                    s.max_val,
+                    s.scale,
+                    s.zero_point,
+                ]
+            })
+            .collect()
+    }
+}
+
 /// How quantization-aware training runs: the plan and when to freeze (epochs count from 1;
 /// during epoch `e`, batch norm is frozen when `e > freeze_bn_after`, observers when
 /// `e > freeze_observers_after`).
@@ -368,27 +387,43 @@ mod imp {
         Ok(())
     }
 
+    /// Host tensors on a device.
+    fn upload(tensors: &[Tensor], dev: tch::Device) -> Result<Vec<tch::Tensor>, TorchError> {
+        tensors.iter().map(|t| to_tch(t).map(|t| t.to_device(dev))).collect()
+    }
+
     /// Executes a float program through libtorch on `device`, inference mode.
     pub fn run_program(program: &Program, inputs: &[Tensor], device: Device) -> Result<Vec<Tensor>, TorchError> {
+        run_once(program, None, inputs, device)
+    }
+
+    /// One inference pass, fake-quantized by `plan` (observers still) when given.
+    fn run_once(
+        program: &Program,
+        plan: Option<&QatPlan>,
+        inputs: &[Tensor],
+        device: Device,
+    ) -> Result<Vec<Tensor>, TorchError> {
         float_only(program)?;
         program
             .check_inputs(inputs)
             .map_err(|e| TorchError::Torch(e.to_string()))?;
         let dev = tch_device(device)?;
         let _guard = tch::no_grad_guard();
-        let consts: Vec<tch::Tensor> = program
-            .constants
-            .iter()
-            .map(|c| to_tch(c).map(|t| t.to_device(dev)))
-            .collect::<Result<_, _>>()?;
-        let inputs: Vec<tch::Tensor> = inputs
-            .iter()
-            .map(|t| to_tch(t).map(|t| t.to_device(dev)))
-            .collect::<Result<_, _>>()?;
-        forward(program, &consts, inputs, false, None, Check::Nothing, None)?
-            .iter()
-            .map(from_tch)
-            .collect()
+        let consts = upload(&program.constants, dev)?;
+        let pass = plan.map(|p| QatPass::new(p, true, dev));
+        forward(
+            program,
+            &consts,
+            upload(inputs, dev)?,
+            false,
+            pass.as_ref(),
+            Check::Nothing,
+            None,
+        )?
+        .iter()
+        .map(from_tch)
+        .collect()
     }
 
     /// A float program with its constants on a device, for running many batches (calibration).
@@ -402,11 +437,7 @@ mod imp {
         pub fn new(program: Program, device: Device) -> Result<Session, TorchError> {
             float_only(&program)?;
             let dev = tch_device(device)?;
-            let consts = program
-                .constants
-                .iter()
-                .map(|c| to_tch(c).map(|t| t.to_device(dev)))
-                .collect::<Result<_, _>>()?;
+            let consts = upload(&program.constants, dev)?;
             Ok(Session {
                 program,
                 consts,
@@ -429,10 +460,7 @@ mod imp {
                 .check_inputs(inputs)
                 .map_err(|e| TorchError::Torch(e.to_string()))?;
             let _guard = tch::no_grad_guard();
-            let inputs: Vec<tch::Tensor> = inputs
-                .iter()
-                .map(|t| to_tch(t).map(|t| t.to_device(self.device)))
-                .collect::<Result<_, _>>()?;
+            let inputs = upload(inputs, self.device)?;
             let mut hook = |id: ValueId, t: &tch::Tensor| -> Result<(), TorchError> {
                 if watch.contains(&id) && on_value(id, &from_tch(t)?).is_break() {
                     return Err(TorchError::Stopped);
@@ -463,26 +491,7 @@ mod imp {
         inputs: &[Tensor],
         device: Device,
     ) -> Result<Vec<Tensor>, TorchError> {
-        float_only(program)?;
-        program
-            .check_inputs(inputs)
-            .map_err(|e| TorchError::Torch(e.to_string()))?;
-        let dev = tch_device(device)?;
-        let _guard = tch::no_grad_guard();
-        let consts: Vec<tch::Tensor> = program
-            .constants
-            .iter()
-            .map(|c| to_tch(c).map(|t| t.to_device(dev)))
-            .collect::<Result<_, _>>()?;
-        let inputs: Vec<tch::Tensor> = inputs
-            .iter()
-            .map(|t| to_tch(t).map(|t| t.to_device(dev)))
-            .collect::<Result<_, _>>()?;
-        let pass = QatPass::new(plan, true, dev);
-        forward(program, &consts, inputs, false, Some(&pass), Check::Nothing, None)?
-            .iter()
-            .map(from_tch)
-            .collect()
+        run_once(program, Some(plan), inputs, device)
     }
 
     /// The fake quantizations of one QAT forward pass, found by step and value, and the pass's
