@@ -90,20 +90,15 @@ pub fn main(args: TrainArgs) -> i32 {
     };
     let user = |d: Diagnostic| crate::cli::fail(CompileError::User(vec![d]), &loaded.sources);
     let section = if args.qat { "qat" } else { "train" };
+    let mut learnable_scales = false;
     let settings = if args.qat {
         let Some(q) = loaded.sections.qat.clone() else {
             eprintln!("error: `{}` has no `qat {{ }}` section", args.file.display());
             eprintln!("help: add one, e.g. `qat {{ epochs: 1  lr: 1e-4  optimizer: sgd(momentum: 0.9)  freeze_bn_after: 1 }}` (data, test data and normalization come from the `train` section)");
             return EXIT_USER;
         };
-        if let Some(l) = q.learnable_scales.filter(|l| l.value) {
-            return user(
-                Diagnostic::new("qc::train::lsq", l.span, "learnable scales (LSQ) are not trained yet")
-                    .label("asked for here")
-                    .help("remove `learnable_scales`; the scales follow the observed ranges (PyTorch's default QAT)"),
-            );
-        }
         let freeze = (q.freeze_bn_after(), q.freeze_observers_after());
+        learnable_scales = q.learnable_scales.is_some_and(|l| l.value);
         (
             with_train_defaults(q.training.clone(), loaded.sections.train.as_ref()),
             Some(freeze),
@@ -137,7 +132,7 @@ pub fn main(args: TrainArgs) -> i32 {
         Err(e) => return crate::cli::fail(e, &loaded.sources),
     };
     let lowered = if args.qat {
-        qc_compiler::lower::lower_qat(&module).map(|(p, k, plan)| (p, k, Some(plan)))
+        qc_compiler::lower::lower_qat(&module, learnable_scales).map(|(p, k, plan)| (p, k, Some(plan)))
     } else {
         qc_compiler::lower::lower_with_keys(&module).map(|(p, k)| (p, k, None))
     };

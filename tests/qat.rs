@@ -2,7 +2,8 @@
 //! `QatPlan`): one step equals PyTorch 2.11's eager-mode QAT step on the same state and batch
 //! (fixture written by `tests/data/qat_step.py`), a run resumed after an epoch ends exactly where
 //! an uninterrupted one does, freezing reaches the checkpoint, the converted int8 model agrees
-//! with the fake-quantized one, and a NaN in the data stops QAT naming epoch, step and value.
+//! with the fake-quantized one (observed and learned scales), and a NaN in the data stops QAT
+//! naming epoch, step and value.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -55,7 +56,7 @@ fn read(path: &Path) -> IndexMap<String, Tensor> {
 fn one_qat_step_matches_pytorch_eager_qat() {
     let dir = tempfile::tempdir().unwrap();
     let m = observed(&recipe(dir.path(), Path::new("tests/data/fashion_cnn.qat.pth"), ""));
-    let (program, keys, plan) = qc_compiler::lower::lower_qat(&m).unwrap();
+    let (program, keys, plan) = qc_compiler::lower::lower_qat(&m, false).unwrap();
     assert_eq!(plan.sites.len(), 9, "5 activation and 4 weight fake quantizations");
     let fixture = read(Path::new("tests/data/fashion_cnn.qat_step.safetensors"));
     let x = fixture["x"].clone();
@@ -231,7 +232,7 @@ fn the_int8_model_converted_after_qat_agrees_with_the_fake_quantized_one() {
     let (mean, std) = (0.2860f32, 0.3530f32);
     let x = Tensor::f32(raw.shape.clone(), f32s(&raw).iter().map(|v| (v - mean) / std).collect());
     let m = observed(&rq);
-    let (program, _, plan) = qc_compiler::lower::lower_qat(&m).unwrap();
+    let (program, _, plan) = qc_compiler::lower::lower_qat(&m, false).unwrap();
     let fake = torch::run_program_qat(&program, &plan, std::slice::from_ref(&x), torch::Device::Cpu).unwrap();
     let model = qc_runtime::model::Model::load(&model_path).unwrap();
     let int8 = model.run(&[raw]).unwrap();
@@ -295,4 +296,101 @@ fn qat_on_nan_data_names_epoch_step_and_value_and_writes_nothing() {
         "{stderr}"
     );
     assert!(!out_path.exists(), "nothing is written");
+}
+
+#[test]
+fn learnable_scales_train_once_observers_freeze_and_convert() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let fp32 = d.join("fp32.safetensors");
+    let r = recipe(
+        d,
+        Path::new("tests/data/fashion_cnn.fp32.safetensors"),
+        "  threads: 1\n",
+    );
+    let small = ["--epochs", "1", "--max-samples", "2000", "--device", "cpu"];
+    ok(&qc(&[
+        &["train", r.to_str().unwrap(), "-o", fp32.to_str().unwrap()][..],
+        &small,
+    ]
+    .concat()));
+    let text = std::fs::read_to_string(recipe(d, &fp32, "  threads: 1\n")).unwrap();
+    let lsq = d.join("lsq.qrecipe");
+    std::fs::write(
+        &lsq,
+        text.replace(
+            "  freeze_observers_after: 1\n",
+            "  freeze_observers_after: 1\n  learnable_scales: true\n",
+        )
+        // LSQ's gradients are scaled down by 1/sqrt(numel · qmax): at the recipe's 1e-4 a scale
+        // would not move within f32 precision in one short epoch.
+        .replace("  lr: 1e-4\n", "  lr: 0.02\n"),
+    )
+    .unwrap();
+    let (one, two) = (d.join("one.safetensors"), d.join("two.safetensors"));
+    let qat = |out: &Path, epochs: &str| {
+        ok(&qc(&[
+            "train",
+            lsq.to_str().unwrap(),
+            "--qat",
+            "-o",
+            out.to_str().unwrap(),
+            "--epochs",
+            epochs,
+            "--max-samples",
+            "2000",
+            "--device",
+            "cpu",
+        ]))
+    };
+    qat(&one, "1");
+    qat(&two, "2");
+    let (a, b) = (read(&one), read(&two));
+    // Epoch 2 has the observers frozen: the ranges stay, the learned scales move.
+    for site in [
+        "conv1.activation_post_process",
+        "fc1.activation_post_process",
+        "conv2.weight_fake_quant",
+    ] {
+        let key = format!("{site}.activation_post_process.min_val");
+        assert_eq!(a[&key], b[&key], "{key}: frozen observer");
+        let (sa, sb) = (f32s(&a[&format!("{site}.scale")]), f32s(&b[&format!("{site}.scale")]));
+        assert_ne!(sa, sb, "{site}: the scale is learned in epoch 2");
+        assert!(sb.iter().all(|s| s.is_finite() && *s > 0.0), "{site}: {sb:?}");
+    }
+    // The learned scales convert, and the int8 model agrees with the fake-quantized one.
+    let rq = recipe(d, &two, "");
+    let model_path = d.join("lsq.qmodel");
+    ok(&qc(&[
+        "compile",
+        rq.to_str().unwrap(),
+        "--qat",
+        "-o",
+        model_path.to_str().unwrap(),
+    ]));
+    let images = qc_runtime::data::read_idx_images(Path::new(qc_runtime::data::FASHION_MNIST_DIR), false).unwrap();
+    let raw = images.batch_f32(0, 128);
+    let x = Tensor::f32(
+        raw.shape.clone(),
+        f32s(&raw).iter().map(|v| (v - 0.2860) / 0.3530).collect(),
+    );
+    let m = observed(&rq);
+    let (program, _, plan) = qc_compiler::lower::lower_qat(&m, true).unwrap();
+    let fake = torch::run_program_qat(&program, &plan, std::slice::from_ref(&x), torch::Device::Cpu).unwrap();
+    let int8 = qc_runtime::model::Model::load(&model_path)
+        .unwrap()
+        .run(&[raw])
+        .unwrap();
+    let step = f32s(&m.params["fc2.activation_post_process.scale"].value.clone().unwrap())[0];
+    let (f, q) = (f32s(&fake[0]), f32s(&int8[0]));
+    let within = f
+        .iter()
+        .zip(&q)
+        .filter(|(a, b)| (*a - *b).abs() <= step * 1.001)
+        .count();
+    assert!(
+        within * 100 >= f.len() * 99,
+        "{within} of {} logits within one step {step}",
+        f.len()
+    );
 }

@@ -643,11 +643,14 @@ fn set_key(
 }
 
 /// Lowers a module compiled for QAT (stage `observed` with `--qat`) for quantization-aware
-/// training: the program and keys of [`lower_with_keys`], with the state of every fake
+/// training (`learnable_scales`: every scale is trained, else those of `learnable` nodes): the program and keys of [`lower_with_keys`], with the state of every fake
 /// quantization (activation `fake_quant` nodes, `weight_fake_quant` of weighted ops) appended to
 /// the constants under its keys, and the plan that says where each fake quantization applies
 /// (`docs/design-later-stages.md`, 7.1).
-pub fn lower_qat(module: &Module) -> Result<(Program, Vec<Option<String>>, QatPlan), LowerError> {
+pub fn lower_qat(
+    module: &Module,
+    learnable_scales: bool,
+) -> Result<(Program, Vec<Option<String>>, QatPlan), LowerError> {
     let (mut program, mut keys) = lower_with_keys(module)?;
     let mut plan = QatPlan::default();
     let steps = program.steps.clone();
@@ -656,15 +659,9 @@ pub fn lower_qat(module: &Module) -> Result<(Program, Vec<Option<String>>, QatPl
         let base = name.split('#').next().unwrap_or(&name).to_string();
         let Some(id) = module.graph.find(&base) else { continue };
         let node = module.graph.node(id);
-        let (spec, prefix, at) = match (&node.op, &step.op) {
+        let (spec, prefix, at, learnable) = match (&node.op, &step.op) {
             (Op::FakeQuant { spec, learnable }, StepOp::Float(FloatOp::Identity)) if name == node.name => {
-                if *learnable {
-                    return Err(node_error(
-                        node,
-                        "learnable scales (LSQ) are not trained yet; remove `learnable`",
-                    ));
-                }
-                (spec.clone(), "", FakeQuantAt::Value(step.output))
+                (spec.clone(), "", FakeQuantAt::Value(step.output), *learnable)
             }
             (
                 Op::Conv(Conv {
@@ -686,6 +683,7 @@ pub fn lower_qat(module: &Module) -> Result<(Program, Vec<Option<String>>, QatPl
                     wq.spec.clone(),
                     "weight_fake_quant.",
                     FakeQuantAt::Weight { step: index, bn_step },
+                    false,
                 )
             }
             _ => continue,
@@ -724,6 +722,7 @@ pub fn lower_qat(module: &Module) -> Result<(Program, Vec<Option<String>>, QatPl
             quant_max: quant_max as i64,
             per_channel: spec.per_channel,
             symmetric: spec.symmetric,
+            learnable: learnable || learnable_scales,
             averaging_constant: match spec.observer {
                 qc_dsl::sections::Observer::MovingAverageMinMax { momentum } => momentum,
                 _ => QAT_AVERAGING_CONSTANT,

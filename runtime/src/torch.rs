@@ -218,6 +218,9 @@ pub struct FakeQuantSite {
     pub symmetric: bool,
     /// How far the running min/max move towards each batch's (PyTorch's 0.01).
     pub averaging_constant: f64,
+    /// The scale is trained (LSQ: PyTorch's `_LearnableFakeQuantize`, gradient scaled by
+    /// `1 / sqrt(numel · quant_max)`); while the observer is on it still sets the scale.
+    pub learnable: bool,
     /// `i64[1]` flags.
     pub observer_enabled: ConstId,
     pub fake_quant_enabled: ConstId,
@@ -237,7 +240,8 @@ pub struct QatPlan {
 }
 
 impl QatPlan {
-    /// The constants holding fake-quant state (never trained by the optimizer).
+    /// The constants holding fake-quant state that the optimizer does not train (all of it but
+    /// the scales of learnable sites).
     pub fn state_constants(&self) -> Vec<ConstId> {
         self.sites
             .iter()
@@ -247,9 +251,10 @@ impl QatPlan {
                     s.fake_quant_enabled,
                     s.min_val,
                     s.max_val,
-                    s.scale,
                     s.zero_point,
                 ]
+                .into_iter()
+                .chain((!s.learnable).then_some(s.scale))
             })
             .collect()
     }
@@ -530,6 +535,9 @@ mod imp {
         fn fake_quant(&self, site: usize, x: &tch::Tensor, consts: &[tch::Tensor]) -> Result<tch::Tensor, TorchError> {
             let s = &self.sites[site];
             let observer_on = self.observers_off.as_ref().unwrap_or(&consts[s.observer_enabled]);
+            if s.learnable {
+                return self.learnable_fake_quant(s, x, consts, observer_on);
+            }
             x.f_fused_moving_avg_obs_fake_quant(
                 observer_on,
                 &consts[s.fake_quant_enabled],
@@ -544,6 +552,78 @@ mod imp {
                 s.per_channel,
                 s.symmetric,
             )
+            .map_err(err)
+        }
+    }
+
+    impl QatPass<'_> {
+        /// PyTorch's `_LearnableFakeQuantize.forward`: while the observer is on, it observes
+        /// (moving average) and sets the scale and zero point, outside autograd; then the scale,
+        /// kept at least `f32::EPSILON`, fake-quantizes with a gradient of its own.
+        fn learnable_fake_quant(
+            &self,
+            s: &FakeQuantSite,
+            x: &tch::Tensor,
+            consts: &[tch::Tensor],
+            observer_on: &tch::Tensor,
+        ) -> Result<tch::Tensor, TorchError> {
+            {
+                let _guard = tch::no_grad_guard();
+                let observing = i64::try_from(observer_on).map_err(err)? != 0;
+                if observing {
+                    // The fused op computes scale and zero point only with fake quantization on
+                    // (its output, on the detached input, is dropped).
+                    let on = observer_on.f_ones_like().map_err(err)?;
+                    let _ = x
+                        .f_detach()
+                        .and_then(|d| {
+                            d.f_fused_moving_avg_obs_fake_quant(
+                                observer_on,
+                                &on,
+                                &consts[s.min_val],
+                                &consts[s.max_val],
+                                &consts[s.scale],
+                                &consts[s.zero_point],
+                                s.averaging_constant,
+                                s.quant_min,
+                                s.quant_max,
+                                if s.per_channel { 0 } else { -1 },
+                                s.per_channel,
+                                s.symmetric,
+                            )
+                        })
+                        .map_err(err)?;
+                } else {
+                    let _ = consts[s.scale]
+                        .shallow_clone()
+                        .f_clamp_min_(f32::EPSILON as f64)
+                        .map_err(err)?;
+                }
+            }
+            if i64::try_from(&consts[s.fake_quant_enabled]).map_err(err)? == 0 {
+                return Ok(x.shallow_clone());
+            }
+            let zero_point = consts[s.zero_point].f_to_kind(tch::Kind::Float).map_err(err)?;
+            // PyTorch's `use_grad_scaling`: over the whole tensor, per channel too.
+            let grad_factor = 1.0 / ((x.numel().max(1) as f64) * s.quant_max as f64).sqrt();
+            if s.per_channel {
+                x.f_internal_fake_quantize_learnable_per_channel_affine(
+                    &consts[s.scale],
+                    &zero_point,
+                    0,
+                    s.quant_min,
+                    s.quant_max,
+                    grad_factor,
+                )
+            } else {
+                x.f_internal_fake_quantize_learnable_per_tensor_affine(
+                    &consts[s.scale],
+                    &zero_point,
+                    s.quant_min,
+                    s.quant_max,
+                    grad_factor,
+                )
+            }
             .map_err(err)
         }
     }
@@ -1099,10 +1179,10 @@ mod imp {
                     site.zero_point,
                 ]
                 .into_iter()
-                .find(|&c| c >= consts.len() || trainable[c]);
+                .find(|&c| c >= consts.len() || (trainable[c] != (site.learnable && c == site.scale)));
                 if let Some(c) = bad {
                     return Err(TorchError::Train(format!(
-                        "fake quantization `{}` names constant {c}, which is missing or trainable",
+                        "fake quantization `{}` names constant {c}, which is missing, or trainable where it must not be (only a learnable scale is)",
                         site.name
                     )));
                 }
