@@ -20,15 +20,10 @@ use qc_runtime::{DType, Tensor, TensorData};
 const CL: Layout = Layout::ChannelsLast;
 const T: Layout = Layout::Torch;
 
-/// `p` with every step's output (and the original outputs) as program outputs, so that every
-/// value is compared.
+/// `p` with every step's output as a program output (in step order, so that the first
+/// difference reported is the first value that differs).
 fn every_value(p: &Program) -> Program {
-    let mut outputs = p.outputs.clone();
-    for s in &p.steps {
-        if !outputs.contains(&s.output) {
-            outputs.push(s.output);
-        }
-    }
+    let outputs = p.steps.iter().map(|s| s.output).collect();
     Program { outputs, ..p.clone() }
 }
 
