@@ -177,11 +177,12 @@ impl Gemm {
         let r = a.size()[0];
         let kp = self.b[g].size()[0];
         let extra_rows = (INT_MM_MIN_ROWS as i64 - r).max(0);
+        // Row-major operands (`_int_mm_out_cuda` notes cuBLAS trouble with some transposed ones).
         let a = if extra_rows > 0 || kp > self.k as i64 {
             a.f_constant_pad_nd([0, kp - self.k as i64, 0, extra_rows])
                 .map_err(err)?
         } else {
-            a.shallow_clone()
+            a.f_contiguous().map_err(err)?
         };
         a.f_internal_int_mm(&self.b[g])
             .and_then(|y| y.f_narrow(0, 0, r))
