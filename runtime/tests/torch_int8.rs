@@ -389,6 +389,48 @@ fn libtorch_int8_on_cuda_equals_the_cpu_executor_bit_for_bit() {
     }
 }
 
+/// Quantize at exact ties (`x · (1/s)` = k + 0.5 with a power-of-two scale: ties to even), the
+/// fbgemm example where `x · (1/s)` and `x / s` round differently, saturation, and the
+/// dequantized codes, in both layout directions.
+#[test]
+fn quantize_ties_and_saturation_are_the_cpu_executor_s() {
+    let mut b = Builder::new(1);
+    let mut v: Vec<f32> = (-40..40).map(|k| k as f32 * 0.125).collect();
+    v.extend([0.273_939_94, -0.273_939_94, 1e9, -1e9, f32::MAX, f32::MIN_POSITIVE]);
+    let n = v.len();
+    let x = Tensor::f32(vec![1, 2, n / 2], v);
+    let xi = b.input("x", x.clone());
+    for (name, q) in [
+        ("pow2", QParams::new(0.25, 7, QRange::U8).unwrap()),
+        ("fbgemm", QParams::new(0.002_148_548_6, 0, QRange::U8).unwrap()),
+        ("wide", QParams::new(0.25, 128, QRange::U8).unwrap()),
+    ] {
+        let q1 = b.step(name, QuantOp::Quantize, vec![xi], CL, Some(q));
+        let q2 = b.step(&format!("{name}.t"), QuantOp::Quantize, vec![xi], T, Some(q));
+        let d = b.step(&format!("{name}.dq"), QuantOp::Dequantize, vec![q1], T, None);
+        let d2 = b.step(&format!("{name}.dq.cl"), QuantOp::Dequantize, vec![q2], CL, None);
+        b.output(d);
+        b.output(d2);
+    }
+    assert_same_bits(&b.p, &[x], Device::Cpu, "quantize ties");
+}
+
+/// A float step that produces an infinity is refused naming it, as the CPU executor does.
+#[test]
+fn a_non_finite_float_value_is_refused_by_name() {
+    let (p, x) = i8_and_float(41, 1);
+    let mut p = p;
+    let relu = p.values.iter().position(|v| v.name == "relu").unwrap();
+    let step = p.steps.iter().position(|s| s.output == relu).unwrap();
+    p.steps[step].op = StepOp::Float(FloatOp::Clamp {
+        min: f32::INFINITY,
+        max: f32::INFINITY,
+    });
+    assert!(qc_runtime::exec::run(&p, &x).is_err());
+    let e = torch::run_program_int8(&p, &x, Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("`relu`"), "{e}");
+}
+
 /// Any batch size on one session, and a second run gives the same bits.
 #[test]
 fn one_session_runs_any_batch_size() {

@@ -307,7 +307,17 @@ impl Int8Session {
             let shape_refs: Vec<&[usize]> = shapes.iter().map(|s| s.as_slice()).collect();
             let out_shape = crate::validate::infer(p, step, &shape_refs).map_err(|m| step_error(p, step, m))?;
             let out = match &step.op {
-                StepOp::Float(op) => self.float(op, &args)?,
+                StepOp::Float(op) => {
+                    let out = self.float(op, &args)?;
+                    // The CPU executor refuses a non-finite float step output; so does this.
+                    let finite = out.f_isfinite().and_then(|f| f.f_all()).map_err(err)?;
+                    if !bool::try_from(&finite).map_err(err)? {
+                        return Err(TorchError::NonFiniteValue {
+                            value: p.value_name(step.output).to_string(),
+                        });
+                    }
+                    out
+                }
                 StepOp::Quant(op) => quant_step(p, step, op, &self.prepared[index], &args, &shapes, &out_shape)?,
             };
             if out.size() != i64s(&out_shape) {
