@@ -120,7 +120,7 @@ enum Command {
     },
     /// Run a compiled model (`qc compile RECIPE -o model.qmodel`) on inputs from `.npy` files.
     #[command(
-        after_help = "Examples:\n  qc run model.qmodel --input x.npy\n  qc run model.qmodel --input x.npy --output y.npy\n  qc run model.qmodel --input x.npy --threads 2 --bench 50\n  qc run model.qmodel --input t10k-images-idx3-ubyte.gz --labels t10k-labels-idx1-ubyte.gz"
+        after_help = "Examples:\n  qc run model.qmodel --input x.npy\n  qc run model.qmodel --input x.npy --output y.npy\n  qc run model.qmodel --input x.npy --threads 2 --bench 50\n  qc run model.qmodel --input t10k-images-idx3-ubyte.gz --labels t10k-labels-idx1-ubyte.gz\n  qc run model.qmodel --input x.npy --device cuda --bench 50"
     )]
     Run {
         /// The .qmodel file.
@@ -144,6 +144,10 @@ enum Command {
         /// One class per input sample (IDX labels or `.npy`): print top-1 accuracy.
         #[arg(long)]
         labels: Option<PathBuf>,
+        /// Where to run: qc's own CPU kernels, libtorch on CUDA (`_int_mm`; the same bits), `auto`
+        /// (CUDA when present), or `torch-cpu` (libtorch's int8 path on the CPU, for checks).
+        #[arg(long, value_enum, default_value_t = crate::run::RunDevice::Cpu)]
+        device: crate::run::RunDevice,
     },
     /// Train the model's float weights with the recipe's `train` section (libtorch).
     Train(crate::train::TrainArgs),
@@ -216,6 +220,7 @@ pub fn main() -> i32 {
             bench,
             profile,
             labels,
+            device,
         } => crate::run::run(crate::run::RunArgs {
             model,
             inputs: input,
@@ -224,6 +229,7 @@ pub fn main() -> i32 {
             bench,
             profile,
             labels,
+            device,
         }),
         Command::Train(args) => crate::train::main(args),
         Command::Backends => backends(),

@@ -5,9 +5,56 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use qc_runtime::model::Model;
+use qc_runtime::torch;
 use qc_runtime::{Tensor, TensorData};
 
 const EXIT_USER: i32 = 1;
+
+/// Where `qc run` executes the model.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RunDevice {
+    /// qc's own CPU kernels.
+    #[default]
+    Cpu,
+    /// libtorch on the GPU: int8 steps with integer GEMMs (`_int_mm`), the same bits as `cpu`.
+    Cuda,
+    /// `cuda` when libtorch sees a GPU, else `cpu`.
+    Auto,
+    /// What `cuda` runs (libtorch's int8 path), on the CPU: to check it without a GPU.
+    TorchCpu,
+}
+
+impl RunDevice {
+    /// The libtorch device to run on, `None` for qc's own kernels, or why it cannot be used.
+    fn resolve(self) -> Result<Option<torch::Device>, String> {
+        let cuda = torch::info().map(|i| i.cuda_available).unwrap_or(false);
+        match self {
+            RunDevice::Cpu => Ok(None),
+            RunDevice::Auto if cuda => Ok(Some(torch::Device::Cuda)),
+            RunDevice::Auto => Ok(None),
+            _ if !torch::COMPILED => Err("this qc was built without libtorch".into()),
+            RunDevice::TorchCpu => Ok(Some(torch::Device::Cpu)),
+            RunDevice::Cuda if cuda => Ok(Some(torch::Device::Cuda)),
+            RunDevice::Cuda => Err("`--device cuda`: libtorch sees no CUDA device on this machine".into()),
+        }
+    }
+}
+
+/// What runs the model: qc's executor, or a libtorch session holding the program on a device.
+enum Runner<'a> {
+    Cpu(&'a Model),
+    Torch(&'a Model, Box<torch::Int8Session>),
+}
+
+impl Runner<'_> {
+    /// qc's kernels on `pool`'s threads; libtorch on its own.
+    fn run(&self, pool: &rayon::ThreadPool, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
+        match self {
+            Runner::Cpu(model) => pool.install(|| model.run(inputs)).map_err(|e| e.to_string()),
+            Runner::Torch(model, session) => session.run(&model.normalize(inputs)).map_err(|e| e.to_string()),
+        }
+    }
+}
 
 /// What `qc run` was asked to do.
 pub struct RunArgs {
@@ -19,6 +66,7 @@ pub struct RunArgs {
     pub profile: bool,
     /// Labels (IDX or `.npy`, one class per sample) to report top-1 accuracy against.
     pub labels: Option<PathBuf>,
+    pub device: RunDevice,
 }
 
 /// Runs the command; returns the exit code.
@@ -72,7 +120,41 @@ pub fn run(args: RunArgs) -> i32 {
             return EXIT_USER;
         }
     };
-    let outputs = match pool.install(|| model.run(&inputs)) {
+    let runner = match args.device.resolve() {
+        Ok(None) => Runner::Cpu(&model),
+        Ok(Some(device)) => {
+            if args.profile {
+                eprintln!("error: `--profile` times qc's own kernels step by step");
+                eprintln!("help: drop `--profile`, or run with `--device cpu`");
+                return EXIT_USER;
+            }
+            match torch::Int8Session::new(model.program().clone(), device) {
+                Ok(s) => {
+                    println!(
+                        "device: {} through libtorch (int8 steps with integer GEMMs, bit-exact with `--device cpu`)",
+                        match device {
+                            torch::Device::Cpu => "cpu",
+                            torch::Device::Cuda => "cuda",
+                        }
+                    );
+                    Runner::Torch(&model, Box::new(s))
+                }
+                Err(e) => {
+                    eprintln!("error: the model cannot run through libtorch: {e}");
+                    eprintln!("help: run it on qc's own kernels with `--device cpu`");
+                    return EXIT_USER;
+                }
+            }
+        }
+        Err(message) => {
+            eprintln!("error: {message}");
+            eprintln!(
+                "help: `--device cpu` runs qc's own kernels (the same bits); `qc backends` shows what this machine has"
+            );
+            return EXIT_USER;
+        }
+    };
+    let outputs = match runner.run(&pool, &inputs) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("error: the model failed: {e}");
@@ -127,7 +209,7 @@ pub fn run(args: RunArgs) -> i32 {
         let warmup = 3.min(rounds);
         for i in 0..warmup + rounds {
             let start = Instant::now();
-            if let Err(e) = pool.install(|| model.run(&inputs)) {
+            if let Err(e) = runner.run(&pool, &inputs) {
                 eprintln!("error: the model failed while benchmarking: {e}");
                 eprintln!("help: this is a bug if the first run succeeded; please report it");
                 return 70;

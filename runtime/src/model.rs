@@ -98,6 +98,15 @@ impl Model {
         }
     }
 
+    /// The inputs as [`Model::run`] feeds them to the program: normalized when the metadata
+    /// says so (for running the program on another backend).
+    pub fn normalize(&self, inputs: &[Tensor]) -> Vec<Tensor> {
+        match self.meta.input_normalize {
+            None => inputs.to_vec(),
+            Some(n) => normalized(inputs, n),
+        }
+    }
+
     pub fn meta(&self) -> &ModelMeta {
         &self.meta
     }

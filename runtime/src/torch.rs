@@ -20,6 +20,13 @@ pub enum TorchError {
     Torch(String),
     #[error("int8 step `{step}` ({op}) runs on the CPU runtime only; the libtorch backend runs float steps")]
     Int8Step { step: String, op: &'static str },
+    /// A step the libtorch int8 path ([`Int8Session`]) cannot run as given.
+    #[error("step `{step}` ({op}): {message}")]
+    Step {
+        step: String,
+        op: &'static str,
+        message: String,
+    },
     /// Training diverged: the loss of a batch is NaN or infinite. Epoch and step count from 1;
     /// `value`: the first value of the forward that went non-finite (an input, or a node's
     /// output), when one did.
@@ -302,10 +309,16 @@ pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<i64> {
 /// True when this build has the libtorch backend.
 pub const COMPILED: bool = cfg!(feature = "torch");
 
+/// The lowered int8 graph on libtorch (`_int_mm`), bit-exact with the CPU executor.
+#[cfg(feature = "torch")]
+mod int8;
+
 #[cfg(feature = "torch")]
 mod imp {
     use super::*;
     use std::collections::HashMap;
+
+    pub use super::int8::{run_program_int8, Int8Session};
 
     /// Loads libtorch's CUDA library when the machine has one (once). A qc built against the
     /// CPU-only libtorch (`make setup`) does not link it, and one built against a CUDA libtorch
@@ -363,7 +376,7 @@ mod imp {
         from_tch(&to_tch(t)?)
     }
 
-    fn tch_device(d: Device) -> Result<tch::Device, TorchError> {
+    pub(super) fn tch_device(d: Device) -> Result<tch::Device, TorchError> {
         load_cuda();
         match d {
             Device::Cpu => Ok(tch::Device::Cpu),
@@ -790,7 +803,7 @@ mod imp {
     }
 
     /// One float step other than conv and linear.
-    fn float_step(
+    pub(super) fn float_step(
         op: &FloatOp,
         consts: &[tch::Tensor],
         args: &[&tch::Tensor],
@@ -1372,6 +1385,33 @@ mod imp {
         }
     }
 
+    /// Without libtorch there is no int8 session (none can be built).
+    pub struct Int8Session(std::convert::Infallible);
+
+    impl Int8Session {
+        pub fn new(_program: Program, _device: Device) -> Result<Int8Session, TorchError> {
+            Err(TorchError::NotCompiled {
+                what: "running int8 steps through libtorch",
+            })
+        }
+
+        pub fn program(&self) -> &Program {
+            match self.0 {}
+        }
+
+        pub fn run(&self, _inputs: &[Tensor]) -> Result<Vec<Tensor>, TorchError> {
+            Err(TorchError::NotCompiled {
+                what: "running int8 steps through libtorch",
+            })
+        }
+    }
+
+    pub fn run_program_int8(_p: &Program, _inputs: &[Tensor], _device: Device) -> Result<Vec<Tensor>, TorchError> {
+        Err(TorchError::NotCompiled {
+            what: "running int8 steps through libtorch",
+        })
+    }
+
     pub fn run_program_qat(
         _p: &Program,
         _plan: &QatPlan,
@@ -1413,7 +1453,9 @@ mod imp {
     }
 }
 
-pub use imp::{info, round_trip, run_program, run_program_qat, train, train_float, Session};
+pub use imp::{
+    info, round_trip, run_program, run_program_int8, run_program_qat, train, train_float, Int8Session, Session,
+};
 
 #[cfg(all(test, feature = "torch"))]
 mod tests {
