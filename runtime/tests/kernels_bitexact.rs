@@ -356,6 +356,76 @@ fn check_conv7(seed: u64) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// The 7-bit im2col path ([`fast::im2col_pays`]): few input channels (ResNet's RGB stem is 3,
+/// 7x7, stride 2, padding 3), kernels up to 7x7, strides 1-3, dilation, padding up to the
+/// kernel, odd widths, output-channel tails, batch 1-2.
+fn check_conv7_im2col(seed: u64) -> Result<(), TestCaseError> {
+    let r = &mut SplitMix64::new(seed);
+    let stem = below(r, 4) == 0;
+    let cig = if stem { 3 } else { pick(r, &[1, 2, 3, 3, 5, 6, 7, 9]) };
+    let out_c = if stem {
+        pick(r, &[8, 16, 64])
+    } else {
+        pick(r, &[1, 3, 7, 8, 9, 16, 17, 24, 33])
+    };
+    let axis = |r: &mut SplitMix64| {
+        if stem {
+            return Axis::new(7, 2, 3, 1);
+        }
+        let kernel = 1 + below(r, 7) as usize;
+        let stride = 1 + below(r, 3) as usize;
+        let dilation = 1 + below(r, 2) as usize;
+        let padding = below(r, kernel as u64 + 1) as usize;
+        Axis::new(kernel, stride, padding, dilation)
+    };
+    let (h, w) = (axis(r), axis(r));
+    let one_d = !stem && below(r, 6) == 0;
+    let h = if one_d { Axis::new(1, 1, 0, 1) } else { h };
+    let in_len = |r: &mut SplitMix64, a: &Axis| (a.span().saturating_sub(2 * a.padding)).max(1) + below(r, 12) as usize;
+    let in_h = if one_d { 1 } else { in_len(r, &h) };
+    let in_w = in_len(r, &w);
+    let geom = Conv2dGeom {
+        batch: 1 + below(r, 2) as usize,
+        in_h,
+        in_w,
+        in_c: cig,
+        out_c,
+        h,
+        w,
+        groups: 1,
+    };
+    let Ok([oh, ow]) = geom.out_hw() else {
+        return Ok(());
+    };
+    let k = geom.reduction_len();
+    let (range, zp) = range7(r);
+    let p = QConv2d {
+        geom,
+        input_zero_point: zp,
+        requant: (0..out_c).map(|_| requant(r, k)).collect(),
+    };
+    let x = u7s(r, geom.input_len(), range);
+    let wt = i8s(r, geom.weight_len());
+    let b = bias(r, out_c, k, zp);
+    let n_out = geom.batch * oh * ow * out_c;
+    let mut want = vec![0u8; n_out];
+    reference::qconv2d(&p, &x, &wt, b.as_deref(), &mut want).unwrap();
+    let packed = PackedConv::with_input_range(&p, &wt, b.as_deref(), fast::detected(), range).unwrap();
+    let taps = geom.h.kernel * geom.w.kernel;
+    let avx2 = fast::detected() == Isa::Avx2;
+    prop_assert_eq!(
+        packed.im2col(),
+        avx2 && fast::im2col_pays(1, cig, taps) && (cig, out_c) != (1, 1)
+    );
+    if stem {
+        prop_assert!(packed.im2col() == avx2);
+    }
+    let mut got = vec![1u8; n_out];
+    packed.run(&geom, &x, &mut got).unwrap();
+    prop_assert_eq!(&got, &want, "{:?} {:?} zp {}", geom, range, zp);
+    Ok(())
+}
+
 fn check_linear7(seed: u64) -> Result<(), TestCaseError> {
     let r = &mut SplitMix64::new(seed);
     let batch = pick(r, &[1, 1, 2, 3, 5, 8]);
@@ -403,6 +473,11 @@ proptest! {
     #[test]
     fn qconv2d_7bit_matches_reference(seed in any::<u64>()) {
         check_conv7(seed)?;
+    }
+
+    #[test]
+    fn qconv2d_7bit_im2col_matches_reference(seed in any::<u64>()) {
+        check_conv7_im2col(seed)?;
     }
 
     #[test]
@@ -622,5 +697,47 @@ fn large_conv_7bit_extremes_match_reference() {
             packed.run(&geom, &x, &mut got).unwrap();
             assert_eq!(got, want, "{geom:?} zp {zp}");
         }
+    }
+}
+
+/// ResNet's stem (3 → 64, 7x7, stride 2, padding 3) on the im2col path, big enough for the threaded
+/// path, at the saturation edge of `vpmaddubsw` (inputs 127, weights -128 or 127) and on random
+/// 7-bit inputs, with an odd width.
+#[test]
+fn large_stem_7bit_im2col_matches_reference() {
+    let r = &mut SplitMix64::new(11);
+    let r7 = QRange::custom(0, 127).unwrap();
+    let a = Axis::new(7, 2, 3, 1);
+    let geom = Conv2dGeom {
+        batch: 2,
+        in_h: 64,
+        in_w: 67,
+        in_c: 3,
+        out_c: 64,
+        h: a,
+        w: a,
+        groups: 1,
+    };
+    let k = geom.reduction_len();
+    for (zp, x, wt) in [
+        (0, vec![127u8; geom.input_len()], vec![-128i8; geom.weight_len()]),
+        (127, vec![127u8; geom.input_len()], vec![127i8; geom.weight_len()]),
+        (0, u7s(r, geom.input_len(), r7), vec![127i8; geom.weight_len()]),
+        (37, u7s(r, geom.input_len(), r7), i8s(r, geom.weight_len())),
+    ] {
+        let p = QConv2d {
+            geom,
+            input_zero_point: zp,
+            requant: (0..64).map(|_| requant(r, k)).collect(),
+        };
+        let b = bias(r, 64, k, zp);
+        let n = geom.output_len().unwrap();
+        let mut want = vec![0u8; n];
+        reference::qconv2d(&p, &x, &wt, b.as_deref(), &mut want).unwrap();
+        let packed = PackedConv::with_input_range(&p, &wt, b.as_deref(), Isa::Avx2, r7).unwrap();
+        assert_eq!(packed.im2col(), fast::detected() == Isa::Avx2);
+        let mut got = vec![1u8; n];
+        packed.run(&geom, &x, &mut got).unwrap();
+        assert_eq!(got, want, "zp {zp}");
     }
 }

@@ -439,7 +439,7 @@ pub unsafe fn conv_row(
 // ---------------------------------------------------------------------------------------------
 
 /// Fills `buf` (resized to `g.buffer_len()`) with the raw bytes of `x` in `g`'s layout (`cgp` a
-/// multiple of 4), `zp` in the spatial padding and in the channel slots past `cg` (whose weights
+/// multiple of 4 for [`conv7_row`], `cgp = cg` for [`im2col7_row`]), `zp` in the spatial padding and in the channel slots past `cg` (whose weights
 /// are 0). Returns whether every byte of `x` is at most 127, i.e. whether [`conv7_row`] may run
 /// on it (it reads `buf` only; the padding value `zp` is checked by the caller).
 ///
@@ -659,6 +659,81 @@ pub unsafe fn conv7_row(
         if b < b1 {
             conv7_pixels::<1>(pk, r, ximg, oh, ow0, ow1, g, b, orow);
         }
+    }
+}
+
+/// Bytes per output pixel of an im2col row for a reduction of `k` input bytes: `k` rounded up to
+/// a multiple of 4 (whole `vpmaddubsw` quads).
+pub fn im2col_stride(k: usize) -> usize {
+    k.div_ceil(4) * 4
+}
+
+/// Slack after an im2col row buffer: [`im2col7_row`] copies in 16-byte pieces.
+pub const IM2COL_SLACK: usize = 16;
+
+/// Gathers output row `(n, oh)`'s windows into `col`: pixel `ow`'s `KH·KW·Cin` input bytes, in OHWI
+/// weight order `(kh, kw, ci)`, at `col[ow · kp ..]`, `kp = im2col_stride(KH·KW·Cin)`; with
+/// `dw = 1` the `KW·Cin` bytes of one kernel row are contiguous in the padded input and are copied
+/// in one piece. Copies move 16 bytes at a time and may overwrite up to 15 bytes past a piece:
+/// pieces are written in increasing order, so a later piece (or the next pixel) rewrites them,
+/// and what is left in the `kp - KH·KW·Cin` slots after a pixel's last piece are bytes of the
+/// padded input (at most 127: [`pad_raw7`]'s check and padding value) that meet zero weights.
+///
+/// # Safety
+/// Needs AVX2; `xpad` is [`pad_raw7`]'s buffer for `r.pad` (one group, `cgp = cg`, 16 bytes of
+/// slack); `col` holds `r.out_w · kp + IM2COL_SLACK` bytes.
+#[target_feature(enable = "avx2")]
+pub unsafe fn im2col7_row(r: &ConvRun, xpad: *const u8, n: usize, oh: usize, col: *mut u8, kp: usize) {
+    #[inline(always)]
+    unsafe fn copy16(src: *const u8, dst: *mut u8, len: usize) {
+        let mut o = 0;
+        while o < len {
+            _mm_storeu_si128(
+                dst.add(o) as *mut __m128i,
+                _mm_loadu_si128(src.add(o) as *const __m128i),
+            );
+            o += 16;
+        }
+    }
+    let (wp, c) = (r.pad.wp(), r.pad.cgp);
+    let ximg = xpad.add(n * r.pad.hp() * wp * c);
+    for ow in 0..r.out_w {
+        let dst = col.add(ow * kp);
+        for kh in 0..r.kh {
+            let row = ximg.add(((oh * r.sh + kh * r.dh) * wp + ow * r.sw) * c);
+            if r.dw == 1 {
+                copy16(row, dst.add(kh * r.kw * c), r.kw * c);
+            } else {
+                for kw in 0..r.kw {
+                    copy16(row.add(kw * r.dw * c), dst.add((kh * r.kw + kw) * c), c);
+                }
+            }
+        }
+    }
+}
+
+/// The [`ConvRun`] of a 1x1 convolution over an im2col row of `out_w` pixels, `kp` bytes each.
+pub fn im2col_run(r: &ConvRun, kp: usize) -> ConvRun {
+    ConvRun {
+        pad: PadGeom {
+            batch: 1,
+            in_h: 1,
+            in_w: r.out_w,
+            groups: 1,
+            cg: kp,
+            cgp: kp,
+            ph: 0,
+            pw: 0,
+        },
+        kh: 1,
+        kw: 1,
+        sh: 1,
+        sw: 1,
+        dh: 1,
+        dw: 1,
+        out_h: 1,
+        out_w: r.out_w,
+        out_c: r.out_c,
     }
 }
 

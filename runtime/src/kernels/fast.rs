@@ -51,6 +51,16 @@ fn supported(isa: Isa) -> Isa {
     }
 }
 
+/// Whether a 7-bit convolution with `groups`, `cig` input channels per group and `taps` kernel
+/// taps runs on im2col rows: one group, several taps, and the `KH·KW·Cin` reduction in whole
+/// quads of 4 bytes is at least an eighth shorter than `KH·KW` taps of `Cin` rounded up to
+/// quads (Cin = 3, 7x7: 37 quads instead of 49). The reduction stays short enough (≤ 1024
+/// bytes) for a row of windows to sit in the L1/L2 cache.
+pub fn im2col_pays(groups: usize, cig: usize, taps: usize) -> bool {
+    let (direct, packed) = (taps * cig.div_ceil(4), (taps * cig).div_ceil(4));
+    groups == 1 && taps > 1 && taps * cig <= 1024 && 8 * packed <= 7 * direct
+}
+
 /// Below this many multiply-accumulates a convolution runs on the calling thread.
 const PAR_MIN_MACS: usize = 1 << 20;
 
@@ -60,6 +70,11 @@ enum Avx2Conv {
     Direct(super::avx2::ConvPack),
     /// 7-bit input: `vpmaddubsw` on raw bytes ([`super::avx2::conv7_row`]).
     Direct7(super::avx2::ConvPack7),
+    /// 7-bit input with few input channels (ResNet's RGB stem): each output row's windows are
+    /// gathered into an im2col row ([`super::avx2::im2col7_row`]), whose `KH·KW·Cin` bytes are one
+    /// reduction for a 1x1 [`super::avx2::conv7_row`] (the pack has one tap of `KH·KW·Cin`
+    /// channels), so `vpmaddubsw` quads are not padded per tap.
+    Im2col7(super::avx2::ConvPack7),
     Depthwise(super::avx2::DwPack),
 }
 
@@ -126,6 +141,18 @@ impl PackedConv {
             if cig == 1 && cog == 1 {
                 Avx2Conv::Depthwise(super::avx2::DwPack::new(w, g.out_c, taps, &p.requant, bias))
             } else if input.qmin() >= 0 && input.qmax() <= 127 && (0..=127).contains(&zp) {
+                if im2col_pays(g.groups, cig, taps) {
+                    return Avx2Conv::Im2col7(super::avx2::ConvPack7::new(
+                        w,
+                        1,
+                        taps * cig,
+                        cog,
+                        1,
+                        &p.requant,
+                        bias,
+                        zp as u8,
+                    ));
+                }
                 Avx2Conv::Direct7(super::avx2::ConvPack7::new(
                     w, g.groups, cig, cog, taps, &p.requant, bias, zp as u8,
                 ))
@@ -153,7 +180,17 @@ impl PackedConv {
     /// Whether it runs the 7-bit `vpmaddubsw` kernels (see [`PackedConv::with_input_range`]).
     pub fn seven_bit(&self) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if let Some(Avx2Conv::Direct7(_)) = &self.avx2 {
+        if let Some(Avx2Conv::Direct7(_) | Avx2Conv::Im2col7(_)) = &self.avx2 {
+            return true;
+        }
+        false
+    }
+
+    /// Whether it runs the 7-bit kernels on im2col rows (few input channels, see
+    /// [`im2col_pays`]).
+    pub fn im2col(&self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(Avx2Conv::Im2col7(_)) = &self.avx2 {
             return true;
         }
         false
@@ -206,6 +243,7 @@ impl<T> SendPtr<T> {
 thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
     static SCRATCH8: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static COL: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Runs the AVX2 kernels; `false` (nothing written) when a 7-bit convolution gets an input byte
@@ -215,11 +253,15 @@ thread_local! {
 /// AVX2 present; geometry and lengths checked.
 #[cfg(target_arch = "x86_64")]
 unsafe fn run_avx2(a: &Avx2Conv, g: &Conv2dGeom, zp: i32, [oh_n, ow_n]: [usize; 2], x: &[u8], out: &mut [u8]) -> bool {
-    use super::avx2::{conv7_row, conv_row, dw_row, pad_centre, pad_raw7, ConvRun, PadGeom};
+    use super::avx2::{
+        conv7_row, conv_row, dw_row, im2col7_row, im2col_run, im2col_stride, pad_centre, pad_raw7, ConvRun, PadGeom,
+        IM2COL_SLACK,
+    };
     use rayon::prelude::*;
     let (cg, cgp) = match a {
         Avx2Conv::Direct(pk) => (pk.cig, 2 * pk.pairs),
         Avx2Conv::Direct7(pk) => (pk.cig, 4 * pk.quads),
+        Avx2Conv::Im2col7(_) => (g.in_c, g.in_c),
         Avx2Conv::Depthwise(_) => (1, 1),
     };
     let pad = PadGeom {
@@ -259,6 +301,34 @@ unsafe fn run_avx2(a: &Avx2Conv, g: &Conv2dGeom, zp: i32, [oh_n, ow_n]: [usize; 
         let per = blocks.div_ceil(chunks);
         (blocks.div_ceil(per), per)
     };
+    if let Avx2Conv::Im2col7(pk) = a {
+        let mut buf = SCRATCH8.with(|s| std::mem::take(&mut *s.borrow_mut()));
+        let seven = pad_raw7(x, pk.zp, &pad, &mut buf);
+        if seven {
+            let xptr = SendPtr(buf.as_ptr() as *mut u8);
+            let kp = im2col_stride(pk.cig);
+            let rc = im2col_run(&r, kp);
+            let (chunks, per) = split(pk.blocks);
+            let task = |t: usize| {
+                let (i, c) = (t / chunks, t % chunks);
+                let (b0, b1) = (c * per, ((c + 1) * per).min(pk.blocks));
+                let mut col = COL.with(|s| std::mem::take(&mut *s.borrow_mut()));
+                col.clear();
+                col.resize(ow_n * kp + IM2COL_SLACK, 0);
+                im2col7_row(&r, xptr.get(), i / oh_n, i % oh_n, col.as_mut_ptr(), kp);
+                let orow = optr.get().add(i * ow_n * g.out_c);
+                conv7_row(pk, &rc, col.as_ptr(), orow, 0, 0, (0, ow_n), (b0, b1));
+                COL.with(|s| *s.borrow_mut() = col);
+            };
+            if parallel {
+                (0..rows * chunks).into_par_iter().for_each(task);
+            } else {
+                (0..rows * chunks).for_each(task);
+            }
+        }
+        SCRATCH8.with(|s| *s.borrow_mut() = buf);
+        return seven;
+    }
     if let Avx2Conv::Direct7(pk) = a {
         let mut buf = SCRATCH8.with(|s| std::mem::take(&mut *s.borrow_mut()));
         let seven = pad_raw7(x, pk.zp, &pad, &mut buf);
@@ -307,7 +377,7 @@ unsafe fn run_avx2(a: &Avx2Conv, g: &Conv2dGeom, zp: i32, [oh_n, ow_n]: [usize; 
                     (0..rows * chunks).for_each(task);
                 }
             }
-            Avx2Conv::Direct7(_) => unreachable!("handled above"),
+            Avx2Conv::Direct7(_) | Avx2Conv::Im2col7(_) => unreachable!("handled above"),
         }
     }
     SCRATCH.with(|s| *s.borrow_mut() = buf);
