@@ -227,6 +227,32 @@ fn check_quantize(seed: u64) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// The tiled layout changes move the same elements as the reference's (tile tails: sizes around
+/// the 32-element tile, one channel, RGB).
+fn check_relayout(seed: u64) -> Result<(), TestCaseError> {
+    let r = &mut SplitMix64::new(seed);
+    let n = 1 + below(r, 3) as usize;
+    let c = pick(r, &[1, 3, 4, 31, 32, 33, 64, 70]);
+    let h = 1 + below(r, 40) as usize;
+    let w = pick(r, &[1, 7, 31, 32, 33, 56]);
+    let x = u8s(r, n * c * h * w);
+    let mut want = vec![0u8; x.len()];
+    let mut got = vec![1u8; x.len()];
+    reference::nchw_to_nhwc(&x, [n, c, h, w], &mut want).unwrap();
+    fast::nchw_to_nhwc(&x, [n, c, h, w], &mut got).unwrap();
+    prop_assert_eq!(&got, &want, "nchw_to_nhwc {:?}", [n, c, h, w]);
+    reference::nhwc_to_nchw(&x, [n, h, w, c], &mut want).unwrap();
+    fast::nhwc_to_nchw(&x, [n, h, w, c], &mut got).unwrap();
+    prop_assert_eq!(&got, &want, "nhwc_to_nchw {:?}", [n, h, w, c]);
+    let xf: Vec<f32> = x.iter().map(|&v| v as f32 - 0.5).collect();
+    let (mut wf, mut gf) = (vec![0f32; x.len()], vec![1f32; x.len()]);
+    reference::nhwc_to_nchw(&xf, [n, h, w, c], &mut wf).unwrap();
+    fast::nhwc_to_nchw(&xf, [n, h, w, c], &mut gf).unwrap();
+    prop_assert_eq!(gf, wf);
+    prop_assert!(fast::nchw_to_nhwc(&x, [n, c, h, w + 1], &mut got).is_err());
+    Ok(())
+}
+
 fn check_pools(seed: u64) -> Result<(), TestCaseError> {
     let r = &mut SplitMix64::new(seed);
     let channels = pick(r, &[1, 3, 7, 17, 31, 32, 33, 65]);
@@ -491,6 +517,11 @@ proptest! {
     }
 
     #[test]
+    fn relayouts_match_reference(seed in any::<u64>()) {
+        check_relayout(seed)?;
+    }
+
+    #[test]
     fn quantize_dequantize_match_reference(seed in any::<u64>()) {
         check_quantize(seed)?;
     }
@@ -739,5 +770,31 @@ fn large_stem_7bit_im2col_matches_reference() {
         let mut got = vec![1u8; n];
         packed.run(&geom, &x, &mut got).unwrap();
         assert_eq!(got, want, "zp {zp}");
+    }
+}
+
+/// Quantize, dequantize and add big enough to be split over threads (3 threads: chunk borders
+/// that are not multiples of 8), against the reference.
+#[test]
+fn large_elementwise_split_over_threads_match_reference() {
+    let r = &mut SplitMix64::new(12);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+    for n in [(1 << 16) + 5, 3 * 64 * 56 * 56 + 3] {
+        let p = qparams(r);
+        let x: Vec<f32> = (0..n).map(|_| r.uniform(-300.0, 300.0) * p.scale()).collect();
+        let (mut want, mut got) = (vec![0u8; n], vec![1u8; n]);
+        reference::quantize_u8(&x, &p, &mut want).unwrap();
+        pool.install(|| fast::quantize_u8(&x, &p, &mut got)).unwrap();
+        assert_eq!(got, want);
+        let (mut fw, mut fg) = (vec![0f32; n], vec![1f32; n]);
+        reference::dequantize_u8(&want, &p, &mut fw).unwrap();
+        pool.install(|| fast::dequantize_u8(&want, &p, &mut fg)).unwrap();
+        assert!(fw.iter().zip(&fg).all(|(a, b)| a.to_bits() == b.to_bits()));
+        let (a, b, o) = (qparams(r), qparams(r), qparams(r));
+        let Ok(add) = QAdd::new(&a, &b, &o) else { continue };
+        let (xa, xb) = (u8s(r, n), u8s(r, n));
+        reference::qadd(&add, &xa, &xb, &mut want).unwrap();
+        pool.install(|| fast::qadd(&add, &xa, &xb, &mut got)).unwrap();
+        assert_eq!(got, want);
     }
 }

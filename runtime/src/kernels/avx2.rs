@@ -908,6 +908,66 @@ pub unsafe fn dequantize_u8(q: &[u8], scale: f32, zp: i32, out: &mut [f32]) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Byte transpose (layout changes NCHW <-> NHWC)
+// ---------------------------------------------------------------------------------------------
+
+/// `dst[c · rows + r] = src[r · cols + c]` for `r < rows`, `c < cols`: 8×8 byte tiles transposed
+/// in registers (three rounds of unpacks), inside 64×64 blocks so that both sides stay in the L1
+/// cache; the edges of fewer than 8 rows or columns byte by byte. Moves bytes only.
+///
+/// # Safety
+/// Needs AVX2; `src.len()` and `dst.len()` are at least `rows · cols`.
+#[target_feature(enable = "avx2")]
+pub unsafe fn transpose_u8(src: &[u8], rows: usize, cols: usize, dst: &mut [u8]) {
+    const BLOCK: usize = 64;
+    let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+    let (r8, c8) = (rows / 8 * 8, cols / 8 * 8);
+    for rb in (0..r8).step_by(BLOCK) {
+        let rb1 = (rb + BLOCK).min(r8);
+        for cb in (0..c8).step_by(BLOCK) {
+            let cb1 = (cb + BLOCK).min(c8);
+            for r in (rb..rb1).step_by(8) {
+                for c in (cb..cb1).step_by(8) {
+                    let ld = |i: usize| _mm_loadl_epi64(sp.add((r + i) * cols + c) as *const __m128i);
+                    let a0 = _mm_unpacklo_epi8(ld(0), ld(1));
+                    let a1 = _mm_unpacklo_epi8(ld(2), ld(3));
+                    let a2 = _mm_unpacklo_epi8(ld(4), ld(5));
+                    let a3 = _mm_unpacklo_epi8(ld(6), ld(7));
+                    let b0 = _mm_unpacklo_epi16(a0, a1);
+                    let b1 = _mm_unpackhi_epi16(a0, a1);
+                    let b2 = _mm_unpacklo_epi16(a2, a3);
+                    let b3 = _mm_unpackhi_epi16(a2, a3);
+                    for (j, v) in [
+                        _mm_unpacklo_epi32(b0, b2),
+                        _mm_unpackhi_epi32(b0, b2),
+                        _mm_unpacklo_epi32(b1, b3),
+                        _mm_unpackhi_epi32(b1, b3),
+                    ]
+                    .into_iter()
+                    .enumerate()
+                    {
+                        let d = dp.add((c + 2 * j) * rows + r);
+                        _mm_storel_epi64(d as *mut __m128i, v);
+                        _mm_storel_epi64(d.add(rows) as *mut __m128i, _mm_unpackhi_epi64(v, v));
+                    }
+                }
+            }
+        }
+    }
+    // Edges: the last `cols - c8` columns of the tiled rows, then the last `rows - r8` rows.
+    for r in 0..r8 {
+        for c in c8..cols {
+            *dp.add(c * rows + r) = *sp.add(r * cols + c);
+        }
+    }
+    for r in r8..rows {
+        for c in 0..cols {
+            *dp.add(c * rows + r) = *sp.add(r * cols + c);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Pooling (plain loops compiled for AVX2: the compiler vectorises them over channels)
 // ---------------------------------------------------------------------------------------------
 

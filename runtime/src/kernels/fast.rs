@@ -478,8 +478,11 @@ pub fn qadd_with(isa: Isa, p: &QAdd, a: &[u8], b: &[u8], out: &mut [u8]) -> Resu
     check_range_u8("output", p.out.qmin, p.out.qmax)?;
     #[cfg(target_arch = "x86_64")]
     if supported(isa) == Isa::Avx2 {
-        // SAFETY: AVX2 detected; lengths and parameters checked.
-        unsafe { super::avx2::qadd(p, a, b, out) };
+        par_elementwise(out, |i0, o| {
+            let n = o.len();
+            // SAFETY: AVX2 detected; lengths and parameters checked; the chunk lies inside a, b.
+            unsafe { super::avx2::qadd(p, &a[i0..i0 + n], &b[i0..i0 + n], o) };
+        });
         return Ok(());
     }
     let _ = isa;
@@ -497,8 +500,11 @@ pub fn quantize_u8_with(isa: Isa, x: &[f32], p: &QParams, out: &mut [u8]) -> Res
     let r = p.range();
     #[cfg(target_arch = "x86_64")]
     if supported(isa) == Isa::Avx2 && r.qmin() >= 0 && r.qmax() <= 255 {
-        // SAFETY: AVX2 detected; lengths checked; the range fits u8 (so does the zero point).
-        unsafe { super::avx2::quantize_u8(x, p.inv_scale(), p.zero_point(), r, out) };
+        par_elementwise(out, |i0, o| {
+            let xs = &x[i0..i0 + o.len()];
+            // SAFETY: AVX2 detected; lengths checked; the range fits u8 (so does the zero point).
+            unsafe { super::avx2::quantize_u8(xs, p.inv_scale(), p.zero_point(), r, o) };
+        });
         return Ok(());
     }
     let _ = (isa, r);
@@ -515,8 +521,11 @@ pub fn dequantize_u8_with(isa: Isa, q: &[u8], p: &QParams, out: &mut [f32]) -> R
     check_len("output", q.len(), out.len())?;
     #[cfg(target_arch = "x86_64")]
     if supported(isa) == Isa::Avx2 {
-        // SAFETY: AVX2 detected; lengths checked.
-        unsafe { super::avx2::dequantize_u8(q, p.scale(), p.zero_point(), out) };
+        par_elementwise(out, |i0, o| {
+            let qs = &q[i0..i0 + o.len()];
+            // SAFETY: AVX2 detected; lengths checked.
+            unsafe { super::avx2::dequantize_u8(qs, p.scale(), p.zero_point(), o) };
+        });
         return Ok(());
     }
     let _ = isa;
@@ -571,4 +580,82 @@ pub fn qglobal_avgpool_with(isa: Isa, p: &QGlobalAvgPool, x: &[u8], out: &mut [u
 /// [`reference::qglobal_avgpool`], dispatched.
 pub fn qglobal_avgpool(p: &QGlobalAvgPool, x: &[u8], out: &mut [u8]) -> Result<(), KernelError> {
     qglobal_avgpool_with(detected(), p, x, out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layout changes, and elementwise kernels split over threads
+// ---------------------------------------------------------------------------------------------
+
+/// Below this many elements an elementwise kernel runs on the calling thread.
+const PAR_MIN_ELEMS: usize = 1 << 16;
+
+/// Runs `f(i0, chunk)` over consecutive chunks `[i0, i0 + chunk.len())` of `out` (rayon's threads
+/// for large outputs); every output element is computed by `f` alone, so the split never changes
+/// a result.
+fn par_elementwise<T: Send>(out: &mut [T], f: impl Fn(usize, &mut [T]) + Sync) {
+    let threads = rayon::current_num_threads();
+    if threads > 1 && out.len() >= PAR_MIN_ELEMS {
+        use rayon::prelude::*;
+        let per = out.len().div_ceil(4 * threads).max(PAR_MIN_ELEMS / 4);
+        out.par_chunks_mut(per).enumerate().for_each(|(i, c)| f(i * per, c));
+    } else {
+        f(0, out);
+    }
+}
+
+/// `dst[c][r] = src[r][c]` for a `rows × cols` matrix, in 32×32 tiles (both sides stay in the L1
+/// cache); bytes with AVX2 ([`super::avx2::transpose_u8`]). Lengths checked by the caller.
+fn transpose<T: Copy + 'static>(src: &[T], rows: usize, cols: usize, dst: &mut [T]) {
+    const TILE: usize = 32;
+    assert!(src.len() >= rows * cols && dst.len() >= rows * cols);
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<u8>() && detected() == Isa::Avx2 {
+        // SAFETY: T is u8 (same layout); AVX2 detected; lengths asserted above.
+        unsafe {
+            let s = std::slice::from_raw_parts(src.as_ptr() as *const u8, src.len());
+            let d = std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut u8, dst.len());
+            super::avx2::transpose_u8(s, rows, cols, d);
+        }
+        return;
+    }
+    for r0 in (0..rows).step_by(TILE) {
+        let r1 = (r0 + TILE).min(rows);
+        for c0 in (0..cols).step_by(TILE) {
+            let c1 = (c0 + TILE).min(cols);
+            for r in r0..r1 {
+                for c in c0..c1 {
+                    // SAFETY: r < rows, c < cols, both slices hold rows · cols elements (asserted).
+                    unsafe { *dst.get_unchecked_mut(c * rows + r) = *src.get_unchecked(r * cols + c) };
+                }
+            }
+        }
+    }
+}
+
+/// [`reference::nchw_to_nhwc`], tiled (the same elements moved; any element type).
+pub fn nchw_to_nhwc<T: Copy + 'static>(x: &[T], [n, c, h, w]: [usize; 4], out: &mut [T]) -> Result<(), KernelError> {
+    check_len("input", n * c * h * w, x.len())?;
+    check_len("output", x.len(), out.len())?;
+    let img = c * h * w;
+    if img == 0 {
+        return Ok(());
+    }
+    for (xs, os) in x.chunks_exact(img).zip(out.chunks_exact_mut(img)) {
+        transpose(xs, c, h * w, os);
+    }
+    Ok(())
+}
+
+/// [`reference::nhwc_to_nchw`], tiled (the same elements moved; any element type).
+pub fn nhwc_to_nchw<T: Copy + 'static>(x: &[T], [n, h, w, c]: [usize; 4], out: &mut [T]) -> Result<(), KernelError> {
+    check_len("input", n * h * w * c, x.len())?;
+    check_len("output", x.len(), out.len())?;
+    let img = c * h * w;
+    if img == 0 {
+        return Ok(());
+    }
+    for (xs, os) in x.chunks_exact(img).zip(out.chunks_exact_mut(img)) {
+        transpose(xs, h * w, c, os);
+    }
+    Ok(())
 }
