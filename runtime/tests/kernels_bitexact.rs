@@ -452,6 +452,70 @@ fn check_conv7_im2col(seed: u64) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Winograd `F(2x2, 3x3)` (3x3, stride 1, padding 1, one group, Cin >= 16): odd and even sizes
+/// down to 1x1 (tiles cut by the output's edge), input- and output-channel tails, full 8-bit or
+/// 7-bit inputs with any zero point, weights and inputs at their extremes a fifth of the time;
+/// and the same pack run with another geometry (stride 2, or padding 0) takes the direct kernels.
+fn check_winograd(seed: u64) -> Result<(), TestCaseError> {
+    let r = &mut SplitMix64::new(seed);
+    let in_c = pick(r, &[16, 17, 24, 31, 32, 33, 64, 65]);
+    let out_c = pick(r, &[1, 3, 8, 9, 16, 17, 24, 33, 64]);
+    let a = Axis::new(3, 1, 1, 1);
+    let geom = Conv2dGeom {
+        batch: 1 + below(r, 2) as usize,
+        in_h: 1 + below(r, 12) as usize,
+        in_w: 1 + below(r, 12) as usize,
+        in_c,
+        out_c,
+        h: a,
+        w: a,
+        groups: 1,
+    };
+    let k = geom.reduction_len();
+    let seven = below(r, 2) == 0;
+    let (range, zp) = if seven {
+        range7(r)
+    } else {
+        (QRange::U8, below(r, 256) as i32)
+    };
+    let extreme = below(r, 5) == 0;
+    let x = if extreme {
+        (0..geom.input_len())
+            .map(|_| pick(r, &[range.qmin() as u8, range.qmax() as u8]))
+            .collect()
+    } else {
+        u7s(r, geom.input_len(), range)
+    };
+    let p = QConv2d {
+        geom,
+        input_zero_point: zp,
+        requant: (0..out_c).map(|_| requant(r, k)).collect(),
+    };
+    let wt = i8s(r, geom.weight_len());
+    let b = bias(r, out_c, k, zp);
+    let packed = PackedConv::with_input_range(&p, &wt, b.as_deref(), fast::detected(), range).unwrap();
+    prop_assert_eq!(packed.winograd(), fast::detected() == Isa::Avx2);
+    for g in [
+        geom,
+        Conv2dGeom {
+            h: Axis::new(3, 2, 1, 1),
+            ..geom
+        },
+        Conv2dGeom {
+            w: Axis::new(3, 1, 0, 1),
+            ..geom
+        },
+    ] {
+        let Ok(n_out) = g.output_len() else { continue };
+        let mut want = vec![0u8; n_out];
+        reference::qconv2d(&QConv2d { geom: g, ..p.clone() }, &x, &wt, b.as_deref(), &mut want).unwrap();
+        let mut got = vec![1u8; n_out];
+        packed.run(&g, &x, &mut got).unwrap();
+        prop_assert_eq!(&got, &want, "{:?} {:?} zp {}", g, range, zp);
+    }
+    Ok(())
+}
+
 fn check_linear7(seed: u64) -> Result<(), TestCaseError> {
     let r = &mut SplitMix64::new(seed);
     let batch = pick(r, &[1, 1, 2, 3, 5, 8]);
@@ -504,6 +568,11 @@ proptest! {
     #[test]
     fn qconv2d_7bit_im2col_matches_reference(seed in any::<u64>()) {
         check_conv7_im2col(seed)?;
+    }
+
+    #[test]
+    fn qconv2d_winograd_matches_reference(seed in any::<u64>()) {
+        check_winograd(seed)?;
     }
 
     #[test]

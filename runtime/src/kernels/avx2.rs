@@ -738,6 +738,306 @@ pub fn im2col_run(r: &ConvRun, kp: usize) -> ConvRun {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Winograd F(2x2, 3x3): 3x3, stride 1, padding 1 convolutions in exact integers
+// ---------------------------------------------------------------------------------------------
+
+/// Lavin's `F(2x2, 3x3)` with `G` scaled by 2 so that every transform is an integer one:
+/// `Y = Aᵀ [ (2G) g (2G)ᵀ ⊙ Bᵀ d B ] A = 4 · conv(d, g)` for a 4×4 input tile `d` (centred:
+/// `x - zp_x`, padding 0) and a 3×3 kernel `g`, where
+/// ```text
+/// Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]   2G = [2 0 0; 1 1 1; 1 -1 1; 0 0 2]
+/// Aᵀ = [1 1 1 0; 0 1 -1 -1]
+/// ```
+/// *Bounds.* `|d| <= 255`; a row of `Bᵀ` has two ±1 entries, so `|V| = |Bᵀ d B| <= 4 · 255 =
+/// 1020` (exact in `i16`, and the `i16` additions that form it never overflow); a row of `2G` has
+/// absolute sum at most 3, so `|U| <= 9 · 128 = 1152` (`i16`). `vpmaddwd` multiplies `U · V`
+/// pairwise: `2 · 1152 · 1020 < 2^22`, exact, no saturation (that needs `-32768 · -32768`).
+/// The channel sums and the output transform (additions and subtractions) run wrapping in `i32`:
+/// they equal the exact integer `4 · Σ (x - zp_x) · w` modulo `2^32`, and [`WinoPack::new`] is
+/// only built when `4 · accumulator_bound(9 · Cin) <= i32::MAX`, so the `i32` lane *is* that
+/// integer, and the arithmetic shift by 2 gives the reference's `Σ (x - zp_x) · w` exactly; the
+/// bias is added wrapping by [`requant8`] as `dot_acc` starts from it.
+#[derive(Clone, Debug)]
+pub struct WinoPack {
+    pub cin: usize,
+    /// `cin` rounded up to 16 (one `i16` vector).
+    pub cinp: usize,
+    pub cout: usize,
+    pub blocks: usize,
+    /// `[16 positions][blocks][cinp / 2 pairs][16 lanes: 8 channels × 2 input channels]`.
+    w: Vec<i16>,
+    rq: Vec<RequantLanes>,
+}
+
+/// `2G`, see [`WinoPack`].
+const G2: [[i32; 3]; 4] = [[2, 0, 0], [1, 1, 1], [1, -1, 1], [0, 0, 2]];
+
+impl WinoPack {
+    /// `w` is OHWI `[cout, 3, 3, cin]`, one group.
+    #[allow(clippy::needless_range_loop)]
+    pub fn new(w: &[i8], cin: usize, cout: usize, requant: &[Requant], bias: Option<&[i32]>) -> WinoPack {
+        let cinp = cin.div_ceil(16) * 16;
+        let blocks = cout.div_ceil(8);
+        let pairs = cinp / 2;
+        let mut pw = vec![0i16; 16 * blocks * pairs * 16];
+        for co in 0..cout {
+            let (b, j) = (co / 8, co % 8);
+            for ci in 0..cin {
+                let g = |i: usize, k: usize| w[((co * 3 + i) * 3 + k) * cin + ci] as i32;
+                for a in 0..4 {
+                    for bb in 0..4 {
+                        let mut u = 0;
+                        for i in 0..3 {
+                            for k in 0..3 {
+                                u += G2[a][i] * g(i, k) * G2[bb][k];
+                            }
+                        }
+                        let pos = a * 4 + bb;
+                        pw[((pos * blocks + b) * pairs + ci / 2) * 16 + j * 2 + ci % 2] = u as i16;
+                    }
+                }
+            }
+        }
+        let rq = (0..blocks)
+            .map(|b| {
+                let (c0, nc) = (b * 8, (cout - b * 8).min(8));
+                RequantLanes::new(&requant[c0..c0 + nc], bias.map(|bs| &bs[c0..c0 + nc]))
+            })
+            .collect();
+        WinoPack {
+            cin,
+            cinp,
+            cout,
+            blocks,
+            w: pw,
+            rq,
+        }
+    }
+}
+
+/// The padded, centred input of a Winograd convolution: `[batch, hp, wp, cinp]` `i16`,
+/// `x - zp` at `[n, 1 + h, 1 + w, c]`, 0 elsewhere; `hp = 2·⌈H/2⌉ + 2`, `wp = 2·⌈W/2⌉ + 2`
+/// (every 4×4 tile of a 2×2 output tile lies inside).
+#[derive(Clone, Copy, Debug)]
+pub struct WinoGeom {
+    pub batch: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub cin: usize,
+    pub cinp: usize,
+    pub cout: usize,
+}
+
+impl WinoGeom {
+    pub fn tiles_h(&self) -> usize {
+        self.in_h.div_ceil(2)
+    }
+    pub fn tiles_w(&self) -> usize {
+        self.in_w.div_ceil(2)
+    }
+    pub fn hp(&self) -> usize {
+        2 * self.tiles_h() + 2
+    }
+    pub fn wp(&self) -> usize {
+        2 * self.tiles_w() + 2
+    }
+    pub fn buffer_len(&self) -> usize {
+        self.batch * self.hp() * self.wp() * self.cinp
+    }
+    /// Output tiles (2×2 pixels) over the whole batch.
+    pub fn tiles(&self) -> usize {
+        self.batch * self.tiles_h() * self.tiles_w()
+    }
+    /// `i16` elements of the transformed input of `tiles` tiles, then `i32` elements of their
+    /// products: [`wino_tiles`]'s scratch.
+    pub fn scratch_len(&self, tiles: usize) -> (usize, usize) {
+        (
+            16 * tiles * self.cinp,
+            16 * tiles.div_ceil(4) * 4 * self.cout.div_ceil(8) * 8,
+        )
+    }
+}
+
+/// Fills `buf` with [`WinoGeom`]'s padded, centred input.
+///
+/// # Safety
+/// Needs AVX2 (auto-vectorisation only); `x.len() = batch·in_h·in_w·cin`.
+#[target_feature(enable = "avx2")]
+pub unsafe fn wino_pad(x: &[u8], zp: i32, g: &WinoGeom, buf: &mut Vec<i16>) {
+    buf.clear();
+    buf.resize(g.buffer_len(), 0);
+    let zp = zp as i16;
+    let (hp, wp, c, cp) = (g.hp(), g.wp(), g.cin, g.cinp);
+    for n in 0..g.batch {
+        for h in 0..g.in_h {
+            let src = &x[(n * g.in_h + h) * g.in_w * c..][..g.in_w * c];
+            let row = ((n * hp + h + 1) * wp + 1) * cp;
+            let dst = &mut buf[row..row + g.in_w * cp];
+            for (dp, sp) in dst.chunks_exact_mut(cp).zip(src.chunks_exact(c)) {
+                for (d, &s) in dp.iter_mut().zip(sp) {
+                    *d = s as i16 - zp;
+                }
+            }
+        }
+    }
+}
+
+/// Output tiles `[t0, t1)` (tiles numbered over `(n, tile row, tile column)`): input transform
+/// into `v` (`[16][t1 - t0][cinp]`), one `[tiles × cinp] × [cinp × cout]` product per position
+/// into `m` (`[16][t1 - t0 rounded up to 4][cout rounded up to 8]`), output transform, `>> 2`,
+/// requantize, store (the pixels inside the output).
+///
+/// # Safety
+/// Needs AVX2; `xpad` is [`wino_pad`]'s buffer for `g`; `v`, `m` hold `g.scratch_len(t1 - t0)`
+/// elements; `out` is the whole NHWC output `[batch, in_h, in_w, cout]`; `t1 <= g.tiles()`.
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+pub unsafe fn wino_tiles(
+    pk: &WinoPack,
+    g: &WinoGeom,
+    xpad: *const i16,
+    out: *mut u8,
+    t0: usize,
+    t1: usize,
+    v: *mut i16,
+    m: *mut i32,
+) {
+    let (th, tw, wp, cp) = (g.tiles_h(), g.tiles_w(), g.wp(), g.cinp);
+    let nt = t1 - t0;
+    let cvec = cp / 16;
+    let at = |tile: usize| (tile / (th * tw), tile / tw % th, tile % tw);
+    // Input transform: V[pos][j][c] = (Bᵀ d B)[pos], d = the 4×4 tile at padded (2·tr, 2·t).
+    for j in 0..nt {
+        let (n, tr, t) = at(t0 + j);
+        let base = xpad.add(((n * g.hp() + 2 * tr) * wp + 2 * t) * cp);
+        for cv in 0..cvec {
+            macro_rules! ld {
+                ($r:expr, $s:expr) => {
+                    _mm256_loadu_si256(base.add(($r * wp + $s) * cp + cv * 16) as *const __m256i)
+                };
+            }
+            let mut tt = [[_mm256_setzero_si256(); 4]; 4];
+            for s in 0..4 {
+                let col = [ld!(0, s), ld!(1, s), ld!(2, s), ld!(3, s)];
+                tt[0][s] = _mm256_sub_epi16(col[0], col[2]);
+                tt[1][s] = _mm256_add_epi16(col[1], col[2]);
+                tt[2][s] = _mm256_sub_epi16(col[2], col[1]);
+                tt[3][s] = _mm256_sub_epi16(col[1], col[3]);
+            }
+            for (r, row) in tt.iter().enumerate() {
+                let vv = [
+                    _mm256_sub_epi16(row[0], row[2]),
+                    _mm256_add_epi16(row[1], row[2]),
+                    _mm256_sub_epi16(row[2], row[1]),
+                    _mm256_sub_epi16(row[1], row[3]),
+                ];
+                for (s, x) in vv.into_iter().enumerate() {
+                    let pos = r * 4 + s;
+                    _mm256_storeu_si256(v.add((pos * nt + j) * cp + cv * 16) as *mut __m256i, x);
+                }
+            }
+        }
+    }
+    // Products per position: P tiles × 2 blocks of 8 output channels.
+    let (twp, coutp) = (nt.div_ceil(4) * 4, pk.blocks * 8);
+    let pairs = cp / 2;
+    for pos in 0..16 {
+        let vpos = v.add(pos * nt * cp);
+        let mpos = m.add(pos * twp * coutp);
+        let wpos = pk.w.as_ptr().add(pos * pk.blocks * pairs * 16);
+        let mut b = 0;
+        while b < pk.blocks {
+            let nb = (pk.blocks - b).min(2);
+            let mut t = 0;
+            while t < nt {
+                let np = (nt - t).min(4);
+                match (np, nb) {
+                    (4, 2) => wino_gemm::<4, 2>(vpos, wpos, mpos, t, b, cp, pairs, coutp),
+                    (4, _) => wino_gemm::<4, 1>(vpos, wpos, mpos, t, b, cp, pairs, coutp),
+                    (3, 2) => wino_gemm::<3, 2>(vpos, wpos, mpos, t, b, cp, pairs, coutp),
+                    (3, _) => wino_gemm::<3, 1>(vpos, wpos, mpos, t, b, cp, pairs, coutp),
+                    (2, 2) => wino_gemm::<2, 2>(vpos, wpos, mpos, t, b, cp, pairs, coutp),
+                    (2, _) => wino_gemm::<2, 1>(vpos, wpos, mpos, t, b, cp, pairs, coutp),
+                    (_, 2) => wino_gemm::<1, 2>(vpos, wpos, mpos, t, b, cp, pairs, coutp),
+                    _ => wino_gemm::<1, 1>(vpos, wpos, mpos, t, b, cp, pairs, coutp),
+                }
+                t += np;
+            }
+            b += nb;
+        }
+    }
+    // Output transform, requantization, store.
+    let (oh, ow) = (g.in_h, g.in_w);
+    for jt in 0..nt {
+        let (n, tr, tc) = at(t0 + jt);
+        for b in 0..pk.blocks {
+            macro_rules! ldm {
+                ($pos:expr) => {
+                    _mm256_loadu_si256(m.add(($pos * twp + jt) * coutp + b * 8) as *const __m256i)
+                };
+            }
+            let mut tt = [[_mm256_setzero_si256(); 4]; 2];
+            for s in 0..4 {
+                let (m0, m1, m2, m3) = (ldm!(s), ldm!(4 + s), ldm!(8 + s), ldm!(12 + s));
+                tt[0][s] = _mm256_add_epi32(_mm256_add_epi32(m0, m1), m2);
+                tt[1][s] = _mm256_sub_epi32(_mm256_sub_epi32(m1, m2), m3);
+            }
+            let nc = (pk.cout - b * 8).min(8);
+            for (r, row) in tt.iter().enumerate() {
+                let y0 = _mm256_add_epi32(_mm256_add_epi32(row[0], row[1]), row[2]);
+                let y1 = _mm256_sub_epi32(_mm256_sub_epi32(row[1], row[2]), row[3]);
+                let (h, w0) = (2 * tr + r, 2 * tc);
+                if h >= oh {
+                    continue;
+                }
+                let orow = out.add(((n * oh + h) * ow) * pk.cout + b * 8);
+                let y = requant8(_mm256_srai_epi32(y0, 2), &pk.rq[b]);
+                store_u8(y, orow.add(w0 * pk.cout), nc);
+                if w0 + 1 < ow {
+                    let y = requant8(_mm256_srai_epi32(y1, 2), &pk.rq[b]);
+                    store_u8(y, orow.add((w0 + 1) * pk.cout), nc);
+                }
+            }
+        }
+    }
+}
+
+/// `m[t + p][b + j] = Σ_c V[t + p][c] · U[c][b + j]` for `p < P`, blocks `b..b + B` (8 channels
+/// each): per input-channel pair one broadcast of two `i16` per tile, `vpmaddwd` per block.
+#[inline]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn wino_gemm<const P: usize, const B: usize>(
+    v: *const i16,
+    w: *const i16,
+    m: *mut i32,
+    t: usize,
+    b: usize,
+    cp: usize,
+    pairs: usize,
+    coutp: usize,
+) {
+    let mut acc = [[_mm256_setzero_si256(); B]; P];
+    for q in 0..pairs {
+        let mut wv = [_mm256_setzero_si256(); B];
+        for (j, x) in wv.iter_mut().enumerate() {
+            *x = _mm256_loadu_si256(w.add(((b + j) * pairs + q) * 16) as *const __m256i);
+        }
+        for (p, a) in acc.iter_mut().enumerate() {
+            let xv = _mm256_set1_epi32(std::ptr::read_unaligned(v.add((t + p) * cp + 2 * q) as *const i32));
+            for j in 0..B {
+                a[j] = _mm256_add_epi32(a[j], _mm256_madd_epi16(xv, wv[j]));
+            }
+        }
+    }
+    for (p, a) in acc.iter().enumerate() {
+        for (j, &x) in a.iter().enumerate() {
+            _mm256_storeu_si256(m.add((t + p) * coutp + (b + j) * 8) as *mut __m256i, x);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Depthwise convolution (groups = in_c = out_c)
 // ---------------------------------------------------------------------------------------------
 

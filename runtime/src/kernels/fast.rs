@@ -61,6 +61,61 @@ pub fn im2col_pays(groups: usize, cig: usize, taps: usize) -> bool {
     groups == 1 && taps > 1 && taps * cig <= 1024 && 8 * packed <= 7 * direct
 }
 
+/// Whether a convolution packs for Winograd `F(2x2, 3x3)` ([`super::avx2::WinoPack`]): a 3x3
+/// kernel, one group, at least 16 input channels (fewer leave the transforms' cost unpaid), at
+/// most 256 × 256 channels (the transformed weights, 16 `i16` per weight pair, stay within 2 MiB;
+/// ResNet's 512-channel layers on 7×7 images read their 8 MiB from memory more slowly than the
+/// direct kernels compute), and
+/// `4 · Σ |(x - zp) · w|` within `i32` over the 9·Cin terms (the bound the exact-integer
+/// transforms need, see `WinoPack`).
+fn winograd_pays(p: &QConv2d) -> bool {
+    let g = &p.geom;
+    let k = 9 * g.in_c as u64;
+    g.h.kernel == 3
+        && g.w.kernel == 3
+        && g.groups == 1
+        && g.in_c >= 16
+        && g.in_c * g.out_c <= 256 * 256
+        && 4 * crate::quant::accumulator_bound(k, QRange::U8, p.input_zero_point, QRange::I8) <= i32::MAX as u64
+}
+
+/// Whether geometry `g` is one that a Winograd pack computes: stride 1, padding 1, dilation 1.
+fn winograd_geometry(g: &Conv2dGeom) -> bool {
+    let a = super::Axis::new(3, 1, 1, 1);
+    g.h == a && g.w == a
+}
+
+/// The direct AVX2 kernels for `p`: depthwise, 7-bit (im2col rows or per tap) or centred `i16`.
+#[cfg(target_arch = "x86_64")]
+fn avx2_pack(p: &QConv2d, w: &[i8], bias: Option<&[i32]>, input: QRange) -> Avx2Conv {
+    let g = &p.geom;
+    let (cig, cog, taps) = (g.in_c / g.groups, g.out_c / g.groups, g.h.kernel * g.w.kernel);
+    let zp = p.input_zero_point;
+    if cig == 1 && cog == 1 {
+        Avx2Conv::Depthwise(super::avx2::DwPack::new(w, g.out_c, taps, &p.requant, bias))
+    } else if input.qmin() >= 0 && input.qmax() <= 127 && (0..=127).contains(&zp) {
+        if im2col_pays(g.groups, cig, taps) {
+            return Avx2Conv::Im2col7(super::avx2::ConvPack7::new(
+                w,
+                1,
+                taps * cig,
+                cog,
+                1,
+                &p.requant,
+                bias,
+                zp as u8,
+            ));
+        }
+        Avx2Conv::Direct7(super::avx2::ConvPack7::new(
+            w, g.groups, cig, cog, taps, &p.requant, bias, zp as u8,
+        ))
+    } else {
+        Avx2Conv::Direct(super::avx2::ConvPack::new(
+            w, g.groups, cig, cog, taps, &p.requant, bias,
+        ))
+    }
+}
+
 /// Below this many multiply-accumulates a convolution runs on the calling thread.
 const PAR_MIN_MACS: usize = 1 << 20;
 
@@ -76,6 +131,12 @@ enum Avx2Conv {
     /// channels), so `vpmaddubsw` quads are not padded per tap.
     Im2col7(super::avx2::ConvPack7),
     Depthwise(super::avx2::DwPack),
+    /// A 3x3 convolution of one group: Winograd `F(2x2, 3x3)` ([`super::avx2::WinoPack`]) when
+    /// run with stride 1, padding 1 and dilation 1, else `direct`.
+    Winograd {
+        wino: super::avx2::WinoPack,
+        direct: Box<Avx2Conv>,
+    },
 }
 
 /// A quantized convolution with its weights packed for the selected kernels. The geometry given
@@ -136,30 +197,14 @@ impl PackedConv {
         let isa = supported(isa);
         #[cfg(target_arch = "x86_64")]
         let avx2 = (isa == Isa::Avx2).then(|| {
-            let (cig, cog, taps) = (g.in_c / g.groups, g.out_c / g.groups, g.h.kernel * g.w.kernel);
-            let zp = p.input_zero_point;
-            if cig == 1 && cog == 1 {
-                Avx2Conv::Depthwise(super::avx2::DwPack::new(w, g.out_c, taps, &p.requant, bias))
-            } else if input.qmin() >= 0 && input.qmax() <= 127 && (0..=127).contains(&zp) {
-                if im2col_pays(g.groups, cig, taps) {
-                    return Avx2Conv::Im2col7(super::avx2::ConvPack7::new(
-                        w,
-                        1,
-                        taps * cig,
-                        cog,
-                        1,
-                        &p.requant,
-                        bias,
-                        zp as u8,
-                    ));
+            let direct = avx2_pack(p, w, bias, input);
+            if winograd_pays(p) {
+                Avx2Conv::Winograd {
+                    wino: super::avx2::WinoPack::new(w, g.in_c, g.out_c, &p.requant, bias),
+                    direct: Box::new(direct),
                 }
-                Avx2Conv::Direct7(super::avx2::ConvPack7::new(
-                    w, g.groups, cig, cog, taps, &p.requant, bias, zp as u8,
-                ))
             } else {
-                Avx2Conv::Direct(super::avx2::ConvPack::new(
-                    w, g.groups, cig, cog, taps, &p.requant, bias,
-                ))
+                direct
             }
         });
         Ok(PackedConv {
@@ -172,15 +217,37 @@ impl PackedConv {
         })
     }
 
+    /// The same convolution without its Winograd kernels (for benchmarks and tests of the
+    /// direct ones).
+    #[doc(hidden)]
+    pub fn direct_only(&self) -> PackedConv {
+        PackedConv {
+            #[cfg(target_arch = "x86_64")]
+            avx2: self.direct().cloned(),
+            ..self.clone()
+        }
+    }
+
     /// The kernels this convolution runs on.
     pub fn isa(&self) -> Isa {
         self.isa
     }
 
-    /// Whether it runs the 7-bit `vpmaddubsw` kernels (see [`PackedConv::with_input_range`]).
+    /// The direct kernels (those a Winograd pack falls back to for other geometries).
+    #[cfg(target_arch = "x86_64")]
+    fn direct(&self) -> Option<&Avx2Conv> {
+        match &self.avx2 {
+            Some(Avx2Conv::Winograd { direct, .. }) => Some(direct),
+            a => a.as_ref(),
+        }
+    }
+
+    /// Whether its direct kernels are the 7-bit `vpmaddubsw` ones (see
+    /// [`PackedConv::with_input_range`]); a Winograd pack ([`PackedConv::winograd`]) runs them
+    /// for geometries other than stride 1, padding 1.
     pub fn seven_bit(&self) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if let Some(Avx2Conv::Direct7(_) | Avx2Conv::Im2col7(_)) = &self.avx2 {
+        if let Some(Avx2Conv::Direct7(_) | Avx2Conv::Im2col7(_)) = self.direct() {
             return true;
         }
         false
@@ -190,7 +257,17 @@ impl PackedConv {
     /// [`im2col_pays`]).
     pub fn im2col(&self) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if let Some(Avx2Conv::Im2col7(_)) = &self.avx2 {
+        if let Some(Avx2Conv::Im2col7(_)) = self.direct() {
+            return true;
+        }
+        false
+    }
+
+    /// Whether a run with stride 1, padding 1 and dilation 1 takes Winograd `F(2x2, 3x3)`
+    /// ([`super::avx2::WinoPack`]): AVX2, a 3x3 kernel, one group, at least 16 input channels.
+    pub fn winograd(&self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(Avx2Conv::Winograd { .. }) = &self.avx2 {
             return true;
         }
         false
@@ -244,6 +321,8 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
     static SCRATCH8: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     static COL: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// [`super::avx2::wino_row`]'s transformed inputs and products.
+    static WINO: std::cell::RefCell<(Vec<i16>, Vec<i32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// Runs the AVX2 kernels; `false` (nothing written) when a 7-bit convolution gets an input byte
@@ -258,10 +337,18 @@ unsafe fn run_avx2(a: &Avx2Conv, g: &Conv2dGeom, zp: i32, [oh_n, ow_n]: [usize; 
         IM2COL_SLACK,
     };
     use rayon::prelude::*;
+    if let Avx2Conv::Winograd { wino, direct } = a {
+        if !winograd_geometry(g) {
+            return run_avx2(direct, g, zp, [oh_n, ow_n], x, out);
+        }
+        run_winograd(wino, g, zp, x, out);
+        return true;
+    }
     let (cg, cgp) = match a {
         Avx2Conv::Direct(pk) => (pk.cig, 2 * pk.pairs),
         Avx2Conv::Direct7(pk) => (pk.cig, 4 * pk.quads),
         Avx2Conv::Im2col7(_) => (g.in_c, g.in_c),
+        Avx2Conv::Winograd { .. } => unreachable!("handled above"),
         Avx2Conv::Depthwise(_) => (1, 1),
     };
     let pad = PadGeom {
@@ -377,11 +464,61 @@ unsafe fn run_avx2(a: &Avx2Conv, g: &Conv2dGeom, zp: i32, [oh_n, ow_n]: [usize; 
                     (0..rows * chunks).for_each(task);
                 }
             }
-            Avx2Conv::Direct7(_) | Avx2Conv::Im2col7(_) => unreachable!("handled above"),
+            Avx2Conv::Direct7(_) | Avx2Conv::Im2col7(_) | Avx2Conv::Winograd { .. } => {
+                unreachable!("handled above")
+            }
         }
     }
     SCRATCH.with(|s| *s.borrow_mut() = buf);
     true
+}
+
+/// Runs a Winograd pack (geometry: 3x3, stride 1, padding 1, dilation 1; output size = input
+/// size), split over rayon's threads by pairs of output rows.
+///
+/// # Safety
+/// AVX2 present; geometry and lengths checked.
+#[cfg(target_arch = "x86_64")]
+unsafe fn run_winograd(pk: &super::avx2::WinoPack, g: &Conv2dGeom, zp: i32, x: &[u8], out: &mut [u8]) {
+    use super::avx2::{wino_pad, wino_tiles, WinoGeom};
+    use rayon::prelude::*;
+    let wg = WinoGeom {
+        batch: g.batch,
+        in_h: g.in_h,
+        in_w: g.in_w,
+        cin: pk.cin,
+        cinp: pk.cinp,
+        cout: pk.cout,
+    };
+    let mut buf = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    wino_pad(x, zp, &wg, &mut buf);
+    let (xptr, optr) = (SendPtr(buf.as_ptr() as *mut i16), SendPtr(out.as_mut_ptr()));
+    // Tasks of at least a tile row and at least 32 tiles (small images: the transformed weights
+    // are read once per task, so fewer, larger tasks), at least 2 per thread when threaded.
+    let tiles = wg.tiles();
+    let macs = g.batch * g.in_h * g.in_w * g.out_c * g.reduction_len();
+    let threads = if macs >= PAR_MIN_MACS {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    let per = wg.tiles_w().max(32).min(tiles.div_ceil(2 * threads).max(8)).min(tiles);
+    let tasks = tiles.div_ceil(per);
+    let (vlen, mlen) = wg.scratch_len(per);
+    let task = |i: usize| {
+        let (mut v, mut m) = WINO.with(|s| std::mem::take(&mut *s.borrow_mut()));
+        v.resize(vlen.max(v.len()), 0);
+        m.resize(mlen.max(m.len()), 0);
+        let (t0, t1) = (i * per, ((i + 1) * per).min(tiles));
+        wino_tiles(pk, &wg, xptr.get(), optr.get(), t0, t1, v.as_mut_ptr(), m.as_mut_ptr());
+        WINO.with(|s| *s.borrow_mut() = (v, m));
+    };
+    if threads > 1 {
+        (0..tasks).into_par_iter().for_each(task);
+    } else {
+        (0..tasks).for_each(task);
+    }
+    SCRATCH.with(|s| *s.borrow_mut() = buf);
 }
 
 /// A quantized linear layer with packed weights: a 1x1 convolution over `batch` pixels.
