@@ -867,3 +867,48 @@ fn large_elementwise_split_over_threads_match_reference() {
         assert_eq!(got, want);
     }
 }
+
+/// Convolutions whose packed weights exceed 128 KiB run block-major (one pair of channel blocks
+/// over every output row, then the next): 8-bit and 7-bit inputs, an odd number of blocks, odd
+/// sizes, stride 2 (no Winograd), batch 2, on 1 and 2 threads.
+#[test]
+fn large_weights_block_major_match_reference() {
+    let r = &mut SplitMix64::new(13);
+    let r7 = QRange::custom(0, 127).unwrap();
+    for (in_c, out_c, hw, stride) in [(256, 72, 9, 2), (260, 40, 7, 1), (512, 24, 5, 2)] {
+        let a = Axis::new(3, stride, 1, 1);
+        let geom = Conv2dGeom {
+            batch: 2,
+            in_h: hw,
+            in_w: hw + 2,
+            in_c,
+            out_c,
+            h: a,
+            w: a,
+            groups: 1,
+        };
+        let k = geom.reduction_len();
+        for (range, zp) in [(QRange::U8, 131), (r7, 64)] {
+            let p = QConv2d {
+                geom,
+                input_zero_point: zp,
+                requant: (0..out_c).map(|_| requant(r, k)).collect(),
+            };
+            let x = u7s(r, geom.input_len(), range);
+            let wt = i8s(r, geom.weight_len());
+            let b = bias(r, out_c, k, zp);
+            let n = geom.output_len().unwrap();
+            let mut want = vec![0u8; n];
+            reference::qconv2d(&p, &x, &wt, b.as_deref(), &mut want).unwrap();
+            let packed = PackedConv::with_input_range(&p, &wt, b.as_deref(), Isa::Avx2, range)
+                .unwrap()
+                .direct_only();
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let mut got = vec![1u8; n];
+                pool.install(|| packed.run(&geom, &x, &mut got)).unwrap();
+                assert_eq!(got, want, "{geom:?} zp {zp} threads {threads}");
+            }
+        }
+    }
+}

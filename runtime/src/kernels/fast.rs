@@ -378,15 +378,31 @@ unsafe fn run_avx2(a: &Avx2Conv, g: &Conv2dGeom, zp: i32, [oh_n, ow_n]: [usize; 
     let threads = rayon::current_num_threads();
     let optr = SendPtr(out.as_mut_ptr());
     let parallel = threads > 1 && macs >= PAR_MIN_MACS;
-    // Few rows (small images, linear layers): also split the channel blocks.
-    let split = |blocks: usize| {
-        let chunks = if parallel && rows < 2 * threads {
+    // Few rows (small images, linear layers): also split the channel blocks. Weights of more than
+    // 128 KiB (ResNet's 256- and 512-channel layers) do not stay in the L2 cache from one output
+    // row to the next: then each task is one pair of blocks and the tasks run block-major, so a
+    // pair's weights serve every row (of every image) while they are cached.
+    let split = |blocks: usize, weight_bytes: usize| {
+        let big = weight_bytes > 128 << 10 && blocks > 2;
+        let chunks = if big {
+            blocks.div_ceil(2)
+        } else if parallel && rows < 2 * threads {
             blocks.min((4 * threads).div_ceil(rows))
         } else {
             1
         };
         let per = blocks.div_ceil(chunks);
-        (blocks.div_ceil(per), per)
+        let chunks = blocks.div_ceil(per);
+        // Task `t` → (output row, blocks).
+        let at = move |t: usize| {
+            let (i, c) = if big {
+                (t % rows, t / rows)
+            } else {
+                (t / chunks, t % chunks)
+            };
+            (i, (c * per, ((c + 1) * per).min(blocks)))
+        };
+        (rows * chunks, at)
     };
     if let Avx2Conv::Im2col7(pk) = a {
         let mut buf = SCRATCH8.with(|s| std::mem::take(&mut *s.borrow_mut()));
@@ -395,10 +411,9 @@ unsafe fn run_avx2(a: &Avx2Conv, g: &Conv2dGeom, zp: i32, [oh_n, ow_n]: [usize; 
             let xptr = SendPtr(buf.as_ptr() as *mut u8);
             let kp = im2col_stride(pk.cig);
             let rc = im2col_run(&r, kp);
-            let (chunks, per) = split(pk.blocks);
+            let (tasks, at) = split(pk.blocks, 0);
             let task = |t: usize| {
-                let (i, c) = (t / chunks, t % chunks);
-                let (b0, b1) = (c * per, ((c + 1) * per).min(pk.blocks));
+                let (i, (b0, b1)) = at(t);
                 let mut col = COL.with(|s| std::mem::take(&mut *s.borrow_mut()));
                 col.clear();
                 col.resize(ow_n * kp + IM2COL_SLACK, 0);
@@ -408,9 +423,9 @@ unsafe fn run_avx2(a: &Avx2Conv, g: &Conv2dGeom, zp: i32, [oh_n, ow_n]: [usize; 
                 COL.with(|s| *s.borrow_mut() = col);
             };
             if parallel {
-                (0..rows * chunks).into_par_iter().for_each(task);
+                (0..tasks).into_par_iter().for_each(task);
             } else {
-                (0..rows * chunks).for_each(task);
+                (0..tasks).for_each(task);
             }
         }
         SCRATCH8.with(|s| *s.borrow_mut() = buf);
@@ -421,16 +436,15 @@ unsafe fn run_avx2(a: &Avx2Conv, g: &Conv2dGeom, zp: i32, [oh_n, ow_n]: [usize; 
         let seven = pad_raw7(x, pk.zp, &pad, &mut buf);
         if seven {
             let xptr = SendPtr(buf.as_ptr() as *mut u8);
-            let (chunks, per) = split(pk.blocks);
+            let (tasks, at) = split(pk.blocks, pk.groups * pk.blocks * pk.taps * pk.quads * 32);
             let task = |t: usize| {
-                let (i, c) = (t / chunks, t % chunks);
-                let (b0, b1) = (c * per, ((c + 1) * per).min(pk.blocks));
+                let (i, (b0, b1)) = at(t);
                 conv7_row(pk, &r, xptr.get(), optr.get(), i / oh_n, i % oh_n, (0, ow_n), (b0, b1));
             };
             if parallel {
-                (0..rows * chunks).into_par_iter().for_each(task);
+                (0..tasks).into_par_iter().for_each(task);
             } else {
-                (0..rows * chunks).for_each(task);
+                (0..tasks).for_each(task);
             }
         }
         SCRATCH8.with(|s| *s.borrow_mut() = buf);
@@ -452,16 +466,15 @@ unsafe fn run_avx2(a: &Avx2Conv, g: &Conv2dGeom, zp: i32, [oh_n, ow_n]: [usize; 
                 }
             }
             Avx2Conv::Direct(pk) => {
-                let (chunks, per) = split(pk.blocks);
+                let (tasks, at) = split(pk.blocks, pk.groups * pk.blocks * pk.taps * pk.pairs * 32);
                 let task = |t: usize| {
-                    let (i, c) = (t / chunks, t % chunks);
-                    let (b0, b1) = (c * per, ((c + 1) * per).min(pk.blocks));
+                    let (i, (b0, b1)) = at(t);
                     conv_row(pk, &r, xptr.get(), optr.get(), i / oh_n, i % oh_n, (0, ow_n), (b0, b1));
                 };
                 if parallel {
-                    (0..rows * chunks).into_par_iter().for_each(task);
+                    (0..tasks).into_par_iter().for_each(task);
                 } else {
-                    (0..rows * chunks).for_each(task);
+                    (0..tasks).for_each(task);
                 }
             }
             Avx2Conv::Direct7(_) | Avx2Conv::Im2col7(_) | Avx2Conv::Winograd { .. } => {
