@@ -851,10 +851,7 @@ impl WinoGeom {
     /// `i16` elements of the transformed input of `tiles` tiles, then `i32` elements of their
     /// products: [`wino_tiles`]'s scratch.
     pub fn scratch_len(&self, tiles: usize) -> (usize, usize) {
-        (
-            16 * tiles * self.cinp,
-            16 * tiles.div_ceil(4) * 4 * self.cout.div_ceil(8) * 8,
-        )
+        (16 * tiles * self.cinp, 16 * tiles * self.cout.div_ceil(8) * 8)
     }
 }
 
@@ -883,8 +880,10 @@ pub unsafe fn wino_pad(x: &[u8], zp: i32, g: &WinoGeom, buf: &mut Vec<i16>) {
 }
 
 /// Output tiles `[t0, t1)` (tiles numbered over `(n, tile row, tile column)`): input transform
-/// into `v` (`[16][t1 - t0][cinp]`), one `[tiles × cinp] × [cinp × cout]` product per position
-/// into `m` (`[16][t1 - t0 rounded up to 4][cout rounded up to 8]`), output transform, `>> 2`,
+/// into `v` (`[t1 - t0][16][cinp]`), one `[tiles × cinp] × [cinp × cout]` product per position
+/// into `m` (`[t1 - t0][16][cout rounded up to 8]`; tile-major, so that the 16 positions of a
+/// tile are 16 consecutive rows and not 16 rows a power of two apart, which share an L1 set),
+/// output transform, `>> 2`,
 /// requantize, store (the pixels inside the output).
 ///
 /// # Safety
@@ -933,33 +932,40 @@ pub unsafe fn wino_tiles(
                 ];
                 for (s, x) in vv.into_iter().enumerate() {
                     let pos = r * 4 + s;
-                    _mm256_storeu_si256(v.add((pos * nt + j) * cp + cv * 16) as *mut __m256i, x);
+                    _mm256_storeu_si256(v.add((j * 16 + pos) * cp + cv * 16) as *mut __m256i, x);
                 }
             }
         }
     }
-    // Products per position: P tiles × 2 blocks of 8 output channels.
-    let (twp, coutp) = (nt.div_ceil(4) * 4, pk.blocks * 8);
+    // Products per position: 2 tiles × 4 blocks of 8 output channels per register tile (8
+    // accumulators, 4 weight vectors, 2 broadcasts per input-channel pair: 2 + 8 + 8 vector
+    // operations for 8 `vpmaddwd`, fewer issue slots per product than 4 tiles × 2 blocks).
+    let coutp = pk.blocks * 8;
     let pairs = cp / 2;
     for pos in 0..16 {
-        let vpos = v.add(pos * nt * cp);
-        let mpos = m.add(pos * twp * coutp);
+        let vpos = v.add(pos * cp);
+        let mpos = m.add(pos * coutp);
         let wpos = pk.w.as_ptr().add(pos * pk.blocks * pairs * 16);
         let mut b = 0;
         while b < pk.blocks {
-            let nb = (pk.blocks - b).min(2);
+            let nb = (pk.blocks - b).min(4);
             let mut t = 0;
             while t < nt {
-                let np = (nt - t).min(4);
+                let np = (nt - t).min(2);
+                macro_rules! gemm {
+                    ($p:literal, $b:literal) => {
+                        wino_gemm::<$p, $b>(vpos, wpos, mpos, t, b, 16 * cp, pairs, 16 * coutp)
+                    };
+                }
                 match (np, nb) {
-                    (4, 2) => wino_gemm::<4, 2>(vpos, wpos, mpos, t, b, cp, pairs, coutp),
-                    (4, _) => wino_gemm::<4, 1>(vpos, wpos, mpos, t, b, cp, pairs, coutp),
-                    (3, 2) => wino_gemm::<3, 2>(vpos, wpos, mpos, t, b, cp, pairs, coutp),
-                    (3, _) => wino_gemm::<3, 1>(vpos, wpos, mpos, t, b, cp, pairs, coutp),
-                    (2, 2) => wino_gemm::<2, 2>(vpos, wpos, mpos, t, b, cp, pairs, coutp),
-                    (2, _) => wino_gemm::<2, 1>(vpos, wpos, mpos, t, b, cp, pairs, coutp),
-                    (_, 2) => wino_gemm::<1, 2>(vpos, wpos, mpos, t, b, cp, pairs, coutp),
-                    _ => wino_gemm::<1, 1>(vpos, wpos, mpos, t, b, cp, pairs, coutp),
+                    (2, 4) => gemm!(2, 4),
+                    (2, 3) => gemm!(2, 3),
+                    (2, 2) => gemm!(2, 2),
+                    (2, _) => gemm!(2, 1),
+                    (_, 4) => gemm!(1, 4),
+                    (_, 3) => gemm!(1, 3),
+                    (_, 2) => gemm!(1, 2),
+                    _ => gemm!(1, 1),
                 }
                 t += np;
             }
@@ -973,7 +979,7 @@ pub unsafe fn wino_tiles(
         for b in 0..pk.blocks {
             macro_rules! ldm {
                 ($pos:expr) => {
-                    _mm256_loadu_si256(m.add(($pos * twp + jt) * coutp + b * 8) as *const __m256i)
+                    _mm256_loadu_si256(m.add((jt * 16 + $pos) * coutp + b * 8) as *const __m256i)
                 };
             }
             let mut tt = [[_mm256_setzero_si256(); 4]; 2];
@@ -1003,7 +1009,8 @@ pub unsafe fn wino_tiles(
 }
 
 /// `m[t + p][b + j] = Σ_c V[t + p][c] · U[c][b + j]` for `p < P`, blocks `b..b + B` (8 channels
-/// each): per input-channel pair one broadcast of two `i16` per tile, `vpmaddwd` per block.
+/// each): per input-channel pair one broadcast of two `i16` per tile, `vpmaddwd` per block. Tile
+/// `t` of `v` starts at `v + t · vs`, of `m` at `m + t · ms`.
 #[inline]
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
@@ -1013,9 +1020,9 @@ unsafe fn wino_gemm<const P: usize, const B: usize>(
     m: *mut i32,
     t: usize,
     b: usize,
-    cp: usize,
+    vs: usize,
     pairs: usize,
-    coutp: usize,
+    ms: usize,
 ) {
     let mut acc = [[_mm256_setzero_si256(); B]; P];
     for q in 0..pairs {
@@ -1024,7 +1031,7 @@ unsafe fn wino_gemm<const P: usize, const B: usize>(
             *x = _mm256_loadu_si256(w.add(((b + j) * pairs + q) * 16) as *const __m256i);
         }
         for (p, a) in acc.iter_mut().enumerate() {
-            let xv = _mm256_set1_epi32(std::ptr::read_unaligned(v.add((t + p) * cp + 2 * q) as *const i32));
+            let xv = _mm256_set1_epi32(std::ptr::read_unaligned(v.add((t + p) * vs + 2 * q) as *const i32));
             for j in 0..B {
                 a[j] = _mm256_add_epi32(a[j], _mm256_madd_epi16(xv, wv[j]));
             }
@@ -1032,7 +1039,7 @@ unsafe fn wino_gemm<const P: usize, const B: usize>(
     }
     for (p, a) in acc.iter().enumerate() {
         for (j, &x) in a.iter().enumerate() {
-            _mm256_storeu_si256(m.add((t + p) * coutp + (b + j) * 8) as *mut __m256i, x);
+            _mm256_storeu_si256(m.add((t + p) * ms + (b + j) * 8) as *mut __m256i, x);
         }
     }
 }
