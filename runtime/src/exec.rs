@@ -32,10 +32,11 @@ enum Prepared {
     /// `QLinear`: likewise.
     Linear(Box<PackedLinear>),
     Add(QAdd, Isa),
-    /// `Quantize`, `Dequantize`, `QMaxPool`, `QAdaptiveAvgPool`: the kernels to run on.
+    /// `Quantize`, `Dequantize`, `QMaxPool`, `QAvgPool`, `QAdaptiveAvgPool`, `QClamp`: the
+    /// kernels to run on.
     Isa(Isa),
-    /// One part per input, channel counts filled in at run time.
-    Concat(Vec<ConcatPart>),
+    /// One part per input, channel counts filled in at run time; the kernels to run on.
+    Concat(Vec<ConcatPart>, Isa),
 }
 
 /// Spare `u8` buffers of finished runs: an int8 step takes its output buffer from here, and a
@@ -301,12 +302,14 @@ fn prepare(p: &Program, isa: Isa) -> Result<Vec<Prepared>, ProgramError> {
                         .iter()
                         .map(|&i| ConcatPart::new(0, &params(i)?, &out).map_err(|e| fail(e.to_string())))
                         .collect::<Result<_, _>>()?;
-                    Prepared::Concat(parts)
+                    Prepared::Concat(parts, isa)
                 }
                 QuantOp::Quantize
                 | QuantOp::Dequantize
                 | QuantOp::QMaxPool { .. }
-                | QuantOp::QAdaptiveAvgPool { .. } => Prepared::Isa(isa),
+                | QuantOp::QAvgPool { .. }
+                | QuantOp::QAdaptiveAvgPool { .. }
+                | QuantOp::QClamp { .. } => Prepared::Isa(isa),
                 _ => Prepared::Nothing,
             })
         })
@@ -619,7 +622,7 @@ fn eval_quant(
             };
             if let QuantOp::QAvgPool { count_include_pad, .. } = op {
                 let q = in_q.ok_or_else(|| bad("pooling needs input parameters"))?;
-                k::qavgpool2d(&QAvgPool2d::new(geom, *count_include_pad, &q), u8s(x)?, &mut out)?;
+                fast::qavgpool2d_with(isa, &QAvgPool2d::new(geom, *count_include_pad, &q), u8s(x)?, &mut out)?;
             } else {
                 fast::qmaxpool2d_with(isa, &geom, u8s(x)?, &mut out)?;
             }
@@ -635,11 +638,12 @@ fn eval_quant(
                     [oh, ow] => [oh, ow],
                     _ => return Err(bad("adaptive pooling over 1 or 2 dims")),
                 };
-                k::qadaptive_avgpool2d(&QAdaptiveAvgPool2d::new(n, [h, w], out_hw, c, &q), u8s(x)?, &mut out)?;
+                let p = QAdaptiveAvgPool2d::new(n, [h, w], out_hw, c, &q);
+                fast::qadaptive_avgpool2d_with(isa, &p, u8s(x)?, &mut out)?;
             }
         }
         QuantOp::QConcat => {
-            let Prepared::Concat(parts) = prep else {
+            let Prepared::Concat(parts, isa) = prep else {
                 return Err(bad("qconcat is not prepared"));
             };
             let outer = x.len() / x.shape.last().copied().unwrap_or(1).max(1);
@@ -652,7 +656,7 @@ fn eval_quant(
                 })
                 .collect();
             let datas: Vec<&[u8]> = args.iter().map(|t| u8s(t)).collect::<Result<_, _>>()?;
-            k::qconcat_channels(&QConcat { outer, parts }, &datas, &mut out)?;
+            fast::qconcat_channels_with(*isa, &QConcat { outer, parts }, &datas, &mut out)?;
         }
         QuantOp::QFlatten => {
             let xs = u8s(x)?;
@@ -665,7 +669,7 @@ fn eval_quant(
         }
         QuantOp::QClamp { act } => {
             let q = in_q.ok_or_else(|| bad("clamp needs input parameters"))?;
-            k::qclamp(*act, &q, u8s(x)?, &mut out)?;
+            fast::qclamp_with(isa, *act, &q, u8s(x)?, &mut out)?;
         }
     }
     Ok(Tensor::u8(out_shape, out))

@@ -7,7 +7,10 @@
 
 use proptest::prelude::*;
 use qc_runtime::kernels::fast::{self, Isa, PackedConv, PackedLinear};
-use qc_runtime::kernels::{reference, Axis, Conv2dGeom, Pool2dGeom, QConv2d, QGlobalAvgPool, QLinear};
+use qc_runtime::kernels::{
+    reference, Activation, Axis, ConcatPart, Conv2dGeom, Pool2dGeom, QAdaptiveAvgPool2d, QAvgPool2d, QConcat, QConv2d,
+    QGlobalAvgPool, QLinear,
+};
 use qc_runtime::quant::{accumulator_fits, QAdd, QParams, QRange, Requant};
 use qc_runtime::SplitMix64;
 
@@ -299,6 +302,92 @@ fn check_pools(seed: u64) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Average, adaptive average pooling, standalone clamp and channel concatenation on the AVX2
+/// kernels (the reference's loops reordered and vectorised): padding, `ceil_mode`,
+/// `count_include_pad`, channel tails, adaptive windows that overlap, all four activations, parts
+/// with equal parameters (a copy) and with other ones (a requantization), on odd sizes.
+fn check_avg_clamp_concat(seed: u64) -> Result<(), TestCaseError> {
+    let r = &mut SplitMix64::new(seed);
+    let channels = pick(r, &[1, 3, 7, 8, 17, 31, 32, 33, 65]);
+    let axis = |r: &mut SplitMix64| {
+        let kernel = 1 + below(r, 4) as usize;
+        Axis::new(
+            kernel,
+            1 + below(r, 3) as usize,
+            below(r, kernel as u64 / 2 + 1) as usize,
+            1,
+        )
+    };
+    let g = Pool2dGeom {
+        batch: 1 + below(r, 2) as usize,
+        in_h: 1 + below(r, 9) as usize,
+        in_w: 1 + below(r, 9) as usize,
+        channels,
+        h: axis(r),
+        w: axis(r),
+        ceil_mode: below(r, 2) == 0,
+    };
+    let q = qparams(r);
+    let x = u8s(r, g.input_len());
+    if let Ok(n) = g.output_len() {
+        let p = QAvgPool2d::new(g, below(r, 2) == 0, &q);
+        let mut want = vec![0u8; n];
+        reference::qavgpool2d(&p, &x, &mut want).unwrap();
+        let mut got = vec![1u8; n];
+        fast::qavgpool2d(&p, &x, &mut got).unwrap();
+        prop_assert_eq!(&got, &want, "{:?}", p);
+    }
+    let out_hw = [
+        1 + below(r, g.in_h as u64 + 2) as usize,
+        1 + below(r, g.in_w as u64 + 2) as usize,
+    ];
+    let p = QAdaptiveAvgPool2d::new(g.batch, [g.in_h, g.in_w], out_hw, channels, &q);
+    let n = g.batch * out_hw[0] * out_hw[1] * channels;
+    let mut want = vec![0u8; n];
+    reference::qadaptive_avgpool2d(&p, &x, &mut want).unwrap();
+    let mut got = vec![1u8; n];
+    fast::qadaptive_avgpool2d(&p, &x, &mut got).unwrap();
+    prop_assert_eq!(&got, &want, "{:?}", p);
+
+    let act = match below(r, 4) {
+        0 => Activation::None,
+        1 => Activation::Relu,
+        2 => Activation::Relu6,
+        _ => {
+            let a = r.uniform(-300.0, 300.0) * q.scale();
+            let b = r.uniform(-300.0, 300.0) * q.scale();
+            Activation::Clamp {
+                min: a.min(b),
+                max: a.max(b),
+            }
+        }
+    };
+    let mut want = vec![0u8; x.len()];
+    reference::qclamp(act, &q, &x, &mut want).unwrap();
+    let mut got = vec![1u8; x.len()];
+    fast::qclamp(act, &q, &x, &mut got).unwrap();
+    prop_assert_eq!(&got, &want, "{:?} {:?}", act, q);
+
+    let outer = 1 + below(r, 40) as usize;
+    let out_q = qparams(r);
+    let parts: Vec<ConcatPart> = (0..1 + below(r, 3))
+        .map(|_| {
+            let pq = if below(r, 3) == 0 { out_q } else { qparams(r) };
+            ConcatPart::new(pick(r, &[1, 3, 8, 9, 16, 33]), &pq, &out_q).unwrap()
+        })
+        .collect();
+    let datas: Vec<Vec<u8>> = parts.iter().map(|pt| u8s(r, outer * pt.channels)).collect();
+    let refs: Vec<&[u8]> = datas.iter().map(|d| d.as_slice()).collect();
+    let cp = QConcat { outer, parts };
+    let n = outer * cp.out_channels();
+    let mut want = vec![0u8; n];
+    reference::qconcat_channels(&cp, &refs, &mut want).unwrap();
+    let mut got = vec![1u8; n];
+    fast::qconcat_channels(&cp, &refs, &mut got).unwrap();
+    prop_assert_eq!(&got, &want, "{:?}", cp);
+    Ok(())
+}
+
 /// A 7-bit input range `[0, qmax]`, `qmax <= 127` (half the time PyTorch's reduce_range
 /// `[0, 127]`; a range always contains 0) and a zero point in it.
 fn range7(r: &mut SplitMix64) -> (QRange, i32) {
@@ -548,6 +637,11 @@ proptest! {
     #[test]
     fn pools_match_reference(seed in any::<u64>()) {
         check_pools(seed)?;
+    }
+
+    #[test]
+    fn avgpool_clamp_concat_match_reference(seed in any::<u64>()) {
+        check_avg_clamp_concat(seed)?;
     }
 
     #[test]
@@ -910,5 +1004,32 @@ fn large_weights_block_major_match_reference() {
                 assert_eq!(got, want, "{geom:?} zp {zp} threads {threads}");
             }
         }
+    }
+}
+
+/// Max pooling big enough to be split over threads by output rows (ResNet's 3x3, stride 2,
+/// padding 1, on an odd size, batch 2).
+#[test]
+fn large_maxpool_split_over_threads_matches_reference() {
+    let r = &mut SplitMix64::new(14);
+    let a = Axis::new(3, 2, 1, 1);
+    let g = Pool2dGeom {
+        batch: 2,
+        in_h: 57,
+        in_w: 55,
+        channels: 64,
+        h: a,
+        w: a,
+        ceil_mode: false,
+    };
+    let x = u8s(r, g.input_len());
+    let n = g.output_len().unwrap();
+    let mut want = vec![0u8; n];
+    reference::qmaxpool2d(&g, &x, &mut want).unwrap();
+    for threads in [1, 3] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let mut got = vec![1u8; n];
+        pool.install(|| fast::qmaxpool2d(&g, &x, &mut got)).unwrap();
+        assert_eq!(got, want, "threads {threads}");
     }
 }

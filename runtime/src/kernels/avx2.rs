@@ -1278,32 +1278,71 @@ pub unsafe fn transpose_u8(src: &[u8], rows: usize, cols: usize, dst: &mut [u8])
 // Pooling (plain loops compiled for AVX2: the compiler vectorises them over channels)
 // ---------------------------------------------------------------------------------------------
 
-/// [`super::reference::qmaxpool2d`]'s loops compiled with AVX2 (`vpmaxub` over 32 channels).
+/// [`super::reference::qmaxpool2d`] on output rows `[r0, r1)` (rows numbered over `(n, oh)`):
+/// per output pixel the input offsets of its window's taps inside the input (the reference's
+/// `input_index` skips), then `vpmaxub` over 32 channels at a time, 16, then one by one. Every
+/// window holds at least one tap (`out_hw`'s check); the reference starts from 0, which no `u8`
+/// maximum is below.
 ///
 /// # Safety
-/// Needs AVX2; geometry and lengths checked (`[oh_n, ow_n]` from `g.out_hw()`).
+/// Needs AVX2; geometry and lengths checked (`[oh_n, ow_n]` from `g.out_hw()`); `out` the whole
+/// output.
 #[target_feature(enable = "avx2")]
-pub unsafe fn maxpool(g: &super::Pool2dGeom, [oh_n, ow_n]: [usize; 2], x: &[u8], out: &mut [u8]) {
+pub unsafe fn maxpool_rows(
+    g: &super::Pool2dGeom,
+    [oh_n, ow_n]: [usize; 2],
+    x: &[u8],
+    out: *mut u8,
+    r0: usize,
+    r1: usize,
+) {
     let c_n = g.channels;
-    for n in 0..g.batch {
-        for oh in 0..oh_n {
-            for ow in 0..ow_n {
-                let o = &mut out[((n * oh_n + oh) * ow_n + ow) * c_n..][..c_n];
-                o.fill(0);
-                for kh in 0..g.h.kernel {
-                    let Some(ih) = g.h.input_index(oh, kh, g.in_h) else {
+    let xp = x.as_ptr();
+    let mut offs: Vec<usize> = Vec::with_capacity(g.h.kernel * g.w.kernel);
+    for row in r0..r1 {
+        let (n, oh) = (row / oh_n, row % oh_n);
+        for ow in 0..ow_n {
+            offs.clear();
+            for kh in 0..g.h.kernel {
+                let Some(ih) = g.h.input_index(oh, kh, g.in_h) else {
+                    continue;
+                };
+                for kw in 0..g.w.kernel {
+                    let Some(iw) = g.w.input_index(ow, kw, g.in_w) else {
                         continue;
                     };
-                    for kw in 0..g.w.kernel {
-                        let Some(iw) = g.w.input_index(ow, kw, g.in_w) else {
-                            continue;
-                        };
-                        let xs = &x[((n * g.in_h + ih) * g.in_w + iw) * c_n..][..c_n];
-                        for (m, &v) in o.iter_mut().zip(xs) {
-                            *m = (*m).max(v);
-                        }
-                    }
+                    offs.push(((n * g.in_h + ih) * g.in_w + iw) * c_n);
                 }
+            }
+            let o = out.add((row * ow_n + ow) * c_n);
+            let Some((&first, rest)) = offs.split_first() else {
+                std::ptr::write_bytes(o, 0, c_n);
+                continue;
+            };
+            let mut c = 0;
+            while c + 32 <= c_n {
+                let mut m = _mm256_loadu_si256(xp.add(first + c) as *const __m256i);
+                for &off in rest {
+                    m = _mm256_max_epu8(m, _mm256_loadu_si256(xp.add(off + c) as *const __m256i));
+                }
+                _mm256_storeu_si256(o.add(c) as *mut __m256i, m);
+                c += 32;
+            }
+            if c + 16 <= c_n {
+                let mut m = _mm_loadu_si128(xp.add(first + c) as *const __m128i);
+                for &off in rest {
+                    m = _mm_max_epu8(m, _mm_loadu_si128(xp.add(off + c) as *const __m128i));
+                }
+                _mm_storeu_si128(o.add(c) as *mut __m128i, m);
+                c += 16;
+            }
+            while c < c_n {
+                let mut m = *xp.add(first + c);
+                for &off in rest {
+                    m = m.max(*xp.add(off + c));
+                }
+                *o.add(c) = m;
+                c += 1;
             }
         }
     }
@@ -1328,6 +1367,126 @@ pub unsafe fn global_avgpool(p: &super::QGlobalAvgPool, x: &[u8], out: &mut [u8]
         }
         for (o, &s) in os.iter_mut().zip(&sums) {
             *o = crate::quant::avg_pool_out(s, s_n as i32, s_n as i32, p.zero_point, p.range) as u8;
+        }
+    }
+}
+
+/// [`super::reference::qavgpool2d`] with the window's per-channel sums accumulated pixel by pixel
+/// (contiguous channels, vectorised) instead of channel by channel: exact integers, so the order
+/// does not matter; the same [`crate::quant::avg_pool_out`] per output.
+///
+/// # Safety
+/// Needs AVX2; parameters, geometry and lengths checked as by the reference (`[oh_n, ow_n]` from
+/// `g.out_hw()`).
+#[target_feature(enable = "avx2")]
+pub unsafe fn avgpool(p: &super::QAvgPool2d, [oh_n, ow_n]: [usize; 2], x: &[u8], out: &mut [u8]) {
+    let g = &p.geom;
+    let c_n = g.channels;
+    let mut sums = vec![0i32; c_n];
+    for n in 0..g.batch {
+        for oh in 0..oh_n {
+            let (h0, h1, h_padded) = g.h.avg_bounds(oh, g.in_h);
+            for ow in 0..ow_n {
+                let (w0, w1, w_padded) = g.w.avg_bounds(ow, g.in_w);
+                let elems = ((h1 - h0) * (w1 - w0)) as i32;
+                let divisor = if p.count_include_pad {
+                    (h_padded * w_padded) as i32
+                } else {
+                    elems
+                };
+                sums.fill(0);
+                for ih in h0..h1 {
+                    for iw in w0..w1 {
+                        let px = &x[((n * g.in_h + ih) * g.in_w + iw) * c_n..][..c_n];
+                        for (s, &v) in sums.iter_mut().zip(px) {
+                            *s += v as i32;
+                        }
+                    }
+                }
+                let o = &mut out[((n * oh_n + oh) * ow_n + ow) * c_n..][..c_n];
+                for (o, &s) in o.iter_mut().zip(&sums) {
+                    *o = crate::quant::avg_pool_out(s, elems, divisor, p.zero_point, p.range) as u8;
+                }
+            }
+        }
+    }
+}
+
+/// [`super::reference::qadaptive_avgpool2d`] with per-channel sums accumulated pixel by pixel (as
+/// [`avgpool`]).
+///
+/// # Safety
+/// Needs AVX2; parameters and lengths checked as by the reference.
+#[target_feature(enable = "avx2")]
+pub unsafe fn adaptive_avgpool(p: &super::QAdaptiveAvgPool2d, x: &[u8], out: &mut [u8]) {
+    let ([h_n, w_n], [oh_n, ow_n], c_n) = (p.in_hw, p.out_hw, p.channels);
+    let mut sums = vec![0i32; c_n];
+    for n in 0..p.batch {
+        for oy in 0..oh_n {
+            let (h0, h1) = (oy * h_n / oh_n, ((oy + 1) * h_n).div_ceil(oh_n));
+            for ox in 0..ow_n {
+                let (w0, w1) = (ox * w_n / ow_n, ((ox + 1) * w_n).div_ceil(ow_n));
+                let elems = ((h1 - h0) * (w1 - w0)) as i32;
+                sums.fill(0);
+                for ih in h0..h1 {
+                    for iw in w0..w1 {
+                        let px = &x[((n * h_n + ih) * w_n + iw) * c_n..][..c_n];
+                        for (s, &v) in sums.iter_mut().zip(px) {
+                            *s += v as i32;
+                        }
+                    }
+                }
+                let o = &mut out[((n * oh_n + oy) * ow_n + ox) * c_n..][..c_n];
+                for (o, &s) in o.iter_mut().zip(&sums) {
+                    *o = crate::quant::avg_pool_out(s, elems, elems, p.zero_point, p.range) as u8;
+                }
+            }
+        }
+    }
+}
+
+/// `out = clamp(q, lo, hi)` element for element (`vpmaxub`/`vpminub`), [`super::reference::qclamp`]
+/// once its bounds are known; `0 <= lo <= hi <= 255`.
+///
+/// # Safety
+/// Needs AVX2; `out.len() = x.len()`.
+#[target_feature(enable = "avx2")]
+pub unsafe fn clamp_u8(x: &[u8], lo: u8, hi: u8, out: &mut [u8]) {
+    for (o, &q) in out.iter_mut().zip(x) {
+        *o = q.max(lo).min(hi);
+    }
+}
+
+/// One part of [`super::reference::qconcat_channels`]: `out[o · total + c0 + c] =
+/// r.apply(x[o · c_n + c] - zp)` for every row `o`, 8 channels at a time with [`requant8`] (the
+/// same [`Requant::apply`] bits), a plain copy when `r` is the identity (multiplier 1, `zp` kept,
+/// the full u8 range).
+///
+/// # Safety
+/// Needs AVX2; `x.len() = outer · c_n`, `out.len() = outer · total`, `c0 + c_n <= total`, the
+/// requantization's range within u8.
+#[target_feature(enable = "avx2")]
+pub unsafe fn concat_part(r: &Requant, zp: i32, x: &[u8], c_n: usize, out: &mut [u8], total: usize, c0: usize) {
+    if c_n == 0 {
+        return;
+    }
+    let identity = r.multiplier == 1 << 30 && r.shift == 30 && r.zero_point == zp && r.qmin == 0 && r.qmax == 255;
+    let rl = RequantLanes::splat(r);
+    let vzp = _mm256_set1_epi32(zp);
+    for (src, dst) in x.chunks_exact(c_n).zip(out.chunks_exact_mut(total)) {
+        let dst = &mut dst[c0..c0 + c_n];
+        if identity {
+            dst.copy_from_slice(src);
+            continue;
+        }
+        let mut c = 0;
+        while c + 8 <= c_n {
+            let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(src.as_ptr().add(c) as *const __m128i));
+            store_u8(requant8(_mm256_sub_epi32(v, vzp), &rl), dst.as_mut_ptr().add(c), 8);
+            c += 8;
+        }
+        for k in c..c_n {
+            dst[k] = r.apply(src[k] as i32 - zp) as u8;
         }
     }
 }

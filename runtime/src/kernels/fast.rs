@@ -16,8 +16,8 @@ use std::sync::OnceLock;
 
 use super::reference;
 use super::{
-    check_epilogue, check_len, check_range_u8, check_zp_u8, Conv2dGeom, KernelError, Pool2dGeom, QConv2d,
-    QGlobalAvgPool, QLinear,
+    check_epilogue, check_len, check_range_u8, check_zp_u8, Activation, Conv2dGeom, KernelError, Pool2dGeom,
+    QAdaptiveAvgPool2d, QAvgPool2d, QConcat, QConv2d, QGlobalAvgPool, QLinear,
 };
 use crate::quant::{QAdd, QParams, QRange};
 
@@ -694,8 +694,17 @@ pub fn qmaxpool2d_with(isa: Isa, g: &Pool2dGeom, x: &[u8], out: &mut [u8]) -> Re
     check_len("output", g.batch * oh_n * ow_n * g.channels, out.len())?;
     #[cfg(target_arch = "x86_64")]
     if supported(isa) == Isa::Avx2 {
-        // SAFETY: AVX2 detected; geometry and lengths checked.
-        unsafe { super::avx2::maxpool(g, [oh_n, ow_n], x, out) };
+        let rows = g.batch * oh_n;
+        let optr = SendPtr(out.as_mut_ptr());
+        // SAFETY: AVX2 detected; geometry and lengths checked; tasks write disjoint output rows.
+        let task = |r: usize| unsafe { super::avx2::maxpool_rows(g, [oh_n, ow_n], x, optr.get(), r, r + 1) };
+        if rayon::current_num_threads() > 1 && out.len() >= PAR_MIN_ELEMS && rows > 1 {
+            use rayon::prelude::*;
+            (0..rows).into_par_iter().for_each(task);
+        } else {
+            // SAFETY: as above, all rows at once.
+            unsafe { super::avx2::maxpool_rows(g, [oh_n, ow_n], x, optr.get(), 0, rows) };
+        }
         return Ok(());
     }
     let _ = isa;
@@ -808,4 +817,115 @@ pub fn nhwc_to_nchw<T: Copy + 'static>(x: &[T], [n, h, w, c]: [usize; 4], out: &
         transpose(xs, h * w, c, os);
     }
     Ok(())
+}
+
+/// [`reference::qavgpool2d`] on `isa`'s kernels (the reference's checks first).
+pub fn qavgpool2d_with(isa: Isa, p: &QAvgPool2d, x: &[u8], out: &mut [u8]) -> Result<(), KernelError> {
+    let g = &p.geom;
+    #[cfg(target_arch = "x86_64")]
+    if supported(isa) == Isa::Avx2
+        && g.h.dilation == 1
+        && g.w.dilation == 1
+        && g.h.kernel.saturating_mul(g.w.kernel) <= 1 << 23
+    {
+        let [oh_n, ow_n] = g.out_hw()?;
+        check_len("input", g.input_len(), x.len())?;
+        check_len("output", g.batch * oh_n * ow_n * g.channels, out.len())?;
+        check_zp_u8("input", p.zero_point)?;
+        check_range_u8("input", p.range.qmin(), p.range.qmax())?;
+        // SAFETY: AVX2 detected; the reference's checks hold.
+        unsafe { super::avx2::avgpool(p, [oh_n, ow_n], x, out) };
+        return Ok(());
+    }
+    let _ = (isa, g);
+    reference::qavgpool2d(p, x, out)
+}
+
+/// [`reference::qavgpool2d`], dispatched.
+pub fn qavgpool2d(p: &QAvgPool2d, x: &[u8], out: &mut [u8]) -> Result<(), KernelError> {
+    qavgpool2d_with(detected(), p, x, out)
+}
+
+/// [`reference::qadaptive_avgpool2d`] on `isa`'s kernels (the reference's checks first).
+pub fn qadaptive_avgpool2d_with(isa: Isa, p: &QAdaptiveAvgPool2d, x: &[u8], out: &mut [u8]) -> Result<(), KernelError> {
+    let ([h_n, w_n], [oh_n, ow_n], c_n) = (p.in_hw, p.out_hw, p.channels);
+    let checked = h_n > 0
+        && w_n > 0
+        && oh_n > 0
+        && ow_n > 0
+        && c_n > 0
+        && (h_n.div_ceil(oh_n) + 1).saturating_mul(w_n.div_ceil(ow_n) + 1) <= 1 << 23
+        && x.len() == p.batch * h_n * w_n * c_n
+        && out.len() == p.batch * oh_n * ow_n * c_n
+        && (0..=255).contains(&p.zero_point)
+        && p.range.qmin() >= 0
+        && p.range.qmax() <= 255;
+    #[cfg(target_arch = "x86_64")]
+    if checked && supported(isa) == Isa::Avx2 {
+        // SAFETY: AVX2 detected; the reference's checks hold (else it reports the error).
+        unsafe { super::avx2::adaptive_avgpool(p, x, out) };
+        return Ok(());
+    }
+    let _ = (isa, checked);
+    reference::qadaptive_avgpool2d(p, x, out)
+}
+
+/// [`reference::qadaptive_avgpool2d`], dispatched.
+pub fn qadaptive_avgpool2d(p: &QAdaptiveAvgPool2d, x: &[u8], out: &mut [u8]) -> Result<(), KernelError> {
+    qadaptive_avgpool2d_with(detected(), p, x, out)
+}
+
+/// [`reference::qclamp`] on `isa`'s kernels.
+pub fn qclamp_with(isa: Isa, act: Activation, p: &QParams, x: &[u8], out: &mut [u8]) -> Result<(), KernelError> {
+    act.check()?;
+    check_len("output", x.len(), out.len())?;
+    check_range_u8("input", p.range().qmin(), p.range().qmax())?;
+    #[cfg(target_arch = "x86_64")]
+    if supported(isa) == Isa::Avx2 {
+        // The reference's `max(lo).min(hi)` on codes in [0, 255]: with lo <= hi (a checked
+        // activation), clamping the bounds into [0, 255] first changes no result.
+        let (lo, hi) = act.bounds(p);
+        let (lo, hi) = (lo.clamp(0, 255) as u8, hi.clamp(0, 255) as u8);
+        par_elementwise(out, |i0, o| {
+            // SAFETY: AVX2 detected; the chunk lies inside x.
+            unsafe { super::avx2::clamp_u8(&x[i0..i0 + o.len()], lo, hi, o) };
+        });
+        return Ok(());
+    }
+    let _ = isa;
+    reference::qclamp(act, p, x, out)
+}
+
+/// [`reference::qclamp`], dispatched.
+pub fn qclamp(act: Activation, p: &QParams, x: &[u8], out: &mut [u8]) -> Result<(), KernelError> {
+    qclamp_with(detected(), act, p, x, out)
+}
+
+/// [`reference::qconcat_channels`] on `isa`'s kernels (the reference's checks first).
+pub fn qconcat_channels_with(isa: Isa, p: &QConcat, inputs: &[&[u8]], out: &mut [u8]) -> Result<(), KernelError> {
+    check_len("inputs", p.parts.len(), inputs.len())?;
+    let total = p.out_channels();
+    check_len("output", p.outer * total, out.len())?;
+    for (part, x) in p.parts.iter().zip(inputs) {
+        check_len("concat input", p.outer * part.channels, x.len())?;
+        check_zp_u8("concat input", part.input_zero_point)?;
+        check_range_u8("output", part.requant.qmin, part.requant.qmax)?;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if supported(isa) == Isa::Avx2 {
+        let mut c0 = 0;
+        for (part, x) in p.parts.iter().zip(inputs) {
+            // SAFETY: AVX2 detected; lengths and parameters checked above.
+            unsafe { super::avx2::concat_part(&part.requant, part.input_zero_point, x, part.channels, out, total, c0) };
+            c0 += part.channels;
+        }
+        return Ok(());
+    }
+    let _ = isa;
+    reference::qconcat_channels(p, inputs, out)
+}
+
+/// [`reference::qconcat_channels`], dispatched.
+pub fn qconcat_channels(p: &QConcat, inputs: &[&[u8]], out: &mut [u8]) -> Result<(), KernelError> {
+    qconcat_channels_with(detected(), p, inputs, out)
 }
