@@ -45,10 +45,12 @@
 //!
 //! # Requantization
 //!
-//! [`requant8`] is [`Requant::apply`] on 8 lanes: `vpmuldq` gives the exact `i64` product
-//! `acc · m`; AVX2 has no 64-bit arithmetic shift, so (docs/numerics.md §4) it adds `2^62` with the
-//! rounding term, shifts logically and subtracts `2^(62-shift)`; the clamp is done in `i64`.
-//! Proptested against [`Requant::apply`] below and in `tests/kernels_bitexact.rs`.
+//! [`requant8`] is [`Requant::apply`] on 8 lanes: the accumulator is first clamped to a per-channel
+//! `[alo, ahi]` outside which the output is saturated anyway (so the result fits `i32` later);
+//! `vpmuldq` gives the exact `i64` product `acc · m`; AVX2 has no 64-bit arithmetic shift, so
+//! (docs/numerics.md §4) it adds `2^62` with the rounding term, shifts logically, and subtracts
+//! `2^(62-shift)` in `i32` with the zero point; the output clamp is done in `i32`. Proptested
+//! against [`Requant::apply`] below and in `tests/kernels_bitexact.rs`.
 
 use std::arch::x86_64::*;
 
@@ -59,19 +61,61 @@ use crate::quant::{QAdd, Requant, QADD_LEFT_SHIFT};
 // ---------------------------------------------------------------------------------------------
 
 /// [`Requant`] parameters (and an `i32` bias) of 8 output channels laid out for [`requant8`]:
-/// `[0]` holds the even lanes (channels 0, 2, 4, 6), `[1]` the odd ones.
+/// `rnd` and `shift` `[0]` hold the even lanes (channels 0, 2, 4, 6), `[1]` the odd ones.
 #[derive(Clone, Copy, Debug)]
 #[repr(C, align(32))]
 pub struct RequantLanes {
     m: [i32; 8],
     bias: [i32; 8],
+    /// The accumulator clamp `[alo, ahi]` (see [`requant8`]).
+    alo: [i32; 8],
+    ahi: [i32; 8],
+    /// `zp - 2^(62-shift)`, wrapping `i32`.
+    off: [i32; 8],
+    lo: [i32; 8],
+    hi: [i32; 8],
     /// `2^(shift-1) + 2^62`.
     rnd: [[i64; 4]; 2],
     shift: [[i64; 4]; 2],
-    /// `zp - 2^(62-shift)`.
-    off: [[i64; 4]; 2],
-    lo: [[i64; 4]; 2],
-    hi: [[i64; 4]; 2],
+}
+
+/// `[alo, ahi]` for `q` (see [`requant8`]): `ahi` the least `a` with `q`'s unclamped
+/// `mul_shift_round(a) + zp >= qmax` (`i32::MAX` if none), `alo` the greatest with `<= qmin`
+/// (`i32::MIN` if none); both by bisection on the exact `i64` formula, which is monotonic in `a`.
+fn acc_clamp(q: &Requant) -> (i32, i32) {
+    let f = |a: i64| crate::quant::mul_shift_round(a as i32, q.multiplier, q.shift) + q.zero_point as i64;
+    let (qmin, qmax) = (q.qmin as i64, q.qmax as i64);
+    let ahi = if f(i32::MAX as i64) < qmax {
+        i32::MAX
+    } else {
+        // Least a with f(a) >= qmax, in [i32::MIN, i32::MAX].
+        let (mut lo, mut hi) = (i32::MIN as i64, i32::MAX as i64);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if f(mid) >= qmax {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        lo as i32
+    };
+    let alo = if f(i32::MIN as i64) > qmin {
+        i32::MIN
+    } else {
+        // Greatest a with f(a) <= qmin.
+        let (mut lo, mut hi) = (i32::MIN as i64, i32::MAX as i64);
+        while lo < hi {
+            let mid = lo + (hi - lo + 1) / 2;
+            if f(mid) <= qmin {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        lo as i32
+    };
+    (alo, ahi)
 }
 
 impl RequantLanes {
@@ -81,23 +125,26 @@ impl RequantLanes {
         let mut l = RequantLanes {
             m: [0; 8],
             bias: [0; 8],
+            alo: [0; 8],
+            ahi: [0; 8],
+            off: [0; 8],
+            lo: [0; 8],
+            hi: [0; 8],
             rnd: [[0; 4]; 2],
             shift: [[0; 4]; 2],
-            off: [[0; 4]; 2],
-            lo: [[0; 4]; 2],
-            hi: [[0; 4]; 2],
         };
         for i in 0..8 {
             let j = if i < r.len() { i } else { 0 };
             let q = &r[j];
             l.m[i] = q.multiplier;
             l.bias[i] = bias.map_or(0, |b| b[j]);
+            (l.alo[i], l.ahi[i]) = acc_clamp(q);
+            l.off[i] = q.zero_point.wrapping_sub((1i64 << (62 - q.shift)) as i32);
+            l.lo[i] = q.qmin;
+            l.hi[i] = q.qmax;
             let (h, k) = (i % 2, i / 2);
             l.rnd[h][k] = (1i64 << (q.shift - 1)) + (1i64 << 62);
             l.shift[h][k] = q.shift as i64;
-            l.off[h][k] = q.zero_point as i64 - (1i64 << (62 - q.shift));
-            l.lo[h][k] = q.qmin as i64;
-            l.hi[h][k] = q.qmax as i64;
         }
         l
     }
@@ -113,41 +160,40 @@ unsafe fn ld(p: *const i64) -> __m256i {
     _mm256_loadu_si256(p as *const __m256i)
 }
 
-/// `floor((p + rnd) / 2^shift) + off` for 4 `i64` lanes, `|p| < 2^62`, `rnd` including `2^62`:
-/// `p + rnd` lies in `(0, 2^64)`, so the logical shift is the floor, and `2^62 / 2^shift` is
-/// taken back out through `off`.
 #[inline(always)]
-unsafe fn shift_round_half(p: __m256i, rnd: __m256i, shift: __m256i, off: __m256i) -> __m256i {
-    _mm256_add_epi64(_mm256_srlv_epi64(_mm256_add_epi64(p, rnd), shift), off)
-}
-
-#[inline(always)]
-unsafe fn clamp64(v: __m256i, lo: __m256i, hi: __m256i) -> __m256i {
-    let v = _mm256_blendv_epi8(v, lo, _mm256_cmpgt_epi64(lo, v));
-    _mm256_blendv_epi8(v, hi, _mm256_cmpgt_epi64(v, hi))
-}
-
-/// Rounding shift, zero point and clamp of the 4 `i64` products of lane half `h`.
-#[inline(always)]
-unsafe fn requant_half(p: __m256i, r: &RequantLanes, h: usize) -> __m256i {
-    let v = shift_round_half(p, ld(r.rnd[h].as_ptr()), ld(r.shift[h].as_ptr()), ld(r.off[h].as_ptr()));
-    clamp64(v, ld(r.lo[h].as_ptr()), ld(r.hi[h].as_ptr()))
+unsafe fn ld32(p: &[i32; 8]) -> __m256i {
+    _mm256_loadu_si256(p.as_ptr() as *const __m256i)
 }
 
 /// [`Requant::apply`]`(acc + bias)` on 8 `i32` lanes (the bias added wrapping, as `dot_acc`
 /// starts from it). Results are in `[qmin, qmax]`.
+///
+/// 1. `a = clamp(acc + bias, alo, ahi)`: `apply` is monotonic in its argument, and every `a >=
+///    ahi` gives `qmax` (likewise `alo`, `qmin`), so the result is unchanged; and the unclamped
+///    `mul_shift_round(a) + zp` now lies in `[f(alo), f(ahi)]`, which is within `i32`: `f` grows
+///    by at most `⌈m / 2^shift⌉ <= 2^30` per step (`m < 2^31`, `shift >= 1`), so `f(ahi) <
+///    qmax + 2^30 + 1` and `f(alo) > qmin - 2^30 - 1`.
+/// 2. `vpmuldq` gives the exact `i64` product `a · m` (`|·| < 2^62`); AVX2 has no 64-bit
+///    arithmetic shift, so (docs/numerics.md §4) `2^62` is added with the rounding term, the sum
+///    (in `(0, 2^64)`) shifted logically, which gives `mul_shift_round(a) + 2^(62-shift)`.
+/// 3. The low 32 bits of the two halves are joined; `zp - 2^(62-shift)` is added wrapping in
+///    `i32`: exact, as the true value fits `i32` (1.); then the clamp to `[qmin, qmax]` in `i32`.
 ///
 /// # Safety
 /// Needs AVX2.
 #[inline]
 #[target_feature(enable = "avx2")]
 pub unsafe fn requant8(acc: __m256i, r: &RequantLanes) -> __m256i {
-    let acc = _mm256_add_epi32(acc, _mm256_loadu_si256(r.bias.as_ptr() as *const __m256i));
-    let m = _mm256_loadu_si256(r.m.as_ptr() as *const __m256i);
-    let pe = _mm256_mul_epi32(acc, m);
-    let po = _mm256_mul_epi32(_mm256_srli_epi64(acc, 32), _mm256_srli_epi64(m, 32));
-    let (e, o) = (requant_half(pe, r, 0), requant_half(po, r, 1));
-    _mm256_blend_epi32(e, _mm256_slli_epi64(o, 32), 0b1010_1010)
+    let acc = _mm256_add_epi32(acc, ld32(&r.bias));
+    let a = _mm256_min_epi32(_mm256_max_epi32(acc, ld32(&r.alo)), ld32(&r.ahi));
+    let m = ld32(&r.m);
+    let pe = _mm256_mul_epi32(a, m);
+    let po = _mm256_mul_epi32(_mm256_srli_epi64(a, 32), _mm256_srli_epi64(m, 32));
+    let e = _mm256_srlv_epi64(_mm256_add_epi64(pe, ld(r.rnd[0].as_ptr())), ld(r.shift[0].as_ptr()));
+    let o = _mm256_srlv_epi64(_mm256_add_epi64(po, ld(r.rnd[1].as_ptr())), ld(r.shift[1].as_ptr()));
+    let v = _mm256_blend_epi32(e, _mm256_slli_epi64(o, 32), 0b1010_1010);
+    let v = _mm256_add_epi32(v, ld32(&r.off));
+    _mm256_min_epi32(_mm256_max_epi32(v, ld32(&r.lo)), ld32(&r.hi))
 }
 
 /// Writes the low bytes of 8 `i32` lanes holding values in `[0, 255]`: the first `n` of them.
@@ -1519,6 +1565,54 @@ mod tests {
                     qmax: v[2],
                 }
             })
+    }
+
+    /// The accumulator clamp's edges: `alo`/`ahi` and their neighbours, `i32`'s ends, for
+    /// multipliers up to `2^30` (shift 1), zero multipliers, and one-value output ranges.
+    #[test]
+    fn requant8_at_the_accumulator_clamp_edges() {
+        if !is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut r = crate::tensor::SplitMix64::new(5);
+        for case in 0..3000u32 {
+            let shift = 1 + (r.next_u64() % 62) as u32;
+            let multiplier = match case % 4 {
+                0 => i32::MAX,
+                1 => 0,
+                _ => (r.next_u64() >> 33) as i32,
+            };
+            let mut v = [0, 1, 2].map(|_| (r.next_u64() % 256) as i32);
+            v.sort();
+            if case % 5 == 0 {
+                v = [v[1]; 3];
+            }
+            let q = Requant {
+                multiplier,
+                shift,
+                zero_point: v[1],
+                qmin: v[0],
+                qmax: v[2],
+            };
+            let (alo, ahi) = acc_clamp(&q);
+            let lanes = RequantLanes::splat(&q);
+            let accs = [
+                alo,
+                ahi,
+                i32::MIN,
+                i32::MAX,
+                0,
+                -1,
+                1,
+                alo.wrapping_add(1),
+                ahi.wrapping_sub(1),
+            ];
+            for acc in accs.into_iter().chain([alo.wrapping_sub(1), ahi.wrapping_add(1)]) {
+                let mut out = [0u8; 8];
+                unsafe { requant_store(&[acc; 8], &lanes, &mut out) };
+                assert_eq!(out[0] as i32, q.apply(acc), "{q:?} acc {acc} [{alo}, {ahi}]");
+            }
+        }
     }
 
     proptest! {
