@@ -38,6 +38,7 @@ fn main() {
         (28, 128, 128, 3, 1, "3x3 128 28"),
         (14, 256, 256, 3, 1, "3x3 256 14"),
         (7, 512, 512, 3, 1, "3x3 512 7"),
+        (7, 512, 512, 3, 1, "3x3 512 7 batch 8"),
         (224, 3, 64, 7, 2, "7x7 3-64 224 s2 (stem)"),
         (28, 128, 256, 1, 2, "1x1 128-256 28 s2"),
         (1, 512, 1000, 1, 1, "linear 512-1000"),
@@ -63,7 +64,7 @@ fn main() {
             }
         } else {
             Conv2dGeom {
-                batch: 1,
+                batch: if name.ends_with("batch 8") { 8 } else { 1 },
                 in_h: hw,
                 in_w: hw,
                 in_c: ci,
@@ -92,7 +93,7 @@ fn main() {
         let (a16, a7d) = (a16.direct_only(), a7.direct_only());
         let mut out = vec![0u8; geom.output_len().unwrap()];
         let [oh, ow] = geom.out_hw().unwrap();
-        let macs = (oh * ow * co * ci * k * k) as f64;
+        let macs = (geom.batch * oh * ow * co * ci * k * k) as f64;
         let iters = (6e9 / macs).ceil() as usize;
         let mut best = [f64::MAX; 3];
         for _round in 0..6 {
