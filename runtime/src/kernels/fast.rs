@@ -5,7 +5,11 @@
 //! Convolution and linear layers prepack their weights once ([`PackedConv`], [`PackedLinear`]);
 //! running one checks the shapes exactly as the reference does and never panics on bad input.
 //! Large convolutions are split over rayon's threads by output rows (or by output-channel blocks
-//! when there are few rows).
+//! when there are few rows); layers with more than 128 KiB of packed weights run block-major (a
+//! pair of channel blocks over every row while its weights are cached). A 3x3 convolution of one
+//! group with at least 16 input channels also packs Winograd `F(2x2, 3x3)` in exact integers
+//! ([`super::avx2::WinoPack`]), which runs for stride 1, padding 1. Large elementwise kernels
+//! (quantize, dequantize, add, clamp) and max pooling are split over threads too.
 //!
 //! A convolution or linear layer packed with [`PackedConv::with_input_range`] for an input whose
 //! range and zero point lie in `[0, 127]` (PyTorch x86's `reduce_range` activations; the executor
