@@ -83,6 +83,9 @@ pub struct RequantLanes {
 /// `mul_shift_round(a) + zp >= qmax` (`i32::MAX` if none), `alo` the greatest with `<= qmin`
 /// (`i32::MIN` if none); both by bisection on the exact `i64` formula, which is monotonic in `a`.
 fn acc_clamp(q: &Requant) -> (i32, i32) {
+    // `Requant::from_real`'s invariants (as `mul_shift_round` asserts): the formula is then
+    // non-decreasing in `a`.
+    debug_assert!(q.multiplier >= 0 && (1..=62).contains(&q.shift));
     let f = |a: i64| crate::quant::mul_shift_round(a as i32, q.multiplier, q.shift) + q.zero_point as i64;
     let (qmin, qmax) = (q.qmin as i64, q.qmax as i64);
     let ahi = if f(i32::MAX as i64) < qmax {
