@@ -32,10 +32,11 @@ enum Prepared {
     /// `QLinear`: likewise.
     Linear(Box<PackedLinear>),
     Add(QAdd, Isa),
-    /// `Quantize`, `Dequantize`, `QMaxPool`, `QAdaptiveAvgPool`: the kernels to run on.
+    /// `Quantize`, `Dequantize`, `QMaxPool`, `QAvgPool`, `QAdaptiveAvgPool`, `QClamp`: the
+    /// kernels to run on.
     Isa(Isa),
-    /// One part per input, channel counts filled in at run time.
-    Concat(Vec<ConcatPart>),
+    /// One part per input, channel counts filled in at run time; the kernels to run on.
+    Concat(Vec<ConcatPart>, Isa),
 }
 
 /// Spare `u8` buffers of finished runs: an int8 step takes its output buffer from here, and a
@@ -47,7 +48,8 @@ struct BufferPool {
 }
 
 impl BufferPool {
-    /// A zeroed buffer of `n` bytes: the smallest spare one that holds it, or a new one.
+    /// A buffer of `n` bytes, the smallest spare one that holds it or a new one; its contents are
+    /// unspecified (zeros or an earlier value's bytes): the step writes every byte.
     fn take(&mut self, n: usize) -> Vec<u8> {
         let best = (0..self.spare.len())
             .filter(|&i| self.spare[i].capacity() >= n)
@@ -56,8 +58,13 @@ impl BufferPool {
             Some(i) => self.spare.swap_remove(i),
             None => Vec::with_capacity(n),
         };
-        v.clear();
-        v.resize(n, 0);
+        // Every kernel writes all of its output, so bytes left by an earlier use are not cleared
+        // (only a grown part is zeroed).
+        if v.len() >= n {
+            v.truncate(n);
+        } else {
+            v.resize(n, 0);
+        }
         v
     }
 
@@ -295,12 +302,14 @@ fn prepare(p: &Program, isa: Isa) -> Result<Vec<Prepared>, ProgramError> {
                         .iter()
                         .map(|&i| ConcatPart::new(0, &params(i)?, &out).map_err(|e| fail(e.to_string())))
                         .collect::<Result<_, _>>()?;
-                    Prepared::Concat(parts)
+                    Prepared::Concat(parts, isa)
                 }
                 QuantOp::Quantize
                 | QuantOp::Dequantize
                 | QuantOp::QMaxPool { .. }
-                | QuantOp::QAdaptiveAvgPool { .. } => Prepared::Isa(isa),
+                | QuantOp::QAvgPool { .. }
+                | QuantOp::QAdaptiveAvgPool { .. }
+                | QuantOp::QClamp { .. } => Prepared::Isa(isa),
                 _ => Prepared::Nothing,
             })
         })
@@ -351,8 +360,11 @@ fn execute_with(
 ) -> Result<Vec<Option<Tensor>>, RunError> {
     p.check_inputs(inputs)?;
     let mut values: Vec<Option<Tensor>> = vec![None; p.values.len()];
+    // The inputs are read in place (not copied in): a run's values hold only what its steps compute,
+    // and the inputs are copied into the result at the end where a caller reads them.
+    let mut input_at: Vec<Option<&Tensor>> = vec![None; p.values.len()];
     for (t, &id) in inputs.iter().zip(&p.inputs) {
-        values[id] = Some(t.clone());
+        input_at[id] = Some(t);
     }
     for (index, step) in p.steps.iter().enumerate() {
         let name = || p.value_name(step.output).to_string();
@@ -360,13 +372,17 @@ fn execute_with(
             .inputs
             .iter()
             .map(|&i| {
-                values.get(i).and_then(|v| v.as_ref()).ok_or_else(|| {
-                    RunError::Invalid(ProgramError::NotYetComputed {
-                        index,
-                        step: name(),
-                        value: p.value_name(i).to_string(),
+                values
+                    .get(i)
+                    .and_then(|v| v.as_ref())
+                    .or_else(|| input_at.get(i).copied().flatten())
+                    .ok_or_else(|| {
+                        RunError::Invalid(ProgramError::NotYetComputed {
+                            index,
+                            step: name(),
+                            value: p.value_name(i).to_string(),
+                        })
                     })
-                })
             })
             .collect::<Result<_, _>>()?;
         let shapes: Vec<&[usize]> = args.iter().map(|t| t.shape.as_slice()).collect();
@@ -382,10 +398,7 @@ fn execute_with(
         if on_value(step.output, &out).is_break() {
             return Err(RunError::Stopped { node: name() });
         }
-        if let Some((i, v)) = out
-            .as_f32()
-            .and_then(|v| v.iter().enumerate().find(|(_, x)| !x.is_finite()))
-        {
+        if let Some((i, v)) = out.as_f32().and_then(first_non_finite) {
             return Err(RunError::NonFinite {
                 node: name(),
                 index: i,
@@ -409,7 +422,30 @@ fn execute_with(
             }
         }
     }
+    for (t, &id) in inputs.iter().zip(&p.inputs) {
+        if free.is_none() || p.outputs.contains(&id) {
+            values[id] = Some(t.clone());
+        }
+    }
     Ok(values)
+}
+
+/// The first non-finite element and its index. Blocks of 64 are tested without branching (the
+/// compiler vectorises the test); only a block with a non-finite element is searched.
+fn first_non_finite(v: &[f32]) -> Option<(usize, &f32)> {
+    let finite = |c: &[f32]| c.iter().fold(true, |a, x| a & x.is_finite());
+    let mut base = 0;
+    for c in v.chunks(64) {
+        if !finite(c) {
+            return c
+                .iter()
+                .enumerate()
+                .find(|(_, x)| !x.is_finite())
+                .map(|(i, x)| (base + i, x));
+        }
+        base += c.len();
+    }
+    None
 }
 
 fn bad(what: &str) -> KernelError {
@@ -428,7 +464,12 @@ fn dims4(shape: &[usize], layout: Layout) -> Result<[usize; 4], KernelError> {
 }
 
 /// Moves data of physical shape `shape` from layout `from` to layout `to`.
-fn relayout<T: Copy + Default>(x: &[T], shape: &[usize], from: Layout, to: Layout) -> Result<Vec<T>, KernelError> {
+fn relayout<T: Copy + Default + 'static>(
+    x: &[T],
+    shape: &[usize],
+    from: Layout,
+    to: Layout,
+) -> Result<Vec<T>, KernelError> {
     if from == to {
         return Ok(x.to_vec());
     }
@@ -438,10 +479,10 @@ fn relayout<T: Copy + Default>(x: &[T], shape: &[usize], from: Layout, to: Layou
 }
 
 /// Moves data of physical shape `shape` out of layout `from` into the other layout.
-fn relayout_into<T: Copy>(x: &[T], shape: &[usize], from: Layout, out: &mut [T]) -> Result<(), KernelError> {
+fn relayout_into<T: Copy + 'static>(x: &[T], shape: &[usize], from: Layout, out: &mut [T]) -> Result<(), KernelError> {
     match from {
-        Layout::Torch => k::nchw_to_nhwc(x, dims4(shape, from)?, out),
-        Layout::ChannelsLast => k::nhwc_to_nchw(x, dims4(shape, from)?, out),
+        Layout::Torch => fast::nchw_to_nhwc(x, dims4(shape, from)?, out),
+        Layout::ChannelsLast => fast::nhwc_to_nchw(x, dims4(shape, from)?, out),
     }
 }
 
@@ -581,7 +622,7 @@ fn eval_quant(
             };
             if let QuantOp::QAvgPool { count_include_pad, .. } = op {
                 let q = in_q.ok_or_else(|| bad("pooling needs input parameters"))?;
-                k::qavgpool2d(&QAvgPool2d::new(geom, *count_include_pad, &q), u8s(x)?, &mut out)?;
+                fast::qavgpool2d_with(isa, &QAvgPool2d::new(geom, *count_include_pad, &q), u8s(x)?, &mut out)?;
             } else {
                 fast::qmaxpool2d_with(isa, &geom, u8s(x)?, &mut out)?;
             }
@@ -597,11 +638,12 @@ fn eval_quant(
                     [oh, ow] => [oh, ow],
                     _ => return Err(bad("adaptive pooling over 1 or 2 dims")),
                 };
-                k::qadaptive_avgpool2d(&QAdaptiveAvgPool2d::new(n, [h, w], out_hw, c, &q), u8s(x)?, &mut out)?;
+                let p = QAdaptiveAvgPool2d::new(n, [h, w], out_hw, c, &q);
+                fast::qadaptive_avgpool2d_with(isa, &p, u8s(x)?, &mut out)?;
             }
         }
         QuantOp::QConcat => {
-            let Prepared::Concat(parts) = prep else {
+            let Prepared::Concat(parts, isa) = prep else {
                 return Err(bad("qconcat is not prepared"));
             };
             let outer = x.len() / x.shape.last().copied().unwrap_or(1).max(1);
@@ -614,7 +656,7 @@ fn eval_quant(
                 })
                 .collect();
             let datas: Vec<&[u8]> = args.iter().map(|t| u8s(t)).collect::<Result<_, _>>()?;
-            k::qconcat_channels(&QConcat { outer, parts }, &datas, &mut out)?;
+            fast::qconcat_channels_with(*isa, &QConcat { outer, parts }, &datas, &mut out)?;
         }
         QuantOp::QFlatten => {
             let xs = u8s(x)?;
@@ -627,7 +669,7 @@ fn eval_quant(
         }
         QuantOp::QClamp { act } => {
             let q = in_q.ok_or_else(|| bad("clamp needs input parameters"))?;
-            k::qclamp(*act, &q, u8s(x)?, &mut out)?;
+            fast::qclamp_with(isa, *act, &q, u8s(x)?, &mut out)?;
         }
     }
     Ok(Tensor::u8(out_shape, out))

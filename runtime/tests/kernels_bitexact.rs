@@ -7,7 +7,10 @@
 
 use proptest::prelude::*;
 use qc_runtime::kernels::fast::{self, Isa, PackedConv, PackedLinear};
-use qc_runtime::kernels::{reference, Axis, Conv2dGeom, Pool2dGeom, QConv2d, QGlobalAvgPool, QLinear};
+use qc_runtime::kernels::{
+    reference, Activation, Axis, ConcatPart, Conv2dGeom, Pool2dGeom, QAdaptiveAvgPool2d, QAvgPool2d, QConcat, QConv2d,
+    QGlobalAvgPool, QLinear,
+};
 use qc_runtime::quant::{accumulator_fits, QAdd, QParams, QRange, Requant};
 use qc_runtime::SplitMix64;
 
@@ -227,6 +230,32 @@ fn check_quantize(seed: u64) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// The tiled layout changes move the same elements as the reference's (tile tails: sizes around
+/// the 32-element tile, one channel, RGB).
+fn check_relayout(seed: u64) -> Result<(), TestCaseError> {
+    let r = &mut SplitMix64::new(seed);
+    let n = 1 + below(r, 3) as usize;
+    let c = pick(r, &[1, 3, 4, 31, 32, 33, 64, 70]);
+    let h = 1 + below(r, 40) as usize;
+    let w = pick(r, &[1, 7, 31, 32, 33, 56]);
+    let x = u8s(r, n * c * h * w);
+    let mut want = vec![0u8; x.len()];
+    let mut got = vec![1u8; x.len()];
+    reference::nchw_to_nhwc(&x, [n, c, h, w], &mut want).unwrap();
+    fast::nchw_to_nhwc(&x, [n, c, h, w], &mut got).unwrap();
+    prop_assert_eq!(&got, &want, "nchw_to_nhwc {:?}", [n, c, h, w]);
+    reference::nhwc_to_nchw(&x, [n, h, w, c], &mut want).unwrap();
+    fast::nhwc_to_nchw(&x, [n, h, w, c], &mut got).unwrap();
+    prop_assert_eq!(&got, &want, "nhwc_to_nchw {:?}", [n, h, w, c]);
+    let xf: Vec<f32> = x.iter().map(|&v| v as f32 - 0.5).collect();
+    let (mut wf, mut gf) = (vec![0f32; x.len()], vec![1f32; x.len()]);
+    reference::nhwc_to_nchw(&xf, [n, h, w, c], &mut wf).unwrap();
+    fast::nhwc_to_nchw(&xf, [n, h, w, c], &mut gf).unwrap();
+    prop_assert_eq!(gf, wf);
+    prop_assert!(fast::nchw_to_nhwc(&x, [n, c, h, w + 1], &mut got).is_err());
+    Ok(())
+}
+
 fn check_pools(seed: u64) -> Result<(), TestCaseError> {
     let r = &mut SplitMix64::new(seed);
     let channels = pick(r, &[1, 3, 7, 17, 31, 32, 33, 65]);
@@ -270,6 +299,92 @@ fn check_pools(seed: u64) -> Result<(), TestCaseError> {
     let mut got = vec![1u8; g.batch * channels];
     fast::qglobal_avgpool(&gp, &x, &mut got).unwrap();
     prop_assert_eq!(&got, &want, "{:?}", gp);
+    Ok(())
+}
+
+/// Average, adaptive average pooling, standalone clamp and channel concatenation on the AVX2
+/// kernels (the reference's loops reordered and vectorised): padding, `ceil_mode`,
+/// `count_include_pad`, channel tails, adaptive windows that overlap, all four activations, parts
+/// with equal parameters (a copy) and with other ones (a requantization), on odd sizes.
+fn check_avg_clamp_concat(seed: u64) -> Result<(), TestCaseError> {
+    let r = &mut SplitMix64::new(seed);
+    let channels = pick(r, &[1, 3, 7, 8, 17, 31, 32, 33, 65]);
+    let axis = |r: &mut SplitMix64| {
+        let kernel = 1 + below(r, 4) as usize;
+        Axis::new(
+            kernel,
+            1 + below(r, 3) as usize,
+            below(r, kernel as u64 / 2 + 1) as usize,
+            1,
+        )
+    };
+    let g = Pool2dGeom {
+        batch: 1 + below(r, 2) as usize,
+        in_h: 1 + below(r, 9) as usize,
+        in_w: 1 + below(r, 9) as usize,
+        channels,
+        h: axis(r),
+        w: axis(r),
+        ceil_mode: below(r, 2) == 0,
+    };
+    let q = qparams(r);
+    let x = u8s(r, g.input_len());
+    if let Ok(n) = g.output_len() {
+        let p = QAvgPool2d::new(g, below(r, 2) == 0, &q);
+        let mut want = vec![0u8; n];
+        reference::qavgpool2d(&p, &x, &mut want).unwrap();
+        let mut got = vec![1u8; n];
+        fast::qavgpool2d(&p, &x, &mut got).unwrap();
+        prop_assert_eq!(&got, &want, "{:?}", p);
+    }
+    let out_hw = [
+        1 + below(r, g.in_h as u64 + 2) as usize,
+        1 + below(r, g.in_w as u64 + 2) as usize,
+    ];
+    let p = QAdaptiveAvgPool2d::new(g.batch, [g.in_h, g.in_w], out_hw, channels, &q);
+    let n = g.batch * out_hw[0] * out_hw[1] * channels;
+    let mut want = vec![0u8; n];
+    reference::qadaptive_avgpool2d(&p, &x, &mut want).unwrap();
+    let mut got = vec![1u8; n];
+    fast::qadaptive_avgpool2d(&p, &x, &mut got).unwrap();
+    prop_assert_eq!(&got, &want, "{:?}", p);
+
+    let act = match below(r, 4) {
+        0 => Activation::None,
+        1 => Activation::Relu,
+        2 => Activation::Relu6,
+        _ => {
+            let a = r.uniform(-300.0, 300.0) * q.scale();
+            let b = r.uniform(-300.0, 300.0) * q.scale();
+            Activation::Clamp {
+                min: a.min(b),
+                max: a.max(b),
+            }
+        }
+    };
+    let mut want = vec![0u8; x.len()];
+    reference::qclamp(act, &q, &x, &mut want).unwrap();
+    let mut got = vec![1u8; x.len()];
+    fast::qclamp(act, &q, &x, &mut got).unwrap();
+    prop_assert_eq!(&got, &want, "{:?} {:?}", act, q);
+
+    let outer = 1 + below(r, 40) as usize;
+    let out_q = qparams(r);
+    let parts: Vec<ConcatPart> = (0..1 + below(r, 3))
+        .map(|_| {
+            let pq = if below(r, 3) == 0 { out_q } else { qparams(r) };
+            ConcatPart::new(pick(r, &[1, 3, 8, 9, 16, 33]), &pq, &out_q).unwrap()
+        })
+        .collect();
+    let datas: Vec<Vec<u8>> = parts.iter().map(|pt| u8s(r, outer * pt.channels)).collect();
+    let refs: Vec<&[u8]> = datas.iter().map(|d| d.as_slice()).collect();
+    let cp = QConcat { outer, parts };
+    let n = outer * cp.out_channels();
+    let mut want = vec![0u8; n];
+    reference::qconcat_channels(&cp, &refs, &mut want).unwrap();
+    let mut got = vec![1u8; n];
+    fast::qconcat_channels(&cp, &refs, &mut got).unwrap();
+    prop_assert_eq!(&got, &want, "{:?}", cp);
     Ok(())
 }
 
@@ -356,6 +471,140 @@ fn check_conv7(seed: u64) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// The 7-bit im2col path ([`fast::im2col_pays`]): few input channels (ResNet's RGB stem is 3,
+/// 7x7, stride 2, padding 3), kernels up to 7x7, strides 1-3, dilation, padding up to the
+/// kernel, odd widths, output-channel tails, batch 1-2.
+fn check_conv7_im2col(seed: u64) -> Result<(), TestCaseError> {
+    let r = &mut SplitMix64::new(seed);
+    let stem = below(r, 4) == 0;
+    let cig = if stem { 3 } else { pick(r, &[1, 2, 3, 3, 5, 6, 7, 9]) };
+    let out_c = if stem {
+        pick(r, &[8, 16, 64])
+    } else {
+        pick(r, &[1, 3, 7, 8, 9, 16, 17, 24, 33])
+    };
+    let axis = |r: &mut SplitMix64| {
+        if stem {
+            return Axis::new(7, 2, 3, 1);
+        }
+        let kernel = 1 + below(r, 7) as usize;
+        let stride = 1 + below(r, 3) as usize;
+        let dilation = 1 + below(r, 2) as usize;
+        let padding = below(r, kernel as u64 + 1) as usize;
+        Axis::new(kernel, stride, padding, dilation)
+    };
+    let (h, w) = (axis(r), axis(r));
+    let one_d = !stem && below(r, 6) == 0;
+    let h = if one_d { Axis::new(1, 1, 0, 1) } else { h };
+    let in_len = |r: &mut SplitMix64, a: &Axis| (a.span().saturating_sub(2 * a.padding)).max(1) + below(r, 12) as usize;
+    let in_h = if one_d { 1 } else { in_len(r, &h) };
+    let in_w = in_len(r, &w);
+    let geom = Conv2dGeom {
+        batch: 1 + below(r, 2) as usize,
+        in_h,
+        in_w,
+        in_c: cig,
+        out_c,
+        h,
+        w,
+        groups: 1,
+    };
+    let Ok([oh, ow]) = geom.out_hw() else {
+        return Ok(());
+    };
+    let k = geom.reduction_len();
+    let (range, zp) = range7(r);
+    let p = QConv2d {
+        geom,
+        input_zero_point: zp,
+        requant: (0..out_c).map(|_| requant(r, k)).collect(),
+    };
+    let x = u7s(r, geom.input_len(), range);
+    let wt = i8s(r, geom.weight_len());
+    let b = bias(r, out_c, k, zp);
+    let n_out = geom.batch * oh * ow * out_c;
+    let mut want = vec![0u8; n_out];
+    reference::qconv2d(&p, &x, &wt, b.as_deref(), &mut want).unwrap();
+    let packed = PackedConv::with_input_range(&p, &wt, b.as_deref(), fast::detected(), range).unwrap();
+    let taps = geom.h.kernel * geom.w.kernel;
+    let avx2 = fast::detected() == Isa::Avx2;
+    prop_assert_eq!(
+        packed.im2col(),
+        avx2 && fast::im2col_pays(1, cig, taps) && (cig, out_c) != (1, 1)
+    );
+    if stem {
+        prop_assert!(packed.im2col() == avx2);
+    }
+    let mut got = vec![1u8; n_out];
+    packed.run(&geom, &x, &mut got).unwrap();
+    prop_assert_eq!(&got, &want, "{:?} {:?} zp {}", geom, range, zp);
+    Ok(())
+}
+
+/// Winograd `F(2x2, 3x3)` (3x3, stride 1, padding 1, one group, Cin >= 16): odd and even sizes
+/// down to 1x1 (tiles cut by the output's edge), input- and output-channel tails, full 8-bit or
+/// 7-bit inputs with any zero point, weights and inputs at their extremes a fifth of the time;
+/// and the same pack run with another geometry (stride 2, or padding 0) takes the direct kernels.
+fn check_winograd(seed: u64) -> Result<(), TestCaseError> {
+    let r = &mut SplitMix64::new(seed);
+    let in_c = pick(r, &[16, 17, 24, 31, 32, 33, 64, 65]);
+    let out_c = pick(r, &[1, 3, 8, 9, 16, 17, 24, 33, 64]);
+    let a = Axis::new(3, 1, 1, 1);
+    let geom = Conv2dGeom {
+        batch: 1 + below(r, 2) as usize,
+        in_h: 1 + below(r, 12) as usize,
+        in_w: 1 + below(r, 12) as usize,
+        in_c,
+        out_c,
+        h: a,
+        w: a,
+        groups: 1,
+    };
+    let k = geom.reduction_len();
+    let seven = below(r, 2) == 0;
+    let (range, zp) = if seven {
+        range7(r)
+    } else {
+        (QRange::U8, below(r, 256) as i32)
+    };
+    let extreme = below(r, 5) == 0;
+    let x = if extreme {
+        (0..geom.input_len())
+            .map(|_| pick(r, &[range.qmin() as u8, range.qmax() as u8]))
+            .collect()
+    } else {
+        u7s(r, geom.input_len(), range)
+    };
+    let p = QConv2d {
+        geom,
+        input_zero_point: zp,
+        requant: (0..out_c).map(|_| requant(r, k)).collect(),
+    };
+    let wt = i8s(r, geom.weight_len());
+    let b = bias(r, out_c, k, zp);
+    let packed = PackedConv::with_input_range(&p, &wt, b.as_deref(), fast::detected(), range).unwrap();
+    prop_assert_eq!(packed.winograd(), fast::detected() == Isa::Avx2);
+    for g in [
+        geom,
+        Conv2dGeom {
+            h: Axis::new(3, 2, 1, 1),
+            ..geom
+        },
+        Conv2dGeom {
+            w: Axis::new(3, 1, 0, 1),
+            ..geom
+        },
+    ] {
+        let Ok(n_out) = g.output_len() else { continue };
+        let mut want = vec![0u8; n_out];
+        reference::qconv2d(&QConv2d { geom: g, ..p.clone() }, &x, &wt, b.as_deref(), &mut want).unwrap();
+        let mut got = vec![1u8; n_out];
+        packed.run(&g, &x, &mut got).unwrap();
+        prop_assert_eq!(&got, &want, "{:?} {:?} zp {}", g, range, zp);
+    }
+    Ok(())
+}
+
 fn check_linear7(seed: u64) -> Result<(), TestCaseError> {
     let r = &mut SplitMix64::new(seed);
     let batch = pick(r, &[1, 1, 2, 3, 5, 8]);
@@ -391,6 +640,11 @@ proptest! {
     }
 
     #[test]
+    fn avgpool_clamp_concat_match_reference(seed in any::<u64>()) {
+        check_avg_clamp_concat(seed)?;
+    }
+
+    #[test]
     fn qconv2d_matches_reference(seed in any::<u64>()) {
         check_conv(seed)?;
     }
@@ -406,6 +660,16 @@ proptest! {
     }
 
     #[test]
+    fn qconv2d_7bit_im2col_matches_reference(seed in any::<u64>()) {
+        check_conv7_im2col(seed)?;
+    }
+
+    #[test]
+    fn qconv2d_winograd_matches_reference(seed in any::<u64>()) {
+        check_winograd(seed)?;
+    }
+
+    #[test]
     fn qlinear_7bit_matches_reference(seed in any::<u64>()) {
         check_linear7(seed)?;
     }
@@ -413,6 +677,11 @@ proptest! {
     #[test]
     fn qadd_matches_reference(seed in any::<u64>()) {
         check_add(seed)?;
+    }
+
+    #[test]
+    fn relayouts_match_reference(seed in any::<u64>()) {
+        check_relayout(seed)?;
     }
 
     #[test]
@@ -622,5 +891,145 @@ fn large_conv_7bit_extremes_match_reference() {
             packed.run(&geom, &x, &mut got).unwrap();
             assert_eq!(got, want, "{geom:?} zp {zp}");
         }
+    }
+}
+
+/// ResNet's stem (3 → 64, 7x7, stride 2, padding 3) on the im2col path, big enough for the threaded
+/// path, at the saturation edge of `vpmaddubsw` (inputs 127, weights -128 or 127) and on random
+/// 7-bit inputs, with an odd width.
+#[test]
+fn large_stem_7bit_im2col_matches_reference() {
+    let r = &mut SplitMix64::new(11);
+    let r7 = QRange::custom(0, 127).unwrap();
+    let a = Axis::new(7, 2, 3, 1);
+    let geom = Conv2dGeom {
+        batch: 2,
+        in_h: 64,
+        in_w: 67,
+        in_c: 3,
+        out_c: 64,
+        h: a,
+        w: a,
+        groups: 1,
+    };
+    let k = geom.reduction_len();
+    for (zp, x, wt) in [
+        (0, vec![127u8; geom.input_len()], vec![-128i8; geom.weight_len()]),
+        (127, vec![127u8; geom.input_len()], vec![127i8; geom.weight_len()]),
+        (0, u7s(r, geom.input_len(), r7), vec![127i8; geom.weight_len()]),
+        (37, u7s(r, geom.input_len(), r7), i8s(r, geom.weight_len())),
+    ] {
+        let p = QConv2d {
+            geom,
+            input_zero_point: zp,
+            requant: (0..64).map(|_| requant(r, k)).collect(),
+        };
+        let b = bias(r, 64, k, zp);
+        let n = geom.output_len().unwrap();
+        let mut want = vec![0u8; n];
+        reference::qconv2d(&p, &x, &wt, b.as_deref(), &mut want).unwrap();
+        let packed = PackedConv::with_input_range(&p, &wt, b.as_deref(), Isa::Avx2, r7).unwrap();
+        assert_eq!(packed.im2col(), fast::detected() == Isa::Avx2);
+        let mut got = vec![1u8; n];
+        packed.run(&geom, &x, &mut got).unwrap();
+        assert_eq!(got, want, "zp {zp}");
+    }
+}
+
+/// Quantize, dequantize and add big enough to be split over threads (3 threads: chunk borders
+/// that are not multiples of 8), against the reference.
+#[test]
+fn large_elementwise_split_over_threads_match_reference() {
+    let r = &mut SplitMix64::new(12);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+    for n in [(1 << 16) + 5, 3 * 64 * 56 * 56 + 3] {
+        let p = qparams(r);
+        let x: Vec<f32> = (0..n).map(|_| r.uniform(-300.0, 300.0) * p.scale()).collect();
+        let (mut want, mut got) = (vec![0u8; n], vec![1u8; n]);
+        reference::quantize_u8(&x, &p, &mut want).unwrap();
+        pool.install(|| fast::quantize_u8(&x, &p, &mut got)).unwrap();
+        assert_eq!(got, want);
+        let (mut fw, mut fg) = (vec![0f32; n], vec![1f32; n]);
+        reference::dequantize_u8(&want, &p, &mut fw).unwrap();
+        pool.install(|| fast::dequantize_u8(&want, &p, &mut fg)).unwrap();
+        assert!(fw.iter().zip(&fg).all(|(a, b)| a.to_bits() == b.to_bits()));
+        let (a, b, o) = (qparams(r), qparams(r), qparams(r));
+        let Ok(add) = QAdd::new(&a, &b, &o) else { continue };
+        let (xa, xb) = (u8s(r, n), u8s(r, n));
+        reference::qadd(&add, &xa, &xb, &mut want).unwrap();
+        pool.install(|| fast::qadd(&add, &xa, &xb, &mut got)).unwrap();
+        assert_eq!(got, want);
+    }
+}
+
+/// Convolutions whose packed weights exceed 128 KiB run block-major (one pair of channel blocks
+/// over every output row, then the next): 8-bit and 7-bit inputs, an odd number of blocks, odd
+/// sizes, stride 2 (no Winograd), batch 2, on 1 and 2 threads.
+#[test]
+fn large_weights_block_major_match_reference() {
+    let r = &mut SplitMix64::new(13);
+    let r7 = QRange::custom(0, 127).unwrap();
+    for (in_c, out_c, hw, stride) in [(256, 72, 9, 2), (260, 40, 7, 1), (512, 24, 5, 2)] {
+        let a = Axis::new(3, stride, 1, 1);
+        let geom = Conv2dGeom {
+            batch: 2,
+            in_h: hw,
+            in_w: hw + 2,
+            in_c,
+            out_c,
+            h: a,
+            w: a,
+            groups: 1,
+        };
+        let k = geom.reduction_len();
+        for (range, zp) in [(QRange::U8, 131), (r7, 64)] {
+            let p = QConv2d {
+                geom,
+                input_zero_point: zp,
+                requant: (0..out_c).map(|_| requant(r, k)).collect(),
+            };
+            let x = u7s(r, geom.input_len(), range);
+            let wt = i8s(r, geom.weight_len());
+            let b = bias(r, out_c, k, zp);
+            let n = geom.output_len().unwrap();
+            let mut want = vec![0u8; n];
+            reference::qconv2d(&p, &x, &wt, b.as_deref(), &mut want).unwrap();
+            let packed = PackedConv::with_input_range(&p, &wt, b.as_deref(), Isa::Avx2, range)
+                .unwrap()
+                .direct_only();
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let mut got = vec![1u8; n];
+                pool.install(|| packed.run(&geom, &x, &mut got)).unwrap();
+                assert_eq!(got, want, "{geom:?} zp {zp} threads {threads}");
+            }
+        }
+    }
+}
+
+/// Max pooling big enough to be split over threads by output rows (ResNet's 3x3, stride 2,
+/// padding 1, on an odd size, batch 2).
+#[test]
+fn large_maxpool_split_over_threads_matches_reference() {
+    let r = &mut SplitMix64::new(14);
+    let a = Axis::new(3, 2, 1, 1);
+    let g = Pool2dGeom {
+        batch: 2,
+        in_h: 57,
+        in_w: 55,
+        channels: 64,
+        h: a,
+        w: a,
+        ceil_mode: false,
+    };
+    let x = u8s(r, g.input_len());
+    let n = g.output_len().unwrap();
+    let mut want = vec![0u8; n];
+    reference::qmaxpool2d(&g, &x, &mut want).unwrap();
+    for threads in [1, 3] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let mut got = vec![1u8; n];
+        pool.install(|| fast::qmaxpool2d(&g, &x, &mut got)).unwrap();
+        assert_eq!(got, want, "threads {threads}");
     }
 }

@@ -45,10 +45,12 @@
 //!
 //! # Requantization
 //!
-//! [`requant8`] is [`Requant::apply`] on 8 lanes: `vpmuldq` gives the exact `i64` product
-//! `acc · m`; AVX2 has no 64-bit arithmetic shift, so (docs/numerics.md §4) it adds `2^62` with the
-//! rounding term, shifts logically and subtracts `2^(62-shift)`; the clamp is done in `i64`.
-//! Proptested against [`Requant::apply`] below and in `tests/kernels_bitexact.rs`.
+//! [`requant8`] is [`Requant::apply`] on 8 lanes: the accumulator is first clamped to a per-channel
+//! `[alo, ahi]` outside which the output is saturated anyway (so the result fits `i32` later);
+//! `vpmuldq` gives the exact `i64` product `acc · m`; AVX2 has no 64-bit arithmetic shift, so
+//! (docs/numerics.md §4) it adds `2^62` with the rounding term, shifts logically, and subtracts
+//! `2^(62-shift)` in `i32` with the zero point; the output clamp is done in `i32`. Proptested
+//! against [`Requant::apply`] below and in `tests/kernels_bitexact.rs`.
 
 use std::arch::x86_64::*;
 
@@ -59,19 +61,64 @@ use crate::quant::{QAdd, Requant, QADD_LEFT_SHIFT};
 // ---------------------------------------------------------------------------------------------
 
 /// [`Requant`] parameters (and an `i32` bias) of 8 output channels laid out for [`requant8`]:
-/// `[0]` holds the even lanes (channels 0, 2, 4, 6), `[1]` the odd ones.
+/// `rnd` and `shift` `[0]` hold the even lanes (channels 0, 2, 4, 6), `[1]` the odd ones.
 #[derive(Clone, Copy, Debug)]
 #[repr(C, align(32))]
 pub struct RequantLanes {
     m: [i32; 8],
     bias: [i32; 8],
+    /// The accumulator clamp `[alo, ahi]` (see [`requant8`]).
+    alo: [i32; 8],
+    ahi: [i32; 8],
+    /// `zp - 2^(62-shift)`, wrapping `i32`.
+    off: [i32; 8],
+    lo: [i32; 8],
+    hi: [i32; 8],
     /// `2^(shift-1) + 2^62`.
     rnd: [[i64; 4]; 2],
     shift: [[i64; 4]; 2],
-    /// `zp - 2^(62-shift)`.
-    off: [[i64; 4]; 2],
-    lo: [[i64; 4]; 2],
-    hi: [[i64; 4]; 2],
+}
+
+/// `[alo, ahi]` for `q` (see [`requant8`]): `ahi` the least `a` with `q`'s unclamped
+/// `mul_shift_round(a) + zp >= qmax` (`i32::MAX` if none), `alo` the greatest with `<= qmin`
+/// (`i32::MIN` if none); both by bisection on the exact `i64` formula, which is monotonic in `a`.
+fn acc_clamp(q: &Requant) -> (i32, i32) {
+    // `Requant::from_real`'s invariants (as `mul_shift_round` asserts): the formula is then
+    // non-decreasing in `a`.
+    debug_assert!(q.multiplier >= 0 && (1..=62).contains(&q.shift));
+    let f = |a: i64| crate::quant::mul_shift_round(a as i32, q.multiplier, q.shift) + q.zero_point as i64;
+    let (qmin, qmax) = (q.qmin as i64, q.qmax as i64);
+    let ahi = if f(i32::MAX as i64) < qmax {
+        i32::MAX
+    } else {
+        // Least a with f(a) >= qmax, in [i32::MIN, i32::MAX].
+        let (mut lo, mut hi) = (i32::MIN as i64, i32::MAX as i64);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if f(mid) >= qmax {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        lo as i32
+    };
+    let alo = if f(i32::MIN as i64) > qmin {
+        i32::MIN
+    } else {
+        // Greatest a with f(a) <= qmin.
+        let (mut lo, mut hi) = (i32::MIN as i64, i32::MAX as i64);
+        while lo < hi {
+            let mid = lo + (hi - lo + 1) / 2;
+            if f(mid) <= qmin {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        lo as i32
+    };
+    (alo, ahi)
 }
 
 impl RequantLanes {
@@ -81,23 +128,26 @@ impl RequantLanes {
         let mut l = RequantLanes {
             m: [0; 8],
             bias: [0; 8],
+            alo: [0; 8],
+            ahi: [0; 8],
+            off: [0; 8],
+            lo: [0; 8],
+            hi: [0; 8],
             rnd: [[0; 4]; 2],
             shift: [[0; 4]; 2],
-            off: [[0; 4]; 2],
-            lo: [[0; 4]; 2],
-            hi: [[0; 4]; 2],
         };
         for i in 0..8 {
             let j = if i < r.len() { i } else { 0 };
             let q = &r[j];
             l.m[i] = q.multiplier;
             l.bias[i] = bias.map_or(0, |b| b[j]);
+            (l.alo[i], l.ahi[i]) = acc_clamp(q);
+            l.off[i] = q.zero_point.wrapping_sub((1i64 << (62 - q.shift)) as i32);
+            l.lo[i] = q.qmin;
+            l.hi[i] = q.qmax;
             let (h, k) = (i % 2, i / 2);
             l.rnd[h][k] = (1i64 << (q.shift - 1)) + (1i64 << 62);
             l.shift[h][k] = q.shift as i64;
-            l.off[h][k] = q.zero_point as i64 - (1i64 << (62 - q.shift));
-            l.lo[h][k] = q.qmin as i64;
-            l.hi[h][k] = q.qmax as i64;
         }
         l
     }
@@ -113,41 +163,40 @@ unsafe fn ld(p: *const i64) -> __m256i {
     _mm256_loadu_si256(p as *const __m256i)
 }
 
-/// `floor((p + rnd) / 2^shift) + off` for 4 `i64` lanes, `|p| < 2^62`, `rnd` including `2^62`:
-/// `p + rnd` lies in `(0, 2^64)`, so the logical shift is the floor, and `2^62 / 2^shift` is
-/// taken back out through `off`.
 #[inline(always)]
-unsafe fn shift_round_half(p: __m256i, rnd: __m256i, shift: __m256i, off: __m256i) -> __m256i {
-    _mm256_add_epi64(_mm256_srlv_epi64(_mm256_add_epi64(p, rnd), shift), off)
-}
-
-#[inline(always)]
-unsafe fn clamp64(v: __m256i, lo: __m256i, hi: __m256i) -> __m256i {
-    let v = _mm256_blendv_epi8(v, lo, _mm256_cmpgt_epi64(lo, v));
-    _mm256_blendv_epi8(v, hi, _mm256_cmpgt_epi64(v, hi))
-}
-
-/// Rounding shift, zero point and clamp of the 4 `i64` products of lane half `h`.
-#[inline(always)]
-unsafe fn requant_half(p: __m256i, r: &RequantLanes, h: usize) -> __m256i {
-    let v = shift_round_half(p, ld(r.rnd[h].as_ptr()), ld(r.shift[h].as_ptr()), ld(r.off[h].as_ptr()));
-    clamp64(v, ld(r.lo[h].as_ptr()), ld(r.hi[h].as_ptr()))
+unsafe fn ld32(p: &[i32; 8]) -> __m256i {
+    _mm256_loadu_si256(p.as_ptr() as *const __m256i)
 }
 
 /// [`Requant::apply`]`(acc + bias)` on 8 `i32` lanes (the bias added wrapping, as `dot_acc`
 /// starts from it). Results are in `[qmin, qmax]`.
+///
+/// 1. `a = clamp(acc + bias, alo, ahi)`: `apply` is monotonic in its argument, and every `a >=
+///    ahi` gives `qmax` (likewise `alo`, `qmin`), so the result is unchanged; and the unclamped
+///    `mul_shift_round(a) + zp` now lies in `[f(alo), f(ahi)]`, which is within `i32`: `f` grows
+///    by at most `⌈m / 2^shift⌉ <= 2^30` per step (`m < 2^31`, `shift >= 1`), so `f(ahi) <
+///    qmax + 2^30 + 1` and `f(alo) > qmin - 2^30 - 1`.
+/// 2. `vpmuldq` gives the exact `i64` product `a · m` (`|·| < 2^62`); AVX2 has no 64-bit
+///    arithmetic shift, so (docs/numerics.md §4) `2^62` is added with the rounding term, the sum
+///    (in `(0, 2^64)`) shifted logically, which gives `mul_shift_round(a) + 2^(62-shift)`.
+/// 3. The low 32 bits of the two halves are joined; `zp - 2^(62-shift)` is added wrapping in
+///    `i32`: exact, as the true value fits `i32` (1.); then the clamp to `[qmin, qmax]` in `i32`.
 ///
 /// # Safety
 /// Needs AVX2.
 #[inline]
 #[target_feature(enable = "avx2")]
 pub unsafe fn requant8(acc: __m256i, r: &RequantLanes) -> __m256i {
-    let acc = _mm256_add_epi32(acc, _mm256_loadu_si256(r.bias.as_ptr() as *const __m256i));
-    let m = _mm256_loadu_si256(r.m.as_ptr() as *const __m256i);
-    let pe = _mm256_mul_epi32(acc, m);
-    let po = _mm256_mul_epi32(_mm256_srli_epi64(acc, 32), _mm256_srli_epi64(m, 32));
-    let (e, o) = (requant_half(pe, r, 0), requant_half(po, r, 1));
-    _mm256_blend_epi32(e, _mm256_slli_epi64(o, 32), 0b1010_1010)
+    let acc = _mm256_add_epi32(acc, ld32(&r.bias));
+    let a = _mm256_min_epi32(_mm256_max_epi32(acc, ld32(&r.alo)), ld32(&r.ahi));
+    let m = ld32(&r.m);
+    let pe = _mm256_mul_epi32(a, m);
+    let po = _mm256_mul_epi32(_mm256_srli_epi64(a, 32), _mm256_srli_epi64(m, 32));
+    let e = _mm256_srlv_epi64(_mm256_add_epi64(pe, ld(r.rnd[0].as_ptr())), ld(r.shift[0].as_ptr()));
+    let o = _mm256_srlv_epi64(_mm256_add_epi64(po, ld(r.rnd[1].as_ptr())), ld(r.shift[1].as_ptr()));
+    let v = _mm256_blend_epi32(e, _mm256_slli_epi64(o, 32), 0b1010_1010);
+    let v = _mm256_add_epi32(v, ld32(&r.off));
+    _mm256_min_epi32(_mm256_max_epi32(v, ld32(&r.lo)), ld32(&r.hi))
 }
 
 /// Writes the low bytes of 8 `i32` lanes holding values in `[0, 255]`: the first `n` of them.
@@ -165,6 +214,19 @@ unsafe fn store_u8(v: __m256i, dst: *mut u8, n: usize) {
         let bytes = b.to_le_bytes();
         std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, n);
     }
+}
+
+/// Writes the low bytes of two vectors of 8 `i32` lanes holding values in `[0, 255]` as 16
+/// consecutive bytes (`a` then `b`): two saturating packs (exact on such values) and one
+/// permutation instead of two [`store_u8`].
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn store16_u8(a: __m256i, b: __m256i, dst: *mut u8) {
+    // Per 128-bit lane: [a0..a3, b0..b3] | [a4..a7, b4..b7] as i16, then as bytes (twice).
+    let p8 = _mm256_packus_epi16(_mm256_packus_epi32(a, b), _mm256_setzero_si256());
+    // 32-bit groups a0..a3 (0), b0..b3 (1), a4..a7 (4), b4..b7 (5) into order.
+    let v = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 3, 6, 7));
+    _mm_storeu_si128(dst as *mut __m128i, _mm256_castsi256_si128(v));
 }
 
 /// [`requant8`] then [`store_u8`]: for tests of the epilogue alone.
@@ -366,12 +428,17 @@ unsafe fn conv_tile<const P: usize, const B: usize>(
             }
         }
     }
+    let rq = &pk.rq[g * pk.blocks + blk0..];
+    let full2 = B == 2 && pk.cog >= (blk0 + 2) * 8;
     for (p, a) in acc.iter().enumerate() {
+        let dst = orow.add((ow0 + p) * r.out_c + g * pk.cog + blk0 * 8);
+        if full2 {
+            store16_u8(requant8(a[0], &rq[0]), requant8(a[1], &rq[1]), dst);
+            continue;
+        }
         for (b, &v) in a.iter().enumerate() {
-            let blk = blk0 + b;
-            let nc = (pk.cog - blk * 8).min(8);
-            let y = requant8(v, &pk.rq[g * pk.blocks + blk]);
-            store_u8(y, orow.add((ow0 + p) * r.out_c + g * pk.cog + blk * 8), nc);
+            let nc = (pk.cog - (blk0 + b) * 8).min(8);
+            store_u8(requant8(v, &rq[b]), dst.add(b * 8), nc);
         }
     }
 }
@@ -439,7 +506,7 @@ pub unsafe fn conv_row(
 // ---------------------------------------------------------------------------------------------
 
 /// Fills `buf` (resized to `g.buffer_len()`) with the raw bytes of `x` in `g`'s layout (`cgp` a
-/// multiple of 4), `zp` in the spatial padding and in the channel slots past `cg` (whose weights
+/// multiple of 4 for [`conv7_row`], `cgp = cg` for [`im2col7_row`]), `zp` in the spatial padding and in the channel slots past `cg` (whose weights
 /// are 0). Returns whether every byte of `x` is at most 127, i.e. whether [`conv7_row`] may run
 /// on it (it reads `buf` only; the padding value `zp` is checked by the caller).
 ///
@@ -593,12 +660,17 @@ unsafe fn conv7_tile<const P: usize, const B: usize>(
             }
         }
     }
+    let rq = &pk.rq[g * pk.blocks + blk0..];
+    let full2 = B == 2 && pk.cog >= (blk0 + 2) * 8;
     for (p, a) in acc.iter().enumerate() {
+        let dst = orow.add((ow0 + p) * r.out_c + g * pk.cog + blk0 * 8);
+        if full2 {
+            store16_u8(requant8(a[0], &rq[0]), requant8(a[1], &rq[1]), dst);
+            continue;
+        }
         for (b, &v) in a.iter().enumerate() {
-            let blk = blk0 + b;
-            let nc = (pk.cog - blk * 8).min(8);
-            let y = requant8(v, &pk.rq[g * pk.blocks + blk]);
-            store_u8(y, orow.add((ow0 + p) * r.out_c + g * pk.cog + blk * 8), nc);
+            let nc = (pk.cog - (blk0 + b) * 8).min(8);
+            store_u8(requant8(v, &rq[b]), dst.add(b * 8), nc);
         }
     }
 }
@@ -658,6 +730,388 @@ pub unsafe fn conv7_row(
         }
         if b < b1 {
             conv7_pixels::<1>(pk, r, ximg, oh, ow0, ow1, g, b, orow);
+        }
+    }
+}
+
+/// Bytes per output pixel of an im2col row for a reduction of `k` input bytes: `k` rounded up to
+/// a multiple of 4 (whole `vpmaddubsw` quads).
+pub fn im2col_stride(k: usize) -> usize {
+    k.div_ceil(4) * 4
+}
+
+/// Slack after an im2col row buffer: [`im2col7_row`] copies in 16-byte pieces.
+pub const IM2COL_SLACK: usize = 16;
+
+/// Gathers output row `(n, oh)`'s windows into `col`: pixel `ow`'s `KH·KW·Cin` input bytes, in OHWI
+/// weight order `(kh, kw, ci)`, at `col[ow · kp ..]`, `kp = im2col_stride(KH·KW·Cin)`; with
+/// `dw = 1` the `KW·Cin` bytes of one kernel row are contiguous in the padded input and are copied
+/// in one piece. Copies move 16 bytes at a time and may overwrite up to 15 bytes past a piece:
+/// pieces are written in increasing order, so a later piece (or the next pixel) rewrites them,
+/// and what is left in the `kp - KH·KW·Cin` slots after a pixel's last piece are bytes of the
+/// padded input (at most 127: [`pad_raw7`]'s check and padding value) that meet zero weights.
+///
+/// # Safety
+/// Needs AVX2; `xpad` is [`pad_raw7`]'s buffer for `r.pad` (one group, `cgp = cg`, 16 bytes of
+/// slack); `col` holds `r.out_w · kp + IM2COL_SLACK` bytes.
+#[target_feature(enable = "avx2")]
+pub unsafe fn im2col7_row(r: &ConvRun, xpad: *const u8, n: usize, oh: usize, col: *mut u8, kp: usize) {
+    #[inline(always)]
+    unsafe fn copy16(src: *const u8, dst: *mut u8, len: usize) {
+        let mut o = 0;
+        while o < len {
+            _mm_storeu_si128(
+                dst.add(o) as *mut __m128i,
+                _mm_loadu_si128(src.add(o) as *const __m128i),
+            );
+            o += 16;
+        }
+    }
+    let (wp, c) = (r.pad.wp(), r.pad.cgp);
+    let ximg = xpad.add(n * r.pad.hp() * wp * c);
+    for ow in 0..r.out_w {
+        let dst = col.add(ow * kp);
+        for kh in 0..r.kh {
+            let row = ximg.add(((oh * r.sh + kh * r.dh) * wp + ow * r.sw) * c);
+            if r.dw == 1 {
+                copy16(row, dst.add(kh * r.kw * c), r.kw * c);
+            } else {
+                for kw in 0..r.kw {
+                    copy16(row.add(kw * r.dw * c), dst.add((kh * r.kw + kw) * c), c);
+                }
+            }
+        }
+    }
+}
+
+/// The [`ConvRun`] of a 1x1 convolution over an im2col row of `out_w` pixels, `kp` bytes each.
+pub fn im2col_run(r: &ConvRun, kp: usize) -> ConvRun {
+    ConvRun {
+        pad: PadGeom {
+            batch: 1,
+            in_h: 1,
+            in_w: r.out_w,
+            groups: 1,
+            cg: kp,
+            cgp: kp,
+            ph: 0,
+            pw: 0,
+        },
+        kh: 1,
+        kw: 1,
+        sh: 1,
+        sw: 1,
+        dh: 1,
+        dw: 1,
+        out_h: 1,
+        out_w: r.out_w,
+        out_c: r.out_c,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Winograd F(2x2, 3x3): 3x3, stride 1, padding 1 convolutions in exact integers
+// ---------------------------------------------------------------------------------------------
+
+/// Lavin's `F(2x2, 3x3)` with `G` scaled by 2 so that every transform is an integer one:
+/// `Y = Aᵀ [ (2G) g (2G)ᵀ ⊙ Bᵀ d B ] A = 4 · conv(d, g)` for a 4×4 input tile `d` (centred:
+/// `x - zp_x`, padding 0) and a 3×3 kernel `g`, where
+/// ```text
+/// Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]   2G = [2 0 0; 1 1 1; 1 -1 1; 0 0 2]
+/// Aᵀ = [1 1 1 0; 0 1 -1 -1]
+/// ```
+/// *Bounds.* `|d| <= 255`; a row of `Bᵀ` has two ±1 entries, so `|V| = |Bᵀ d B| <= 4 · 255 =
+/// 1020` (exact in `i16`, and the `i16` additions that form it never overflow); a row of `2G` has
+/// absolute sum at most 3, so `|U| <= 9 · 128 = 1152` (`i16`). `vpmaddwd` multiplies `U · V`
+/// pairwise: `2 · 1152 · 1020 < 2^22`, exact, no saturation (that needs `-32768 · -32768`).
+/// The channel sums and the output transform (additions and subtractions) run wrapping in `i32`:
+/// they equal the exact integer `4 · Σ (x - zp_x) · w` modulo `2^32`, and [`WinoPack::new`] is
+/// only built when `4 · accumulator_bound(9 · Cin) <= i32::MAX`, so the `i32` lane *is* that
+/// integer, and the arithmetic shift by 2 gives the reference's `Σ (x - zp_x) · w` exactly; the
+/// bias is added wrapping by [`requant8`] as `dot_acc` starts from it.
+#[derive(Clone, Debug)]
+pub struct WinoPack {
+    pub cin: usize,
+    /// `cin` rounded up to 16 (one `i16` vector).
+    pub cinp: usize,
+    pub cout: usize,
+    pub blocks: usize,
+    /// `[16 positions][blocks][cinp / 2 pairs][16 lanes: 8 channels × 2 input channels]`.
+    w: Vec<i16>,
+    rq: Vec<RequantLanes>,
+}
+
+/// `2G`, see [`WinoPack`].
+const G2: [[i32; 3]; 4] = [[2, 0, 0], [1, 1, 1], [1, -1, 1], [0, 0, 2]];
+
+impl WinoPack {
+    /// `w` is OHWI `[cout, 3, 3, cin]`, one group.
+    #[allow(clippy::needless_range_loop)]
+    pub fn new(w: &[i8], cin: usize, cout: usize, requant: &[Requant], bias: Option<&[i32]>) -> WinoPack {
+        let cinp = cin.div_ceil(16) * 16;
+        let blocks = cout.div_ceil(8);
+        let pairs = cinp / 2;
+        let mut pw = vec![0i16; 16 * blocks * pairs * 16];
+        for co in 0..cout {
+            let (b, j) = (co / 8, co % 8);
+            for ci in 0..cin {
+                let g = |i: usize, k: usize| w[((co * 3 + i) * 3 + k) * cin + ci] as i32;
+                for a in 0..4 {
+                    for bb in 0..4 {
+                        let mut u = 0;
+                        for i in 0..3 {
+                            for k in 0..3 {
+                                u += G2[a][i] * g(i, k) * G2[bb][k];
+                            }
+                        }
+                        let pos = a * 4 + bb;
+                        pw[((pos * blocks + b) * pairs + ci / 2) * 16 + j * 2 + ci % 2] = u as i16;
+                    }
+                }
+            }
+        }
+        let rq = (0..blocks)
+            .map(|b| {
+                let (c0, nc) = (b * 8, (cout - b * 8).min(8));
+                RequantLanes::new(&requant[c0..c0 + nc], bias.map(|bs| &bs[c0..c0 + nc]))
+            })
+            .collect();
+        WinoPack {
+            cin,
+            cinp,
+            cout,
+            blocks,
+            w: pw,
+            rq,
+        }
+    }
+}
+
+/// The padded, centred input of a Winograd convolution: `[batch, hp, wp, cinp]` `i16`,
+/// `x - zp` at `[n, 1 + h, 1 + w, c]`, 0 elsewhere; `hp = 2·⌈H/2⌉ + 2`, `wp = 2·⌈W/2⌉ + 2`
+/// (every 4×4 tile of a 2×2 output tile lies inside).
+#[derive(Clone, Copy, Debug)]
+pub struct WinoGeom {
+    pub batch: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub cin: usize,
+    pub cinp: usize,
+    pub cout: usize,
+}
+
+impl WinoGeom {
+    pub fn tiles_h(&self) -> usize {
+        self.in_h.div_ceil(2)
+    }
+    pub fn tiles_w(&self) -> usize {
+        self.in_w.div_ceil(2)
+    }
+    pub fn hp(&self) -> usize {
+        2 * self.tiles_h() + 2
+    }
+    pub fn wp(&self) -> usize {
+        2 * self.tiles_w() + 2
+    }
+    pub fn buffer_len(&self) -> usize {
+        self.batch * self.hp() * self.wp() * self.cinp
+    }
+    /// Output tiles (2×2 pixels) over the whole batch.
+    pub fn tiles(&self) -> usize {
+        self.batch * self.tiles_h() * self.tiles_w()
+    }
+    /// `i16` elements of the transformed input of `tiles` tiles, then `i32` elements of their
+    /// products: [`wino_tiles`]'s scratch.
+    pub fn scratch_len(&self, tiles: usize) -> (usize, usize) {
+        (16 * tiles * self.cinp, 16 * tiles * self.cout.div_ceil(8) * 8)
+    }
+}
+
+/// Fills `buf` with [`WinoGeom`]'s padded, centred input.
+///
+/// # Safety
+/// Needs AVX2 (auto-vectorisation only); `x.len() = batch·in_h·in_w·cin`.
+#[target_feature(enable = "avx2")]
+pub unsafe fn wino_pad(x: &[u8], zp: i32, g: &WinoGeom, buf: &mut Vec<i16>) {
+    buf.clear();
+    buf.resize(g.buffer_len(), 0);
+    let zp = zp as i16;
+    let (hp, wp, c, cp) = (g.hp(), g.wp(), g.cin, g.cinp);
+    for n in 0..g.batch {
+        for h in 0..g.in_h {
+            let src = &x[(n * g.in_h + h) * g.in_w * c..][..g.in_w * c];
+            let row = ((n * hp + h + 1) * wp + 1) * cp;
+            let dst = &mut buf[row..row + g.in_w * cp];
+            for (dp, sp) in dst.chunks_exact_mut(cp).zip(src.chunks_exact(c)) {
+                for (d, &s) in dp.iter_mut().zip(sp) {
+                    *d = s as i16 - zp;
+                }
+            }
+        }
+    }
+}
+
+/// Output tiles `[t0, t1)` (tiles numbered over `(n, tile row, tile column)`): input transform
+/// into `v` (`[t1 - t0][16][cinp]`), one `[tiles × cinp] × [cinp × cout]` product per position
+/// into `m` (`[t1 - t0][16][cout rounded up to 8]`; tile-major, so that the 16 positions of a
+/// tile are 16 consecutive rows and not 16 rows a power of two apart, which share an L1 set),
+/// output transform, `>> 2`,
+/// requantize, store (the pixels inside the output).
+///
+/// # Safety
+/// Needs AVX2; `xpad` is [`wino_pad`]'s buffer for `g`; `v`, `m` hold `g.scratch_len(t1 - t0)`
+/// elements; `out` is the whole NHWC output `[batch, in_h, in_w, cout]`; `t1 <= g.tiles()`.
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+pub unsafe fn wino_tiles(
+    pk: &WinoPack,
+    g: &WinoGeom,
+    xpad: *const i16,
+    out: *mut u8,
+    t0: usize,
+    t1: usize,
+    v: *mut i16,
+    m: *mut i32,
+) {
+    let (th, tw, wp, cp) = (g.tiles_h(), g.tiles_w(), g.wp(), g.cinp);
+    let nt = t1 - t0;
+    let cvec = cp / 16;
+    let at = |tile: usize| (tile / (th * tw), tile / tw % th, tile % tw);
+    // Input transform: V[pos][j][c] = (Bᵀ d B)[pos], d = the 4×4 tile at padded (2·tr, 2·t).
+    for j in 0..nt {
+        let (n, tr, t) = at(t0 + j);
+        let base = xpad.add(((n * g.hp() + 2 * tr) * wp + 2 * t) * cp);
+        for cv in 0..cvec {
+            macro_rules! ld {
+                ($r:expr, $s:expr) => {
+                    _mm256_loadu_si256(base.add(($r * wp + $s) * cp + cv * 16) as *const __m256i)
+                };
+            }
+            let mut tt = [[_mm256_setzero_si256(); 4]; 4];
+            for s in 0..4 {
+                let col = [ld!(0, s), ld!(1, s), ld!(2, s), ld!(3, s)];
+                tt[0][s] = _mm256_sub_epi16(col[0], col[2]);
+                tt[1][s] = _mm256_add_epi16(col[1], col[2]);
+                tt[2][s] = _mm256_sub_epi16(col[2], col[1]);
+                tt[3][s] = _mm256_sub_epi16(col[1], col[3]);
+            }
+            for (r, row) in tt.iter().enumerate() {
+                let vv = [
+                    _mm256_sub_epi16(row[0], row[2]),
+                    _mm256_add_epi16(row[1], row[2]),
+                    _mm256_sub_epi16(row[2], row[1]),
+                    _mm256_sub_epi16(row[1], row[3]),
+                ];
+                for (s, x) in vv.into_iter().enumerate() {
+                    let pos = r * 4 + s;
+                    _mm256_storeu_si256(v.add((j * 16 + pos) * cp + cv * 16) as *mut __m256i, x);
+                }
+            }
+        }
+    }
+    // Products per position: 2 tiles × 4 blocks of 8 output channels per register tile (8
+    // accumulators, 4 weight vectors, 2 broadcasts per input-channel pair: 2 + 8 + 8 vector
+    // operations for 8 `vpmaddwd`, fewer issue slots per product than 4 tiles × 2 blocks).
+    let coutp = pk.blocks * 8;
+    let pairs = cp / 2;
+    for pos in 0..16 {
+        let vpos = v.add(pos * cp);
+        let mpos = m.add(pos * coutp);
+        let wpos = pk.w.as_ptr().add(pos * pk.blocks * pairs * 16);
+        let mut b = 0;
+        while b < pk.blocks {
+            let nb = (pk.blocks - b).min(4);
+            let mut t = 0;
+            while t < nt {
+                let np = (nt - t).min(2);
+                macro_rules! gemm {
+                    ($p:literal, $b:literal) => {
+                        wino_gemm::<$p, $b>(vpos, wpos, mpos, t, b, 16 * cp, pairs, 16 * coutp)
+                    };
+                }
+                match (np, nb) {
+                    (2, 4) => gemm!(2, 4),
+                    (2, 3) => gemm!(2, 3),
+                    (2, 2) => gemm!(2, 2),
+                    (2, _) => gemm!(2, 1),
+                    (_, 4) => gemm!(1, 4),
+                    (_, 3) => gemm!(1, 3),
+                    (_, 2) => gemm!(1, 2),
+                    _ => gemm!(1, 1),
+                }
+                t += np;
+            }
+            b += nb;
+        }
+    }
+    // Output transform, requantization, store.
+    let (oh, ow) = (g.in_h, g.in_w);
+    for jt in 0..nt {
+        let (n, tr, tc) = at(t0 + jt);
+        for b in 0..pk.blocks {
+            macro_rules! ldm {
+                ($pos:expr) => {
+                    _mm256_loadu_si256(m.add((jt * 16 + $pos) * coutp + b * 8) as *const __m256i)
+                };
+            }
+            let mut tt = [[_mm256_setzero_si256(); 4]; 2];
+            for s in 0..4 {
+                let (m0, m1, m2, m3) = (ldm!(s), ldm!(4 + s), ldm!(8 + s), ldm!(12 + s));
+                tt[0][s] = _mm256_add_epi32(_mm256_add_epi32(m0, m1), m2);
+                tt[1][s] = _mm256_sub_epi32(_mm256_sub_epi32(m1, m2), m3);
+            }
+            let nc = (pk.cout - b * 8).min(8);
+            for (r, row) in tt.iter().enumerate() {
+                let y0 = _mm256_add_epi32(_mm256_add_epi32(row[0], row[1]), row[2]);
+                let y1 = _mm256_sub_epi32(_mm256_sub_epi32(row[1], row[2]), row[3]);
+                let (h, w0) = (2 * tr + r, 2 * tc);
+                if h >= oh {
+                    continue;
+                }
+                let orow = out.add(((n * oh + h) * ow) * pk.cout + b * 8);
+                let y = requant8(_mm256_srai_epi32(y0, 2), &pk.rq[b]);
+                store_u8(y, orow.add(w0 * pk.cout), nc);
+                if w0 + 1 < ow {
+                    let y = requant8(_mm256_srai_epi32(y1, 2), &pk.rq[b]);
+                    store_u8(y, orow.add((w0 + 1) * pk.cout), nc);
+                }
+            }
+        }
+    }
+}
+
+/// `m[t + p][b + j] = Σ_c V[t + p][c] · U[c][b + j]` for `p < P`, blocks `b..b + B` (8 channels
+/// each): per input-channel pair one broadcast of two `i16` per tile, `vpmaddwd` per block. Tile
+/// `t` of `v` starts at `v + t · vs`, of `m` at `m + t · ms`.
+#[inline]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn wino_gemm<const P: usize, const B: usize>(
+    v: *const i16,
+    w: *const i16,
+    m: *mut i32,
+    t: usize,
+    b: usize,
+    vs: usize,
+    pairs: usize,
+    ms: usize,
+) {
+    let mut acc = [[_mm256_setzero_si256(); B]; P];
+    for q in 0..pairs {
+        let mut wv = [_mm256_setzero_si256(); B];
+        for (j, x) in wv.iter_mut().enumerate() {
+            *x = _mm256_loadu_si256(w.add(((b + j) * pairs + q) * 16) as *const __m256i);
+        }
+        for (p, a) in acc.iter_mut().enumerate() {
+            let xv = _mm256_set1_epi32(std::ptr::read_unaligned(v.add((t + p) * vs + 2 * q) as *const i32));
+            for j in 0..B {
+                a[j] = _mm256_add_epi32(a[j], _mm256_madd_epi16(xv, wv[j]));
+            }
+        }
+    }
+    for (p, a) in acc.iter().enumerate() {
+        for (j, &x) in a.iter().enumerate() {
+            _mm256_storeu_si256(m.add((t + p) * ms + (b + j) * 8) as *mut __m256i, x);
         }
     }
 }
@@ -833,35 +1287,134 @@ pub unsafe fn dequantize_u8(q: &[u8], scale: f32, zp: i32, out: &mut [f32]) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Byte transpose (layout changes NCHW <-> NHWC)
+// ---------------------------------------------------------------------------------------------
+
+/// `dst[c · rows + r] = src[r · cols + c]` for `r < rows`, `c < cols`: 8×8 byte tiles transposed
+/// in registers (three rounds of unpacks), inside 64×64 blocks so that both sides stay in the L1
+/// cache; the edges of fewer than 8 rows or columns byte by byte. Moves bytes only.
+///
+/// # Safety
+/// Needs AVX2; `src.len()` and `dst.len()` are at least `rows · cols`.
+#[target_feature(enable = "avx2")]
+pub unsafe fn transpose_u8(src: &[u8], rows: usize, cols: usize, dst: &mut [u8]) {
+    const BLOCK: usize = 64;
+    let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+    let (r8, c8) = (rows / 8 * 8, cols / 8 * 8);
+    for rb in (0..r8).step_by(BLOCK) {
+        let rb1 = (rb + BLOCK).min(r8);
+        for cb in (0..c8).step_by(BLOCK) {
+            let cb1 = (cb + BLOCK).min(c8);
+            for r in (rb..rb1).step_by(8) {
+                for c in (cb..cb1).step_by(8) {
+                    let ld = |i: usize| _mm_loadl_epi64(sp.add((r + i) * cols + c) as *const __m128i);
+                    let a0 = _mm_unpacklo_epi8(ld(0), ld(1));
+                    let a1 = _mm_unpacklo_epi8(ld(2), ld(3));
+                    let a2 = _mm_unpacklo_epi8(ld(4), ld(5));
+                    let a3 = _mm_unpacklo_epi8(ld(6), ld(7));
+                    let b0 = _mm_unpacklo_epi16(a0, a1);
+                    let b1 = _mm_unpackhi_epi16(a0, a1);
+                    let b2 = _mm_unpacklo_epi16(a2, a3);
+                    let b3 = _mm_unpackhi_epi16(a2, a3);
+                    for (j, v) in [
+                        _mm_unpacklo_epi32(b0, b2),
+                        _mm_unpackhi_epi32(b0, b2),
+                        _mm_unpacklo_epi32(b1, b3),
+                        _mm_unpackhi_epi32(b1, b3),
+                    ]
+                    .into_iter()
+                    .enumerate()
+                    {
+                        let d = dp.add((c + 2 * j) * rows + r);
+                        _mm_storel_epi64(d as *mut __m128i, v);
+                        _mm_storel_epi64(d.add(rows) as *mut __m128i, _mm_unpackhi_epi64(v, v));
+                    }
+                }
+            }
+        }
+    }
+    // Edges: the last `cols - c8` columns of the tiled rows, then the last `rows - r8` rows.
+    for r in 0..r8 {
+        for c in c8..cols {
+            *dp.add(c * rows + r) = *sp.add(r * cols + c);
+        }
+    }
+    for r in r8..rows {
+        for c in 0..cols {
+            *dp.add(c * rows + r) = *sp.add(r * cols + c);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Pooling (plain loops compiled for AVX2: the compiler vectorises them over channels)
 // ---------------------------------------------------------------------------------------------
 
-/// [`super::reference::qmaxpool2d`]'s loops compiled with AVX2 (`vpmaxub` over 32 channels).
+/// [`super::reference::qmaxpool2d`] on output rows `[r0, r1)` (rows numbered over `(n, oh)`):
+/// per output pixel the input offsets of its window's taps inside the input (the reference's
+/// `input_index` skips), then `vpmaxub` over 32 channels at a time, 16, then one by one. Every
+/// window holds at least one tap (`out_hw`'s check); the reference starts from 0, which no `u8`
+/// maximum is below.
 ///
 /// # Safety
-/// Needs AVX2; geometry and lengths checked (`[oh_n, ow_n]` from `g.out_hw()`).
+/// Needs AVX2; geometry and lengths checked (`[oh_n, ow_n]` from `g.out_hw()`); `out` the whole
+/// output.
 #[target_feature(enable = "avx2")]
-pub unsafe fn maxpool(g: &super::Pool2dGeom, [oh_n, ow_n]: [usize; 2], x: &[u8], out: &mut [u8]) {
+pub unsafe fn maxpool_rows(
+    g: &super::Pool2dGeom,
+    [oh_n, ow_n]: [usize; 2],
+    x: &[u8],
+    out: *mut u8,
+    r0: usize,
+    r1: usize,
+) {
     let c_n = g.channels;
-    for n in 0..g.batch {
-        for oh in 0..oh_n {
-            for ow in 0..ow_n {
-                let o = &mut out[((n * oh_n + oh) * ow_n + ow) * c_n..][..c_n];
-                o.fill(0);
-                for kh in 0..g.h.kernel {
-                    let Some(ih) = g.h.input_index(oh, kh, g.in_h) else {
+    let xp = x.as_ptr();
+    let mut offs: Vec<usize> = Vec::with_capacity(g.h.kernel * g.w.kernel);
+    for row in r0..r1 {
+        let (n, oh) = (row / oh_n, row % oh_n);
+        for ow in 0..ow_n {
+            offs.clear();
+            for kh in 0..g.h.kernel {
+                let Some(ih) = g.h.input_index(oh, kh, g.in_h) else {
+                    continue;
+                };
+                for kw in 0..g.w.kernel {
+                    let Some(iw) = g.w.input_index(ow, kw, g.in_w) else {
                         continue;
                     };
-                    for kw in 0..g.w.kernel {
-                        let Some(iw) = g.w.input_index(ow, kw, g.in_w) else {
-                            continue;
-                        };
-                        let xs = &x[((n * g.in_h + ih) * g.in_w + iw) * c_n..][..c_n];
-                        for (m, &v) in o.iter_mut().zip(xs) {
-                            *m = (*m).max(v);
-                        }
-                    }
+                    offs.push(((n * g.in_h + ih) * g.in_w + iw) * c_n);
                 }
+            }
+            let o = out.add((row * ow_n + ow) * c_n);
+            let Some((&first, rest)) = offs.split_first() else {
+                std::ptr::write_bytes(o, 0, c_n);
+                continue;
+            };
+            let mut c = 0;
+            while c + 32 <= c_n {
+                let mut m = _mm256_loadu_si256(xp.add(first + c) as *const __m256i);
+                for &off in rest {
+                    m = _mm256_max_epu8(m, _mm256_loadu_si256(xp.add(off + c) as *const __m256i));
+                }
+                _mm256_storeu_si256(o.add(c) as *mut __m256i, m);
+                c += 32;
+            }
+            if c + 16 <= c_n {
+                let mut m = _mm_loadu_si128(xp.add(first + c) as *const __m128i);
+                for &off in rest {
+                    m = _mm_max_epu8(m, _mm_loadu_si128(xp.add(off + c) as *const __m128i));
+                }
+                _mm_storeu_si128(o.add(c) as *mut __m128i, m);
+                c += 16;
+            }
+            while c < c_n {
+                let mut m = *xp.add(first + c);
+                for &off in rest {
+                    m = m.max(*xp.add(off + c));
+                }
+                *o.add(c) = m;
+                c += 1;
             }
         }
     }
@@ -886,6 +1439,126 @@ pub unsafe fn global_avgpool(p: &super::QGlobalAvgPool, x: &[u8], out: &mut [u8]
         }
         for (o, &s) in os.iter_mut().zip(&sums) {
             *o = crate::quant::avg_pool_out(s, s_n as i32, s_n as i32, p.zero_point, p.range) as u8;
+        }
+    }
+}
+
+/// [`super::reference::qavgpool2d`] with the window's per-channel sums accumulated pixel by pixel
+/// (contiguous channels, vectorised) instead of channel by channel: exact integers, so the order
+/// does not matter; the same [`crate::quant::avg_pool_out`] per output.
+///
+/// # Safety
+/// Needs AVX2; parameters, geometry and lengths checked as by the reference (`[oh_n, ow_n]` from
+/// `g.out_hw()`).
+#[target_feature(enable = "avx2")]
+pub unsafe fn avgpool(p: &super::QAvgPool2d, [oh_n, ow_n]: [usize; 2], x: &[u8], out: &mut [u8]) {
+    let g = &p.geom;
+    let c_n = g.channels;
+    let mut sums = vec![0i32; c_n];
+    for n in 0..g.batch {
+        for oh in 0..oh_n {
+            let (h0, h1, h_padded) = g.h.avg_bounds(oh, g.in_h);
+            for ow in 0..ow_n {
+                let (w0, w1, w_padded) = g.w.avg_bounds(ow, g.in_w);
+                let elems = ((h1 - h0) * (w1 - w0)) as i32;
+                let divisor = if p.count_include_pad {
+                    (h_padded * w_padded) as i32
+                } else {
+                    elems
+                };
+                sums.fill(0);
+                for ih in h0..h1 {
+                    for iw in w0..w1 {
+                        let px = &x[((n * g.in_h + ih) * g.in_w + iw) * c_n..][..c_n];
+                        for (s, &v) in sums.iter_mut().zip(px) {
+                            *s += v as i32;
+                        }
+                    }
+                }
+                let o = &mut out[((n * oh_n + oh) * ow_n + ow) * c_n..][..c_n];
+                for (o, &s) in o.iter_mut().zip(&sums) {
+                    *o = crate::quant::avg_pool_out(s, elems, divisor, p.zero_point, p.range) as u8;
+                }
+            }
+        }
+    }
+}
+
+/// [`super::reference::qadaptive_avgpool2d`] with per-channel sums accumulated pixel by pixel (as
+/// [`avgpool`]).
+///
+/// # Safety
+/// Needs AVX2; parameters and lengths checked as by the reference.
+#[target_feature(enable = "avx2")]
+pub unsafe fn adaptive_avgpool(p: &super::QAdaptiveAvgPool2d, x: &[u8], out: &mut [u8]) {
+    let ([h_n, w_n], [oh_n, ow_n], c_n) = (p.in_hw, p.out_hw, p.channels);
+    let mut sums = vec![0i32; c_n];
+    for n in 0..p.batch {
+        for oy in 0..oh_n {
+            let (h0, h1) = (oy * h_n / oh_n, ((oy + 1) * h_n).div_ceil(oh_n));
+            for ox in 0..ow_n {
+                let (w0, w1) = (ox * w_n / ow_n, ((ox + 1) * w_n).div_ceil(ow_n));
+                let elems = ((h1 - h0) * (w1 - w0)) as i32;
+                sums.fill(0);
+                for ih in h0..h1 {
+                    for iw in w0..w1 {
+                        let px = &x[((n * h_n + ih) * w_n + iw) * c_n..][..c_n];
+                        for (s, &v) in sums.iter_mut().zip(px) {
+                            *s += v as i32;
+                        }
+                    }
+                }
+                let o = &mut out[((n * oh_n + oy) * ow_n + ox) * c_n..][..c_n];
+                for (o, &s) in o.iter_mut().zip(&sums) {
+                    *o = crate::quant::avg_pool_out(s, elems, elems, p.zero_point, p.range) as u8;
+                }
+            }
+        }
+    }
+}
+
+/// `out = clamp(q, lo, hi)` element for element (`vpmaxub`/`vpminub`), [`super::reference::qclamp`]
+/// once its bounds are known; `0 <= lo <= hi <= 255`.
+///
+/// # Safety
+/// Needs AVX2; `out.len() = x.len()`.
+#[target_feature(enable = "avx2")]
+pub unsafe fn clamp_u8(x: &[u8], lo: u8, hi: u8, out: &mut [u8]) {
+    for (o, &q) in out.iter_mut().zip(x) {
+        *o = q.max(lo).min(hi);
+    }
+}
+
+/// One part of [`super::reference::qconcat_channels`]: `out[o · total + c0 + c] =
+/// r.apply(x[o · c_n + c] - zp)` for every row `o`, 8 channels at a time with [`requant8`] (the
+/// same [`Requant::apply`] bits), a plain copy when `r` is the identity (multiplier 1, `zp` kept,
+/// the full u8 range).
+///
+/// # Safety
+/// Needs AVX2; `x.len() = outer · c_n`, `out.len() = outer · total`, `c0 + c_n <= total`, the
+/// requantization's range within u8.
+#[target_feature(enable = "avx2")]
+pub unsafe fn concat_part(r: &Requant, zp: i32, x: &[u8], c_n: usize, out: &mut [u8], total: usize, c0: usize) {
+    if c_n == 0 {
+        return;
+    }
+    let identity = r.multiplier == 1 << 30 && r.shift == 30 && r.zero_point == zp && r.qmin == 0 && r.qmax == 255;
+    let rl = RequantLanes::splat(r);
+    let vzp = _mm256_set1_epi32(zp);
+    for (src, dst) in x.chunks_exact(c_n).zip(out.chunks_exact_mut(total)) {
+        let dst = &mut dst[c0..c0 + c_n];
+        if identity {
+            dst.copy_from_slice(src);
+            continue;
+        }
+        let mut c = 0;
+        while c + 8 <= c_n {
+            let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(src.as_ptr().add(c) as *const __m128i));
+            store_u8(requant8(_mm256_sub_epi32(v, vzp), &rl), dst.as_mut_ptr().add(c), 8);
+            c += 8;
+        }
+        for k in c..c_n {
+            dst[k] = r.apply(src[k] as i32 - zp) as u8;
         }
     }
 }
@@ -918,6 +1591,54 @@ mod tests {
                     qmax: v[2],
                 }
             })
+    }
+
+    /// The accumulator clamp's edges: `alo`/`ahi` and their neighbours, `i32`'s ends, for
+    /// multipliers up to `2^30` (shift 1), zero multipliers, and one-value output ranges.
+    #[test]
+    fn requant8_at_the_accumulator_clamp_edges() {
+        if !is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut r = crate::tensor::SplitMix64::new(5);
+        for case in 0..3000u32 {
+            let shift = 1 + (r.next_u64() % 62) as u32;
+            let multiplier = match case % 4 {
+                0 => i32::MAX,
+                1 => 0,
+                _ => (r.next_u64() >> 33) as i32,
+            };
+            let mut v = [0, 1, 2].map(|_| (r.next_u64() % 256) as i32);
+            v.sort();
+            if case % 5 == 0 {
+                v = [v[1]; 3];
+            }
+            let q = Requant {
+                multiplier,
+                shift,
+                zero_point: v[1],
+                qmin: v[0],
+                qmax: v[2],
+            };
+            let (alo, ahi) = acc_clamp(&q);
+            let lanes = RequantLanes::splat(&q);
+            let accs = [
+                alo,
+                ahi,
+                i32::MIN,
+                i32::MAX,
+                0,
+                -1,
+                1,
+                alo.wrapping_add(1),
+                ahi.wrapping_sub(1),
+            ];
+            for acc in accs.into_iter().chain([alo.wrapping_sub(1), ahi.wrapping_add(1)]) {
+                let mut out = [0u8; 8];
+                unsafe { requant_store(&[acc; 8], &lanes, &mut out) };
+                assert_eq!(out[0] as i32, q.apply(acc), "{q:?} acc {acc} [{alo}, {ahi}]");
+            }
+        }
     }
 
     proptest! {

@@ -5,7 +5,11 @@
 //! Convolution and linear layers prepack their weights once ([`PackedConv`], [`PackedLinear`]);
 //! running one checks the shapes exactly as the reference does and never panics on bad input.
 //! Large convolutions are split over rayon's threads by output rows (or by output-channel blocks
-//! when there are few rows).
+//! when there are few rows); layers with more than 128 KiB of packed weights run block-major (a
+//! pair of channel blocks over every row while its weights are cached). A 3x3 convolution of one
+//! group with at least 16 input channels also packs Winograd `F(2x2, 3x3)` in exact integers
+//! ([`super::avx2::WinoPack`]), which runs for stride 1, padding 1. Large elementwise kernels
+//! (quantize, dequantize, add, clamp) and max pooling are split over threads too.
 //!
 //! A convolution or linear layer packed with [`PackedConv::with_input_range`] for an input whose
 //! range and zero point lie in `[0, 127]` (PyTorch x86's `reduce_range` activations; the executor
@@ -16,8 +20,8 @@ use std::sync::OnceLock;
 
 use super::reference;
 use super::{
-    check_epilogue, check_len, check_range_u8, check_zp_u8, Conv2dGeom, KernelError, Pool2dGeom, QConv2d,
-    QGlobalAvgPool, QLinear,
+    check_epilogue, check_len, check_range_u8, check_zp_u8, Activation, Conv2dGeom, KernelError, Pool2dGeom,
+    QAdaptiveAvgPool2d, QAvgPool2d, QConcat, QConv2d, QGlobalAvgPool, QLinear,
 };
 use crate::quant::{QAdd, QParams, QRange};
 
@@ -51,6 +55,71 @@ fn supported(isa: Isa) -> Isa {
     }
 }
 
+/// Whether a 7-bit convolution with `groups`, `cig` input channels per group and `taps` kernel
+/// taps runs on im2col rows: one group, several taps, and the `KH·KW·Cin` reduction in whole
+/// quads of 4 bytes is at least an eighth shorter than `KH·KW` taps of `Cin` rounded up to
+/// quads (Cin = 3, 7x7: 37 quads instead of 49). The reduction stays short enough (≤ 1024
+/// bytes) for a row of windows to sit in the L1/L2 cache.
+pub fn im2col_pays(groups: usize, cig: usize, taps: usize) -> bool {
+    let (direct, packed) = (taps * cig.div_ceil(4), (taps * cig).div_ceil(4));
+    groups == 1 && taps > 1 && taps * cig <= 1024 && 8 * packed <= 7 * direct
+}
+
+/// Whether a convolution packs for Winograd `F(2x2, 3x3)` ([`super::avx2::WinoPack`]): a 3x3
+/// kernel, one group, at least 16 input channels (fewer leave the transforms' cost unpaid), at
+/// most 256 × 256 channels (the transformed weights, 16 `i16` per weight pair, stay within 2 MiB;
+/// ResNet's 512-channel layers on 7×7 images read their 8 MiB from memory more slowly than the
+/// direct kernels compute), and
+/// `4 · Σ |(x - zp) · w|` within `i32` over the 9·Cin terms (the bound the exact-integer
+/// transforms need, see `WinoPack`).
+fn winograd_pays(p: &QConv2d) -> bool {
+    let g = &p.geom;
+    let k = 9 * g.in_c as u64;
+    g.h.kernel == 3
+        && g.w.kernel == 3
+        && g.groups == 1
+        && g.in_c >= 16
+        && g.in_c * g.out_c <= 256 * 256
+        && 4 * crate::quant::accumulator_bound(k, QRange::U8, p.input_zero_point, QRange::I8) <= i32::MAX as u64
+}
+
+/// Whether geometry `g` is one that a Winograd pack computes: stride 1, padding 1, dilation 1.
+fn winograd_geometry(g: &Conv2dGeom) -> bool {
+    let a = super::Axis::new(3, 1, 1, 1);
+    g.h == a && g.w == a
+}
+
+/// The direct AVX2 kernels for `p`: depthwise, 7-bit (im2col rows or per tap) or centred `i16`.
+#[cfg(target_arch = "x86_64")]
+fn avx2_pack(p: &QConv2d, w: &[i8], bias: Option<&[i32]>, input: QRange) -> Avx2Conv {
+    let g = &p.geom;
+    let (cig, cog, taps) = (g.in_c / g.groups, g.out_c / g.groups, g.h.kernel * g.w.kernel);
+    let zp = p.input_zero_point;
+    if cig == 1 && cog == 1 {
+        Avx2Conv::Depthwise(super::avx2::DwPack::new(w, g.out_c, taps, &p.requant, bias))
+    } else if input.qmin() >= 0 && input.qmax() <= 127 && (0..=127).contains(&zp) {
+        if im2col_pays(g.groups, cig, taps) {
+            return Avx2Conv::Im2col7(super::avx2::ConvPack7::new(
+                w,
+                1,
+                taps * cig,
+                cog,
+                1,
+                &p.requant,
+                bias,
+                zp as u8,
+            ));
+        }
+        Avx2Conv::Direct7(super::avx2::ConvPack7::new(
+            w, g.groups, cig, cog, taps, &p.requant, bias, zp as u8,
+        ))
+    } else {
+        Avx2Conv::Direct(super::avx2::ConvPack::new(
+            w, g.groups, cig, cog, taps, &p.requant, bias,
+        ))
+    }
+}
+
 /// Below this many multiply-accumulates a convolution runs on the calling thread.
 const PAR_MIN_MACS: usize = 1 << 20;
 
@@ -60,7 +129,18 @@ enum Avx2Conv {
     Direct(super::avx2::ConvPack),
     /// 7-bit input: `vpmaddubsw` on raw bytes ([`super::avx2::conv7_row`]).
     Direct7(super::avx2::ConvPack7),
+    /// 7-bit input with few input channels (ResNet's RGB stem): each output row's windows are
+    /// gathered into an im2col row ([`super::avx2::im2col7_row`]), whose `KH·KW·Cin` bytes are one
+    /// reduction for a 1x1 [`super::avx2::conv7_row`] (the pack has one tap of `KH·KW·Cin`
+    /// channels), so `vpmaddubsw` quads are not padded per tap.
+    Im2col7(super::avx2::ConvPack7),
     Depthwise(super::avx2::DwPack),
+    /// A 3x3 convolution of one group: Winograd `F(2x2, 3x3)` ([`super::avx2::WinoPack`]) when
+    /// run with stride 1, padding 1 and dilation 1, else `direct`.
+    Winograd {
+        wino: super::avx2::WinoPack,
+        direct: Box<Avx2Conv>,
+    },
 }
 
 /// A quantized convolution with its weights packed for the selected kernels. The geometry given
@@ -121,18 +201,14 @@ impl PackedConv {
         let isa = supported(isa);
         #[cfg(target_arch = "x86_64")]
         let avx2 = (isa == Isa::Avx2).then(|| {
-            let (cig, cog, taps) = (g.in_c / g.groups, g.out_c / g.groups, g.h.kernel * g.w.kernel);
-            let zp = p.input_zero_point;
-            if cig == 1 && cog == 1 {
-                Avx2Conv::Depthwise(super::avx2::DwPack::new(w, g.out_c, taps, &p.requant, bias))
-            } else if input.qmin() >= 0 && input.qmax() <= 127 && (0..=127).contains(&zp) {
-                Avx2Conv::Direct7(super::avx2::ConvPack7::new(
-                    w, g.groups, cig, cog, taps, &p.requant, bias, zp as u8,
-                ))
+            let direct = avx2_pack(p, w, bias, input);
+            if winograd_pays(p) {
+                Avx2Conv::Winograd {
+                    wino: super::avx2::WinoPack::new(w, g.in_c, g.out_c, &p.requant, bias),
+                    direct: Box::new(direct),
+                }
             } else {
-                Avx2Conv::Direct(super::avx2::ConvPack::new(
-                    w, g.groups, cig, cog, taps, &p.requant, bias,
-                ))
+                direct
             }
         });
         Ok(PackedConv {
@@ -145,15 +221,57 @@ impl PackedConv {
         })
     }
 
+    /// The same convolution without its Winograd kernels (for benchmarks and tests of the
+    /// direct ones).
+    #[doc(hidden)]
+    pub fn direct_only(&self) -> PackedConv {
+        PackedConv {
+            #[cfg(target_arch = "x86_64")]
+            avx2: self.direct().cloned(),
+            ..self.clone()
+        }
+    }
+
     /// The kernels this convolution runs on.
     pub fn isa(&self) -> Isa {
         self.isa
     }
 
-    /// Whether it runs the 7-bit `vpmaddubsw` kernels (see [`PackedConv::with_input_range`]).
+    /// The direct kernels (those a Winograd pack falls back to for other geometries).
+    #[cfg(target_arch = "x86_64")]
+    fn direct(&self) -> Option<&Avx2Conv> {
+        match &self.avx2 {
+            Some(Avx2Conv::Winograd { direct, .. }) => Some(direct),
+            a => a.as_ref(),
+        }
+    }
+
+    /// Whether its direct kernels are the 7-bit `vpmaddubsw` ones (see
+    /// [`PackedConv::with_input_range`]); a Winograd pack ([`PackedConv::winograd`]) runs them
+    /// for geometries other than stride 1, padding 1.
     pub fn seven_bit(&self) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if let Some(Avx2Conv::Direct7(_)) = &self.avx2 {
+        if let Some(Avx2Conv::Direct7(_) | Avx2Conv::Im2col7(_)) = self.direct() {
+            return true;
+        }
+        false
+    }
+
+    /// Whether it runs the 7-bit kernels on im2col rows (few input channels, see
+    /// [`im2col_pays`]).
+    pub fn im2col(&self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(Avx2Conv::Im2col7(_)) = self.direct() {
+            return true;
+        }
+        false
+    }
+
+    /// Whether a run with stride 1, padding 1 and dilation 1 takes Winograd `F(2x2, 3x3)`
+    /// ([`super::avx2::WinoPack`]): AVX2, a 3x3 kernel, one group, at least 16 input channels.
+    pub fn winograd(&self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(Avx2Conv::Winograd { .. }) = &self.avx2 {
             return true;
         }
         false
@@ -206,6 +324,9 @@ impl<T> SendPtr<T> {
 thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
     static SCRATCH8: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static COL: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// [`super::avx2::wino_row`]'s transformed inputs and products.
+    static WINO: std::cell::RefCell<(Vec<i16>, Vec<i32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// Runs the AVX2 kernels; `false` (nothing written) when a 7-bit convolution gets an input byte
@@ -215,11 +336,23 @@ thread_local! {
 /// AVX2 present; geometry and lengths checked.
 #[cfg(target_arch = "x86_64")]
 unsafe fn run_avx2(a: &Avx2Conv, g: &Conv2dGeom, zp: i32, [oh_n, ow_n]: [usize; 2], x: &[u8], out: &mut [u8]) -> bool {
-    use super::avx2::{conv7_row, conv_row, dw_row, pad_centre, pad_raw7, ConvRun, PadGeom};
+    use super::avx2::{
+        conv7_row, conv_row, dw_row, im2col7_row, im2col_run, im2col_stride, pad_centre, pad_raw7, ConvRun, PadGeom,
+        IM2COL_SLACK,
+    };
     use rayon::prelude::*;
+    if let Avx2Conv::Winograd { wino, direct } = a {
+        if !winograd_geometry(g) {
+            return run_avx2(direct, g, zp, [oh_n, ow_n], x, out);
+        }
+        run_winograd(wino, g, zp, x, out);
+        return true;
+    }
     let (cg, cgp) = match a {
         Avx2Conv::Direct(pk) => (pk.cig, 2 * pk.pairs),
         Avx2Conv::Direct7(pk) => (pk.cig, 4 * pk.quads),
+        Avx2Conv::Im2col7(_) => (g.in_c, g.in_c),
+        Avx2Conv::Winograd { .. } => unreachable!("handled above"),
         Avx2Conv::Depthwise(_) => (1, 1),
     };
     let pad = PadGeom {
@@ -249,31 +382,73 @@ unsafe fn run_avx2(a: &Avx2Conv, g: &Conv2dGeom, zp: i32, [oh_n, ow_n]: [usize; 
     let threads = rayon::current_num_threads();
     let optr = SendPtr(out.as_mut_ptr());
     let parallel = threads > 1 && macs >= PAR_MIN_MACS;
-    // Few rows (small images, linear layers): also split the channel blocks.
-    let split = |blocks: usize| {
-        let chunks = if parallel && rows < 2 * threads {
+    // Few rows (small images, linear layers): also split the channel blocks. Weights of more than
+    // 128 KiB (ResNet's 256- and 512-channel layers) do not stay in the L2 cache from one output
+    // row to the next: then each task is one pair of blocks and the tasks run block-major, so a
+    // pair's weights serve every row (of every image) while they are cached.
+    let split = |blocks: usize, weight_bytes: usize| {
+        let big = weight_bytes > 128 << 10 && blocks > 2;
+        let chunks = if big {
+            blocks.div_ceil(2)
+        } else if parallel && rows < 2 * threads {
             blocks.min((4 * threads).div_ceil(rows))
         } else {
             1
         };
         let per = blocks.div_ceil(chunks);
-        (blocks.div_ceil(per), per)
+        let chunks = blocks.div_ceil(per);
+        // Task `t` → (output row, blocks).
+        let at = move |t: usize| {
+            let (i, c) = if big {
+                (t % rows, t / rows)
+            } else {
+                (t / chunks, t % chunks)
+            };
+            (i, (c * per, ((c + 1) * per).min(blocks)))
+        };
+        (rows * chunks, at)
     };
+    if let Avx2Conv::Im2col7(pk) = a {
+        let mut buf = SCRATCH8.with(|s| std::mem::take(&mut *s.borrow_mut()));
+        let seven = pad_raw7(x, pk.zp, &pad, &mut buf);
+        if seven {
+            let xptr = SendPtr(buf.as_ptr() as *mut u8);
+            let kp = im2col_stride(pk.cig);
+            let rc = im2col_run(&r, kp);
+            let (tasks, at) = split(pk.blocks, 0);
+            let task = |t: usize| {
+                let (i, (b0, b1)) = at(t);
+                let mut col = COL.with(|s| std::mem::take(&mut *s.borrow_mut()));
+                col.clear();
+                col.resize(ow_n * kp + IM2COL_SLACK, 0);
+                im2col7_row(&r, xptr.get(), i / oh_n, i % oh_n, col.as_mut_ptr(), kp);
+                let orow = optr.get().add(i * ow_n * g.out_c);
+                conv7_row(pk, &rc, col.as_ptr(), orow, 0, 0, (0, ow_n), (b0, b1));
+                COL.with(|s| *s.borrow_mut() = col);
+            };
+            if parallel {
+                (0..tasks).into_par_iter().for_each(task);
+            } else {
+                (0..tasks).for_each(task);
+            }
+        }
+        SCRATCH8.with(|s| *s.borrow_mut() = buf);
+        return seven;
+    }
     if let Avx2Conv::Direct7(pk) = a {
         let mut buf = SCRATCH8.with(|s| std::mem::take(&mut *s.borrow_mut()));
         let seven = pad_raw7(x, pk.zp, &pad, &mut buf);
         if seven {
             let xptr = SendPtr(buf.as_ptr() as *mut u8);
-            let (chunks, per) = split(pk.blocks);
+            let (tasks, at) = split(pk.blocks, pk.groups * pk.blocks * pk.taps * pk.quads * 32);
             let task = |t: usize| {
-                let (i, c) = (t / chunks, t % chunks);
-                let (b0, b1) = (c * per, ((c + 1) * per).min(pk.blocks));
+                let (i, (b0, b1)) = at(t);
                 conv7_row(pk, &r, xptr.get(), optr.get(), i / oh_n, i % oh_n, (0, ow_n), (b0, b1));
             };
             if parallel {
-                (0..rows * chunks).into_par_iter().for_each(task);
+                (0..tasks).into_par_iter().for_each(task);
             } else {
-                (0..rows * chunks).for_each(task);
+                (0..tasks).for_each(task);
             }
         }
         SCRATCH8.with(|s| *s.borrow_mut() = buf);
@@ -295,23 +470,72 @@ unsafe fn run_avx2(a: &Avx2Conv, g: &Conv2dGeom, zp: i32, [oh_n, ow_n]: [usize; 
                 }
             }
             Avx2Conv::Direct(pk) => {
-                let (chunks, per) = split(pk.blocks);
+                let (tasks, at) = split(pk.blocks, pk.groups * pk.blocks * pk.taps * pk.pairs * 32);
                 let task = |t: usize| {
-                    let (i, c) = (t / chunks, t % chunks);
-                    let (b0, b1) = (c * per, ((c + 1) * per).min(pk.blocks));
+                    let (i, (b0, b1)) = at(t);
                     conv_row(pk, &r, xptr.get(), optr.get(), i / oh_n, i % oh_n, (0, ow_n), (b0, b1));
                 };
                 if parallel {
-                    (0..rows * chunks).into_par_iter().for_each(task);
+                    (0..tasks).into_par_iter().for_each(task);
                 } else {
-                    (0..rows * chunks).for_each(task);
+                    (0..tasks).for_each(task);
                 }
             }
-            Avx2Conv::Direct7(_) => unreachable!("handled above"),
+            Avx2Conv::Direct7(_) | Avx2Conv::Im2col7(_) | Avx2Conv::Winograd { .. } => {
+                unreachable!("handled above")
+            }
         }
     }
     SCRATCH.with(|s| *s.borrow_mut() = buf);
     true
+}
+
+/// Runs a Winograd pack (geometry: 3x3, stride 1, padding 1, dilation 1; output size = input
+/// size), split over rayon's threads by pairs of output rows.
+///
+/// # Safety
+/// AVX2 present; geometry and lengths checked.
+#[cfg(target_arch = "x86_64")]
+unsafe fn run_winograd(pk: &super::avx2::WinoPack, g: &Conv2dGeom, zp: i32, x: &[u8], out: &mut [u8]) {
+    use super::avx2::{wino_pad, wino_tiles, WinoGeom};
+    use rayon::prelude::*;
+    let wg = WinoGeom {
+        batch: g.batch,
+        in_h: g.in_h,
+        in_w: g.in_w,
+        cin: pk.cin,
+        cinp: pk.cinp,
+        cout: pk.cout,
+    };
+    let mut buf = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    wino_pad(x, zp, &wg, &mut buf);
+    let (xptr, optr) = (SendPtr(buf.as_ptr() as *mut i16), SendPtr(out.as_mut_ptr()));
+    // Tasks of at least a tile row and at least 32 tiles (small images: the transformed weights
+    // are read once per task, so fewer, larger tasks), at least 2 per thread when threaded.
+    let tiles = wg.tiles();
+    let macs = g.batch * g.in_h * g.in_w * g.out_c * g.reduction_len();
+    let threads = if macs >= PAR_MIN_MACS {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    let per = wg.tiles_w().max(32).min(tiles.div_ceil(2 * threads).max(8)).min(tiles);
+    let tasks = tiles.div_ceil(per);
+    let (vlen, mlen) = wg.scratch_len(per);
+    let task = |i: usize| {
+        let (mut v, mut m) = WINO.with(|s| std::mem::take(&mut *s.borrow_mut()));
+        v.resize(vlen.max(v.len()), 0);
+        m.resize(mlen.max(m.len()), 0);
+        let (t0, t1) = (i * per, ((i + 1) * per).min(tiles));
+        wino_tiles(pk, &wg, xptr.get(), optr.get(), t0, t1, v.as_mut_ptr(), m.as_mut_ptr());
+        WINO.with(|s| *s.borrow_mut() = (v, m));
+    };
+    if threads > 1 {
+        (0..tasks).into_par_iter().for_each(task);
+    } else {
+        (0..tasks).for_each(task);
+    }
+    SCRATCH.with(|s| *s.borrow_mut() = buf);
 }
 
 /// A quantized linear layer with packed weights: a 1x1 convolution over `batch` pixels.
@@ -408,8 +632,11 @@ pub fn qadd_with(isa: Isa, p: &QAdd, a: &[u8], b: &[u8], out: &mut [u8]) -> Resu
     check_range_u8("output", p.out.qmin, p.out.qmax)?;
     #[cfg(target_arch = "x86_64")]
     if supported(isa) == Isa::Avx2 {
-        // SAFETY: AVX2 detected; lengths and parameters checked.
-        unsafe { super::avx2::qadd(p, a, b, out) };
+        par_elementwise(out, |i0, o| {
+            let n = o.len();
+            // SAFETY: AVX2 detected; lengths and parameters checked; the chunk lies inside a, b.
+            unsafe { super::avx2::qadd(p, &a[i0..i0 + n], &b[i0..i0 + n], o) };
+        });
         return Ok(());
     }
     let _ = isa;
@@ -427,8 +654,11 @@ pub fn quantize_u8_with(isa: Isa, x: &[f32], p: &QParams, out: &mut [u8]) -> Res
     let r = p.range();
     #[cfg(target_arch = "x86_64")]
     if supported(isa) == Isa::Avx2 && r.qmin() >= 0 && r.qmax() <= 255 {
-        // SAFETY: AVX2 detected; lengths checked; the range fits u8 (so does the zero point).
-        unsafe { super::avx2::quantize_u8(x, p.inv_scale(), p.zero_point(), r, out) };
+        par_elementwise(out, |i0, o| {
+            let xs = &x[i0..i0 + o.len()];
+            // SAFETY: AVX2 detected; lengths checked; the range fits u8 (so does the zero point).
+            unsafe { super::avx2::quantize_u8(xs, p.inv_scale(), p.zero_point(), r, o) };
+        });
         return Ok(());
     }
     let _ = (isa, r);
@@ -445,8 +675,11 @@ pub fn dequantize_u8_with(isa: Isa, q: &[u8], p: &QParams, out: &mut [f32]) -> R
     check_len("output", q.len(), out.len())?;
     #[cfg(target_arch = "x86_64")]
     if supported(isa) == Isa::Avx2 {
-        // SAFETY: AVX2 detected; lengths checked.
-        unsafe { super::avx2::dequantize_u8(q, p.scale(), p.zero_point(), out) };
+        par_elementwise(out, |i0, o| {
+            let qs = &q[i0..i0 + o.len()];
+            // SAFETY: AVX2 detected; lengths checked.
+            unsafe { super::avx2::dequantize_u8(qs, p.scale(), p.zero_point(), o) };
+        });
         return Ok(());
     }
     let _ = isa;
@@ -465,8 +698,17 @@ pub fn qmaxpool2d_with(isa: Isa, g: &Pool2dGeom, x: &[u8], out: &mut [u8]) -> Re
     check_len("output", g.batch * oh_n * ow_n * g.channels, out.len())?;
     #[cfg(target_arch = "x86_64")]
     if supported(isa) == Isa::Avx2 {
-        // SAFETY: AVX2 detected; geometry and lengths checked.
-        unsafe { super::avx2::maxpool(g, [oh_n, ow_n], x, out) };
+        let rows = g.batch * oh_n;
+        let optr = SendPtr(out.as_mut_ptr());
+        // SAFETY: AVX2 detected; geometry and lengths checked; tasks write disjoint output rows.
+        let task = |r: usize| unsafe { super::avx2::maxpool_rows(g, [oh_n, ow_n], x, optr.get(), r, r + 1) };
+        if rayon::current_num_threads() > 1 && out.len() >= PAR_MIN_ELEMS && rows > 1 {
+            use rayon::prelude::*;
+            (0..rows).into_par_iter().for_each(task);
+        } else {
+            // SAFETY: as above, all rows at once.
+            unsafe { super::avx2::maxpool_rows(g, [oh_n, ow_n], x, optr.get(), 0, rows) };
+        }
         return Ok(());
     }
     let _ = isa;
@@ -501,4 +743,193 @@ pub fn qglobal_avgpool_with(isa: Isa, p: &QGlobalAvgPool, x: &[u8], out: &mut [u
 /// [`reference::qglobal_avgpool`], dispatched.
 pub fn qglobal_avgpool(p: &QGlobalAvgPool, x: &[u8], out: &mut [u8]) -> Result<(), KernelError> {
     qglobal_avgpool_with(detected(), p, x, out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layout changes, and elementwise kernels split over threads
+// ---------------------------------------------------------------------------------------------
+
+/// Below this many elements an elementwise kernel runs on the calling thread.
+const PAR_MIN_ELEMS: usize = 1 << 16;
+
+/// Runs `f(i0, chunk)` over consecutive chunks `[i0, i0 + chunk.len())` of `out` (rayon's threads
+/// for large outputs); every output element is computed by `f` alone, so the split never changes
+/// a result.
+fn par_elementwise<T: Send>(out: &mut [T], f: impl Fn(usize, &mut [T]) + Sync) {
+    let threads = rayon::current_num_threads();
+    if threads > 1 && out.len() >= PAR_MIN_ELEMS {
+        use rayon::prelude::*;
+        let per = out.len().div_ceil(4 * threads).max(PAR_MIN_ELEMS / 4);
+        out.par_chunks_mut(per).enumerate().for_each(|(i, c)| f(i * per, c));
+    } else {
+        f(0, out);
+    }
+}
+
+/// `dst[c][r] = src[r][c]` for a `rows × cols` matrix, in 32×32 tiles (both sides stay in the L1
+/// cache); bytes with AVX2 ([`super::avx2::transpose_u8`]). Lengths checked by the caller.
+fn transpose<T: Copy + 'static>(src: &[T], rows: usize, cols: usize, dst: &mut [T]) {
+    const TILE: usize = 32;
+    assert!(src.len() >= rows * cols && dst.len() >= rows * cols);
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<u8>() && detected() == Isa::Avx2 {
+        // SAFETY: T is u8 (same layout); AVX2 detected; lengths asserted above.
+        unsafe {
+            let s = std::slice::from_raw_parts(src.as_ptr() as *const u8, src.len());
+            let d = std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut u8, dst.len());
+            super::avx2::transpose_u8(s, rows, cols, d);
+        }
+        return;
+    }
+    for r0 in (0..rows).step_by(TILE) {
+        let r1 = (r0 + TILE).min(rows);
+        for c0 in (0..cols).step_by(TILE) {
+            let c1 = (c0 + TILE).min(cols);
+            for r in r0..r1 {
+                for c in c0..c1 {
+                    // SAFETY: r < rows, c < cols, both slices hold rows · cols elements (asserted).
+                    unsafe { *dst.get_unchecked_mut(c * rows + r) = *src.get_unchecked(r * cols + c) };
+                }
+            }
+        }
+    }
+}
+
+/// [`reference::nchw_to_nhwc`], tiled (the same elements moved; any element type).
+pub fn nchw_to_nhwc<T: Copy + 'static>(x: &[T], [n, c, h, w]: [usize; 4], out: &mut [T]) -> Result<(), KernelError> {
+    check_len("input", n * c * h * w, x.len())?;
+    check_len("output", x.len(), out.len())?;
+    let img = c * h * w;
+    if img == 0 {
+        return Ok(());
+    }
+    for (xs, os) in x.chunks_exact(img).zip(out.chunks_exact_mut(img)) {
+        transpose(xs, c, h * w, os);
+    }
+    Ok(())
+}
+
+/// [`reference::nhwc_to_nchw`], tiled (the same elements moved; any element type).
+pub fn nhwc_to_nchw<T: Copy + 'static>(x: &[T], [n, h, w, c]: [usize; 4], out: &mut [T]) -> Result<(), KernelError> {
+    check_len("input", n * h * w * c, x.len())?;
+    check_len("output", x.len(), out.len())?;
+    let img = c * h * w;
+    if img == 0 {
+        return Ok(());
+    }
+    for (xs, os) in x.chunks_exact(img).zip(out.chunks_exact_mut(img)) {
+        transpose(xs, h * w, c, os);
+    }
+    Ok(())
+}
+
+/// [`reference::qavgpool2d`] on `isa`'s kernels (the reference's checks first).
+pub fn qavgpool2d_with(isa: Isa, p: &QAvgPool2d, x: &[u8], out: &mut [u8]) -> Result<(), KernelError> {
+    let g = &p.geom;
+    #[cfg(target_arch = "x86_64")]
+    if supported(isa) == Isa::Avx2
+        && g.h.dilation == 1
+        && g.w.dilation == 1
+        && g.h.kernel.saturating_mul(g.w.kernel) <= 1 << 23
+    {
+        let [oh_n, ow_n] = g.out_hw()?;
+        check_len("input", g.input_len(), x.len())?;
+        check_len("output", g.batch * oh_n * ow_n * g.channels, out.len())?;
+        check_zp_u8("input", p.zero_point)?;
+        check_range_u8("input", p.range.qmin(), p.range.qmax())?;
+        // SAFETY: AVX2 detected; the reference's checks hold.
+        unsafe { super::avx2::avgpool(p, [oh_n, ow_n], x, out) };
+        return Ok(());
+    }
+    let _ = (isa, g);
+    reference::qavgpool2d(p, x, out)
+}
+
+/// [`reference::qavgpool2d`], dispatched.
+pub fn qavgpool2d(p: &QAvgPool2d, x: &[u8], out: &mut [u8]) -> Result<(), KernelError> {
+    qavgpool2d_with(detected(), p, x, out)
+}
+
+/// [`reference::qadaptive_avgpool2d`] on `isa`'s kernels (the reference's checks first).
+pub fn qadaptive_avgpool2d_with(isa: Isa, p: &QAdaptiveAvgPool2d, x: &[u8], out: &mut [u8]) -> Result<(), KernelError> {
+    let ([h_n, w_n], [oh_n, ow_n], c_n) = (p.in_hw, p.out_hw, p.channels);
+    let checked = h_n > 0
+        && w_n > 0
+        && oh_n > 0
+        && ow_n > 0
+        && c_n > 0
+        && (h_n.div_ceil(oh_n) + 1).saturating_mul(w_n.div_ceil(ow_n) + 1) <= 1 << 23
+        && x.len() == p.batch * h_n * w_n * c_n
+        && out.len() == p.batch * oh_n * ow_n * c_n
+        && (0..=255).contains(&p.zero_point)
+        && p.range.qmin() >= 0
+        && p.range.qmax() <= 255;
+    #[cfg(target_arch = "x86_64")]
+    if checked && supported(isa) == Isa::Avx2 {
+        // SAFETY: AVX2 detected; the reference's checks hold (else it reports the error).
+        unsafe { super::avx2::adaptive_avgpool(p, x, out) };
+        return Ok(());
+    }
+    let _ = (isa, checked);
+    reference::qadaptive_avgpool2d(p, x, out)
+}
+
+/// [`reference::qadaptive_avgpool2d`], dispatched.
+pub fn qadaptive_avgpool2d(p: &QAdaptiveAvgPool2d, x: &[u8], out: &mut [u8]) -> Result<(), KernelError> {
+    qadaptive_avgpool2d_with(detected(), p, x, out)
+}
+
+/// [`reference::qclamp`] on `isa`'s kernels.
+pub fn qclamp_with(isa: Isa, act: Activation, p: &QParams, x: &[u8], out: &mut [u8]) -> Result<(), KernelError> {
+    act.check()?;
+    check_len("output", x.len(), out.len())?;
+    check_range_u8("input", p.range().qmin(), p.range().qmax())?;
+    #[cfg(target_arch = "x86_64")]
+    if supported(isa) == Isa::Avx2 {
+        // The reference's `max(lo).min(hi)` on codes in [0, 255]: with lo <= hi (a checked
+        // activation), clamping the bounds into [0, 255] first changes no result.
+        let (lo, hi) = act.bounds(p);
+        let (lo, hi) = (lo.clamp(0, 255) as u8, hi.clamp(0, 255) as u8);
+        par_elementwise(out, |i0, o| {
+            // SAFETY: AVX2 detected; the chunk lies inside x.
+            unsafe { super::avx2::clamp_u8(&x[i0..i0 + o.len()], lo, hi, o) };
+        });
+        return Ok(());
+    }
+    let _ = isa;
+    reference::qclamp(act, p, x, out)
+}
+
+/// [`reference::qclamp`], dispatched.
+pub fn qclamp(act: Activation, p: &QParams, x: &[u8], out: &mut [u8]) -> Result<(), KernelError> {
+    qclamp_with(detected(), act, p, x, out)
+}
+
+/// [`reference::qconcat_channels`] on `isa`'s kernels (the reference's checks first).
+pub fn qconcat_channels_with(isa: Isa, p: &QConcat, inputs: &[&[u8]], out: &mut [u8]) -> Result<(), KernelError> {
+    check_len("inputs", p.parts.len(), inputs.len())?;
+    let total = p.out_channels();
+    check_len("output", p.outer * total, out.len())?;
+    for (part, x) in p.parts.iter().zip(inputs) {
+        check_len("concat input", p.outer * part.channels, x.len())?;
+        check_zp_u8("concat input", part.input_zero_point)?;
+        check_range_u8("output", part.requant.qmin, part.requant.qmax)?;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if supported(isa) == Isa::Avx2 {
+        let mut c0 = 0;
+        for (part, x) in p.parts.iter().zip(inputs) {
+            // SAFETY: AVX2 detected; lengths and parameters checked above.
+            unsafe { super::avx2::concat_part(&part.requant, part.input_zero_point, x, part.channels, out, total, c0) };
+            c0 += part.channels;
+        }
+        return Ok(());
+    }
+    let _ = isa;
+    reference::qconcat_channels(p, inputs, out)
+}
+
+/// [`reference::qconcat_channels`], dispatched.
+pub fn qconcat_channels(p: &QConcat, inputs: &[&[u8]], out: &mut [u8]) -> Result<(), KernelError> {
+    qconcat_channels_with(detected(), p, inputs, out)
 }
