@@ -69,8 +69,8 @@ qat_epochs=$(sed -n 's/.*: \([0-9]*\) epoch(s).*/\1/p' "$out/qat.log" | head -n 
 echo
 echo "fashion_cnn on Fashion-MNIST (10,000 test images)"
 printf '%-10s %9s  %s\n' model accuracy time
-printf '%-10s %8s%%  %ss training (%s epochs, %s)\n' FP32 "$fp32" "$(secs "$t0" "$t1")" "$epochs" "$device"
+printf '%-10s %8s%%  %ss training (epochs: %s, %s)\n' FP32 "$fp32" "$(secs "$t0" "$t1")" "$epochs" "$device"
 printf '%-10s %8s%%  %ss compile + calibration, %ss evaluation; %s ms per 10,000-image batch\n' \
   INT8-PTQ "$ptq" "$(secs "$t1" "$t2")" "$(secs "$t2" "$t3")" "$ms"
-printf '%-10s %8s%%  %ss QAT (%s epochs, %s), %ss convert, %ss evaluation\n' \
+printf '%-10s %8s%%  %ss QAT (epochs: %s, %s), %ss convert, %ss evaluation\n' \
   INT8-QAT "$qat" "$(secs "$t3" "$t4")" "$qat_epochs" "$device" "$(secs "$t4" "$t5")" "$(secs "$t5" "$t6")"
