@@ -551,22 +551,33 @@ mod imp {
             if s.learnable {
                 return self.learnable_fake_quant(s, x, consts, observer_on);
             }
-            x.f_fused_moving_avg_obs_fake_quant(
-                observer_on,
-                &consts[s.fake_quant_enabled],
-                &consts[s.min_val],
-                &consts[s.max_val],
-                &consts[s.scale],
-                &consts[s.zero_point],
-                s.averaging_constant,
-                s.quant_min,
-                s.quant_max,
-                if s.per_channel { 0 } else { -1 },
-                s.per_channel,
-                s.symmetric,
-            )
-            .map_err(err)
+            fused_fake_quant(s, x, consts, observer_on, &consts[s.fake_quant_enabled])
         }
+    }
+
+    /// libtorch's `fused_moving_avg_obs_fake_quant` on a site's state (updated in place).
+    fn fused_fake_quant(
+        s: &FakeQuantSite,
+        x: &tch::Tensor,
+        consts: &[tch::Tensor],
+        observer_on: &tch::Tensor,
+        fake_quant_on: &tch::Tensor,
+    ) -> Result<tch::Tensor, TorchError> {
+        x.f_fused_moving_avg_obs_fake_quant(
+            observer_on,
+            fake_quant_on,
+            &consts[s.min_val],
+            &consts[s.max_val],
+            &consts[s.scale],
+            &consts[s.zero_point],
+            s.averaging_constant,
+            s.quant_min,
+            s.quant_max,
+            if s.per_channel { 0 } else { -1 },
+            s.per_channel,
+            s.symmetric,
+        )
+        .map_err(err)
     }
 
     impl QatPass<'_> {
@@ -587,25 +598,7 @@ mod imp {
                     // The fused op computes scale and zero point only with fake quantization on
                     // (its output, on the detached input, is dropped).
                     let on = observer_on.f_ones_like().map_err(err)?;
-                    let _ = x
-                        .f_detach()
-                        .and_then(|d| {
-                            d.f_fused_moving_avg_obs_fake_quant(
-                                observer_on,
-                                &on,
-                                &consts[s.min_val],
-                                &consts[s.max_val],
-                                &consts[s.scale],
-                                &consts[s.zero_point],
-                                s.averaging_constant,
-                                s.quant_min,
-                                s.quant_max,
-                                if s.per_channel { 0 } else { -1 },
-                                s.per_channel,
-                                s.symmetric,
-                            )
-                        })
-                        .map_err(err)?;
+                    let _ = fused_fake_quant(s, &x.f_detach().map_err(err)?, consts, observer_on, &on)?;
                 } else {
                     let _ = consts[s.scale]
                         .shallow_clone()
