@@ -149,7 +149,8 @@ enum Command {
         #[arg(long, value_enum, default_value_t = crate::run::RunDevice::Cpu)]
         device: crate::run::RunDevice,
     },
-    /// Train the model's float weights with the recipe's `train` section (libtorch).
+    /// Train the model with libtorch: float weights with the recipe's `train` section, or, with
+    /// `--qat`, quantization-aware fine-tuning with its `qat` section.
     Train(crate::train::TrainArgs),
     /// Show the execution backends this build has (qc's own CPU code, libtorch, CUDA).
     #[command(after_help = "Example:\n  qc backends")]
