@@ -492,18 +492,12 @@ pub enum CalibrationDevice {
 impl CalibrationDevice {
     fn resolve(self) -> Result<Option<qc_runtime::torch::Device>, String> {
         use crate::train::DeviceArg;
-        let torch = |d: DeviceArg| -> Result<Option<qc_runtime::torch::Device>, String> {
-            if !qc_runtime::torch::COMPILED {
-                return Err("this qc was built without libtorch".into());
-            }
-            d.resolve().map(Some)
-        };
         match self {
             CalibrationDevice::Reference => Ok(None),
             CalibrationDevice::Auto if !qc_runtime::torch::COMPILED => Ok(None),
-            CalibrationDevice::Auto => torch(DeviceArg::Auto),
-            CalibrationDevice::Cpu => torch(DeviceArg::Cpu),
-            CalibrationDevice::Cuda => torch(DeviceArg::Cuda),
+            CalibrationDevice::Auto => DeviceArg::Auto.resolve().map(Some),
+            CalibrationDevice::Cpu => DeviceArg::Cpu.resolve().map(Some),
+            CalibrationDevice::Cuda => DeviceArg::Cuda.resolve().map(Some),
         }
     }
 }

@@ -27,15 +27,13 @@ pub enum RunDevice {
 impl RunDevice {
     /// The libtorch device to run on, `None` for qc's own kernels, or why it cannot be used.
     fn resolve(self) -> Result<Option<torch::Device>, String> {
-        let cuda = torch::info().map(|i| i.cuda_available).unwrap_or(false);
+        use crate::train::DeviceArg;
         match self {
             RunDevice::Cpu => Ok(None),
-            RunDevice::Auto if cuda => Ok(Some(torch::Device::Cuda)),
-            RunDevice::Auto => Ok(None),
-            _ if !torch::COMPILED => Err("this qc was built without libtorch".into()),
-            RunDevice::TorchCpu => Ok(Some(torch::Device::Cpu)),
-            RunDevice::Cuda if cuda => Ok(Some(torch::Device::Cuda)),
-            RunDevice::Cuda => Err("`--device cuda`: libtorch sees no CUDA device on this machine".into()),
+            // libtorch only for a GPU; on the CPU qc's own kernels are the faster path.
+            RunDevice::Auto => Ok(DeviceArg::Auto.resolve().ok().filter(|d| *d == torch::Device::Cuda)),
+            RunDevice::TorchCpu => DeviceArg::Cpu.resolve().map(Some),
+            RunDevice::Cuda => DeviceArg::Cuda.resolve().map(Some),
         }
     }
 }

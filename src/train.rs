@@ -33,7 +33,11 @@ pub enum DeviceArg {
 
 impl DeviceArg {
     /// The device, or why it cannot be used.
+    /// Every command's `--device` choice of a libtorch device goes through here.
     pub fn resolve(self) -> Result<torch::Device, String> {
+        if !torch::COMPILED {
+            return Err("this qc was built without libtorch".into());
+        }
         let cuda = torch::info().map(|i| i.cuda_available).unwrap_or(false);
         match self {
             DeviceArg::Cpu => Ok(torch::Device::Cpu),

@@ -98,15 +98,7 @@ impl Executor {
     pub fn with_isa(program: Program, isa: Isa) -> Result<Executor, ProgramError> {
         validate(&program)?;
         let prepared = prepare(&program, isa)?;
-        let mut last_use = vec![None; program.values.len()];
-        for (i, step) in program.steps.iter().enumerate() {
-            for &v in &step.inputs {
-                last_use[v] = Some(i);
-            }
-        }
-        for &v in &program.outputs {
-            last_use[v] = None;
-        }
+        let last_use = program.last_uses();
         Ok(Executor {
             program,
             prepared,

@@ -454,6 +454,21 @@ impl Program {
         Ok(())
     }
 
+    /// Per value, the index of the last step that reads it (`None` for outputs and for values no
+    /// step reads): where an executor may free it.
+    pub fn last_uses(&self) -> Vec<Option<usize>> {
+        let mut last_use = vec![None; self.values.len()];
+        for (i, step) in self.steps.iter().enumerate() {
+            for &v in &step.inputs {
+                last_use[v] = Some(i);
+            }
+        }
+        for &v in &self.outputs {
+            last_use[v] = None;
+        }
+        last_use
+    }
+
     /// The name of value `id`, `?` when out of range (for messages about malformed programs).
     pub fn value_name(&self, id: ValueId) -> &str {
         self.values.get(id).map_or("?", |v| v.name.as_str())

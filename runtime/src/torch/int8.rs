@@ -258,15 +258,7 @@ impl Int8Session {
             .iter()
             .map(|step| prepare(&program, step, dev).map_err(|m| step_error(&program, step, m)))
             .collect::<Result<_, _>>()?;
-        let mut last_use = vec![None; program.values.len()];
-        for (i, step) in program.steps.iter().enumerate() {
-            for &v in &step.inputs {
-                last_use[v] = Some(i);
-            }
-        }
-        for &v in &program.outputs {
-            last_use[v] = None;
-        }
+        let last_use = program.last_uses();
         Ok(Int8Session {
             program,
             device: dev,
