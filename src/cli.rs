@@ -490,11 +490,11 @@ pub enum CalibrationDevice {
 }
 
 impl CalibrationDevice {
-    fn resolve(self) -> Result<Option<qc_runtime::torch::Device>, String> {
+    fn resolve(self) -> Result<Option<qc_runtime::program::Device>, String> {
         use crate::train::DeviceArg;
         match self {
             CalibrationDevice::Reference => Ok(None),
-            CalibrationDevice::Auto if !qc_runtime::torch::COMPILED => Ok(None),
+            CalibrationDevice::Auto if !qc_runtime_host::torch::COMPILED => Ok(None),
             CalibrationDevice::Auto => DeviceArg::Auto.resolve().map(Some),
             CalibrationDevice::Cpu => DeviceArg::Cpu.resolve().map(Some),
             CalibrationDevice::Cuda => DeviceArg::Cuda.resolve().map(Some),
@@ -750,7 +750,7 @@ fn print_fates(float: &Module, later: &Module) {
 
 fn backends() -> i32 {
     println!("cpu    qc's own code (reference interpreter; int8 kernels): always available");
-    match qc_runtime::torch::info() {
+    match qc_runtime_host::torch::info() {
         Ok(info) => {
             println!("torch  libtorch {} (tch): available", info.version);
             if info.cuda_available {

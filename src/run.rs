@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use qc_runtime::model::Model;
-use qc_runtime::torch;
+use qc_runtime::program::Device;
 use qc_runtime::{Tensor, TensorData};
+use qc_runtime_host::torch;
 
 const EXIT_USER: i32 = 1;
 
@@ -26,12 +27,12 @@ pub enum RunDevice {
 
 impl RunDevice {
     /// The libtorch device to run on, `None` for qc's own kernels, or why it cannot be used.
-    fn resolve(self) -> Result<Option<torch::Device>, String> {
+    fn resolve(self) -> Result<Option<Device>, String> {
         use crate::train::DeviceArg;
         match self {
             RunDevice::Cpu => Ok(None),
             // libtorch only for a GPU; on the CPU qc's own kernels are the faster path.
-            RunDevice::Auto => Ok(DeviceArg::Auto.resolve().ok().filter(|d| *d == torch::Device::Cuda)),
+            RunDevice::Auto => Ok(DeviceArg::Auto.resolve().ok().filter(|d| *d == Device::Cuda)),
             RunDevice::TorchCpu => DeviceArg::Cpu.resolve().map(Some),
             RunDevice::Cuda => DeviceArg::Cuda.resolve().map(Some),
         }
@@ -131,8 +132,8 @@ pub fn run(args: RunArgs) -> i32 {
                     println!(
                         "device: {} through libtorch (int8 steps with integer GEMMs, bit-exact with `--device cpu`)",
                         match device {
-                            torch::Device::Cpu => "cpu",
-                            torch::Device::Cuda => "cuda",
+                            Device::Cpu => "cpu",
+                            Device::Cuda => "cuda",
                         }
                     );
                     Runner::Torch(&model, Box::new(s))
@@ -259,10 +260,10 @@ fn print_profile(model: &Model, times: &[std::time::Duration]) {
 /// name. `u8` arrays are taken as images and scaled to `[0, 1]`.
 fn read_inputs(model: &Model, paths: &[PathBuf]) -> Result<Vec<Tensor>, String> {
     let specs = &model.meta().inputs;
-    let all = |a: &qc_runtime::data::Array| a.batch_f32(0, a.samples());
+    let all = |a: &qc_runtime_host::data::Array| a.batch_f32(0, a.samples());
     if let [one] = paths {
         if one.extension().is_some_and(|e| e == "npz") {
-            let arrays = qc_runtime::data::read_npz(one).map_err(|e| e.to_string())?;
+            let arrays = qc_runtime_host::data::read_npz(one).map_err(|e| e.to_string())?;
             return specs
                 .iter()
                 .map(|s| {
@@ -304,15 +305,15 @@ fn read_inputs(model: &Model, paths: &[PathBuf]) -> Result<Vec<Tensor>, String> 
 }
 
 /// A `.npy` array, or an IDX file (`*-ubyte`, optionally `.gz`).
-fn read_array(p: &Path) -> Result<qc_runtime::data::Array, String> {
+fn read_array(p: &Path) -> Result<qc_runtime_host::data::Array, String> {
     let name = p
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     if name.contains("-ubyte") {
-        qc_runtime::data::read_idx(p).map_err(|e| e.to_string())
+        qc_runtime_host::data::read_idx(p).map_err(|e| e.to_string())
     } else {
-        qc_runtime::data::read_npy(p).map_err(|e| e.to_string())
+        qc_runtime_host::data::read_npy(p).map_err(|e| e.to_string())
     }
 }
 
@@ -320,9 +321,9 @@ fn read_array(p: &Path) -> Result<qc_runtime::data::Array, String> {
 fn accuracy(path: &Path, logits: &Tensor) -> Result<(usize, usize), String> {
     let labels = read_array(path)?;
     let labels: Vec<i64> = match &labels.data {
-        qc_runtime::data::ArrayData::U8(v) => v.iter().map(|&x| x as i64).collect(),
-        qc_runtime::data::ArrayData::F32(v) => v.iter().map(|&x| x as i64).collect(),
-        qc_runtime::data::ArrayData::F64(v) => v.iter().map(|&x| x as i64).collect(),
+        qc_runtime_host::data::ArrayData::U8(v) => v.iter().map(|&x| x as i64).collect(),
+        qc_runtime_host::data::ArrayData::F32(v) => v.iter().map(|&x| x as i64).collect(),
+        qc_runtime_host::data::ArrayData::F64(v) => v.iter().map(|&x| x as i64).collect(),
     };
     let TensorData::F32(v) = &logits.data else {
         return Err("the first output is not f32 logits".into());
@@ -392,7 +393,7 @@ fn write_outputs(path: &Path, outputs: &[Tensor]) -> std::io::Result<()> {
                 .unwrap_or_default();
             path.with_file_name(format!("{stem}.{i}.npy"))
         };
-        qc_runtime::fsutil::write_atomic(&target, &qc_runtime::data::npy_f32_bytes(&out.shape, v))?;
+        qc_runtime::fsutil::write_atomic(&target, &qc_runtime_host::data::npy_f32_bytes(&out.shape, v))?;
     }
     Ok(())
 }

@@ -13,12 +13,13 @@ use qc_compiler::ir::{Module, Stage};
 use qc_compiler::{CompileError, RunOptions};
 use qc_dsl::sections::{DataSource, Optimizer, Schedule, Split, TrainSettings};
 use qc_dsl::Diagnostic;
-use qc_runtime::data::{self, Array, ArrayData};
-use qc_runtime::torch::{
+use qc_runtime::program::Device;
+use qc_runtime::{Tensor, TensorData};
+use qc_runtime_host::data::{self, Array, ArrayData};
+use qc_runtime_host::torch::{
     self, EpochStats, LabeledData, LrSchedule, QatTraining, StepProgress, TorchError, TrainConfig, TrainHooks,
     TrainState,
 };
-use qc_runtime::{Tensor, TensorData};
 
 const EXIT_USER: i32 = 1;
 
@@ -34,16 +35,16 @@ pub enum DeviceArg {
 impl DeviceArg {
     /// The device, or why it cannot be used.
     /// Every command's `--device` choice of a libtorch device goes through here.
-    pub fn resolve(self) -> Result<torch::Device, String> {
+    pub fn resolve(self) -> Result<Device, String> {
         if !torch::COMPILED {
             return Err("this qc was built without libtorch".into());
         }
         let cuda = torch::info().map(|i| i.cuda_available).unwrap_or(false);
         match self {
-            DeviceArg::Cpu => Ok(torch::Device::Cpu),
-            DeviceArg::Auto if cuda => Ok(torch::Device::Cuda),
-            DeviceArg::Auto => Ok(torch::Device::Cpu),
-            DeviceArg::Cuda if cuda => Ok(torch::Device::Cuda),
+            DeviceArg::Cpu => Ok(Device::Cpu),
+            DeviceArg::Auto if cuda => Ok(Device::Cuda),
+            DeviceArg::Auto => Ok(Device::Cpu),
+            DeviceArg::Cuda if cuda => Ok(Device::Cuda),
             DeviceArg::Cuda => Err("`--device cuda`: libtorch sees no CUDA device on this machine".into()),
         }
     }
@@ -250,8 +251,8 @@ pub fn main(args: TrainArgs) -> i32 {
         config.lr,
         optimizer_text(&config.optimizer),
         match device {
-            torch::Device::Cpu => "libtorch CPU",
-            torch::Device::Cuda => "libtorch CUDA",
+            Device::Cpu => "libtorch CPU",
+            Device::Cuda => "libtorch CUDA",
         }
     );
     if let (Some(plan), Some((bn, obs))) = (&plan, freeze) {
@@ -547,7 +548,7 @@ fn config_of(s: &TrainSettings, epochs: Option<u64>, max_samples: Option<u64>) -
         normalize: s.normalize().map(|n| (n.mean, n.std)),
         max_samples: max_samples.or(s.limit()).map(|m| m as usize),
         threads: s.threads().map(|t| t as usize),
-        device: torch::Device::Cpu,
+        device: Device::Cpu,
     }
 }
 

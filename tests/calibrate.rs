@@ -34,7 +34,7 @@ fn compile(path: &Path) -> (Result<qc_compiler::Module, CompileError>, Vec<Stage
 /// Compiles, calibrating through libtorch on `device`, or on the reference interpreter (`None`).
 fn compile_on(
     path: &Path,
-    device: Option<qc_runtime::torch::Device>,
+    device: Option<qc_runtime::program::Device>,
 ) -> (Result<qc_compiler::Module, CompileError>, Vec<Stage>, qc_dsl::Loaded) {
     let loaded = qc_dsl::load(path).unwrap();
     let mut stages = vec![];
@@ -52,18 +52,18 @@ fn compile_on(
 
 #[test]
 fn a_nan_in_the_data_names_observer_batch_statistic_and_element() {
-    for device in [None, Some(qc_runtime::torch::Device::Cpu)] {
+    for device in [None, Some(qc_runtime::program::Device::Cpu)] {
         nan_in_the_data(device);
     }
 }
 
-fn nan_in_the_data(device: Option<qc_runtime::torch::Device>) {
+fn nan_in_the_data(device: Option<qc_runtime::program::Device>) {
     let dir = tempfile::tempdir().unwrap();
     let mut x: Vec<f32> = (0..4 * 784).map(|i| (i % 255) as f32 / 255.0).collect();
     x[784 + 3 * 28 + 3] = f32::NAN; // sample 1, pixel (3, 3)
     std::fs::write(
         dir.path().join("nan.npy"),
-        qc_runtime::data::npy_f32_bytes(&[4, 1, 28, 28], &x),
+        qc_runtime_host::data::npy_f32_bytes(&[4, 1, 28, 28], &x),
     )
     .unwrap();
     let recipe = fashion_cnn_with(dir.path(), Some("calibrate \"nan.npy\" batches: 2 batch_size: 2"));
@@ -142,7 +142,7 @@ fn calibration_through_libtorch_finds_the_reference_scales() {
         }
         out
     };
-    let (reference, torch) = (scales(None), scales(Some(qc_runtime::torch::Device::Cpu)));
+    let (reference, torch) = (scales(None), scales(Some(qc_runtime::program::Device::Cpu)));
     assert!(reference.len() >= 5, "{reference:?}");
     assert_eq!(reference.len(), torch.len());
     for ((n, s, z), (n2, s2, z2)) in reference.iter().zip(&torch) {

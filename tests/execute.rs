@@ -63,8 +63,8 @@ fn check_module(module: Module, batch: usize) {
     let program = qc_compiler::lower::lower_float(&module).expect("lowers");
     let inputs = random_inputs(&program, batch, 11);
     let reference = qc_runtime::interp::run(&program, &inputs).expect("interpreter runs");
-    let torch =
-        qc_runtime::torch::run_program(&program, &inputs, qc_runtime::torch::Device::Cpu).expect("libtorch runs");
+    let torch = qc_runtime_host::torch::run_program(&program, &inputs, qc_runtime::program::Device::Cpu)
+        .expect("libtorch runs");
     assert_eq!(reference.len(), torch.len());
     for (r, t) in reference.iter().zip(&torch) {
         assert_eq!(r.shape, t.shape, "{}", module.name);

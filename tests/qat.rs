@@ -10,9 +10,9 @@ use std::process::Command;
 
 use indexmap::IndexMap;
 use qc_compiler::ir::{Module, Stage};
-use qc_runtime::data::{Array, ArrayData};
-use qc_runtime::torch::{self, LabeledData, QatTraining, TrainConfig, TrainHooks};
 use qc_runtime::{Tensor, TensorData};
+use qc_runtime_host::data::{Array, ArrayData};
+use qc_runtime_host::torch::{self, LabeledData, QatTraining, TrainConfig, TrainHooks};
 
 const QC: &str = env!("CARGO_BIN_EXE_qc");
 
@@ -62,7 +62,13 @@ fn one_qat_step_matches_pytorch_eager_qat() {
     let x = fixture["x"].clone();
 
     // Evaluation: observers still, running statistics. Within one step of fc2's output scale.
-    let logits = torch::run_program_qat(&program, &plan, std::slice::from_ref(&x), torch::Device::Cpu).unwrap();
+    let logits = torch::run_program_qat(
+        &program,
+        &plan,
+        std::slice::from_ref(&x),
+        qc_runtime::program::Device::Cpu,
+    )
+    .unwrap();
     let step = f32s(&m.params["fc2.activation_post_process.scale"].value.clone().unwrap())[0];
     let (got, want) = (f32s(&logits[0]), f32s(&fixture["eval_logits"]));
     let exact = got.iter().zip(&want).filter(|(a, b)| (*a - *b).abs() <= 1e-5).count();
@@ -227,14 +233,20 @@ fn int8_agrees_with_fake_quant(d: &Path, rq: &Path, n: usize, learnable_scales: 
         model_path.to_str().unwrap(),
     ]));
     // Raw bytes / 255 for the .qmodel (it normalizes), normalized for the fake-quantized program.
-    let dir_fm = Path::new(qc_runtime::data::FASHION_MNIST_DIR);
-    let images = qc_runtime::data::read_idx_images(dir_fm, false).expect("Fashion-MNIST (make setup installs it)");
+    let dir_fm = Path::new(qc_runtime_host::data::FASHION_MNIST_DIR);
+    let images = qc_runtime_host::data::read_idx_images(dir_fm, false).expect("Fashion-MNIST (make setup installs it)");
     let raw = images.batch_f32(0, n);
     let (mean, std) = (0.2860f32, 0.3530f32);
     let x = Tensor::f32(raw.shape.clone(), f32s(&raw).iter().map(|v| (v - mean) / std).collect());
     let m = observed(rq);
     let (program, _, plan) = qc_compiler::lower::lower_qat(&m, learnable_scales).unwrap();
-    let fake = torch::run_program_qat(&program, &plan, std::slice::from_ref(&x), torch::Device::Cpu).unwrap();
+    let fake = torch::run_program_qat(
+        &program,
+        &plan,
+        std::slice::from_ref(&x),
+        qc_runtime::program::Device::Cpu,
+    )
+    .unwrap();
     let int8 = qc_runtime::model::Model::load(&model_path)
         .unwrap()
         .run(&[raw])
@@ -285,7 +297,7 @@ fn qat_on_nan_data_names_epoch_step_and_value_and_writes_nothing() {
     let mut x = vec![0.5f32; 64 * 784];
     x[70 * 7] = f32::NAN;
     let y: Vec<f32> = (0..64).map(|i| (i % 10) as f32).collect();
-    let npz = qc_runtime::data::npz_f32_bytes(&[("x", &[64, 1, 28, 28], &x), ("labels", &[64], &y)]);
+    let npz = qc_runtime_host::data::npz_f32_bytes(&[("x", &[64, 1, 28, 28], &x), ("labels", &[64], &y)]);
     std::fs::write(d.join("nan.npz"), npz).unwrap();
     let text = std::fs::read_to_string("examples/fashion_cnn.qrecipe")
         .unwrap()

@@ -8,9 +8,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use qc_runtime::program::Device;
 use qc_runtime::program::{Program, StepOp};
-use qc_runtime::torch::{self, Device, Int8Session};
 use qc_runtime::{SplitMix64, Tensor, TensorData};
+use qc_runtime_host::torch::{self, Int8Session};
 
 const EXAMPLES: &[&str] = &[
     "fashion_cnn",
@@ -136,7 +137,7 @@ fn model_and_input(dir: &Path) -> (PathBuf, PathBuf) {
     let x = inputs(&p, 3, 9).remove(0);
     let TensorData::F32(v) = &x.data else { unreachable!() };
     let input = dir.join("x.npy");
-    std::fs::write(&input, qc_runtime::data::npy_f32_bytes(&x.shape, v)).unwrap();
+    std::fs::write(&input, qc_runtime_host::data::npy_f32_bytes(&x.shape, v)).unwrap();
     (model, input)
 }
 

@@ -40,7 +40,7 @@ fn f32s(t: &Tensor) -> &[f32] {
 /// The first `n` Fashion-MNIST test images, `[n, 1, 28, 28]` in [0, 1].
 fn test_images(n: usize) -> Tensor {
     let dir = Path::new("/usr/share/datasets/fashion-mnist");
-    let images = qc_runtime::data::read_idx_images(dir, false).expect("make setup installs Fashion-MNIST");
+    let images = qc_runtime_host::data::read_idx_images(dir, false).expect("make setup installs Fashion-MNIST");
     let t = images.batch_f32(0, n);
     Tensor::f32(vec![n, 1, 28, 28], f32s(&t).to_vec())
 }
@@ -62,7 +62,11 @@ fn compile_writes_a_model_that_qc_run_runs() {
 
     let images = test_images(16);
     let input = dir.path().join("x.npy");
-    std::fs::write(&input, qc_runtime::data::npy_f32_bytes(&images.shape, f32s(&images))).unwrap();
+    std::fs::write(
+        &input,
+        qc_runtime_host::data::npy_f32_bytes(&images.shape, f32s(&images)),
+    )
+    .unwrap();
     let output = dir.path().join("y.npy");
     let out = qc()
         .arg("run")
@@ -84,7 +88,7 @@ fn compile_writes_a_model_that_qc_run_runs() {
         "{stdout}"
     );
 
-    let written = qc_runtime::data::read_npy(&output).unwrap().batch_f32(0, 16);
+    let written = qc_runtime_host::data::read_npy(&output).unwrap().batch_f32(0, 16);
     let model = Model::load(&model_path).unwrap();
     // The recipe's `normalize` travels in the artifact; `run` applies it to raw samples.
     let n = model.meta().input_normalize.expect("fashion_cnn declares normalize");

@@ -5,9 +5,9 @@
 use std::path::Path;
 
 use qc_compiler::ir::{Module, Provenance, Stage};
-use qc_runtime::data::{self, Array, ArrayData};
-use qc_runtime::torch::{self, LabeledData, TorchError, TrainConfig};
 use qc_runtime::{SplitMix64, Tensor, TensorData};
+use qc_runtime_host::data::{self, Array, ArrayData};
+use qc_runtime_host::torch::{self, LabeledData, TorchError, TrainConfig};
 
 fn float_module(example: &str) -> Module {
     let loaded = qc_dsl::load(&Path::new("examples").join(format!("{example}.qrecipe"))).unwrap();
@@ -84,7 +84,7 @@ fn torch_forward_matches_the_interpreter_within_1e_4() {
     let n = 4 * 28 * 28;
     let x = Tensor::f32(vec![4, 1, 28, 28], (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect());
     let reference = qc_runtime::interp::run(&program, std::slice::from_ref(&x)).unwrap();
-    let got = torch::run_program(&program, &[x], torch::Device::Cpu).unwrap();
+    let got = torch::run_program(&program, &[x], qc_runtime::program::Device::Cpu).unwrap();
     let (r, t) = (reference[0].as_f32().unwrap(), got[0].as_f32().unwrap());
     let scale = r.iter().fold(0.0f32, |a, b| a.max(b.abs()));
     let worst = r.iter().zip(t).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);

@@ -25,12 +25,13 @@ use std::path::{Path, PathBuf};
 
 use qc_dsl::sections::{Calibration, DataSource, Observer, QuantizeSettings, Split};
 use qc_dsl::{Diagnostic, Span};
-use qc_runtime::data::{self, Array, DataError};
-use qc_runtime::observe::{ObserveError, Observed, ObserverKind, ObserverState};
+use qc_runtime::program::Device;
 use qc_runtime::program::RunError;
 use qc_runtime::quant::{QParams, QRange};
-use qc_runtime::torch::{Device, TorchError};
 use qc_runtime::{SplitMix64, Tensor, TensorData};
+use qc_runtime_host::data::{self, Array, DataError};
+use qc_runtime_host::observe::{ObserveError, Observed, ObserverKind, ObserverState};
+use qc_runtime_host::torch::TorchError;
 
 use crate::ir::{Module, NodeId, ParamQuant, Provenance};
 use crate::ops::{Op, QSpec};
@@ -519,7 +520,7 @@ fn run_observers(
     let watch: Vec<usize> = by_value.keys().copied().collect();
     let session = match device {
         Some(d) => Some(
-            qc_runtime::torch::Session::new(program.clone(), d).map_err(|e| PassError::Internal {
+            qc_runtime_host::torch::Session::new(program.clone(), d).map_err(|e| PassError::Internal {
                 pass: "calibrate".into(),
                 message: format!("cannot run the observed model through libtorch: {e}"),
             })?,

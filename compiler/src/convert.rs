@@ -18,9 +18,9 @@ use std::collections::HashMap;
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 use qc_dsl::Diagnostic;
-use qc_runtime::observe::{qparams_for_range, ObserverKind, ObserverState};
 use qc_runtime::quant::{QParams, QRange};
 use qc_runtime::{DType, Tensor, TensorData};
+use qc_runtime_host::observe::{qparams_for_range, ObserverKind, ObserverState};
 
 use crate::ir::{Graph, Module, Node, NodeId, Param, ParamQuant, Provenance};
 use crate::ops::{Conv, Linear, Op, QSpec, WeightQuant};

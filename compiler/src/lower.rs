@@ -9,8 +9,8 @@ use std::collections::HashMap;
 
 use qc_runtime::kernels::Activation;
 use qc_runtime::program::{from_torch_order, FloatOp, Layout, Program, QuantOp, Step, StepOp, ValueInfo, Window};
+use qc_runtime::program::{FakeQuantAt, FakeQuantSite, QatPlan};
 use qc_runtime::quant::{quantize_bias, QParams, QRange};
-use qc_runtime::torch::{FakeQuantAt, FakeQuantSite, QatPlan};
 use qc_runtime::{DType, Tensor, TensorData};
 
 use crate::ir::{Module, NodeId, ParamQuant, Stage};

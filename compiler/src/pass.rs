@@ -104,7 +104,7 @@ pub struct RunOptions {
     /// Where calibration runs the observed model: through libtorch on this device, or, with
     /// `None`, on the reference interpreter (f64 accumulation, the same result on every machine;
     /// what tests and snapshots use).
-    pub calibration_device: Option<qc_runtime::torch::Device>,
+    pub calibration_device: Option<qc_runtime::program::Device>,
 }
 
 /// Runs stages in order, calling `on_stage` with the module after each stage and `on_print` with

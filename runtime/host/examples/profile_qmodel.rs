@@ -7,7 +7,7 @@ use std::path::Path;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let model = qc_runtime::model::Model::load(Path::new(&args[1])).expect("model");
-    let x = qc_runtime::data::read_npy(Path::new(&args[2])).expect("input");
+    let x = qc_runtime_host::data::read_npy(Path::new(&args[2])).expect("input");
     let runs: usize = args.get(3).map_or(50, |s| s.parse().expect("runs"));
     let input = x.batch_f32(0, x.samples());
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();

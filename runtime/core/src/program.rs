@@ -5,6 +5,12 @@
 
 use serde::{Deserialize, Serialize};
 
+mod device;
+mod qat;
+
+pub use device::Device;
+pub use qat::{FakeQuantAt, FakeQuantSite, QatPlan};
+
 use crate::kernels::{Activation, KernelError};
 use crate::quant::QParams;
 use crate::tensor::{DType, Tensor};

@@ -10,7 +10,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::tensor::Tensor;
+use qc_runtime::tensor::Tensor;
 
 /// The most elements one array may hold (2^34, the compiler's tensor limit).
 pub const MAX_ELEMENTS: usize = 1 << 34;

@@ -88,7 +88,7 @@
 //! than a factor `1 + 2^-10` (an eighth of an int8 step), independent of batch order and of
 //! outliers; memory grows with the span of magnitudes seen (at most 2 MiB).
 
-use crate::quant::{qparams_affine, qparams_symmetric, QParams, QRange, QuantError};
+use qc_runtime::quant::{qparams_affine, qparams_symmetric, QParams, QRange, QuantError};
 
 /// Bins that [`ObserverState::range`] assumes for the histogram search: `2^8`, as PyTorch's 8-bit dtypes.
 pub const DEFAULT_LEVELS: u32 = 256;
@@ -944,8 +944,8 @@ impl ObserverState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::{pow2_scale, SCALE_EPS};
-    use crate::tensor::SplitMix64;
+    use qc_runtime::quant::{pow2_scale, SCALE_EPS};
+    use qc_runtime::tensor::SplitMix64;
 
     fn state(kind: ObserverKind) -> ObserverState {
         ObserverState::per_tensor(kind).unwrap()

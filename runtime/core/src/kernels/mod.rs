@@ -358,7 +358,7 @@ impl Conv2dGeom {
 /// Checks the per-output-channel epilogue shared by conv and linear: `requant.len() == channels`,
 /// u8 outputs, bias length, and [`quant::accumulator_fits`](crate::quant::accumulator_fits) for
 /// `k` terms of u8 (any zero point) × i8 plus each channel's bias.
-pub(crate) fn check_epilogue(
+pub fn check_epilogue(
     channels: usize,
     k: usize,
     input_zero_point: i32,

@@ -1,5 +1,5 @@
 //! CUDA int8 through libtorch: a lowered program's int8 steps (and its float steps) on libtorch
-//! tensors, on CUDA or the CPU, computing exactly what `crate::exec` computes: every int8 value
+//! tensors, on CUDA or the CPU, computing exactly what `qc_runtime::exec` computes: every int8 value
 //! equals the CPU executor's bit for bit. Part of the `torch` module (tch types stay inside it);
 //! built only with the `torch` feature. Design and exactness arguments: docs/numerics.md, section
 //! "CUDA int8 through libtorch".
@@ -12,12 +12,13 @@
 
 use tch::{Kind, Tensor as TT};
 
-use super::imp::{float_step, from_tch, tch_device, to_tch};
+use super::forward::float_step;
+use super::tensors::{from_tch, tch_device, to_tch};
 use super::{Device, TorchError};
-use crate::kernels::{check_epilogue, requant_per_channel, Axis, ConcatPart, Conv2dGeom, Pool2dGeom};
-use crate::program::{FloatOp, Layout, Program, QuantOp, Step, StepOp, Window};
-use crate::quant::{QAdd, QParams, Requant};
-use crate::tensor::{DType, Tensor};
+use qc_runtime::kernels::{check_epilogue, requant_per_channel, Axis, ConcatPart, Conv2dGeom, Pool2dGeom};
+use qc_runtime::program::{FloatOp, Layout, Program, QuantOp, Step, StepOp, Window};
+use qc_runtime::quant::{QAdd, QParams, Requant};
+use qc_runtime::tensor::{DType, Tensor};
 
 fn err(e: tch::TchError) -> TorchError {
     TorchError::Torch(e.to_string())
@@ -226,7 +227,7 @@ enum Prepared {
 }
 
 /// A program with its constants and int8 parameters on a device, ready to run any number of
-/// batches (any batch size): [`Int8Session::run`] gives the bits `crate::exec::run` gives, for
+/// batches (any batch size): [`Int8Session::run`] gives the bits `qc_runtime::exec::run` gives, for
 /// every int8 value; float steps run on libtorch (as [`super::run_program`]), so values
 /// computed by float steps agree with the CPU's reference interpreter to float rounding only.
 pub struct Int8Session {
@@ -243,7 +244,7 @@ impl Int8Session {
     /// Validates `program` (as `Executor::new` does), derives the integer parameters with the
     /// CPU runtime's functions, and uploads weights and parameters to `device`.
     pub fn new(program: Program, device: Device) -> Result<Int8Session, TorchError> {
-        crate::validate::validate(&program).map_err(|e| TorchError::Torch(e.to_string()))?;
+        qc_runtime::validate::validate(&program).map_err(|e| TorchError::Torch(e.to_string()))?;
         let dev = tch_device(device)?;
         let consts = program
             .constants
@@ -297,7 +298,7 @@ impl Int8Session {
                 .map(|t| t.size().iter().map(|&d| d as usize).collect())
                 .collect();
             let shape_refs: Vec<&[usize]> = shapes.iter().map(|s| s.as_slice()).collect();
-            let out_shape = crate::validate::infer(p, step, &shape_refs).map_err(|m| step_error(p, step, m))?;
+            let out_shape = qc_runtime::validate::infer(p, step, &shape_refs).map_err(|m| step_error(p, step, m))?;
             let out = match &step.op {
                 StepOp::Float(op) => {
                     let out = self.float(op, &args)?;
@@ -424,7 +425,7 @@ fn prepare(p: &Program, step: &Step, dev: tch::Device) -> Result<Prepared, Strin
 fn prepare_weighted(
     p: &Program,
     step: &Step,
-    (weight, weight_scales, bias, act): (usize, usize, Option<usize>, crate::kernels::Activation),
+    (weight, weight_scales, bias, act): (usize, usize, Option<usize>, qc_runtime::kernels::Activation),
     groups: Option<usize>,
     dev: tch::Device,
 ) -> Result<Prepared, String> {
@@ -558,7 +559,7 @@ fn i64_tensor(v: &[i64], shape: &[i64], dev: tch::Device) -> Result<TT, TorchErr
         .map_err(err)
 }
 
-fn kernel_error(e: crate::kernels::KernelError) -> String {
+fn kernel_error(e: qc_runtime::kernels::KernelError) -> String {
     e.to_string()
 }
 
@@ -715,7 +716,7 @@ fn quant_step(
             let lift = |t: &TT, zp: i32, m: i32, sh: u32| -> Result<TT, TorchError> {
                 t.f_to_kind(Kind::Int64)
                     .and_then(|v| v.f_sub_scalar(zp as i64))
-                    .and_then(|v| v.f_mul_scalar(1i64 << crate::quant::QADD_LEFT_SHIFT))
+                    .and_then(|v| v.f_mul_scalar(1i64 << qc_runtime::quant::QADD_LEFT_SHIFT))
                     .and_then(|v| v.f_mul_scalar(m as i64))
                     .and_then(|v| v.f_add_scalar(1i64 << (sh - 1)))
                     .and_then(|v| v.f_bitwise_right_shift_tensor_scalar(sh as i64))

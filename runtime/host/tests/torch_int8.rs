@@ -8,14 +8,16 @@
 
 #![cfg(feature = "torch")]
 
+#[path = "../../core/tests/common/mod.rs"]
 mod common;
 
 use common::*;
 use qc_runtime::kernels::Activation;
+use qc_runtime::program::Device;
 use qc_runtime::program::{FloatOp, Layout, Program, QuantOp, Step, StepOp, ValueInfo};
 use qc_runtime::quant::{QParams, QRange};
-use qc_runtime::torch::{self, Device, Int8Session};
 use qc_runtime::{DType, Tensor, TensorData};
+use qc_runtime_host::torch::{self, Int8Session};
 
 const CL: Layout = Layout::ChannelsLast;
 const T: Layout = Layout::Torch;
