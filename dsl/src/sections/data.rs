@@ -22,6 +22,7 @@ pub(super) enum DataUse {
     TestData,
 }
 
+/// The `batches:`, `batch_size:` and `samples:` written for a calibration.
 #[derive(Default)]
 struct BatchArgs {
     batches: Option<Spanned<u64>>,

@@ -6,6 +6,10 @@
 //! of the recipe text that decided it, so that `qc plan` can say which line decided what. A
 //! setting that was not written is `None` (or, for the scheme, marked as defaulted); the
 //! documented defaults are applied by the `effective` accessors and by [`Scheme::defaults`].
+//!
+//! The typed settings are in `settings`; the checker, one file per sub-language, is in
+//! `quantize` (the `quantize` section), `data` (calibration and training data sources) and
+//! `train` (`train` and `qat` sections), with the reading of plain values in `values`.
 
 mod data;
 mod quantize;
