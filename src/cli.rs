@@ -1,5 +1,5 @@
-//! Command-line parsing (clap) and the commands. Exit codes: 0 success, 1 a user error (rendered
-//! with file:line:col, a caret and a help line), 2 bad command-line usage, 70 a compiler bug.
+//! Command-line parsing (clap) and the compile/inspect commands, each a thin call into the
+//! compiler's library functions. Exit codes are picked in `exit.rs`.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -10,8 +10,7 @@ use qc_compiler::ir::{Module, Provenance, Stage};
 use qc_compiler::{CompileError, RunOptions};
 use qc_dsl::{Diagnostic, SourceMap};
 
-const EXIT_USER: i32 = 1;
-const EXIT_BUG: i32 = 70;
+use crate::exit::{Failure, Outcome};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -167,13 +166,13 @@ fn stage_parser() -> clap::builder::PossibleValuesParser {
     clap::builder::PossibleValuesParser::new(Stage::ALL.map(|s| s.name()))
 }
 
-/// Runs the command line; returns the exit code.
-pub fn main() -> i32 {
+/// Runs the command line; says how it ended (`crate::exit` picks the code).
+pub fn main() -> Outcome {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { 2 } else { 0 };
+            return if e.use_stderr() { Err(Failure::Usage) } else { Ok(()) };
         }
     };
     match cli.command {
@@ -257,39 +256,37 @@ fn report(diags: &[Diagnostic], sources: &Arc<SourceMap>) {
     eprintln!("error: {n} problem{} found", if n == 1 { "" } else { "s" });
 }
 
-pub(crate) fn load(file: &Path) -> Result<qc_dsl::Loaded, i32> {
+pub(crate) fn load(file: &Path) -> Result<qc_dsl::Loaded, Failure> {
     qc_dsl::load(file).map_err(|e| {
         eprintln!("error: {e}");
         eprintln!("help: check the path; recipes are text files ending in .qrecipe");
-        EXIT_USER
+        Failure::User
     })
 }
 
-pub(crate) fn fail(err: CompileError, sources: &Arc<SourceMap>) -> i32 {
+/// Reports a compile error; says how the command failed.
+pub(crate) fn fail(err: CompileError, sources: &Arc<SourceMap>) -> Failure {
     match err {
         CompileError::User(diags) => {
             report(&diags, sources);
-            EXIT_USER
+            Failure::User
         }
         CompileError::Internal { pass, message } => {
             eprintln!("internal error: the verifier failed after pass `{pass}`: {message}");
             eprintln!("help: this is a bug in qc, not in your recipe; please report it with the recipe");
-            EXIT_BUG
+            Failure::Bug
         }
     }
 }
 
-fn check(file: &Path) -> i32 {
-    let loaded = match load(file) {
-        Ok(l) => l,
-        Err(code) => return code,
-    };
+fn check(file: &Path) -> Outcome {
+    let loaded = load(file)?;
     match qc_compiler::check(&loaded) {
         Ok(summary) => {
             println!("ok: {} — {summary}", file.display());
-            0
+            Ok(())
         }
-        Err(e) => fail(e, &loaded.sources),
+        Err(e) => Err(fail(e, &loaded.sources)),
     }
 }
 
@@ -304,19 +301,16 @@ fn compile(
     qat: bool,
     stats: bool,
     device: CalibrationDevice,
-) -> i32 {
+) -> Outcome {
     let calibration_device = match device.resolve() {
         Ok(d) => d,
         Err(e) => {
             eprintln!("error: {e}");
             eprintln!("help: `qc backends` shows what this build and machine have; `--device reference` needs neither");
-            return EXIT_USER;
+            return Err(Failure::User);
         }
     };
-    let loaded = match load(file) {
-        Ok(l) => l,
-        Err(code) => return code,
-    };
+    let loaded = load(file)?;
     let known = qc_compiler::pass_names();
     for p in &print_after {
         if !known.contains(&p.as_str()) && Stage::from_name(p).is_none() {
@@ -327,7 +321,7 @@ fn compile(
                 known.join(", "),
                 Stage::ALL.map(|s| s.name()).join(", ")
             );
-            return 2;
+            return Err(Failure::Usage);
         }
     }
     let last = qc_compiler::last_stage();
@@ -341,14 +335,14 @@ fn compile(
             eprintln!(
                 "help: this qc runs the stages up to `{last}`; drop -o and use --dump-ir to see them, or `qc keys` for the parameters"
             );
-            return EXIT_USER;
+            return Err(Failure::User);
         }
     }
     if let Some(dir) = dump_ir {
         if let Err(e) = std::fs::create_dir_all(dir) {
             eprintln!("error: cannot create the dump folder `{}`: {e}", dir.display());
             eprintln!("help: choose a folder you can write to");
-            return EXIT_USER;
+            return Err(Failure::User);
         }
     }
     if stop.is_some_and(|s| s > last) {
@@ -406,28 +400,28 @@ fn compile(
             if let Some(e) = write_error {
                 eprintln!("error: {e}");
                 eprintln!("help: check that the dump folder is writable");
-                return EXIT_USER;
+                return Err(Failure::User);
             }
             match output {
                 Some(out) => write_model(&module, &loaded, out),
-                None => 0,
+                None => Ok(()),
             }
         }
-        Err(e) => fail(e, &loaded.sources),
+        Err(e) => Err(fail(e, &loaded.sources)),
     }
 }
 
 /// Writes the lowered program of `module` as a `.qmodel` artifact (atomically), with the
 /// model's name, the stage, whether it was calibrated for accuracy and a hash of the recipe's
 /// sources.
-fn write_model(module: &Module, loaded: &qc_dsl::Loaded, out: &Path) -> i32 {
+fn write_model(module: &Module, loaded: &qc_dsl::Loaded, out: &Path) -> Outcome {
     let Some(program) = module.program.clone() else {
         eprintln!(
             "error: the compile stopped at `{}`, before a program was lowered",
             module.stage
         );
         eprintln!("help: drop --stop-after to write a compiled model");
-        return EXIT_USER;
+        return Err(Failure::User);
     };
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     for f in loaded.sources.files() {
@@ -467,12 +461,12 @@ fn write_model(module: &Module, loaded: &qc_dsl::Loaded, out: &Path) -> i32 {
                     module.calibration_note.as_deref().unwrap_or("no real data")
                 );
             }
-            0
+            Ok(())
         }
         Err(e) => {
             eprintln!("error: cannot write `{}`: {e}", out.display());
             eprintln!("help: check that the folder exists and is writable");
-            EXIT_USER
+            Err(Failure::User)
         }
     }
 }
@@ -514,25 +508,22 @@ fn progress(line: &str) {
     }
 }
 
-fn plan(file: &Path, format: KeysFormat) -> i32 {
-    let loaded = match load(file) {
-        Ok(l) => l,
-        Err(code) => return code,
-    };
+fn plan(file: &Path, format: KeysFormat) -> Outcome {
+    let loaded = load(file)?;
     match qc_compiler::plan(&loaded, &RunOptions::default()) {
         Ok((_, plan)) => {
             match format {
                 KeysFormat::Table => print!("{}", plan.table(&loaded.sources)),
                 KeysFormat::Tsv => print!("{}", plan.tsv(&loaded.sources)),
             }
-            0
+            Ok(())
         }
-        Err(e) => fail(e, &loaded.sources),
+        Err(e) => Err(fail(e, &loaded.sources)),
     }
 }
 
 /// Compiles a recipe up to `stage` (which must exist in this qc).
-fn module_at(file: &Path, stage: &str, qat: bool) -> Result<(Module, Arc<SourceMap>), i32> {
+fn module_at(file: &Path, stage: &str, qat: bool) -> Result<(Module, Arc<SourceMap>), Failure> {
     let loaded = load(file)?;
     let stage = Stage::from_name(stage).expect("clap checked the stage");
     stage_exists(stage)?;
@@ -547,7 +538,7 @@ fn module_at(file: &Path, stage: &str, qat: bool) -> Result<(Module, Arc<SourceM
     }
 }
 
-fn stage_exists(stage: Stage) -> Result<(), i32> {
+fn stage_exists(stage: Stage) -> Result<(), Failure> {
     let last = qc_compiler::last_stage();
     if stage > last {
         eprintln!("error: stage `{stage}` does not exist in this qc yet; it reaches `{last}`");
@@ -560,24 +551,21 @@ fn stage_exists(stage: Stage) -> Result<(), i32> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        return Err(EXIT_USER);
+        return Err(Failure::User);
     }
     Ok(())
 }
 
 /// `qc keys --check`: the checkpoint against the stage asked for; when it does not fit, the
 /// stage it does fit (if any) is named.
-fn check_keys(file: &Path, stage: &str, ckpt: &Path, qat: bool) -> i32 {
-    let (module, _) = match module_at(file, stage, qat) {
-        Ok(m) => m,
-        Err(code) => return code,
-    };
+fn check_keys(file: &Path, stage: &str, ckpt: &Path, qat: bool) -> Outcome {
+    let (module, _) = module_at(file, stage, qat)?;
     let entries = match qc_compiler::keys::read_entries(ckpt) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("error: {e}");
             eprintln!("help: qc reads .safetensors and PyTorch .pth files (torch.save(model.state_dict(), path))");
-            return EXIT_USER;
+            return Err(Failure::User);
         }
     };
     let problems = qc_compiler::keys::check(&module, &entries);
@@ -589,7 +577,7 @@ fn check_keys(file: &Path, stage: &str, ckpt: &Path, qat: bool) -> i32 {
             module.name,
             entries.len()
         );
-        return 0;
+        return Ok(());
     }
     for p in &problems {
         println!("{p}");
@@ -625,20 +613,17 @@ fn check_keys(file: &Path, stage: &str, ckpt: &Path, qat: bool) -> i32 {
             }
         }
     }
-    EXIT_USER
+    Err(Failure::User)
 }
 
-fn export_weights(file: &Path, stage: &str, output: &Path, qat: bool) -> i32 {
-    let (module, _) = match module_at(file, stage, qat) {
-        Ok(m) => m,
-        Err(code) => return code,
-    };
+fn export_weights(file: &Path, stage: &str, output: &Path, qat: bool) -> Outcome {
+    let (module, _) = module_at(file, stage, qat)?;
     let (tensors, meta) = match qc_compiler::keys::export(&module) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");
             eprintln!("help: export a stage from `float` on; `parsed` has no values");
-            return EXIT_USER;
+            return Err(Failure::User);
         }
     };
     match qc_compiler::checkpoint::write_safetensors_with_metadata(output, &tensors, Some(meta)) {
@@ -649,24 +634,21 @@ fn export_weights(file: &Path, stage: &str, output: &Path, qat: bool) -> i32 {
                 module.stage,
                 output.display()
             );
-            0
+            Ok(())
         }
         Err(e) => {
             eprintln!("error: {e}");
             eprintln!("help: check that the folder exists and is writable");
-            EXIT_USER
+            Err(Failure::User)
         }
     }
 }
 
-fn keys(file: &Path, stage: &str, format: KeysFormat, check: Option<&Path>, qat: bool) -> i32 {
+fn keys(file: &Path, stage: &str, format: KeysFormat, check: Option<&Path>, qat: bool) -> Outcome {
     if let Some(ckpt) = check {
         return check_keys(file, stage, ckpt, qat);
     }
-    let (module, _) = match module_at(file, stage, qat) {
-        Ok(m) => m,
-        Err(code) => return code,
-    };
+    let (module, _) = module_at(file, stage, qat)?;
     let rows: Vec<(String, String, String, String)> = module
         .params
         .iter()
@@ -702,15 +684,12 @@ fn keys(file: &Path, stage: &str, format: KeysFormat, check: Option<&Path>, qat:
                 module.name
             );
             if module.stage > Stage::Float {
-                let (float, _) = match module_at(file, "float", qat) {
-                    Ok(m) => m,
-                    Err(code) => return code,
-                };
+                let (float, _) = module_at(file, "float", qat)?;
                 print_fates(&float, &module);
             }
         }
     }
-    0
+    Ok(())
 }
 
 /// What became of each key of stage `float` at `later`'s stage, and what `later` added, with
@@ -748,7 +727,7 @@ fn print_fates(float: &Module, later: &Module) {
     }
 }
 
-fn backends() -> i32 {
+fn backends() -> Outcome {
     println!("cpu    qc's own code (reference interpreter; int8 kernels): always available");
     match qc_runtime_host::torch::info() {
         Ok(info) => {
@@ -765,5 +744,5 @@ fn backends() -> i32 {
             println!("       rebuild with the default features (`cargo build --release`) after `make setup`");
         }
     }
-    0
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! `qc`, the command line: check, compile and inspect `.qrecipe` files, and run compiled models.
 
 mod cli;
+mod exit;
 mod run;
 mod train;
 
@@ -14,11 +15,11 @@ fn main() {
     let code = std::thread::Builder::new()
         .name("qc".into())
         .stack_size(STACK_BYTES)
-        .spawn(cli::main)
-        .map(|h| h.join().unwrap_or(70))
+        .spawn(|| exit::code(cli::main()))
+        .map(|h| h.join().unwrap_or(exit::BUG))
         .unwrap_or_else(|e| {
             eprintln!("error: cannot start qc's main thread: {e}");
-            70
+            exit::BUG
         });
     std::process::exit(code);
 }
@@ -35,7 +36,7 @@ fn quiet_on_closed_stdout() {
             .or_else(|| payload.downcast_ref::<&str>().copied())
             .unwrap_or("");
         if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
-            std::process::exit(141);
+            std::process::exit(exit::CLOSED_PIPE);
         }
         default(info);
     }));

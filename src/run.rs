@@ -4,12 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::exit::{Failure, Outcome};
 use qc_runtime::model::Model;
 use qc_runtime::program::Device;
 use qc_runtime::{Tensor, TensorData};
 use qc_runtime_host::torch;
-
-const EXIT_USER: i32 = 1;
 
 /// Where `qc run` executes the model.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -69,13 +68,13 @@ pub struct RunArgs {
 }
 
 /// Runs the command; returns the exit code.
-pub fn run(args: RunArgs) -> i32 {
+pub fn run(args: RunArgs) -> Outcome {
     let model = match Model::load(&args.model) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("error: cannot load `{}`: {e}", args.model.display());
             eprintln!("help: write a model with `qc compile RECIPE -o model.qmodel`");
-            return EXIT_USER;
+            return Err(Failure::User);
         }
     };
     let meta = model.meta();
@@ -105,7 +104,7 @@ pub fn run(args: RunArgs) -> i32 {
                 "help: pass one --input .npy file per model input, in order ({}), or one .npz holding them by name",
                 wanted.join(", ")
             );
-            return EXIT_USER;
+            return Err(Failure::User);
         }
     };
     let pool = match rayon::ThreadPoolBuilder::new()
@@ -116,7 +115,7 @@ pub fn run(args: RunArgs) -> i32 {
         Err(e) => {
             eprintln!("error: cannot start {} threads: {e}", args.threads.unwrap_or(0));
             eprintln!("help: pass a smaller --threads");
-            return EXIT_USER;
+            return Err(Failure::User);
         }
     };
     let runner = match args.device.resolve() {
@@ -125,7 +124,7 @@ pub fn run(args: RunArgs) -> i32 {
             if args.profile {
                 eprintln!("error: `--profile` times qc's own kernels step by step");
                 eprintln!("help: drop `--profile`, or run with `--device cpu`");
-                return EXIT_USER;
+                return Err(Failure::User);
             }
             match torch::Int8Session::new(model.program().clone(), device) {
                 Ok(s) => {
@@ -141,7 +140,7 @@ pub fn run(args: RunArgs) -> i32 {
                 Err(e) => {
                     eprintln!("error: the model cannot run through libtorch: {e}");
                     eprintln!("help: run it on qc's own kernels with `--device cpu`");
-                    return EXIT_USER;
+                    return Err(Failure::User);
                 }
             }
         }
@@ -150,7 +149,7 @@ pub fn run(args: RunArgs) -> i32 {
             eprintln!(
                 "help: `--device cpu` runs qc's own kernels (the same bits); `qc backends` shows what this machine has"
             );
-            return EXIT_USER;
+            return Err(Failure::User);
         }
     };
     let outputs = match runner.run(&pool, &inputs) {
@@ -158,7 +157,7 @@ pub fn run(args: RunArgs) -> i32 {
         Err(e) => {
             eprintln!("error: the model failed: {e}");
             eprintln!("help: the model's inputs are {}", wanted.join(", "));
-            return EXIT_USER;
+            return Err(Failure::User);
         }
     };
     for (spec, out) in meta.outputs.iter().zip(&outputs) {
@@ -174,7 +173,7 @@ pub fn run(args: RunArgs) -> i32 {
             Err(message) => {
                 eprintln!("error: {message}");
                 eprintln!("help: --labels takes one class index per input sample (IDX labels or a .npy of integers)");
-                return EXIT_USER;
+                return Err(Failure::User);
             }
         }
     }
@@ -182,7 +181,7 @@ pub fn run(args: RunArgs) -> i32 {
         if let Err(e) = write_outputs(path, &outputs) {
             eprintln!("error: cannot write `{}`: {e}", path.display());
             eprintln!("help: check that the folder exists and is writable");
-            return EXIT_USER;
+            return Err(Failure::User);
         }
         println!("wrote {}", path.display());
     }
@@ -197,7 +196,7 @@ pub fn run(args: RunArgs) -> i32 {
             Err(e) => {
                 eprintln!("error: the model failed while profiling: {e}");
                 eprintln!("help: this is a bug if the first run succeeded; please report it");
-                return 70;
+                return Err(Failure::Bug);
             }
         }
     }
@@ -211,7 +210,7 @@ pub fn run(args: RunArgs) -> i32 {
             if let Err(e) = runner.run(&pool, &inputs) {
                 eprintln!("error: the model failed while benchmarking: {e}");
                 eprintln!("help: this is a bug if the first run succeeded; please report it");
-                return 70;
+                return Err(Failure::Bug);
             }
             if i >= warmup {
                 times.push(start.elapsed().as_secs_f64() * 1e3);
@@ -227,7 +226,7 @@ pub fn run(args: RunArgs) -> i32 {
             pool.current_num_threads()
         );
     }
-    0
+    Ok(())
 }
 
 /// Each step's share of one run, slowest first (the first 15), then the total.

@@ -21,6 +21,7 @@ pub mod printer;
 pub mod pth;
 pub mod rewrite;
 pub mod rules;
+pub mod training;
 pub mod types;
 pub mod verify;
 
