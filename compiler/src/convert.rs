@@ -22,6 +22,7 @@ use qc_runtime::observe::{qparams_for_range, ObserverKind, ObserverState};
 use qc_runtime::quant::{QParams, QRange};
 use qc_runtime::{DType, Tensor, TensorData};
 
+use crate::fold;
 use crate::ir::{Graph, Module, Node, NodeId, Param, ParamQuant, Provenance};
 use crate::ops::{Conv, Linear, Op, QSpec, WeightQuant};
 use crate::pass::{Changed, Ctx, Pass, PassError};
@@ -709,14 +710,13 @@ fn fold_kept_bn(
         .iter()
         .map(|r| get(&format!("{name}.{r}")))
         .collect::<Result<_, _>>()?;
-    let stats = crate::fold::BatchNorm::from_tensors(Some(&t[0]), Some(&t[1]), &t[2], &t[3], bn.eps)
-        .map_err(|e| e.to_string())?;
-    let folded = if matches!(node.op, Op::Linear(_)) {
-        crate::fold::fold_bn_into_linear(&w, b.as_ref(), &stats)
+    let layer = if matches!(node.op, Op::Linear(_)) {
+        fold::Layer::Linear
     } else {
-        crate::fold::fold_bn_into_conv(&w, b.as_ref(), &stats)
-    }
-    .map_err(|e| e.to_string())?;
+        fold::Layer::Conv
+    };
+    let folded =
+        fold::fold_stats(layer, &w, b.as_ref(), [&t[0], &t[1], &t[2], &t[3]], bn.eps).map_err(|e| e.to_string())?;
     let mut from: Vec<&str> = vec![&weight_key];
     if has_bias {
         from.push(&bias_key);
