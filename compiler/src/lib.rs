@@ -61,7 +61,10 @@ pub use pass::{PassError, RunOptions};
 /// The stages that exist, after `parsed`, with their passes.
 pub fn pipeline() -> Vec<pass::StageDef> {
     vec![
-        stage(Stage::Float, vec![Box::new(float::InferShapes), Box::new(float::BindWeights)]),
+        stage(
+            Stage::Float,
+            vec![Box::new(float::InferShapes), Box::new(float::BindWeights)],
+        ),
         stage(Stage::Fused, vec![Box::new(rewrite::Fuse)]),
         stage(Stage::Observed, vec![Box::new(observe::InsertObservers)]),
         stage(Stage::Calibrated, vec![Box::new(calibrate::Calibrate)]),

@@ -248,7 +248,9 @@ impl<'m> Lowering<'m> {
                 runtime_qparams(q).map_err(fail)?,
             ));
         } else {
-            self.program.values.push(ValueInfo::float(node.name.clone(), torch_shape));
+            self.program
+                .values
+                .push(ValueInfo::float(node.name.clone(), torch_shape));
         }
         Ok(value)
     }
@@ -391,9 +393,9 @@ impl<'m> Lowering<'m> {
             .into(),
             Op::Flatten { start_dim, end_dim } if integer => {
                 if norm(*start_dim, at.in_rank) != 1 || norm(*end_dim, at.in_rank) + 1 != at.in_rank {
-                    return Err(at.fail(
-                        "the int8 flatten is `flatten(start_dim: 1)`; keep other flattens in float".into(),
-                    ));
+                    return Err(
+                        at.fail("the int8 flatten is `flatten(start_dim: 1)`; keep other flattens in float".into())
+                    );
                 }
                 QuantOp::QFlatten.into()
             }
@@ -442,7 +444,11 @@ impl<'m> Lowering<'m> {
                     window: window(&c.kernel, &c.stride, &c.pad, &c.dilation, false),
                     groups: c.groups,
                     weight: self.float_param(at, "weight")?,
-                    bias: if c.bias { Some(self.float_param(at, "bias")?) } else { None },
+                    bias: if c.bias {
+                        Some(self.float_param(at, "bias")?)
+                    } else {
+                        None
+                    },
                 }
                 .into()
             }
@@ -450,7 +456,11 @@ impl<'m> Lowering<'m> {
                 self.fused_after(at, &l.bn, &l.act, then)?;
                 FloatOp::Linear {
                     weight: self.float_param(at, "weight")?,
-                    bias: if l.bias { Some(self.float_param(at, "bias")?) } else { None },
+                    bias: if l.bias {
+                        Some(self.float_param(at, "bias")?)
+                    } else {
+                        None
+                    },
                 }
                 .into()
             }
@@ -696,14 +706,7 @@ pub fn lower_with_keys(module: &Module) -> Result<(Program, Vec<Option<String>>)
 
 /// Records that constant `c` holds the parameter of `node` in `role`, when its value is that
 /// parameter's unchanged.
-fn set_key(
-    module: &Module,
-    node: &Node,
-    program: &Program,
-    keys: &mut [Option<String>],
-    c: usize,
-    role: &str,
-) {
+fn set_key(module: &Module, node: &Node, program: &Program, keys: &mut [Option<String>], c: usize, role: &str) {
     let Some((_, key)) = node.params.iter().find(|(r, _)| *r == role) else {
         return;
     };

@@ -19,7 +19,7 @@ use qc_dsl::ast::BinaryOp;
 use qc_dsl::sections::FuseOp;
 use qc_dsl::Diagnostic;
 
-use crate::fold::{self, key_of, bug, BN_ROLES};
+use crate::fold::{self, bug, key_of, BN_ROLES};
 use crate::ir::{Module, NodeId, Provenance};
 use crate::ops::{Act, Attr, BatchNorm, Op};
 use crate::pass::{Changed, Ctx, Pass, PassError};

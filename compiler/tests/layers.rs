@@ -24,7 +24,10 @@ fn floors(lib: &str) -> BTreeMap<String, usize> {
         };
         let names = cells.next().unwrap_or_default();
         for name in names.split('`').skip(1).step_by(2) {
-            assert!(out.insert(name.to_string(), floor).is_none(), "`{name}` has two floors in lib.rs");
+            assert!(
+                out.insert(name.to_string(), floor).is_none(),
+                "`{name}` has two floors in lib.rs"
+            );
         }
     }
     out
@@ -195,7 +198,10 @@ fn modules_import_only_lower_floors() {
     assert!(floors.len() > 10, "the floor table in lib.rs is missing: {floors:?}");
     for line in lib.lines() {
         if let Some(name) = line.strip_prefix("pub mod ").and_then(|l| l.strip_suffix(';')) {
-            assert!(floors.contains_key(name), "module `{name}` has no floor in lib.rs's table");
+            assert!(
+                floors.contains_key(name),
+                "module `{name}` has no floor in lib.rs's table"
+            );
         }
     }
     for name in floors.keys() {
@@ -259,7 +265,11 @@ fn modules_import_only_lower_floors() {
         }
     }
     assert!(checked >= floors.len(), "checked only {checked} files");
-    assert!(violations.is_empty(), "imports against the floors:\n{}", violations.join("\n"));
+    assert!(
+        violations.is_empty(),
+        "imports against the floors:\n{}",
+        violations.join("\n")
+    );
 }
 
 #[test]
@@ -272,6 +282,9 @@ fn the_scanner_sees_imports() {
     got.sort();
     assert_eq!(got, ["ir", "ops", "pass", "types"]);
     let sub = vec!["pth".to_string(), "zip".to_string()];
-    assert_eq!(imports("use super::PthError;\nuse super::super::ir::Node;\n", &sub), ["ir"]);
+    assert_eq!(
+        imports("use super::PthError;\nuse super::super::ir::Node;\n", &sub),
+        ["ir"]
+    );
     assert_eq!(imports("use super::ir;\n", &path), ["ir"]);
 }

@@ -198,4 +198,3 @@ fn fold_diagnostic(
         ),
     )
 }
-

@@ -468,33 +468,31 @@ fn to_f32s(v: &[f64]) -> Vec<f32> {
 }
 
 fn conv_strategy() -> impl Strategy<Value = Conv> {
-    (1usize..=3, 1usize..=2, 1usize..=3, 1usize..=3, 1usize..=2).prop_flat_map(
-        |(rank, groups, cin_g, cout_g, n)| {
-            let dims = prop::collection::vec((1usize..=3, 1usize..=2, 0usize..=1, 1usize..=2, 0usize..=3), rank);
-            dims.prop_map(move |dims| {
-                let mut g = Conv {
-                    n,
-                    cin: cin_g * groups,
-                    cout: cout_g * groups,
-                    groups,
-                    input: vec![],
-                    kernel: vec![],
-                    stride: vec![],
-                    pad: vec![],
-                    dilation: vec![],
-                };
-                for (k, s, p, d, extra) in dims {
-                    // Input at least as large as the dilated kernel, so every output size is ≥ 1.
-                    g.input.push(d * (k - 1) + 1 + extra);
-                    g.kernel.push(k);
-                    g.stride.push(s);
-                    g.pad.push(p);
-                    g.dilation.push(d);
-                }
-                g
-            })
-        },
-    )
+    (1usize..=3, 1usize..=2, 1usize..=3, 1usize..=3, 1usize..=2).prop_flat_map(|(rank, groups, cin_g, cout_g, n)| {
+        let dims = prop::collection::vec((1usize..=3, 1usize..=2, 0usize..=1, 1usize..=2, 0usize..=3), rank);
+        dims.prop_map(move |dims| {
+            let mut g = Conv {
+                n,
+                cin: cin_g * groups,
+                cout: cout_g * groups,
+                groups,
+                input: vec![],
+                kernel: vec![],
+                stride: vec![],
+                pad: vec![],
+                dilation: vec![],
+            };
+            for (k, s, p, d, extra) in dims {
+                // Input at least as large as the dilated kernel, so every output size is ≥ 1.
+                g.input.push(d * (k - 1) + 1 + extra);
+                g.kernel.push(k);
+                g.stride.push(s);
+                g.pad.push(p);
+                g.dilation.push(d);
+            }
+            g
+        })
+    })
 }
 
 fn check_fold(g: &Conv, seed: u64, with_bias: bool, eps: f64) -> (f32, f32) {
@@ -526,8 +524,7 @@ fn check_fold(g: &Conv, seed: u64, with_bias: bool, eps: f64) -> (f32, f32) {
     // The QAT path with frozen BN: bn(conv(x, W·sf)/sf + b) over running statistics.
     let q = qat_fold(&wt, &p).unwrap();
     let scaled = conv::<f32>(g, &x, data(&q.scaled_weight), &zeros);
-    let orig =
-        qat_output_correction(&scaled, &g.output_shape(), &q.scale_factor, with_bias.then_some(&b[..])).unwrap();
+    let orig = qat_output_correction(&scaled, &g.output_shape(), &q.scale_factor, with_bias.then_some(&b[..])).unwrap();
     let orig64: Vec<f64> = orig.iter().map(|&v| v as f64).collect();
     let qat = to_f32s(&bn_f64(&orig64, g.cout, inner, &p));
     assert!(float_rewrite_close(&reference, &qat), "{g:?}");

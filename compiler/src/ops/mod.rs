@@ -2,7 +2,6 @@
 //! builder that both recipe expansion and the IR text parser use), its attributes for printing,
 //! its parameters (PyTorch names) and its shape rule.
 
-
 use crate::types::{Dim, TensorType};
 use qc_dsl::sections::Observer;
 use qc_runtime::DType;
@@ -177,10 +176,7 @@ pub fn observer_text(o: &Observer) -> String {
     match o {
         Observer::MinMax => "minmax".into(),
         Observer::MovingAverageMinMax { momentum } => {
-            format!(
-                "moving_average_minmax(momentum: {})",
-                crate::fmt::fmt_f64(*momentum)
-            )
+            format!("moving_average_minmax(momentum: {})", crate::fmt::fmt_f64(*momentum))
         }
         Observer::Histogram { bins } => format!("histogram(bins: {bins})"),
         Observer::Percentile { p } => format!("percentile(p: {})", crate::fmt::fmt_f64(*p)),

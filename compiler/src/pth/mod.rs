@@ -33,16 +33,18 @@ mod state_dict;
 mod storage;
 
 use std::collections::HashMap;
-use archive::*;
-use pickle::*;
-use state_dict::*;
-use storage::*;
 use std::io::Read;
 use std::path::Path;
 use std::rc::Rc;
 
 use indexmap::IndexMap;
 use qc_runtime::{Tensor, TensorData};
+
+// The submodules see each other's items (and these imports) through `use super::*`.
+use archive::*;
+use pickle::*;
+use state_dict::*;
+use storage::*;
 
 /// One entry of a checkpoint.
 #[derive(Clone, Debug, PartialEq)]
