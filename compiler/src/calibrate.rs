@@ -565,82 +565,17 @@ fn run_observers(
                 .map(|_| ())
                 .map_err(BatchError::Run),
         };
-        let batch_text = format!("batch {} of {n}", b + 1);
-        match (result, failure) {
-            (Ok(_), _) => {}
-            (Err(_), Some((o, e))) => {
-                let obs = &observers[o];
-                let node = g.node(obs.node);
-                let message = match &e {
-                    ObserveError::NonFinite {
-                        index,
-                        value,
-                        statistic,
-                    } => format!(
-                        "calibration stopped at {batch_text}: observer `{}` ({}) saw {value} at element {index}; \
-                         its {statistic} statistic was not updated",
-                        node.name,
-                        obs.state.name()
-                    ),
-                    other => format!(
-                        "calibration stopped at {batch_text}: observer `{}` ({}): {other}",
-                        node.name,
-                        obs.state.name()
-                    ),
-                };
-                return Err(user(
-                    Diagnostic::new(NON_FINITE, source.span, message)
-                        .label("while running this data")
-                        .help(format!(
-                            "element {} counts from the start of the batch ({} samples from sample {}); remove or \
-                             repair non-finite values (NaN, inf) in the calibration data",
-                            match e {
-                                ObserveError::NonFinite { index, .. } => index,
-                                _ => 0,
-                            },
-                            inputs.first().map_or(0, |t| t.shape[0]),
-                            b * source.batch_size
-                        ))
-                        .note(node.origin.span, format!("`{}` observes this node's output", node.name)),
-                ));
-            }
-            (Err(BatchError::Torch(TorchError::NonFiniteValue { value })), None) => {
-                return Err(user(
-                    Diagnostic::new(
-                        NON_FINITE,
-                        source.span,
-                        format!("calibration stopped at {batch_text}: `{value}` produced a NaN or an infinity"),
-                    )
-                    .label("while running this data")
-                    .help("the float model overflows or divides by zero on this data: check its weights and inputs"),
-                ));
-            }
-            (Err(BatchError::Run(RunError::NonFinite { node, index, value })), None) => {
-                return Err(user(
-                    Diagnostic::new(
-                        NON_FINITE,
-                        source.span,
-                        format!("calibration stopped at {batch_text}: `{node}` produced {value} at element {index}"),
-                    )
-                    .label("while running this data")
-                    .help("the float model overflows or divides by zero on this data: check its weights and inputs"),
-                ));
-            }
-            (Err(e), None) => {
-                let e = match e {
-                    BatchError::Run(e) => e.to_string(),
-                    BatchError::Torch(e) => e.to_string(),
-                };
-                return Err(user(
-                    Diagnostic::new(
-                        DATA_SHAPE,
-                        source.span,
-                        format!("calibration stopped at {batch_text}: {e}"),
-                    )
-                    .label("this calibration data")
-                    .help("the data must match the model's inputs"),
-                ));
-            }
+        if let Err(e) = result {
+            let batch_samples = inputs.first().map_or(0, |t| t.shape[0]);
+            return Err(batch_error(
+                module,
+                &observers,
+                source,
+                (b, n),
+                batch_samples,
+                e,
+                failure,
+            ));
         }
         if let Some(p) = progress {
             let done = (b + 1) * 30 / n.max(1);
@@ -661,6 +596,91 @@ fn run_observers(
         batches: n as u64,
         samples,
     })
+}
+
+/// Why a batch failed: an observer saw a non-finite value (named with its node, batch and
+/// statistic), the model produced one, or the data does not fit the model.
+fn batch_error(
+    module: &Module,
+    observers: &[Obs],
+    source: &Source,
+    (b, n): (usize, usize),
+    batch_samples: usize,
+    e: BatchError,
+    failure: Option<(usize, ObserveError)>,
+) -> PassError {
+    let batch_text = format!("batch {} of {n}", b + 1);
+    match (e, failure) {
+        (_, Some((o, e))) => {
+            let obs = &observers[o];
+            let node = module.graph.node(obs.node);
+            let message = match &e {
+                ObserveError::NonFinite {
+                    index,
+                    value,
+                    statistic,
+                } => format!(
+                    "calibration stopped at {batch_text}: observer `{}` ({}) saw {value} at element {index}; \
+                     its {statistic} statistic was not updated",
+                    node.name,
+                    obs.state.name()
+                ),
+                other => format!(
+                    "calibration stopped at {batch_text}: observer `{}` ({}): {other}",
+                    node.name,
+                    obs.state.name()
+                ),
+            };
+            user(
+                Diagnostic::new(NON_FINITE, source.span, message)
+                    .label("while running this data")
+                    .help(format!(
+                        "element {} counts from the start of the batch ({} samples from sample {}); remove or \
+                         repair non-finite values (NaN, inf) in the calibration data",
+                        match e {
+                            ObserveError::NonFinite { index, .. } => index,
+                            _ => 0,
+                        },
+                        batch_samples,
+                        b * source.batch_size
+                    ))
+                    .note(node.origin.span, format!("`{}` observes this node's output", node.name)),
+            )
+        }
+        (BatchError::Torch(TorchError::NonFiniteValue { value }), None) => user(
+            Diagnostic::new(
+                NON_FINITE,
+                source.span,
+                format!("calibration stopped at {batch_text}: `{value}` produced a NaN or an infinity"),
+            )
+            .label("while running this data")
+            .help("the float model overflows or divides by zero on this data: check its weights and inputs"),
+        ),
+        (BatchError::Run(RunError::NonFinite { node, index, value }), None) => user(
+            Diagnostic::new(
+                NON_FINITE,
+                source.span,
+                format!("calibration stopped at {batch_text}: `{node}` produced {value} at element {index}"),
+            )
+            .label("while running this data")
+            .help("the float model overflows or divides by zero on this data: check its weights and inputs"),
+        ),
+        (e, None) => {
+            let e = match e {
+                BatchError::Run(e) => e.to_string(),
+                BatchError::Torch(e) => e.to_string(),
+            };
+            user(
+                Diagnostic::new(
+                    DATA_SHAPE,
+                    source.span,
+                    format!("calibration stopped at {batch_text}: {e}"),
+                )
+                .label("this calibration data")
+                .help("the data must match the model's inputs"),
+            )
+        }
+    }
 }
 
 fn qrange(spec: &QSpec) -> QRange {

@@ -1,10 +1,13 @@
-//! Checkpoint I/O: reading and writing `.safetensors` (PyTorch names, any stage), and atomic
+//! Checkpoint I/O: reading and writing `.safetensors` (PyTorch names, any stage), reading a
+//! checkpoint of either format (`.safetensors` or PyTorch `.pth`) into [`CkptValue`]s, and atomic
 //! file writes that every output of qc goes through.
 
 use std::path::Path;
 
 use indexmap::IndexMap;
 use qc_runtime::{DType, Tensor};
+
+use crate::types::{ParamQuant, QuantParams};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -115,4 +118,101 @@ pub fn write_safetensors_with_metadata(
 /// [`qc_runtime::fsutil::write_atomic`] (temporary file in the same folder, fsync, rename).
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     qc_runtime::fsutil::write_atomic(path, data)
+}
+
+/// One value of a checkpoint, whatever its file format.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CkptValue {
+    Tensor(Tensor),
+    /// Integers and how they map to reals.
+    Quantized {
+        int_repr: Tensor,
+        quant: ParamQuant,
+    },
+    /// A quantized linear's (weight, bias).
+    Packed {
+        weight: Tensor,
+        quant: ParamQuant,
+        bias: Option<Tensor>,
+    },
+    /// A pickled dtype such as `torch.qint8`.
+    DType(String),
+}
+
+/// Reads a checkpoint file, `.safetensors` or PyTorch `.pth`, told apart by content.
+pub fn read_checkpoint(path: &std::path::Path) -> Result<IndexMap<String, CkptValue>, String> {
+    use crate::pth::{CheckpointFormat, PthValue};
+    let head = {
+        use std::io::Read;
+        let mut buf = vec![0u8; 512];
+        let n = std::fs::File::open(path)
+            .and_then(|mut f| f.read(&mut buf))
+            .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+        buf.truncate(n);
+        buf
+    };
+    match crate::pth::sniff(&head) {
+        CheckpointFormat::Pth | CheckpointFormat::LegacyPth => {
+            let values = crate::pth::read_pth(path).map_err(|e| e.to_string())?;
+            // A `None` entry (a quantized layer saved without a bias) is a key with no tensor:
+            // qc's stage has no parameter for it either.
+            values
+                .into_iter()
+                .filter(|(_, v)| !matches!(v, PthValue::None))
+                .map(|(k, v)| {
+                    let v = match v {
+                        PthValue::None => unreachable!("filtered above"),
+                        PthValue::Tensor(t) => CkptValue::Tensor(t),
+                        PthValue::Quantized(q) => CkptValue::Quantized {
+                            quant: param_quant(&q).map_err(|m| format!("`{k}`: {m}"))?,
+                            int_repr: q.int_repr,
+                        },
+                        PthValue::Packed { weight, bias } => CkptValue::Packed {
+                            quant: param_quant(&weight).map_err(|m| format!("`{k}`: {m}"))?,
+                            weight: weight.int_repr,
+                            bias,
+                        },
+                        PthValue::DType(d) => CkptValue::DType(d),
+                    };
+                    Ok((k, v))
+                })
+                .collect()
+        }
+        _ => read_safetensors(path)
+            .map(|t| t.into_iter().map(|(k, v)| (k, CkptValue::Tensor(v))).collect())
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// A PyTorch qtensor's scheme as qc's `ParamQuant` (the range from its integer dtype).
+fn param_quant(q: &crate::pth::QTensor) -> Result<ParamQuant, String> {
+    let (qmin, qmax) = match q.int_repr.dtype() {
+        DType::I8 => (-128, 127),
+        DType::U8 => (0, 255),
+        d => {
+            return Err(format!(
+                "{d} quantized tensors are not supported (qint8 and quint8 are)"
+            ))
+        }
+    };
+    let zp = |z: i64| i32::try_from(z).map_err(|_| format!("zero point {z} is out of range"));
+    Ok(match &q.scheme {
+        crate::pth::QScheme::PerTensor { scale, zero_point } => ParamQuant::PerTensor(QuantParams {
+            scale: *scale as f32,
+            zero_point: zp(*zero_point)?,
+            qmin,
+            qmax,
+        }),
+        crate::pth::QScheme::PerChannel {
+            axis,
+            scales,
+            zero_points,
+        } => ParamQuant::PerChannel {
+            axis: *axis,
+            scales: scales.iter().map(|s| *s as f32).collect(),
+            zero_points: zero_points.iter().map(|z| zp(*z)).collect::<Result<_, _>>()?,
+            qmin,
+            qmax,
+        },
+    })
 }

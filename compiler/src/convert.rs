@@ -22,6 +22,7 @@ use qc_runtime::quant::{QParams, QRange};
 use qc_runtime::{DType, Tensor, TensorData};
 use qc_runtime_host::observe::{qparams_for_range, ObserverKind, ObserverState};
 
+use crate::fold;
 use crate::ir::{Graph, Module, Node, NodeId, Param, ParamQuant, Provenance};
 use crate::ops::{Conv, Linear, Op, QSpec, WeightQuant};
 use crate::pass::{Changed, Ctx, Pass, PassError};
@@ -558,39 +559,9 @@ fn to_integer_op(module: &mut Module, id: NodeId, node: &Node, q: QuantParams) -
     let (new_op, roles): (Op, Vec<(&'static str, String)>) = match &node.op {
         Op::Conv(c) => {
             let wq = c.weight_quant.clone().expect("checked by the caller");
-            let (weight_key, bias_key) = fold_kept_bn(module, node, &c.bn).map_err(|m| fail(module, m))?;
-            let w = module.params[&weight_key].value.clone().expect("bound at float");
-            let fixed = module.params[&weight_key]
-                .quant
-                .clone()
-                .or_else(|| wq.fake.then(|| fake_quant_params(module, &name, &wq.spec)).flatten());
-            let ranges = if wq.fake && c.bn.is_none() {
-                fake_quant_ranges(module, &name)
-            } else {
-                None
-            };
-            let (wq_t, pq) = quantize_weight(&w, &wq.spec, fixed.as_ref(), ranges).map_err(|m| fail(module, m))?;
-            let transform = if wq.spec.per_channel {
-                "quantize_per_channel"
-            } else {
-                "quantize_per_tensor"
-            };
-            let prov = derive(module, transform, &[&weight_key]);
-            let bias = bias_key.as_ref().map(|k| {
-                (
-                    module.params[k].value.clone().expect("bound"),
-                    module.params[k].provenance.clone(),
-                )
-            });
-            remove_params_of(module, &name);
-            set_param(module, &name, format!("{name}.weight"), wq_t, prov, Some(pq));
-            let mut roles = vec![("weight", format!("{name}.weight"))];
-            if let Some((b, p)) = bias {
-                set_param(module, &name, format!("{name}.bias"), b, p, None);
-                roles.push(("bias", format!("{name}.bias")));
-            }
+            let (roles, has_bias) = quantize_layer(module, node, &wq, &c.bn, false).map_err(|m| fail(module, m))?;
             let conv = Conv {
-                bias: bias_key.is_some(),
+                bias: has_bias,
                 bn: None,
                 weight_quant: Some(WeightQuant {
                     spec: wq.spec,
@@ -602,41 +573,9 @@ fn to_integer_op(module: &mut Module, id: NodeId, node: &Node, q: QuantParams) -
         }
         Op::Linear(l) => {
             let wq = l.weight_quant.clone().expect("checked by the caller");
-            let (weight_key, bias_key) = fold_kept_bn(module, node, &l.bn).map_err(|m| fail(module, m))?;
-            let w = module.params[&weight_key].value.clone().expect("bound at float");
-            let fixed = module.params[&weight_key]
-                .quant
-                .clone()
-                .or_else(|| wq.fake.then(|| fake_quant_params(module, &name, &wq.spec)).flatten());
-            let ranges = if wq.fake && l.bn.is_none() {
-                fake_quant_ranges(module, &name)
-            } else {
-                None
-            };
-            let (wq_t, pq) = quantize_weight(&w, &wq.spec, fixed.as_ref(), ranges).map_err(|m| fail(module, m))?;
-            let transform = if wq.spec.per_channel {
-                "quantize_per_channel"
-            } else {
-                "quantize_per_tensor"
-            };
-            let prov = derive(module, &format!("pack∘{transform}"), &[&weight_key]);
-            let bias = bias_key.as_ref().map(|k| {
-                (
-                    module.params[k].value.clone().expect("bound"),
-                    derive(module, "pack", &[k]),
-                )
-            });
-            remove_params_of(module, &name);
-            let wkey = format!("{name}._packed_params.weight");
-            set_param(module, &name, wkey.clone(), wq_t, prov, Some(pq));
-            let mut roles = vec![("_packed_params.weight", wkey)];
-            if let Some((b, p)) = bias {
-                let bkey = format!("{name}._packed_params.bias");
-                set_param(module, &name, bkey.clone(), b, p, None);
-                roles.push(("_packed_params.bias", bkey));
-            }
+            let (roles, has_bias) = quantize_layer(module, node, &wq, &l.bn, true).map_err(|m| fail(module, m))?;
             let linear = Linear {
-                bias: bias_key.is_some(),
+                bias: has_bias,
                 bn: None,
                 weight_quant: Some(WeightQuant {
                     spec: wq.spec,
@@ -681,6 +620,63 @@ fn to_integer_op(module: &mut Module, id: NodeId, node: &Node, q: QuantParams) -
     Ok(())
 }
 
+/// The integer parameters of a conv (`packed`: false) or linear (`packed`: true, PyTorch's
+/// `_packed_params.weight`/`_packed_params.bias`): folds a kept batch norm, quantizes the weight
+/// (with the parameters a checkpoint or fake-quant state fixed), keeps the float bias, and
+/// replaces the node's parameters. Returns the node's roles and whether it has a bias.
+fn quantize_layer(
+    module: &mut Module,
+    node: &Node,
+    wq: &WeightQuant,
+    bn: &Option<crate::ops::BatchNorm>,
+    packed: bool,
+) -> Result<(Vec<(&'static str, String)>, bool), String> {
+    let name = node.name.clone();
+    let (weight_key, bias_key) = fold_kept_bn(module, node, bn)?;
+    let w = module.params[&weight_key].value.clone().expect("bound at float");
+    let fixed = module.params[&weight_key]
+        .quant
+        .clone()
+        .or_else(|| wq.fake.then(|| fake_quant_params(module, &name, &wq.spec)).flatten());
+    let ranges = if wq.fake && bn.is_none() {
+        fake_quant_ranges(module, &name)
+    } else {
+        None
+    };
+    let (wq_t, pq) = quantize_weight(&w, &wq.spec, fixed.as_ref(), ranges)?;
+    let transform = if wq.spec.per_channel {
+        "quantize_per_channel"
+    } else {
+        "quantize_per_tensor"
+    };
+    let (prov, (weight_role, bias_role)) = if packed {
+        (
+            derive(module, &format!("pack∘{transform}"), &[&weight_key]),
+            ("_packed_params.weight", "_packed_params.bias"),
+        )
+    } else {
+        (derive(module, transform, &[&weight_key]), ("weight", "bias"))
+    };
+    let bias = bias_key.as_ref().map(|k| {
+        let p = if packed {
+            derive(module, "pack", &[k])
+        } else {
+            module.params[k].provenance.clone()
+        };
+        (module.params[k].value.clone().expect("bound"), p)
+    });
+    remove_params_of(module, &name);
+    let wkey = format!("{name}.{weight_role}");
+    set_param(module, &name, wkey.clone(), wq_t, prov, Some(pq));
+    let mut roles = vec![(weight_role, wkey)];
+    if let Some((b, p)) = bias {
+        let bkey = format!("{name}.{bias_role}");
+        set_param(module, &name, bkey.clone(), b, p, None);
+        roles.push((bias_role, bkey));
+    }
+    Ok((roles, bias_key.is_some()))
+}
+
 /// For a QAT conv/linear that still holds its batch norm: folds it (running statistics) into
 /// new `weight`/`bias` parameters. Returns the keys of the (folded) weight and bias.
 fn fold_kept_bn(
@@ -709,14 +705,13 @@ fn fold_kept_bn(
         .iter()
         .map(|r| get(&format!("{name}.{r}")))
         .collect::<Result<_, _>>()?;
-    let stats = crate::fold::BatchNorm::from_tensors(Some(&t[0]), Some(&t[1]), &t[2], &t[3], bn.eps)
-        .map_err(|e| e.to_string())?;
-    let folded = if matches!(node.op, Op::Linear(_)) {
-        crate::fold::fold_bn_into_linear(&w, b.as_ref(), &stats)
+    let layer = if matches!(node.op, Op::Linear(_)) {
+        fold::Layer::Linear
     } else {
-        crate::fold::fold_bn_into_conv(&w, b.as_ref(), &stats)
-    }
-    .map_err(|e| e.to_string())?;
+        fold::Layer::Conv
+    };
+    let folded =
+        fold::fold_stats(layer, &w, b.as_ref(), [&t[0], &t[1], &t[2], &t[3]], bn.eps).map_err(|e| e.to_string())?;
     let mut from: Vec<&str> = vec![&weight_key];
     if has_bias {
         from.push(&bias_key);

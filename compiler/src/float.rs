@@ -151,7 +151,7 @@ impl Pass for BindWeights {
                     .note(w.span, "first here")
                     .help("a recipe binds one checkpoint; merge them into one file")]));
                 }
-                let values = crate::keys::read_checkpoint(&w.resolved).map_err(|e| {
+                let values = crate::checkpoint::read_checkpoint(&w.resolved).map_err(|e| {
                     PassError::User(vec![Diagnostic::new("qc::weights-file", w.span, e)
                         .label("this checkpoint")
                         .help("check the path (relative paths start at the recipe's folder); qc reads .safetensors and PyTorch .pth files")])
@@ -161,7 +161,7 @@ impl Pass for BindWeights {
                 let plain: Option<indexmap::IndexMap<String, Tensor>> = values
                     .iter()
                     .map(|(k, v)| match v {
-                        crate::keys::CkptValue::Tensor(t) => Some((k.clone(), t.clone())),
+                        crate::checkpoint::CkptValue::Tensor(t) => Some((k.clone(), t.clone())),
                         _ => None,
                     })
                     .collect();

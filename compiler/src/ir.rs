@@ -9,7 +9,8 @@ use qc_dsl::Span;
 use qc_runtime::{DType, Tensor};
 
 use crate::ops::Op;
-use crate::types::{QuantParams, TensorType};
+pub use crate::types::ParamQuant;
+use crate::types::TensorType;
 
 pub type NodeId = NodeIndex;
 
@@ -232,50 +233,6 @@ pub struct Param {
     pub quant: Option<ParamQuant>,
 }
 
-/// Quantization parameters of an integer parameter (PyTorch's qtensor schemes).
-#[derive(Clone, Debug, PartialEq)]
-pub enum ParamQuant {
-    PerTensor(QuantParams),
-    PerChannel {
-        axis: usize,
-        scales: Vec<f32>,
-        zero_points: Vec<i32>,
-        qmin: i32,
-        qmax: i32,
-    },
-}
-
-impl std::fmt::Display for ParamQuant {
-    /// `!q(0.02, 0, [-128, 127])`, or per channel `!q(axis 0, 16 scales #<hash>, [-128, 127])`
-    /// (the hash covers scales and zero points; dumps never inline per-channel values).
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ParamQuant::PerTensor(q) => write!(f, "{q}"),
-            ParamQuant::PerChannel {
-                axis,
-                scales,
-                zero_points,
-                qmin,
-                qmax,
-            } => {
-                let mut h = xxhash_rust::xxh3::Xxh3::new();
-                for s in scales {
-                    h.update(&s.to_le_bytes());
-                }
-                for z in zero_points {
-                    h.update(&z.to_le_bytes());
-                }
-                write!(
-                    f,
-                    "!q(axis {axis}, {} scales #{:016x}, [{qmin}, {qmax}])",
-                    scales.len(),
-                    h.digest()
-                )
-            }
-        }
-    }
-}
-
 /// Parameters by PyTorch key, in creation order (which is the state_dict order).
 pub type ParamStore = IndexMap<String, Param>;
 
@@ -340,7 +297,7 @@ pub struct Module {
     /// The recipe file's name (for dumps).
     pub source_name: String,
     /// What the `fuse` pass did (rules fired, why it stopped), once it has run.
-    pub rewrite: Option<crate::rewrite::Report>,
+    pub rewrite: Option<crate::report::Report>,
     /// False once calibration ran on data that says nothing about real inputs
     /// (`calibrate random(...)`): the ranges serve latency and size work only. The dump header
     /// says so (`# not calibrated for accuracy: ...`).

@@ -10,6 +10,7 @@ use indexmap::IndexMap;
 use qc_dsl::diag::closest;
 use qc_runtime::DType;
 
+pub use crate::checkpoint::{read_checkpoint, CkptValue};
 use crate::ir::{Module, Param, ParamQuant, Provenance};
 use crate::ops::Op;
 
@@ -360,123 +361,6 @@ pub fn describe_quant(q: &ParamQuant) -> String {
     }
 }
 
-/// One value of a checkpoint, whatever its file format.
-#[derive(Clone, Debug, PartialEq)]
-pub enum CkptValue {
-    Tensor(qc_runtime::Tensor),
-    /// Integers and how they map to reals.
-    Quantized {
-        int_repr: qc_runtime::Tensor,
-        quant: ParamQuant,
-    },
-    /// A quantized linear's (weight, bias).
-    Packed {
-        weight: qc_runtime::Tensor,
-        quant: ParamQuant,
-        bias: Option<qc_runtime::Tensor>,
-    },
-    /// A pickled dtype such as `torch.qint8`.
-    DType(String),
-}
-
-impl CkptValue {
-    pub fn entry(&self) -> Entry {
-        let t = |kind, t: &qc_runtime::Tensor| Entry {
-            kind,
-            dtype: t.dtype(),
-            shape: t.shape.clone(),
-        };
-        match self {
-            CkptValue::Tensor(x) => t(EntryKind::Tensor, x),
-            CkptValue::Quantized { int_repr, .. } => t(EntryKind::Quantized, int_repr),
-            CkptValue::Packed { weight, .. } => t(EntryKind::Packed, weight),
-            CkptValue::DType(_) => Entry {
-                kind: EntryKind::DType,
-                dtype: DType::I8,
-                shape: vec![],
-            },
-        }
-    }
-}
-
-/// Reads a checkpoint file, `.safetensors` or PyTorch `.pth`, told apart by content.
-pub fn read_checkpoint(path: &std::path::Path) -> Result<IndexMap<String, CkptValue>, String> {
-    use crate::pth::{CheckpointFormat, PthValue};
-    let head = {
-        use std::io::Read;
-        let mut buf = vec![0u8; 512];
-        let n = std::fs::File::open(path)
-            .and_then(|mut f| f.read(&mut buf))
-            .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
-        buf.truncate(n);
-        buf
-    };
-    match crate::pth::sniff(&head) {
-        CheckpointFormat::Pth | CheckpointFormat::LegacyPth => {
-            let values = crate::pth::read_pth(path).map_err(|e| e.to_string())?;
-            // A `None` entry (a quantized layer saved without a bias) is a key with no tensor:
-            // qc's stage has no parameter for it either.
-            values
-                .into_iter()
-                .filter(|(_, v)| !matches!(v, PthValue::None))
-                .map(|(k, v)| {
-                    let v = match v {
-                        PthValue::None => unreachable!("filtered above"),
-                        PthValue::Tensor(t) => CkptValue::Tensor(t),
-                        PthValue::Quantized(q) => CkptValue::Quantized {
-                            quant: param_quant(&q).map_err(|m| format!("`{k}`: {m}"))?,
-                            int_repr: q.int_repr,
-                        },
-                        PthValue::Packed { weight, bias } => CkptValue::Packed {
-                            quant: param_quant(&weight).map_err(|m| format!("`{k}`: {m}"))?,
-                            weight: weight.int_repr,
-                            bias,
-                        },
-                        PthValue::DType(d) => CkptValue::DType(d),
-                    };
-                    Ok((k, v))
-                })
-                .collect()
-        }
-        _ => crate::checkpoint::read_safetensors(path)
-            .map(|t| t.into_iter().map(|(k, v)| (k, CkptValue::Tensor(v))).collect())
-            .map_err(|e| e.to_string()),
-    }
-}
-
-/// A PyTorch qtensor's scheme as qc's `ParamQuant` (the range from its integer dtype).
-fn param_quant(q: &crate::pth::QTensor) -> Result<ParamQuant, String> {
-    let (qmin, qmax) = match q.int_repr.dtype() {
-        DType::I8 => (-128, 127),
-        DType::U8 => (0, 255),
-        d => {
-            return Err(format!(
-                "{d} quantized tensors are not supported (qint8 and quint8 are)"
-            ))
-        }
-    };
-    let zp = |z: i64| i32::try_from(z).map_err(|_| format!("zero point {z} is out of range"));
-    Ok(match &q.scheme {
-        crate::pth::QScheme::PerTensor { scale, zero_point } => ParamQuant::PerTensor(crate::types::QuantParams {
-            scale: *scale as f32,
-            zero_point: zp(*zero_point)?,
-            qmin,
-            qmax,
-        }),
-        crate::pth::QScheme::PerChannel {
-            axis,
-            scales,
-            zero_points,
-        } => ParamQuant::PerChannel {
-            axis: *axis,
-            scales: scales.iter().map(|s| *s as f32).collect(),
-            zero_points: zero_points.iter().map(|z| zp(*z)).collect::<Result<_, _>>()?,
-            qmin,
-            qmax,
-        },
-    })
-}
-
 /// Whether a key names state that only exists after stage `float` (a QAT module's kept batch
 /// norm, fake-quant or observer state, a converted module's `scale`/`zero_point`/packed
 /// parameters). A checkpoint with such a key is bound at the stage it fits; any other is a
@@ -493,9 +377,28 @@ pub fn is_later_stage_key(key: &str) -> bool {
     MARKERS.iter().any(|m| key.contains(m)) || key.ends_with(".scale") || key.ends_with(".zero_point")
 }
 
+/// A checkpoint value's entry: its kind, dtype and shape.
+fn entry_of_value(value: &CkptValue) -> Entry {
+    let t = |kind, t: &qc_runtime::Tensor| Entry {
+        kind,
+        dtype: t.dtype(),
+        shape: t.shape.clone(),
+    };
+    match value {
+        CkptValue::Tensor(x) => t(EntryKind::Tensor, x),
+        CkptValue::Quantized { int_repr, .. } => t(EntryKind::Quantized, int_repr),
+        CkptValue::Packed { weight, .. } => t(EntryKind::Packed, weight),
+        CkptValue::DType(_) => Entry {
+            kind: EntryKind::DType,
+            dtype: DType::I8,
+            shape: vec![],
+        },
+    }
+}
+
 /// The entries of a checkpoint, for [`check`].
 pub fn entries(values: &IndexMap<String, CkptValue>) -> IndexMap<String, Entry> {
-    values.iter().map(|(k, v)| (k.clone(), v.entry())).collect()
+    values.iter().map(|(k, v)| (k.clone(), entry_of_value(v))).collect()
 }
 
 /// Reads the entries of a checkpoint file.

@@ -3,12 +3,40 @@
 //!
 //! `compile` runs a checked recipe through the stages that exist, handing each finished stage to
 //! a callback (which writes dumps, prints, or collects keys).
+//!
+//! The crate reads bottom-up: a module imports only modules on lower floors, never one on its
+//! own floor or above, and never this crate root (`compiler/tests/layers.rs` checks every file
+//! against this table).
+//!
+//! | floor | modules | job |
+//! |---|---|---|
+//! | 0 | `fmt`, `report` | number formatting; what a rewrite run did |
+//! | 1 | `types`, `pth` | tensor types and quantization parameters; the `.pth` reader |
+//! | 2 | `checkpoint` | checkpoint files of either format in, `.safetensors` out |
+//! | 3 | `ops` | the closed op set: builder, attributes, parameters, shape rules |
+//! | 4 | `ir` | the graph, parameters with provenance, stages, the module |
+//! | 5 | `verify`, `printer` | the verifier; the IR text (print and parse) |
+//! | 6 | `pass` | the pass manager |
+//! | 7 | `keys` | a stage's parameters under PyTorch's names; checking and binding checkpoints |
+//! | 8 | `expand` | stage `parsed`: the recipe's model as IR |
+//! | 9 | `float` | passes `infer-shapes`, `bind-weights` |
+//! | 10 | `bind` | pass `bind-checkpoint` (a later stage's checkpoint) |
+//! | 11 | `fold` | batch-norm folding: arithmetic, and into a graph's conv/linear |
+//! | 12 | `rules` | fusion rules as typed data |
+//! | 13 | `rewrite` | the rewrite engine; pass `fuse` |
+//! | 14 | `plan` | the quantization plan |
+//! | 15 | `observe` | pass `insert-observers` |
+//! | 16 | `lower` | lowering to a runtime `Program`; pass `lower` |
+//! | 17 | `calibrate` | pass `calibrate` |
+//! | 18 | `convert` | pass `convert` |
 
+pub mod bind;
 pub mod calibrate;
 pub mod checkpoint;
 pub mod convert;
 pub mod expand;
 pub mod float;
+pub mod fmt;
 pub mod fold;
 pub mod ir;
 pub mod keys;
@@ -19,6 +47,7 @@ pub mod pass;
 pub mod plan;
 pub mod printer;
 pub mod pth;
+pub mod report;
 pub mod rewrite;
 pub mod rules;
 pub mod training;
@@ -33,31 +62,26 @@ pub use pass::{PassError, RunOptions};
 /// The stages that exist, after `parsed`, with their passes.
 pub fn pipeline() -> Vec<pass::StageDef> {
     vec![
-        pass::StageDef {
-            stage: Stage::Float,
-            passes: vec![Box::new(float::InferShapes), Box::new(float::BindWeights)],
-        },
-        pass::StageDef {
-            stage: Stage::Fused,
-            passes: vec![Box::new(rewrite::Fuse)],
-        },
-        pass::StageDef {
-            stage: Stage::Observed,
-            passes: vec![Box::new(observe::InsertObservers)],
-        },
-        pass::StageDef {
-            stage: Stage::Calibrated,
-            passes: vec![Box::new(calibrate::Calibrate)],
-        },
-        pass::StageDef {
-            stage: Stage::Quantized,
-            passes: vec![Box::new(convert::Convert)],
-        },
-        pass::StageDef {
-            stage: Stage::Lowered,
-            passes: vec![Box::new(lower::Lower)],
-        },
+        stage(
+            Stage::Float,
+            vec![Box::new(float::InferShapes), Box::new(float::BindWeights)],
+        ),
+        stage(Stage::Fused, vec![Box::new(rewrite::Fuse)]),
+        stage(Stage::Observed, vec![Box::new(observe::InsertObservers)]),
+        stage(Stage::Calibrated, vec![Box::new(calibrate::Calibrate)]),
+        stage(Stage::Quantized, vec![Box::new(convert::Convert)]),
+        stage(Stage::Lowered, vec![Box::new(lower::Lower)]),
     ]
+}
+
+/// A stage of the pipeline: its passes, then `bind-checkpoint` once the module is at `stage` (a
+/// checkpoint saved at a later stage than `float` binds at the first stage it fits).
+fn stage(stage: Stage, passes: Vec<Box<dyn pass::Pass>>) -> pass::StageDef {
+    pass::StageDef {
+        stage,
+        passes,
+        reached: vec![Box::new(bind::BindCheckpoint)],
+    }
 }
 
 /// The last stage the pipeline reaches.

@@ -13,8 +13,8 @@ use qc_runtime::program::{FakeQuantAt, FakeQuantSite, QatPlan};
 use qc_runtime::quant::{quantize_bias, QParams, QRange};
 use qc_runtime::{DType, Tensor, TensorData};
 
-use crate::ir::{Module, NodeId, ParamQuant, Stage};
-use crate::ops::{Act, Conv, Op, Pool};
+use crate::ir::{Module, Node, NodeId, ParamQuant, Stage};
+use crate::ops::{Act, BatchNorm, Conv, Op};
 use crate::types::{Dim, QuantParams};
 
 /// Why a module could not be lowered. A module the compiler built always lowers; these name
@@ -128,48 +128,119 @@ pub fn lower(module: &Module) -> Result<Program, LowerError> {
     if module.stage < Stage::Float {
         return Err(LowerError::Stage { stage: module.stage });
     }
-    let g = &module.graph;
-    let mut program = Program {
-        values: vec![],
-        inputs: vec![],
-        outputs: vec![],
-        steps: vec![],
-        constants: vec![],
+    let mut l = Lowering {
+        module,
+        program: Program {
+            values: vec![],
+            inputs: vec![],
+            outputs: vec![],
+            steps: vec![],
+            constants: vec![],
+        },
+        value_of: HashMap::new(),
+        const_of: HashMap::new(),
     };
-    let mut value_of: HashMap<NodeId, usize> = HashMap::new();
-    let mut const_of: HashMap<String, usize> = HashMap::new();
-    for id in g.topo_order() {
-        let node = g.node(id);
-        let fail = |message: String| LowerError::Node {
-            node: node.name.clone(),
+    for id in module.graph.topo_order() {
+        l.node(id)?;
+    }
+    let Lowering {
+        mut program, value_of, ..
+    } = l;
+    program.outputs = module.graph.outputs.iter().map(|(_, id)| value_of[id]).collect();
+    Ok(program)
+}
+
+/// The program being built, node by node in topological order.
+struct Lowering<'m> {
+    module: &'m Module,
+    program: Program,
+    /// The value holding each node's output.
+    value_of: HashMap<NodeId, usize>,
+    /// The constant holding each parameter key (float parameters are shared, not copied).
+    const_of: HashMap<String, usize>,
+}
+
+/// One node being lowered: what its op's arms read.
+struct At<'m> {
+    node: &'m Node,
+    rank: usize,
+    integer: bool,
+    /// Rank and quantization of the first input.
+    in_rank: usize,
+    in_quant: Option<QuantParams>,
+}
+
+impl<'m> At<'m> {
+    fn fail(&self, message: String) -> LowerError {
+        LowerError::Node {
+            node: self.node.name.clone(),
             message,
-        };
+        }
+    }
+}
+
+impl<'m> Lowering<'m> {
+    /// Lowers one node: its value, then its step (and the steps of what it fused).
+    fn node(&mut self, id: NodeId) -> Result<(), LowerError> {
+        let g = &self.module.graph;
+        let node = g.node(id);
+        let fail = |message: String| node_error(node, &message);
         let ty = node.ty.as_ref().ok_or_else(|| fail("no type".into()))?;
         let node_inputs = g.inputs_of(id);
+        let rank = ty.dims.len();
+        let integer = ty.dtype != DType::F32;
+        // Identities on integers: the value is the input's.
+        if integer && matches!(node.op, Op::Identity | Op::Dropout { .. }) {
+            self.value_of.insert(id, self.value_of[&node_inputs[0]]);
+            return Ok(());
+        }
+        let value = self.push_value(node)?;
+        self.value_of.insert(id, value);
+        let first_in = node_inputs.first().and_then(|i| g.node(*i).ty.as_ref());
+        let at = At {
+            node,
+            rank,
+            integer,
+            in_rank: first_in.map_or(rank, |t| t.dims.len()),
+            in_quant: first_in.and_then(|t| t.quant),
+        };
+        if let Op::Input { .. } = node.op {
+            self.program.inputs.push(value);
+            return Ok(());
+        }
+        // Ops fused into a float node (a kept batch norm, an activation) run after it.
+        let mut then: Vec<FloatOp> = vec![];
+        let op = match self.int8_op(&at)? {
+            Some(op) => op,
+            None => self.float_op(&at, &mut then)?,
+        };
+        let inputs: Vec<usize> = node_inputs.iter().map(|i| self.value_of[i]).collect();
+        self.push_chain(value, inputs, op, then);
+        Ok(())
+    }
+
+    /// The node's value: float in PyTorch's layout, or `u8` (channels-last for rank 3 and 4)
+    /// with its quantization parameters.
+    fn push_value(&mut self, node: &Node) -> Result<usize, LowerError> {
+        let fail = |message: String| node_error(node, &message);
+        let ty = node.ty.as_ref().ok_or_else(|| fail("no type".into()))?;
         let torch_shape: Vec<Option<usize>> = ty
             .dims
             .iter()
             .map(|d| if let Dim::Fixed(n) = d { Some(*n) } else { None })
             .collect();
-        let rank = ty.dims.len();
-        let integer = ty.dtype != DType::F32;
-        // Identities on integers: the value is the input's.
-        if integer && matches!(node.op, Op::Identity | Op::Dropout { .. }) {
-            value_of.insert(id, value_of[&node_inputs[0]]);
-            continue;
-        }
-        let value = program.values.len();
-        if integer {
+        let value = self.program.values.len();
+        if ty.dtype != DType::F32 {
             let q = ty
                 .quant
                 .as_ref()
                 .ok_or_else(|| fail("an integer value without parameters".into()))?;
-            let layout = if matches!(rank, 3 | 4) {
+            let layout = if matches!(ty.dims.len(), 3 | 4) {
                 Layout::ChannelsLast
             } else {
                 Layout::Torch
             };
-            program.values.push(ValueInfo::quantized(
+            self.program.values.push(ValueInfo::quantized(
                 node.name.clone(),
                 from_torch_order(&torch_shape, layout),
                 DType::U8,
@@ -177,90 +248,94 @@ pub fn lower(module: &Module) -> Result<Program, LowerError> {
                 runtime_qparams(q).map_err(fail)?,
             ));
         } else {
-            program
+            self.program
                 .values
-                .push(ValueInfo::float(node.name.clone(), torch_shape.clone()));
+                .push(ValueInfo::float(node.name.clone(), torch_shape));
         }
-        value_of.insert(id, value);
-        let param_key = |role: &str| -> Result<&String, LowerError> {
-            node.params
-                .iter()
-                .find(|(r, _)| *r == role)
-                .map(|(_, k)| k)
-                .ok_or_else(|| fail(format!("no `{role}`")))
-        };
-        let param_value = |role: &str| -> Result<(&Tensor, Option<&ParamQuant>), LowerError> {
-            let key = param_key(role)?;
-            let p = module
-                .params
-                .get(key)
-                .ok_or_else(|| fail(format!("no parameter `{key}`")))?;
-            let t = p.value.as_ref().ok_or_else(|| fail(format!("`{key}` is unbound")))?;
-            Ok((t, p.quant.as_ref()))
-        };
-        let mut constant = |key: Option<&str>, t: Tensor| -> usize {
-            if let Some(&c) = key.and_then(|k| const_of.get(k)) {
-                return c;
+        Ok(value)
+    }
+
+    /// The key a node holds in `role`.
+    fn param_key(&self, at: &At<'m>, role: &str) -> Result<&'m String, LowerError> {
+        at.node
+            .params
+            .iter()
+            .find(|(r, _)| *r == role)
+            .map(|(_, k)| k)
+            .ok_or_else(|| at.fail(format!("no `{role}`")))
+    }
+
+    /// The value (and integer scheme) of the parameter a node holds in `role`.
+    fn param_value(&self, at: &At<'m>, role: &str) -> Result<(&'m Tensor, Option<&'m ParamQuant>), LowerError> {
+        let key = self.param_key(at, role)?;
+        let p = self
+            .module
+            .params
+            .get(key)
+            .ok_or_else(|| at.fail(format!("no parameter `{key}`")))?;
+        let t = p.value.as_ref().ok_or_else(|| at.fail(format!("`{key}` is unbound")))?;
+        Ok((t, p.quant.as_ref()))
+    }
+
+    /// A constant; one with a parameter key is made once and shared.
+    fn constant(&mut self, key: Option<&str>, t: Tensor) -> usize {
+        if let Some(&c) = key.and_then(|k| self.const_of.get(k)) {
+            return c;
+        }
+        self.program.constants.push(t);
+        let c = self.program.constants.len() - 1;
+        if let Some(k) = key {
+            self.const_of.insert(k.to_string(), c);
+        }
+        c
+    }
+
+    /// The constant of a float parameter, as is.
+    fn float_param(&mut self, at: &At<'m>, role: &str) -> Result<usize, LowerError> {
+        let key = self.param_key(at, role)?;
+        let (t, _) = self.param_value(at, role)?;
+        Ok(self.constant(Some(key), t.clone()))
+    }
+
+    /// The int8 weight, per-channel weight scales and `i32` bias constants of a `qconv` /
+    /// `qlinear`: the weight in the kernels' layout (`layout`), the bias at scale `s_in · s_w[c]`.
+    fn int8_weights(
+        &mut self,
+        at: &At<'m>,
+        (weight_role, bias_role): (&str, Option<&str>),
+        out_channels: usize,
+        layout: fn(&Tensor) -> Result<Tensor, String>,
+    ) -> Result<(usize, usize, Option<usize>), LowerError> {
+        let fail = |m: String| at.fail(m);
+        let s_in = at
+            .in_quant
+            .ok_or_else(|| fail("the input has no parameters".into()))?
+            .scale;
+        let (w, wq) = self.param_value(at, weight_role)?;
+        let scales = weight_scales(wq, out_channels).map_err(fail)?;
+        let weight = layout(w).map_err(fail)?;
+        let bias = match bias_role {
+            Some(role) => {
+                let (b, _) = self.param_value(at, role)?;
+                Some(int_bias(b, s_in, &scales).map_err(fail)?)
             }
-            program.constants.push(t);
-            let c = program.constants.len() - 1;
-            if let Some(k) = key {
-                const_of.insert(k.to_string(), c);
-            }
-            c
+            None => None,
         };
-        let in_rank = node_inputs
-            .first()
-            .and_then(|i| g.node(*i).ty.as_ref())
-            .map_or(rank, |t| t.dims.len());
-        let in_quant = node_inputs
-            .first()
-            .and_then(|i| g.node(*i).ty.as_ref())
-            .and_then(|t| t.quant);
-        let norm = |d: i64, r: usize| if d < 0 { (d + r as i64) as usize } else { d as usize };
-        let mut float_param = |role: &str| -> Result<usize, LowerError> {
-            let key = param_key(role)?.clone();
-            let (t, _) = param_value(role)?;
-            let t = t.clone();
-            Ok(constant(Some(&key), t))
-        };
-        // Ops fused into a float node (a kept batch norm, an activation) run after it.
-        let mut then: Vec<FloatOp> = vec![];
-        let act_op = |act: &Option<Act>| -> Vec<FloatOp> {
-            match act {
-                None => vec![],
-                Some(Act::Relu) => vec![FloatOp::Relu],
-                Some(Act::Relu6) => vec![FloatOp::Clamp { min: 0.0, max: 6.0 }],
-                Some(Act::Clamp { min, max }) => vec![FloatOp::Clamp {
-                    min: *min as f32,
-                    max: *max as f32,
-                }],
-            }
-        };
-        let op: StepOp = match &node.op {
-            Op::Input { .. } => {
-                program.inputs.push(value);
-                continue;
-            }
-            // ----- int8 -----
+        let weight = self.constant(None, weight);
+        let weight_scales = self.constant(None, Tensor::f32(vec![scales.len()], scales));
+        let bias = bias.map(|b| self.constant(None, b));
+        Ok((weight, weight_scales, bias))
+    }
+
+    /// The int8 step of an integer op; `None` for an op that lowers to a float step.
+    fn int8_op(&mut self, at: &At<'m>) -> Result<Option<StepOp>, LowerError> {
+        let (rank, integer) = (at.rank, at.integer);
+        let op: StepOp = match &at.node.op {
             Op::Quantize { .. } => QuantOp::Quantize.into(),
             Op::Dequantize => QuantOp::Dequantize.into(),
             Op::QConv(c) => {
-                let s_in = in_quant
-                    .ok_or_else(|| fail("the input has no parameters".into()))?
-                    .scale;
-                let (w, wq) = param_value("weight")?;
-                let scales = weight_scales(wq, c.out_channels).map_err(fail)?;
-                let weight = to_ohwi(w).map_err(fail)?;
-                let bias = if c.bias {
-                    let (b, _) = param_value("bias")?;
-                    Some(int_bias(b, s_in, &scales).map_err(fail)?)
-                } else {
-                    None
-                };
-                let weight = constant(None, weight);
-                let weight_scales = constant(None, Tensor::f32(vec![scales.len()], scales));
-                let bias = bias.map(|b| constant(None, b));
+                let bias = c.bias.then_some("bias");
+                let (weight, weight_scales, bias) = self.int8_weights(at, ("weight", bias), c.out_channels, to_ohwi)?;
                 QuantOp::QConv {
                     window: window(&c.kernel, &c.stride, &c.pad, &c.dilation, false),
                     groups: c.groups,
@@ -272,21 +347,8 @@ pub fn lower(module: &Module) -> Result<Program, LowerError> {
                 .into()
             }
             Op::QLinear(l) => {
-                let s_in = in_quant
-                    .ok_or_else(|| fail("the input has no parameters".into()))?
-                    .scale;
-                let (w, wq) = param_value("_packed_params.weight")?;
-                let scales = weight_scales(wq, l.out_features).map_err(fail)?;
-                let weight = i8_weight(w).map_err(fail)?;
-                let bias = if l.bias {
-                    let (b, _) = param_value("_packed_params.bias")?;
-                    Some(int_bias(b, s_in, &scales).map_err(fail)?)
-                } else {
-                    None
-                };
-                let weight = constant(None, weight);
-                let weight_scales = constant(None, Tensor::f32(vec![scales.len()], scales));
-                let bias = bias.map(|b| constant(None, b));
+                let roles = ("_packed_params.weight", l.bias.then_some("_packed_params.bias"));
+                let (weight, weight_scales, bias) = self.int8_weights(at, roles, l.out_features, i8_weight)?;
                 QuantOp::QLinear {
                     weight,
                     weight_scales,
@@ -300,7 +362,7 @@ pub fn lower(module: &Module) -> Result<Program, LowerError> {
                     None => false,
                     Some(Act::Relu) => true,
                     Some(other) => {
-                        return Err(fail(format!(
+                        return Err(at.fail(format!(
                             "the int8 add fuses relu only, not {}; keep the {} separate",
                             other.name(),
                             other.name()
@@ -311,7 +373,7 @@ pub fn lower(module: &Module) -> Result<Program, LowerError> {
             .into(),
             Op::QConcat { dim } => {
                 if norm(*dim, rank) != 1 {
-                    return Err(fail(format!("the int8 concat joins channels (dim 1), not dim {dim}")));
+                    return Err(at.fail(format!("the int8 concat joins channels (dim 1), not dim {dim}")));
                 }
                 QuantOp::QConcat.into()
             }
@@ -330,10 +392,10 @@ pub fn lower(module: &Module) -> Result<Program, LowerError> {
             }
             .into(),
             Op::Flatten { start_dim, end_dim } if integer => {
-                if norm(*start_dim, in_rank) != 1 || norm(*end_dim, in_rank) + 1 != in_rank {
-                    return Err(fail(
-                        "the int8 flatten is `flatten(start_dim: 1)`; keep other flattens in float".into(),
-                    ));
+                if norm(*start_dim, at.in_rank) != 1 || norm(*end_dim, at.in_rank) + 1 != at.in_rank {
+                    return Err(
+                        at.fail("the int8 flatten is `flatten(start_dim: 1)`; keep other flattens in float".into())
+                    );
                 }
                 QuantOp::QFlatten.into()
             }
@@ -346,42 +408,68 @@ pub fn lower(module: &Module) -> Result<Program, LowerError> {
                 },
             }
             .into(),
-            // ----- float -----
-            Op::Conv(Conv {
-                kernel,
-                stride,
-                pad,
-                dilation,
-                groups,
-                bias,
-                act,
-                bn,
-                ..
-            }) => {
-                if let Some(bn) = bn {
-                    then.push(FloatOp::BatchNorm {
-                        eps: bn.eps as f32,
-                        weight: float_param("bn.weight")?,
-                        bias: float_param("bn.bias")?,
-                        mean: float_param("bn.running_mean")?,
-                        var: float_param("bn.running_var")?,
-                    });
-                }
-                then.extend(act_op(act));
+            _ => return Ok(None),
+        };
+        Ok(Some(op))
+    }
+
+    /// What a float conv/linear fused runs after it: its kept batch norm, then its activation.
+    fn fused_after(
+        &mut self,
+        at: &At<'m>,
+        bn: &Option<BatchNorm>,
+        act: &Option<Act>,
+        then: &mut Vec<FloatOp>,
+    ) -> Result<(), LowerError> {
+        if let Some(bn) = bn {
+            then.push(FloatOp::BatchNorm {
+                eps: bn.eps as f32,
+                weight: self.float_param(at, "bn.weight")?,
+                bias: self.float_param(at, "bn.bias")?,
+                mean: self.float_param(at, "bn.running_mean")?,
+                var: self.float_param(at, "bn.running_var")?,
+            });
+        }
+        then.extend(act_op(act));
+        Ok(())
+    }
+
+    /// The float step of a node; what it fused goes to `then`.
+    fn float_op(&mut self, at: &At<'m>, then: &mut Vec<FloatOp>) -> Result<StepOp, LowerError> {
+        let (rank, in_rank) = (at.rank, at.in_rank);
+        Ok(match &at.node.op {
+            Op::Conv(c) => {
+                self.fused_after(at, &c.bn, &c.act, then)?;
                 FloatOp::Conv {
-                    window: window(kernel, stride, pad, dilation, false),
-                    groups: *groups,
-                    weight: float_param("weight")?,
-                    bias: if *bias { Some(float_param("bias")?) } else { None },
+                    window: window(&c.kernel, &c.stride, &c.pad, &c.dilation, false),
+                    groups: c.groups,
+                    weight: self.float_param(at, "weight")?,
+                    bias: if c.bias {
+                        Some(self.float_param(at, "bias")?)
+                    } else {
+                        None
+                    },
+                }
+                .into()
+            }
+            Op::Linear(l) => {
+                self.fused_after(at, &l.bn, &l.act, then)?;
+                FloatOp::Linear {
+                    weight: self.float_param(at, "weight")?,
+                    bias: if l.bias {
+                        Some(self.float_param(at, "bias")?)
+                    } else {
+                        None
+                    },
                 }
                 .into()
             }
             Op::BatchNorm(bn) => FloatOp::BatchNorm {
                 eps: bn.eps as f32,
-                weight: float_param("weight")?,
-                bias: float_param("bias")?,
-                mean: float_param("running_mean")?,
-                var: float_param("running_var")?,
+                weight: self.float_param(at, "weight")?,
+                bias: self.float_param(at, "bias")?,
+                mean: self.float_param(at, "running_mean")?,
+                var: self.float_param(at, "running_var")?,
             }
             .into(),
             Op::Relu => FloatOp::Relu.into(),
@@ -391,28 +479,13 @@ pub fn lower(module: &Module) -> Result<Program, LowerError> {
                 max: *max as f32,
             }
             .into(),
-            Op::MaxPool(Pool {
-                kernel,
-                stride,
-                pad,
-                dilation,
-                ceil_mode,
-                ..
-            }) => FloatOp::MaxPool {
-                window: window(kernel, stride, pad, dilation, *ceil_mode),
+            Op::MaxPool(p) => FloatOp::MaxPool {
+                window: window(&p.kernel, &p.stride, &p.pad, &p.dilation, p.ceil_mode),
             }
             .into(),
-            Op::AvgPool(Pool {
-                kernel,
-                stride,
-                pad,
-                dilation,
-                ceil_mode,
-                count_include_pad,
-                ..
-            }) => FloatOp::AvgPool {
-                window: window(kernel, stride, pad, dilation, *ceil_mode),
-                count_include_pad: *count_include_pad,
+            Op::AvgPool(p) => FloatOp::AvgPool {
+                window: window(&p.kernel, &p.stride, &p.pad, &p.dilation, p.ceil_mode),
+                count_include_pad: p.count_include_pad,
             }
             .into(),
             Op::AdaptiveAvgPool { output } => FloatOp::AdaptiveAvgPool { output: output.clone() }.into(),
@@ -425,33 +498,27 @@ pub fn lower(module: &Module) -> Result<Program, LowerError> {
                 end_dim: norm(*end_dim, in_rank),
             }
             .into(),
-            Op::Linear(l) => {
-                if let Some(bn) = &l.bn {
-                    then.push(FloatOp::BatchNorm {
-                        eps: bn.eps as f32,
-                        weight: float_param("bn.weight")?,
-                        bias: float_param("bn.bias")?,
-                        mean: float_param("bn.running_mean")?,
-                        var: float_param("bn.running_var")?,
-                    });
-                }
-                then.extend(act_op(&l.act));
-                FloatOp::Linear {
-                    weight: float_param("weight")?,
-                    bias: if l.bias { Some(float_param("bias")?) } else { None },
-                }
-                .into()
-            }
             Op::Add { act } => {
                 then.extend(act_op(act));
                 FloatOp::Add.into()
             }
             Op::Concat { dim } => FloatOp::Concat { dim: norm(*dim, rank) }.into(),
             Op::Identity | Op::Dropout { .. } | Op::Observe(_) | Op::FakeQuant { .. } => FloatOp::Identity.into(),
-        };
-        let mut inputs: Vec<usize> = node_inputs.iter().map(|i| value_of[i]).collect();
-        // The node's own value is the last of its chain; the ones before are named after the
-        // op they feed (`conv1#pre_bn`, `conv1#pre_act`).
+            Op::Input { .. }
+            | Op::Quantize { .. }
+            | Op::Dequantize
+            | Op::QConv(_)
+            | Op::QLinear(_)
+            | Op::QAdd { .. }
+            | Op::QConcat { .. } => unreachable!("lowered by `int8_op`"),
+        })
+    }
+
+    /// The steps of one node: its op, then what it fused. The node's own value is the last of
+    /// the chain; the ones before are named after the op they feed (`conv1#pre_bn`,
+    /// `conv1#pre_act`).
+    fn push_chain(&mut self, value: usize, mut inputs: Vec<usize>, op: StepOp, then: Vec<FloatOp>) {
+        let program = &mut self.program;
         let info = program.values[value].clone();
         let chain: Vec<StepOp> = std::iter::once(op).chain(then.into_iter().map(StepOp::from)).collect();
         for (k, op) in chain.iter().enumerate() {
@@ -478,8 +545,28 @@ pub fn lower(module: &Module) -> Result<Program, LowerError> {
             inputs = vec![output];
         }
     }
-    program.outputs = g.outputs.iter().map(|(_, id)| value_of[id]).collect();
-    Ok(program)
+}
+
+/// A dim index counted from the end (`-1`) as one from the start.
+fn norm(d: i64, r: usize) -> usize {
+    if d < 0 {
+        (d + r as i64) as usize
+    } else {
+        d as usize
+    }
+}
+
+/// The float steps of a fused activation.
+fn act_op(act: &Option<Act>) -> Vec<FloatOp> {
+    match act {
+        None => vec![],
+        Some(Act::Relu) => vec![FloatOp::Relu],
+        Some(Act::Relu6) => vec![FloatOp::Clamp { min: 0.0, max: 6.0 }],
+        Some(Act::Clamp { min, max }) => vec![FloatOp::Clamp {
+            min: *min as f32,
+            max: *max as f32,
+        }],
+    }
 }
 
 /// The float stages' lowering (kept as the name calibration and tests use).
@@ -619,14 +706,7 @@ pub fn lower_with_keys(module: &Module) -> Result<(Program, Vec<Option<String>>)
 
 /// Records that constant `c` holds the parameter of `node` in `role`, when its value is that
 /// parameter's unchanged.
-fn set_key(
-    module: &Module,
-    node: &crate::ir::Node,
-    program: &Program,
-    keys: &mut [Option<String>],
-    c: usize,
-    role: &str,
-) {
+fn set_key(module: &Module, node: &Node, program: &Program, keys: &mut [Option<String>], c: usize, role: &str) {
     let Some((_, key)) = node.params.iter().find(|(r, _)| *r == role) else {
         return;
     };
@@ -756,7 +836,7 @@ pub fn trainable(keys: &[Option<String>], plan: Option<&QatPlan>) -> Vec<bool> {
 /// `MovingAverageMinMaxObserver` default.
 pub const QAT_AVERAGING_CONSTANT: f64 = 0.01;
 
-fn node_error(node: &crate::ir::Node, message: &str) -> LowerError {
+fn node_error(node: &Node, message: &str) -> LowerError {
     LowerError::Node {
         node: node.name.clone(),
         message: message.to_string(),

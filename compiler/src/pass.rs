@@ -27,7 +27,7 @@ pub struct Ctx<'a> {
     pub loaded: &'a qc_dsl::Loaded,
     pub opts: &'a RunOptions,
     /// A checkpoint that did not fit stage `float`: it is bound at the first later stage whose
-    /// keys it fits (a QAT or converted PyTorch checkpoint), see [`bind_pending`].
+    /// keys it fits (a QAT or converted PyTorch checkpoint), by the pass `crate::bind::BindCheckpoint`.
     pub pending: Option<PendingCheckpoint>,
     /// Quantization-aware training (`opts.qat`): batch norms stay inside the fused ops
     /// (PyTorch's ConvBn), `observed` inserts fake-quant nodes.
@@ -47,28 +47,12 @@ impl<'a> Ctx<'a> {
 
 /// A checkpoint waiting for the stage it was saved at.
 pub struct PendingCheckpoint {
-    pub values: indexmap::IndexMap<String, crate::keys::CkptValue>,
+    pub values: indexmap::IndexMap<String, crate::checkpoint::CkptValue>,
     /// As written in the recipe.
     pub file: String,
     pub span: qc_dsl::Span,
     /// The diagnostics of binding it at stage `float`, reported if no stage fits.
     pub float_diagnostics: Vec<Diagnostic>,
-}
-
-/// Binds the pending checkpoint if it fits the module's stage now.
-fn bind_pending(module: &mut Module, cx: &mut Ctx) -> Result<(), PassError> {
-    let Some(p) = &cx.pending else {
-        return Ok(());
-    };
-    if !crate::keys::check(module, &crate::keys::entries(&p.values)).is_empty() {
-        return Ok(());
-    }
-    let p = cx.pending.take().expect("checked above");
-    crate::keys::bind(module, &p.values, &p.file).map_err(|m| {
-        PassError::User(vec![Diagnostic::new("qc::weights-bind", p.span, m)
-            .label("this checkpoint")
-            .help("the checkpoint's keys fit this stage but a value does not; re-export it")])
-    })
 }
 
 /// One transformation of the module.
@@ -82,6 +66,10 @@ pub trait Pass {
 pub struct StageDef {
     pub stage: Stage,
     pub passes: Vec<Box<dyn Pass>>,
+    /// Passes run once the module has reached `stage`, before the stage is handed on (binding
+    /// a checkpoint saved at this stage). They are not named by `--print-after`, printed by
+    /// `--print-after-all` or followed by the verifier.
+    pub reached: Vec<Box<dyn Pass>>,
 }
 
 /// Options of a pipeline run.
@@ -138,7 +126,9 @@ pub fn run_stages(
             }
         }
         module.stage = def.stage;
-        bind_pending(module, cx)?;
+        for pass in &def.reached {
+            pass.run(module, cx)?;
+        }
         on_stage(module);
         if !opts.print_after_all && opts.print_after.iter().any(|p| p == def.stage.name()) {
             on_print(def.stage.name(), module);

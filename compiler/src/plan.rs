@@ -25,7 +25,7 @@ use std::collections::{HashMap, HashSet};
 use qc_dsl::sections::{Granularity, LayerSelector, Observer, QuantizeSettings, Scheme, TensorDefaults, TensorSpec};
 use qc_dsl::{Diagnostic, SourceMap, Span};
 
-use crate::ir::{Module, NodeId, Stage};
+use crate::ir::{Graph, Module, NodeId, Stage};
 use crate::ops::{observer_text, Op, QSpec, OP_NAMES};
 
 const NO_QUANTIZE: &str = "qc::no-quantize";
@@ -329,19 +329,105 @@ pub fn build(module: &Module, q: &QuantizeSettings) -> Result<Plan, Vec<Diagnost
     let mut diags: Vec<Diagnostic> = vec![];
     check_selectors(module, q, &order, &mut diags);
 
-    let n_inputs = g.inputs.len();
-    let kinds: HashMap<NodeId, Kind> = order.iter().map(|&id| (id, kind(&g.node(id).op))).collect();
-    let mut decisions: HashMap<NodeId, Decision> = HashMap::new();
-    let mut weights: HashMap<NodeId, ResolvedSpec> = HashMap::new();
-    let mut acts: HashMap<NodeId, ResolvedSpec> = HashMap::new();
+    let decide = Decide {
+        g,
+        q,
+        kinds: order.iter().map(|&id| (id, kind(&g.node(id).op))).collect(),
+        w_defaults,
+        a_defaults,
+        scheme,
+    };
+    let decided = decide.all(&order);
 
-    // Own decisions first (inputs wait for their readers).
-    let own = |id: NodeId, decisions: &HashMap<NodeId, Decision>| -> (Decision, Option<ResolvedSpec>, ResolvedSpec) {
+    // Checks that need the decisions.
+    let mut report = Diags {
+        reported: HashSet::new(),
+        diags,
+    };
+    check_specs(g, q, &order, &decided, &mut report);
+    let nodes = node_plans(g, &order, &decided, &mut report);
+    if report.diags.is_empty() {
+        Ok(Plan {
+            model: module.name.clone(),
+            stage: module.stage,
+            scheme,
+            nodes,
+        })
+    } else {
+        Err(report.diags)
+    }
+}
+
+/// What `build` decides from: the graph, the recipe's settings and the scheme's defaults.
+struct Decide<'a> {
+    g: &'a Graph,
+    q: &'a QuantizeSettings,
+    kinds: HashMap<NodeId, Kind>,
+    w_defaults: TensorDefaults,
+    a_defaults: TensorDefaults,
+    scheme: Decider,
+}
+
+/// Per node: the decision, the weight settings of an int8 weighted op, the activation settings.
+struct Decisions {
+    decisions: HashMap<NodeId, Decision>,
+    weights: HashMap<NodeId, ResolvedSpec>,
+    acts: HashMap<NodeId, ResolvedSpec>,
+}
+
+impl Decide<'_> {
+    /// Every node's decision: own decisions first, inputs wait for their readers.
+    fn all(&self, order: &[NodeId]) -> Decisions {
+        let g = self.g;
+        let mut d = Decisions {
+            decisions: HashMap::new(),
+            weights: HashMap::new(),
+            acts: HashMap::new(),
+        };
+        for &id in order {
+            if self.kinds[&id] == Kind::Input {
+                // Quantized when a reader would run in int8 on it: an int8 op, or a sharing op
+                // that is not kept float by its own settings.
+                let quantized = g.users_of(id).into_iter().any(|u| {
+                    let mut probe = d.decisions.clone();
+                    probe.insert(id, Decision::Input { quantized: true });
+                    for i in g.inputs_of(u) {
+                        probe.entry(i).or_insert(Decision::Input { quantized: true });
+                    }
+                    self.own(u, &probe).0.is_int8()
+                });
+                let (decision, _, a) = self.own(id, &d.decisions);
+                let decision = match decision {
+                    Decision::Input { .. } => Decision::Input { quantized },
+                    other => other,
+                };
+                d.decisions.insert(id, decision);
+                d.acts.insert(id, a);
+            }
+        }
+        for &id in order {
+            if self.kinds[&id] == Kind::Input {
+                continue;
+            }
+            let (decision, w, a) = self.own(id, &d.decisions);
+            if let Some(w) = w {
+                d.weights.insert(id, w);
+            }
+            d.decisions.insert(id, decision);
+            d.acts.insert(id, a);
+        }
+        d
+    }
+
+    /// A node's own decision given its inputs' (`decisions`), with its weight settings (int8
+    /// weighted ops only) and activation settings.
+    fn own(&self, id: NodeId, decisions: &HashMap<NodeId, Decision>) -> (Decision, Option<ResolvedSpec>, ResolvedSpec) {
+        let g = self.g;
         let node = g.node(id);
-        let nq = q.for_node(&node.name, node.op.name());
-        let w = ResolvedSpec::resolve(&nq.weights, &w_defaults, scheme);
-        let a = ResolvedSpec::resolve(&nq.activations, &a_defaults, scheme);
-        let k = kinds[&id];
+        let nq = self.q.for_node(&node.name, node.op.name());
+        let w = ResolvedSpec::resolve(&nq.weights, &self.w_defaults, self.scheme);
+        let a = ResolvedSpec::resolve(&nq.activations, &self.a_defaults, self.scheme);
+        let k = self.kinds[&id];
         let decision = if let Some(skip) = nq.skip {
             Decision::Float(FloatReason::Skip(skip))
         } else {
@@ -386,49 +472,27 @@ pub fn build(module: &Module, q: &QuantizeSettings) -> Result<Plan, Vec<Diagnost
         };
         let w = (k == Kind::Weighted && decision == Decision::Int8).then_some(w);
         (decision, w, a)
-    };
+    }
+}
 
-    for &id in &order {
-        if kinds[&id] == Kind::Input {
-            // Quantized when a reader would run in int8 on it: an int8 op, or a sharing op that
-            // is not kept float by its own settings.
-            let quantized = g.users_of(id).into_iter().any(|u| {
-                let mut probe = decisions.clone();
-                probe.insert(id, Decision::Input { quantized: true });
-                for i in g.inputs_of(u) {
-                    probe.entry(i).or_insert(Decision::Input { quantized: true });
-                }
-                own(u, &probe).0.is_int8()
-            });
-            let (d, _, a) = own(id, &decisions);
-            let d = match d {
-                Decision::Input { .. } => Decision::Input { quantized },
-                other => other,
-            };
-            decisions.insert(id, d);
-            acts.insert(id, a);
+/// The plan's diagnostics, each (code, span) once.
+struct Diags {
+    reported: HashSet<(&'static str, usize, usize)>,
+    diags: Vec<Diagnostic>,
+}
+
+impl Diags {
+    fn push(&mut self, d: Diagnostic) {
+        if self.reported.insert((d.code, d.span.start, d.span.end)) {
+            self.diags.push(d);
         }
     }
-    for &id in &order {
-        if kinds[&id] == Kind::Input {
-            continue;
-        }
-        let (d, w, a) = own(id, &decisions);
-        if let Some(w) = w {
-            weights.insert(id, w);
-        }
-        decisions.insert(id, d);
-        acts.insert(id, a);
-    }
+}
 
-    // Checks that need the decisions.
-    let mut reported: HashSet<(&'static str, usize, usize)> = HashSet::new();
-    let mut push = |d: Diagnostic, diags: &mut Vec<Diagnostic>| {
-        if reported.insert((d.code, d.span.start, d.span.end)) {
-            diags.push(d);
-        }
-    };
-    for (&id, w) in &weights {
+/// Settings the decisions make impossible: per-channel weights with a histogram or percentile
+/// observer, per-channel activations.
+fn check_specs(g: &Graph, q: &QuantizeSettings, order: &[NodeId], decided: &Decisions, report: &mut Diags) {
+    for (&id, w) in &decided.weights {
         let per_channel = w.granularity.value == Granularity::PerChannel;
         if per_channel
             && matches!(
@@ -441,7 +505,7 @@ pub fn build(module: &Module, q: &QuantizeSettings) -> Result<Plan, Vec<Diagnost
                 (_, Decider::Recipe(s)) => (s, "per-channel weights"),
                 _ => (q.scheme.span, "this scheme"),
             };
-            push(
+            report.push(
                 Diagnostic::new(
                     PER_CHANNEL_OBSERVER,
                     span,
@@ -457,14 +521,13 @@ pub fn build(module: &Module, q: &QuantizeSettings) -> Result<Plan, Vec<Diagnost
                      `weights: per_tensor {}`",
                     w.observer.value.name()
                 )),
-                &mut diags,
             );
         }
     }
-    for &id in &order {
-        let a = &acts[&id];
+    for &id in order {
+        let a = &decided.acts[&id];
         if a.granularity.value == Granularity::PerChannel {
-            push(
+            report.push(
                 Diagnostic::new(
                     PER_CHANNEL_ACTIVATIONS,
                     span_of(a.granularity.by),
@@ -472,15 +535,23 @@ pub fn build(module: &Module, q: &QuantizeSettings) -> Result<Plan, Vec<Diagnost
                 )
                 .label("per_channel")
                 .help("remove `per_channel` from `activations:`; it applies to weights only"),
-                &mut diags,
             );
         }
     }
+}
 
-    // Observed values and boundaries.
+/// Each node's plan: its decision, observed values and boundaries; an observed value kept in
+/// float is reported.
+fn node_plans(g: &Graph, order: &[NodeId], decided: &Decisions, report: &mut Diags) -> Vec<NodePlan> {
+    let Decisions {
+        decisions,
+        weights,
+        acts,
+    } = decided;
+    let n_inputs = g.inputs.len();
     let mut nodes = vec![];
     let output_ids: HashSet<NodeId> = g.outputs.iter().map(|(_, id)| *id).collect();
-    for &id in &order {
+    for &id in order {
         let node = g.node(id);
         let d = decisions[&id].clone();
         let readers = g.users_of(id);
@@ -495,7 +566,7 @@ pub fn build(module: &Module, q: &QuantizeSettings) -> Result<Plan, Vec<Diagnost
         };
         if observed && acts[&id].float.value {
             let reader = int8_reader.map(|u| g.node(*u).name.clone()).unwrap_or_default();
-            push(
+            report.push(
                 Diagnostic::new(
                     FLOAT_FEEDS_INT8,
                     span_of(acts[&id].float.by),
@@ -509,7 +580,6 @@ pub fn build(module: &Module, q: &QuantizeSettings) -> Result<Plan, Vec<Diagnost
                     "an int8 node needs its input quantized: remove `activations: float`, or keep `{reader}` \
                      in float too (`layer {reader} {{ skip }}`)"
                 )),
-                &mut diags,
             );
         }
         let mut boundaries = vec![];
@@ -538,16 +608,7 @@ pub fn build(module: &Module, q: &QuantizeSettings) -> Result<Plan, Vec<Diagnost
             decision: d,
         });
     }
-    if diags.is_empty() {
-        Ok(Plan {
-            model: module.name.clone(),
-            stage: module.stage,
-            scheme,
-            nodes,
-        })
-    } else {
-        Err(diags)
-    }
+    nodes
 }
 
 fn span_of(d: Decider) -> Span {

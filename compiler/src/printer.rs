@@ -22,15 +22,7 @@ use crate::ir::{Module, Provenance, Stage};
 use crate::ops::{Attr, Op};
 use crate::types::{DType, Dim, QuantParams, TensorType};
 
-/// Shortest round-trip text of a float, always with a `.`, an exponent, or `inf`/`nan`.
-pub fn fmt_f64(v: f64) -> String {
-    let s = format!("{v}");
-    if v.is_finite() && !s.contains(['.', 'e', 'E']) {
-        format!("{s}.0")
-    } else {
-        s
-    }
-}
+pub use crate::fmt::fmt_f64;
 
 /// A parsed or printable IR dump.
 #[derive(Clone, Debug, PartialEq)]

@@ -18,25 +18,16 @@
 use qc_dsl::ast::BinaryOp;
 use qc_dsl::sections::FuseOp;
 use qc_dsl::Diagnostic;
-use qc_runtime::{DType, Tensor};
 
-use crate::fold::{self, FoldError, FoldParam};
-use crate::ir::{Module, NodeId, Param, Provenance};
+use crate::fold::{self, bug, key_of, BN_ROLES};
+use crate::ir::{Module, NodeId, Provenance};
 use crate::ops::{Act, Attr, BatchNorm, Op};
 use crate::pass::{Changed, Ctx, Pass, PassError};
+pub use crate::report::{Fired, Mode, Report, Stop};
 use crate::rules::{Literal, PArg, Rule, RuleSet, Test};
 
 /// The driver's cap on rounds; the standard rules reach their fixed point in one or two.
 pub const MAX_ROUNDS: usize = 64;
-
-/// How a batch norm is fused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// Post-training quantization: fold it into the weights (`fold_bn_into_conv/linear`).
-    Ptq,
-    /// Quantization-aware training: keep it inside the op (`conv1.bn.weight`, ...).
-    Qat,
-}
 
 /// What a matched pattern becomes.
 #[derive(Clone, Debug, PartialEq)]
@@ -60,89 +51,6 @@ pub struct Patch {
     /// The matched nodes, in pattern order (root first).
     pub matched: Vec<NodeId>,
     pub replacement: Replacement,
-}
-
-/// How often one rule fired.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Fired {
-    pub rule: String,
-    /// `conv2d -> batch_norm -> relu`.
-    pub chain: String,
-    /// The first line of the rule's doc comment.
-    pub summary: String,
-    pub count: usize,
-}
-
-/// Why the driver stopped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stop {
-    /// No rule matches any more.
-    FixedPoint,
-    /// Rules still matched after the last round allowed.
-    Cap,
-}
-
-/// What a rewrite run did.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Report {
-    pub mode: Mode,
-    /// Every active rule, in priority order, with its count.
-    pub fired: Vec<Fired>,
-    /// Rules turned off by the recipe.
-    pub off: Vec<String>,
-    /// Rounds that applied patches.
-    pub rounds: usize,
-    pub max_rounds: usize,
-    pub stop: Stop,
-}
-
-impl Report {
-    /// How often a rule fired (0 for one that is not active).
-    pub fn count(&self, rule: &str) -> usize {
-        self.fired.iter().find(|f| f.rule == rule).map_or(0, |f| f.count)
-    }
-
-    /// Patches applied in all.
-    pub fn total(&self) -> usize {
-        self.fired.iter().map(|f| f.count).sum()
-    }
-
-    /// The `--stats` text: one line for the run, one per rule.
-    pub fn render(&self) -> String {
-        let mode = match self.mode {
-            Mode::Ptq => "PTQ, batch norms folded",
-            Mode::Qat => "QAT, batch norms kept",
-        };
-        let stop = match self.stop {
-            Stop::FixedPoint => "stopped at a fixed point".to_string(),
-            Stop::Cap => format!(
-                "stopped at the cap ({} rounds) with rules still matching",
-                self.max_rounds
-            ),
-        };
-        let mut out = format!(
-            "fuse ({mode}): {} patches in {} round{}, {stop}\n",
-            self.total(),
-            self.rounds,
-            if self.rounds == 1 { "" } else { "s" }
-        );
-        let w = self
-            .fired
-            .iter()
-            .map(|f| f.rule.len())
-            .chain(self.off.iter().map(|o| o.len()))
-            .max()
-            .unwrap_or(4)
-            .max(4);
-        out.push_str(&format!("  {:<w$}  {:>5}  identity\n", "rule", "fired"));
-        for f in &self.fired {
-            out.push_str(&format!("  {:<w$}  {:>5}  {}\n", f.rule, f.count, f.summary));
-        }
-        for o in &self.off {
-            out.push_str(&format!("  {o:<w$}  {:>5}  (turned off by `fuse off`)\n", "off"));
-        }
-        out
-    }
 }
 
 // ---------------------------------------------------------------- matching
@@ -294,7 +202,6 @@ pub fn select(patches: Vec<Patch>) -> Vec<Patch> {
 
 // ---------------------------------------------------------------- applying
 
-const BN_ROLES: [&str; 5] = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"];
 const KEPT_BN_ROLES: [&str; 5] = [
     "bn.weight",
     "bn.bias",
@@ -302,146 +209,6 @@ const KEPT_BN_ROLES: [&str; 5] = [
     "bn.running_var",
     "bn.num_batches_tracked",
 ];
-
-fn key_of(module: &Module, id: NodeId, role: &str) -> Option<String> {
-    module
-        .graph
-        .node(id)
-        .params
-        .iter()
-        .find(|(r, _)| *r == role)
-        .map(|(_, k)| k.clone())
-}
-
-/// A compiler bug met while applying a patch (the verifier would catch its result anyway).
-fn bug(message: String) -> Box<Diagnostic> {
-    Box::new(
-        Diagnostic::new("qc::internal", qc_dsl::Span::default(), message)
-            .label("here")
-            .help("this is a bug in qc, not in your recipe; please report it with the recipe"),
-    )
-}
-
-/// The float-stage keys a parameter stands for: itself, or what a transform of this pass made it
-/// from (so that folding twice still names the original keys).
-fn sources_of(module: &Module, key: &str) -> Vec<String> {
-    match module.params.get(key).map(|p| &p.provenance) {
-        Some(Provenance::Derived { transform, from }) if transform == "fold_bn" => from.clone(),
-        _ => vec![key.to_string()],
-    }
-}
-
-/// PTQ: folds batch norm `bn_id` into the weights of `anchor`.
-fn fold_into(module: &mut Module, anchor: NodeId, bn_id: NodeId, rule: &str) -> Result<(), Box<Diagnostic>> {
-    let anchor_name = module.graph.node(anchor).name.clone();
-    let bn_node = module.graph.node(bn_id).clone();
-    let Op::BatchNorm(bn_op) = &bn_node.op else {
-        return Err(bug(format!("`{}` is folded but is not a batch norm", bn_node.name)));
-    };
-    let weight_key = key_of(module, anchor, "weight").ok_or_else(|| bug(format!("`{anchor_name}` has no weight")))?;
-    let bias_key = key_of(module, anchor, "bias");
-    let bn_keys: Vec<String> = BN_ROLES
-        .iter()
-        .map(|r| key_of(module, bn_id, r).ok_or_else(|| bug(format!("`{}` has no `{r}`", bn_node.name))))
-        .collect::<Result<_, _>>()?;
-    let value = |k: &str| -> Result<&Tensor, Box<Diagnostic>> {
-        module
-            .params
-            .get(k)
-            .and_then(|p| p.value.as_ref())
-            .ok_or_else(|| bug(format!("`{k}` has no value at stage fused")))
-    };
-    let is_linear = matches!(module.graph.node(anchor).op, Op::Linear(_));
-    let folded = {
-        let (w, b) = (value(&weight_key)?, bias_key.as_deref().map(value).transpose()?);
-        let (g, be, m, v) = (
-            value(&bn_keys[0])?,
-            value(&bn_keys[1])?,
-            value(&bn_keys[2])?,
-            value(&bn_keys[3])?,
-        );
-        fold::BatchNorm::from_tensors(Some(g), Some(be), m, v, bn_op.eps).and_then(|bn| {
-            if is_linear {
-                fold::fold_bn_into_linear(w, b, &bn)
-            } else {
-                fold::fold_bn_into_conv(w, b, &bn)
-            }
-        })
-    };
-    let folded = folded.map_err(|e| {
-        Box::new(fold_diagnostic(
-            module,
-            bn_id,
-            &anchor_name,
-            &weight_key,
-            &bias_key,
-            &bn_keys,
-            rule,
-            &e,
-        ))
-    })?;
-
-    let mut from = sources_of(module, &weight_key);
-    if let Some(b) = &bias_key {
-        for k in sources_of(module, b) {
-            if !from.contains(&k) {
-                from.push(k);
-            }
-        }
-    }
-    from.extend(bn_keys[..4].iter().cloned());
-    let provenance = Provenance::Derived {
-        transform: "fold_bn".into(),
-        from,
-    };
-    let w = module.params.get_mut(&weight_key).expect("checked above");
-    w.value = Some(folded.weight);
-    w.provenance = provenance.clone();
-    match &bias_key {
-        Some(k) => {
-            let b = module.params.get_mut(k).expect("checked above");
-            b.value = Some(folded.bias);
-            b.provenance = provenance;
-        }
-        None => {
-            // The conv gains a bias, right after its weight (PyTorch's state_dict order).
-            let key = format!("{anchor_name}.bias");
-            let at = module
-                .params
-                .get_index_of(&weight_key)
-                .map_or(module.params.len(), |i| i + 1);
-            let shape = folded.bias.shape.clone();
-            module.params.shift_insert(
-                at,
-                key.clone(),
-                Param {
-                    dtype: DType::F32,
-                    shape,
-                    value: Some(folded.bias),
-                    provenance,
-                    owner: anchor_name.clone(),
-                    quant: None,
-                },
-            );
-            let node = module.graph.node_mut(anchor);
-            let after_weight = node
-                .params
-                .iter()
-                .position(|(r, _)| *r == "weight")
-                .map_or(0, |i| i + 1);
-            node.params.insert(after_weight, ("bias", key));
-            match &mut node.op {
-                Op::Conv(c) => c.bias = true,
-                Op::Linear(l) => l.bias = true,
-                _ => {}
-            }
-        }
-    }
-    for k in &bn_keys {
-        module.params.shift_remove(k);
-    }
-    Ok(())
-}
 
 /// QAT: keeps batch norm `bn_id` inside `anchor`, its buffers moved to `<anchor>.bn.*` in place.
 fn keep_bn(module: &mut Module, anchor: NodeId, bn_id: NodeId) -> Result<(), Box<Diagnostic>> {
@@ -479,63 +246,12 @@ fn keep_bn(module: &mut Module, anchor: NodeId, bn_id: NodeId) -> Result<(), Box
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn fold_diagnostic(
-    module: &Module,
-    bn_id: NodeId,
-    anchor: &str,
-    weight_key: &str,
-    bias_key: &Option<String>,
-    bn_keys: &[String],
-    rule: &str,
-    e: &FoldError,
-) -> Diagnostic {
-    let bn_name = &module.graph.node(bn_id).name;
-    let param = match e {
-        FoldError::NotF32 { param, .. }
-        | FoldError::BadShape { param, .. }
-        | FoldError::DataLength { param, .. }
-        | FoldError::ChannelMismatch { param, .. }
-        | FoldError::NonFinite { param, .. }
-        | FoldError::Overflow { param, .. } => Some(*param),
-        FoldError::NonPositiveVariance { .. } => Some(FoldParam::RunningVar),
-        FoldError::NotRows { .. } => Some(FoldParam::Weight),
-        FoldError::ZeroScaleFactor { .. } => Some(FoldParam::BnWeight),
-    };
-    let key = match param {
-        Some(FoldParam::Weight) => weight_key.to_string(),
-        Some(FoldParam::Bias) => bias_key.clone().unwrap_or_else(|| format!("{anchor}.bias")),
-        Some(FoldParam::BnWeight) => bn_keys[0].clone(),
-        Some(FoldParam::BnBias) => bn_keys[1].clone(),
-        Some(FoldParam::RunningMean) => bn_keys[2].clone(),
-        Some(FoldParam::RunningVar) => bn_keys[3].clone(),
-        Some(FoldParam::Eps) => format!("`eps` of {bn_name}"),
-        _ => bn_name.clone(),
-    };
-    let origin = module
-        .params
-        .get(&key)
-        .map(|p| format!(" (it comes from {})", p.provenance))
-        .unwrap_or_default();
-    crate::float::node_diagnostic(
-        module,
-        bn_id,
-        "qc::fold-bn",
-        format!("cannot fold batch norm `{bn_name}` into `{anchor}` (rule `{rule}`): `{key}`: {e}"),
-        "this batch norm cannot be folded",
-        format!(
-            "fix `{key}`{origin} (a batch norm's running_var must be positive and every value finite), or keep \
-             `{bn_name}` unfused with `fuse off {rule}` in `quantize {{ }}`"
-        ),
-    )
-}
-
 /// Applies one patch (found on the module as it is now). On error nothing has changed.
 pub fn apply(module: &mut Module, patch: &Patch, mode: Mode) -> Result<(), Box<Diagnostic>> {
     let r = &patch.replacement;
     if let Some(bn) = r.fold {
         match mode {
-            Mode::Ptq => fold_into(module, r.anchor, bn, &patch.rule_name)?,
+            Mode::Ptq => fold::fold_into(module, r.anchor, bn, &patch.rule_name)?,
             Mode::Qat => keep_bn(module, r.anchor, bn)?,
         }
     }

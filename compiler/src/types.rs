@@ -75,7 +75,7 @@ impl fmt::Display for QuantParams {
         write!(
             f,
             "!q({}, {}, [{}, {}])",
-            crate::printer::fmt_f64(self.scale as f64),
+            crate::fmt::fmt_f64(self.scale as f64),
             self.zero_point,
             self.qmin,
             self.qmax
@@ -127,5 +127,49 @@ impl fmt::Display for TensorType {
             write!(f, " {q}")?;
         }
         Ok(())
+    }
+}
+
+/// Quantization parameters of an integer parameter (PyTorch's qtensor schemes).
+#[derive(Clone, Debug, PartialEq)]
+pub enum ParamQuant {
+    PerTensor(QuantParams),
+    PerChannel {
+        axis: usize,
+        scales: Vec<f32>,
+        zero_points: Vec<i32>,
+        qmin: i32,
+        qmax: i32,
+    },
+}
+
+impl std::fmt::Display for ParamQuant {
+    /// `!q(0.02, 0, [-128, 127])`, or per channel `!q(axis 0, 16 scales #<hash>, [-128, 127])`
+    /// (the hash covers scales and zero points; dumps never inline per-channel values).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParamQuant::PerTensor(q) => write!(f, "{q}"),
+            ParamQuant::PerChannel {
+                axis,
+                scales,
+                zero_points,
+                qmin,
+                qmax,
+            } => {
+                let mut h = xxhash_rust::xxh3::Xxh3::new();
+                for s in scales {
+                    h.update(&s.to_le_bytes());
+                }
+                for z in zero_points {
+                    h.update(&z.to_le_bytes());
+                }
+                write!(
+                    f,
+                    "!q(axis {axis}, {} scales #{:016x}, [{qmin}, {qmax}])",
+                    scales.len(),
+                    h.digest()
+                )
+            }
+        }
     }
 }
