@@ -18,7 +18,8 @@ use qc_runtime_host::torch::{
 
 use crate::ir::{Module, Provenance, Stage};
 use crate::lower::{self, LowerError};
-use crate::{CompileError, RunOptions};
+use crate::pass::RunOptions;
+use crate::pipeline::{self, CompileError};
 
 /// What the command line asks of a training run.
 #[derive(Clone, Debug)]
@@ -84,7 +85,7 @@ pub fn prepare(loaded: &Loaded, request: &TrainRequest) -> Result<TrainJob, Prep
         qat: request.qat,
         ..Default::default()
     };
-    let module = crate::compile(loaded, &opts, &mut |_| {}, &mut |_, _| {}).map_err(PrepareError::Compile)?;
+    let module = pipeline::compile(loaded, &opts, &mut |_| {}, &mut |_, _| {}).map_err(PrepareError::Compile)?;
     let lowered = if request.qat {
         lower::lower_qat(&module, learnable_scales).map(|(p, k, plan)| (p, k, Some(plan)))
     } else {

@@ -1,0 +1,173 @@
+//! The pipeline: the stages that exist with their passes, in order, and what runs a recipe
+//! through them: `compile` (up to a stage), `check` (validation without weights) and `plan`
+//! (the quantization plan, what `qc plan` prints).
+
+use qc_dsl::{Diagnostic, Loaded};
+
+use crate::bind;
+use crate::calibrate;
+use crate::convert;
+use crate::expand;
+use crate::float;
+use crate::ir::{Module, Stage};
+use crate::lower;
+use crate::observe;
+use crate::ops;
+use crate::pass::{self, PassError, RunOptions};
+use crate::rewrite;
+use crate::rules;
+use crate::verify;
+
+/// The stages that exist, after `parsed`, with their passes.
+pub fn pipeline() -> Vec<pass::StageDef> {
+    vec![
+        stage(
+            Stage::Float,
+            vec![Box::new(float::InferShapes), Box::new(float::BindWeights)],
+        ),
+        stage(Stage::Fused, vec![Box::new(rewrite::Fuse)]),
+        stage(Stage::Observed, vec![Box::new(observe::InsertObservers)]),
+        stage(Stage::Calibrated, vec![Box::new(calibrate::Calibrate)]),
+        stage(Stage::Quantized, vec![Box::new(convert::Convert)]),
+        stage(Stage::Lowered, vec![Box::new(lower::Lower)]),
+    ]
+}
+
+/// A stage of the pipeline: its passes, then `bind-checkpoint` once the module is at `stage` (a
+/// checkpoint saved at a later stage than `float` binds at the first stage it fits).
+fn stage(stage: Stage, passes: Vec<Box<dyn pass::Pass>>) -> pass::StageDef {
+    pass::StageDef {
+        stage,
+        passes,
+        reached: vec![Box::new(bind::BindCheckpoint)],
+    }
+}
+
+/// The last stage the pipeline reaches.
+pub fn last_stage() -> Stage {
+    pipeline().last().map(|s| s.stage).unwrap_or(Stage::Parsed)
+}
+
+/// Why compilation stopped.
+#[derive(Debug)]
+pub enum CompileError {
+    /// The recipe (or a file it names) is at fault; render these.
+    User(Vec<Diagnostic>),
+    /// A compiler bug found by the verifier.
+    Internal { pass: String, message: String },
+}
+
+/// Runs every stage up to `opts.stop_after` (or the last that exists). `on_stage` sees the module
+/// after each stage, `parsed` included; `on_print` serves `--print-after`.
+pub fn compile(
+    loaded: &Loaded,
+    opts: &RunOptions,
+    on_stage: &mut dyn FnMut(&Module),
+    on_print: &mut dyn FnMut(&str, &Module),
+) -> Result<Module, CompileError> {
+    if !loaded.diagnostics.is_empty() {
+        return Err(CompileError::User(loaded.diagnostics.clone()));
+    }
+    rules::load(loaded).map_err(pass_error)?;
+    let mut module = expand::expand(loaded).map_err(CompileError::User)?;
+    if cfg!(debug_assertions) || opts.verify {
+        let errors = verify::verify(&module);
+        if !errors.is_empty() {
+            return Err(CompileError::Internal {
+                pass: "expand".into(),
+                message: errors.join("; "),
+            });
+        }
+    }
+    on_stage(&module);
+    if opts.print_after_all || opts.print_after.iter().any(|p| p == "parsed" || p == "expand") {
+        on_print("expand", &module);
+    }
+    let mut cx = pass::Ctx::new(loaded, opts);
+    pass::run_stages(&mut module, &pipeline(), &mut cx, opts, on_stage, on_print).map_err(pass_error)?;
+    Ok(module)
+}
+
+fn pass_error(e: PassError) -> CompileError {
+    match e {
+        PassError::User(d) => CompileError::User(d),
+        PassError::Internal { pass, message } => CompileError::Internal { pass, message },
+    }
+}
+
+/// The quantization plan of a recipe: the stages before `observed`, then `plan::build` on the
+/// result (what `qc plan` prints). A recipe without a `quantize` section is a user error.
+pub fn plan(loaded: &Loaded, opts: &RunOptions) -> Result<(Module, crate::plan::Plan), CompileError> {
+    if !loaded.diagnostics.is_empty() {
+        return Err(CompileError::User(loaded.diagnostics.clone()));
+    }
+    let mut module = expand::expand(loaded).map_err(CompileError::User)?;
+    let stages: Vec<pass::StageDef> = pipeline().into_iter().filter(|s| s.stage < Stage::Observed).collect();
+    let mut cx = pass::Ctx::new(loaded, opts);
+    pass::run_stages(&mut module, &stages, &mut cx, opts, &mut |_| {}, &mut |_, _| {}).map_err(pass_error)?;
+    let q = crate::plan::settings(loaded, &module).map_err(CompileError::User)?;
+    let p = crate::plan::build(&module, q).map_err(CompileError::User)?;
+    Ok((module, p))
+}
+
+/// Names of every pass, in order (for `--print-after` validation and help).
+pub fn pass_names() -> Vec<&'static str> {
+    let mut names = vec!["expand"];
+    for s in pipeline() {
+        names.extend(s.passes.iter().map(|p| p.name()));
+    }
+    names
+}
+
+/// Validates a recipe without materialising weights: parse, sections, expansion, shapes, and
+/// (when the recipe names one) the checkpoint's keys and shapes. Returns a one-line summary.
+pub fn check(loaded: &Loaded) -> Result<String, CompileError> {
+    if !loaded.diagnostics.is_empty() {
+        return Err(CompileError::User(loaded.diagnostics.clone()));
+    }
+    rules::load(loaded).map_err(pass_error)?;
+    let mut module = expand::expand(loaded).map_err(CompileError::User)?;
+    let opts = RunOptions::default();
+    let mut cx = pass::Ctx::new(loaded, &opts);
+    use pass::Pass;
+    let user = pass_error;
+    float::InferShapes.run(&mut module, &mut cx).map_err(user)?;
+    let weights = match loaded.recipe.weights.first() {
+        Some(_) => {
+            float::BindWeights.run(&mut module, &mut cx).map_err(user)?;
+            if cx.pending.is_some() {
+                "checkpoint of a later stage than float (bound where it fits when compiling)"
+            } else {
+                "checkpoint fits"
+            }
+        }
+        None => "no checkpoint (deterministic initialiser)",
+    };
+    let n_params: usize = module
+        .params
+        .values()
+        .map(|p| ops::elements(&p.shape).unwrap_or(usize::MAX))
+        .fold(0, usize::saturating_add);
+    let mut sections = vec![];
+    if !loaded.recipe.quantize.is_empty() {
+        sections.push("quantize");
+    }
+    if !loaded.recipe.train.is_empty() {
+        sections.push("train");
+    }
+    if !loaded.recipe.qat.is_empty() {
+        sections.push("qat");
+    }
+    let sections = if sections.is_empty() {
+        String::new()
+    } else {
+        format!(", sections {}", sections.join("+"))
+    };
+    Ok(format!(
+        "model `{}`: {} nodes, {} parameter tensors ({} values), {weights}{sections}",
+        module.name,
+        module.graph.node_count(),
+        module.params.len(),
+        n_params
+    ))
+}
