@@ -341,9 +341,10 @@ pub fn load(loaded: &Loaded) -> Result<RuleSet, PassError> {
         if all.iter().any(|r| &r.name == name) {
             continue;
         }
-        // Not a rule: a member name turns that one chain off in every rule that has it.
+        // Not a rule: a member name turns that one chain off in every rule with op classes that
+        // has it (a rule without classes has one chain, named by the rule's name).
         let mut found = false;
-        for rule in &mut all {
+        for rule in all.iter_mut().filter(|r| r.chains().len() > 1) {
             if let Some((_, chain)) = rule.members().into_iter().find(|(m, _)| m == name) {
                 rule.members_off.push(MemberOff {
                     name: name.clone(),
@@ -1219,18 +1220,39 @@ mod tests {
     #[test]
     fn the_prelude_loads_and_every_rule_has_an_identity() {
         let rules = prelude().unwrap_or_else(|e| panic!("{e}"));
-        assert!(rules.len() >= 13);
+        let names: Vec<&str> = rules.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["conv_bn_act", "conv_bn", "conv_act", "linear_relu", "linear_bn", "add_relu"]
+        );
         for r in rules {
             assert!(!r.doc.trim().is_empty(), "{} has no doc", r.name);
             assert_eq!(r.origin, RuleOrigin::Prelude);
         }
-        let c = rules
-            .iter()
-            .find(|r| r.name == "conv2d_bn_relu")
-            .expect("conv2d_bn_relu");
-        assert_eq!(c.chain_text(), "conv2d -> batch_norm -> relu");
+        let c = rules.iter().find(|r| r.name == "conv_bn_act").expect("conv_bn_act");
+        assert_eq!(c.chain_text(), "conv1d|conv2d -> batch_norm -> relu|relu6");
         assert!(c.summary().contains("W' = W·γ/√(σ²+ε)"), "{}", c.summary());
         assert_eq!(c.size(), 3);
+        // The 13 chains the prelude fused before it had op classes, each with its old name.
+        let members: Vec<String> = rules.iter().flat_map(|r| r.members()).map(|(m, _)| m).collect();
+        assert_eq!(
+            members,
+            [
+                "conv1d_bn_relu",
+                "conv1d_bn_relu6",
+                "conv2d_bn_relu",
+                "conv2d_bn_relu6",
+                "conv1d_bn",
+                "conv2d_bn",
+                "conv1d_relu",
+                "conv1d_relu6",
+                "conv2d_relu",
+                "conv2d_relu6",
+                "linear_relu",
+                "linear_bn",
+                "add_relu"
+            ]
+        );
     }
 
     #[test]
@@ -1284,6 +1306,53 @@ mod tests {
             rule("rule c { match q = batch_norm(k = conv2d(?y)) where single_use(k) -> conv2d(?y, fold: q) }").unwrap();
         assert!(!can_overlap(&a, &b) && !can_overlap(&b, &a));
         assert!(can_overlap(&a, &c) && can_overlap(&c, &a));
+    }
+
+    #[test]
+    fn op_classes_match_any_of_their_ops() {
+        let a = rule(
+            "rule a { match r = relu|relu6(c = conv1d|conv2d(?x)) where single_use(c) -> conv1d|conv2d(?x, act: r) }",
+        )
+        .unwrap();
+        assert_eq!(a.nodes[0].kinds, [FuseOp::Relu, FuseOp::Relu6]);
+        assert_eq!(a.chains().len(), 4);
+        assert!(a.fuses(&[FuseOp::Conv1d, FuseOp::Relu6]) && !a.fuses(&[FuseOp::Linear, FuseOp::Relu]));
+        // The result may list the class in another order; `hardtanh` is `clamp`.
+        let b = rule("rule b { match r = hardtanh|clamp(c = conv2d|conv1d(?x)) where single_use(c) -> conv1d|conv2d(?x, act: r) }")
+            .unwrap();
+        assert_eq!(b.nodes[0].kinds, [FuseOp::Clamp]);
+        // Classes overlap where they share an op, and only there.
+        let c2 = rule("rule c { match r = relu(c = conv2d(?x)) where single_use(c) -> conv2d(?x, act: r) }").unwrap();
+        let l = rule("rule l { match r = relu(c = linear(?x)) where single_use(c) -> linear(?x, act: r) }").unwrap();
+        assert!(can_overlap(&a, &c2) && can_overlap(&c2, &a));
+        assert!(!can_overlap(&a, &l) && !can_overlap(&b, &c2));
+        assert_eq!(overlapping_members(&a, &c2), ["conv2d_relu"]);
+        // Turning that chain off leaves `a` and `c` apart.
+        let mut off = a.clone();
+        off.members_off.push(MemberOff {
+            name: "conv2d_relu".into(),
+            chain: vec![FuseOp::Conv2d, FuseOp::Relu],
+            span: Span::default(),
+        });
+        assert!(!active_overlap(&off, &c2) && off.concrete().len() == 3);
+        assert!(!off.fuses(&[FuseOp::Conv2d, FuseOp::Relu]) && off.fuses(&[FuseOp::Conv2d, FuseOp::Relu6]));
+    }
+
+    #[test]
+    fn op_class_errors() {
+        let cases = [
+            ("rule a { match r = relu|relu7(c = conv2d(?x)) where single_use(c) -> conv2d(?x, act: r) }", "`relu7` cannot appear"),
+            ("rule a { match r = relu|add(c = conv2d(?x)) where single_use(c) -> conv2d(?x, act: r) }", "different numbers of inputs"),
+            ("rule a { match r = relu(c = conv1d|conv2d(?x)) where single_use(c) -> conv2d(?x, act: r) }", "`conv1d|conv2d(...)`"),
+            ("rule a { match r = relu(c = conv1d|conv2d(?x)) where single_use(c) -> conv2d|relu(?x, act: r) }", "cannot produce `conv2d|relu`"),
+            ("rule a { match r = relu(c = conv2d|linear(?x)) where single_use(c), c.groups == 1 -> conv2d|linear(?x, act: r) }", "`conv2d|linear` has no attribute `groups`"),
+            ("rule a { match r = relu|batch_norm(c = conv2d(?x)) where single_use(c) -> conv2d(?x, act: r) }", "`act:` takes an activation"),
+        ];
+        for (text, want) in cases {
+            let diags = rule(text).expect_err(text);
+            let all: Vec<String> = diags.iter().map(|d| format!("{} / {}", d.message, d.help)).collect();
+            assert!(all.iter().any(|m| m.contains(want)), "{text}: {all:?}");
+        }
     }
 
     #[test]
