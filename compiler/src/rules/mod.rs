@@ -321,13 +321,16 @@ pub fn load(loaded: &Loaded) -> Result<RuleSet, PassError> {
     })?;
     let mut diags = vec![];
     let mut all: Vec<Rule> = prelude.to_vec();
-    for def in &loaded.recipe.rules {
-        prelude_name_taken(prelude, def, &mut diags);
-    }
+    let taken: Vec<bool> = loaded
+        .recipe
+        .rules
+        .iter()
+        .map(|def| prelude_name_taken(prelude, def, &mut diags))
+        .collect();
     duplicate_names(&loaded.recipe.rules, &mut diags);
-    for def in &loaded.recipe.rules {
+    for (def, taken) in loaded.recipe.rules.iter().zip(taken) {
         if let Some(rule) = check_rule(def, RuleOrigin::Recipe, &mut diags) {
-            if !all.iter().any(|r| r.name == rule.name) {
+            if !taken && !all.iter().any(|r| r.name == rule.name) {
                 all.push(rule);
             }
         }
@@ -384,7 +387,7 @@ pub fn load(loaded: &Loaded) -> Result<RuleSet, PassError> {
 
 /// A recipe rule may not take a prelude rule's name, nor a member name of one (`conv2d_relu`),
 /// which `fuse off` would then mean two things by.
-fn prelude_name_taken(prelude: &[Rule], def: &RuleDef, diags: &mut Vec<Diagnostic>) {
+fn prelude_name_taken(prelude: &[Rule], def: &RuleDef, diags: &mut Vec<Diagnostic>) -> bool {
     let name = &def.name.name;
     let (message, p) = if let Some(p) = prelude.iter().find(|p| &p.name == name) {
         (format!("the prelude already has a rule `{name}`"), p)
@@ -394,7 +397,7 @@ fn prelude_name_taken(prelude: &[Rule], def: &RuleDef, diags: &mut Vec<Diagnosti
             p,
         )
     } else {
-        return;
+        return false;
     };
     diags.push(
         Diagnostic::new("qc::duplicate-rule", def.name.span, message)
@@ -407,6 +410,7 @@ fn prelude_name_taken(prelude: &[Rule], def: &RuleDef, diags: &mut Vec<Diagnosti
                 p.chain_text(),
             )),
     );
+    true
 }
 
 fn unknown_rule(name: &str, span: Span, all: &[Rule]) -> Diagnostic {

@@ -161,13 +161,18 @@ pub fn why_not(module: &Module, rules: &RuleSet, mode: Mode, node: &str) -> Resu
         };
         attempts.extend(attempt.filter(|a| a.matched > 0));
     }
-    // Closest first: most pattern nodes matched, then fewest failures; ties keep rule order.
-    attempts.sort_by_key(|a| (std::cmp::Reverse(a.matched), a.failures.len()));
+    attempts.sort_by_key(rank);
     Ok(Explanation {
         node: node.to_string(),
         op,
         verdict: Verdict::NotFused(attempts),
     })
+}
+
+/// Closest first: fewest pattern nodes whose op did not match, then most matched (a bigger
+/// pattern), then fewest failures; a sort keeps rule order among equals.
+fn rank(a: &Attempt) -> (usize, std::cmp::Reverse<usize>, usize) {
+    (a.size - a.matched, std::cmp::Reverse(a.matched), a.failures.len())
 }
 
 type Applied = Vec<(usize, Patch, String)>;
@@ -222,14 +227,17 @@ fn class_text_chain(chain: &[qc_dsl::sections::FuseOp]) -> String {
 fn closest(module: &Module, rule: &Rule, off: Option<Span>, target: NodeId) -> Option<Attempt> {
     let mut best: Option<Attempt> = None;
     for p in 0..rule.nodes.len() {
+        // The node itself must fit its place: a rule without a place for its op says nothing.
+        let op = &module.graph.node(target).op;
+        if !rule.nodes[p].kinds.iter().any(|k| rewrite::kind_matches(*k, op)) {
+            continue;
+        }
         let mut start = vec![None; rule.nodes.len()];
         start[p] = Some(target);
         for slots in place_upwards(module, rule, p, start) {
             let slots = fill_downwards(module, rule, slots);
             let a = evaluate(module, rule, off, &slots, p);
-            let better = best
-                .as_ref()
-                .is_none_or(|b| (a.matched, std::cmp::Reverse(a.failures.len())) > (b.matched, std::cmp::Reverse(b.failures.len())));
+            let better = best.as_ref().is_none_or(|b| rank(&a) < rank(b));
             if better {
                 best = Some(a);
             }
@@ -279,19 +287,16 @@ fn fill_downwards(module: &Module, rule: &Rule, mut slots: Vec<Option<NodeId>>) 
     slots
 }
 
-/// "`c` (conv1d|conv2d), input 0 of `b`".
+/// "`c = conv1d|conv2d` (input 0 of `b`)".
 fn describe(rule: &Rule, q: usize) -> String {
     let n = &rule.nodes[q];
-    let name = |q: usize| {
-        let n = &rule.nodes[q];
-        match &n.binding {
-            Some(b) => format!("`{b}` ({})", n.class()),
-            None => format!("`{}`", n.class()),
-        }
+    let name = match &n.binding {
+        Some(b) => format!("`{b} = {}`", n.class()),
+        None => format!("`{}`", n.class()),
     };
     match n.parent {
-        None => format!("{} (the pattern's root)", name(q)),
-        Some((p, port)) => format!("{}, input {port} of {}", name(q), name(p)),
+        None => format!("{name} (the root)"),
+        Some((p, port)) => format!("{name} (input {port} of `{}`)", binding(rule, p)),
     }
 }
 
@@ -436,7 +441,7 @@ impl Failure {
                 format!("op mismatch at {at}: wants {wanted}, found `{node}` ({found})")
             }
             Failure::NoUser { at, wanted, node } => {
-                format!("nothing reads `{node}` as {at}: the pattern wants a {wanted} there")
+                format!("nothing reads `{node}` where the pattern wants {at}, a {wanted}")
             }
             Failure::SingleUse { binding, node, users, output } => {
                 let list = users.iter().map(|u| format!("`{u}`")).collect::<Vec<_>>().join(", ");
