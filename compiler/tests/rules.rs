@@ -591,10 +591,7 @@ fn the_driver_stops_at_the_cap_and_says_so() {
     let float = compile(&loaded, Stage::Float, false).unwrap();
     let mut m = float.clone();
     let capped = rewrite::run(&mut m, &set, Mode::Ptq, 2).unwrap();
-    assert_eq!(
-        (capped.stop, capped.rounds, capped.count("conv_bn")),
-        (Stop::Cap, 2, 2)
-    );
+    assert_eq!((capped.stop, capped.rounds, capped.count("conv_bn")), (Stop::Cap, 2, 2));
     assert!(capped
         .render()
         .contains("stopped at the cap (2 rounds) with rules still matching"));
@@ -640,7 +637,8 @@ fn fuse_chains_require_an_active_rule() {
         d[0].message
     );
     assert!(
-        d[0].help.contains("`conv1d|conv2d -> batch_norm -> relu|relu6` (conv_bn_act)"),
+        d[0].help
+            .contains("`conv1d|conv2d -> batch_norm -> relu|relu6` (conv_bn_act)"),
         "{}",
         d[0].help
     );
@@ -675,7 +673,11 @@ fn fuse_off_names_a_rule() {
     // A chain's member name is taken too: `fuse off conv2d_bn` would mean two things.
     let d = rule_errors(&format!("{MODEL}{}", MY_CONV_BN.replace("my_conv_bn", "conv2d_bn")));
     assert_eq!(d[0].code, "qc::duplicate-rule");
-    assert!(d[0].message.contains("a chain of the prelude's rule `conv_bn`"), "{}", d[0].message);
+    assert!(
+        d[0].message.contains("a chain of the prelude's rule `conv_bn`"),
+        "{}",
+        d[0].message
+    );
 }
 
 /// `fuse off conv2d_bn_relu` (the name of a prelude rule before op classes) turns off that one
@@ -702,11 +704,20 @@ quantize {
     let m = compile(&loaded, Stage::Fused, false).unwrap();
     let r = m.rewrite.as_ref().unwrap();
     assert_eq!(
-        (r.count("conv_bn_act"), r.count("conv_bn"), r.count("conv_act"), r.rounds),
+        (
+            r.count("conv_bn_act"),
+            r.count("conv_bn"),
+            r.count("conv_act"),
+            r.rounds
+        ),
         (1, 1, 1, 2)
     );
     assert_eq!(r.off, ["conv2d_bn_relu"]);
-    assert!(r.render().contains("conv2d_bn_relu    off  (turned off by `fuse off`)"), "{}", r.render());
+    assert!(
+        r.render().contains("conv2d_bn_relu    off  (turned off by `fuse off`)"),
+        "{}",
+        r.render()
+    );
     let ir = printer::print(&m, &loaded.sources);
     assert!(node_line(&ir, "a").contains("act: relu,") && node_line(&ir, "b").contains("act: relu6,"));
     equivalent(text, 21, false);

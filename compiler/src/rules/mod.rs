@@ -392,10 +392,7 @@ fn prelude_name_taken(prelude: &[Rule], def: &RuleDef, diags: &mut Vec<Diagnosti
     let (message, p) = if let Some(p) = prelude.iter().find(|p| &p.name == name) {
         (format!("the prelude already has a rule `{name}`"), p)
     } else if let Some(p) = prelude.iter().find(|p| p.members().iter().any(|(m, _)| m == name)) {
-        (
-            format!("`{name}` names a chain of the prelude's rule `{}`", p.name),
-            p,
-        )
+        (format!("`{name}` names a chain of the prelude's rule `{}`", p.name), p)
     } else {
         return false;
     };
@@ -446,10 +443,7 @@ fn check_fuse_chain(set: &RuleSet, chain: &qc_dsl::sections::FuseChain) -> Optio
     }
     let written: Vec<FuseOp> = chain.ops.iter().map(|o| o.value).collect();
     let text = chain_text(&written);
-    let member_off = set
-        .rules
-        .iter()
-        .find_map(|r| r.member_off(&want).map(|m| (r, m)));
+    let member_off = set.rules.iter().find_map(|r| r.member_off(&want).map(|m| (r, m)));
     if let Some((r, m)) = member_off {
         return Some(
             Diagnostic::new(
@@ -850,8 +844,9 @@ fn resolve_anchor(b: &mut Builder<'_>, res: &qc_dsl::ast::RuleResult) -> Option<
                      whichever the pattern matched)",
                     n.class()
                 ),
-                None => "the result names the pattern's conv1d, conv2d, linear or add that absorbs the other ops"
-                    .into(),
+                None => {
+                    "the result names the pattern's conv1d, conv2d, linear or add that absorbs the other ops".into()
+                }
             };
             b.error(
                 "qc::rule-result",
@@ -866,7 +861,10 @@ fn resolve_anchor(b: &mut Builder<'_>, res: &qc_dsl::ast::RuleResult) -> Option<
             b.error(
                 "qc::rule-result",
                 res.op.span,
-                format!("the pattern has {} `{text}` ops; the result can be only one", found.len()),
+                format!(
+                    "the pattern has {} `{text}` ops; the result can be only one",
+                    found.len()
+                ),
                 "ambiguous",
                 "a rule fuses into one conv1d, conv2d, linear or add; match one of them".into(),
             );
@@ -1227,7 +1225,14 @@ mod tests {
         let names: Vec<&str> = rules.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(
             names,
-            ["conv_bn_act", "conv_bn", "conv_act", "linear_relu", "linear_bn", "add_relu"]
+            [
+                "conv_bn_act",
+                "conv_bn",
+                "conv_act",
+                "linear_relu",
+                "linear_bn",
+                "add_relu"
+            ]
         );
         for r in rules {
             assert!(!r.doc.trim().is_empty(), "{} has no doc", r.name);

@@ -63,11 +63,21 @@ pub struct Attempt {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Failure {
     /// A pattern node wanted another op.
-    Op { at: String, wanted: String, node: String, found: String },
+    Op {
+        at: String,
+        wanted: String,
+        node: String,
+        found: String,
+    },
     /// The pattern continues above `node`, but nothing reads it there.
     NoUser { at: String, wanted: String, node: String },
     /// `single_use(b)` failed.
-    SingleUse { binding: String, node: String, users: Vec<String>, output: bool },
+    SingleUse {
+        binding: String,
+        node: String,
+        users: Vec<String>,
+        output: bool,
+    },
     /// An attribute test failed.
     Attr { test: String, node: String, actual: String },
     /// The conv/linear/add cannot take more (an activation, quantized weights, a kept batch norm).
@@ -75,7 +85,7 @@ pub enum Failure {
     /// What the engine requires beyond the rule.
     Engine { why: String },
     /// `fuse off RULE`.
-    RuleOff { span: Span },
+    RuleOff { rule: String, span: Span },
     /// `fuse off MEMBER` turned this chain off.
     MemberOff { member: String, span: Span },
     /// The rule matched, but a patch of a higher-priority rule took `node` in the same round.
@@ -141,7 +151,11 @@ pub fn why_not(module: &Module, rules: &RuleSet, mode: Mode, node: &str) -> Resu
         });
     }
     let mut attempts = vec![];
-    let all = rules.rules.iter().map(|r| (r, None)).chain(rules.off.iter().map(|(r, s)| (r, Some(*s))));
+    let all = rules
+        .rules
+        .iter()
+        .map(|r| (r, None))
+        .chain(rules.off.iter().map(|(r, s)| (r, Some(*s))));
     for (rule, off) in all {
         let claimed = lost.iter().find(|l| l.rule == rule.name && l.nodes.contains(&target));
         let attempt = match claimed {
@@ -303,7 +317,12 @@ fn describe(rule: &Rule, q: usize) -> String {
 fn evaluate(module: &Module, rule: &Rule, off: Option<Span>, slots: &[Option<NodeId>], placed: usize) -> Attempt {
     let g = &module.graph;
     let name = |id: NodeId| g.node(id).name.clone();
-    let op_matches = |q: usize, id: NodeId| rule.nodes[q].kinds.iter().any(|k| rewrite::kind_matches(*k, &g.node(id).op));
+    let op_matches = |q: usize, id: NodeId| {
+        rule.nodes[q]
+            .kinds
+            .iter()
+            .any(|k| rewrite::kind_matches(*k, &g.node(id).op))
+    };
     let mut failures = vec![];
     let mut matched = 0;
     for (q, slot) in slots.iter().enumerate() {
@@ -335,7 +354,10 @@ fn evaluate(module: &Module, rule: &Rule, off: Option<Span>, slots: &[Option<Nod
         let nodes: Vec<NodeId> = slots.iter().flatten().copied().collect();
         conditions(module, rule, &nodes, &mut failures);
         if let Some(span) = off {
-            failures.push(Failure::RuleOff { span });
+            failures.push(Failure::RuleOff {
+                rule: rule.name.clone(),
+                span,
+            });
         } else if let Some(m) = rule.member_off(&rewrite::matched_chain(module, rule, &nodes)) {
             failures.push(Failure::MemberOff {
                 member: m.name.clone(),
@@ -397,7 +419,10 @@ fn conditions(module: &Module, rule: &Rule, nodes: &[NodeId], failures: &mut Vec
         }
     }
     if !rewrite::engine_can_apply(module, rule, nodes) {
-        let ty = anchor.ty.as_ref().map_or("an unknown type".to_string(), |t| format!("{t}"));
+        let ty = anchor
+            .ty
+            .as_ref()
+            .map_or("an unknown type".to_string(), |t| format!("{t}"));
         failures.push(Failure::Engine {
             why: format!(
                 "a batch_norm after a linear folds only when the linear's output is [N, F]; `{}` gives {ty}",
@@ -437,13 +462,23 @@ impl Failure {
     /// One line of `--why-not` output; `sources` places `fuse off` lines.
     pub fn render(&self, sources: &SourceMap) -> String {
         match self {
-            Failure::Op { at, wanted, node, found } => {
+            Failure::Op {
+                at,
+                wanted,
+                node,
+                found,
+            } => {
                 format!("op mismatch at {at}: wants {wanted}, found `{node}` ({found})")
             }
             Failure::NoUser { at, wanted, node } => {
                 format!("nothing reads `{node}` where the pattern wants {at}, a {wanted}")
             }
-            Failure::SingleUse { binding, node, users, output } => {
+            Failure::SingleUse {
+                binding,
+                node,
+                users,
+                output,
+            } => {
                 let list = users.iter().map(|u| format!("`{u}`")).collect::<Vec<_>>().join(", ");
                 let n = users.len();
                 let out = if *output { ", and it is a model output" } else { "" };
@@ -457,8 +492,11 @@ impl Failure {
             }
             Failure::Absorbed { node, why } => format!("`{node}` cannot absorb more: {why}"),
             Failure::Engine { why } => why.clone(),
-            Failure::RuleOff { span } => {
-                format!("the rule is turned off by `fuse off` ({})", sources.location(*span))
+            Failure::RuleOff { rule, span } => {
+                format!(
+                    "the rule is turned off by `fuse off {rule}` ({})",
+                    sources.location(*span)
+                )
             }
             Failure::MemberOff { member, span } => {
                 format!(
