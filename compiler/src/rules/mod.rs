@@ -4,6 +4,10 @@
 //! `fuse A -> B` chains that require an active rule); and the load-time refusal of rule sets in
 //! which two rules of the same size could claim the same nodes.
 //!
+//! A pattern node is an op or an op class (`conv1d|conv2d`, matching either); a rule with classes
+//! fuses one chain per choice of ops, each with a member name (`conv2d_bn_relu6`) that `fuse off`
+//! takes to turn that chain alone off. `why_not` explains what the rules did to one node.
+//!
 //! What a rule may say is what the engine can build: the result is the pattern's one conv1d,
 //! conv2d, linear or add (the *anchor*, which keeps its name and inputs), absorbing a
 //! `batch_norm` right after it (`fold: b`) and/or an activation at the pattern's root
@@ -160,7 +164,8 @@ impl Rule {
         out
     }
 
-    /// The rule's chains with their member names (`conv2d_bn_relu`), which `fuse off` accepts.
+    /// The rule's chains with their member names (`conv2d_bn_relu`), which `fuse off` accepts
+    /// for a rule with op classes (a rule without has one chain, named by the rule's name).
     pub fn members(&self) -> Vec<(String, Vec<FuseOp>)> {
         self.chains().into_iter().map(|c| (member_name(&c), c)).collect()
     }
