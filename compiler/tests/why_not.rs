@@ -141,7 +141,7 @@ fn a_chain_turned_off_by_its_member_name() {
     let (rule, failures) = closest(&e);
     assert_eq!(rule, "conv_act");
     assert!(
-        matches!(&failures[..], [Failure::MemberOff { member, .. }] if member == "conv2d_relu6"),
+        matches!(failures, [Failure::MemberOff { member, .. }] if member == "conv2d_relu6"),
         "{failures:?}"
     );
     assert!(
@@ -195,7 +195,7 @@ fn a_node_claimed_by_a_rule_of_higher_priority() {
     let (rule, failures) = closest(&e);
     assert_eq!(rule, "conv_bn_act");
     assert!(
-        matches!(&failures[..], [Failure::Claimed { node, by, round: 1 }] if node == "b" && by == "conv_bn"),
+        matches!(failures, [Failure::Claimed { node, by, round: 1 }] if node == "b" && by == "conv_bn"),
         "{failures:?}"
     );
     assert!(e.render(&loaded.sources).contains("went to rule conv_bn in round 1"));

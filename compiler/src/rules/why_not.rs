@@ -336,11 +336,11 @@ fn evaluate(module: &Module, rule: &Rule, off: Option<Span>, slots: &[Option<Nod
             }),
             // Nothing reads the child there (a missing input cannot happen: ops have their inputs).
             (None, _) => {
-                let child = rule.nodes[q].args.iter().enumerate().find_map(|(_, a)| match a {
-                    PArg::Node(c) => slots[*c].map(|id| (*c, id)),
+                let child = rule.nodes[q].args.iter().find_map(|a| match a {
+                    PArg::Node(c) => slots[*c],
                     PArg::Var(_) => None,
                 });
-                if let Some((_, id)) = child {
+                if let Some(id) = child {
                     failures.push(Failure::NoUser {
                         at: describe(rule, q),
                         wanted: rule.nodes[q].class(),
