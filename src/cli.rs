@@ -34,7 +34,7 @@ enum Command {
     },
     /// Run the compiler's stages, writing an IR dump after each.
     #[command(
-        after_help = "Examples:\n  qc compile examples/resnet18.qrecipe --dump-ir out/\n  qc compile examples/fashion_cnn.qrecipe --stop-after parsed --print-after infer-shapes"
+        after_help = "Examples:\n  qc compile examples/resnet18.qrecipe --dump-ir out/\n  qc compile examples/fashion_cnn.qrecipe --stop-after parsed --print-after infer-shapes\n  qc compile examples/mobilenet_v2.qrecipe --why-not features.1.conv.0.2"
     )]
     Compile {
         /// The .qrecipe file.
@@ -65,6 +65,10 @@ enum Command {
         /// when present), or qc's reference interpreter (f64 sums, the same on every machine).
         #[arg(long, value_enum, default_value_t = CalibrationDevice::Auto)]
         device: CalibrationDevice,
+        /// Explain what the fusion rules did to this node (a node name of stage `float`): the rule
+        /// that fused it, or the rule that came closest and what failed. Prints to stdout and stops.
+        #[arg(long, value_name = "NODE", conflicts_with_all = ["output", "stop_after", "dump_ir"])]
+        why_not: Option<String>,
     },
     /// Show the quantization plan: for every node, int8 or float and why, how its weights and
     /// activations are quantized, and the recipe line (or scheme default) behind each setting.
@@ -187,17 +191,21 @@ pub fn main() -> Outcome {
             qat,
             stats,
             device,
-        } => compile(
-            &file,
-            output.as_deref(),
-            dump_ir.as_deref(),
-            stop_after.as_deref(),
-            print_after,
-            print_after_all,
-            qat,
-            stats,
-            device,
-        ),
+            why_not,
+        } => match why_not {
+            Some(node) => explain_fusion(&file, &node, qat),
+            None => compile(
+                &file,
+                output.as_deref(),
+                dump_ir.as_deref(),
+                stop_after.as_deref(),
+                print_after,
+                print_after_all,
+                qat,
+                stats,
+                device,
+            ),
+        },
         Command::Plan { file, format } => plan(&file, format),
         Command::Keys {
             file,
@@ -408,6 +416,57 @@ fn compile(
             }
         }
         Err(e) => Err(fail(e, &loaded.sources)),
+    }
+}
+
+/// `qc compile --why-not NODE`: compiles to stage `float`, then explains what the fusion rules
+/// (in the mode of the compile, `--qat` or not) did to the node.
+fn explain_fusion(file: &Path, node: &str, qat: bool) -> i32 {
+    use qc_compiler::rules::WhyNotError;
+    let loaded = match load(file) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let opts = RunOptions {
+        stop_after: Some(Stage::Float),
+        qat,
+        ..Default::default()
+    };
+    let module = match qc_compiler::compile(&loaded, &opts, &mut |_| {}, &mut |_, _| {}) {
+        Ok(m) => m,
+        Err(e) => return fail(e, &loaded.sources),
+    };
+    let rules = match qc_compiler::rules::load(&loaded) {
+        Ok(r) => r,
+        Err(qc_compiler::pass::PassError::User(d)) => return fail(CompileError::User(d), &loaded.sources),
+        Err(qc_compiler::pass::PassError::Internal { pass, message }) => {
+            return fail(CompileError::Internal { pass, message }, &loaded.sources)
+        }
+    };
+    let mode = if qat {
+        qc_compiler::rewrite::Mode::Qat
+    } else {
+        qc_compiler::rewrite::Mode::Ptq
+    };
+    match qc_compiler::rules::why_not(&module, &rules, mode, node) {
+        Ok(explanation) => {
+            print!("{}", explanation.render(&loaded.sources));
+            0
+        }
+        Err(WhyNotError::UnknownNode { name, suggestion }) => {
+            eprintln!(
+                "error: --why-not `{name}` names no node of model `{}`{}",
+                module.name,
+                suggestion.map(|s| format!(" ({s})")).unwrap_or_default()
+            );
+            eprintln!(
+                "help: nodes are named as at stage `float` (PyTorch module paths); `qc compile {} --stop-after float \
+                 --print-after float` lists them",
+                file.display()
+            );
+            EXIT_USER
+        }
+        Err(WhyNotError::Fuse(diags)) => fail(CompileError::User(diags), &loaded.sources),
     }
 }
 

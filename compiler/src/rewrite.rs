@@ -56,7 +56,7 @@ pub struct Patch {
 // ---------------------------------------------------------------- matching
 
 /// Whether an IR op is of a pattern's op kind.
-fn kind_matches(kind: FuseOp, op: &Op) -> bool {
+pub(crate) fn kind_matches(kind: FuseOp, op: &Op) -> bool {
     match (kind, op) {
         (FuseOp::Conv1d, Op::Conv(c)) => c.rank == 1,
         (FuseOp::Conv2d, Op::Conv(c)) => c.rank == 2,
@@ -72,7 +72,7 @@ fn kind_matches(kind: FuseOp, op: &Op) -> bool {
 
 /// Whether an op can still absorb what the rule gives it: no activation yet (an activation ends
 /// a chain), no weight quantization, and no kept batch norm when another is to be folded.
-fn can_absorb(op: &Op, folds: bool) -> bool {
+pub(crate) fn can_absorb(op: &Op, folds: bool) -> bool {
     match op {
         Op::Conv(c) => c.act.is_none() && c.weight_quant.is_none() && !(folds && c.bn.is_some()),
         Op::Linear(l) => l.act.is_none() && l.weight_quant.is_none() && !(folds && l.bn.is_some()),
@@ -86,7 +86,7 @@ fn match_node(module: &Module, rule: &Rule, p: usize, id: NodeId, out: &mut [Opt
     let g = &module.graph;
     let node = g.node(id);
     let pn = &rule.nodes[p];
-    if !kind_matches(pn.kind, &node.op) || out.contains(&Some(id)) {
+    if !pn.kinds.iter().any(|k| kind_matches(*k, &node.op)) || out.contains(&Some(id)) {
         return false;
     }
     if p == rule.anchor && !can_absorb(&node.op, rule.fold.is_some()) {
@@ -119,7 +119,7 @@ fn compare(op: BinaryOp, a: f64, b: f64) -> bool {
     }
 }
 
-fn test_holds(module: &Module, test: &Test, nodes: &[NodeId]) -> bool {
+pub(crate) fn test_holds(module: &Module, test: &Test, nodes: &[NodeId]) -> bool {
     let g = &module.graph;
     match test {
         Test::SingleUse(i) => g.use_count(nodes[*i]) == 1 && !g.is_output(nodes[*i]),
@@ -142,12 +142,23 @@ fn test_holds(module: &Module, test: &Test, nodes: &[NodeId]) -> bool {
 
 /// What the engine itself requires beyond the rule: `batch_norm1d` after a linear normalises the
 /// features only when the linear's output is `[N, F]` (on `[N, L, F]` it would normalise `L`).
-fn engine_can_apply(module: &Module, rule: &Rule, nodes: &[NodeId]) -> bool {
+pub(crate) fn engine_can_apply(module: &Module, rule: &Rule, nodes: &[NodeId]) -> bool {
     let anchor = module.graph.node(nodes[rule.anchor]);
     match (&anchor.op, rule.fold) {
         (Op::Linear(_), Some(_)) => anchor.ty.as_ref().is_some_and(|t| t.dims.len() == 2),
         _ => true,
     }
+}
+
+/// The chain of ops a match of `rule` fused (one op of each class): what `fuse off MEMBER` names.
+pub(crate) fn matched_chain(module: &Module, rule: &Rule, nodes: &[NodeId]) -> Vec<FuseOp> {
+    rule.chain_nodes()
+        .iter()
+        .filter_map(|&p| {
+            let op = &module.graph.node(nodes[p]).op;
+            rule.nodes[p].kinds.iter().copied().find(|k| kind_matches(*k, op))
+        })
+        .collect()
 }
 
 /// Every match of every active rule, in priority order (rule order, then topological order of
@@ -165,6 +176,9 @@ pub fn find_patches(module: &Module, rules: &RuleSet) -> Vec<Patch> {
                 continue;
             };
             if !rule.tests.iter().all(|t| test_holds(module, t, &nodes)) || !engine_can_apply(module, rule, &nodes) {
+                continue;
+            }
+            if !rule.members_off.is_empty() && rule.member_off(&matched_chain(module, rule, &nodes)).is_some() {
                 continue;
             }
             let act = rule.act.and_then(|a| Act::from_op(&module.graph.node(nodes[a]).op));
@@ -319,7 +333,7 @@ pub fn run(module: &mut Module, rules: &RuleSet, mode: Mode, max_rounds: usize) 
                 count,
             })
             .collect(),
-        off: rules.off.iter().map(|(r, _)| r.name.clone()).collect(),
+        off: rules.off_names(),
         rounds,
         max_rounds,
         stop,

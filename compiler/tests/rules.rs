@@ -73,7 +73,7 @@ model m {
 
 #[test]
 fn conv2d_bn_relu() {
-    let (fired, ir) = check_rule(&CONV_BN_ACT.replace("ACT", "relu"), "conv2d_bn_relu");
+    let (fired, ir) = check_rule(&CONV_BN_ACT.replace("ACT", "relu"), "conv_bn_act");
     assert_eq!(fired, 1);
     let conv = node_line(&ir, "conv1");
     assert!(conv.contains("act: relu") && conv.contains("bias: true"), "{conv}");
@@ -99,7 +99,7 @@ fn conv2d_bn_relu() {
 
 #[test]
 fn conv2d_bn_relu6() {
-    let (fired, ir) = check_rule(&CONV_BN_ACT.replace("ACT", "relu6"), "conv2d_bn_relu6");
+    let (fired, ir) = check_rule(&CONV_BN_ACT.replace("ACT", "relu6"), "conv_bn_act");
     assert_eq!(fired, 1);
     assert!(node_line(&ir, "conv1").contains("act: relu6"));
     equivalent(&CONV_BN_ACT.replace("ACT", "relu6"), 2, false);
@@ -115,7 +115,7 @@ model m {
   bn1   = batch_norm(conv1)
   output bn1
 }";
-    let (fired, ir) = check_rule(text, "conv2d_bn");
+    let (fired, ir) = check_rule(text, "conv_bn");
     assert_eq!(fired, 1);
     let conv = node_line(&ir, "conv1");
     assert!(!conv.contains("act:"), "{conv}");
@@ -138,12 +138,12 @@ fn conv2d_act(act: &str, rule: &str, seed: u64) {
 
 #[test]
 fn conv2d_relu() {
-    conv2d_act("relu", "conv2d_relu", 4);
+    conv2d_act("relu", "conv_act", 4);
 }
 
 #[test]
 fn conv2d_relu6() {
-    conv2d_act("relu6", "conv2d_relu6", 14);
+    conv2d_act("relu6", "conv_act", 14);
 }
 
 const CONV1D: &str = "
@@ -165,18 +165,18 @@ fn conv1d_bn_act(act: &str, rule: &str, seed: u64) {
 
 #[test]
 fn conv1d_bn_relu() {
-    conv1d_bn_act("relu", "conv1d_bn_relu", 5);
+    conv1d_bn_act("relu", "conv_bn_act", 5);
 }
 
 #[test]
 fn conv1d_bn_relu6() {
-    conv1d_bn_act("relu6", "conv1d_bn_relu6", 15);
+    conv1d_bn_act("relu6", "conv_bn_act", 15);
 }
 
 #[test]
 fn conv1d_bn() {
     let text = CONV1D.replace("TAIL", "output b");
-    let (fired, ir) = check_rule(&text, "conv1d_bn");
+    let (fired, ir) = check_rule(&text, "conv_bn");
     assert_eq!(fired, 1);
     assert!(ir.contains("param c.bias: f32[3]"), "{ir}");
     equivalent(&text, 6, false);
@@ -194,12 +194,12 @@ fn conv1d_act(act: &str, rule: &str, seed: u64) {
 
 #[test]
 fn conv1d_relu() {
-    conv1d_act("relu", "conv1d_relu", 7);
+    conv1d_act("relu", "conv_act", 7);
 }
 
 #[test]
 fn conv1d_relu6() {
-    conv1d_act("relu6", "conv1d_relu6", 17);
+    conv1d_act("relu6", "conv_act", 17);
 }
 
 #[test]
@@ -261,14 +261,14 @@ model m {
   s     = add(r, bn1)
   output s
 }";
-    let (fired, ir) = check_rule(text, "conv2d_bn");
+    let (fired, ir) = check_rule(text, "conv_bn");
     assert_eq!(fired, 1, "conv1+bn1 fuse (bn1 is the root, its users move to conv1)");
     assert!(node_line(&ir, "s").contains("add(r, conv1)"), "{ir}");
     assert!(node_line(&ir, "r").contains("relu(conv1)"), "{ir}");
     equivalent(text, 11, false);
     // A conv that is itself a model output is not fused away either.
     let text = "model m {\n  input x: f32[N, 3, 8, 8]\n  c = conv2d(x, out: 4, kernel: 3)\n  b = batch_norm(c)\n  output b, c\n}";
-    let (fired, _) = check_rule(text, "conv2d_bn");
+    let (fired, _) = check_rule(text, "conv_bn");
     assert_eq!(fired, 0);
 }
 
@@ -525,20 +525,25 @@ fn overlapping_rules_of_equal_size_are_refused() {
     let d = &diags[0];
     assert_eq!(d.code, "qc::rule-overlap");
     assert!(
-        d.message.contains("`my_conv_bn`") && d.message.contains("`conv2d_bn`"),
+        d.message.contains("`my_conv_bn`") && d.message.contains("the prelude's rule `conv_bn`"),
         "{}",
         d.message
     );
-    assert!(d.help.contains("fuse off conv2d_bn"), "{}", d.help);
-    // Turning the prelude's rule off resolves it, and the recipe's rule does the work.
+    // The help names the one chain of `conv_bn` that overlaps (`conv1d_bn` does not).
+    assert!(
+        d.help.contains("`fuse off conv2d_bn` or `fuse off my_conv_bn`"),
+        "{}",
+        d.help
+    );
+    // Turning that chain of the prelude's rule off resolves it, and the recipe's rule does the work.
     let text = format!("{MODEL}{MY_CONV_BN}\nquantize {{\n  fuse off conv2d_bn\n}}\n");
     let set = rules::load(&load(&text)).unwrap_or_else(|_| panic!("loads"));
-    assert!(set.get("conv2d_bn").is_none() && set.get("my_conv_bn").is_some());
+    assert!(set.get("conv_bn").is_some_and(|r| r.members_off.len() == 1) && set.get("my_conv_bn").is_some());
     let loaded = load(&text);
     let m = compile(&loaded, Stage::Fused, false).unwrap();
     let report = m.rewrite.unwrap();
     assert_eq!(report.count("my_conv_bn"), 3);
-    assert_eq!(report.count("conv2d_bn"), 0);
+    assert_eq!(report.count("conv_bn"), 0);
     assert!(report.render().contains("conv2d_bn") && report.render().contains("turned off"));
     // Two recipe rules overlapping each other: the diagnostic points at one and notes the other.
     let twin = MY_CONV_BN.replace("my_conv_bn", "twin").replace("my own", "twin");
@@ -556,22 +561,25 @@ fn a_bigger_pattern_wins_over_a_smaller_one() {
     let m = compile(&loaded, Stage::Fused, false).unwrap();
     let r = m.rewrite.unwrap();
     assert_eq!(
-        (r.count("conv2d_bn_relu"), r.count("conv2d_bn"), r.count("conv2d_relu")),
+        (r.count("conv_bn_act"), r.count("conv_bn"), r.count("conv_act")),
         (1, 0, 0)
     );
     assert_eq!(r.rounds, 1);
 }
 
-/// Every prelude rule has its own test above.
+/// Every chain of every prelude rule (each member of its op classes) has its own test above,
+/// named by the member (`conv1d_bn_relu6`).
 #[test]
 fn every_prelude_rule_is_tested() {
     let this = include_str!("rules.rs");
     for r in rules::prelude().unwrap() {
-        assert!(
-            this.contains(&format!("fn {}() {{", r.name)),
-            "no test `fn {}()`",
-            r.name
-        );
+        for (member, _) in r.members() {
+            assert!(
+                this.contains(&format!("fn {member}() {{")),
+                "no test `fn {member}()` for rule `{}`",
+                r.name
+            );
+        }
     }
 }
 
@@ -583,10 +591,7 @@ fn the_driver_stops_at_the_cap_and_says_so() {
     let float = compile(&loaded, Stage::Float, false).unwrap();
     let mut m = float.clone();
     let capped = rewrite::run(&mut m, &set, Mode::Ptq, 2).unwrap();
-    assert_eq!(
-        (capped.stop, capped.rounds, capped.count("conv2d_bn")),
-        (Stop::Cap, 2, 2)
-    );
+    assert_eq!((capped.stop, capped.rounds, capped.count("conv_bn")), (Stop::Cap, 2, 2));
     assert!(capped
         .render()
         .contains("stopped at the cap (2 rounds) with rules still matching"));
@@ -594,7 +599,7 @@ fn the_driver_stops_at_the_cap_and_says_so() {
     let mut m = float.clone();
     let done = rewrite::run(&mut m, &set, Mode::Ptq, rewrite::MAX_ROUNDS).unwrap();
     assert_eq!(
-        (done.stop, done.rounds, done.count("conv2d_bn")),
+        (done.stop, done.rounds, done.count("conv_bn")),
         (Stop::FixedPoint, 3, 3)
     );
     // Folding twice still names the float keys.
@@ -608,12 +613,12 @@ fn the_driver_stops_at_the_cap_and_says_so() {
     let before = printer::print(&float, &loaded.sources);
     let patches = rewrite::find_patches(&float, &set);
     assert_eq!(patches.len(), 1);
-    assert_eq!(patches[0].rule_name, "conv2d_bn");
+    assert_eq!(patches[0].rule_name, "conv_bn");
     assert_eq!(printer::print(&float, &loaded.sources), before);
     // QAT keeps one batch norm in the conv; the others stay.
     let mut m = float;
     let qat = rewrite::run(&mut m, &set, Mode::Qat, rewrite::MAX_ROUNDS).unwrap();
-    assert_eq!((qat.stop, qat.count("conv2d_bn")), (Stop::FixedPoint, 1));
+    assert_eq!((qat.stop, qat.count("conv_bn")), (Stop::FixedPoint, 1));
 }
 
 #[test]
@@ -631,7 +636,12 @@ fn fuse_chains_require_an_active_rule() {
         "{}",
         d[0].message
     );
-    assert!(d[0].help.contains("conv2d -> batch_norm -> relu"), "{}", d[0].help);
+    assert!(
+        d[0].help
+            .contains("`conv1d|conv2d -> batch_norm -> relu|relu6` (conv_bn_act)"),
+        "{}",
+        d[0].help
+    );
     // A recipe rule satisfies it.
     let rule = "
 /// conv + hardtanh
@@ -658,8 +668,66 @@ fn fuse_off_names_a_rule() {
     let d = rule_errors(&format!("{MODEL}\nquantize {{\n  fuse off conv2d_bn_rleu\n}}\n"));
     assert_eq!(d[0].code, "qc::unknown-rule");
     assert!(d[0].help.contains("did you mean `conv2d_bn_relu`?"), "{}", d[0].help);
+    let d = rule_errors(&format!("{MODEL}{}", MY_CONV_BN.replace("my_conv_bn", "conv_bn")));
+    assert_eq!(d[0].code, "qc::duplicate-rule");
+    // A chain's member name is taken too: `fuse off conv2d_bn` would mean two things.
     let d = rule_errors(&format!("{MODEL}{}", MY_CONV_BN.replace("my_conv_bn", "conv2d_bn")));
     assert_eq!(d[0].code, "qc::duplicate-rule");
+    assert!(
+        d[0].message.contains("a chain of the prelude's rule `conv_bn`"),
+        "{}",
+        d[0].message
+    );
+}
+
+/// `fuse off conv2d_bn_relu` (the name of a prelude rule before op classes) turns off that one
+/// chain of `conv_bn_act`: conv1d chains still fuse in one patch; the conv2d chain fuses as it
+/// did when `conv2d_bn_relu` was its own rule and turned off (conv + bn, then conv + relu).
+#[test]
+fn fuse_off_a_member_turns_off_one_chain() {
+    let text = "
+model m {
+  input x: f32[N, 3, 8, 8]
+  a = conv2d(x, out: 4, kernel: 3)
+  ab = batch_norm(a)
+  ar = relu(ab)
+  b = conv2d(ar, out: 4, kernel: 3)
+  bb = batch_norm(b)
+  br = relu6(bb)
+  output br
+}
+quantize {
+  fuse off conv2d_bn_relu
+}
+";
+    let loaded = load(text);
+    let m = compile(&loaded, Stage::Fused, false).unwrap();
+    let r = m.rewrite.as_ref().unwrap();
+    assert_eq!(
+        (
+            r.count("conv_bn_act"),
+            r.count("conv_bn"),
+            r.count("conv_act"),
+            r.rounds
+        ),
+        (1, 1, 1, 2)
+    );
+    assert_eq!(r.off, ["conv2d_bn_relu"]);
+    assert!(
+        r.render().contains("conv2d_bn_relu    off  (turned off by `fuse off`)"),
+        "{}",
+        r.render()
+    );
+    let ir = printer::print(&m, &loaded.sources);
+    assert!(node_line(&ir, "a").contains("act: relu,") && node_line(&ir, "b").contains("act: relu6,"));
+    equivalent(text, 21, false);
+    // Requiring the chain that is off is refused, and names the `fuse off`.
+    let d = rule_errors(&text.replace("fuse off", "fuse conv2d -> batch_norm -> relu\n  fuse off"));
+    assert!(d[0].message.contains("turned off for this chain"), "{}", d[0].message);
+    assert_eq!(d[0].notes.len(), 1);
+    // A typo of a member name gets a did-you-mean.
+    let d = rule_errors(&text.replace("conv2d_bn_relu", "conv2d_bn_rlu6"));
+    assert!(d[0].help.contains("did you mean `conv2d_bn_relu6`?"), "{}", d[0].help);
 }
 
 #[test]
@@ -713,7 +781,7 @@ fn fold_errors_name_the_node_and_the_key() {
         "{}",
         d[0].message
     );
-    assert!(d[0].help.contains("fuse off conv2d_bn_relu"), "{}", d[0].help);
+    assert!(d[0].help.contains("fuse off conv_bn_act"), "{}", d[0].help);
     assert_eq!(loaded.sources.location(d[0].span).line, 5, "points at bn1's statement");
 }
 

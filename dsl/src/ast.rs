@@ -304,9 +304,25 @@ pub struct RuleDef {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Pattern {
     pub binding: Option<Ident>,
-    pub op: Ident,
+    pub op: OpClass,
     pub args: Vec<PatternArg>,
     pub span: Span,
+}
+
+/// `conv2d`, or `conv1d|conv2d`: the op names a pattern node (or a rule's result) stands for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpClass {
+    /// At least one name, in the order written.
+    pub names: Vec<Ident>,
+    /// From the first name to the last.
+    pub span: Span,
+}
+
+impl OpClass {
+    /// The class as written, without spaces: `conv1d|conv2d`.
+    pub fn text(&self) -> String {
+        self.names.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join("|")
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -342,7 +358,8 @@ impl Constraint {
 /// `conv2d(?x, fold: b, act: relu)`: what the matched root becomes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RuleResult {
-    pub op: Ident,
+    /// The pattern node that becomes the fused op, by its op (or op class) as written.
+    pub op: OpClass,
     /// The `?vars`, in order (names without `?`).
     pub inputs: Vec<Ident>,
     /// `key: value` arguments, in order.

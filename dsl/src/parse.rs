@@ -234,6 +234,7 @@ fn describe(rule: &Rule) -> &'static str {
         Rule::pattern => "a pattern like `b = batch_norm(c = conv2d(?x))`",
         Rule::pattern_arg => "a pattern or a `?variable`",
         Rule::pattern_var => "a pattern variable like `?x`",
+        Rule::op_class => "an op like `conv2d`, or a class like `conv1d|conv2d`",
         Rule::constraint | Rule::predicate | Rule::attr_test => "a condition like `single_use(c)`",
         Rule::signed_number => "a number",
         Rule::rule_result => "a result like `conv2d(?x, fold: b, act: relu)`",
@@ -889,11 +890,11 @@ impl Cx<'_> {
     fn pattern(&self, p: Pair<Rule>) -> Pattern {
         let span = self.span(&p);
         let parts: Vec<Pair<Rule>> = p.into_inner().collect();
-        // `ident = ident(args)` or `ident(args)`: the op is the last ident before the arguments.
+        // `ident = op_class(args)` or `op_class(args)`.
         let idents = parts.iter().take_while(|q| q.as_rule() == Rule::ident).count();
         let mut it = parts.into_iter();
-        let binding = (idents == 2).then(|| self.ident(it.next().expect("grammar: binding")));
-        let op = self.ident(it.next().expect("grammar: pattern op"));
+        let binding = (idents == 1).then(|| self.ident(it.next().expect("grammar: binding")));
+        let op = self.op_class(it.next().expect("grammar: pattern op"));
         let args = it
             .map(|a| match a.as_rule() {
                 Rule::pattern_var => PatternArg::Var(self.pattern_var(a)),
@@ -906,6 +907,13 @@ impl Cx<'_> {
             args,
             span,
         }
+    }
+
+    /// `conv2d` or `conv1d|conv2d`.
+    fn op_class(&self, p: Pair<Rule>) -> OpClass {
+        let span = self.span(&p);
+        let names = p.into_inner().map(|i| self.ident(i)).collect();
+        OpClass { names, span }
     }
 
     /// `?x` as the ident `x` with the span of `?x`.
@@ -967,7 +975,7 @@ impl Cx<'_> {
     fn rule_result(&self, p: Pair<Rule>) -> RuleResult {
         let span = self.span(&p);
         let mut inner = p.into_inner();
-        let op = self.ident(inner.next().expect("grammar: result op"));
+        let op = self.op_class(inner.next().expect("grammar: result op"));
         let mut inputs = vec![];
         let mut args = vec![];
         for a in inner {
