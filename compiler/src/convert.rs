@@ -620,6 +620,9 @@ fn to_integer_op(module: &mut Module, id: NodeId, node: &Node, q: QuantParams) -
     Ok(())
 }
 
+/// A node's parameters: (role, key).
+type Roles = Vec<(&'static str, String)>;
+
 /// The integer parameters of a conv (`packed`: false) or linear (`packed`: true, PyTorch's
 /// `_packed_params.weight`/`_packed_params.bias`): folds a kept batch norm, quantizes the weight
 /// (with the parameters a checkpoint or fake-quant state fixed), keeps the float bias, and
@@ -630,7 +633,7 @@ fn quantize_layer(
     wq: &WeightQuant,
     bn: &Option<crate::ops::BatchNorm>,
     packed: bool,
-) -> Result<(Vec<(&'static str, String)>, bool), String> {
+) -> Result<(Roles, bool), String> {
     let name = node.name.clone();
     let (weight_key, bias_key) = fold_kept_bn(module, node, bn)?;
     let w = module.params[&weight_key].value.clone().expect("bound at float");
