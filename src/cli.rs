@@ -421,12 +421,9 @@ fn compile(
 
 /// `qc compile --why-not NODE`: compiles to stage `float`, then explains what the fusion rules
 /// (in the mode of the compile, `--qat` or not) did to the node.
-fn explain_fusion(file: &Path, node: &str, qat: bool) -> i32 {
+fn explain_fusion(file: &Path, node: &str, qat: bool) -> Outcome {
     use qc_compiler::rules::WhyNotError;
-    let loaded = match load(file) {
-        Ok(l) => l,
-        Err(code) => return code,
-    };
+    let loaded = load(file)?;
     let opts = RunOptions {
         stop_after: Some(Stage::Float),
         qat,
@@ -434,13 +431,13 @@ fn explain_fusion(file: &Path, node: &str, qat: bool) -> i32 {
     };
     let module = match qc_compiler::compile(&loaded, &opts, &mut |_| {}, &mut |_, _| {}) {
         Ok(m) => m,
-        Err(e) => return fail(e, &loaded.sources),
+        Err(e) => return Err(fail(e, &loaded.sources)),
     };
     let rules = match qc_compiler::rules::load(&loaded) {
         Ok(r) => r,
-        Err(qc_compiler::pass::PassError::User(d)) => return fail(CompileError::User(d), &loaded.sources),
+        Err(qc_compiler::pass::PassError::User(d)) => return Err(fail(CompileError::User(d), &loaded.sources)),
         Err(qc_compiler::pass::PassError::Internal { pass, message }) => {
-            return fail(CompileError::Internal { pass, message }, &loaded.sources)
+            return Err(fail(CompileError::Internal { pass, message }, &loaded.sources))
         }
     };
     let mode = if qat {
@@ -451,7 +448,7 @@ fn explain_fusion(file: &Path, node: &str, qat: bool) -> i32 {
     match qc_compiler::rules::why_not(&module, &rules, mode, node) {
         Ok(explanation) => {
             print!("{}", explanation.render(&loaded.sources));
-            0
+            Ok(())
         }
         Err(WhyNotError::UnknownNode { name, suggestion }) => {
             eprintln!(
@@ -464,9 +461,9 @@ fn explain_fusion(file: &Path, node: &str, qat: bool) -> i32 {
                  --print-after float` lists them",
                 file.display()
             );
-            EXIT_USER
+            Err(Failure::User)
         }
-        Err(WhyNotError::Fuse(diags)) => fail(CompileError::User(diags), &loaded.sources),
+        Err(WhyNotError::Fuse(diags)) => Err(fail(CompileError::User(diags), &loaded.sources)),
     }
 }
 
