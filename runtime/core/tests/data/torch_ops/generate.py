@@ -1,8 +1,8 @@
-"""Writes the PyTorch x86 quantized-op fixtures for runtime/tests/torch_x86_crosscheck.rs.
+"""Writes the PyTorch x86 quantized-op fixtures for runtime/core/tests/torch_x86_crosscheck.rs.
 
 Run from the repository root with PyTorch 2.11.0 and numpy (see GENERATE.md beside this file):
 
-    python runtime/tests/data/torch_ops/generate.py
+    python runtime/core/tests/data/torch_ops/generate.py
 
 Every case is a small op on random data, run by PyTorch's quantized CPU engine "x86" (fbgemm /
 oneDNN) with one thread. For each case the JSON stores the quantized inputs (int_repr in
