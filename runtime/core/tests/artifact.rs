@@ -8,7 +8,7 @@ use common::*;
 use qc_runtime::artifact::{Artifact, LoadError, Meta, ALIGN, FORMAT_VERSION, MAGIC};
 use qc_runtime::kernels::Activation;
 use qc_runtime::model::Model;
-use qc_runtime::program::{FloatOp, Layout, ProgramError, QuantOp, StepOp};
+use qc_runtime::program::{FloatOp, Layout, ProgramError, StepOp};
 use qc_runtime::{SplitMix64, Tensor};
 
 /// A small mixed program (float conv, int8 conv/pool/linear), and an input for it.
@@ -16,50 +16,19 @@ fn artifact() -> (Artifact, Tensor) {
     let mut b = Builder::new(5);
     let x = random(&mut b.rng, vec![2, 2, 6, 6], -1.0, 1.0);
     let xi = b.input("x", x.clone());
-    let xq = b.step("x.q", QuantOp::Quantize, vec![xi], Layout::ChannelsLast, None);
-    let s_in = b.params(xq).scale();
-    let (w, s, bias) = b.weights(vec![4, 3, 3, 2], 0.03, Some(0.2), s_in);
-    let conv = b.step(
+    let xq = b.quantize("x.q", xi, Layout::ChannelsLast);
+    let conv = b.qconv(
         "conv1",
-        QuantOp::QConv {
-            window: window(&[3, 3], &[1, 1], &[1, 1], &[1, 1], false),
-            groups: 1,
-            weight: w,
-            weight_scales: s,
-            bias,
-            act: Activation::Relu,
-        },
-        vec![xq],
-        Layout::ChannelsLast,
-        None,
+        xq,
+        window(&[3, 3], &[1, 1], &[1, 1], &[1, 1], false),
+        1,
+        Activation::Relu,
+        (vec![4, 3, 3, 2], 0.03, Some(0.2)),
     );
-    let pool = b.step(
-        "pool",
-        QuantOp::QAvgPool {
-            window: window(&[2, 2], &[2, 2], &[0, 0], &[1, 1], false),
-            count_include_pad: true,
-        },
-        vec![conv],
-        Layout::ChannelsLast,
-        None,
-    );
-    let fl = b.step("flatten", QuantOp::QFlatten, vec![pool], Layout::Torch, None);
-    let k = b.p.values[fl].shape[1].unwrap();
-    let s_fl = b.params(fl).scale();
-    let (w, s, bias) = b.weights(vec![3, k], 0.02, Some(0.1), s_fl);
-    let fc = b.step(
-        "fc",
-        QuantOp::QLinear {
-            weight: w,
-            weight_scales: s,
-            bias,
-            act: Activation::None,
-        },
-        vec![fl],
-        Layout::Torch,
-        None,
-    );
-    let out = b.step("fc.dq", QuantOp::Dequantize, vec![fc], Layout::Torch, None);
+    let pool = b.avgpool("pool", conv, window(&[2, 2], &[2, 2], &[0, 0], &[1, 1], false), true);
+    let fl = b.flatten("flatten", pool);
+    let fc = b.qlinear("fc", fl, 3, 0.02, Some(0.1), Activation::None);
+    let out = b.dequantize("fc.dq", fc);
     b.output(out);
     let meta = Meta::new("tiny", "lowered", false, "0123abcd");
     (Artifact::new(meta, b.p), x)

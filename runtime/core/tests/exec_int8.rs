@@ -86,59 +86,20 @@ fn cnn_in(seed: u64, batch: usize, range: QRange) -> (Builder, Vec<Tensor>, usiz
     b.act_range = range;
     let x = random(&mut b.rng, vec![batch, 3, 9, 9], -1.0, 1.0);
     let xi = b.input("x", x.clone());
-    let xq = b.step("x.q", QuantOp::Quantize, vec![xi], CL, None);
-    let s_in = b.params(xq).scale();
-    let (w, s, bias) = b.weights(vec![8, 3, 3, 3], 0.02, Some(0.5), s_in);
-    let conv = b.step(
+    let xq = b.quantize("x.q", xi, CL);
+    let conv = b.qconv(
         "conv1",
-        QuantOp::QConv {
-            window: window(&[3, 3], &[1, 1], &[1, 1], &[1, 1], false),
-            groups: 1,
-            weight: w,
-            weight_scales: s,
-            bias,
-            act: Activation::Relu,
-        },
-        vec![xq],
-        CL,
-        None,
+        xq,
+        window(&[3, 3], &[1, 1], &[1, 1], &[1, 1], false),
+        1,
+        Activation::Relu,
+        (vec![8, 3, 3, 3], 0.02, Some(0.5)),
     );
-    let mp = b.step(
-        "pool1",
-        QuantOp::QMaxPool {
-            window: window(&[2, 2], &[2, 2], &[0, 0], &[1, 1], true),
-        },
-        vec![conv],
-        CL,
-        None,
-    );
-    let ap = b.step(
-        "pool2",
-        QuantOp::QAvgPool {
-            window: window(&[3, 3], &[2, 2], &[1, 1], &[1, 1], true),
-            count_include_pad: false,
-        },
-        vec![mp],
-        CL,
-        None,
-    );
-    let fl = b.step("flatten", QuantOp::QFlatten, vec![ap], T, None);
-    let k = b.p.values[fl].shape[1].unwrap();
-    let s_fl = b.params(fl).scale();
-    let (w, s, bias) = b.weights(vec![5, k], 0.01, Some(0.2), s_fl);
-    let fc = b.step(
-        "fc",
-        QuantOp::QLinear {
-            weight: w,
-            weight_scales: s,
-            bias,
-            act: Activation::None,
-        },
-        vec![fl],
-        T,
-        None,
-    );
-    let out = b.step("fc.dq", QuantOp::Dequantize, vec![fc], T, None);
+    let mp = b.maxpool("pool1", conv, window(&[2, 2], &[2, 2], &[0, 0], &[1, 1], true));
+    let ap = b.avgpool("pool2", mp, window(&[3, 3], &[2, 2], &[1, 1], &[1, 1], true), false);
+    let fl = b.flatten("flatten", ap);
+    let fc = b.qlinear("fc", fl, 5, 0.01, Some(0.2), Activation::None);
+    let out = b.dequantize("fc.dq", fc);
     b.output(out);
     (b, vec![x], fc)
 }
@@ -185,25 +146,17 @@ fn residual_qadd_and_depthwise_conv() {
         let mut b = Builder::new(100 + seed);
         let x = random(&mut b.rng, vec![2, 4, 6, 6], -2.0, 2.0);
         let xi = b.input("x", x.clone());
-        let xq = b.step("x.q", QuantOp::Quantize, vec![xi], CL, None);
-        let s_in = b.params(xq).scale();
-        let (w, s, bias) = b.weights(vec![4, 3, 3, 1], 0.05, Some(0.3), s_in);
-        let dw = b.step(
+        let xq = b.quantize("x.q", xi, CL);
+        let dw = b.qconv(
             "dw",
-            QuantOp::QConv {
-                window: window(&[3, 3], &[1, 1], &[2, 2], &[2, 2], false),
-                groups: 4,
-                weight: w,
-                weight_scales: s,
-                bias,
-                act: Activation::Relu6,
-            },
-            vec![xq],
-            CL,
-            None,
+            xq,
+            window(&[3, 3], &[1, 1], &[2, 2], &[2, 2], false),
+            4,
+            Activation::Relu6,
+            (vec![4, 3, 3, 1], 0.05, Some(0.3)),
         );
         let add = b.step("add", QuantOp::QAdd { relu: seed % 2 == 0 }, vec![xq, dw], CL, None);
-        let out = b.step("add.dq", QuantOp::Dequantize, vec![add], T, None);
+        let out = b.dequantize("add.dq", add);
         b.output(out);
         check_steps(&b.p, std::slice::from_ref(&x));
         assert!(end_to_end(&b, add, &[x]) <= FAKE_QUANT_TOLERANCE_STEPS);
@@ -215,24 +168,10 @@ fn qconcat_requantizes_inputs_with_different_scales() {
     let mut b = Builder::new(7);
     let x = random(&mut b.rng, vec![2, 3, 5, 5], -1.0, 1.0);
     let xi = b.input("x", x.clone());
-    let xq = b.step("x.q", QuantOp::Quantize, vec![xi], CL, None);
-    let s_in = b.params(xq).scale();
+    let xq = b.quantize("x.q", xi, CL);
     let branch = |b: &mut Builder, name: &str, cout: usize, scale: f32, act| {
-        let (w, s, bias) = b.weights(vec![cout, 1, 1, 3], scale, Some(0.1), s_in);
-        b.step(
-            name,
-            QuantOp::QConv {
-                window: window(&[1, 1], &[1, 1], &[0, 0], &[1, 1], false),
-                groups: 1,
-                weight: w,
-                weight_scales: s,
-                bias,
-                act,
-            },
-            vec![xq],
-            CL,
-            None,
-        )
+        let w = (vec![cout, 1, 1, 3], scale, Some(0.1));
+        b.qconv(name, xq, window(&[1, 1], &[1, 1], &[0, 0], &[1, 1], false), 1, act, w)
     };
     let a = branch(&mut b, "a", 2, 0.01, Activation::None);
     let c = branch(&mut b, "c", 3, 0.1, Activation::Clamp { min: -0.5, max: 1.0 });
@@ -240,23 +179,11 @@ fn qconcat_requantizes_inputs_with_different_scales() {
     // Output parameters: the widest input's scale, a third zero point: both inputs requantized.
     let out_q = QParams::new(b.params(c).scale() * 1.5, 100, QRange::U8).unwrap();
     let cat = b.step("cat", QuantOp::QConcat, vec![a, xq, c], CL, Some(out_q));
-    let pool = b.step(
-        "pool",
-        QuantOp::QAdaptiveAvgPool { output: vec![2, 3] },
-        vec![cat],
-        CL,
-        None,
-    );
-    let gap = b.step(
-        "gap",
-        QuantOp::QAdaptiveAvgPool { output: vec![1, 1] },
-        vec![pool],
-        CL,
-        None,
-    );
+    let pool = b.adaptive("pool", cat, &[2, 3]);
+    let gap = b.adaptive("gap", pool, &[1, 1]);
     let relu = b.step("relu", QuantOp::QClamp { act: Activation::Relu }, vec![gap], CL, None);
-    let fl = b.step("flat", QuantOp::QFlatten, vec![relu], T, None);
-    let out = b.step("out", QuantOp::Dequantize, vec![fl], T, None);
+    let fl = b.flatten("flat", relu);
+    let out = b.dequantize("out", fl);
     b.output(out);
     b.output(cat);
     check_steps(&b.p, std::slice::from_ref(&x));
@@ -269,59 +196,20 @@ fn conv1d_pools_and_linear() {
         let mut b = Builder::new(200 + seed);
         let x = random(&mut b.rng, vec![2, 2, 17], -1.0, 1.0);
         let xi = b.input("x", x.clone());
-        let xq = b.step("x.q", QuantOp::Quantize, vec![xi], CL, None);
-        let s_in = b.params(xq).scale();
-        let (w, s, bias) = b.weights(vec![6, 5, 1], 0.03, Some(0.2), s_in);
-        let conv = b.step(
+        let xq = b.quantize("x.q", xi, CL);
+        let conv = b.qconv(
             "conv",
-            QuantOp::QConv {
-                window: window(&[5], &[2], &[2], &[1], false),
-                groups: 2,
-                weight: w,
-                weight_scales: s,
-                bias,
-                act: Activation::Relu,
-            },
-            vec![xq],
-            CL,
-            None,
+            xq,
+            window(&[5], &[2], &[2], &[1], false),
+            2,
+            Activation::Relu,
+            (vec![6, 5, 1], 0.03, Some(0.2)),
         );
-        let mp = b.step(
-            "mp",
-            QuantOp::QMaxPool {
-                window: window(&[3], &[2], &[1], &[2], false),
-            },
-            vec![conv],
-            CL,
-            None,
-        );
-        let ap = b.step(
-            "ap",
-            QuantOp::QAvgPool {
-                window: window(&[2], &[2], &[1], &[1], true),
-                count_include_pad: true,
-            },
-            vec![mp],
-            CL,
-            None,
-        );
-        let fl = b.step("fl", QuantOp::QFlatten, vec![ap], T, None);
-        let k = b.p.values[fl].shape[1].unwrap();
-        let s_fl = b.params(fl).scale();
-        let (w, s, bias) = b.weights(vec![3, k], 0.02, None, s_fl);
-        let fc = b.step(
-            "fc",
-            QuantOp::QLinear {
-                weight: w,
-                weight_scales: s,
-                bias,
-                act: Activation::Relu,
-            },
-            vec![fl],
-            T,
-            None,
-        );
-        let out = b.step("fc.dq", QuantOp::Dequantize, vec![fc], T, None);
+        let mp = b.maxpool("mp", conv, window(&[3], &[2], &[1], &[2], false));
+        let ap = b.avgpool("ap", mp, window(&[2], &[2], &[1], &[1], true), true);
+        let fl = b.flatten("fl", ap);
+        let fc = b.qlinear("fc", fl, 3, 0.02, None, Activation::Relu);
+        let out = b.dequantize("fc.dq", fc);
         b.output(out);
         check_steps(&b.p, &[x]);
     }
@@ -536,13 +424,13 @@ fn malformed_programs_are_refused_naming_the_step() {
     assert!(matches!(exec.run(&[]), Err(RunError::InputCount { .. })));
 }
 
-/// The executor on the optimised kernels ([`Executor::new`]) and on the scalar reference
-/// ([`Executor::with_isa`]`(.., Isa::Scalar)`) computes the same bits for every value.
-#[test]
-fn fast_kernels_match_the_reference_executor() {
+/// [`cnn_in`] on the optimised kernels ([`Executor::new`]) and on the scalar reference
+/// ([`Executor::with_isa`]`(.., Isa::Scalar)`): the same bits for every value, seeds 0..6.
+fn assert_fast_equals_scalar(range: QRange) {
     use qc_runtime::kernels::fast::Isa;
     for seed in 0..6 {
-        let (b, inputs, _) = cnn(seed, 1 + seed as usize % 3);
+        let (b, inputs, fc) = cnn_in(seed, 1 + seed as usize % 3, range);
+        assert_eq!(b.params(fc).range(), range);
         let fast = Executor::new(b.p.clone()).unwrap().run_traced(&inputs).unwrap();
         let scalar = Executor::with_isa(b.p.clone(), Isa::Scalar)
             .unwrap()
@@ -552,22 +440,18 @@ fn fast_kernels_match_the_reference_executor() {
     }
 }
 
+/// The executor on the optimised kernels and on the scalar reference computes the same bits for
+/// every value.
+#[test]
+fn fast_kernels_match_the_reference_executor() {
+    assert_fast_equals_scalar(QRange::U8);
+}
+
 /// With 7-bit activations (`[0, 127]`, PyTorch x86's reduce_range) the convolution and linear
 /// layers take the `vpmaddubsw` kernels; the executor still computes the reference executor's bits.
 #[test]
 fn seven_bit_programs_match_the_reference_executor() {
-    use qc_runtime::kernels::fast::Isa;
-    let r7 = QRange::custom(0, 127).unwrap();
-    for seed in 0..6 {
-        let (b, inputs, fc) = cnn_in(seed, 1 + seed as usize % 3, r7);
-        assert_eq!(b.params(fc).range(), r7);
-        let fast = Executor::new(b.p.clone()).unwrap().run_traced(&inputs).unwrap();
-        let scalar = Executor::with_isa(b.p.clone(), Isa::Scalar)
-            .unwrap()
-            .run_traced(&inputs)
-            .unwrap();
-        assert_eq!(fast, scalar, "seed {seed}");
-    }
+    assert_fast_equals_scalar(QRange::custom(0, 127).unwrap());
 }
 
 /// Intermediate int8 buffers are reused: after the first run the executor keeps them, later

@@ -8,8 +8,8 @@
 use proptest::prelude::*;
 use qc_runtime::kernels::fast::{self, Isa, PackedConv, PackedLinear};
 use qc_runtime::kernels::{
-    reference, Activation, Axis, ConcatPart, Conv2dGeom, Pool2dGeom, QAdaptiveAvgPool2d, QAvgPool2d, QConcat, QConv2d,
-    QGlobalAvgPool, QLinear,
+    reference, Activation, Axis, ConcatPart, Conv2dGeom, KernelError, Pool2dGeom, QAdaptiveAvgPool2d, QAvgPool2d,
+    QConcat, QConv2d, QGlobalAvgPool, QLinear,
 };
 use qc_runtime::quant::{accumulator_fits, QAdd, QParams, QRange, Requant};
 use qc_runtime::SplitMix64;
@@ -94,33 +94,98 @@ fn bias(r: &mut SplitMix64, n: usize, k: usize, zp: i32) -> Option<Vec<i32>> {
     })
 }
 
-fn check_conv(seed: u64) -> Result<(), TestCaseError> {
-    let r = &mut SplitMix64::new(seed);
-    let depthwise = below(r, 4) == 0;
-    let groups = if depthwise { 0 } else { pick(r, &[1, 1, 1, 2, 3]) };
-    let tails = [1, 2, 3, 4, 7, 8, 16, 17, 33, 65];
-    let (in_c, out_c, groups) = if depthwise {
-        let c = pick(r, &tails);
-        (c, c, c)
-    } else {
-        let cig = pick(r, &tails[..9]);
-        let cog = pick(r, &[1, 3, 7, 8, 9, 16, 17, 24]);
-        (cig * groups, cog * groups, groups)
-    };
-    let one_d = below(r, 6) == 0;
-    let axis = |r: &mut SplitMix64| {
-        let kernel = 1 + below(r, 3) as usize;
-        let stride = 1 + below(r, 3) as usize;
-        let dilation = 1 + below(r, 2) as usize;
-        let padding = below(r, kernel as u64 + 1) as usize;
-        Axis::new(kernel, stride, padding, dilation)
-    };
+/// An output element compared bit for bit (an `f32` by its bit pattern, so that `-0.0` and `0.0`
+/// differ); `FILL` starts the optimised kernel's buffer, so that an output it never writes shows.
+trait Bits: Copy + Default + std::fmt::Debug {
+    const FILL: Self;
+    fn bits(self) -> u32;
+}
+
+impl Bits for u8 {
+    const FILL: u8 = 1;
+    fn bits(self) -> u32 {
+        self as u32
+    }
+}
+
+impl Bits for f32 {
+    const FILL: f32 = 1.0;
+    fn bits(self) -> u32 {
+        self.to_bits()
+    }
+}
+
+/// The one harness every op goes through: the reference kernel and the optimised one each write
+/// `n` outputs, which must be the same bits; returns the reference's.
+fn same_bits<T: Bits>(
+    n: usize,
+    what: &dyn std::fmt::Debug,
+    reference: impl FnOnce(&mut [T]) -> Result<(), KernelError>,
+    fast: impl FnOnce(&mut [T]) -> Result<(), KernelError>,
+) -> Result<Vec<T>, TestCaseError> {
+    let mut want = vec![T::default(); n];
+    reference(&mut want).unwrap();
+    let mut got = vec![T::FILL; n];
+    fast(&mut got).unwrap();
+    let bits = |v: &[T]| v.iter().map(|x| x.bits()).collect::<Vec<_>>();
+    prop_assert_eq!(bits(&got), bits(&want), "{:?}", what);
+    Ok(want)
+}
+
+/// A convolution's per-channel requantizations, drawn for its reduction length.
+fn conv_params(r: &mut SplitMix64, geom: Conv2dGeom, zp: i32) -> QConv2d {
+    let k = geom.reduction_len();
+    QConv2d {
+        geom,
+        input_zero_point: zp,
+        requant: (0..geom.out_c).map(|_| requant(r, k)).collect(),
+    }
+}
+
+/// The reference convolution `p` (run with `geom`, which may differ from the pack's) against
+/// `packed`, bit for bit.
+fn conv_same_bits(
+    p: &QConv2d,
+    (x, wt, b): (&[u8], &[i8], Option<&[i32]>),
+    packed: &PackedConv,
+    geom: Conv2dGeom,
+    what: &dyn std::fmt::Debug,
+) -> Result<(), TestCaseError> {
+    let n = geom.output_len().unwrap();
+    let p = QConv2d { geom, ..p.clone() };
+    let reference = |o: &mut [u8]| reference::qconv2d(&p, x, wt, b, o);
+    same_bits(n, what, reference, |o| packed.run(&geom, x, o)).map(drop)
+}
+
+/// A random convolution axis: kernel `1..=max_kernel`, stride 1-3, dilation 1-2, padding up to
+/// the kernel.
+fn conv_axis(r: &mut SplitMix64, max_kernel: u64) -> Axis {
+    let kernel = 1 + below(r, max_kernel) as usize;
+    let stride = 1 + below(r, 3) as usize;
+    let dilation = 1 + below(r, 2) as usize;
+    let padding = below(r, kernel as u64 + 1) as usize;
+    Axis::new(kernel, stride, padding, dilation)
+}
+
+/// A random geometry for `(in_c, out_c, groups)`: both axes `stem`'s, else [`conv_axis`] and a
+/// 1-D case (height 1) a sixth of the time; each input side at least one window plus
+/// `0..extra`, batch 1-2.
+fn conv_geom(
+    r: &mut SplitMix64,
+    (in_c, out_c, groups): (usize, usize, usize),
+    max_kernel: u64,
+    extra: u64,
+    stem: Option<Axis>,
+) -> Conv2dGeom {
+    let one_d = stem.is_none() && below(r, 6) == 0;
+    let axis = |r: &mut SplitMix64| stem.unwrap_or_else(|| conv_axis(r, max_kernel));
     let (h, w) = (axis(r), axis(r));
     let h = if one_d { Axis::new(1, 1, 0, 1) } else { h };
-    let in_len = |r: &mut SplitMix64, a: &Axis| (a.span().saturating_sub(2 * a.padding)).max(1) + below(r, 7) as usize;
+    let in_len =
+        |r: &mut SplitMix64, a: &Axis| (a.span().saturating_sub(2 * a.padding)).max(1) + below(r, extra) as usize;
     let in_h = if one_d { 1 } else { in_len(r, &h) };
     let in_w = in_len(r, &w);
-    let geom = Conv2dGeom {
+    Conv2dGeom {
         batch: 1 + below(r, 2) as usize,
         in_h,
         in_w,
@@ -129,36 +194,96 @@ fn check_conv(seed: u64) -> Result<(), TestCaseError> {
         h,
         w,
         groups,
-    };
-    let Ok([oh, ow]) = geom.out_hw() else {
-        return Ok(());
-    };
-    let k = geom.reduction_len();
-    let zp = below(r, 256) as i32;
-    let p = QConv2d {
-        geom,
-        input_zero_point: zp,
-        requant: (0..out_c).map(|_| requant(r, k)).collect(),
-    };
-    let x = u8s(r, geom.input_len());
-    let wt = i8s(r, geom.weight_len());
-    let b = bias(r, out_c, k, zp);
-    let n_out = geom.batch * oh * ow * out_c;
-    let mut want = vec![0u8; n_out];
-    reference::qconv2d(&p, &x, &wt, b.as_deref(), &mut want).unwrap();
-    let packed = PackedConv::new(&p, &wt, b.as_deref()).unwrap();
-    let mut got = vec![0u8; n_out];
-    packed.run(&geom, &x, &mut got).unwrap();
-    prop_assert_eq!(&got, &want, "{:?} isa {:?}", geom, packed.isa());
-    Ok(())
+    }
 }
 
-fn check_linear(seed: u64) -> Result<(), TestCaseError> {
+/// A geometry with axis `a` both ways.
+fn square(batch: usize, [in_h, in_w]: [usize; 2], (in_c, out_c, groups): (usize, usize, usize), a: Axis) -> Conv2dGeom {
+    Conv2dGeom {
+        batch,
+        in_h,
+        in_w,
+        in_c,
+        out_c,
+        h: a,
+        w: a,
+        groups,
+    }
+}
+
+/// A random convolution against the reference: 8-bit inputs with any zero point (depthwise a
+/// quarter of the time), or (`seven`) a 7-bit input range and zero point, packed for that range.
+fn check_conv(seed: u64, seven: bool) -> Result<(), TestCaseError> {
+    let r = &mut SplitMix64::new(seed);
+    let depthwise = !seven && below(r, 4) == 0;
+    let (cig, cog, groups) = if depthwise {
+        let c = pick(r, &[1, 2, 3, 4, 7, 8, 16, 17, 33, 65]);
+        (1, 1, c)
+    } else if seven {
+        let groups = pick(r, &[1, 1, 1, 2, 3]);
+        (
+            pick(r, &[1, 3, 4, 7, 8, 17, 33, 65]),
+            pick(r, &[1, 3, 7, 8, 9, 16, 17, 24, 33]),
+            groups,
+        )
+    } else {
+        let groups = pick(r, &[1, 1, 1, 2, 3]);
+        (
+            pick(r, &[1, 2, 3, 4, 7, 8, 16, 17, 33]),
+            pick(r, &[1, 3, 7, 8, 9, 16, 17, 24]),
+            groups,
+        )
+    };
+    let geom = conv_geom(r, (cig * groups, cog * groups, groups), 3, 7, None);
+    if geom.out_hw().is_err() {
+        return Ok(());
+    }
+    let k = geom.reduction_len();
+    let (range, zp) = if seven {
+        range7(r)
+    } else {
+        (QRange::U8, below(r, 256) as i32)
+    };
+    let p = conv_params(r, geom, zp);
+    let x = if seven {
+        u7s(r, geom.input_len(), range)
+    } else {
+        u8s(r, geom.input_len())
+    };
+    let wt = i8s(r, geom.weight_len());
+    let b = bias(r, geom.out_c, k, zp);
+    let packed = if seven {
+        let packed = PackedConv::with_input_range(&p, &wt, b.as_deref(), fast::detected(), range).unwrap();
+        // One input and one output channel per group is the depthwise kernel's case.
+        prop_assert_eq!(
+            packed.seven_bit(),
+            fast::detected() == Isa::Avx2 && (cig, cog) != (1, 1)
+        );
+        packed
+    } else {
+        PackedConv::new(&p, &wt, b.as_deref()).unwrap()
+    };
+    let what = (geom, range, zp, packed.isa());
+    conv_same_bits(&p, (&x, &wt, b.as_deref()), &packed, geom, &what)
+}
+
+/// A random linear layer against the reference: 8-bit inputs with any zero point, or (`seven`) a
+/// 7-bit input range and zero point, packed for that range.
+fn check_linear(seed: u64, seven: bool) -> Result<(), TestCaseError> {
     let r = &mut SplitMix64::new(seed);
     let batch = pick(r, &[1, 1, 2, 3, 5, 8]);
-    let k = pick(r, &[1, 2, 3, 7, 16, 17, 33, 64, 65, 130]);
+    let ks: &[usize] = if seven {
+        &[1, 3, 4, 7, 17, 33, 64, 65, 130]
+    } else {
+        &[1, 2, 3, 7, 16, 17, 33, 64, 65, 130]
+    };
+    let k = pick(r, ks);
     let m = pick(r, &[1, 3, 7, 8, 9, 16, 17, 33, 65]);
-    let zp = below(r, 256) as i32;
+    let (range, zp) = if seven {
+        range7(r)
+    } else {
+        (QRange::U8, below(r, 256) as i32)
+    };
     let p = QLinear {
         batch,
         in_features: k,
@@ -166,16 +291,23 @@ fn check_linear(seed: u64) -> Result<(), TestCaseError> {
         input_zero_point: zp,
         requant: (0..m).map(|_| requant(r, k)).collect(),
     };
-    let x = u8s(r, batch * k);
+    let x = if seven {
+        u7s(r, batch * k, range)
+    } else {
+        u8s(r, batch * k)
+    };
     let wt = i8s(r, m * k);
     let b = bias(r, m, k, zp);
-    let mut want = vec![0u8; batch * m];
-    reference::qlinear(&p, &x, &wt, b.as_deref(), &mut want).unwrap();
-    let packed = PackedLinear::new(&p, &wt, b.as_deref()).unwrap();
-    let mut got = vec![0u8; batch * m];
-    packed.run(batch, &x, &mut got).unwrap();
-    prop_assert_eq!(&got, &want, "batch {} k {} m {}", batch, k, m);
-    Ok(())
+    let packed = if seven {
+        let packed = PackedLinear::with_input_range(&p, &wt, b.as_deref(), fast::detected(), range).unwrap();
+        prop_assert_eq!(packed.seven_bit(), fast::detected() == Isa::Avx2 && (k, m) != (1, 1));
+        packed
+    } else {
+        PackedLinear::new(&p, &wt, b.as_deref()).unwrap()
+    };
+    let reference = |o: &mut [u8]| reference::qlinear(&p, &x, &wt, b.as_deref(), o);
+    let what = (batch, k, m, range, zp);
+    same_bits(batch * m, &what, reference, |o| packed.run(batch, &x, o)).map(drop)
 }
 
 fn qparams(r: &mut SplitMix64) -> QParams {
@@ -195,12 +327,8 @@ fn check_add(seed: u64) -> Result<(), TestCaseError> {
     let add = if below(r, 2) == 0 { add.with_relu() } else { add };
     let n = below(r, 70) as usize;
     let (xa, xb) = (u8s(r, n), u8s(r, n));
-    let mut want = vec![0u8; n];
-    reference::qadd(&add, &xa, &xb, &mut want).unwrap();
-    let mut got = vec![0u8; n];
-    fast::qadd(&add, &xa, &xb, &mut got).unwrap();
-    prop_assert_eq!(got, want, "{:?}", add);
-    Ok(())
+    let reference = |o: &mut [u8]| reference::qadd(&add, &xa, &xb, o);
+    same_bits(n, &add, reference, |o| fast::qadd(&add, &xa, &xb, o)).map(drop)
 }
 
 fn check_quantize(seed: u64) -> Result<(), TestCaseError> {
@@ -216,18 +344,15 @@ fn check_quantize(seed: u64) -> Result<(), TestCaseError> {
             _ => r.uniform(-300.0, 300.0) * p.scale(),
         })
         .collect();
-    let mut want = vec![0u8; n];
-    reference::quantize_u8(&x, &p, &mut want).unwrap();
-    let mut got = vec![0u8; n];
-    fast::quantize_u8(&x, &p, &mut got).unwrap();
-    prop_assert_eq!(&got, &want, "{:?} {:?}", p, x);
-    let mut fw = vec![0f32; n];
-    reference::dequantize_u8(&want, &p, &mut fw).unwrap();
-    let mut fg = vec![0f32; n];
-    fast::dequantize_u8(&want, &p, &mut fg).unwrap();
-    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-    prop_assert_eq!(bits(&fg), bits(&fw));
-    Ok(())
+    let what = (p, &x);
+    let want = same_bits(
+        n,
+        &what,
+        |o| reference::quantize_u8(&x, &p, o),
+        |o| fast::quantize_u8(&x, &p, o),
+    )?;
+    let reference = |o: &mut [f32]| reference::dequantize_u8(&want, &p, o);
+    same_bits(n, &p, reference, |o| fast::dequantize_u8(&want, &p, o)).map(drop)
 }
 
 /// The tiled layout changes move the same elements as the reference's (tile tails: sizes around
@@ -239,20 +364,22 @@ fn check_relayout(seed: u64) -> Result<(), TestCaseError> {
     let h = 1 + below(r, 40) as usize;
     let w = pick(r, &[1, 7, 31, 32, 33, 56]);
     let x = u8s(r, n * c * h * w);
-    let mut want = vec![0u8; x.len()];
-    let mut got = vec![1u8; x.len()];
-    reference::nchw_to_nhwc(&x, [n, c, h, w], &mut want).unwrap();
-    fast::nchw_to_nhwc(&x, [n, c, h, w], &mut got).unwrap();
-    prop_assert_eq!(&got, &want, "nchw_to_nhwc {:?}", [n, c, h, w]);
-    reference::nhwc_to_nchw(&x, [n, h, w, c], &mut want).unwrap();
-    fast::nhwc_to_nchw(&x, [n, h, w, c], &mut got).unwrap();
-    prop_assert_eq!(&got, &want, "nhwc_to_nchw {:?}", [n, h, w, c]);
+    let len = x.len();
+    let (nchw, nhwc) = ([n, c, h, w], [n, h, w, c]);
+    let reference = |o: &mut [u8]| reference::nchw_to_nhwc(&x, nchw, o);
+    same_bits(len, &("nchw_to_nhwc", nchw), reference, |o| {
+        fast::nchw_to_nhwc(&x, nchw, o)
+    })?;
+    let reference = |o: &mut [u8]| reference::nhwc_to_nchw(&x, nhwc, o);
+    same_bits(len, &("nhwc_to_nchw", nhwc), reference, |o| {
+        fast::nhwc_to_nchw(&x, nhwc, o)
+    })?;
     let xf: Vec<f32> = x.iter().map(|&v| v as f32 - 0.5).collect();
-    let (mut wf, mut gf) = (vec![0f32; x.len()], vec![1f32; x.len()]);
-    reference::nhwc_to_nchw(&xf, [n, h, w, c], &mut wf).unwrap();
-    fast::nhwc_to_nchw(&xf, [n, h, w, c], &mut gf).unwrap();
-    prop_assert_eq!(gf, wf);
-    prop_assert!(fast::nchw_to_nhwc(&x, [n, c, h, w + 1], &mut got).is_err());
+    let reference = |o: &mut [f32]| reference::nhwc_to_nchw(&xf, nhwc, o);
+    same_bits(len, &("nhwc_to_nchw f32", nhwc), reference, |o| {
+        fast::nhwc_to_nchw(&xf, nhwc, o)
+    })?;
+    prop_assert!(fast::nchw_to_nhwc(&x, [n, c, h, w + 1], &mut vec![0u8; len]).is_err());
     Ok(())
 }
 
@@ -279,11 +406,12 @@ fn check_pools(seed: u64) -> Result<(), TestCaseError> {
     };
     let x = u8s(r, g.input_len());
     if let Ok(n) = g.output_len() {
-        let mut want = vec![0u8; n];
-        reference::qmaxpool2d(&g, &x, &mut want).unwrap();
-        let mut got = vec![1u8; n];
-        fast::qmaxpool2d(&g, &x, &mut got).unwrap();
-        prop_assert_eq!(&got, &want, "{:?}", g);
+        same_bits(
+            n,
+            &g,
+            |o| reference::qmaxpool2d(&g, &x, o),
+            |o| fast::qmaxpool2d(&g, &x, o),
+        )?;
     }
     let p = qparams(r);
     let range = QRange::U8;
@@ -294,12 +422,11 @@ fn check_pools(seed: u64) -> Result<(), TestCaseError> {
         zero_point: p.zero_point(),
         range,
     };
-    let mut want = vec![0u8; g.batch * channels];
-    reference::qglobal_avgpool(&gp, &x, &mut want).unwrap();
-    let mut got = vec![1u8; g.batch * channels];
-    fast::qglobal_avgpool(&gp, &x, &mut got).unwrap();
-    prop_assert_eq!(&got, &want, "{:?}", gp);
-    Ok(())
+    let reference = |o: &mut [u8]| reference::qglobal_avgpool(&gp, &x, o);
+    same_bits(g.batch * channels, &gp, reference, |o| {
+        fast::qglobal_avgpool(&gp, &x, o)
+    })
+    .map(drop)
 }
 
 /// Average, adaptive average pooling, standalone clamp and channel concatenation on the AVX2
@@ -331,11 +458,12 @@ fn check_avg_clamp_concat(seed: u64) -> Result<(), TestCaseError> {
     let x = u8s(r, g.input_len());
     if let Ok(n) = g.output_len() {
         let p = QAvgPool2d::new(g, below(r, 2) == 0, &q);
-        let mut want = vec![0u8; n];
-        reference::qavgpool2d(&p, &x, &mut want).unwrap();
-        let mut got = vec![1u8; n];
-        fast::qavgpool2d(&p, &x, &mut got).unwrap();
-        prop_assert_eq!(&got, &want, "{:?}", p);
+        same_bits(
+            n,
+            &p,
+            |o| reference::qavgpool2d(&p, &x, o),
+            |o| fast::qavgpool2d(&p, &x, o),
+        )?;
     }
     let out_hw = [
         1 + below(r, g.in_h as u64 + 2) as usize,
@@ -343,11 +471,8 @@ fn check_avg_clamp_concat(seed: u64) -> Result<(), TestCaseError> {
     ];
     let p = QAdaptiveAvgPool2d::new(g.batch, [g.in_h, g.in_w], out_hw, channels, &q);
     let n = g.batch * out_hw[0] * out_hw[1] * channels;
-    let mut want = vec![0u8; n];
-    reference::qadaptive_avgpool2d(&p, &x, &mut want).unwrap();
-    let mut got = vec![1u8; n];
-    fast::qadaptive_avgpool2d(&p, &x, &mut got).unwrap();
-    prop_assert_eq!(&got, &want, "{:?}", p);
+    let reference = |o: &mut [u8]| reference::qadaptive_avgpool2d(&p, &x, o);
+    same_bits(n, &p, reference, |o| fast::qadaptive_avgpool2d(&p, &x, o))?;
 
     let act = match below(r, 4) {
         0 => Activation::None,
@@ -362,11 +487,8 @@ fn check_avg_clamp_concat(seed: u64) -> Result<(), TestCaseError> {
             }
         }
     };
-    let mut want = vec![0u8; x.len()];
-    reference::qclamp(act, &q, &x, &mut want).unwrap();
-    let mut got = vec![1u8; x.len()];
-    fast::qclamp(act, &q, &x, &mut got).unwrap();
-    prop_assert_eq!(&got, &want, "{:?} {:?}", act, q);
+    let reference = |o: &mut [u8]| reference::qclamp(act, &q, &x, o);
+    same_bits(x.len(), &(act, q), reference, |o| fast::qclamp(act, &q, &x, o))?;
 
     let outer = 1 + below(r, 40) as usize;
     let out_q = qparams(r);
@@ -380,12 +502,8 @@ fn check_avg_clamp_concat(seed: u64) -> Result<(), TestCaseError> {
     let refs: Vec<&[u8]> = datas.iter().map(|d| d.as_slice()).collect();
     let cp = QConcat { outer, parts };
     let n = outer * cp.out_channels();
-    let mut want = vec![0u8; n];
-    reference::qconcat_channels(&cp, &refs, &mut want).unwrap();
-    let mut got = vec![1u8; n];
-    fast::qconcat_channels(&cp, &refs, &mut got).unwrap();
-    prop_assert_eq!(&got, &want, "{:?}", cp);
-    Ok(())
+    let reference = |o: &mut [u8]| reference::qconcat_channels(&cp, &refs, o);
+    same_bits(n, &cp, reference, |o| fast::qconcat_channels(&cp, &refs, o)).map(drop)
 }
 
 /// A 7-bit input range `[0, qmax]`, `qmax <= 127` (half the time PyTorch's reduce_range
@@ -413,64 +531,6 @@ fn u7s(r: &mut SplitMix64, n: usize, range: QRange) -> Vec<u8> {
         .collect()
 }
 
-fn check_conv7(seed: u64) -> Result<(), TestCaseError> {
-    let r = &mut SplitMix64::new(seed);
-    let groups = pick(r, &[1, 1, 1, 2, 3]);
-    let tails = [1, 3, 4, 7, 8, 17, 33, 65];
-    let cig = pick(r, &tails);
-    let cog = pick(r, &[1, 3, 7, 8, 9, 16, 17, 24, 33]);
-    let (in_c, out_c) = (cig * groups, cog * groups);
-    let one_d = below(r, 6) == 0;
-    let axis = |r: &mut SplitMix64| {
-        let kernel = 1 + below(r, 3) as usize;
-        let stride = 1 + below(r, 3) as usize;
-        let dilation = 1 + below(r, 2) as usize;
-        let padding = below(r, kernel as u64 + 1) as usize;
-        Axis::new(kernel, stride, padding, dilation)
-    };
-    let (h, w) = (axis(r), axis(r));
-    let h = if one_d { Axis::new(1, 1, 0, 1) } else { h };
-    let in_len = |r: &mut SplitMix64, a: &Axis| (a.span().saturating_sub(2 * a.padding)).max(1) + below(r, 7) as usize;
-    let in_h = if one_d { 1 } else { in_len(r, &h) };
-    let in_w = in_len(r, &w);
-    let geom = Conv2dGeom {
-        batch: 1 + below(r, 2) as usize,
-        in_h,
-        in_w,
-        in_c,
-        out_c,
-        h,
-        w,
-        groups,
-    };
-    let Ok([oh, ow]) = geom.out_hw() else {
-        return Ok(());
-    };
-    let k = geom.reduction_len();
-    let (range, zp) = range7(r);
-    let p = QConv2d {
-        geom,
-        input_zero_point: zp,
-        requant: (0..out_c).map(|_| requant(r, k)).collect(),
-    };
-    let x = u7s(r, geom.input_len(), range);
-    let wt = i8s(r, geom.weight_len());
-    let b = bias(r, out_c, k, zp);
-    let n_out = geom.batch * oh * ow * out_c;
-    let mut want = vec![0u8; n_out];
-    reference::qconv2d(&p, &x, &wt, b.as_deref(), &mut want).unwrap();
-    let packed = PackedConv::with_input_range(&p, &wt, b.as_deref(), fast::detected(), range).unwrap();
-    // One input and one output channel per group is the depthwise kernel's case.
-    prop_assert_eq!(
-        packed.seven_bit(),
-        fast::detected() == Isa::Avx2 && (cig, cog) != (1, 1)
-    );
-    let mut got = vec![0u8; n_out];
-    packed.run(&geom, &x, &mut got).unwrap();
-    prop_assert_eq!(&got, &want, "{:?} {:?} zp {}", geom, range, zp);
-    Ok(())
-}
-
 /// The 7-bit im2col path ([`fast::im2col_pays`]): few input channels (ResNet's RGB stem is 3,
 /// 7x7, stride 2, padding 3), kernels up to 7x7, strides 1-3, dilation, padding up to the
 /// kernel, odd widths, output-channel tails, batch 1-2.
@@ -483,48 +543,16 @@ fn check_conv7_im2col(seed: u64) -> Result<(), TestCaseError> {
     } else {
         pick(r, &[1, 3, 7, 8, 9, 16, 17, 24, 33])
     };
-    let axis = |r: &mut SplitMix64| {
-        if stem {
-            return Axis::new(7, 2, 3, 1);
-        }
-        let kernel = 1 + below(r, 7) as usize;
-        let stride = 1 + below(r, 3) as usize;
-        let dilation = 1 + below(r, 2) as usize;
-        let padding = below(r, kernel as u64 + 1) as usize;
-        Axis::new(kernel, stride, padding, dilation)
-    };
-    let (h, w) = (axis(r), axis(r));
-    let one_d = !stem && below(r, 6) == 0;
-    let h = if one_d { Axis::new(1, 1, 0, 1) } else { h };
-    let in_len = |r: &mut SplitMix64, a: &Axis| (a.span().saturating_sub(2 * a.padding)).max(1) + below(r, 12) as usize;
-    let in_h = if one_d { 1 } else { in_len(r, &h) };
-    let in_w = in_len(r, &w);
-    let geom = Conv2dGeom {
-        batch: 1 + below(r, 2) as usize,
-        in_h,
-        in_w,
-        in_c: cig,
-        out_c,
-        h,
-        w,
-        groups: 1,
-    };
-    let Ok([oh, ow]) = geom.out_hw() else {
+    let geom = conv_geom(r, (cig, out_c, 1), 7, 12, stem.then(|| Axis::new(7, 2, 3, 1)));
+    if geom.out_hw().is_err() {
         return Ok(());
-    };
+    }
     let k = geom.reduction_len();
     let (range, zp) = range7(r);
-    let p = QConv2d {
-        geom,
-        input_zero_point: zp,
-        requant: (0..out_c).map(|_| requant(r, k)).collect(),
-    };
+    let p = conv_params(r, geom, zp);
     let x = u7s(r, geom.input_len(), range);
     let wt = i8s(r, geom.weight_len());
     let b = bias(r, out_c, k, zp);
-    let n_out = geom.batch * oh * ow * out_c;
-    let mut want = vec![0u8; n_out];
-    reference::qconv2d(&p, &x, &wt, b.as_deref(), &mut want).unwrap();
     let packed = PackedConv::with_input_range(&p, &wt, b.as_deref(), fast::detected(), range).unwrap();
     let taps = geom.h.kernel * geom.w.kernel;
     let avx2 = fast::detected() == Isa::Avx2;
@@ -535,10 +563,7 @@ fn check_conv7_im2col(seed: u64) -> Result<(), TestCaseError> {
     if stem {
         prop_assert!(packed.im2col() == avx2);
     }
-    let mut got = vec![1u8; n_out];
-    packed.run(&geom, &x, &mut got).unwrap();
-    prop_assert_eq!(&got, &want, "{:?} {:?} zp {}", geom, range, zp);
-    Ok(())
+    conv_same_bits(&p, (&x, &wt, b.as_deref()), &packed, geom, &(geom, range, zp))
 }
 
 /// Winograd `F(2x2, 3x3)` (3x3, stride 1, padding 1, one group, Cin >= 16): odd and even sizes
@@ -575,11 +600,7 @@ fn check_winograd(seed: u64) -> Result<(), TestCaseError> {
     } else {
         u7s(r, geom.input_len(), range)
     };
-    let p = QConv2d {
-        geom,
-        input_zero_point: zp,
-        requant: (0..out_c).map(|_| requant(r, k)).collect(),
-    };
+    let p = conv_params(r, geom, zp);
     let wt = i8s(r, geom.weight_len());
     let b = bias(r, out_c, k, zp);
     let packed = PackedConv::with_input_range(&p, &wt, b.as_deref(), fast::detected(), range).unwrap();
@@ -595,99 +616,40 @@ fn check_winograd(seed: u64) -> Result<(), TestCaseError> {
             ..geom
         },
     ] {
-        let Ok(n_out) = g.output_len() else { continue };
-        let mut want = vec![0u8; n_out];
-        reference::qconv2d(&QConv2d { geom: g, ..p.clone() }, &x, &wt, b.as_deref(), &mut want).unwrap();
-        let mut got = vec![1u8; n_out];
-        packed.run(&g, &x, &mut got).unwrap();
-        prop_assert_eq!(&got, &want, "{:?} {:?} zp {}", g, range, zp);
+        if g.output_len().is_ok() {
+            conv_same_bits(&p, (&x, &wt, b.as_deref()), &packed, g, &(g, range, zp))?;
+        }
     }
     Ok(())
 }
 
-fn check_linear7(seed: u64) -> Result<(), TestCaseError> {
-    let r = &mut SplitMix64::new(seed);
-    let batch = pick(r, &[1, 1, 2, 3, 5, 8]);
-    let k = pick(r, &[1, 3, 4, 7, 17, 33, 64, 65, 130]);
-    let m = pick(r, &[1, 3, 7, 8, 9, 16, 17, 33, 65]);
-    let (range, zp) = range7(r);
-    let p = QLinear {
-        batch,
-        in_features: k,
-        out_features: m,
-        input_zero_point: zp,
-        requant: (0..m).map(|_| requant(r, k)).collect(),
+/// One proptest per check, each over `CASES` random seeds.
+macro_rules! seeded {
+    ($($name:ident => $check:expr;)*) => {
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(CASES))]
+            $(
+                #[test]
+                fn $name(seed in any::<u64>()) {
+                    $check(seed)?;
+                }
+            )*
+        }
     };
-    let x = u7s(r, batch * k, range);
-    let wt = i8s(r, m * k);
-    let b = bias(r, m, k, zp);
-    let mut want = vec![0u8; batch * m];
-    reference::qlinear(&p, &x, &wt, b.as_deref(), &mut want).unwrap();
-    let packed = PackedLinear::with_input_range(&p, &wt, b.as_deref(), fast::detected(), range).unwrap();
-    prop_assert_eq!(packed.seven_bit(), fast::detected() == Isa::Avx2 && (k, m) != (1, 1));
-    let mut got = vec![0u8; batch * m];
-    packed.run(batch, &x, &mut got).unwrap();
-    prop_assert_eq!(&got, &want, "batch {} k {} m {} {:?} zp {}", batch, k, m, range, zp);
-    Ok(())
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(CASES))]
-
-    #[test]
-    fn pools_match_reference(seed in any::<u64>()) {
-        check_pools(seed)?;
-    }
-
-    #[test]
-    fn avgpool_clamp_concat_match_reference(seed in any::<u64>()) {
-        check_avg_clamp_concat(seed)?;
-    }
-
-    #[test]
-    fn qconv2d_matches_reference(seed in any::<u64>()) {
-        check_conv(seed)?;
-    }
-
-    #[test]
-    fn qlinear_matches_reference(seed in any::<u64>()) {
-        check_linear(seed)?;
-    }
-
-    #[test]
-    fn qconv2d_7bit_matches_reference(seed in any::<u64>()) {
-        check_conv7(seed)?;
-    }
-
-    #[test]
-    fn qconv2d_7bit_im2col_matches_reference(seed in any::<u64>()) {
-        check_conv7_im2col(seed)?;
-    }
-
-    #[test]
-    fn qconv2d_winograd_matches_reference(seed in any::<u64>()) {
-        check_winograd(seed)?;
-    }
-
-    #[test]
-    fn qlinear_7bit_matches_reference(seed in any::<u64>()) {
-        check_linear7(seed)?;
-    }
-
-    #[test]
-    fn qadd_matches_reference(seed in any::<u64>()) {
-        check_add(seed)?;
-    }
-
-    #[test]
-    fn relayouts_match_reference(seed in any::<u64>()) {
-        check_relayout(seed)?;
-    }
-
-    #[test]
-    fn quantize_dequantize_match_reference(seed in any::<u64>()) {
-        check_quantize(seed)?;
-    }
+seeded! {
+    pools_match_reference => check_pools;
+    avgpool_clamp_concat_match_reference => check_avg_clamp_concat;
+    qconv2d_matches_reference => |seed| check_conv(seed, false);
+    qlinear_matches_reference => |seed| check_linear(seed, false);
+    qconv2d_7bit_matches_reference => |seed| check_conv(seed, true);
+    qconv2d_7bit_im2col_matches_reference => check_conv7_im2col;
+    qconv2d_winograd_matches_reference => check_winograd;
+    qlinear_7bit_matches_reference => |seed| check_linear(seed, true);
+    qadd_matches_reference => check_add;
+    relayouts_match_reference => check_relayout;
+    quantize_dequantize_match_reference => check_quantize;
 }
 
 #[test]
@@ -705,36 +667,14 @@ fn avx2_is_used_where_available() {
 fn large_conv_matches_reference() {
     let r = &mut SplitMix64::new(7);
     for (in_c, out_c, groups, hw, kernel) in [(64, 72, 1, 30, 3), (40, 40, 40, 61, 3), (24, 48, 2, 23, 1)] {
-        let a = Axis::new(kernel, 1, kernel / 2, 1);
-        let geom = Conv2dGeom {
-            batch: 2,
-            in_h: hw,
-            in_w: hw,
-            in_c,
-            out_c,
-            h: a,
-            w: a,
-            groups,
-        };
-        let k = geom.reduction_len();
+        let geom = square(2, [hw, hw], (in_c, out_c, groups), Axis::new(kernel, 1, kernel / 2, 1));
         let zp = 77;
-        let p = QConv2d {
-            geom,
-            input_zero_point: zp,
-            requant: (0..out_c).map(|_| requant(r, k)).collect(),
-        };
+        let p = conv_params(r, geom, zp);
         let x = u8s(r, geom.input_len());
         let wt = i8s(r, geom.weight_len());
-        let b = bias(r, out_c, k, zp);
-        let n = geom.output_len().unwrap();
-        let mut want = vec![0u8; n];
-        reference::qconv2d(&p, &x, &wt, b.as_deref(), &mut want).unwrap();
-        let mut got = vec![1u8; n];
-        PackedConv::new(&p, &wt, b.as_deref())
-            .unwrap()
-            .run(&geom, &x, &mut got)
-            .unwrap();
-        assert_eq!(got, want, "{geom:?}");
+        let b = bias(r, out_c, geom.reduction_len(), zp);
+        let packed = PackedConv::new(&p, &wt, b.as_deref()).unwrap();
+        conv_same_bits(&p, (&x, &wt, b.as_deref()), &packed, geom, &geom).unwrap();
         let scalar = PackedConv::with_isa(&p, &wt, b.as_deref(), Isa::Scalar).unwrap();
         assert_eq!(scalar.isa(), Isa::Scalar);
     }
@@ -756,26 +696,16 @@ fn large_linear_matches_reference() {
     let x = u8s(r, batch * k);
     let wt = i8s(r, m * k);
     let b = bias(r, m, k, zp);
-    let mut want = vec![0u8; batch * m];
-    reference::qlinear(&p, &x, &wt, b.as_deref(), &mut want).unwrap();
-    let mut got = vec![0u8; batch * m];
-    fast::qlinear(&p, &x, &wt, b.as_deref(), &mut got).unwrap();
-    assert_eq!(got, want);
+    let reference = |o: &mut [u8]| reference::qlinear(&p, &x, &wt, b.as_deref(), o);
+    same_bits(batch * m, &(batch, k, m), reference, |o| {
+        fast::qlinear(&p, &x, &wt, b.as_deref(), o)
+    })
+    .unwrap();
 }
 
 #[test]
 fn packed_conv_refuses_other_geometry() {
-    let a = Axis::new(3, 1, 1, 1);
-    let geom = Conv2dGeom {
-        batch: 1,
-        in_h: 4,
-        in_w: 4,
-        in_c: 2,
-        out_c: 2,
-        h: a,
-        w: a,
-        groups: 1,
-    };
+    let geom = square(1, [4, 4], (2, 2, 1), Axis::new(3, 1, 1, 1));
     let p = QConv2d {
         geom,
         input_zero_point: 0,
@@ -794,23 +724,8 @@ fn packed_conv_refuses_other_geometry() {
 #[test]
 fn seven_bit_selection_and_fallback() {
     let r = &mut SplitMix64::new(9);
-    let a = Axis::new(3, 1, 1, 1);
-    let geom = Conv2dGeom {
-        batch: 1,
-        in_h: 9,
-        in_w: 11,
-        in_c: 20,
-        out_c: 24,
-        h: a,
-        w: a,
-        groups: 1,
-    };
-    let k = geom.reduction_len();
-    let p = QConv2d {
-        geom,
-        input_zero_point: 60,
-        requant: (0..24).map(|_| requant(r, k)).collect(),
-    };
+    let geom = square(1, [9, 11], (20, 24, 1), Axis::new(3, 1, 1, 1));
+    let p = conv_params(r, geom, 60);
     let wt = i8s(r, geom.weight_len());
     let avx2 = fast::detected() == Isa::Avx2;
     let r7 = QRange::custom(0, 127).unwrap();
@@ -842,13 +757,8 @@ fn seven_bit_selection_and_fallback() {
     assert!(!dwp.seven_bit());
 
     let packed = pack(&p, r7);
-    let n = geom.output_len().unwrap();
     for x in [u7s(r, geom.input_len(), r7), u8s(r, geom.input_len())] {
-        let mut want = vec![0u8; n];
-        reference::qconv2d(&p, &x, &wt, None, &mut want).unwrap();
-        let mut got = vec![1u8; n];
-        packed.run(&geom, &x, &mut got).unwrap();
-        assert_eq!(got, want);
+        conv_same_bits(&p, (&x, &wt, None), &packed, geom, &geom).unwrap();
     }
 }
 
@@ -863,33 +773,13 @@ fn large_conv_7bit_extremes_match_reference() {
         (33, 40, 1, 17, 3, 127),
         (24, 48, 2, 23, 1, -128),
     ] {
-        let a = Axis::new(kernel, 1, kernel / 2, 1);
-        let geom = Conv2dGeom {
-            batch: 2,
-            in_h: hw,
-            in_w: hw,
-            in_c,
-            out_c,
-            h: a,
-            w: a,
-            groups,
-        };
-        let k = geom.reduction_len();
+        let geom = square(2, [hw, hw], (in_c, out_c, groups), Axis::new(kernel, 1, kernel / 2, 1));
         for (zp, x) in [(0, vec![127u8; geom.input_len()]), (127, u7s(r, geom.input_len(), r7))] {
-            let p = QConv2d {
-                geom,
-                input_zero_point: zp,
-                requant: (0..out_c).map(|_| requant(r, k)).collect(),
-            };
+            let p = conv_params(r, geom, zp);
             let wt = vec![wv; geom.weight_len()];
-            let b = bias(r, out_c, k, zp);
-            let n = geom.output_len().unwrap();
-            let mut want = vec![0u8; n];
-            reference::qconv2d(&p, &x, &wt, b.as_deref(), &mut want).unwrap();
-            let mut got = vec![1u8; n];
+            let b = bias(r, out_c, geom.reduction_len(), zp);
             let packed = PackedConv::with_input_range(&p, &wt, b.as_deref(), Isa::Avx2, r7).unwrap();
-            packed.run(&geom, &x, &mut got).unwrap();
-            assert_eq!(got, want, "{geom:?} zp {zp}");
+            conv_same_bits(&p, (&x, &wt, b.as_deref()), &packed, geom, &(geom, zp)).unwrap();
         }
     }
 }
@@ -901,17 +791,7 @@ fn large_conv_7bit_extremes_match_reference() {
 fn large_stem_7bit_im2col_matches_reference() {
     let r = &mut SplitMix64::new(11);
     let r7 = QRange::custom(0, 127).unwrap();
-    let a = Axis::new(7, 2, 3, 1);
-    let geom = Conv2dGeom {
-        batch: 2,
-        in_h: 64,
-        in_w: 67,
-        in_c: 3,
-        out_c: 64,
-        h: a,
-        w: a,
-        groups: 1,
-    };
+    let geom = square(2, [64, 67], (3, 64, 1), Axis::new(7, 2, 3, 1));
     let k = geom.reduction_len();
     for (zp, x, wt) in [
         (0, vec![127u8; geom.input_len()], vec![-128i8; geom.weight_len()]),
@@ -919,20 +799,11 @@ fn large_stem_7bit_im2col_matches_reference() {
         (0, u7s(r, geom.input_len(), r7), vec![127i8; geom.weight_len()]),
         (37, u7s(r, geom.input_len(), r7), i8s(r, geom.weight_len())),
     ] {
-        let p = QConv2d {
-            geom,
-            input_zero_point: zp,
-            requant: (0..64).map(|_| requant(r, k)).collect(),
-        };
+        let p = conv_params(r, geom, zp);
         let b = bias(r, 64, k, zp);
-        let n = geom.output_len().unwrap();
-        let mut want = vec![0u8; n];
-        reference::qconv2d(&p, &x, &wt, b.as_deref(), &mut want).unwrap();
         let packed = PackedConv::with_input_range(&p, &wt, b.as_deref(), Isa::Avx2, r7).unwrap();
         assert_eq!(packed.im2col(), fast::detected() == Isa::Avx2);
-        let mut got = vec![1u8; n];
-        packed.run(&geom, &x, &mut got).unwrap();
-        assert_eq!(got, want, "zp {zp}");
+        conv_same_bits(&p, (&x, &wt, b.as_deref()), &packed, geom, &zp).unwrap();
     }
 }
 
@@ -945,20 +816,15 @@ fn large_elementwise_split_over_threads_match_reference() {
     for n in [(1 << 16) + 5, 3 * 64 * 56 * 56 + 3] {
         let p = qparams(r);
         let x: Vec<f32> = (0..n).map(|_| r.uniform(-300.0, 300.0) * p.scale()).collect();
-        let (mut want, mut got) = (vec![0u8; n], vec![1u8; n]);
-        reference::quantize_u8(&x, &p, &mut want).unwrap();
-        pool.install(|| fast::quantize_u8(&x, &p, &mut got)).unwrap();
-        assert_eq!(got, want);
-        let (mut fw, mut fg) = (vec![0f32; n], vec![1f32; n]);
-        reference::dequantize_u8(&want, &p, &mut fw).unwrap();
-        pool.install(|| fast::dequantize_u8(&want, &p, &mut fg)).unwrap();
-        assert!(fw.iter().zip(&fg).all(|(a, b)| a.to_bits() == b.to_bits()));
+        let reference = |o: &mut [u8]| reference::quantize_u8(&x, &p, o);
+        let want = same_bits(n, &p, reference, |o| pool.install(|| fast::quantize_u8(&x, &p, o))).unwrap();
+        let reference = |o: &mut [f32]| reference::dequantize_u8(&want, &p, o);
+        same_bits(n, &p, reference, |o| pool.install(|| fast::dequantize_u8(&want, &p, o))).unwrap();
         let (a, b, o) = (qparams(r), qparams(r), qparams(r));
         let Ok(add) = QAdd::new(&a, &b, &o) else { continue };
         let (xa, xb) = (u8s(r, n), u8s(r, n));
-        reference::qadd(&add, &xa, &xb, &mut want).unwrap();
-        pool.install(|| fast::qadd(&add, &xa, &xb, &mut got)).unwrap();
-        assert_eq!(got, want);
+        let reference = |o: &mut [u8]| reference::qadd(&add, &xa, &xb, o);
+        same_bits(n, &add, reference, |o| pool.install(|| fast::qadd(&add, &xa, &xb, o))).unwrap();
     }
 }
 
@@ -970,38 +836,20 @@ fn large_weights_block_major_match_reference() {
     let r = &mut SplitMix64::new(13);
     let r7 = QRange::custom(0, 127).unwrap();
     for (in_c, out_c, hw, stride) in [(256, 72, 9, 2), (260, 40, 7, 1), (512, 24, 5, 2)] {
-        let a = Axis::new(3, stride, 1, 1);
-        let geom = Conv2dGeom {
-            batch: 2,
-            in_h: hw,
-            in_w: hw + 2,
-            in_c,
-            out_c,
-            h: a,
-            w: a,
-            groups: 1,
-        };
-        let k = geom.reduction_len();
+        let geom = square(2, [hw, hw + 2], (in_c, out_c, 1), Axis::new(3, stride, 1, 1));
         for (range, zp) in [(QRange::U8, 131), (r7, 64)] {
-            let p = QConv2d {
-                geom,
-                input_zero_point: zp,
-                requant: (0..out_c).map(|_| requant(r, k)).collect(),
-            };
+            let p = conv_params(r, geom, zp);
             let x = u7s(r, geom.input_len(), range);
             let wt = i8s(r, geom.weight_len());
-            let b = bias(r, out_c, k, zp);
-            let n = geom.output_len().unwrap();
-            let mut want = vec![0u8; n];
-            reference::qconv2d(&p, &x, &wt, b.as_deref(), &mut want).unwrap();
+            let b = bias(r, out_c, geom.reduction_len(), zp);
             let packed = PackedConv::with_input_range(&p, &wt, b.as_deref(), Isa::Avx2, range)
                 .unwrap()
                 .direct_only();
             for threads in [1, 2] {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-                let mut got = vec![1u8; n];
-                pool.install(|| packed.run(&geom, &x, &mut got)).unwrap();
-                assert_eq!(got, want, "{geom:?} zp {zp} threads {threads}");
+                let reference = |o: &mut [u8]| reference::qconv2d(&p, &x, &wt, b.as_deref(), o);
+                let fast = |o: &mut [u8]| pool.install(|| packed.run(&geom, &x, o));
+                same_bits(geom.output_len().unwrap(), &(geom, zp, threads), reference, fast).unwrap();
             }
         }
     }
@@ -1024,12 +872,9 @@ fn large_maxpool_split_over_threads_matches_reference() {
     };
     let x = u8s(r, g.input_len());
     let n = g.output_len().unwrap();
-    let mut want = vec![0u8; n];
-    reference::qmaxpool2d(&g, &x, &mut want).unwrap();
     for threads in [1, 3] {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-        let mut got = vec![1u8; n];
-        pool.install(|| fast::qmaxpool2d(&g, &x, &mut got)).unwrap();
-        assert_eq!(got, want, "threads {threads}");
+        let reference = |o: &mut [u8]| reference::qmaxpool2d(&g, &x, o);
+        same_bits(n, &threads, reference, |o| pool.install(|| fast::qmaxpool2d(&g, &x, o))).unwrap();
     }
 }

@@ -65,22 +65,6 @@ fn assert_same_bits(p: &Program, inputs: &[Tensor], device: Device, what: &str) 
     }
 }
 
-fn conv(
-    window: qc_runtime::program::Window,
-    groups: usize,
-    w: (usize, usize, Option<usize>),
-    act: Activation,
-) -> QuantOp {
-    QuantOp::QConv {
-        window,
-        groups,
-        weight: w.0,
-        weight_scales: w.1,
-        bias: w.2,
-        act,
-    }
-}
-
 /// 2-D: quantize (NCHW → NHWC) → conv 3×3 pad 1 (relu) → grouped conv (2 groups of 3, stride
 /// 2, dilation 2, pad 2) → depthwise ×2 (relu6) → depthwise ×1 (clamp) → qadd (relu) with a
 /// 1×1 branch → concat of three differently scaled inputs → max pool (ceil, dilation) → avg
@@ -91,141 +75,66 @@ fn net_2d(seed: u64, batch: usize, range: QRange, include_pad: bool) -> (Program
     b.act_range = range;
     let mut x = random(&mut b.rng, vec![batch, 3, 11, 9], -1.5, 1.2);
     let xi = b.input("x", x.clone());
-    let xq = b.step("x.q", QuantOp::Quantize, vec![xi], CL, None);
-    let s = |b: &Builder, v: usize| b.params(v).scale();
-    let w1 = b.weights(vec![6, 3, 3, 3], 0.02, Some(0.5), s(&b, xq));
-    let c1 = b.step(
+    let xq = b.quantize("x.q", xi, CL);
+    let c1 = b.qconv(
         "conv1",
-        conv(
-            window(&[3, 3], &[1, 1], &[1, 1], &[1, 1], false),
-            1,
-            w1,
-            Activation::Relu,
-        ),
-        vec![xq],
-        CL,
-        None,
+        xq,
+        window(&[3, 3], &[1, 1], &[1, 1], &[1, 1], false),
+        1,
+        Activation::Relu,
+        (vec![6, 3, 3, 3], 0.02, Some(0.5)),
     );
-    let w2 = b.weights(vec![4, 3, 3, 3], 0.03, Some(0.2), s(&b, c1));
-    let c2 = b.step(
+    let c2 = b.qconv(
         "grouped",
-        conv(
-            window(&[3, 3], &[2, 2], &[2, 2], &[2, 2], false),
-            2,
-            w2,
-            Activation::None,
-        ),
-        vec![c1],
-        CL,
-        None,
+        c1,
+        window(&[3, 3], &[2, 2], &[2, 2], &[2, 2], false),
+        2,
+        Activation::None,
+        (vec![4, 3, 3, 3], 0.03, Some(0.2)),
     );
-    let w3 = b.weights(vec![8, 3, 3, 1], 0.05, Some(0.3), s(&b, c2));
-    let c3 = b.step(
+    let c3 = b.qconv(
         "dw2",
-        conv(
-            window(&[3, 3], &[1, 2], &[1, 1], &[1, 1], false),
-            4,
-            w3,
-            Activation::Relu6,
-        ),
-        vec![c2],
-        CL,
-        None,
+        c2,
+        window(&[3, 3], &[1, 2], &[1, 1], &[1, 1], false),
+        4,
+        Activation::Relu6,
+        (vec![8, 3, 3, 1], 0.05, Some(0.3)),
     );
-    let w4 = b.weights(vec![8, 3, 2, 1], 0.05, None, s(&b, c3));
-    let c4 = b.step(
+    let c4 = b.qconv(
         "dw1",
-        conv(
-            window(&[3, 2], &[1, 1], &[1, 1], &[1, 2], false),
-            8,
-            w4,
-            Activation::Clamp { min: -0.3, max: 2.0 },
-        ),
-        vec![c3],
-        CL,
-        None,
+        c3,
+        window(&[3, 2], &[1, 1], &[1, 1], &[1, 2], false),
+        8,
+        Activation::Clamp { min: -0.3, max: 2.0 },
+        (vec![8, 3, 2, 1], 0.05, None),
     );
-    let w5 = b.weights(vec![8, 1, 1, 8], 0.04, Some(0.1), s(&b, c3));
-    let c5 = b.step(
+    let c5 = b.qconv(
         "branch",
-        conv(
-            window(&[1, 1], &[1, 1], &[0, 0], &[1, 1], false),
-            1,
-            w5,
-            Activation::None,
-        ),
-        vec![c3],
-        CL,
-        None,
+        c3,
+        window(&[1, 1], &[1, 1], &[0, 0], &[1, 1], false),
+        1,
+        Activation::None,
+        (vec![8, 1, 1, 8], 0.04, Some(0.1)),
     );
     let add = b.step("add", QuantOp::QAdd { relu: true }, vec![c4, c5], CL, None);
     let cat_q = QParams::new(b.params(add).scale() * 1.3, 37, range).unwrap();
     let cat = b.step("cat", QuantOp::QConcat, vec![add, c5, c4], CL, Some(cat_q));
-    let mp = b.step(
-        "maxpool",
-        QuantOp::QMaxPool {
-            window: window(&[2, 2], &[2, 1], &[1, 0], &[1, 2], true),
-        },
-        vec![cat],
-        CL,
-        None,
-    );
-    let ap = b.step(
+    let mp = b.maxpool("maxpool", cat, window(&[2, 2], &[2, 1], &[1, 0], &[1, 2], true));
+    let ap = b.avgpool(
         "avgpool",
-        QuantOp::QAvgPool {
-            window: window(&[3, 2], &[2, 2], &[1, 1], &[1, 1], true),
-            count_include_pad: include_pad,
-        },
-        vec![mp],
-        CL,
-        None,
+        mp,
+        window(&[3, 2], &[2, 2], &[1, 1], &[1, 1], true),
+        include_pad,
     );
-    let ad = b.step(
-        "adaptive",
-        QuantOp::QAdaptiveAvgPool { output: vec![3, 2] },
-        vec![mp],
-        CL,
-        None,
-    );
-    let gap = b.step(
-        "gap",
-        QuantOp::QAdaptiveAvgPool { output: vec![1, 1] },
-        vec![ad],
-        CL,
-        None,
-    );
+    let ad = b.adaptive("adaptive", mp, &[3, 2]);
+    let gap = b.adaptive("gap", ad, &[1, 1]);
     let clamp = b.step("clamp", QuantOp::QClamp { act: Activation::Relu6 }, vec![ap], CL, None);
-    let fl = b.step("flat", QuantOp::QFlatten, vec![clamp], T, None);
-    let k = b.p.values[fl].shape[1].unwrap();
-    let wl = b.weights(vec![13, k], 0.02, Some(0.4), s(&b, fl));
-    let fc1 = b.step(
-        "fc1",
-        QuantOp::QLinear {
-            weight: wl.0,
-            weight_scales: wl.1,
-            bias: wl.2,
-            act: Activation::Relu,
-        },
-        vec![fl],
-        T,
-        None,
-    );
-    let wl2 = b.weights(vec![5, 13], 0.05, None, s(&b, fc1));
-    let fc2 = b.step(
-        "fc2",
-        QuantOp::QLinear {
-            weight: wl2.0,
-            weight_scales: wl2.1,
-            bias: wl2.2,
-            act: Activation::None,
-        },
-        vec![fc1],
-        T,
-        None,
-    );
-    let gfl = b.step("gap.flat", QuantOp::QFlatten, vec![gap], T, None);
-    let out = b.step("out", QuantOp::Dequantize, vec![fc2], T, None);
-    let out2 = b.step("gap.out", QuantOp::Dequantize, vec![gfl], T, None);
+    let fl = b.flatten("flat", clamp);
+    let fc1 = b.qlinear("fc1", fl, 13, 0.02, Some(0.4), Activation::Relu);
+    let fc2 = b.qlinear("fc2", fc1, 5, 0.05, None, Activation::None);
+    let gfl = b.flatten("gap.flat", gap);
+    let out = b.dequantize("out", fc2);
+    let out2 = b.dequantize("gap.out", gfl);
     b.output(out);
     b.output(out2);
     // Saturation, infinities and NaN in the input (NaN quantizes to the zero point).
@@ -247,68 +156,37 @@ fn net_1d(seed: u64, batch: usize, range: QRange) -> (Program, Vec<Tensor>) {
     b.act_range = range;
     let x = random(&mut b.rng, vec![batch, 4, 23], -1.0, 1.0);
     let xi = b.input("x", x.clone());
-    let xq = b.step("x.q", QuantOp::Quantize, vec![xi], CL, None);
-    let s = |b: &Builder, v: usize| b.params(v).scale();
-    let w1 = b.weights(vec![6, 5, 2], 0.03, Some(0.2), s(&b, xq));
-    let c1 = b.step(
+    let xq = b.quantize("x.q", xi, CL);
+    let c1 = b.qconv(
         "conv1",
-        conv(window(&[5], &[2], &[2], &[1], false), 2, w1, Activation::Relu),
-        vec![xq],
-        CL,
-        None,
+        xq,
+        window(&[5], &[2], &[2], &[1], false),
+        2,
+        Activation::Relu,
+        (vec![6, 5, 2], 0.03, Some(0.2)),
     );
-    let w2 = b.weights(vec![5, 3, 6], 0.03, Some(0.2), s(&b, c1));
-    let c2 = b.step(
+    let c2 = b.qconv(
         "conv2",
-        conv(window(&[3], &[1], &[1], &[3], false), 1, w2, Activation::None),
-        vec![c1],
-        CL,
-        None,
+        c1,
+        window(&[3], &[1], &[1], &[3], false),
+        1,
+        Activation::None,
+        (vec![5, 3, 6], 0.03, Some(0.2)),
     );
-    let w3 = b.weights(vec![5, 3, 1], 0.05, None, s(&b, c2));
-    let c3 = b.step(
+    let c3 = b.qconv(
         "dw",
-        conv(window(&[3], &[1], &[1], &[1], false), 5, w3, Activation::Relu),
-        vec![c2],
-        CL,
-        None,
+        c2,
+        window(&[3], &[1], &[1], &[1], false),
+        5,
+        Activation::Relu,
+        (vec![5, 3, 1], 0.05, None),
     );
-    let mp = b.step(
-        "mp",
-        QuantOp::QMaxPool {
-            window: window(&[3], &[2], &[1], &[2], false),
-        },
-        vec![c3],
-        CL,
-        None,
-    );
-    let ap = b.step(
-        "ap",
-        QuantOp::QAvgPool {
-            window: window(&[2], &[2], &[1], &[1], true),
-            count_include_pad: true,
-        },
-        vec![mp],
-        CL,
-        None,
-    );
-    let ad = b.step("ad", QuantOp::QAdaptiveAvgPool { output: vec![3] }, vec![ap], CL, None);
-    let fl = b.step("fl", QuantOp::QFlatten, vec![ad], T, None);
-    let k = b.p.values[fl].shape[1].unwrap();
-    let wl = b.weights(vec![3, k], 0.02, Some(0.1), s(&b, fl));
-    let fc = b.step(
-        "fc",
-        QuantOp::QLinear {
-            weight: wl.0,
-            weight_scales: wl.1,
-            bias: wl.2,
-            act: Activation::Relu,
-        },
-        vec![fl],
-        T,
-        None,
-    );
-    let out = b.step("fc.dq", QuantOp::Dequantize, vec![fc], T, None);
+    let mp = b.maxpool("mp", c3, window(&[3], &[2], &[1], &[2], false));
+    let ap = b.avgpool("ap", mp, window(&[2], &[2], &[1], &[1], true), true);
+    let ad = b.adaptive("ad", ap, &[3]);
+    let fl = b.flatten("fl", ad);
+    let fc = b.qlinear("fc", fl, 3, 0.02, Some(0.1), Activation::Relu);
+    let out = b.dequantize("fc.dq", fc);
     b.output(out);
     (b.p, vec![x])
 }

@@ -307,6 +307,44 @@ pub unsafe fn pad_centre(x: &[u8], zp: i32, g: &PadGeom, buf: &mut Vec<i16>) {
 // Convolution (and linear, a 1x1 convolution)
 // ---------------------------------------------------------------------------------------------
 
+/// Packs OHWI `w` (`[groups·cog, taps, cig]`, checked by the caller) for a direct kernel that
+/// reduces `per` input channels per 32-bit broadcast: for each group, each block of 8 output
+/// channels, each tap and each step `s` of `per` input channels, one 32-byte vector
+/// `[w[co0+j][tap][per·s..per·s+per]]_{j<8}` (zeros past the group's channels and past `cig`);
+/// and per block the requantization lanes with `bias` (`requant.len() = groups·cog`).
+fn pack_blocks<T: Copy + Default + From<i8>>(
+    w: &[i8],
+    (groups, cig, cog, taps): (usize, usize, usize, usize),
+    per: usize,
+    requant: &[Requant],
+    bias: Option<&[i32]>,
+) -> (Vec<T>, Vec<RequantLanes>) {
+    let steps = cig.div_ceil(per);
+    let blocks = cog.div_ceil(8);
+    let mut pw = vec![T::default(); groups * blocks * taps * steps * 8 * per];
+    let mut rq = Vec::with_capacity(groups * blocks);
+    for g in 0..groups {
+        for b in 0..blocks {
+            let c0 = g * cog + b * 8;
+            let nc = (cog - b * 8).min(8);
+            rq.push(RequantLanes::new(
+                &requant[c0..c0 + nc],
+                bias.map(|bs| &bs[c0..c0 + nc]),
+            ));
+            for j in 0..nc {
+                let co = c0 + j;
+                for t in 0..taps {
+                    for ci in 0..cig {
+                        let dst = (((g * blocks + b) * taps + t) * steps + ci / per) * 8 * per + j * per + ci % per;
+                        pw[dst] = T::from(w[(co * taps + t) * cig + ci]);
+                    }
+                }
+            }
+        }
+    }
+    (pw, rq)
+}
+
 /// OHWI `i8` weights packed for the direct convolution: for each group, each block of 8 output
 /// channels, each tap and each input-channel pair `q`, one 16-lane `i16` vector
 /// `[w[co0+j][tap][2q], w[co0+j][tap][2q+1]]_{j<8}` (zeros past the group's channels).
@@ -333,37 +371,15 @@ impl ConvPack {
         requant: &[Requant],
         bias: Option<&[i32]>,
     ) -> ConvPack {
-        let pairs = cig.div_ceil(2);
-        let blocks = cog.div_ceil(8);
-        let mut pw = vec![0i16; groups * blocks * taps * pairs * 16];
-        let mut rq = Vec::with_capacity(groups * blocks);
-        for g in 0..groups {
-            for b in 0..blocks {
-                let c0 = g * cog + b * 8;
-                let nc = (cog - b * 8).min(8);
-                rq.push(RequantLanes::new(
-                    &requant[c0..c0 + nc],
-                    bias.map(|bs| &bs[c0..c0 + nc]),
-                ));
-                for j in 0..nc {
-                    let co = c0 + j;
-                    for t in 0..taps {
-                        for ci in 0..cig {
-                            let dst = (((g * blocks + b) * taps + t) * pairs + ci / 2) * 16 + j * 2 + ci % 2;
-                            pw[dst] = w[(co * taps + t) * cig + ci] as i16;
-                        }
-                    }
-                }
-            }
-        }
+        let (w, rq) = pack_blocks(w, (groups, cig, cog, taps), 2, requant, bias);
         ConvPack {
             groups,
             cig,
             cog,
             taps,
-            pairs,
-            blocks,
-            w: pw,
+            pairs: cig.div_ceil(2),
+            blocks: cog.div_ceil(8),
+            w,
             rq,
         }
     }
@@ -384,60 +400,134 @@ pub struct ConvRun {
     pub out_c: usize,
 }
 
+/// What the two direct convolution kernels differ in, for the one tiling driver ([`conv_row`]):
+/// the padded input's element, how many input channels one 32-bit broadcast carries (`PER`: an
+/// `i16` pair, or a quad of 7-bit bytes) and so how the products are summed (`SEVEN`:
+/// `vpmaddubsw` then `vpmaddwd` with ones, else `vpmaddwd`). Both packs hold one 32-byte weight
+/// vector per (group, block, tap, step). The accessors are `#[inline(always)]` and the constants
+/// compile-time, so each pack gets its own monomorphised kernel, as two hand-written ones would.
+pub trait DirectPack {
+    /// The padded input's element: `i16` (centred) or `u8` (raw 7-bit).
+    type X;
+    /// Input channels per 32-bit broadcast (and per weight lane).
+    const PER: usize;
+    /// `vpmaddubsw` on raw 7-bit bytes (else `vpmaddwd` on `i16`).
+    const SEVEN: bool;
+    fn groups(&self) -> usize;
+    fn cog(&self) -> usize;
+    fn taps(&self) -> usize;
+    /// Reduction steps per tap: `ceil(cig / PER)`.
+    fn steps(&self) -> usize;
+    fn blocks(&self) -> usize;
+    fn weights(&self) -> *const __m256i;
+    fn lanes(&self) -> &[RequantLanes];
+}
+
+/// `impl DirectPack` for a pack type: its input element, channels per broadcast, 7-bit or not,
+/// and the field holding its reduction steps per tap.
+macro_rules! direct_pack {
+    ($pack:ty, $x:ty, $per:expr, $seven:expr, $steps:ident) => {
+        impl DirectPack for $pack {
+            type X = $x;
+            const PER: usize = $per;
+            const SEVEN: bool = $seven;
+            #[inline(always)]
+            fn groups(&self) -> usize {
+                self.groups
+            }
+            #[inline(always)]
+            fn cog(&self) -> usize {
+                self.cog
+            }
+            #[inline(always)]
+            fn taps(&self) -> usize {
+                self.taps
+            }
+            #[inline(always)]
+            fn steps(&self) -> usize {
+                self.$steps
+            }
+            #[inline(always)]
+            fn blocks(&self) -> usize {
+                self.blocks
+            }
+            #[inline(always)]
+            fn weights(&self) -> *const __m256i {
+                self.w.as_ptr() as *const __m256i
+            }
+            #[inline(always)]
+            fn lanes(&self) -> &[RequantLanes] {
+                &self.rq
+            }
+        }
+    };
+}
+
+direct_pack!(ConvPack, i16, 2, false, pairs);
+direct_pack!(ConvPack7, u8, 4, true, quads);
+
 const PIX: usize = 4;
 
 /// `P` output pixels `ow0..ow0+P` of row `(n, oh)` times `B` blocks of 8 channels from `blk0`,
-/// group `g`. `xrow` points at the padded input's first element of image `n`; `orow` at the
-/// output row.
+/// group `g`. `ximg` points at the padded input's first element of image `n`; `orow` at the
+/// output row. Per tap and reduction step: one weight vector per block, one broadcast of `K::PER`
+/// input channels per pixel, then `vpmaddwd` (`i16` pairs) or, for 7-bit bytes, `vpmaddubsw` (two
+/// products per `i16`) and `vpmaddwd` with ones (four per `i32`).
 #[inline]
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn conv_tile<const P: usize, const B: usize>(
-    pk: &ConvPack,
+unsafe fn conv_tile<K: DirectPack, const P: usize, const B: usize>(
+    pk: &K,
     r: &ConvRun,
-    ximg: *const i16,
+    ximg: *const K::X,
     oh: usize,
     ow0: usize,
     g: usize,
     blk0: usize,
     orow: *mut u8,
 ) {
+    let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_si256(); B]; P];
     let (wp, ctot) = (r.pad.wp(), r.pad.ctot());
-    let pairs = pk.pairs;
-    let wstride = pk.taps * pairs * 16;
-    let wbase = pk.w.as_ptr().add((g * pk.blocks + blk0) * wstride);
+    let steps = pk.steps();
+    let wstride = pk.taps() * steps;
+    let wbase = pk.weights().add((g * pk.blocks() + blk0) * wstride);
     let xstep = r.sw * ctot;
     for kh in 0..r.kh {
         let ih = oh * r.sh + kh * r.dh;
         for kw in 0..r.kw {
             let tap = kh * r.kw + kw;
             let x0 = ximg.add((ih * wp + ow0 * r.sw + kw * r.dw) * ctot + g * r.pad.cgp);
-            let w0 = wbase.add(tap * pairs * 16);
-            for q in 0..pairs {
+            let w0 = wbase.add(tap * steps);
+            for q in 0..steps {
                 let mut wv = [_mm256_setzero_si256(); B];
                 for (b, v) in wv.iter_mut().enumerate() {
-                    *v = _mm256_loadu_si256(w0.add(b * wstride + q * 16) as *const __m256i);
+                    *v = _mm256_loadu_si256(w0.add(b * wstride + q));
                 }
                 for (p, a) in acc.iter_mut().enumerate() {
-                    let xv = _mm256_set1_epi32(std::ptr::read_unaligned(x0.add(p * xstep + 2 * q) as *const i32));
+                    let xv = _mm256_set1_epi32(std::ptr::read_unaligned(x0.add(p * xstep + K::PER * q) as *const i32));
                     for b in 0..B {
-                        a[b] = _mm256_add_epi32(a[b], _mm256_madd_epi16(xv, wv[b]));
+                        let prod = if K::SEVEN {
+                            _mm256_madd_epi16(_mm256_maddubs_epi16(xv, wv[b]), ones)
+                        } else {
+                            _mm256_madd_epi16(xv, wv[b])
+                        };
+                        a[b] = _mm256_add_epi32(a[b], prod);
                     }
                 }
             }
         }
     }
-    let rq = &pk.rq[g * pk.blocks + blk0..];
-    let full2 = B == 2 && pk.cog >= (blk0 + 2) * 8;
+    let (cog, rq) = (pk.cog(), &pk.lanes()[g * pk.blocks() + blk0..]);
+    let full2 = B == 2 && cog >= (blk0 + 2) * 8;
     for (p, a) in acc.iter().enumerate() {
-        let dst = orow.add((ow0 + p) * r.out_c + g * pk.cog + blk0 * 8);
+        let dst = orow.add((ow0 + p) * r.out_c + g * cog + blk0 * 8);
         if full2 {
             store16_u8(requant8(a[0], &rq[0]), requant8(a[1], &rq[1]), dst);
             continue;
         }
         for (b, &v) in a.iter().enumerate() {
-            let nc = (pk.cog - (blk0 + b) * 8).min(8);
+            let nc = (cog - (blk0 + b) * 8).min(8);
             store_u8(requant8(v, &rq[b]), dst.add(b * 8), nc);
         }
     }
@@ -446,10 +536,10 @@ unsafe fn conv_tile<const P: usize, const B: usize>(
 #[inline]
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn conv_pixels<const B: usize>(
-    pk: &ConvPack,
+unsafe fn conv_pixels<K: DirectPack, const B: usize>(
+    pk: &K,
     r: &ConvRun,
-    ximg: *const i16,
+    ximg: *const K::X,
     oh: usize,
     ow0: usize,
     ow1: usize,
@@ -459,28 +549,32 @@ unsafe fn conv_pixels<const B: usize>(
 ) {
     let mut ow = ow0;
     while ow + PIX <= ow1 {
-        conv_tile::<PIX, B>(pk, r, ximg, oh, ow, g, blk, orow);
+        conv_tile::<K, PIX, B>(pk, r, ximg, oh, ow, g, blk, orow);
         ow += PIX;
     }
     match ow1 - ow {
-        3 => conv_tile::<3, B>(pk, r, ximg, oh, ow, g, blk, orow),
-        2 => conv_tile::<2, B>(pk, r, ximg, oh, ow, g, blk, orow),
-        1 => conv_tile::<1, B>(pk, r, ximg, oh, ow, g, blk, orow),
+        3 => conv_tile::<K, 3, B>(pk, r, ximg, oh, ow, g, blk, orow),
+        2 => conv_tile::<K, 2, B>(pk, r, ximg, oh, ow, g, blk, orow),
+        1 => conv_tile::<K, 1, B>(pk, r, ximg, oh, ow, g, blk, orow),
         _ => {}
     }
 }
 
-/// Output pixels `[ow0, ow1)` of row `(n, oh)`, channel blocks `[b0, b1)` of every group.
+/// Output pixels `[ow0, ow1)` of row `(n, oh)`, channel blocks `[b0, b1)` of every group, for
+/// either pack: a [`ConvPack`] on [`pad_centre`]'s buffer, or a [`ConvPack7`] on [`pad_raw7`]'s
+/// (also under its old name [`conv7_row`]).
 ///
 /// # Safety
-/// Needs AVX2; `xpad` is [`pad_centre`]'s buffer for `r.pad`, `out` the whole NHWC output, the
-/// geometry checked (every tap inside the padded input).
+/// Needs AVX2; `xpad` is [`pad_centre`]'s buffer for `r.pad` (a [`ConvPack`]), or [`pad_raw7`]'s
+/// buffer for `r.pad` with `pk.zp`, every byte in it at most 127 (`pad_raw7` returned `true`,
+/// `pk.zp <= 127`; a [`ConvPack7`]); `out` the whole NHWC output, the geometry checked (every tap
+/// inside the padded input).
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn conv_row(
-    pk: &ConvPack,
+pub unsafe fn conv_row<K: DirectPack>(
+    pk: &K,
     r: &ConvRun,
-    xpad: *const i16,
+    xpad: *const K::X,
     out: *mut u8,
     n: usize,
     oh: usize,
@@ -489,17 +583,20 @@ pub unsafe fn conv_row(
 ) {
     let ximg = xpad.add(n * r.pad.hp() * r.pad.wp() * r.pad.ctot());
     let orow = out.add((n * r.out_h + oh) * r.out_w * r.out_c);
-    for g in 0..pk.groups {
+    for g in 0..pk.groups() {
         let mut b = b0;
         while b + 2 <= b1 {
-            conv_pixels::<2>(pk, r, ximg, oh, ow0, ow1, g, b, orow);
+            conv_pixels::<K, 2>(pk, r, ximg, oh, ow0, ow1, g, b, orow);
             b += 2;
         }
         if b < b1 {
-            conv_pixels::<1>(pk, r, ximg, oh, ow0, ow1, g, b, orow);
+            conv_pixels::<K, 1>(pk, r, ximg, oh, ow0, ow1, g, b, orow);
         }
     }
 }
+
+/// [`conv_row`] under the name the 7-bit kernel had: a [`ConvPack7`] on [`pad_raw7`]'s buffer.
+pub use self::conv_row as conv7_row;
 
 // ---------------------------------------------------------------------------------------------
 // Convolution on 7-bit activations: `vpmaddubsw` on raw u8 input
@@ -573,8 +670,6 @@ impl ConvPack7 {
         bias: Option<&[i32]>,
         zp: u8,
     ) -> ConvPack7 {
-        let quads = cig.div_ceil(4);
-        let blocks = cog.div_ceil(8);
         let k = taps * cig;
         let corrected: Vec<i32> = (0..groups * cog)
             .map(|co| {
@@ -584,152 +679,17 @@ impl ConvPack7 {
                 bias.map_or(0, |b| b[co]).wrapping_sub((zp as i32).wrapping_mul(wsum))
             })
             .collect();
-        let mut pw = vec![0i8; groups * blocks * taps * quads * 32];
-        let mut rq = Vec::with_capacity(groups * blocks);
-        for g in 0..groups {
-            for b in 0..blocks {
-                let c0 = g * cog + b * 8;
-                let nc = (cog - b * 8).min(8);
-                rq.push(RequantLanes::new(&requant[c0..c0 + nc], Some(&corrected[c0..c0 + nc])));
-                for j in 0..nc {
-                    let co = c0 + j;
-                    for t in 0..taps {
-                        for ci in 0..cig {
-                            let dst = (((g * blocks + b) * taps + t) * quads + ci / 4) * 32 + j * 4 + ci % 4;
-                            pw[dst] = w[(co * taps + t) * cig + ci];
-                        }
-                    }
-                }
-            }
-        }
+        let (pw, rq) = pack_blocks(w, (groups, cig, cog, taps), 4, requant, Some(&corrected));
         ConvPack7 {
             groups,
             cig,
             cog,
             taps,
-            quads,
-            blocks,
+            quads: cig.div_ceil(4),
+            blocks: cog.div_ceil(8),
             zp,
             w: pw,
             rq,
-        }
-    }
-}
-
-/// [`conv_tile`] on raw 7-bit input bytes: per input-channel quad, one broadcast of 4 input
-/// bytes, then per block `vpmaddubsw` (two products per `i16`) and `vpmaddwd` with ones (four
-/// per `i32`).
-#[inline]
-#[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn conv7_tile<const P: usize, const B: usize>(
-    pk: &ConvPack7,
-    r: &ConvRun,
-    ximg: *const u8,
-    oh: usize,
-    ow0: usize,
-    g: usize,
-    blk0: usize,
-    orow: *mut u8,
-) {
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [[_mm256_setzero_si256(); B]; P];
-    let (wp, ctot) = (r.pad.wp(), r.pad.ctot());
-    let quads = pk.quads;
-    let wstride = pk.taps * quads * 32;
-    let wbase = pk.w.as_ptr().add((g * pk.blocks + blk0) * wstride);
-    let xstep = r.sw * ctot;
-    for kh in 0..r.kh {
-        let ih = oh * r.sh + kh * r.dh;
-        for kw in 0..r.kw {
-            let tap = kh * r.kw + kw;
-            let x0 = ximg.add((ih * wp + ow0 * r.sw + kw * r.dw) * ctot + g * r.pad.cgp);
-            let w0 = wbase.add(tap * quads * 32);
-            for q in 0..quads {
-                let mut wv = [_mm256_setzero_si256(); B];
-                for (b, v) in wv.iter_mut().enumerate() {
-                    *v = _mm256_loadu_si256(w0.add(b * wstride + q * 32) as *const __m256i);
-                }
-                for (p, a) in acc.iter_mut().enumerate() {
-                    let xv = _mm256_set1_epi32(std::ptr::read_unaligned(x0.add(p * xstep + 4 * q) as *const i32));
-                    for b in 0..B {
-                        let pairs = _mm256_maddubs_epi16(xv, wv[b]);
-                        a[b] = _mm256_add_epi32(a[b], _mm256_madd_epi16(pairs, ones));
-                    }
-                }
-            }
-        }
-    }
-    let rq = &pk.rq[g * pk.blocks + blk0..];
-    let full2 = B == 2 && pk.cog >= (blk0 + 2) * 8;
-    for (p, a) in acc.iter().enumerate() {
-        let dst = orow.add((ow0 + p) * r.out_c + g * pk.cog + blk0 * 8);
-        if full2 {
-            store16_u8(requant8(a[0], &rq[0]), requant8(a[1], &rq[1]), dst);
-            continue;
-        }
-        for (b, &v) in a.iter().enumerate() {
-            let nc = (pk.cog - (blk0 + b) * 8).min(8);
-            store_u8(requant8(v, &rq[b]), dst.add(b * 8), nc);
-        }
-    }
-}
-
-#[inline]
-#[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn conv7_pixels<const B: usize>(
-    pk: &ConvPack7,
-    r: &ConvRun,
-    ximg: *const u8,
-    oh: usize,
-    ow0: usize,
-    ow1: usize,
-    g: usize,
-    blk: usize,
-    orow: *mut u8,
-) {
-    let mut ow = ow0;
-    while ow + PIX <= ow1 {
-        conv7_tile::<PIX, B>(pk, r, ximg, oh, ow, g, blk, orow);
-        ow += PIX;
-    }
-    match ow1 - ow {
-        3 => conv7_tile::<3, B>(pk, r, ximg, oh, ow, g, blk, orow),
-        2 => conv7_tile::<2, B>(pk, r, ximg, oh, ow, g, blk, orow),
-        1 => conv7_tile::<1, B>(pk, r, ximg, oh, ow, g, blk, orow),
-        _ => {}
-    }
-}
-
-/// [`conv_row`] for a [`ConvPack7`] on [`pad_raw7`]'s buffer.
-///
-/// # Safety
-/// Needs AVX2; `xpad` is [`pad_raw7`]'s buffer for `r.pad` with `pk.zp`, every byte in it at most
-/// 127 (`pad_raw7` returned `true`, `pk.zp <= 127`); `out` the whole NHWC output; the geometry
-/// checked.
-#[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn conv7_row(
-    pk: &ConvPack7,
-    r: &ConvRun,
-    xpad: *const u8,
-    out: *mut u8,
-    n: usize,
-    oh: usize,
-    (ow0, ow1): (usize, usize),
-    (b0, b1): (usize, usize),
-) {
-    let ximg = xpad.add(n * r.pad.hp() * r.pad.wp() * r.pad.ctot());
-    let orow = out.add((n * r.out_h + oh) * r.out_w * r.out_c);
-    for g in 0..pk.groups {
-        let mut b = b0;
-        while b + 2 <= b1 {
-            conv7_pixels::<2>(pk, r, ximg, oh, ow0, ow1, g, b, orow);
-            b += 2;
-        }
-        if b < b1 {
-            conv7_pixels::<1>(pk, r, ximg, oh, ow0, ow1, g, b, orow);
         }
     }
 }

@@ -143,6 +143,28 @@ enum Avx2Conv {
     },
 }
 
+/// `new` and `with_isa` of a packed op (its weights `w`: OHWI for a convolution, `[M, K]` for a
+/// linear layer), both through its `with_input_range` for inputs over the whole `u8` range.
+macro_rules! pack_constructors {
+    ($packed:ident, $params:ty) => {
+        impl $packed {
+            /// Packs for [`detected`]'s kernels. Checks the weight and bias lengths, the groups
+            /// and the epilogue (u8 output ranges, no accumulator overflow) once.
+            pub fn new(p: &$params, w: &[i8], bias: Option<&[i32]>) -> Result<$packed, KernelError> {
+                $packed::with_isa(p, w, bias, detected())
+            }
+
+            /// Packs for `isa` (the scalar kernels when this CPU lacks it).
+            pub fn with_isa(p: &$params, w: &[i8], bias: Option<&[i32]>, isa: Isa) -> Result<$packed, KernelError> {
+                $packed::with_input_range(p, w, bias, isa, QRange::U8)
+            }
+        }
+    };
+}
+
+pack_constructors!(PackedConv, QConv2d);
+pack_constructors!(PackedLinear, QLinear);
+
 /// A quantized convolution with its weights packed for the selected kernels. The geometry given
 /// to [`PackedConv::run`] may change batch, input size, stride, padding and dilation, but not the
 /// channels, kernel size or groups it was packed for.
@@ -157,17 +179,6 @@ pub struct PackedConv {
 }
 
 impl PackedConv {
-    /// Packs for [`detected`]'s kernels. Checks the weight and bias lengths, the groups and the
-    /// epilogue (u8 output ranges, no accumulator overflow) once.
-    pub fn new(p: &QConv2d, w: &[i8], bias: Option<&[i32]>) -> Result<PackedConv, KernelError> {
-        PackedConv::with_isa(p, w, bias, detected())
-    }
-
-    /// Packs for `isa` (the scalar kernels when this CPU lacks it).
-    pub fn with_isa(p: &QConv2d, w: &[i8], bias: Option<&[i32]>, isa: Isa) -> Result<PackedConv, KernelError> {
-        PackedConv::with_input_range(p, w, bias, isa, QRange::U8)
-    }
-
     /// Packs for `isa`, knowing that the input's integer range is `input` (the program's
     /// [`QParams::range`] of the input value). With AVX2, a non-depthwise convolution whose input
     /// range and zero point lie in `[0, 127]` takes the 7-bit `vpmaddubsw` kernels
@@ -310,8 +321,14 @@ impl PackedConv {
     }
 }
 
-#[derive(Clone, Copy)]
 struct SendPtr<T>(*mut T);
+// (By hand: a raw pointer is `Copy` whatever `T` is, which derive would require.)
+impl<T> Clone for SendPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SendPtr<T> {}
 // SAFETY: used only to hand disjoint output regions (and a read-only input) to rayon's threads.
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
@@ -337,10 +354,8 @@ thread_local! {
 #[cfg(target_arch = "x86_64")]
 unsafe fn run_avx2(a: &Avx2Conv, g: &Conv2dGeom, zp: i32, [oh_n, ow_n]: [usize; 2], x: &[u8], out: &mut [u8]) -> bool {
     use super::avx2::{
-        conv7_row, conv_row, dw_row, im2col7_row, im2col_run, im2col_stride, pad_centre, pad_raw7, ConvRun, PadGeom,
-        IM2COL_SLACK,
+        conv_row, dw_row, im2col7_row, im2col_run, im2col_stride, pad_centre, pad_raw7, ConvRun, PadGeom, IM2COL_SLACK,
     };
-    use rayon::prelude::*;
     if let Avx2Conv::Winograd { wino, direct } = a {
         if !winograd_geometry(g) {
             return run_avx2(direct, g, zp, [oh_n, ow_n], x, out);
@@ -408,47 +423,27 @@ unsafe fn run_avx2(a: &Avx2Conv, g: &Conv2dGeom, zp: i32, [oh_n, ow_n]: [usize; 
         };
         (rows * chunks, at)
     };
-    if let Avx2Conv::Im2col7(pk) = a {
+    if let Avx2Conv::Im2col7(pk) | Avx2Conv::Direct7(pk) = a {
         let mut buf = SCRATCH8.with(|s| std::mem::take(&mut *s.borrow_mut()));
         let seven = pad_raw7(x, pk.zp, &pad, &mut buf);
         if seven {
             let xptr = SendPtr(buf.as_ptr() as *mut u8);
-            let kp = im2col_stride(pk.cig);
-            let rc = im2col_run(&r, kp);
-            let (tasks, at) = split(pk.blocks, 0);
-            let task = |t: usize| {
-                let (i, (b0, b1)) = at(t);
-                let mut col = COL.with(|s| std::mem::take(&mut *s.borrow_mut()));
-                col.clear();
-                col.resize(ow_n * kp + IM2COL_SLACK, 0);
-                im2col7_row(&r, xptr.get(), i / oh_n, i % oh_n, col.as_mut_ptr(), kp);
-                let orow = optr.get().add(i * ow_n * g.out_c);
-                conv7_row(pk, &rc, col.as_ptr(), orow, 0, 0, (0, ow_n), (b0, b1));
-                COL.with(|s| *s.borrow_mut() = col);
-            };
-            if parallel {
-                (0..tasks).into_par_iter().for_each(task);
+            if let Avx2Conv::Im2col7(_) = a {
+                let kp = im2col_stride(pk.cig);
+                let rc = im2col_run(&r, kp);
+                let (tasks, at) = split(pk.blocks, 0);
+                for_each_task(parallel, tasks, |t: usize| {
+                    let (i, (b0, b1)) = at(t);
+                    let mut col = COL.with(|s| std::mem::take(&mut *s.borrow_mut()));
+                    col.clear();
+                    col.resize(ow_n * kp + IM2COL_SLACK, 0);
+                    im2col7_row(&r, xptr.get(), i / oh_n, i % oh_n, col.as_mut_ptr(), kp);
+                    let orow = optr.get().add(i * ow_n * g.out_c);
+                    conv_row(pk, &rc, col.as_ptr(), orow, 0, 0, (0, ow_n), (b0, b1));
+                    COL.with(|s| *s.borrow_mut() = col);
+                });
             } else {
-                (0..tasks).for_each(task);
-            }
-        }
-        SCRATCH8.with(|s| *s.borrow_mut() = buf);
-        return seven;
-    }
-    if let Avx2Conv::Direct7(pk) = a {
-        let mut buf = SCRATCH8.with(|s| std::mem::take(&mut *s.borrow_mut()));
-        let seven = pad_raw7(x, pk.zp, &pad, &mut buf);
-        if seven {
-            let xptr = SendPtr(buf.as_ptr() as *mut u8);
-            let (tasks, at) = split(pk.blocks, pk.groups * pk.blocks * pk.taps * pk.quads * 32);
-            let task = |t: usize| {
-                let (i, (b0, b1)) = at(t);
-                conv7_row(pk, &r, xptr.get(), optr.get(), i / oh_n, i % oh_n, (0, ow_n), (b0, b1));
-            };
-            if parallel {
-                (0..tasks).into_par_iter().for_each(task);
-            } else {
-                (0..tasks).for_each(task);
+                direct_rows(pk, &r, (xptr, optr), [oh_n, ow_n], parallel, split);
             }
         }
         SCRATCH8.with(|s| *s.borrow_mut() = buf);
@@ -458,36 +453,56 @@ unsafe fn run_avx2(a: &Avx2Conv, g: &Conv2dGeom, zp: i32, [oh_n, ow_n]: [usize; 
     // convolution that asks for its own buffer.
     let mut buf = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
     pad_centre(x, zp, &pad, &mut buf);
-    {
-        let xptr = SendPtr(buf.as_ptr() as *mut i16);
-        match a {
-            Avx2Conv::Depthwise(pk) => {
-                let row = |i: usize| dw_row(pk, &r, xptr.get(), optr.get(), i / oh_n, i % oh_n);
-                if parallel {
-                    (0..rows).into_par_iter().for_each(row);
-                } else {
-                    (0..rows).for_each(row);
-                }
-            }
-            Avx2Conv::Direct(pk) => {
-                let (tasks, at) = split(pk.blocks, pk.groups * pk.blocks * pk.taps * pk.pairs * 32);
-                let task = |t: usize| {
-                    let (i, (b0, b1)) = at(t);
-                    conv_row(pk, &r, xptr.get(), optr.get(), i / oh_n, i % oh_n, (0, ow_n), (b0, b1));
-                };
-                if parallel {
-                    (0..tasks).into_par_iter().for_each(task);
-                } else {
-                    (0..tasks).for_each(task);
-                }
-            }
-            Avx2Conv::Direct7(_) | Avx2Conv::Im2col7(_) | Avx2Conv::Winograd { .. } => {
-                unreachable!("handled above")
-            }
+    let xptr = SendPtr(buf.as_ptr() as *mut i16);
+    match a {
+        Avx2Conv::Depthwise(pk) => for_each_task(parallel, rows, |i: usize| {
+            dw_row(pk, &r, xptr.get(), optr.get(), i / oh_n, i % oh_n)
+        }),
+        Avx2Conv::Direct(pk) => direct_rows(pk, &r, (xptr, optr), [oh_n, ow_n], parallel, split),
+        Avx2Conv::Direct7(_) | Avx2Conv::Im2col7(_) | Avx2Conv::Winograd { .. } => {
+            unreachable!("handled above")
         }
     }
     SCRATCH.with(|s| *s.borrow_mut() = buf);
     true
+}
+
+/// Runs `task(0..n)`, over rayon's threads when `parallel`.
+#[cfg(target_arch = "x86_64")]
+fn for_each_task(parallel: bool, n: usize, task: impl Fn(usize) + Send + Sync) {
+    use rayon::prelude::*;
+    if parallel {
+        (0..n).into_par_iter().for_each(task);
+    } else {
+        (0..n).for_each(task);
+    }
+}
+
+/// Every output row of a direct pack (centred `i16` or 7-bit bytes) on its padded input `xpad`,
+/// in the tasks `split` makes of rows and channel blocks (given the pack's blocks and weight
+/// bytes).
+///
+/// # Safety
+/// AVX2 present; `xpad` the pack's padded input ([`super::avx2::conv_row`]'s conditions), `out`
+/// the whole output; geometry and lengths checked.
+#[cfg(target_arch = "x86_64")]
+unsafe fn direct_rows<K, S, A>(
+    pk: &K,
+    r: &super::avx2::ConvRun,
+    (xpad, out): (SendPtr<K::X>, SendPtr<u8>),
+    [oh_n, ow_n]: [usize; 2],
+    parallel: bool,
+    split: S,
+) where
+    K: super::avx2::DirectPack + Sync,
+    S: Fn(usize, usize) -> (usize, A),
+    A: Fn(usize) -> (usize, (usize, usize)) + Send + Sync,
+{
+    let (tasks, at) = split(pk.blocks(), pk.groups() * pk.blocks() * pk.taps() * pk.steps() * 32);
+    for_each_task(parallel, tasks, |t: usize| {
+        let (i, (b0, b1)) = at(t);
+        super::avx2::conv_row(pk, r, xpad.get(), out.get(), i / oh_n, i % oh_n, (0, ow_n), (b0, b1));
+    });
 }
 
 /// Runs a Winograd pack (geometry: 3x3, stride 1, padding 1, dilation 1; output size = input
@@ -498,7 +513,6 @@ unsafe fn run_avx2(a: &Avx2Conv, g: &Conv2dGeom, zp: i32, [oh_n, ow_n]: [usize; 
 #[cfg(target_arch = "x86_64")]
 unsafe fn run_winograd(pk: &super::avx2::WinoPack, g: &Conv2dGeom, zp: i32, x: &[u8], out: &mut [u8]) {
     use super::avx2::{wino_pad, wino_tiles, WinoGeom};
-    use rayon::prelude::*;
     let wg = WinoGeom {
         batch: g.batch,
         in_h: g.in_h,
@@ -530,11 +544,7 @@ unsafe fn run_winograd(pk: &super::avx2::WinoPack, g: &Conv2dGeom, zp: i32, x: &
         wino_tiles(pk, &wg, xptr.get(), optr.get(), t0, t1, v.as_mut_ptr(), m.as_mut_ptr());
         WINO.with(|s| *s.borrow_mut() = (v, m));
     };
-    if threads > 1 {
-        (0..tasks).into_par_iter().for_each(task);
-    } else {
-        (0..tasks).for_each(task);
-    }
+    for_each_task(threads > 1, tasks, task);
     SCRATCH.with(|s| *s.borrow_mut() = buf);
 }
 
@@ -545,15 +555,6 @@ pub struct PackedLinear {
 }
 
 impl PackedLinear {
-    /// Packs for [`detected`]'s kernels; `w` is `[M, K]`.
-    pub fn new(p: &QLinear, w: &[i8], bias: Option<&[i32]>) -> Result<PackedLinear, KernelError> {
-        PackedLinear::with_isa(p, w, bias, detected())
-    }
-
-    pub fn with_isa(p: &QLinear, w: &[i8], bias: Option<&[i32]>, isa: Isa) -> Result<PackedLinear, KernelError> {
-        PackedLinear::with_input_range(p, w, bias, isa, QRange::U8)
-    }
-
     /// Packs for `isa` with the input's integer range `input` (see [`PackedConv::with_input_range`]).
     pub fn with_input_range(
         p: &QLinear,

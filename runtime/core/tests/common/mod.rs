@@ -373,6 +373,91 @@ impl Builder {
     pub fn output(&mut self, id: usize) {
         self.p.outputs.push(id);
     }
+
+    /// A quantize step of `x` into `layout`, its parameters calibrated.
+    pub fn quantize(&mut self, name: &str, x: usize, layout: Layout) -> usize {
+        self.step(name, QuantOp::Quantize, vec![x], layout, None)
+    }
+
+    /// A dequantize step of `x` (PyTorch order).
+    pub fn dequantize(&mut self, name: &str, x: usize) -> usize {
+        self.step(name, QuantOp::Dequantize, vec![x], Layout::Torch, None)
+    }
+
+    /// A channels-last int8 convolution of `x` with random weights ([`Builder::weights`]:
+    /// `(OHWI shape, scale, bias magnitude)`, quantized for `x`'s scale), output calibrated.
+    pub fn qconv(
+        &mut self,
+        name: &str,
+        x: usize,
+        window: Window,
+        groups: usize,
+        act: Activation,
+        weights: (Vec<usize>, f32, Option<f32>),
+    ) -> usize {
+        let (shape, scale, bias_mag) = weights;
+        let s_in = self.params(x).scale();
+        let (weight, weight_scales, bias) = self.weights(shape, scale, bias_mag, s_in);
+        let op = QuantOp::QConv {
+            window,
+            groups,
+            weight,
+            weight_scales,
+            bias,
+            act,
+        };
+        self.step(name, op, vec![x], Layout::ChannelsLast, None)
+    }
+
+    /// An int8 linear layer on the flat value `x` with `out` features, random weights of scale
+    /// `scale` and bias magnitude `bias_mag` (quantized for `x`'s scale), output calibrated.
+    pub fn qlinear(
+        &mut self,
+        name: &str,
+        x: usize,
+        out: usize,
+        scale: f32,
+        bias_mag: Option<f32>,
+        act: Activation,
+    ) -> usize {
+        let k = self.p.values[x].shape[1].expect("flat features known");
+        let s_in = self.params(x).scale();
+        let (weight, weight_scales, bias) = self.weights(vec![out, k], scale, bias_mag, s_in);
+        let op = QuantOp::QLinear {
+            weight,
+            weight_scales,
+            bias,
+            act,
+        };
+        self.step(name, op, vec![x], Layout::Torch, None)
+    }
+
+    /// A channels-last max pooling of `x`.
+    pub fn maxpool(&mut self, name: &str, x: usize, window: Window) -> usize {
+        self.step(name, QuantOp::QMaxPool { window }, vec![x], Layout::ChannelsLast, None)
+    }
+
+    /// A channels-last average pooling of `x`.
+    pub fn avgpool(&mut self, name: &str, x: usize, window: Window, count_include_pad: bool) -> usize {
+        let op = QuantOp::QAvgPool {
+            window,
+            count_include_pad,
+        };
+        self.step(name, op, vec![x], Layout::ChannelsLast, None)
+    }
+
+    /// A channels-last adaptive average pooling of `x` to `output`.
+    pub fn adaptive(&mut self, name: &str, x: usize, output: &[usize]) -> usize {
+        let op = QuantOp::QAdaptiveAvgPool {
+            output: output.to_vec(),
+        };
+        self.step(name, op, vec![x], Layout::ChannelsLast, None)
+    }
+
+    /// A flatten of `x` into PyTorch order.
+    pub fn flatten(&mut self, name: &str, x: usize) -> usize {
+        self.step(name, QuantOp::QFlatten, vec![x], Layout::Torch, None)
+    }
 }
 
 /// Random float data in `[lo, hi)`.
