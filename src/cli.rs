@@ -422,30 +422,13 @@ fn compile(
 /// `qc compile --why-not NODE`: compiles to stage `float`, then explains what the fusion rules
 /// (in the mode of the compile, `--qat` or not) did to the node.
 fn explain_fusion(file: &Path, node: &str, qat: bool) -> Outcome {
-    use qc_compiler::rules::WhyNotError;
+    use qc_compiler::why_not::WhyNotError;
     let loaded = load(file)?;
-    let opts = RunOptions {
-        stop_after: Some(Stage::Float),
-        qat,
-        ..Default::default()
-    };
-    let module = match qc_compiler::compile(&loaded, &opts, &mut |_| {}, &mut |_, _| {}) {
-        Ok(m) => m,
+    let (module_name, explained) = match qc_compiler::pipeline::why_not(&loaded, node, qat) {
+        Ok(r) => r,
         Err(e) => return Err(fail(e, &loaded.sources)),
     };
-    let rules = match qc_compiler::rules::load(&loaded) {
-        Ok(r) => r,
-        Err(qc_compiler::pass::PassError::User(d)) => return Err(fail(CompileError::User(d), &loaded.sources)),
-        Err(qc_compiler::pass::PassError::Internal { pass, message }) => {
-            return Err(fail(CompileError::Internal { pass, message }, &loaded.sources))
-        }
-    };
-    let mode = if qat {
-        qc_compiler::rewrite::Mode::Qat
-    } else {
-        qc_compiler::rewrite::Mode::Ptq
-    };
-    match qc_compiler::rules::why_not(&module, &rules, mode, node) {
+    match explained {
         Ok(explanation) => {
             print!("{}", explanation.render(&loaded.sources));
             Ok(())
@@ -453,7 +436,7 @@ fn explain_fusion(file: &Path, node: &str, qat: bool) -> Outcome {
         Err(WhyNotError::UnknownNode { name, suggestion }) => {
             eprintln!(
                 "error: --why-not `{name}` names no node of model `{}`{}",
-                module.name,
+                module_name,
                 suggestion.map(|s| format!(" ({s})")).unwrap_or_default()
             );
             eprintln!(

@@ -64,7 +64,10 @@ fn the_code_map_names_every_source_file() {
     let tables = tables(&map);
     let dirs: Vec<&str> = tables.iter().map(|(d, _)| d.as_str()).collect();
     for crate_dir in ["dsl/", "compiler/", "runtime/core/", "runtime/host/", "src/"] {
-        assert!(dirs.contains(&crate_dir), "ARCHITECTURE.md has no table for `{crate_dir}`");
+        assert!(
+            dirs.contains(&crate_dir),
+            "ARCHITECTURE.md has no table for `{crate_dir}`"
+        );
     }
     let mut problems = vec![];
     for (dir, named) in &tables {
@@ -79,7 +82,9 @@ fn the_code_map_names_every_source_file() {
             problems.push(format!("{dir}src/{f} is missing from ARCHITECTURE.md's `{dir}` table"));
         }
         for f in named.difference(&actual) {
-            problems.push(format!("ARCHITECTURE.md's `{dir}` table names {f}, which does not exist"));
+            problems.push(format!(
+                "ARCHITECTURE.md's `{dir}` table names {f}, which does not exist"
+            ));
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
@@ -100,5 +105,8 @@ fn the_where_to_find_paths_exist() {
             missing.push(path.to_string());
         }
     }
-    assert!(missing.is_empty(), "ARCHITECTURE.md points at paths that do not exist: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "ARCHITECTURE.md points at paths that do not exist: {missing:?}"
+    );
 }

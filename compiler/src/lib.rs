@@ -24,7 +24,7 @@
 //! | 11 | `fold` | batch-norm folding: arithmetic, and into a graph's conv/linear |
 //! | 12 | `rules` | fusion rules as typed data |
 //! | 13 | `rewrite` | the rewrite engine; pass `fuse` |
-//! | 14 | `plan` | the quantization plan |
+//! | 14 | `plan`, `why_not` | the quantization plan; why the rules left a node alone |
 //! | 15 | `observe` | pass `insert-observers` |
 //! | 16 | `lower` | lowering to a runtime `Program`; pass `lower` |
 //! | 17 | `calibrate` | pass `calibrate` |
@@ -56,6 +56,7 @@ pub mod rules;
 pub mod training;
 pub mod types;
 pub mod verify;
+pub mod why_not;
 
 pub use ir::{Module, Stage};
 pub use pass::{PassError, RunOptions};

@@ -17,6 +17,7 @@ use crate::pass::{self, PassError, RunOptions};
 use crate::rewrite;
 use crate::rules;
 use crate::verify;
+use crate::why_not::{self, Explanation, WhyNotError};
 
 /// The stages that exist, after `parsed`, with their passes.
 pub fn pipeline() -> Vec<pass::StageDef> {
@@ -170,4 +171,28 @@ pub fn check(loaded: &Loaded) -> Result<String, CompileError> {
         module.params.len(),
         n_params
     ))
+}
+
+/// `qc compile --why-not NODE`: compiles to stage `float`, then explains what the fusion rules (in
+/// the mode of the compile, QAT or not) did to the node. Returns the model's name with the
+/// explanation (or why there is none: an unknown node, a rule set that does not load).
+pub fn why_not(
+    loaded: &Loaded,
+    node: &str,
+    qat: bool,
+) -> Result<(String, Result<Explanation, WhyNotError>), CompileError> {
+    let opts = RunOptions {
+        stop_after: Some(Stage::Float),
+        qat,
+        ..Default::default()
+    };
+    let module = compile(loaded, &opts, &mut |_| {}, &mut |_, _| {})?;
+    let rules = rules::load(loaded).map_err(pass_error)?;
+    let mode = if qat {
+        crate::report::Mode::Qat
+    } else {
+        crate::report::Mode::Ptq
+    };
+    let explained = why_not::why_not(&module, &rules, mode, node);
+    Ok((module.name.clone(), explained))
 }

@@ -1,11 +1,12 @@
-//! `rules::why_not`: for each way a rule can fail to fuse a node, the explanation names the
+//! `why_not::why_not`: for each way a rule can fail to fuse a node, the explanation names the
 //! rule and the failure; a fused node names the rule that fused it; an unknown name suggests one.
 
 use std::path::Path;
 
 use qc_compiler::ir::{Module, Stage};
 use qc_compiler::rewrite::Mode;
-use qc_compiler::rules::{self, Explanation, Failure, RuleSet, Verdict, WhyNotError};
+use qc_compiler::rules::{self, RuleSet};
+use qc_compiler::why_not::{why_not, Explanation, Failure, Verdict, WhyNotError};
 use qc_compiler::RunOptions;
 
 fn float(text: &str) -> (qc_dsl::Loaded, Module, RuleSet) {
@@ -23,7 +24,7 @@ fn float(text: &str) -> (qc_dsl::Loaded, Module, RuleSet) {
 
 fn explain(text: &str, node: &str) -> (Explanation, String) {
     let (loaded, m, set) = float(text);
-    let e = rules::why_not(&m, &set, Mode::Ptq, node).unwrap_or_else(|e| panic!("{e:?}"));
+    let e = why_not(&m, &set, Mode::Ptq, node).unwrap_or_else(|e| panic!("{e:?}"));
     let rendered = e.render(&loaded.sources);
     (e, rendered)
 }
@@ -191,7 +192,7 @@ fn a_node_claimed_by_a_rule_of_higher_priority() {
     set.rules.swap(i, j);
     // Without conv_act, nothing fuses r in a later round.
     set.rules.retain(|r| r.name != "conv_act");
-    let e = rules::why_not(&m, &set, Mode::Ptq, "r").unwrap();
+    let e = why_not(&m, &set, Mode::Ptq, "r").unwrap();
     let (rule, failures) = closest(&e);
     assert_eq!(rule, "conv_bn_act");
     assert!(
@@ -209,7 +210,7 @@ fn no_rule_has_a_place_and_unknown_names() {
     assert!(out.contains("no rule has a place for it"), "{out}");
     let (_, m, set) = float(&text);
     assert_eq!(
-        rules::why_not(&m, &set, Mode::Ptq, "pp"),
+        why_not(&m, &set, Mode::Ptq, "pp"),
         Err(WhyNotError::UnknownNode {
             name: "pp".into(),
             suggestion: Some("did you mean `p`?".into())

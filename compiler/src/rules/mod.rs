@@ -6,7 +6,7 @@
 //!
 //! A pattern node is an op or an op class (`conv1d|conv2d`, matching either); a rule with classes
 //! fuses one chain per choice of ops, each with a member name (`conv2d_bn_relu6`) that `fuse off`
-//! takes to turn that chain alone off. `why_not` explains what the rules did to one node.
+//! takes to turn that chain alone off. `crate::why_not` explains what the rules did to one node.
 //!
 //! What a rule may say is what the engine can build: the result is the pattern's one conv1d,
 //! conv2d, linear or add (the *anchor*, which keeps its name and inputs), absorbing a
@@ -23,9 +23,6 @@ use qc_dsl::sections::FuseOp;
 use qc_dsl::{Diagnostic, Loaded, Span};
 
 use crate::pass::PassError;
-
-mod why_not;
-pub use why_not::{why_not, Attempt, Explanation, Failure, FusedBy, Verdict, WhyNotError};
 
 /// The standard rules, as text.
 pub const PRELUDE: &str = include_str!("prelude.qrecipe");

@@ -7,10 +7,10 @@ use qc_dsl::ast::BinaryOp;
 use qc_dsl::diag::did_you_mean;
 use qc_dsl::{Diagnostic, SourceMap, Span};
 
-use super::{class_text, Literal, PArg, Rule, RuleSet, Test};
 use crate::ir::{Module, NodeId};
 use crate::ops::Op;
 use crate::rewrite::{self, Mode, Patch};
+use crate::rules::{class_text, Literal, PArg, Rule, RuleSet, Test};
 
 /// What `--why-not` found out about one node.
 #[derive(Clone, Debug, PartialEq)]
