@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 
 use qc_dsl::sections::{Calibration, DataSource, Observer, QuantizeSettings, Split};
 use qc_dsl::{Diagnostic, Span};
-use qc_runtime::program::Device;
 use qc_runtime::program::RunError;
+use qc_runtime::program::{Device, Program};
 use qc_runtime::quant::{QParams, QRange};
 use qc_runtime::{SplitMix64, Tensor, TensorData};
 use qc_runtime_host::data::{self, Array, DataError};
@@ -219,6 +219,164 @@ fn shape_text(dims: &[usize]) -> String {
     )
 }
 
+/// Each model input's name and sample shape (every dim but the first), which must be fixed.
+fn sample_shapes(module: &Module, span: Span) -> Result<Vec<(String, Vec<usize>)>, PassError> {
+    let g = &module.graph;
+    let mut inputs = vec![];
+    for &id in &g.inputs {
+        let node = g.node(id);
+        let ty = node.ty.as_ref().expect("inputs are typed");
+        let dims: Option<Vec<usize>> = ty
+            .dims
+            .iter()
+            .skip(1)
+            .map(|d| match d {
+                Dim::Fixed(n) => Some(*n),
+                Dim::Symbol(_) => None,
+            })
+            .collect();
+        let Some(dims) = dims else {
+            return Err(user(
+                Diagnostic::new(
+                    DATA_SHAPE,
+                    span,
+                    format!(
+                        "input `{}` is {ty}: only its first dim may be symbolic for calibration",
+                        node.name
+                    ),
+                )
+                .label("calibration needs fixed sample shapes")
+                .help("give every dim but the batch a number in the model's `input` line"),
+            ));
+        };
+        inputs.push((node.name.clone(), dims));
+    }
+    Ok(inputs)
+}
+
+/// A relative path starts at the recipe's folder.
+fn resolve(dir: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        dir.join(p)
+    }
+}
+
+/// The array a calibration file source names, for the model's one input, with its shape checked.
+fn read_array(
+    module: &Module,
+    source: &DataSource,
+    inputs: &[(String, Vec<usize>)],
+    dir: &Path,
+    span: Span,
+) -> Result<Array, PassError> {
+    if inputs.len() != 1 {
+        return Err(user(
+            Diagnostic::new(
+                DATA_SHAPE,
+                span,
+                format!(
+                    "`{}` has {} inputs; calibration files feed one",
+                    module.name,
+                    inputs.len()
+                ),
+            )
+            .label("one array for several inputs")
+            .help("calibrate a model with several inputs on `random(batches: 8)`"),
+        ));
+    }
+    let array = match source {
+        DataSource::Idx { dir: d, split } => {
+            let folder = d
+                .as_deref()
+                .map_or_else(|| PathBuf::from(data::FASHION_MNIST_DIR), |p| resolve(dir, p));
+            data::read_idx_images(&folder, *split == Split::Train).map_err(|e| {
+                data_error(
+                    e,
+                    span,
+                    format!(
+                        "Fashion-MNIST is read from `{}` (`make setup` installs it there); name another \
+                         folder with `fashion_mnist(\"dir\", split: {})`",
+                        folder.display(),
+                        split.name()
+                    ),
+                )
+            })?
+        }
+        DataSource::Npy { path } => data::read_npy(&resolve(dir, path)).map_err(|e| {
+            data_error(
+                e,
+                span,
+                "save the array with `np.save` (float32, float64 or uint8, C order); relative paths \
+                 start at the recipe's folder"
+                    .into(),
+            )
+        })?,
+        DataSource::Npz { path } => {
+            let arrays = data::read_npz(&resolve(dir, path)).map_err(|e| {
+                data_error(
+                    e,
+                    span,
+                    "save the arrays with `np.savez` (float32, float64 or uint8, C order); relative \
+                     paths start at the recipe's folder"
+                        .into(),
+                )
+            })?;
+            pick_array(arrays, &inputs[0].0, span)?
+        }
+        DataSource::Random => unreachable!("random data has no array"),
+    };
+    check_sample_shape(&array, &inputs[0], span)?;
+    Ok(array)
+}
+
+/// The array's samples must have the input's shape.
+fn check_sample_shape(array: &Array, input: &(String, Vec<usize>), span: Span) -> Result<(), PassError> {
+    let (name, want) = input;
+    if array.sample_shape() == want.as_slice() {
+        return Ok(());
+    }
+    let mut model = vec!["N".to_string()];
+    model.extend(want.iter().map(|d| d.to_string()));
+    Err(user(
+        Diagnostic::new(
+            DATA_SHAPE,
+            span,
+            format!(
+                "the calibration data has shape {} (samples of {}), but input `{name}` takes [{}]",
+                shape_text(&array.shape),
+                shape_text(array.sample_shape()),
+                model.join(", ")
+            ),
+        )
+        .label("data of another shape")
+        .help(format!(
+            "the data must be [samples, {}]: reshape it, or check the model's `input` line",
+            want.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+        )),
+    ))
+}
+
+/// How many samples calibration reads: what the source has, capped by `samples:` and by
+/// `batches:` (a default number of batches when neither is given).
+fn sample_count(cal: &Calibration, available: usize, batch_size: usize) -> usize {
+    let mut total = available;
+    if let Some(s) = cal.samples {
+        total = total.min(s.value.min(usize::MAX as u64) as usize);
+    }
+    let batches = match (cal.batches, cal.samples) {
+        (Some(b), _) => Some(b.value),
+        (None, Some(_)) => None,
+        (None, None) => Some(DEFAULT_BATCHES),
+    };
+    if let Some(b) = batches {
+        total = total.min((b as usize).saturating_mul(batch_size));
+    }
+    total
+}
+
 impl Source {
     fn open(
         module: &Module,
@@ -226,150 +384,23 @@ impl Source {
         dir: &Path,
         normalize: Option<(f64, f64)>,
     ) -> Result<Source, PassError> {
-        let g = &module.graph;
         let span = cal.source.span;
-        let mut inputs = vec![];
-        for &id in &g.inputs {
-            let node = g.node(id);
-            let ty = node.ty.as_ref().expect("inputs are typed");
-            let dims: Option<Vec<usize>> = ty
-                .dims
-                .iter()
-                .skip(1)
-                .map(|d| match d {
-                    Dim::Fixed(n) => Some(*n),
-                    Dim::Symbol(_) => None,
-                })
-                .collect();
-            let Some(dims) = dims else {
-                return Err(user(
-                    Diagnostic::new(
-                        DATA_SHAPE,
-                        span,
-                        format!(
-                            "input `{}` is {ty}: only its first dim may be symbolic for calibration",
-                            node.name
-                        ),
-                    )
-                    .label("calibration needs fixed sample shapes")
-                    .help("give every dim but the batch a number in the model's `input` line"),
-                ));
-            };
-            inputs.push((node.name.clone(), dims));
-        }
+        let inputs = sample_shapes(module, span)?;
         let batch_size = cal.batch_size.map_or(DEFAULT_BATCH_SIZE, |b| b.value).min(1 << 20) as usize;
-        let resolve = |p: &str| -> PathBuf {
-            let p = Path::new(p);
-            if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                dir.join(p)
-            }
-        };
         let (kind, available) = match &cal.source.value {
             DataSource::Random => (SourceKind::Random(SplitMix64::new(RANDOM_SEED)), usize::MAX),
             other => {
-                if inputs.len() != 1 {
-                    return Err(user(
-                        Diagnostic::new(
-                            DATA_SHAPE,
-                            span,
-                            format!(
-                                "`{}` has {} inputs; calibration files feed one",
-                                module.name,
-                                inputs.len()
-                            ),
-                        )
-                        .label("one array for several inputs")
-                        .help("calibrate a model with several inputs on `random(batches: 8)`"),
-                    ));
-                }
-                let array = match other {
-                    DataSource::Idx { dir: d, split } => {
-                        let folder = d
-                            .as_deref()
-                            .map_or_else(|| PathBuf::from(data::FASHION_MNIST_DIR), resolve);
-                        data::read_idx_images(&folder, *split == Split::Train).map_err(|e| {
-                            data_error(
-                                e,
-                                span,
-                                format!(
-                                    "Fashion-MNIST is read from `{}` (`make setup` installs it there); name another \
-                                     folder with `fashion_mnist(\"dir\", split: {})`",
-                                    folder.display(),
-                                    split.name()
-                                ),
-                            )
-                        })?
-                    }
-                    DataSource::Npy { path } => data::read_npy(&resolve(path)).map_err(|e| {
-                        data_error(
-                            e,
-                            span,
-                            "save the array with `np.save` (float32, float64 or uint8, C order); relative paths \
-                             start at the recipe's folder"
-                                .into(),
-                        )
-                    })?,
-                    DataSource::Npz { path } => {
-                        let arrays = data::read_npz(&resolve(path)).map_err(|e| {
-                            data_error(
-                                e,
-                                span,
-                                "save the arrays with `np.savez` (float32, float64 or uint8, C order); relative \
-                                 paths start at the recipe's folder"
-                                    .into(),
-                            )
-                        })?;
-                        pick_array(arrays, &inputs[0].0, span)?
-                    }
-                    DataSource::Random => unreachable!("handled above"),
-                };
-                let want = &inputs[0].1;
-                if array.sample_shape() != want.as_slice() {
-                    let (name, _) = &inputs[0];
-                    let mut model = vec!["N".to_string()];
-                    model.extend(want.iter().map(|d| d.to_string()));
-                    return Err(user(
-                        Diagnostic::new(
-                            DATA_SHAPE,
-                            span,
-                            format!(
-                                "the calibration data has shape {} (samples of {}), but input `{name}` takes [{}]",
-                                shape_text(&array.shape),
-                                shape_text(array.sample_shape()),
-                                model.join(", ")
-                            ),
-                        )
-                        .label("data of another shape")
-                        .help(format!(
-                            "the data must be [samples, {}]: reshape it, or check the model's `input` line",
-                            want.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
-                        )),
-                    ));
-                }
+                let array = read_array(module, other, &inputs, dir, span)?;
                 let normalize = if array.is_u8() { normalize } else { None };
                 let n = array.samples();
                 (SourceKind::Array { array, normalize }, n)
             }
         };
-        let mut total = available;
-        if let Some(s) = cal.samples {
-            total = total.min(s.value.min(usize::MAX as u64) as usize);
-        }
-        let batches = match (cal.batches, cal.samples) {
-            (Some(b), _) => Some(b.value),
-            (None, Some(_)) => None,
-            (None, None) => Some(DEFAULT_BATCHES),
-        };
-        if let Some(b) = batches {
-            total = total.min((b as usize).saturating_mul(batch_size));
-        }
         Ok(Source {
             inputs,
             kind,
             batch_size,
-            total,
+            total: sample_count(cal, available, batch_size),
             span,
         })
     }
@@ -494,29 +525,7 @@ fn run_observers(
         pass: "calibrate".into(),
         message: e.to_string(),
     })?;
-    let g = &module.graph;
-    let value_of: HashMap<&str, usize> = program
-        .values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| (v.name.as_str(), i))
-        .collect();
-    let mut observers: Vec<Obs> = vec![];
-    let mut by_value: HashMap<usize, usize> = HashMap::new();
-    for id in g.topo_order() {
-        let node = g.node(id);
-        let Some(spec) = spec_of(&node.op) else { continue };
-        let state = ObserverState::per_tensor(kind_of(&spec.observer)).map_err(|e| PassError::Internal {
-            pass: "calibrate".into(),
-            message: format!("`{}`: {e}", node.name),
-        })?;
-        by_value.insert(value_of[node.name.as_str()], observers.len());
-        observers.push(Obs {
-            node: id,
-            state,
-            raw: None,
-        });
-    }
+    let (mut observers, by_value) = observers_of(module, &program)?;
     let watch: Vec<usize> = by_value.keys().copied().collect();
     let session = match device {
         Some(d) => Some(
@@ -578,16 +587,7 @@ fn run_observers(
             ));
         }
         if let Some(p) = progress {
-            let done = (b + 1) * 30 / n.max(1);
-            let secs = started.elapsed().as_secs_f64().max(1e-9);
-            p(&format!(
-                "{} [{}{}] {}/{n} batches, {samples} samples, {:.0} samples/s",
-                if b + 1 == n { "calibrated" } else { "calibrate" },
-                "#".repeat(done),
-                ".".repeat(30 - done),
-                b + 1,
-                samples as f64 / secs
-            ));
+            p(&progress_line(b, n, samples, started));
         }
     }
     let _ = cal;
@@ -596,6 +596,49 @@ fn run_observers(
         batches: n as u64,
         samples,
     })
+}
+
+/// One observer per observer node of the module, in topological order, and which of them
+/// watches each value of the lowered program.
+fn observers_of(module: &Module, program: &Program) -> Result<(Vec<Obs>, HashMap<usize, usize>), PassError> {
+    let g = &module.graph;
+    let value_of: HashMap<&str, usize> = program
+        .values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v.name.as_str(), i))
+        .collect();
+    let mut observers: Vec<Obs> = vec![];
+    let mut by_value: HashMap<usize, usize> = HashMap::new();
+    for id in g.topo_order() {
+        let node = g.node(id);
+        let Some(spec) = spec_of(&node.op) else { continue };
+        let state = ObserverState::per_tensor(kind_of(&spec.observer)).map_err(|e| PassError::Internal {
+            pass: "calibrate".into(),
+            message: format!("`{}`: {e}", node.name),
+        })?;
+        by_value.insert(value_of[node.name.as_str()], observers.len());
+        observers.push(Obs {
+            node: id,
+            state,
+            raw: None,
+        });
+    }
+    Ok((observers, by_value))
+}
+
+/// The progress bar after batch `b` of `n`.
+fn progress_line(b: usize, n: usize, samples: u64, started: std::time::Instant) -> String {
+    let done = (b + 1) * 30 / n.max(1);
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    format!(
+        "{} [{}{}] {}/{n} batches, {samples} samples, {:.0} samples/s",
+        if b + 1 == n { "calibrated" } else { "calibrate" },
+        "#".repeat(done),
+        ".".repeat(30 - done),
+        b + 1,
+        samples as f64 / secs
+    )
 }
 
 /// Why a batch failed: an observer saw a non-finite value (named with its node, batch and

@@ -5,12 +5,12 @@
 use std::collections::{HashMap, HashSet};
 
 use indexmap::IndexMap;
-use qc_dsl::ast::{self, BinaryOp, Block, Call, Expr, ExprKind, Stmt, UnaryOp};
+use qc_dsl::ast::{self, Arg, BinaryOp, Block, Call, Expr, ExprKind, Stmt, UnaryOp};
 use qc_dsl::diag::did_you_mean;
 use qc_dsl::{Diagnostic, Diagnostics, Loaded, Span};
 
 use crate::ir::{Graph, Instance, Module, Node, NodeId, Origin, Param, Provenance, Stage};
-use crate::ops::{Attr, Op, OP_NAMES};
+use crate::ops::{Arity, Attr, Op, OP_NAMES};
 use crate::types::{DType, Dim, TensorType};
 
 /// Blocks may instantiate blocks; deeper than this is taken for unbounded recursion.
@@ -533,147 +533,188 @@ impl<'a> Expander<'a> {
         scope: &mut Scope<'a>,
     ) -> Option<Value> {
         let callee = call.callee.name.as_str();
-        if let Some(block) = self.blocks.get(callee).copied() {
-            let local = match bound {
-                Some(n) => n.to_string(),
-                None => format!("{hint}.{callee}"),
-            };
-            return self.instantiate(block, call, &local, scope);
-        }
-        let Some(arity) = Op::arity_of(callee) else {
-            let candidates: Vec<&str> = OP_NAMES.iter().copied().chain(self.blocks.keys().copied()).collect();
-            let help = did_you_mean(callee, candidates.iter().copied())
-                .unwrap_or_else(|| format!("ops are: {}; or define `block {callee}(...)`", OP_NAMES.join(", ")));
-            self.diags.push(
-                Diagnostic::new(
-                    "qc::unknown-op",
-                    call.callee.span,
-                    format!("unknown op or block `{callee}`"),
-                )
-                .label("not an op or block")
-                .help(help),
-            );
-            return None;
-        };
         let local = match bound {
             Some(n) => n.to_string(),
             None => format!("{hint}.{callee}"),
         };
+        if let Some(block) = self.blocks.get(callee).copied() {
+            return self.instantiate(block, call, &local, scope);
+        }
+        let Some(arity) = Op::arity_of(callee) else {
+            self.unknown_op(call);
+            return None;
+        };
         let full = self.fresh_name(&format!("{}{}", scope.prefix, local));
         let inner_hint = full.strip_prefix(&scope.prefix).unwrap_or(&full).to_string();
-        let mut inputs: Vec<NodeId> = vec![];
-        let mut attrs: Vec<(String, Attr)> = vec![];
-        let mut attr_spans: HashMap<String, Span> = HashMap::new();
+        // An argument that failed was reported; building the op now would add a spurious
+        // "needs `key`" for it.
+        let args = self.op_args(call, scope, &inner_hint)?;
+        if !self.check_arity(call, arity, args.inputs.len()) {
+            return None;
+        }
+        let op = self.build_op(call, &args)?;
+        let params = self.declare_params(&op, &full);
+        let span = if bound.is_some() { stmt_span } else { call.span };
+        let node = Node {
+            name: full,
+            op,
+            ty: None,
+            params,
+            origin: Origin {
+                span,
+                instances: scope.instances.clone(),
+            },
+        };
+        self.add_node(node, &args.inputs, call.span).map(Value::Tensor)
+    }
+
+    /// A callee that is neither an op nor a block.
+    fn unknown_op(&mut self, call: &Call) {
+        let callee = call.callee.name.as_str();
+        let candidates: Vec<&str> = OP_NAMES.iter().copied().chain(self.blocks.keys().copied()).collect();
+        let help = did_you_mean(callee, candidates.iter().copied())
+            .unwrap_or_else(|| format!("ops are: {}; or define `block {callee}(...)`", OP_NAMES.join(", ")));
+        self.diags.push(
+            Diagnostic::new(
+                "qc::unknown-op",
+                call.callee.span,
+                format!("unknown op or block `{callee}`"),
+            )
+            .label("not an op or block")
+            .help(help),
+        );
+    }
+
+    /// An op call's arguments, evaluated in order: tensors (positional) and settings (keyword).
+    /// None when one failed (each failure reported).
+    fn op_args(&mut self, call: &'a Call, scope: &mut Scope<'a>, hint: &str) -> Option<OpArgs> {
+        let callee = call.callee.name.as_str();
+        let mut args = OpArgs::default();
         let mut ok = true;
         for arg in &call.args {
-            let Some(v) = self.eval(&arg.value, scope, &inner_hint) else {
+            let Some(v) = self.eval(&arg.value, scope, hint) else {
                 ok = false;
                 continue;
             };
-            match &arg.name {
-                None => {
-                    let mut push = |v: &Value, me: &mut Self| match v {
-                        Value::Tensor(id) => {
-                            inputs.push(*id);
-                            true
-                        }
-                        other => {
-                            let what = other.describe(&me.graph);
-                            me.diags.push(
-                                Diagnostic::new(
-                                    "qc::expected-tensor",
-                                    arg.value.span,
-                                    format!("`{callee}` takes tensors as positional arguments, found {what}"),
-                                )
-                                .label("not a tensor")
-                                .help("settings are keyword arguments: `key: value`"),
-                            );
-                            false
-                        }
-                    };
-                    match &v {
-                        Value::List(items) => {
-                            for it in items {
-                                ok &= push(it, self);
-                            }
-                        }
-                        v => ok &= push(v, self),
-                    }
+            ok &= match &arg.name {
+                None => self.positional(callee, arg, &v, &mut args.inputs),
+                Some(key) => self.keyword(callee, arg, key, &v, &mut args),
+            };
+        }
+        ok.then_some(args)
+    }
+
+    /// A positional argument: a tensor, or a list of tensors, appended to `inputs`.
+    fn positional(&mut self, callee: &str, arg: &Arg, v: &Value, inputs: &mut Vec<NodeId>) -> bool {
+        match v {
+            Value::List(items) => {
+                let mut ok = true;
+                for it in items {
+                    ok &= self.tensor_input(callee, arg, it, inputs);
                 }
-                Some(key) => {
-                    let attr = match &v {
-                        Value::Int(x) => Some(Attr::Int(*x)),
-                        Value::Float(x) => Some(Attr::Float(*x)),
-                        Value::Bool(x) => Some(Attr::Bool(*x)),
-                        Value::List(items) => items
-                            .iter()
-                            .map(|i| if let Value::Int(x) = i { Some(*x) } else { None })
-                            .collect::<Option<Vec<i64>>>()
-                            .map(Attr::Ints),
-                        _ => None,
-                    };
-                    match attr {
-                        Some(a) => {
-                            if attr_spans.insert(key.name.clone(), arg.span()).is_some() {
-                                self.diags.push(
-                                    Diagnostic::new(
-                                        "qc::duplicate-argument",
-                                        arg.span(),
-                                        format!("`{}` is given twice", key.name),
-                                    )
-                                    .label("second value")
-                                    .help("give each keyword argument once"),
-                                );
-                                ok = false;
-                            }
-                            attrs.push((key.name.clone(), a));
-                        }
-                        None => {
-                            let what = v.describe(&self.graph);
-                            self.diags.push(
-                                Diagnostic::new(
-                                    "qc::bad-argument",
-                                    arg.value.span,
-                                    format!("`{}` of {callee} cannot be {what}", key.name),
-                                )
-                                .label("not a number, boolean or list of integers")
-                                .help("tensors are positional arguments; keyword arguments are settings"),
-                            );
-                            ok = false;
-                        }
-                    }
-                }
+                ok
+            }
+            v => self.tensor_input(callee, arg, v, inputs),
+        }
+    }
+
+    fn tensor_input(&mut self, callee: &str, arg: &Arg, v: &Value, inputs: &mut Vec<NodeId>) -> bool {
+        match v {
+            Value::Tensor(id) => {
+                inputs.push(*id);
+                true
+            }
+            other => {
+                let what = other.describe(&self.graph);
+                self.diags.push(
+                    Diagnostic::new(
+                        "qc::expected-tensor",
+                        arg.value.span,
+                        format!("`{callee}` takes tensors as positional arguments, found {what}"),
+                    )
+                    .label("not a tensor")
+                    .help("settings are keyword arguments: `key: value`"),
+                );
+                false
             }
         }
-        // An argument that failed was reported; building the op now would add a spurious
-        // "needs `key`" for it.
-        if !ok {
-            return None;
-        }
-        if !arity.accepts(inputs.len()) {
+    }
+
+    /// A keyword argument: a setting (number, boolean or list of integers), given once.
+    fn keyword(&mut self, callee: &str, arg: &Arg, key: &ast::Ident, v: &Value, args: &mut OpArgs) -> bool {
+        let attr = match v {
+            Value::Int(x) => Some(Attr::Int(*x)),
+            Value::Float(x) => Some(Attr::Float(*x)),
+            Value::Bool(x) => Some(Attr::Bool(*x)),
+            Value::List(items) => items
+                .iter()
+                .map(|i| if let Value::Int(x) = i { Some(*x) } else { None })
+                .collect::<Option<Vec<i64>>>()
+                .map(Attr::Ints),
+            _ => None,
+        };
+        let Some(a) = attr else {
+            let what = v.describe(&self.graph);
             self.diags.push(
                 Diagnostic::new(
-                    "qc::arity",
-                    call.span,
-                    format!("`{callee}` takes {}, found {}", arity.describe(), inputs.len()),
+                    "qc::bad-argument",
+                    arg.value.span,
+                    format!("`{}` of {callee} cannot be {what}", key.name),
                 )
-                .label("wrong number of inputs")
-                .help(match arity {
-                    crate::ops::Arity::Exactly(2) => format!("write `{callee}(a, b)`"),
-                    crate::ops::Arity::AtLeast(_) => format!("write `{callee}(a, b, ..., dim: 1)`"),
-                    _ => format!("write `{callee}(x, ...)` with one tensor first; settings are `key: value`"),
-                }),
+                .label("not a number, boolean or list of integers")
+                .help("tensors are positional arguments; keyword arguments are settings"),
             );
-            return None;
+            return false;
+        };
+        let mut ok = true;
+        if args.spans.insert(key.name.clone(), arg.span()).is_some() {
+            self.diags.push(
+                Diagnostic::new(
+                    "qc::duplicate-argument",
+                    arg.span(),
+                    format!("`{}` is given twice", key.name),
+                )
+                .label("second value")
+                .help("give each keyword argument once"),
+            );
+            ok = false;
         }
-        let op = match Op::build(callee, &attrs).expect("arity_of knew the name") {
-            Ok(op) => op,
+        args.attrs.push((key.name.clone(), a));
+        ok
+    }
+
+    /// Whether the op takes `n` tensors (reported when not).
+    fn check_arity(&mut self, call: &Call, arity: Arity, n: usize) -> bool {
+        if arity.accepts(n) {
+            return true;
+        }
+        let callee = call.callee.name.as_str();
+        self.diags.push(
+            Diagnostic::new(
+                "qc::arity",
+                call.span,
+                format!("`{callee}` takes {}, found {n}", arity.describe()),
+            )
+            .label("wrong number of inputs")
+            .help(match arity {
+                Arity::Exactly(2) => format!("write `{callee}(a, b)`"),
+                Arity::AtLeast(_) => format!("write `{callee}(a, b, ..., dim: 1)`"),
+                _ => format!("write `{callee}(x, ...)` with one tensor first; settings are `key: value`"),
+            }),
+        );
+        false
+    }
+
+    /// The op from its settings; each builder error points at its setting (or the call).
+    fn build_op(&mut self, call: &Call, args: &OpArgs) -> Option<Op> {
+        match Op::build(call.callee.name.as_str(), &args.attrs).expect("arity_of knew the name") {
+            Ok(op) => Some(op),
             Err(errors) => {
                 for e in errors {
                     let span = e
                         .key
                         .as_ref()
-                        .and_then(|k| attr_spans.get(k))
+                        .and_then(|k| args.spans.get(k))
                         .copied()
                         .unwrap_or(call.span);
                     self.diags.push(
@@ -682,9 +723,13 @@ impl<'a> Expander<'a> {
                             .help(e.help),
                     );
                 }
-                return None;
+                None
             }
-        };
+        }
+    }
+
+    /// Declares the op's parameters under `full.role` (no value yet); returns (role, key) pairs.
+    fn declare_params(&mut self, op: &Op, full: &str) -> Vec<(&'static str, String)> {
         let params: Vec<(&'static str, String)> = op
             .param_names()
             .into_iter()
@@ -703,28 +748,55 @@ impl<'a> Expander<'a> {
                     shape: vec![],
                     value: None,
                     provenance: Provenance::Declared,
-                    owner: full.clone(),
+                    owner: full.to_string(),
                     quant: None,
                 },
             );
         }
-        let span = if bound.is_some() { stmt_span } else { call.span };
-        let node = Node {
-            name: full,
-            op,
-            ty: None,
-            params,
-            origin: Origin {
-                span,
-                instances: scope.instances.clone(),
-            },
-        };
-        self.add_node(node, &inputs, call.span).map(Value::Tensor)
+        params
     }
 
+    /// A block instance named `local` in `scope`: its arguments, its parameters bound, its
+    /// statements expanded under the instance's prefix, and its result.
     fn instantiate(&mut self, block: &'a Block, call: &'a Call, local: &str, scope: &mut Scope<'a>) -> Option<Value> {
-        if self.recursion_hit {
+        if !self.depth_ok(block, call) {
             return None;
+        }
+        let full = format!("{}{}", scope.prefix, local);
+        let given = self.block_args(block, call, local, scope)?;
+        let mut instances = scope.instances.clone();
+        instances.push(Instance {
+            block: block.name.name.clone(),
+            name: full.clone(),
+            call: call.span,
+        });
+        let mut inner = Scope {
+            prefix: format!("{full}."),
+            vars: IndexMap::new(),
+            stmts: &block.stmts,
+            instances,
+        };
+        self.bind_block_params(block, call, given, &mut inner)?;
+        self.depth += 1;
+        let mut last = None;
+        let mut ok = true;
+        for stmt in &block.stmts {
+            let v = self.stmt(stmt, &mut inner);
+            ok &= v.is_some();
+            last = v;
+        }
+        self.depth -= 1;
+        if !ok {
+            return None;
+        }
+        self.block_result(block, last, &inner)
+    }
+
+    /// Whether the block may be instantiated this deep; the first time not, the recursion is
+    /// reported and expansion stops.
+    fn depth_ok(&mut self, block: &Block, call: &Call) -> bool {
+        if self.recursion_hit {
+            return false;
         }
         if self.depth >= MAX_BLOCK_DEPTH {
             self.recursion_hit = true;
@@ -737,60 +809,28 @@ impl<'a> Expander<'a> {
                 .label("instantiated here")
                 .help("a block that (indirectly) instantiates itself never ends; remove the recursion"),
             );
-            return None;
+            return false;
         }
-        let full = format!("{}{}", scope.prefix, local);
-        // Arguments are evaluated in the caller's scope, in the order written.
+        true
+    }
+
+    /// A block call's arguments by parameter name, evaluated in the caller's scope in the order
+    /// written. None when one failed (each failure reported).
+    fn block_args(
+        &mut self,
+        block: &'a Block,
+        call: &'a Call,
+        local: &str,
+        scope: &mut Scope<'a>,
+    ) -> Option<IndexMap<String, (Value, Span)>> {
         let mut given: IndexMap<String, (Value, Span)> = IndexMap::new();
         let mut positional = 0;
         let mut ok = true;
         for arg in &call.args {
             let v = self.eval(&arg.value, scope, local);
-            let (name, span) = match &arg.name {
-                Some(n) => {
-                    if !block.params.iter().any(|p| p.name.name == n.name) {
-                        let help = did_you_mean(&n.name, block.params.iter().map(|p| p.name.name.as_str()))
-                            .unwrap_or_else(|| {
-                                let names: Vec<&str> = block.params.iter().map(|p| p.name.name.as_str()).collect();
-                                format!("block `{}` takes: {}", block.name.name, names.join(", "))
-                            });
-                        self.diags.push(
-                            Diagnostic::new(
-                                "qc::unknown-argument",
-                                n.span,
-                                format!("block `{}` has no parameter `{}`", block.name.name, n.name),
-                            )
-                            .label("unknown parameter")
-                            .note(block.name.span, "block defined here")
-                            .help(help),
-                        );
-                        ok = false;
-                        continue;
-                    }
-                    (n.name.clone(), arg.span())
-                }
-                None => {
-                    let Some(p) = block.params.get(positional) else {
-                        self.diags.push(
-                            Diagnostic::new(
-                                "qc::arity",
-                                arg.value.span,
-                                format!(
-                                    "block `{}` takes {} parameters, found more",
-                                    block.name.name,
-                                    block.params.len()
-                                ),
-                            )
-                            .label("extra argument")
-                            .note(block.name.span, "block defined here")
-                            .help("remove the argument, or add a parameter to the block"),
-                        );
-                        ok = false;
-                        continue;
-                    };
-                    positional += 1;
-                    (p.name.name.clone(), arg.value.span)
-                }
+            let Some((name, span)) = self.block_arg_name(block, arg, &mut positional) else {
+                ok = false;
+                continue;
             };
             if given.contains_key(&name) {
                 self.diags.push(
@@ -811,28 +851,74 @@ impl<'a> Expander<'a> {
                 None => ok = false,
             }
         }
-        if !ok {
-            return None;
+        ok.then_some(given)
+    }
+
+    /// The parameter an argument gives (by name, or the next by position) and its span; None
+    /// (reported) for an unknown name or one argument too many.
+    fn block_arg_name(&mut self, block: &Block, arg: &Arg, positional: &mut usize) -> Option<(String, Span)> {
+        match &arg.name {
+            Some(n) => {
+                if !block.params.iter().any(|p| p.name.name == n.name) {
+                    let help =
+                        did_you_mean(&n.name, block.params.iter().map(|p| p.name.name.as_str())).unwrap_or_else(|| {
+                            let names: Vec<&str> = block.params.iter().map(|p| p.name.name.as_str()).collect();
+                            format!("block `{}` takes: {}", block.name.name, names.join(", "))
+                        });
+                    self.diags.push(
+                        Diagnostic::new(
+                            "qc::unknown-argument",
+                            n.span,
+                            format!("block `{}` has no parameter `{}`", block.name.name, n.name),
+                        )
+                        .label("unknown parameter")
+                        .note(block.name.span, "block defined here")
+                        .help(help),
+                    );
+                    return None;
+                }
+                Some((n.name.clone(), arg.span()))
+            }
+            None => {
+                let Some(p) = block.params.get(*positional) else {
+                    self.diags.push(
+                        Diagnostic::new(
+                            "qc::arity",
+                            arg.value.span,
+                            format!(
+                                "block `{}` takes {} parameters, found more",
+                                block.name.name,
+                                block.params.len()
+                            ),
+                        )
+                        .label("extra argument")
+                        .note(block.name.span, "block defined here")
+                        .help("remove the argument, or add a parameter to the block"),
+                    );
+                    return None;
+                };
+                *positional += 1;
+                Some((p.name.name.clone(), arg.value.span))
+            }
         }
-        let mut instances = scope.instances.clone();
-        instances.push(Instance {
-            block: block.name.name.clone(),
-            name: full.clone(),
-            call: call.span,
-        });
-        let mut inner = Scope {
-            prefix: format!("{full}."),
-            vars: IndexMap::new(),
-            stmts: &block.stmts,
-            instances,
-        };
+    }
+
+    /// Binds each block parameter in `inner`: to its argument, or to its default (evaluated in
+    /// the block's scope). None at the first one missing (reported).
+    fn bind_block_params(
+        &mut self,
+        block: &'a Block,
+        call: &Call,
+        mut given: IndexMap<String, (Value, Span)>,
+        inner: &mut Scope<'a>,
+    ) -> Option<()> {
         for p in &block.params {
             let value = match given.shift_remove(&p.name.name) {
                 Some((v, _)) => Some(v),
                 None => match &p.default {
                     Some(d) => {
                         self.depth += 1;
-                        let v = self.eval(d, &mut inner, &p.name.name);
+                        let v = self.eval(d, inner, &p.name.name);
                         self.depth -= 1;
                         v
                     }
@@ -851,25 +937,13 @@ impl<'a> Expander<'a> {
                     }
                 },
             };
-            match value {
-                Some(v) => {
-                    inner.vars.insert(p.name.name.clone(), (v, p.name.span));
-                }
-                None => return None,
-            }
+            inner.vars.insert(p.name.name.clone(), (value?, p.name.span));
         }
-        self.depth += 1;
-        let mut last = None;
-        let mut ok = true;
-        for stmt in &block.stmts {
-            let v = self.stmt(stmt, &mut inner);
-            ok &= v.is_some();
-            last = v;
-        }
-        self.depth -= 1;
-        if !ok {
-            return None;
-        }
+        Some(())
+    }
+
+    /// A block's result: its one `output`, or else its last statement's value.
+    fn block_result(&mut self, block: &Block, last: Option<Value>, inner: &Scope<'a>) -> Option<Value> {
         match block.outputs.as_slice() {
             [] => match last {
                 Some(v) => Some(v),
@@ -886,7 +960,7 @@ impl<'a> Expander<'a> {
                     None
                 }
             },
-            [out] => self.lookup(&out.text, out.span, &inner),
+            [out] => self.lookup(&out.text, out.span, inner),
             [_, second, ..] => {
                 self.diags.push(
                     Diagnostic::new(
@@ -901,6 +975,15 @@ impl<'a> Expander<'a> {
             }
         }
     }
+}
+
+/// An op call's evaluated arguments: its input tensors, its settings, and where each setting
+/// was written.
+#[derive(Default)]
+struct OpArgs {
+    inputs: Vec<NodeId>,
+    attrs: Vec<(String, Attr)>,
+    spans: HashMap<String, Span>,
 }
 
 /// Where `name` is defined by a later statement of the same scope (also inside nested bindings).

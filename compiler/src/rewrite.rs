@@ -19,9 +19,9 @@ use qc_dsl::ast::BinaryOp;
 use qc_dsl::sections::FuseOp;
 use qc_dsl::Diagnostic;
 
-use crate::fold::{self, bug, key_of, BN_ROLES};
+use crate::fold::{self, bug, key_of};
 use crate::ir::{Module, NodeId, Provenance};
-use crate::ops::{Act, Attr, BatchNorm, Op};
+use crate::ops::{Act, Attr, BatchNorm, Op, BN_ROLES, KEPT_BN_ROLES};
 use crate::pass::{Changed, Ctx, Pass, PassError};
 pub use crate::report::{Fired, Mode, Report, Stop};
 use crate::rules::{Literal, PArg, Rule, RuleSet, Test};
@@ -215,14 +215,6 @@ pub fn select(patches: Vec<Patch>) -> Vec<Patch> {
 }
 
 // ---------------------------------------------------------------- applying
-
-const KEPT_BN_ROLES: [&str; 5] = [
-    "bn.weight",
-    "bn.bias",
-    "bn.running_mean",
-    "bn.running_var",
-    "bn.num_batches_tracked",
-];
 
 /// QAT: keeps batch norm `bn_id` inside `anchor`, its buffers moved to `<anchor>.bn.*` in place.
 fn keep_bn(module: &mut Module, anchor: NodeId, bn_id: NodeId) -> Result<(), Box<Diagnostic>> {

@@ -7,10 +7,7 @@ use qc_runtime::{DType, Tensor};
 
 use super::{fold_stats, FoldError, FoldParam, Layer};
 use crate::ir::{Module, NodeId, Param, Provenance};
-use crate::ops::Op;
-
-/// A batch norm's parameter roles, in its state_dict order.
-pub const BN_ROLES: [&str; 5] = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"];
+use crate::ops::{Op, BN_ROLES};
 
 /// The parameter key node `id` holds in `role`.
 pub(crate) fn key_of(module: &Module, id: NodeId, role: &str) -> Option<String> {

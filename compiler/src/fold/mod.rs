@@ -22,8 +22,8 @@
 
 mod graph;
 
+pub use graph::fold_into;
 pub(crate) use graph::{bug, key_of};
-pub use graph::{fold_into, BN_ROLES};
 use qc_runtime::{DType, Tensor};
 
 /// Which parameter a [`FoldError`] is about; `Display` gives the PyTorch-style name relative to

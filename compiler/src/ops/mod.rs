@@ -406,6 +406,7 @@ mod attrs;
 mod params;
 mod shape;
 
+pub use params::{BN_ROLES, KEPT_BN_ROLES};
 pub use shape::{elements, window_out, MAX_ELEMENTS};
 
 #[cfg(test)]

@@ -67,10 +67,11 @@ impl Op {
     }
 }
 
-/// PyTorch's batch-norm buffers, as roles of a `batch_norm` node.
-const BN_ROLES: [&str; 5] = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"];
+/// PyTorch's batch-norm parameters and buffers, as roles of a `batch_norm` node, in its
+/// state_dict order.
+pub const BN_ROLES: [&str; 5] = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"];
 /// The same, kept inside a QAT `ConvBn`/`LinearBn` node (`conv1.bn.weight`).
-const KEPT_BN_ROLES: [&str; 5] = [
+pub const KEPT_BN_ROLES: [&str; 5] = [
     "bn.weight",
     "bn.bias",
     "bn.running_mean",
