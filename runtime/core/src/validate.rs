@@ -500,223 +500,239 @@ fn infer_unchecked(p: &Program, step: &Step, ins: &[&[usize]]) -> Result<Vec<usi
     if x.contains(&0) {
         return Err(format!("input shape {x:?} is empty"));
     }
-    let same_as_all = |what: &str| -> Result<Vec<usize>, String> {
-        if ins.iter().all(|s| *s == x) {
-            Ok(x.to_vec())
-        } else {
-            Err(format!("{what} needs inputs of one shape, found {ins:?}"))
-        }
-    };
-    let value = |i: usize| p.values.get(i).ok_or_else(|| format!("value {i} does not exist"));
     match &step.op {
-        StepOp::Float(op) => match op {
-            FloatOp::Conv {
-                window,
-                groups,
-                weight,
-                bias,
-            } => {
-                let s = spatial_rank(x)?;
-                if window.ceil_mode {
-                    return Err("a convolution has no ceil_mode".into());
-                }
-                let w = const_shape(p, *weight)?;
-                let g = *groups;
-                if w.len() != x.len() || g == 0 || w[0] % g != 0 || w[1].checked_mul(g) != Some(x[1]) {
-                    return Err(format!(
-                        "weight {w:?} with {g} groups does not fit input {x:?} ([Cout, Cin/groups, k...], groups dividing Cout)"
-                    ));
-                }
-                if w[2..] != window.kernel[..] {
-                    return Err(format!("weight {w:?} does not match kernel {:?}", window.kernel));
-                }
-                if let Some(b) = bias {
-                    expect_shape(p, *b, "bias", &[w[0]])?;
-                }
-                let mut out = vec![x[0], w[0]];
-                out.extend(window_dims(window, &x[2..2 + s])?);
-                Ok(out)
-            }
-            FloatOp::BatchNorm {
-                weight,
-                bias,
-                mean,
-                var,
-                ..
-            } => {
-                if x.len() < 2 {
-                    return Err(format!("needs a rank >= 2 input, found {x:?}"));
-                }
-                for (c, what) in [
-                    (weight, "weight"),
-                    (bias, "bias"),
-                    (mean, "running mean"),
-                    (var, "running variance"),
-                ] {
-                    expect_shape(p, *c, what, &[x[1]])?;
-                }
-                Ok(x.to_vec())
-            }
-            FloatOp::Relu | FloatOp::Clamp { .. } | FloatOp::Identity => Ok(x.to_vec()),
-            FloatOp::MaxPool { window } | FloatOp::AvgPool { window, .. } => {
-                let s = spatial_rank(x)?;
-                let dims = window_dims(window, &x[2..2 + s])?;
-                pool_pad(window)?;
-                if matches!(op, FloatOp::AvgPool { .. }) && window.dilation.iter().any(|&d| d != 1) {
-                    return Err("average pooling has no dilation".into());
-                }
-                let mut out = x[..2].to_vec();
-                out.extend(dims);
-                Ok(out)
-            }
-            FloatOp::AdaptiveAvgPool { output } => {
-                let s = spatial_rank(x)?;
-                if output.len() != s || output.iter().any(|&o| o == 0 || o > MAX_WINDOW) {
-                    return Err(format!("output size {output:?} does not fit a rank-{} input", x.len()));
-                }
-                let mut out = x[..2].to_vec();
-                out.extend(output);
-                Ok(out)
-            }
-            FloatOp::Flatten { start_dim, end_dim } => {
-                if !(start_dim <= end_dim && *end_dim < x.len()) {
-                    return Err(format!("flatten({start_dim}, {end_dim}) on rank {}", x.len()));
-                }
-                let mut out = x[..*start_dim].to_vec();
-                out.push(x[*start_dim..=*end_dim].iter().product());
-                out.extend_from_slice(&x[end_dim + 1..]);
-                Ok(out)
-            }
-            FloatOp::Linear { weight, bias } => {
-                let w = const_shape(p, *weight)?;
-                if w.len() != 2 || x.last() != Some(&w[1]) || w[0] == 0 {
-                    return Err(format!("weight {w:?} ([out, in]) does not fit input {x:?}"));
-                }
-                if let Some(b) = bias {
-                    expect_shape(p, *b, "bias", &[w[0]])?;
-                }
-                let mut out = x.to_vec();
-                *out.last_mut().ok_or("rank 0")? = w[0];
-                Ok(out)
-            }
-            FloatOp::Add => same_as_all("add"),
-            FloatOp::Concat { dim } => concat(ins, *dim),
-        },
-        StepOp::Quant(op) => match op {
-            QuantOp::Quantize | QuantOp::Dequantize => {
-                let (from, to) = (value(step.inputs[0])?.layout, value(step.output)?.layout);
-                if from != to && !(3..=4).contains(&x.len()) {
-                    return Err(format!("changes the layout of a rank-{} value", x.len()));
-                }
-                Ok(from_torch_order(&to_torch_order(x, from), to))
-            }
-            QuantOp::QConv {
-                window,
-                groups,
-                weight,
-                weight_scales,
-                bias,
-                ..
-            } => {
-                let s = spatial_rank(x)?;
-                check_window(window, s)?;
-                if window.ceil_mode {
-                    return Err("a convolution has no ceil_mode".into());
-                }
-                let w = const_shape(p, *weight)?;
-                let g = *groups;
-                let (n, h, wd, c) = nhwc(x);
-                if w.len() != x.len()
-                    || g == 0
-                    || w[w.len() - 1].checked_mul(g) != Some(c)
-                    || w[1..w.len() - 1] != window.kernel[..]
-                {
-                    return Err(format!(
-                        "weight {w:?} with {g} groups and kernel {:?} does not fit input {x:?} ([Cout, k..., Cin/groups])",
-                        window.kernel
-                    ));
-                }
-                expect_shape(p, *weight_scales, "weight scales", &[w[0]])?;
-                if let Some(b) = bias {
-                    expect_shape(p, *b, "bias", &[w[0]])?;
-                }
-                let (ah, aw) = axes(window);
-                let geom = Conv2dGeom {
-                    batch: n,
-                    in_h: h,
-                    in_w: wd,
-                    in_c: c,
-                    out_c: w[0],
-                    h: ah,
-                    w: aw,
-                    groups: g,
-                };
-                let [oh, ow] = geom.out_hw().map_err(|e| e.to_string())?;
-                Ok(if s == 1 {
-                    vec![n, ow, w[0]]
-                } else {
-                    vec![n, oh, ow, w[0]]
-                })
-            }
-            QuantOp::QLinear {
-                weight,
-                weight_scales,
-                bias,
-                ..
-            } => {
-                let w = const_shape(p, *weight)?;
-                if x.len() < 2 || w.len() != 2 || x.last() != Some(&w[1]) || w[0] == 0 {
-                    return Err(format!("weight {w:?} ([out, in]) does not fit input {x:?} (rank >= 2)"));
-                }
-                expect_shape(p, *weight_scales, "weight scales", &[w[0]])?;
-                if let Some(b) = bias {
-                    expect_shape(p, *b, "bias", &[w[0]])?;
-                }
-                let mut out = x.to_vec();
-                *out.last_mut().ok_or("rank 0")? = w[0];
-                Ok(out)
-            }
-            QuantOp::QAdd { .. } => same_as_all("qadd"),
-            QuantOp::QMaxPool { window } | QuantOp::QAvgPool { window, .. } => {
-                let s = spatial_rank(x)?;
-                check_window(window, s)?;
-                if matches!(op, QuantOp::QAvgPool { .. }) && window.dilation.iter().any(|&d| d != 1) {
-                    return Err("average pooling has no dilation".into());
-                }
-                let (n, h, wd, c) = nhwc(x);
-                let (ah, aw) = axes(window);
-                let geom = Pool2dGeom {
-                    batch: n,
-                    in_h: h,
-                    in_w: wd,
-                    channels: c,
-                    h: ah,
-                    w: aw,
-                    ceil_mode: window.ceil_mode,
-                };
-                let [oh, ow] = geom.out_hw().map_err(|e| e.to_string())?;
-                Ok(if s == 1 { vec![n, ow, c] } else { vec![n, oh, ow, c] })
-            }
-            QuantOp::QAdaptiveAvgPool { output } => {
-                let s = spatial_rank(x)?;
-                if output.len() != s || output.iter().any(|&o| o == 0 || o > MAX_WINDOW) {
-                    return Err(format!("output size {output:?} does not fit a rank-{} input", x.len()));
-                }
-                let mut out = vec![x[0]];
-                out.extend(output);
-                out.push(x[x.len() - 1]);
-                Ok(out)
-            }
-            QuantOp::QConcat => concat(ins, x.len().saturating_sub(1)),
-            QuantOp::QFlatten => {
-                if x.len() < 2 {
-                    return Err(format!("needs a rank >= 2 input, found {x:?}"));
-                }
-                Ok(vec![x[0], x[1..].iter().product()])
-            }
-            QuantOp::QClamp { .. } => Ok(x.to_vec()),
-        },
+        StepOp::Float(op) => infer_float(p, op, ins, x),
+        StepOp::Quant(op) => infer_quant(p, step, op, ins, x),
     }
+}
+
+/// [`infer_unchecked`] for a float op; `x` is the first input's shape (not empty).
+fn infer_float(p: &Program, op: &FloatOp, ins: &[&[usize]], x: &[usize]) -> Result<Vec<usize>, String> {
+    match op {
+        FloatOp::Conv {
+            window,
+            groups,
+            weight,
+            bias,
+        } => {
+            let s = spatial_rank(x)?;
+            if window.ceil_mode {
+                return Err("a convolution has no ceil_mode".into());
+            }
+            let w = const_shape(p, *weight)?;
+            let g = *groups;
+            if w.len() != x.len() || g == 0 || w[0] % g != 0 || w[1].checked_mul(g) != Some(x[1]) {
+                return Err(format!(
+                    "weight {w:?} with {g} groups does not fit input {x:?} ([Cout, Cin/groups, k...], groups dividing Cout)"
+                ));
+            }
+            if w[2..] != window.kernel[..] {
+                return Err(format!("weight {w:?} does not match kernel {:?}", window.kernel));
+            }
+            if let Some(b) = bias {
+                expect_shape(p, *b, "bias", &[w[0]])?;
+            }
+            let mut out = vec![x[0], w[0]];
+            out.extend(window_dims(window, &x[2..2 + s])?);
+            Ok(out)
+        }
+        FloatOp::BatchNorm {
+            weight,
+            bias,
+            mean,
+            var,
+            ..
+        } => {
+            if x.len() < 2 {
+                return Err(format!("needs a rank >= 2 input, found {x:?}"));
+            }
+            for (c, what) in [
+                (weight, "weight"),
+                (bias, "bias"),
+                (mean, "running mean"),
+                (var, "running variance"),
+            ] {
+                expect_shape(p, *c, what, &[x[1]])?;
+            }
+            Ok(x.to_vec())
+        }
+        FloatOp::Relu | FloatOp::Clamp { .. } | FloatOp::Identity => Ok(x.to_vec()),
+        FloatOp::MaxPool { window } | FloatOp::AvgPool { window, .. } => {
+            let s = spatial_rank(x)?;
+            let dims = window_dims(window, &x[2..2 + s])?;
+            pool_pad(window)?;
+            if matches!(op, FloatOp::AvgPool { .. }) && window.dilation.iter().any(|&d| d != 1) {
+                return Err("average pooling has no dilation".into());
+            }
+            let mut out = x[..2].to_vec();
+            out.extend(dims);
+            Ok(out)
+        }
+        FloatOp::AdaptiveAvgPool { output } => {
+            let s = spatial_rank(x)?;
+            if output.len() != s || output.iter().any(|&o| o == 0 || o > MAX_WINDOW) {
+                return Err(format!("output size {output:?} does not fit a rank-{} input", x.len()));
+            }
+            let mut out = x[..2].to_vec();
+            out.extend(output);
+            Ok(out)
+        }
+        FloatOp::Flatten { start_dim, end_dim } => {
+            if !(start_dim <= end_dim && *end_dim < x.len()) {
+                return Err(format!("flatten({start_dim}, {end_dim}) on rank {}", x.len()));
+            }
+            let mut out = x[..*start_dim].to_vec();
+            out.push(x[*start_dim..=*end_dim].iter().product());
+            out.extend_from_slice(&x[end_dim + 1..]);
+            Ok(out)
+        }
+        FloatOp::Linear { weight, bias } => {
+            let w = const_shape(p, *weight)?;
+            if w.len() != 2 || x.last() != Some(&w[1]) || w[0] == 0 {
+                return Err(format!("weight {w:?} ([out, in]) does not fit input {x:?}"));
+            }
+            if let Some(b) = bias {
+                expect_shape(p, *b, "bias", &[w[0]])?;
+            }
+            let mut out = x.to_vec();
+            *out.last_mut().ok_or("rank 0")? = w[0];
+            Ok(out)
+        }
+        FloatOp::Add => same_as_all(ins, x, "add"),
+        FloatOp::Concat { dim } => concat(ins, *dim),
+    }
+}
+
+/// [`infer_unchecked`] for an int8 op; `x` is the first input's shape (not empty).
+fn infer_quant(p: &Program, step: &Step, op: &QuantOp, ins: &[&[usize]], x: &[usize]) -> Result<Vec<usize>, String> {
+    match op {
+        QuantOp::Quantize | QuantOp::Dequantize => {
+            let (from, to) = (value(p, step.inputs[0])?.layout, value(p, step.output)?.layout);
+            if from != to && !(3..=4).contains(&x.len()) {
+                return Err(format!("changes the layout of a rank-{} value", x.len()));
+            }
+            Ok(from_torch_order(&to_torch_order(x, from), to))
+        }
+        QuantOp::QConv {
+            window,
+            groups,
+            weight,
+            weight_scales,
+            bias,
+            ..
+        } => {
+            let s = spatial_rank(x)?;
+            check_window(window, s)?;
+            if window.ceil_mode {
+                return Err("a convolution has no ceil_mode".into());
+            }
+            let w = const_shape(p, *weight)?;
+            let g = *groups;
+            let (n, h, wd, c) = nhwc(x);
+            if w.len() != x.len()
+                || g == 0
+                || w[w.len() - 1].checked_mul(g) != Some(c)
+                || w[1..w.len() - 1] != window.kernel[..]
+            {
+                return Err(format!(
+                    "weight {w:?} with {g} groups and kernel {:?} does not fit input {x:?} ([Cout, k..., Cin/groups])",
+                    window.kernel
+                ));
+            }
+            expect_shape(p, *weight_scales, "weight scales", &[w[0]])?;
+            if let Some(b) = bias {
+                expect_shape(p, *b, "bias", &[w[0]])?;
+            }
+            let (ah, aw) = axes(window);
+            let geom = Conv2dGeom {
+                batch: n,
+                in_h: h,
+                in_w: wd,
+                in_c: c,
+                out_c: w[0],
+                h: ah,
+                w: aw,
+                groups: g,
+            };
+            let [oh, ow] = geom.out_hw().map_err(|e| e.to_string())?;
+            Ok(if s == 1 {
+                vec![n, ow, w[0]]
+            } else {
+                vec![n, oh, ow, w[0]]
+            })
+        }
+        QuantOp::QLinear {
+            weight,
+            weight_scales,
+            bias,
+            ..
+        } => {
+            let w = const_shape(p, *weight)?;
+            if x.len() < 2 || w.len() != 2 || x.last() != Some(&w[1]) || w[0] == 0 {
+                return Err(format!("weight {w:?} ([out, in]) does not fit input {x:?} (rank >= 2)"));
+            }
+            expect_shape(p, *weight_scales, "weight scales", &[w[0]])?;
+            if let Some(b) = bias {
+                expect_shape(p, *b, "bias", &[w[0]])?;
+            }
+            let mut out = x.to_vec();
+            *out.last_mut().ok_or("rank 0")? = w[0];
+            Ok(out)
+        }
+        QuantOp::QAdd { .. } => same_as_all(ins, x, "qadd"),
+        QuantOp::QMaxPool { window } | QuantOp::QAvgPool { window, .. } => {
+            let s = spatial_rank(x)?;
+            check_window(window, s)?;
+            if matches!(op, QuantOp::QAvgPool { .. }) && window.dilation.iter().any(|&d| d != 1) {
+                return Err("average pooling has no dilation".into());
+            }
+            let (n, h, wd, c) = nhwc(x);
+            let (ah, aw) = axes(window);
+            let geom = Pool2dGeom {
+                batch: n,
+                in_h: h,
+                in_w: wd,
+                channels: c,
+                h: ah,
+                w: aw,
+                ceil_mode: window.ceil_mode,
+            };
+            let [oh, ow] = geom.out_hw().map_err(|e| e.to_string())?;
+            Ok(if s == 1 { vec![n, ow, c] } else { vec![n, oh, ow, c] })
+        }
+        QuantOp::QAdaptiveAvgPool { output } => {
+            let s = spatial_rank(x)?;
+            if output.len() != s || output.iter().any(|&o| o == 0 || o > MAX_WINDOW) {
+                return Err(format!("output size {output:?} does not fit a rank-{} input", x.len()));
+            }
+            let mut out = vec![x[0]];
+            out.extend(output);
+            out.push(x[x.len() - 1]);
+            Ok(out)
+        }
+        QuantOp::QConcat => concat(ins, x.len().saturating_sub(1)),
+        QuantOp::QFlatten => {
+            if x.len() < 2 {
+                return Err(format!("needs a rank >= 2 input, found {x:?}"));
+            }
+            Ok(vec![x[0], x[1..].iter().product()])
+        }
+        QuantOp::QClamp { .. } => Ok(x.to_vec()),
+    }
+}
+
+/// `x` when every input has shape `x`, else an error naming `what`.
+fn same_as_all(ins: &[&[usize]], x: &[usize], what: &str) -> Result<Vec<usize>, String> {
+    if ins.iter().all(|s| *s == x) {
+        Ok(x.to_vec())
+    } else {
+        Err(format!("{what} needs inputs of one shape, found {ins:?}"))
+    }
+}
+
+/// Value `i` of `p`, or an error saying it does not exist.
+fn value(p: &Program, i: usize) -> Result<&ValueInfo, String> {
+    p.values.get(i).ok_or_else(|| format!("value {i} does not exist"))
 }
 
 fn concat(ins: &[&[usize]], dim: usize) -> Result<Vec<usize>, String> {
