@@ -686,7 +686,7 @@ fn conv(s: &StepIn, window: &Window, groups: usize) -> Result<TT, TorchError> {
         out_c,
         h: ah,
         w: aw,
-        groups: groups,
+        groups,
     };
     let [oh, ow] = geom.out_hw().map_err(kernel_error).map_err(|m| s.fail(m))?;
     let pad = [
