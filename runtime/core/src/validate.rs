@@ -198,38 +198,68 @@ fn step_error(p: &Program, index: usize, step: &Step, message: String) -> Progra
 /// The static checks of one step (ids already in range): arity, dtypes, layouts, parameters,
 /// constant dtypes.
 fn check_step(p: &Program, index: usize, step: &Step) -> Result<(), ProgramError> {
-    let fail = |message: String| step_error(p, index, step, message);
-    let ins: Vec<&ValueInfo> = step.inputs.iter().map(|&i| &p.values[i]).collect();
-    let out = &p.values[step.output];
-    let arity = |n: usize| {
-        if ins.len() == n {
+    let check = StepCheck {
+        p,
+        index,
+        step,
+        ins: step.inputs.iter().map(|&i| &p.values[i]).collect(),
+        out: &p.values[step.output],
+    };
+    match &step.op {
+        StepOp::Float(op) => check.float(op),
+        StepOp::Quant(op) => check.quant(op),
+    }
+}
+
+/// One step under [`check_step`]: its inputs' and output's declarations, and the checks each op
+/// is made of.
+struct StepCheck<'a> {
+    p: &'a Program,
+    index: usize,
+    step: &'a Step,
+    ins: Vec<&'a ValueInfo>,
+    out: &'a ValueInfo,
+}
+
+impl StepCheck<'_> {
+    fn fail(&self, message: String) -> ProgramError {
+        step_error(self.p, self.index, self.step, message)
+    }
+
+    /// The step takes `n` inputs.
+    fn arity(&self, n: usize) -> Result<(), ProgramError> {
+        if self.ins.len() == n {
             Ok(())
         } else {
-            Err(fail(format!("takes {n} input(s), has {}", ins.len())))
+            Err(self.fail(format!("takes {n} input(s), has {}", self.ins.len())))
         }
-    };
-    let constant = |id: ConstId, dtype: DType, what: &str| -> Result<(), ProgramError> {
-        let c = p.constants.get(id).ok_or_else(|| ProgramError::ConstOutOfRange {
-            index,
-            step: out.name.clone(),
+    }
+
+    /// Constant `id` exists and is `dtype`.
+    fn constant(&self, id: ConstId, dtype: DType, what: &str) -> Result<(), ProgramError> {
+        let c = self.p.constants.get(id).ok_or_else(|| ProgramError::ConstOutOfRange {
+            index: self.index,
+            step: self.out.name.clone(),
             id,
-            count: p.constants.len(),
+            count: self.p.constants.len(),
         })?;
         if c.dtype() != dtype {
             return Err(ProgramError::Constant {
-                index,
-                step: out.name.clone(),
-                op: step.op.name(),
+                index: self.index,
+                step: self.out.name.clone(),
+                op: self.step.op.name(),
                 constant: id,
                 message: format!("the {what} must be {dtype}, found {}", c.dtype()),
             });
         }
         Ok(())
-    };
-    let is = |v: &ValueInfo, dtypes: &[DType], layout: Option<Layout>, what: &str| -> Result<(), ProgramError> {
+    }
+
+    /// `v` is one of `dtypes`, in `layout` when given.
+    fn is(&self, v: &ValueInfo, dtypes: &[DType], layout: Option<Layout>, what: &str) -> Result<(), ProgramError> {
         if !dtypes.contains(&v.dtype) {
             let names: Vec<&str> = dtypes.iter().map(|d| d.name()).collect();
-            return Err(fail(format!(
+            return Err(self.fail(format!(
                 "{what} `{}` must be {}, found {}",
                 v.name,
                 names.join(" or "),
@@ -238,7 +268,7 @@ fn check_step(p: &Program, index: usize, step: &Step) -> Result<(), ProgramError
         }
         if let Some(l) = layout {
             if v.layout != l {
-                return Err(fail(format!(
+                return Err(self.fail(format!(
                     "{what} `{}` must be in the {} layout, found {}",
                     v.name,
                     l.name(),
@@ -247,156 +277,162 @@ fn check_step(p: &Program, index: usize, step: &Step) -> Result<(), ProgramError
             }
         }
         Ok(())
-    };
-    let same_params = || {
-        if ins[0].quant == out.quant {
+    }
+
+    /// The output keeps the first input's quantization parameters.
+    fn same_params(&self) -> Result<(), ProgramError> {
+        let (i, o) = (self.ins[0], self.out);
+        if i.quant == o.quant {
             Ok(())
         } else {
-            Err(fail(format!(
+            Err(self.fail(format!(
                 "keeps its input's quantization parameters, but `{}` has {:?} and `{}` {:?}",
-                ins[0].name, ins[0].quant, out.name, out.quant
+                i.name, i.quant, o.name, o.quant
             )))
         }
-    };
-    match &step.op {
-        StepOp::Float(op) => {
-            for v in &ins {
-                is(v, &[DType::F32], Some(Layout::Torch), "input")?;
-            }
-            is(out, &[DType::F32], Some(Layout::Torch), "output")?;
-            match op {
-                FloatOp::Conv { weight, bias, .. } | FloatOp::Linear { weight, bias } => {
-                    arity(1)?;
-                    constant(*weight, DType::F32, "weight")?;
-                    if let Some(b) = bias {
-                        constant(*b, DType::F32, "bias")?;
-                    }
-                }
-                FloatOp::BatchNorm {
-                    weight,
-                    bias,
-                    mean,
-                    var,
-                    ..
-                } => {
-                    arity(1)?;
-                    for (c, what) in [
-                        (weight, "weight"),
-                        (bias, "bias"),
-                        (mean, "running mean"),
-                        (var, "running variance"),
-                    ] {
-                        constant(*c, DType::F32, what)?;
-                    }
-                }
-                FloatOp::Clamp { min, max } => {
-                    arity(1)?;
-                    if min.partial_cmp(max).is_none_or(|o| o.is_gt()) {
-                        return Err(fail(format!("clamp bounds [{min}, {max}] are NaN or inverted")));
-                    }
-                }
-                FloatOp::Add => arity(2)?,
-                FloatOp::Concat { .. } => {
-                    if ins.is_empty() {
-                        return Err(fail("takes at least one input".into()));
-                    }
-                }
-                FloatOp::Relu
-                | FloatOp::MaxPool { .. }
-                | FloatOp::AvgPool { .. }
-                | FloatOp::AdaptiveAvgPool { .. }
-                | FloatOp::Flatten { .. }
-                | FloatOp::Identity => arity(1)?,
-            }
-        }
-        StepOp::Quant(op) => {
-            let q8 = [DType::U8, DType::I8];
-            let u8_ = [DType::U8];
-            let cl = Some(Layout::ChannelsLast);
-            match op {
-                QuantOp::Quantize => {
-                    arity(1)?;
-                    is(ins[0], &[DType::F32], None, "input")?;
-                    is(out, &q8, None, "output")?;
-                }
-                QuantOp::Dequantize => {
-                    arity(1)?;
-                    is(ins[0], &q8, None, "input")?;
-                    is(out, &[DType::F32], None, "output")?;
-                }
-                QuantOp::QConv {
-                    weight,
-                    weight_scales,
-                    bias,
-                    act,
-                    ..
-                }
-                | QuantOp::QLinear {
-                    weight,
-                    weight_scales,
-                    bias,
-                    act,
-                } => {
-                    arity(1)?;
-                    let layout = if matches!(op, QuantOp::QConv { .. }) {
-                        cl
-                    } else {
-                        Some(Layout::Torch)
-                    };
-                    is(ins[0], &u8_, layout, "input")?;
-                    is(out, &u8_, layout, "output")?;
-                    constant(*weight, DType::I8, "weight")?;
-                    constant(*weight_scales, DType::F32, "weight scales")?;
-                    if let Some(b) = bias {
-                        constant(*b, DType::I32, "bias")?;
-                    }
-                    act.check().map_err(|e| fail(e.to_string()))?;
-                }
-                QuantOp::QAdd { .. } => {
-                    arity(2)?;
-                    for v in &ins {
-                        is(v, &u8_, Some(out.layout), "input")?;
-                    }
-                    is(out, &u8_, None, "output")?;
-                }
-                QuantOp::QMaxPool { .. } | QuantOp::QAvgPool { .. } | QuantOp::QAdaptiveAvgPool { .. } => {
-                    arity(1)?;
-                    is(ins[0], &u8_, cl, "input")?;
-                    is(out, &u8_, cl, "output")?;
-                    same_params()?;
-                }
-                QuantOp::QConcat => {
-                    if ins.is_empty() {
-                        return Err(fail("takes at least one input".into()));
-                    }
-                    for v in &ins {
-                        is(v, &u8_, Some(out.layout), "input")?;
-                    }
-                    is(out, &u8_, None, "output")?;
-                    if out.layout == Layout::Torch && out.shape.len() != 2 {
-                        return Err(fail(format!(
-                            "concatenates channels: channels-last values or rank-2 values, not rank {} in the torch layout",
-                            out.shape.len()
-                        )));
-                    }
-                }
-                QuantOp::QFlatten => {
-                    arity(1)?;
-                    is(ins[0], &u8_, None, "input")?;
-                    is(out, &u8_, Some(Layout::Torch), "output")?;
-                    same_params()?;
-                }
-                QuantOp::QClamp { act } => {
-                    arity(1)?;
-                    is(ins[0], &u8_, Some(out.layout), "input")?;
-                    is(out, &u8_, None, "output")?;
-                    same_params()?;
-                    act.check().map_err(|e| fail(e.to_string()))?;
-                }
-            }
-        }
     }
-    Ok(())
+
+    /// A float step: `f32` values in the torch layout, `f32` constants.
+    fn float(&self, op: &FloatOp) -> Result<(), ProgramError> {
+        for v in &self.ins {
+            self.is(v, &[DType::F32], Some(Layout::Torch), "input")?;
+        }
+        self.is(self.out, &[DType::F32], Some(Layout::Torch), "output")?;
+        match op {
+            FloatOp::Conv { weight, bias, .. } | FloatOp::Linear { weight, bias } => {
+                self.arity(1)?;
+                self.constant(*weight, DType::F32, "weight")?;
+                if let Some(b) = bias {
+                    self.constant(*b, DType::F32, "bias")?;
+                }
+            }
+            FloatOp::BatchNorm {
+                weight,
+                bias,
+                mean,
+                var,
+                ..
+            } => {
+                self.arity(1)?;
+                for (c, what) in [
+                    (weight, "weight"),
+                    (bias, "bias"),
+                    (mean, "running mean"),
+                    (var, "running variance"),
+                ] {
+                    self.constant(*c, DType::F32, what)?;
+                }
+            }
+            FloatOp::Clamp { min, max } => {
+                self.arity(1)?;
+                if min.partial_cmp(max).is_none_or(|o| o.is_gt()) {
+                    return Err(self.fail(format!("clamp bounds [{min}, {max}] are NaN or inverted")));
+                }
+            }
+            FloatOp::Add => self.arity(2)?,
+            FloatOp::Concat { .. } => {
+                if self.ins.is_empty() {
+                    return Err(self.fail("takes at least one input".into()));
+                }
+            }
+            FloatOp::Relu
+            | FloatOp::MaxPool { .. }
+            | FloatOp::AvgPool { .. }
+            | FloatOp::AdaptiveAvgPool { .. }
+            | FloatOp::Flatten { .. }
+            | FloatOp::Identity => self.arity(1)?,
+        }
+        Ok(())
+    }
+
+    /// An int8 step: dtypes, layouts, parameters kept where the op keeps them, constants.
+    fn quant(&self, op: &QuantOp) -> Result<(), ProgramError> {
+        let q8 = [DType::U8, DType::I8];
+        let u8_ = [DType::U8];
+        let cl = Some(Layout::ChannelsLast);
+        match op {
+            QuantOp::Quantize => {
+                self.arity(1)?;
+                self.is(self.ins[0], &[DType::F32], None, "input")?;
+                self.is(self.out, &q8, None, "output")?;
+            }
+            QuantOp::Dequantize => {
+                self.arity(1)?;
+                self.is(self.ins[0], &q8, None, "input")?;
+                self.is(self.out, &[DType::F32], None, "output")?;
+            }
+            QuantOp::QConv {
+                weight,
+                weight_scales,
+                bias,
+                act,
+                ..
+            }
+            | QuantOp::QLinear {
+                weight,
+                weight_scales,
+                bias,
+                act,
+            } => {
+                self.arity(1)?;
+                let layout = if matches!(op, QuantOp::QConv { .. }) {
+                    cl
+                } else {
+                    Some(Layout::Torch)
+                };
+                self.is(self.ins[0], &u8_, layout, "input")?;
+                self.is(self.out, &u8_, layout, "output")?;
+                self.constant(*weight, DType::I8, "weight")?;
+                self.constant(*weight_scales, DType::F32, "weight scales")?;
+                if let Some(b) = bias {
+                    self.constant(*b, DType::I32, "bias")?;
+                }
+                act.check().map_err(|e| self.fail(e.to_string()))?;
+            }
+            QuantOp::QAdd { .. } => {
+                self.arity(2)?;
+                for v in &self.ins {
+                    self.is(v, &u8_, Some(self.out.layout), "input")?;
+                }
+                self.is(self.out, &u8_, None, "output")?;
+            }
+            QuantOp::QMaxPool { .. } | QuantOp::QAvgPool { .. } | QuantOp::QAdaptiveAvgPool { .. } => {
+                self.arity(1)?;
+                self.is(self.ins[0], &u8_, cl, "input")?;
+                self.is(self.out, &u8_, cl, "output")?;
+                self.same_params()?;
+            }
+            QuantOp::QConcat => {
+                if self.ins.is_empty() {
+                    return Err(self.fail("takes at least one input".into()));
+                }
+                for v in &self.ins {
+                    self.is(v, &u8_, Some(self.out.layout), "input")?;
+                }
+                self.is(self.out, &u8_, None, "output")?;
+                if self.out.layout == Layout::Torch && self.out.shape.len() != 2 {
+                    return Err(self.fail(format!(
+                        "concatenates channels: channels-last values or rank-2 values, not rank {} in the torch layout",
+                        self.out.shape.len()
+                    )));
+                }
+            }
+            QuantOp::QFlatten => {
+                self.arity(1)?;
+                self.is(self.ins[0], &u8_, None, "input")?;
+                self.is(self.out, &u8_, Some(Layout::Torch), "output")?;
+                self.same_params()?;
+            }
+            QuantOp::QClamp { act } => {
+                self.arity(1)?;
+                self.is(self.ins[0], &u8_, Some(self.out.layout), "input")?;
+                self.is(self.out, &u8_, None, "output")?;
+                self.same_params()?;
+                act.check().map_err(|e| self.fail(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn check_window(w: &Window, spatial: usize) -> Result<(), String> {
@@ -500,223 +536,239 @@ fn infer_unchecked(p: &Program, step: &Step, ins: &[&[usize]]) -> Result<Vec<usi
     if x.contains(&0) {
         return Err(format!("input shape {x:?} is empty"));
     }
-    let same_as_all = |what: &str| -> Result<Vec<usize>, String> {
-        if ins.iter().all(|s| *s == x) {
-            Ok(x.to_vec())
-        } else {
-            Err(format!("{what} needs inputs of one shape, found {ins:?}"))
-        }
-    };
-    let value = |i: usize| p.values.get(i).ok_or_else(|| format!("value {i} does not exist"));
     match &step.op {
-        StepOp::Float(op) => match op {
-            FloatOp::Conv {
-                window,
-                groups,
-                weight,
-                bias,
-            } => {
-                let s = spatial_rank(x)?;
-                if window.ceil_mode {
-                    return Err("a convolution has no ceil_mode".into());
-                }
-                let w = const_shape(p, *weight)?;
-                let g = *groups;
-                if w.len() != x.len() || g == 0 || w[0] % g != 0 || w[1].checked_mul(g) != Some(x[1]) {
-                    return Err(format!(
-                        "weight {w:?} with {g} groups does not fit input {x:?} ([Cout, Cin/groups, k...], groups dividing Cout)"
-                    ));
-                }
-                if w[2..] != window.kernel[..] {
-                    return Err(format!("weight {w:?} does not match kernel {:?}", window.kernel));
-                }
-                if let Some(b) = bias {
-                    expect_shape(p, *b, "bias", &[w[0]])?;
-                }
-                let mut out = vec![x[0], w[0]];
-                out.extend(window_dims(window, &x[2..2 + s])?);
-                Ok(out)
-            }
-            FloatOp::BatchNorm {
-                weight,
-                bias,
-                mean,
-                var,
-                ..
-            } => {
-                if x.len() < 2 {
-                    return Err(format!("needs a rank >= 2 input, found {x:?}"));
-                }
-                for (c, what) in [
-                    (weight, "weight"),
-                    (bias, "bias"),
-                    (mean, "running mean"),
-                    (var, "running variance"),
-                ] {
-                    expect_shape(p, *c, what, &[x[1]])?;
-                }
-                Ok(x.to_vec())
-            }
-            FloatOp::Relu | FloatOp::Clamp { .. } | FloatOp::Identity => Ok(x.to_vec()),
-            FloatOp::MaxPool { window } | FloatOp::AvgPool { window, .. } => {
-                let s = spatial_rank(x)?;
-                let dims = window_dims(window, &x[2..2 + s])?;
-                pool_pad(window)?;
-                if matches!(op, FloatOp::AvgPool { .. }) && window.dilation.iter().any(|&d| d != 1) {
-                    return Err("average pooling has no dilation".into());
-                }
-                let mut out = x[..2].to_vec();
-                out.extend(dims);
-                Ok(out)
-            }
-            FloatOp::AdaptiveAvgPool { output } => {
-                let s = spatial_rank(x)?;
-                if output.len() != s || output.iter().any(|&o| o == 0 || o > MAX_WINDOW) {
-                    return Err(format!("output size {output:?} does not fit a rank-{} input", x.len()));
-                }
-                let mut out = x[..2].to_vec();
-                out.extend(output);
-                Ok(out)
-            }
-            FloatOp::Flatten { start_dim, end_dim } => {
-                if !(start_dim <= end_dim && *end_dim < x.len()) {
-                    return Err(format!("flatten({start_dim}, {end_dim}) on rank {}", x.len()));
-                }
-                let mut out = x[..*start_dim].to_vec();
-                out.push(x[*start_dim..=*end_dim].iter().product());
-                out.extend_from_slice(&x[end_dim + 1..]);
-                Ok(out)
-            }
-            FloatOp::Linear { weight, bias } => {
-                let w = const_shape(p, *weight)?;
-                if w.len() != 2 || x.last() != Some(&w[1]) || w[0] == 0 {
-                    return Err(format!("weight {w:?} ([out, in]) does not fit input {x:?}"));
-                }
-                if let Some(b) = bias {
-                    expect_shape(p, *b, "bias", &[w[0]])?;
-                }
-                let mut out = x.to_vec();
-                *out.last_mut().ok_or("rank 0")? = w[0];
-                Ok(out)
-            }
-            FloatOp::Add => same_as_all("add"),
-            FloatOp::Concat { dim } => concat(ins, *dim),
-        },
-        StepOp::Quant(op) => match op {
-            QuantOp::Quantize | QuantOp::Dequantize => {
-                let (from, to) = (value(step.inputs[0])?.layout, value(step.output)?.layout);
-                if from != to && !(3..=4).contains(&x.len()) {
-                    return Err(format!("changes the layout of a rank-{} value", x.len()));
-                }
-                Ok(from_torch_order(&to_torch_order(x, from), to))
-            }
-            QuantOp::QConv {
-                window,
-                groups,
-                weight,
-                weight_scales,
-                bias,
-                ..
-            } => {
-                let s = spatial_rank(x)?;
-                check_window(window, s)?;
-                if window.ceil_mode {
-                    return Err("a convolution has no ceil_mode".into());
-                }
-                let w = const_shape(p, *weight)?;
-                let g = *groups;
-                let (n, h, wd, c) = nhwc(x);
-                if w.len() != x.len()
-                    || g == 0
-                    || w[w.len() - 1].checked_mul(g) != Some(c)
-                    || w[1..w.len() - 1] != window.kernel[..]
-                {
-                    return Err(format!(
-                        "weight {w:?} with {g} groups and kernel {:?} does not fit input {x:?} ([Cout, k..., Cin/groups])",
-                        window.kernel
-                    ));
-                }
-                expect_shape(p, *weight_scales, "weight scales", &[w[0]])?;
-                if let Some(b) = bias {
-                    expect_shape(p, *b, "bias", &[w[0]])?;
-                }
-                let (ah, aw) = axes(window);
-                let geom = Conv2dGeom {
-                    batch: n,
-                    in_h: h,
-                    in_w: wd,
-                    in_c: c,
-                    out_c: w[0],
-                    h: ah,
-                    w: aw,
-                    groups: g,
-                };
-                let [oh, ow] = geom.out_hw().map_err(|e| e.to_string())?;
-                Ok(if s == 1 {
-                    vec![n, ow, w[0]]
-                } else {
-                    vec![n, oh, ow, w[0]]
-                })
-            }
-            QuantOp::QLinear {
-                weight,
-                weight_scales,
-                bias,
-                ..
-            } => {
-                let w = const_shape(p, *weight)?;
-                if x.len() < 2 || w.len() != 2 || x.last() != Some(&w[1]) || w[0] == 0 {
-                    return Err(format!("weight {w:?} ([out, in]) does not fit input {x:?} (rank >= 2)"));
-                }
-                expect_shape(p, *weight_scales, "weight scales", &[w[0]])?;
-                if let Some(b) = bias {
-                    expect_shape(p, *b, "bias", &[w[0]])?;
-                }
-                let mut out = x.to_vec();
-                *out.last_mut().ok_or("rank 0")? = w[0];
-                Ok(out)
-            }
-            QuantOp::QAdd { .. } => same_as_all("qadd"),
-            QuantOp::QMaxPool { window } | QuantOp::QAvgPool { window, .. } => {
-                let s = spatial_rank(x)?;
-                check_window(window, s)?;
-                if matches!(op, QuantOp::QAvgPool { .. }) && window.dilation.iter().any(|&d| d != 1) {
-                    return Err("average pooling has no dilation".into());
-                }
-                let (n, h, wd, c) = nhwc(x);
-                let (ah, aw) = axes(window);
-                let geom = Pool2dGeom {
-                    batch: n,
-                    in_h: h,
-                    in_w: wd,
-                    channels: c,
-                    h: ah,
-                    w: aw,
-                    ceil_mode: window.ceil_mode,
-                };
-                let [oh, ow] = geom.out_hw().map_err(|e| e.to_string())?;
-                Ok(if s == 1 { vec![n, ow, c] } else { vec![n, oh, ow, c] })
-            }
-            QuantOp::QAdaptiveAvgPool { output } => {
-                let s = spatial_rank(x)?;
-                if output.len() != s || output.iter().any(|&o| o == 0 || o > MAX_WINDOW) {
-                    return Err(format!("output size {output:?} does not fit a rank-{} input", x.len()));
-                }
-                let mut out = vec![x[0]];
-                out.extend(output);
-                out.push(x[x.len() - 1]);
-                Ok(out)
-            }
-            QuantOp::QConcat => concat(ins, x.len().saturating_sub(1)),
-            QuantOp::QFlatten => {
-                if x.len() < 2 {
-                    return Err(format!("needs a rank >= 2 input, found {x:?}"));
-                }
-                Ok(vec![x[0], x[1..].iter().product()])
-            }
-            QuantOp::QClamp { .. } => Ok(x.to_vec()),
-        },
+        StepOp::Float(op) => infer_float(p, op, ins, x),
+        StepOp::Quant(op) => infer_quant(p, step, op, ins, x),
     }
+}
+
+/// [`infer_unchecked`] for a float op; `x` is the first input's shape (not empty).
+fn infer_float(p: &Program, op: &FloatOp, ins: &[&[usize]], x: &[usize]) -> Result<Vec<usize>, String> {
+    match op {
+        FloatOp::Conv {
+            window,
+            groups,
+            weight,
+            bias,
+        } => {
+            let s = spatial_rank(x)?;
+            if window.ceil_mode {
+                return Err("a convolution has no ceil_mode".into());
+            }
+            let w = const_shape(p, *weight)?;
+            let g = *groups;
+            if w.len() != x.len() || g == 0 || w[0] % g != 0 || w[1].checked_mul(g) != Some(x[1]) {
+                return Err(format!(
+                    "weight {w:?} with {g} groups does not fit input {x:?} ([Cout, Cin/groups, k...], groups dividing Cout)"
+                ));
+            }
+            if w[2..] != window.kernel[..] {
+                return Err(format!("weight {w:?} does not match kernel {:?}", window.kernel));
+            }
+            if let Some(b) = bias {
+                expect_shape(p, *b, "bias", &[w[0]])?;
+            }
+            let mut out = vec![x[0], w[0]];
+            out.extend(window_dims(window, &x[2..2 + s])?);
+            Ok(out)
+        }
+        FloatOp::BatchNorm {
+            weight,
+            bias,
+            mean,
+            var,
+            ..
+        } => {
+            if x.len() < 2 {
+                return Err(format!("needs a rank >= 2 input, found {x:?}"));
+            }
+            for (c, what) in [
+                (weight, "weight"),
+                (bias, "bias"),
+                (mean, "running mean"),
+                (var, "running variance"),
+            ] {
+                expect_shape(p, *c, what, &[x[1]])?;
+            }
+            Ok(x.to_vec())
+        }
+        FloatOp::Relu | FloatOp::Clamp { .. } | FloatOp::Identity => Ok(x.to_vec()),
+        FloatOp::MaxPool { window } | FloatOp::AvgPool { window, .. } => {
+            let s = spatial_rank(x)?;
+            let dims = window_dims(window, &x[2..2 + s])?;
+            pool_pad(window)?;
+            if matches!(op, FloatOp::AvgPool { .. }) && window.dilation.iter().any(|&d| d != 1) {
+                return Err("average pooling has no dilation".into());
+            }
+            let mut out = x[..2].to_vec();
+            out.extend(dims);
+            Ok(out)
+        }
+        FloatOp::AdaptiveAvgPool { output } => {
+            let s = spatial_rank(x)?;
+            if output.len() != s || output.iter().any(|&o| o == 0 || o > MAX_WINDOW) {
+                return Err(format!("output size {output:?} does not fit a rank-{} input", x.len()));
+            }
+            let mut out = x[..2].to_vec();
+            out.extend(output);
+            Ok(out)
+        }
+        FloatOp::Flatten { start_dim, end_dim } => {
+            if !(start_dim <= end_dim && *end_dim < x.len()) {
+                return Err(format!("flatten({start_dim}, {end_dim}) on rank {}", x.len()));
+            }
+            let mut out = x[..*start_dim].to_vec();
+            out.push(x[*start_dim..=*end_dim].iter().product());
+            out.extend_from_slice(&x[end_dim + 1..]);
+            Ok(out)
+        }
+        FloatOp::Linear { weight, bias } => {
+            let w = const_shape(p, *weight)?;
+            if w.len() != 2 || x.last() != Some(&w[1]) || w[0] == 0 {
+                return Err(format!("weight {w:?} ([out, in]) does not fit input {x:?}"));
+            }
+            if let Some(b) = bias {
+                expect_shape(p, *b, "bias", &[w[0]])?;
+            }
+            let mut out = x.to_vec();
+            *out.last_mut().ok_or("rank 0")? = w[0];
+            Ok(out)
+        }
+        FloatOp::Add => same_as_all(ins, x, "add"),
+        FloatOp::Concat { dim } => concat(ins, *dim),
+    }
+}
+
+/// [`infer_unchecked`] for an int8 op; `x` is the first input's shape (not empty).
+fn infer_quant(p: &Program, step: &Step, op: &QuantOp, ins: &[&[usize]], x: &[usize]) -> Result<Vec<usize>, String> {
+    match op {
+        QuantOp::Quantize | QuantOp::Dequantize => {
+            let (from, to) = (value(p, step.inputs[0])?.layout, value(p, step.output)?.layout);
+            if from != to && !(3..=4).contains(&x.len()) {
+                return Err(format!("changes the layout of a rank-{} value", x.len()));
+            }
+            Ok(from_torch_order(&to_torch_order(x, from), to))
+        }
+        QuantOp::QConv {
+            window,
+            groups,
+            weight,
+            weight_scales,
+            bias,
+            ..
+        } => {
+            let s = spatial_rank(x)?;
+            check_window(window, s)?;
+            if window.ceil_mode {
+                return Err("a convolution has no ceil_mode".into());
+            }
+            let w = const_shape(p, *weight)?;
+            let g = *groups;
+            let (n, h, wd, c) = nhwc(x);
+            if w.len() != x.len()
+                || g == 0
+                || w[w.len() - 1].checked_mul(g) != Some(c)
+                || w[1..w.len() - 1] != window.kernel[..]
+            {
+                return Err(format!(
+                    "weight {w:?} with {g} groups and kernel {:?} does not fit input {x:?} ([Cout, k..., Cin/groups])",
+                    window.kernel
+                ));
+            }
+            expect_shape(p, *weight_scales, "weight scales", &[w[0]])?;
+            if let Some(b) = bias {
+                expect_shape(p, *b, "bias", &[w[0]])?;
+            }
+            let (ah, aw) = axes(window);
+            let geom = Conv2dGeom {
+                batch: n,
+                in_h: h,
+                in_w: wd,
+                in_c: c,
+                out_c: w[0],
+                h: ah,
+                w: aw,
+                groups: g,
+            };
+            let [oh, ow] = geom.out_hw().map_err(|e| e.to_string())?;
+            Ok(if s == 1 {
+                vec![n, ow, w[0]]
+            } else {
+                vec![n, oh, ow, w[0]]
+            })
+        }
+        QuantOp::QLinear {
+            weight,
+            weight_scales,
+            bias,
+            ..
+        } => {
+            let w = const_shape(p, *weight)?;
+            if x.len() < 2 || w.len() != 2 || x.last() != Some(&w[1]) || w[0] == 0 {
+                return Err(format!("weight {w:?} ([out, in]) does not fit input {x:?} (rank >= 2)"));
+            }
+            expect_shape(p, *weight_scales, "weight scales", &[w[0]])?;
+            if let Some(b) = bias {
+                expect_shape(p, *b, "bias", &[w[0]])?;
+            }
+            let mut out = x.to_vec();
+            *out.last_mut().ok_or("rank 0")? = w[0];
+            Ok(out)
+        }
+        QuantOp::QAdd { .. } => same_as_all(ins, x, "qadd"),
+        QuantOp::QMaxPool { window } | QuantOp::QAvgPool { window, .. } => {
+            let s = spatial_rank(x)?;
+            check_window(window, s)?;
+            if matches!(op, QuantOp::QAvgPool { .. }) && window.dilation.iter().any(|&d| d != 1) {
+                return Err("average pooling has no dilation".into());
+            }
+            let (n, h, wd, c) = nhwc(x);
+            let (ah, aw) = axes(window);
+            let geom = Pool2dGeom {
+                batch: n,
+                in_h: h,
+                in_w: wd,
+                channels: c,
+                h: ah,
+                w: aw,
+                ceil_mode: window.ceil_mode,
+            };
+            let [oh, ow] = geom.out_hw().map_err(|e| e.to_string())?;
+            Ok(if s == 1 { vec![n, ow, c] } else { vec![n, oh, ow, c] })
+        }
+        QuantOp::QAdaptiveAvgPool { output } => {
+            let s = spatial_rank(x)?;
+            if output.len() != s || output.iter().any(|&o| o == 0 || o > MAX_WINDOW) {
+                return Err(format!("output size {output:?} does not fit a rank-{} input", x.len()));
+            }
+            let mut out = vec![x[0]];
+            out.extend(output);
+            out.push(x[x.len() - 1]);
+            Ok(out)
+        }
+        QuantOp::QConcat => concat(ins, x.len().saturating_sub(1)),
+        QuantOp::QFlatten => {
+            if x.len() < 2 {
+                return Err(format!("needs a rank >= 2 input, found {x:?}"));
+            }
+            Ok(vec![x[0], x[1..].iter().product()])
+        }
+        QuantOp::QClamp { .. } => Ok(x.to_vec()),
+    }
+}
+
+/// `x` when every input has shape `x`, else an error naming `what`.
+fn same_as_all(ins: &[&[usize]], x: &[usize], what: &str) -> Result<Vec<usize>, String> {
+    if ins.iter().all(|s| *s == x) {
+        Ok(x.to_vec())
+    } else {
+        Err(format!("{what} needs inputs of one shape, found {ins:?}"))
+    }
+}
+
+/// Value `i` of `p`, or an error saying it does not exist.
+fn value(p: &Program, i: usize) -> Result<&ValueInfo, String> {
+    p.values.get(i).ok_or_else(|| format!("value {i} does not exist"))
 }
 
 fn concat(ins: &[&[usize]], dim: usize) -> Result<Vec<usize>, String> {

@@ -383,27 +383,32 @@ fn check_relayout(seed: u64) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn check_pools(seed: u64) -> Result<(), TestCaseError> {
-    let r = &mut SplitMix64::new(seed);
-    let channels = pick(r, &[1, 3, 7, 17, 31, 32, 33, 65]);
+/// A random pooling geometry: kernels `1..=max_kernel`, strides 1-3, padding up to half the
+/// kernel, dilation 1-2 when `dilated`, input sides `1..=max_in`, batch 1-2, `ceil_mode` half the
+/// time.
+fn pool_geom(r: &mut SplitMix64, channels: usize, max_kernel: u64, max_in: u64, dilated: bool) -> Pool2dGeom {
     let axis = |r: &mut SplitMix64| {
-        let kernel = 1 + below(r, 3) as usize;
-        Axis::new(
-            kernel,
-            1 + below(r, 3) as usize,
-            below(r, kernel as u64 / 2 + 1) as usize,
-            1 + below(r, 2) as usize,
-        )
+        let kernel = 1 + below(r, max_kernel) as usize;
+        let stride = 1 + below(r, 3) as usize;
+        let padding = below(r, kernel as u64 / 2 + 1) as usize;
+        let dilation = if dilated { 1 + below(r, 2) as usize } else { 1 };
+        Axis::new(kernel, stride, padding, dilation)
     };
-    let g = Pool2dGeom {
+    Pool2dGeom {
         batch: 1 + below(r, 2) as usize,
-        in_h: 1 + below(r, 7) as usize,
-        in_w: 1 + below(r, 7) as usize,
+        in_h: 1 + below(r, max_in) as usize,
+        in_w: 1 + below(r, max_in) as usize,
         channels,
         h: axis(r),
         w: axis(r),
         ceil_mode: below(r, 2) == 0,
-    };
+    }
+}
+
+fn check_pools(seed: u64) -> Result<(), TestCaseError> {
+    let r = &mut SplitMix64::new(seed);
+    let channels = pick(r, &[1, 3, 7, 17, 31, 32, 33, 65]);
+    let g = pool_geom(r, channels, 3, 7, true);
     let x = u8s(r, g.input_len());
     if let Ok(n) = g.output_len() {
         same_bits(
@@ -436,24 +441,7 @@ fn check_pools(seed: u64) -> Result<(), TestCaseError> {
 fn check_avg_clamp_concat(seed: u64) -> Result<(), TestCaseError> {
     let r = &mut SplitMix64::new(seed);
     let channels = pick(r, &[1, 3, 7, 8, 17, 31, 32, 33, 65]);
-    let axis = |r: &mut SplitMix64| {
-        let kernel = 1 + below(r, 4) as usize;
-        Axis::new(
-            kernel,
-            1 + below(r, 3) as usize,
-            below(r, kernel as u64 / 2 + 1) as usize,
-            1,
-        )
-    };
-    let g = Pool2dGeom {
-        batch: 1 + below(r, 2) as usize,
-        in_h: 1 + below(r, 9) as usize,
-        in_w: 1 + below(r, 9) as usize,
-        channels,
-        h: axis(r),
-        w: axis(r),
-        ceil_mode: below(r, 2) == 0,
-    };
+    let g = pool_geom(r, channels, 4, 9, false);
     let q = qparams(r);
     let x = u8s(r, g.input_len());
     if let Ok(n) = g.output_len() {

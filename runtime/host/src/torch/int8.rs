@@ -15,7 +15,7 @@ use tch::{Kind, Tensor as TT};
 use super::forward::float_step;
 use super::tensors::{from_tch, tch_device, to_tch};
 use super::{Device, TorchError};
-use qc_runtime::kernels::{check_epilogue, requant_per_channel, Axis, ConcatPart, Conv2dGeom, Pool2dGeom};
+use qc_runtime::kernels::{check_epilogue, requant_per_channel, Activation, Axis, ConcatPart, Conv2dGeom, Pool2dGeom};
 use qc_runtime::program::{FloatOp, Layout, Program, QuantOp, Step, StepOp, Window};
 use qc_runtime::quant::{QAdd, QParams, Requant};
 use qc_runtime::tensor::{DType, Tensor};
@@ -311,7 +311,17 @@ impl Int8Session {
                     }
                     out
                 }
-                StepOp::Quant(op) => quant_step(p, step, op, &self.prepared[index], &args, &shapes, &out_shape)?,
+                StepOp::Quant(op) => {
+                    let input = StepIn {
+                        p,
+                        step,
+                        prep: &self.prepared[index],
+                        args: &args,
+                        shapes: &shapes,
+                        out_shape: &out_shape,
+                    };
+                    quant_step(&input, op)?
+                }
             };
             if out.size() != i64s(&out_shape) {
                 return Err(step_error(
@@ -563,334 +573,416 @@ fn kernel_error(e: qc_runtime::kernels::KernelError) -> String {
     e.to_string()
 }
 
-/// One int8 step on device tensors. `shapes` are the inputs' shapes, `out_shape` what
-/// `validate::infer` says the output is.
-fn quant_step(
-    p: &Program,
-    step: &Step,
-    op: &QuantOp,
-    prep: &Prepared,
-    args: &[&TT],
-    shapes: &[Vec<usize>],
-    out_shape: &[usize],
-) -> Result<TT, TorchError> {
-    let fail = |m: String| step_error(p, step, m);
-    let x = args[0];
-    let dev = x.device();
-    let in_info = &p.values[step.inputs[0]];
-    let out_info = &p.values[step.output];
-    let out_dims = i64s(out_shape);
-    let param = |id: usize| quant_of(p, id).map_err(&fail);
+/// One int8 step's program, prepared operands, device inputs and shapes, as [`quant_step`]'s
+/// per-op functions read them.
+struct StepIn<'a> {
+    p: &'a Program,
+    step: &'a Step,
+    prep: &'a Prepared,
+    args: &'a [&'a TT],
+    /// The inputs' shapes.
+    shapes: &'a [Vec<usize>],
+    /// What `validate::infer` says the output is.
+    out_shape: &'a [usize],
+}
+
+impl StepIn<'_> {
+    /// An error naming the step.
+    fn fail(&self, message: String) -> TorchError {
+        step_error(self.p, self.step, message)
+    }
+
+    /// Value `id`'s quantization parameters.
+    fn param(&self, id: usize) -> Result<QParams, TorchError> {
+        quant_of(self.p, id).map_err(|m| self.fail(m))
+    }
+}
+
+/// One int8 step on device tensors: the op's function, then the output's shape.
+fn quant_step(s: &StepIn, op: &QuantOp) -> Result<TT, TorchError> {
     let out = match op {
-        QuantOp::Quantize => {
-            // quantize(x) = clamp(rint(x · inv_s) + zp, qmin, qmax), all f32: `mul_scalar`
-            // multiplies f32 by the f32 `1/s` (the scalar is exact in f32; one IEEE product, no
-            // FMA); `round` is round-half-to-even (`nearbyint`); NaN → 0 → zp. Clamping the
-            // integer-valued float to `[qmin − zp, qmax − zp]` before adding `zp` equals the
-            // CPU's saturating cast, add and clamp (its bounds lie inside i32). The codes are
-            // then exact small integers, cast exactly to u8/i8.
-            let q = param(step.output)?;
-            let (lo, hi) = (q.range().qmin() - q.zero_point(), q.range().qmax() - q.zero_point());
-            let kind = match out_info.dtype {
-                DType::I8 => Kind::Int8,
-                _ => Kind::Uint8,
-            };
-            let codes = x
-                .f_mul_scalar(q.inv_scale() as f64)
-                .and_then(|v| v.f_round())
-                .and_then(|v| v.f_nan_to_num(0.0, None, None))
-                .and_then(|v| v.f_clamp(lo as f64, hi as f64))
-                .and_then(|v| v.f_add_scalar(q.zero_point() as f64))
-                .and_then(|v| v.f_to_kind(kind))
-                .map_err(err)?;
-            relayout(&codes, in_info.layout, out_info.layout)?
-        }
-        QuantOp::Dequantize => {
-            // (q − zp) as f32 · s: the difference is exact in int32 and in f32, one rounding.
-            let q = param(step.inputs[0])?;
-            let moved = relayout(x, in_info.layout, out_info.layout)?;
-            moved
-                .f_to_kind(Kind::Int)
-                .and_then(|v| v.f_sub_scalar(q.zero_point() as i64))
-                .and_then(|v| v.f_to_kind(Kind::Float))
-                .and_then(|v| v.f_mul_scalar(q.scale() as f64))
-                .map_err(err)?
-        }
-        QuantOp::QConv { window, groups, .. } => {
-            let input = param(step.inputs[0])?;
-            let zp = input.zero_point() as i64;
-            let (x4, [n, h, w, c]) = nhwc(x, &shapes[0])?;
-            let (ah, aw) = axes(window);
-            let out_c = *out_shape.last().unwrap_or(&0);
-            let geom = Conv2dGeom {
-                batch: n,
-                in_h: h,
-                in_w: w,
-                in_c: c,
-                out_c,
-                h: ah,
-                w: aw,
-                groups: *groups,
-            };
-            let [oh, ow] = geom.out_hw().map_err(kernel_error).map_err(&fail)?;
-            let pad = [
-                0,
-                0,
-                aw.padding as i64,
-                aw.padding as i64,
-                ah.padding as i64,
-                ah.padding as i64,
-            ];
-            // Centred input, padded with 0 = real 0 (the CPU skips padded taps: same sum).
-            let centred = x4
-                .f_to_kind(Kind::Int16)
-                .and_then(|v| v.f_sub_scalar(zp))
-                .and_then(|v| v.f_constant_pad_nd(pad))
-                .map_err(err)?;
-            let rows = (n * oh * ow) as i64;
-            let acc_rows = match prep {
-                Prepared::Conv(g) => {
-                    // x − o = (x − zp) + (zp − o) ∈ [−128, 127] (see `Gemm`): exact as int8.
-                    let a = centred
-                        .f_add_scalar(zp - g.offset)
-                        .and_then(|v| v.f_to_kind(Kind::Int8))
-                        .map_err(err)?;
-                    let cols = im2col(&a, &ah, &aw, oh, ow)?;
-                    let cig = (c / groups) as i64;
-                    let k = (ah.kernel * aw.kernel) as i64 * cig;
-                    let parts = (0..*groups)
-                        .map(|gi| {
-                            let ag = cols
-                                .f_narrow(5, gi as i64 * cig, cig)
-                                .and_then(|v| v.f_reshape([rows, k]))
-                                .map_err(err)?;
-                            g.product(&ag, gi)
-                        })
-                        .collect::<Result<Vec<_>, _>>()?;
-                    let acc = if parts.len() == 1 {
-                        parts[0].shallow_clone()
-                    } else {
-                        TT::f_cat(&parts, 1).map_err(err)?
-                    };
-                    g.finish(&acc)?
-                }
-                Prepared::Depthwise(d) => {
-                    let taps = (ah.kernel * aw.kernel) as i64;
-                    let cols = im2col(&centred.f_to_kind(Kind::Int).map_err(err)?, &ah, &aw, oh, ow)?
-                        .f_reshape([rows, taps, c as i64])
-                        .map_err(err)?;
-                    let cols = match &d.channel {
-                        Some(idx) => cols.f_index_select(2, idx).map_err(err)?,
-                        None => cols,
-                    };
-                    let acc = cols
-                        .f_mul(&d.w)
-                        .and_then(|v| v.f_sum_dim_intlist([1i64].as_slice(), false, Kind::Int64))
-                        .and_then(|v| v.f_add(&d.bias))
-                        .map_err(err)?;
-                    d.requant.apply(&acc)?
-                }
-                _ => return Err(fail("qconv is not prepared".into())),
-            };
-            acc_rows
-        }
-        QuantOp::QLinear { .. } => {
-            let Prepared::Linear(g) = prep else {
-                return Err(fail("qlinear is not prepared".into()));
-            };
-            let k = *shapes[0].last().unwrap_or(&0) as i64;
-            let rows = shapes[0].iter().product::<usize>() as i64 / k.max(1);
-            let a = x
-                .f_reshape([rows, k])
-                .and_then(|v| v.f_to_kind(Kind::Int16))
-                .and_then(|v| v.f_sub_scalar(g.offset))
-                .and_then(|v| v.f_to_kind(Kind::Int8))
-                .map_err(err)?;
-            g.finish(&g.product(&a, 0)?)?
-        }
-        QuantOp::QAdd { .. } => {
-            let Prepared::Add(add) = prep else {
-                return Err(fail("qadd is not prepared".into()));
-            };
-            // QAdd::apply in int64: ((q − zp) << 20) is below 2^28, times m < 2^31 below 2^59.
-            let lift = |t: &TT, zp: i32, m: i32, sh: u32| -> Result<TT, TorchError> {
-                t.f_to_kind(Kind::Int64)
-                    .and_then(|v| v.f_sub_scalar(zp as i64))
-                    .and_then(|v| v.f_mul_scalar(1i64 << qc_runtime::quant::QADD_LEFT_SHIFT))
-                    .and_then(|v| v.f_mul_scalar(m as i64))
-                    .and_then(|v| v.f_add_scalar(1i64 << (sh - 1)))
-                    .and_then(|v| v.f_bitwise_right_shift_tensor_scalar(sh as i64))
-                    .map_err(err)
-            };
-            let a = lift(x, add.a_zero_point, add.a_multiplier, add.a_shift)?;
-            let b = lift(args[1], add.b_zero_point, add.b_multiplier, add.b_shift)?;
-            let sum = a.f_add(&b).map_err(err)?;
-            RequantT::new(&[add.out], dev).apply(&sum)?
-        }
-        QuantOp::QMaxPool { window } => {
-            // The codes as f32 (exact), PyTorch's max_pool2d (padding never wins, dilation,
-            // ceil_mode: the rules the CPU kernel follows; the geometry checks are the CPU's),
-            // back to u8: a max selects one of the exact values.
-            let (x4, [n, h, w, c]) = nhwc(x, &shapes[0])?;
-            let (ah, aw) = axes(window);
-            pool_geom(n, h, w, c, ah, aw, window.ceil_mode).map_err(&fail)?;
-            x4.f_to_kind(Kind::Float)
-                .and_then(|v| v.f_permute([0, 3, 1, 2]))
-                .and_then(|v| {
-                    v.f_max_pool2d(
-                        [ah.kernel as i64, aw.kernel as i64],
-                        [ah.stride as i64, aw.stride as i64],
-                        [ah.padding as i64, aw.padding as i64],
-                        [ah.dilation as i64, aw.dilation as i64],
-                        window.ceil_mode,
-                    )
-                })
-                .and_then(|v| v.f_permute([0, 2, 3, 1]))
-                .and_then(|v| v.f_to_kind(Kind::Uint8))
-                .map_err(err)?
-        }
+        QuantOp::Quantize => quantize(s)?,
+        QuantOp::Dequantize => dequantize(s)?,
+        QuantOp::QConv { window, groups, .. } => conv(s, window, *groups)?,
+        QuantOp::QLinear { .. } => linear(s)?,
+        QuantOp::QAdd { .. } => add(s)?,
+        QuantOp::QMaxPool { window } => max_pool(s, window)?,
         QuantOp::QAvgPool {
             window,
             count_include_pad,
-        } => {
-            let q = param(step.inputs[0])?;
-            let (x4, [n, h, w, c]) = nhwc(x, &shapes[0])?;
-            let (ah, aw) = axes(window);
-            if ah.dilation != 1 || aw.dilation != 1 {
-                return Err(fail("average pooling has no dilation".into()));
-            }
-            if ah.kernel.saturating_mul(aw.kernel) > 1 << 23 {
-                return Err(fail("average pooling window over 2^23 elements".into()));
-            }
-            let [oh, ow] = pool_geom(n, h, w, c, ah, aw, window.ceil_mode).map_err(&fail)?;
-            // Window sums of the codes: PyTorch's avg_pool2d in f64 with divisor 1 sums the real
-            // elements of PyTorch's windows (the CPU kernel's, `Axis::avg_bounds`). Every partial
-            // sum is an integer below 2^23 · 255 < 2^53: exact in f64 in any order.
-            let sums = x4
-                .f_to_kind(Kind::Double)
-                .and_then(|v| v.f_permute([0, 3, 1, 2]))
-                .and_then(|v| {
-                    v.f_avg_pool2d(
-                        [ah.kernel as i64, aw.kernel as i64],
-                        [ah.stride as i64, aw.stride as i64],
-                        [ah.padding as i64, aw.padding as i64],
-                        window.ceil_mode,
-                        true,
-                        Some(1),
-                    )
-                })
-                .and_then(|v| v.f_permute([0, 2, 3, 1]))
-                .and_then(|v| v.f_to_kind(Kind::Int64))
+        } => avg_pool(s, window, *count_include_pad)?,
+        QuantOp::QAdaptiveAvgPool { output } => adaptive_avg_pool(s, output)?,
+        QuantOp::QConcat => concat(s)?,
+        QuantOp::QFlatten => flatten(s)?,
+        QuantOp::QClamp { act } => clamp(s, *act)?,
+    };
+    out.f_reshape(i64s(s.out_shape).as_slice()).map_err(err)
+}
+
+/// `quantize`: f32 → codes, with the CPU's rounding and saturation.
+fn quantize(s: &StepIn) -> Result<TT, TorchError> {
+    let x = s.args[0];
+    let in_info = &s.p.values[s.step.inputs[0]];
+    let out_info = &s.p.values[s.step.output];
+    let step = s.step;
+    // quantize(x) = clamp(rint(x · inv_s) + zp, qmin, qmax), all f32: `mul_scalar`
+    // multiplies f32 by the f32 `1/s` (the scalar is exact in f32; one IEEE product, no
+    // FMA); `round` is round-half-to-even (`nearbyint`); NaN → 0 → zp. Clamping the
+    // integer-valued float to `[qmin − zp, qmax − zp]` before adding `zp` equals the
+    // CPU's saturating cast, add and clamp (its bounds lie inside i32). The codes are
+    // then exact small integers, cast exactly to u8/i8.
+    let q = s.param(step.output)?;
+    let (lo, hi) = (q.range().qmin() - q.zero_point(), q.range().qmax() - q.zero_point());
+    let kind = match out_info.dtype {
+        DType::I8 => Kind::Int8,
+        _ => Kind::Uint8,
+    };
+    let codes = x
+        .f_mul_scalar(q.inv_scale() as f64)
+        .and_then(|v| v.f_round())
+        .and_then(|v| v.f_nan_to_num(0.0, None, None))
+        .and_then(|v| v.f_clamp(lo as f64, hi as f64))
+        .and_then(|v| v.f_add_scalar(q.zero_point() as f64))
+        .and_then(|v| v.f_to_kind(kind))
+        .map_err(err)?;
+    relayout(&codes, in_info.layout, out_info.layout)
+}
+
+/// `dequantize`: codes → f32, one rounding.
+fn dequantize(s: &StepIn) -> Result<TT, TorchError> {
+    let x = s.args[0];
+    let in_info = &s.p.values[s.step.inputs[0]];
+    let out_info = &s.p.values[s.step.output];
+    let step = s.step;
+    // (q − zp) as f32 · s: the difference is exact in int32 and in f32, one rounding.
+    let q = s.param(step.inputs[0])?;
+    let moved = relayout(x, in_info.layout, out_info.layout)?;
+    moved
+        .f_to_kind(Kind::Int)
+        .and_then(|v| v.f_sub_scalar(q.zero_point() as i64))
+        .and_then(|v| v.f_to_kind(Kind::Float))
+        .and_then(|v| v.f_mul_scalar(q.scale() as f64))
+        .map_err(err)
+}
+
+/// `qconv`: a grouped convolution through `_int_mm` on im2col rows, or a depthwise one by
+/// multiply and sum, then the requantization.
+fn conv(s: &StepIn, window: &Window, groups: usize) -> Result<TT, TorchError> {
+    let x = s.args[0];
+    let shapes = s.shapes;
+    let out_shape = s.out_shape;
+    let prep = s.prep;
+    let step = s.step;
+    let input = s.param(step.inputs[0])?;
+    let zp = input.zero_point() as i64;
+    let (x4, [n, h, w, c]) = nhwc(x, &shapes[0])?;
+    let (ah, aw) = axes(window);
+    let out_c = *out_shape.last().unwrap_or(&0);
+    let geom = Conv2dGeom {
+        batch: n,
+        in_h: h,
+        in_w: w,
+        in_c: c,
+        out_c,
+        h: ah,
+        w: aw,
+        groups,
+    };
+    let [oh, ow] = geom.out_hw().map_err(kernel_error).map_err(|m| s.fail(m))?;
+    let pad = [
+        0,
+        0,
+        aw.padding as i64,
+        aw.padding as i64,
+        ah.padding as i64,
+        ah.padding as i64,
+    ];
+    // Centred input, padded with 0 = real 0 (the CPU skips padded taps: same sum).
+    let centred = x4
+        .f_to_kind(Kind::Int16)
+        .and_then(|v| v.f_sub_scalar(zp))
+        .and_then(|v| v.f_constant_pad_nd(pad))
+        .map_err(err)?;
+    let rows = (n * oh * ow) as i64;
+    let acc_rows = match prep {
+        Prepared::Conv(g) => {
+            // x − o = (x − zp) + (zp − o) ∈ [−128, 127] (see `Gemm`): exact as int8.
+            let a = centred
+                .f_add_scalar(zp - g.offset)
+                .and_then(|v| v.f_to_kind(Kind::Int8))
                 .map_err(err)?;
-            // Element counts and divisors per output position, on the host, as the CPU does.
-            let hb: Vec<(usize, usize, usize)> = (0..oh).map(|o| ah.avg_bounds(o, h)).collect();
-            let wb: Vec<(usize, usize, usize)> = (0..ow).map(|o| aw.avg_bounds(o, w)).collect();
-            let mut elems = Vec::with_capacity(oh * ow);
-            let mut divisor = Vec::with_capacity(oh * ow);
-            for &(h0, h1, hp) in &hb {
-                for &(w0, w1, wp) in &wb {
-                    let e = ((h1 - h0) * (w1 - w0)) as i64;
-                    elems.push(e);
-                    divisor.push(if *count_include_pad { (hp * wp) as i64 } else { e });
-                }
-            }
-            let shape = [1, oh as i64, ow as i64, 1];
-            let elems = i64_tensor(&elems, &shape, dev)?;
-            let divisor = i64_tensor(&divisor, &shape, dev)?;
-            avg_pool_out(&sums, &elems, &divisor, &q)?
-        }
-        QuantOp::QAdaptiveAvgPool { output } => {
-            // Window sums from 2-D prefix sums in int64 (exact), windows as the CPU's
-            // (`[floor(o·H/OH), ceil((o+1)·H/OH))`), then avg_pool_out with divisor = elements.
-            let q = param(step.inputs[0])?;
-            let (x4, [_, h, w, _]) = nhwc(x, &shapes[0])?;
-            let [oh, ow] = match output[..] {
-                [l] => [1, l],
-                [a, b] => [a, b],
-                _ => return Err(fail("adaptive pooling over 1 or 2 dims".into())),
-            };
-            if (h.div_ceil(oh) + 1).saturating_mul(w.div_ceil(ow) + 1) > 1 << 23 {
-                return Err(fail("adaptive average pooling window over 2^23 elements".into()));
-            }
-            let bounds = |o: usize, n: usize, on: usize| (o * n / on, ((o + 1) * n).div_ceil(on));
-            let hb: Vec<(usize, usize)> = (0..oh).map(|o| bounds(o, h, oh)).collect();
-            let wb: Vec<(usize, usize)> = (0..ow).map(|o| bounds(o, w, ow)).collect();
-            let prefix = x4
-                .f_cumsum(1, Kind::Int64)
-                .and_then(|v| v.f_cumsum(2, Kind::Int64))
-                .and_then(|v| v.f_constant_pad_nd([0, 0, 1, 0, 1, 0]))
-                .map_err(err)?;
-            let idx = |v: Vec<i64>| i64_tensor(&v, &[v.len() as i64], dev);
-            let h0 = idx(hb.iter().map(|b| b.0 as i64).collect())?;
-            let h1 = idx(hb.iter().map(|b| b.1 as i64).collect())?;
-            let w0 = idx(wb.iter().map(|b| b.0 as i64).collect())?;
-            let w1 = idx(wb.iter().map(|b| b.1 as i64).collect())?;
-            let corner = |hi: &TT, wi: &TT| {
-                prefix
-                    .f_index_select(1, hi)
-                    .and_then(|v| v.f_index_select(2, wi))
-                    .map_err(err)
-            };
-            let (c11, c01, c10, c00) = (
-                corner(&h1, &w1)?,
-                corner(&h0, &w1)?,
-                corner(&h1, &w0)?,
-                corner(&h0, &w0)?,
-            );
-            let sums = c11
-                .f_sub(&c01)
-                .and_then(|v| v.f_sub(&c10))
-                .and_then(|v| v.f_add(&c00))
-                .map_err(err)?;
-            let mut elems = Vec::with_capacity(oh * ow);
-            for &(a, b) in &hb {
-                for &(c0, c1) in &wb {
-                    elems.push(((b - a) * (c1 - c0)) as i64);
-                }
-            }
-            let elems = i64_tensor(&elems, &[1, oh as i64, ow as i64, 1], dev)?;
-            avg_pool_out(&sums, &elems, &elems, &q)?
-        }
-        QuantOp::QConcat => {
-            let Prepared::Concat(parts) = prep else {
-                return Err(fail("qconcat is not prepared".into()));
-            };
-            // Each input: requant.apply(q − zp_i) (ConcatPart), along the last axis.
-            let moved = parts
-                .iter()
-                .zip(args)
-                .map(|(part, t)| {
-                    let centred = t
-                        .f_to_kind(Kind::Int64)
-                        .and_then(|v| v.f_sub_scalar(part.input_zero_point as i64))
+            let cols = im2col(&a, &ah, &aw, oh, ow)?;
+            let cig = (c / groups) as i64;
+            let k = (ah.kernel * aw.kernel) as i64 * cig;
+            let parts = (0..groups)
+                .map(|gi| {
+                    let ag = cols
+                        .f_narrow(5, gi as i64 * cig, cig)
+                        .and_then(|v| v.f_reshape([rows, k]))
                         .map_err(err)?;
-                    RequantT::new(&[part.requant], dev).apply(&centred)
+                    g.product(&ag, gi)
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            TT::f_cat(&moved, x.dim() as i64 - 1).map_err(err)?
-        }
-        QuantOp::QFlatten => {
-            // PyTorch's flatten(1) of the NCHW view: channels-last data moves to (c, h, w) order.
-            let moved = if in_info.layout == Layout::ChannelsLast {
-                relayout(x, Layout::ChannelsLast, Layout::Torch)?
+            let acc = if parts.len() == 1 {
+                parts[0].shallow_clone()
             } else {
-                x.shallow_clone()
+                TT::f_cat(&parts, 1).map_err(err)?
             };
-            moved.f_reshape(out_dims.as_slice()).map_err(err)?
+            g.finish(&acc)?
         }
-        QuantOp::QClamp { act } => {
-            let q = param(step.inputs[0])?;
-            act.check().map_err(kernel_error).map_err(&fail)?;
-            let (lo, hi) = act.bounds(&q);
-            // `max` then `min`, as the CPU kernel.
-            x.f_to_kind(Kind::Int64)
-                .and_then(|v| v.f_clamp_min(lo as i64))
-                .and_then(|v| v.f_clamp_max(hi as i64))
-                .and_then(|v| v.f_to_kind(Kind::Uint8))
-                .map_err(err)?
+        Prepared::Depthwise(d) => {
+            let taps = (ah.kernel * aw.kernel) as i64;
+            let cols = im2col(&centred.f_to_kind(Kind::Int).map_err(err)?, &ah, &aw, oh, ow)?
+                .f_reshape([rows, taps, c as i64])
+                .map_err(err)?;
+            let cols = match &d.channel {
+                Some(idx) => cols.f_index_select(2, idx).map_err(err)?,
+                None => cols,
+            };
+            let acc = cols
+                .f_mul(&d.w)
+                .and_then(|v| v.f_sum_dim_intlist([1i64].as_slice(), false, Kind::Int64))
+                .and_then(|v| v.f_add(&d.bias))
+                .map_err(err)?;
+            d.requant.apply(&acc)?
         }
+        _ => return Err(s.fail("qconv is not prepared".into())),
     };
-    out.f_reshape(out_dims.as_slice()).map_err(err)
+    Ok(acc_rows)
+}
+
+/// `qlinear`: `_int_mm` on the offset input rows, then the requantization.
+fn linear(s: &StepIn) -> Result<TT, TorchError> {
+    let x = s.args[0];
+    let shapes = s.shapes;
+    let prep = s.prep;
+    let Prepared::Linear(g) = prep else {
+        return Err(s.fail("qlinear is not prepared".into()));
+    };
+    let k = *shapes[0].last().unwrap_or(&0) as i64;
+    let rows = shapes[0].iter().product::<usize>() as i64 / k.max(1);
+    let a = x
+        .f_reshape([rows, k])
+        .and_then(|v| v.f_to_kind(Kind::Int16))
+        .and_then(|v| v.f_sub_scalar(g.offset))
+        .and_then(|v| v.f_to_kind(Kind::Int8))
+        .map_err(err)?;
+    g.finish(&g.product(&a, 0)?)
+}
+
+/// `qadd`: [`QAdd::apply`] in int64.
+fn add(s: &StepIn) -> Result<TT, TorchError> {
+    let x = s.args[0];
+    let dev = x.device();
+    let prep = s.prep;
+    let args = s.args;
+    let Prepared::Add(add) = prep else {
+        return Err(s.fail("qadd is not prepared".into()));
+    };
+    // QAdd::apply in int64: ((q − zp) << 20) is below 2^28, times m < 2^31 below 2^59.
+    let lift = |t: &TT, zp: i32, m: i32, sh: u32| -> Result<TT, TorchError> {
+        t.f_to_kind(Kind::Int64)
+            .and_then(|v| v.f_sub_scalar(zp as i64))
+            .and_then(|v| v.f_mul_scalar(1i64 << qc_runtime::quant::QADD_LEFT_SHIFT))
+            .and_then(|v| v.f_mul_scalar(m as i64))
+            .and_then(|v| v.f_add_scalar(1i64 << (sh - 1)))
+            .and_then(|v| v.f_bitwise_right_shift_tensor_scalar(sh as i64))
+            .map_err(err)
+    };
+    let a = lift(x, add.a_zero_point, add.a_multiplier, add.a_shift)?;
+    let b = lift(args[1], add.b_zero_point, add.b_multiplier, add.b_shift)?;
+    let sum = a.f_add(&b).map_err(err)?;
+    RequantT::new(&[add.out], dev).apply(&sum)
+}
+
+/// `qmaxpool`: PyTorch's `max_pool2d` on the codes as f32 (exact).
+fn max_pool(s: &StepIn, window: &Window) -> Result<TT, TorchError> {
+    let x = s.args[0];
+    let shapes = s.shapes;
+    // The codes as f32 (exact), PyTorch's max_pool2d (padding never wins, dilation,
+    // ceil_mode: the rules the CPU kernel follows; the geometry checks are the CPU's),
+    // back to u8: a max selects one of the exact values.
+    let (x4, [n, h, w, c]) = nhwc(x, &shapes[0])?;
+    let (ah, aw) = axes(window);
+    pool_geom(n, h, w, c, ah, aw, window.ceil_mode).map_err(|m| s.fail(m))?;
+    x4.f_to_kind(Kind::Float)
+        .and_then(|v| v.f_permute([0, 3, 1, 2]))
+        .and_then(|v| {
+            v.f_max_pool2d(
+                [ah.kernel as i64, aw.kernel as i64],
+                [ah.stride as i64, aw.stride as i64],
+                [ah.padding as i64, aw.padding as i64],
+                [ah.dilation as i64, aw.dilation as i64],
+                window.ceil_mode,
+            )
+        })
+        .and_then(|v| v.f_permute([0, 2, 3, 1]))
+        .and_then(|v| v.f_to_kind(Kind::Uint8))
+        .map_err(err)
+}
+
+/// `qavgpool`: exact window sums, the CPU's element counts and divisors, [`avg_pool_out`].
+fn avg_pool(s: &StepIn, window: &Window, count_include_pad: bool) -> Result<TT, TorchError> {
+    let x = s.args[0];
+    let dev = x.device();
+    let shapes = s.shapes;
+    let step = s.step;
+    let q = s.param(step.inputs[0])?;
+    let (x4, [n, h, w, c]) = nhwc(x, &shapes[0])?;
+    let (ah, aw) = axes(window);
+    if ah.dilation != 1 || aw.dilation != 1 {
+        return Err(s.fail("average pooling has no dilation".into()));
+    }
+    if ah.kernel.saturating_mul(aw.kernel) > 1 << 23 {
+        return Err(s.fail("average pooling window over 2^23 elements".into()));
+    }
+    let [oh, ow] = pool_geom(n, h, w, c, ah, aw, window.ceil_mode).map_err(|m| s.fail(m))?;
+    // Window sums of the codes: PyTorch's avg_pool2d in f64 with divisor 1 sums the real
+    // elements of PyTorch's windows (the CPU kernel's, `Axis::avg_bounds`). Every partial
+    // sum is an integer below 2^23 · 255 < 2^53: exact in f64 in any order.
+    let sums = x4
+        .f_to_kind(Kind::Double)
+        .and_then(|v| v.f_permute([0, 3, 1, 2]))
+        .and_then(|v| {
+            v.f_avg_pool2d(
+                [ah.kernel as i64, aw.kernel as i64],
+                [ah.stride as i64, aw.stride as i64],
+                [ah.padding as i64, aw.padding as i64],
+                window.ceil_mode,
+                true,
+                Some(1),
+            )
+        })
+        .and_then(|v| v.f_permute([0, 2, 3, 1]))
+        .and_then(|v| v.f_to_kind(Kind::Int64))
+        .map_err(err)?;
+    // Element counts and divisors per output position, on the host, as the CPU does.
+    let hb: Vec<(usize, usize, usize)> = (0..oh).map(|o| ah.avg_bounds(o, h)).collect();
+    let wb: Vec<(usize, usize, usize)> = (0..ow).map(|o| aw.avg_bounds(o, w)).collect();
+    let mut elems = Vec::with_capacity(oh * ow);
+    let mut divisor = Vec::with_capacity(oh * ow);
+    for &(h0, h1, hp) in &hb {
+        for &(w0, w1, wp) in &wb {
+            let e = ((h1 - h0) * (w1 - w0)) as i64;
+            elems.push(e);
+            divisor.push(if count_include_pad { (hp * wp) as i64 } else { e });
+        }
+    }
+    let shape = [1, oh as i64, ow as i64, 1];
+    let elems = i64_tensor(&elems, &shape, dev)?;
+    let divisor = i64_tensor(&divisor, &shape, dev)?;
+    avg_pool_out(&sums, &elems, &divisor, &q)
+}
+
+/// `qadaptive_avgpool`: window sums from 2-D prefix sums, [`avg_pool_out`].
+fn adaptive_avg_pool(s: &StepIn, output: &[usize]) -> Result<TT, TorchError> {
+    let x = s.args[0];
+    let dev = x.device();
+    let shapes = s.shapes;
+    let step = s.step;
+    // Window sums from 2-D prefix sums in int64 (exact), windows as the CPU's
+    // (`[floor(o·H/OH), ceil((o+1)·H/OH))`), then avg_pool_out with divisor = elements.
+    let q = s.param(step.inputs[0])?;
+    let (x4, [_, h, w, _]) = nhwc(x, &shapes[0])?;
+    let [oh, ow] = match output[..] {
+        [l] => [1, l],
+        [a, b] => [a, b],
+        _ => return Err(s.fail("adaptive pooling over 1 or 2 dims".into())),
+    };
+    if (h.div_ceil(oh) + 1).saturating_mul(w.div_ceil(ow) + 1) > 1 << 23 {
+        return Err(s.fail("adaptive average pooling window over 2^23 elements".into()));
+    }
+    let bounds = |o: usize, n: usize, on: usize| (o * n / on, ((o + 1) * n).div_ceil(on));
+    let hb: Vec<(usize, usize)> = (0..oh).map(|o| bounds(o, h, oh)).collect();
+    let wb: Vec<(usize, usize)> = (0..ow).map(|o| bounds(o, w, ow)).collect();
+    let prefix = x4
+        .f_cumsum(1, Kind::Int64)
+        .and_then(|v| v.f_cumsum(2, Kind::Int64))
+        .and_then(|v| v.f_constant_pad_nd([0, 0, 1, 0, 1, 0]))
+        .map_err(err)?;
+    let idx = |v: Vec<i64>| i64_tensor(&v, &[v.len() as i64], dev);
+    let h0 = idx(hb.iter().map(|b| b.0 as i64).collect())?;
+    let h1 = idx(hb.iter().map(|b| b.1 as i64).collect())?;
+    let w0 = idx(wb.iter().map(|b| b.0 as i64).collect())?;
+    let w1 = idx(wb.iter().map(|b| b.1 as i64).collect())?;
+    let corner = |hi: &TT, wi: &TT| {
+        prefix
+            .f_index_select(1, hi)
+            .and_then(|v| v.f_index_select(2, wi))
+            .map_err(err)
+    };
+    let (c11, c01, c10, c00) = (
+        corner(&h1, &w1)?,
+        corner(&h0, &w1)?,
+        corner(&h1, &w0)?,
+        corner(&h0, &w0)?,
+    );
+    let sums = c11
+        .f_sub(&c01)
+        .and_then(|v| v.f_sub(&c10))
+        .and_then(|v| v.f_add(&c00))
+        .map_err(err)?;
+    let mut elems = Vec::with_capacity(oh * ow);
+    for &(a, b) in &hb {
+        for &(c0, c1) in &wb {
+            elems.push(((b - a) * (c1 - c0)) as i64);
+        }
+    }
+    let elems = i64_tensor(&elems, &[1, oh as i64, ow as i64, 1], dev)?;
+    avg_pool_out(&sums, &elems, &elems, &q)
+}
+
+/// `qconcat`: each input requantized to the output's parameters, along the last axis.
+fn concat(s: &StepIn) -> Result<TT, TorchError> {
+    let x = s.args[0];
+    let dev = x.device();
+    let prep = s.prep;
+    let args = s.args;
+    let Prepared::Concat(parts) = prep else {
+        return Err(s.fail("qconcat is not prepared".into()));
+    };
+    // Each input: requant.apply(q − zp_i) (ConcatPart), along the last axis.
+    let moved = parts
+        .iter()
+        .zip(args)
+        .map(|(part, t)| {
+            let centred = t
+                .f_to_kind(Kind::Int64)
+                .and_then(|v| v.f_sub_scalar(part.input_zero_point as i64))
+                .map_err(err)?;
+            RequantT::new(&[part.requant], dev).apply(&centred)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    TT::f_cat(&moved, x.dim() as i64 - 1).map_err(err)
+}
+
+/// `qflatten`: PyTorch's `flatten(1)` of the NCHW view.
+fn flatten(s: &StepIn) -> Result<TT, TorchError> {
+    let x = s.args[0];
+    let in_info = &s.p.values[s.step.inputs[0]];
+    let out_dims = i64s(s.out_shape);
+    // PyTorch's flatten(1) of the NCHW view: channels-last data moves to (c, h, w) order.
+    let moved = if in_info.layout == Layout::ChannelsLast {
+        relayout(x, Layout::ChannelsLast, Layout::Torch)?
+    } else {
+        x.shallow_clone()
+    };
+    moved.f_reshape(out_dims.as_slice()).map_err(err)
+}
+
+/// `qclamp`: the activation's bounds on the codes.
+fn clamp(s: &StepIn, act: Activation) -> Result<TT, TorchError> {
+    let x = s.args[0];
+    let step = s.step;
+    let q = s.param(step.inputs[0])?;
+    act.check().map_err(kernel_error).map_err(|m| s.fail(m))?;
+    let (lo, hi) = act.bounds(&q);
+    // `max` then `min`, as the CPU kernel.
+    x.f_to_kind(Kind::Int64)
+        .and_then(|v| v.f_clamp_min(lo as i64))
+        .and_then(|v| v.f_clamp_max(hi as i64))
+        .and_then(|v| v.f_to_kind(Kind::Uint8))
+        .map_err(err)
 }
 
 /// The CPU kernels' pooling geometry checks (`Pool2dGeom::out_hw`); returns `[OH, OW]`.

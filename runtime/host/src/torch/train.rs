@@ -110,6 +110,72 @@ pub fn train(
     resume: Option<&TrainState>,
     hooks: TrainHooks,
 ) -> Result<TrainResult, TorchError> {
+    let classes = check_program(program, trainable)?;
+    if config.batch_size == 0 {
+        return Err(TorchError::Train("the batch size must be at least 1".into()));
+    }
+    let dev = tch_device(config.device)?;
+    let available = check_data(program, &train, classes, "training")?;
+    let n = config.max_samples.map_or(available, |m| m.min(available));
+    if n == 0 {
+        return Err(TorchError::Train("there are no training samples".into()));
+    }
+    if let Some(t) = config.threads {
+        tch::set_num_threads(t.max(1) as i32);
+    }
+    tch::manual_seed(config.seed as i64);
+    let x = data_tensor(&train, n, config.normalize)?;
+    let y = tch::Tensor::from_slice(&train.labels[..n]);
+    let test_xy = match &test {
+        Some(t) => {
+            let m = check_data(program, t, classes, "test")?;
+            Some((data_tensor(t, m, config.normalize)?, tch::Tensor::from_slice(t.labels)))
+        }
+        None => None,
+    };
+    let consts = initial_constants(program, trainable, resume, dev)?;
+    let params: Vec<usize> = (0..consts.len()).filter(|&i| trainable[i]).collect();
+    let mut opt = Optim::new(config.optimizer, config.weight_decay, params, &consts);
+    let first_epoch = match resume {
+        Some(r) => {
+            opt.restore(&r.optimizer, r.steps, dev)?;
+            r.epoch
+        }
+        None => 0,
+    };
+    if let Some(q) = qat {
+        check_qat_sites(q, consts.len(), trainable)?;
+    }
+    let total_steps = opt.steps;
+    let mut run = Trainer {
+        program,
+        qat,
+        config,
+        dev,
+        consts,
+        opt,
+        x,
+        y,
+        n,
+        total_steps,
+    };
+    let mut epochs = vec![];
+    let mut hooks = hooks;
+    for epoch in first_epoch..config.epochs {
+        let (stats, state) = run.epoch(epoch, test_xy.as_ref(), &mut hooks)?;
+        (hooks.on_epoch)(&stats, &state).map_err(TorchError::Train)?;
+        epochs.push(stats);
+    }
+    Ok(TrainResult {
+        constants: host_constants(&run.consts)?,
+        epochs,
+        steps: run.total_steps,
+    })
+}
+
+/// Checks that `program` is a float model with one input and one output of logits `[N, classes]`
+/// and one trainable flag per constant; returns `classes`.
+fn check_program(program: &Program, trainable: &[bool]) -> Result<usize, TorchError> {
     float_only(program)?;
     if program.inputs.len() != 1 || program.outputs.len() != 1 {
         return Err(TorchError::Train(format!(
@@ -126,38 +192,25 @@ pub fn train(
         )));
     }
     let out_info = &program.values[program.outputs[0]];
-    let classes = match out_info.shape.as_slice() {
-        [_, Some(c)] if *c >= 1 => *c,
-        _ => {
-            return Err(TorchError::Train(format!(
-                "output `{}` is {}, not logits [N, classes]",
-                out_info.name,
-                out_info.shape_string()
-            )))
-        }
-    };
-    if config.batch_size == 0 {
-        return Err(TorchError::Train("the batch size must be at least 1".into()));
+    match out_info.shape.as_slice() {
+        [_, Some(c)] if *c >= 1 => Ok(*c),
+        _ => Err(TorchError::Train(format!(
+            "output `{}` is {}, not logits [N, classes]",
+            out_info.name,
+            out_info.shape_string()
+        ))),
     }
-    let dev = tch_device(config.device)?;
-    let available = check_data(program, &train, classes, "training")?;
-    let n = config.max_samples.map_or(available, |m| m.min(available));
-    if n == 0 {
-        return Err(TorchError::Train("there are no training samples".into()));
-    }
-    if let Some(t) = config.threads {
-        tch::set_num_threads(t.max(1) as i32);
-    }
-    tch::manual_seed(config.seed as i64);
-    let x_train = data_tensor(&train, n, config.normalize)?;
-    let y_train = tch::Tensor::from_slice(&train.labels[..n]);
-    let test_xy = match &test {
-        Some(t) => {
-            let m = check_data(program, t, classes, "test")?;
-            Some((data_tensor(t, m, config.normalize)?, tch::Tensor::from_slice(t.labels)))
-        }
-        None => None,
-    };
+}
+
+/// The constants training starts from, on `dev`: the program's, or those of the state `resume`
+/// names (checked against the program's shapes and dtypes); the trainable ones (`f32` only)
+/// require gradients.
+fn initial_constants(
+    program: &Program,
+    trainable: &[bool],
+    resume: Option<&TrainState>,
+    dev: tch::Device,
+) -> Result<Vec<tch::Tensor>, TorchError> {
     let initial = match resume {
         Some(r) => {
             if r.constants.len() != program.constants.len() {
@@ -195,98 +248,96 @@ pub fn train(
             consts.push(t);
         }
     }
-    let params: Vec<usize> = (0..consts.len()).filter(|&i| trainable[i]).collect();
-    let mut opt = Optim::new(config.optimizer, config.weight_decay, params, &consts);
-    let first_epoch = match resume {
-        Some(r) => {
-            opt.restore(&r.optimizer, r.steps, dev)?;
-            r.epoch
-        }
-        None => 0,
-    };
-    if let Some(q) = qat {
-        for site in &q.plan.sites {
-            let bad = [
-                site.observer_enabled,
-                site.fake_quant_enabled,
-                site.min_val,
-                site.max_val,
-                site.scale,
-                site.zero_point,
-            ]
-            .into_iter()
-            .find(|&c| c >= consts.len() || (trainable[c] != (site.learnable && c == site.scale)));
-            if let Some(c) = bad {
-                return Err(TorchError::Train(format!(
-                    "fake quantization `{}` names constant {c}, which is missing, or trainable where it must not be (only a learnable scale is)",
-                    site.name
-                )));
-            }
+    Ok(consts)
+}
+
+/// Every fake quantization of the QAT plan names existing constants, trainable exactly where it
+/// is a learnable scale.
+fn check_qat_sites(q: &QatTraining, constants: usize, trainable: &[bool]) -> Result<(), TorchError> {
+    for site in &q.plan.sites {
+        let bad = [
+            site.observer_enabled,
+            site.fake_quant_enabled,
+            site.min_val,
+            site.max_val,
+            site.scale,
+            site.zero_point,
+        ]
+        .into_iter()
+        .find(|&c| c >= constants || (trainable[c] != (site.learnable && c == site.scale)));
+        if let Some(c) = bad {
+            return Err(TorchError::Train(format!(
+                "fake quantization `{}` names constant {c}, which is missing, or trainable where it must not be (only a learnable scale is)",
+                site.name
+            )));
         }
     }
-    let bs = config.batch_size;
-    let steps = n.div_ceil(bs);
-    let mut epochs = vec![];
-    let mut total_steps = opt.steps;
-    for epoch in first_epoch..config.epochs {
+    Ok(())
+}
+
+/// A training run in progress: the program, its constants on the device, the optimizer, the
+/// training samples (`n` of them) and the optimizer steps taken.
+struct Trainer<'a> {
+    program: &'a Program,
+    qat: Option<&'a QatTraining>,
+    config: &'a TrainConfig,
+    dev: tch::Device,
+    consts: Vec<tch::Tensor>,
+    opt: Optim,
+    x: tch::Tensor,
+    y: tch::Tensor,
+    n: usize,
+    total_steps: usize,
+}
+
+/// One step's batch: samples `[first, end)` of the epoch's order, on the device.
+struct Batch {
+    x: tch::Tensor,
+    y: tch::Tensor,
+    first: usize,
+    end: usize,
+}
+
+impl Trainer<'_> {
+    /// Epoch `epoch` (from 0): every step in the epoch's sample order, then the test accuracy;
+    /// returns its statistics and the state to resume from after it.
+    fn epoch(
+        &mut self,
+        epoch: usize,
+        test_xy: Option<&(tch::Tensor, tch::Tensor)>,
+        hooks: &mut TrainHooks,
+    ) -> Result<(EpochStats, TrainState), TorchError> {
+        let (config, dev, n) = (self.config, self.dev, self.n);
         let started = std::time::Instant::now();
         let lr = config.schedule.lr(config.lr, epoch, config.epochs);
-        let bn_training = qat.is_none_or(|q| q.freeze_bn_after.is_none_or(|f| epoch < f));
-        if let Some(q) = qat {
+        let bn_training = self.qat.is_none_or(|q| q.freeze_bn_after.is_none_or(|f| epoch < f));
+        if let Some(q) = self.qat {
             if q.freeze_observers_after.is_some_and(|f| epoch >= f) {
                 for site in &q.plan.sites {
-                    let _ = consts[site.observer_enabled].f_fill_(0).map_err(err)?;
+                    let _ = self.consts[site.observer_enabled].f_fill_(0).map_err(err)?;
                 }
             }
         }
-        let pass = qat.map(|q| QatPass::new(&q.plan, false, dev));
+        let pass = self.qat.map(|q| QatPass::new(&q.plan, false, dev));
         let order = epoch_order(n, config.seed, epoch);
+        let bs = config.batch_size;
+        let steps = n.div_ceil(bs);
         let (mut loss_sum, mut correct) = (0.0f64, 0i64);
         for step in 0..steps {
             let (first, end) = (step * bs, ((step + 1) * bs).min(n));
             let idx = tch::Tensor::from_slice(&order[first..end]);
-            let xb = x_train.f_index_select(0, &idx).map_err(err)?.to_device(dev);
-            let yb = y_train.f_index_select(0, &idx).map_err(err)?.to_device(dev);
-            let out = forward(
-                program,
-                &consts,
-                vec![xb.shallow_clone()],
-                bn_training,
-                pass.as_ref(),
-                Check::Nothing,
-                None,
-            )?;
-            let loss = out[0]
-                .f_cross_entropy_loss::<tch::Tensor>(&yb, None, tch::Reduction::Mean, -100, 0.0)
-                .map_err(err)?;
-            let value = f64::try_from(&loss).map_err(err)?;
-            if !value.is_finite() {
-                // Run the batch again, checked, to name where it went non-finite.
-                let _guard = tch::no_grad_guard();
-                let quiet = qat.map(|q| QatPass::new(&q.plan, true, dev));
-                let value_name = match forward(program, &consts, vec![xb], false, quiet.as_ref(), Check::All, None) {
-                    Err(TorchError::NonFiniteValue { value }) => Some(value),
-                    _ => None,
-                };
-                return Err(TorchError::NonFinite {
-                    epoch: epoch + 1,
-                    step: step + 1,
-                    steps,
-                    first,
-                    end,
-                    loss: value,
-                    value: value_name,
-                });
-            }
-            opt.zero_grad(&mut consts);
-            loss.f_backward().map_err(err)?;
-            opt.step(&consts, lr)?;
-            loss_sum += value * (end - first) as f64;
-            correct += {
-                let _guard = tch::no_grad_guard();
-                correct_count(&out[0], &yb)?
+            let batch = Batch {
+                x: self.x.f_index_select(0, &idx).map_err(err)?.to_device(dev),
+                y: self.y.f_index_select(0, &idx).map_err(err)?.to_device(dev),
+                first,
+                end,
             };
-            total_steps += 1;
+            let (value, hits) = self
+                .step(&batch, bn_training, pass.as_ref(), lr)
+                .map_err(|e| e.at(epoch, step, steps))?;
+            loss_sum += value * (end - first) as f64;
+            correct += hits;
+            self.total_steps += 1;
             (hooks.on_step)(&StepProgress {
                 epoch: epoch + 1,
                 epochs: config.epochs,
@@ -299,10 +350,10 @@ pub fn train(
         }
         let seconds = started.elapsed().as_secs_f64();
         let eval_started = std::time::Instant::now();
-        let test_accuracy = match &test_xy {
+        let test_accuracy = match test_xy {
             Some((x, y)) => {
-                let quiet = qat.map(|q| QatPass::new(&q.plan, true, dev));
-                Some(evaluate(program, &consts, x, y, quiet.as_ref(), dev)?)
+                let quiet = self.qat.map(|q| QatPass::new(&q.plan, true, dev));
+                Some(evaluate(self.program, &self.consts, x, y, quiet.as_ref(), dev)?)
             }
             None => None,
         };
@@ -317,18 +368,101 @@ pub fn train(
         };
         let state = TrainState {
             epoch: epoch + 1,
-            steps: total_steps,
-            constants: host_constants(&consts)?,
-            optimizer: opt.state()?,
+            steps: self.total_steps,
+            constants: host_constants(&self.consts)?,
+            optimizer: self.opt.state()?,
         };
-        (hooks.on_epoch)(&stats, &state).map_err(TorchError::Train)?;
-        epochs.push(stats);
+        Ok((stats, state))
     }
-    Ok(TrainResult {
-        constants: host_constants(&consts)?,
-        epochs,
-        steps: total_steps,
-    })
+
+    /// One optimizer step on `batch`: forward, cross-entropy, backward, update. Returns the
+    /// batch's mean loss and correct count; a non-finite loss is [`StepFailure::NonFinite`].
+    fn step(
+        &mut self,
+        batch: &Batch,
+        bn_training: bool,
+        pass: Option<&QatPass>,
+        lr: f64,
+    ) -> Result<(f64, i64), StepFailure> {
+        let out = forward(
+            self.program,
+            &self.consts,
+            vec![batch.x.shallow_clone()],
+            bn_training,
+            pass,
+            Check::Nothing,
+            None,
+        )?;
+        let loss = out[0]
+            .f_cross_entropy_loss::<tch::Tensor>(&batch.y, None, tch::Reduction::Mean, -100, 0.0)
+            .map_err(err)?;
+        let value = f64::try_from(&loss).map_err(err)?;
+        if !value.is_finite() {
+            return Err(StepFailure::NonFinite {
+                loss: value,
+                value: self.first_non_finite(batch),
+                first: batch.first,
+                end: batch.end,
+            });
+        }
+        self.opt.zero_grad(&mut self.consts);
+        loss.f_backward().map_err(err)?;
+        self.opt.step(&self.consts, lr)?;
+        let _guard = tch::no_grad_guard();
+        Ok((value, correct_count(&out[0], &batch.y)?))
+    }
+
+    /// Runs `batch` again, checked, to name the first value that went non-finite.
+    fn first_non_finite(&self, batch: &Batch) -> Option<String> {
+        let _guard = tch::no_grad_guard();
+        let quiet = self.qat.map(|q| QatPass::new(&q.plan, true, self.dev));
+        let x = vec![batch.x.shallow_clone()];
+        match forward(self.program, &self.consts, x, false, quiet.as_ref(), Check::All, None) {
+            Err(TorchError::NonFiniteValue { value }) => Some(value),
+            _ => None,
+        }
+    }
+}
+
+/// How a training step failed: a libtorch error, or a non-finite loss (which [`StepFailure::at`]
+/// turns into [`TorchError::NonFinite`] with the epoch and step).
+enum StepFailure {
+    Torch(TorchError),
+    NonFinite {
+        loss: f64,
+        value: Option<String>,
+        first: usize,
+        end: usize,
+    },
+}
+
+impl From<TorchError> for StepFailure {
+    fn from(e: TorchError) -> StepFailure {
+        StepFailure::Torch(e)
+    }
+}
+
+impl StepFailure {
+    /// The error, for step `step` of `steps` (from 0) in epoch `epoch` (from 0).
+    fn at(self, epoch: usize, step: usize, steps: usize) -> TorchError {
+        match self {
+            StepFailure::Torch(e) => e,
+            StepFailure::NonFinite {
+                loss,
+                value,
+                first,
+                end,
+            } => TorchError::NonFinite {
+                epoch: epoch + 1,
+                step: step + 1,
+                steps,
+                first,
+                end,
+                loss,
+                value,
+            },
+        }
+    }
 }
 
 pub(super) fn host_constants(consts: &[tch::Tensor]) -> Result<Vec<Tensor>, TorchError> {
