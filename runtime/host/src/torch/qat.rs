@@ -1,6 +1,9 @@
-//! Quantization-aware training's fake quantization on tch tensors: the sites of a `QatPlan`, PyTorch's fused and learnable fake-quantize, batch norm folded on the fly.
+//! Quantization-aware training's fake quantization on tch tensors: the sites of a `QatPlan`,
+//! PyTorch's fused and learnable fake-quantize, and batch norm folded on the fly through
+//! `crate::fold::on_the_fly`.
 
 use super::*;
+use crate::fold::on_the_fly::{self, ChannelArith};
 
 /// Executes a QAT program as its evaluation does: fake-quantized with the current scales
 /// (observers still), batch norm with the running statistics. The int8 model converted
@@ -166,14 +169,8 @@ pub(super) fn step_weight(
     match bn {
         None => Ok((pass.fake_quant(site, w, consts)?, None)),
         Some((eps, gamma, var)) => {
-            let factor = consts[var]
-                .f_add_scalar(eps as f64)
-                .and_then(|v| v.f_sqrt())
-                .and_then(|std| consts[gamma].f_div(&std))
-                .map_err(err)?;
-            let mut shape = vec![-1i64];
-            shape.resize(w.dim(), 1);
-            let scaled = w.f_mul(&factor.f_reshape(&shape).map_err(err)?).map_err(err)?;
+            let factor = on_the_fly::scale_factor(&consts[gamma], &consts[var], eps as f64)?;
+            let scaled = on_the_fly::scale_weight(w, &factor)?;
             Ok((pass.fake_quant(site, &scaled, consts)?, Some(factor)))
         }
     }
@@ -185,11 +182,42 @@ pub(super) fn unfold(
     factor: &tch::Tensor,
     bias: Option<&tch::Tensor>,
 ) -> Result<tch::Tensor, TorchError> {
-    let mut shape = vec![1i64, -1];
-    shape.resize(out.dim(), 1);
-    let mut y = out.f_div(&factor.f_reshape(&shape).map_err(err)?).map_err(err)?;
-    if let Some(b) = bias {
-        y = y.f_add(&b.f_reshape(&shape).map_err(err)?).map_err(err)?;
+    on_the_fly::correct_output(&out, factor, bias)
+}
+
+/// libtorch's tensors do the on-the-fly fold's arithmetic, with autograd: QAT training runs the
+/// formulas of [`crate::fold::on_the_fly`], the ones the compiler checks its folding against.
+impl ChannelArith for tch::Tensor {
+    type Error = TorchError;
+
+    fn add_scalar(&self, value: f64) -> Result<tch::Tensor, TorchError> {
+        self.f_add_scalar(value).map_err(err)
     }
-    Ok(y)
+
+    fn sqrt(&self) -> Result<tch::Tensor, TorchError> {
+        self.f_sqrt().map_err(err)
+    }
+
+    fn div(&self, other: &tch::Tensor) -> Result<tch::Tensor, TorchError> {
+        self.f_div(other).map_err(err)
+    }
+
+    fn mul_channels(&self, per_channel: &tch::Tensor, axis: usize) -> Result<tch::Tensor, TorchError> {
+        self.f_mul(&channel_view(per_channel, self.dim(), axis)?).map_err(err)
+    }
+
+    fn div_channels(&self, per_channel: &tch::Tensor, axis: usize) -> Result<tch::Tensor, TorchError> {
+        self.f_div(&channel_view(per_channel, self.dim(), axis)?).map_err(err)
+    }
+
+    fn add_channels(&self, per_channel: &tch::Tensor, axis: usize) -> Result<tch::Tensor, TorchError> {
+        self.f_add(&channel_view(per_channel, self.dim(), axis)?).map_err(err)
+    }
+}
+
+/// A per-channel vector shaped to broadcast along `axis` of a rank-`rank` tensor.
+fn channel_view(per_channel: &tch::Tensor, rank: usize, axis: usize) -> Result<tch::Tensor, TorchError> {
+    let mut shape = vec![1i64; rank.max(axis + 1)];
+    shape[axis] = -1;
+    per_channel.f_reshape(&shape).map_err(err)
 }

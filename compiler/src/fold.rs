@@ -1,13 +1,14 @@
 //! Folding a batch-norm node of the graph into the conv or linear in front of it (pass `fuse`,
 //! PTQ): the new weight and bias replace the layer's, with provenance `fold_bn`, and the batch
-//! norm's parameters leave the store.
+//! norm's parameters leave the store. The arithmetic is qc's one batch-norm folding module,
+//! `qc_runtime_host::fold` (re-exported here), which `convert` and QAT training use too.
 
 use qc_dsl::Diagnostic;
 use qc_runtime::{DType, Tensor};
 
-use super::{fold_stats, FoldError, FoldParam, Layer};
 use crate::ir::{Module, NodeId, Param, Provenance};
 use crate::ops::{Op, BN_ROLES};
+pub use qc_runtime_host::fold::*;
 
 /// The parameter key node `id` holds in `role`.
 pub(crate) fn key_of(module: &Module, id: NodeId, role: &str) -> Option<String> {

@@ -16,14 +16,14 @@
 //! `bn(y)[c] = (y[c] − μ[c]) · γ[c] / √(σ²[c] + ε) + β[c]` with `γ = bn.weight`, `β = bn.bias`,
 //! `μ = bn.running_mean`, `σ² = bn.running_var`.
 //!
-//! This is the compiler's one batch-norm folding module: `fuse` (PTQ) folds a batch-norm node
-//! through [`graph::fold_into`], `convert` folds a QAT layer's kept batch norm through
-//! [`fold_stats`]; both end in [`fold_bn_into_conv`] / [`fold_bn_into_linear`].
+//! This is qc's one batch-norm folding module. The compiler's `fuse` (PTQ) folds a batch-norm
+//! node through `qc_compiler::fold::fold_into` and `convert` folds a QAT layer's kept batch norm,
+//! both through [`fold_stats`] and so [`fold_bn_into_conv`] / [`fold_bn_into_linear`]; QAT
+//! training folds on the fly through the formulas of [`on_the_fly`], which libtorch's tensors
+//! implement (`torch/qat.rs`). The on-the-fly form is run-time math: `f32`, as libtorch computes it.
 
-mod graph;
+pub mod on_the_fly;
 
-pub use graph::fold_into;
-pub(crate) use graph::{bug, key_of};
 use qc_runtime::{DType, Tensor};
 
 /// Which parameter a [`FoldError`] is about; `Display` gives the PyTorch-style name relative to
@@ -312,7 +312,7 @@ pub fn fold_bn(weight: &[f32], bias: Option<&[f32]>, bn: &BatchNorm<'_>) -> Resu
 }
 
 /// The per-channel `scale_factor = γ / √(running_var + ε)` of PyTorch's QAT conv-bn and linear-bn
-/// modules, computed in `f64` and rounded to `f32` once.
+/// modules.
 ///
 /// PyTorch's `_ConvBnNd._forward_approximate` (the default path; `LinearBn1d.forward` is the same
 /// with `F.linear`), for weight `W`, optional bias `b`, and batch norm `bn`:
@@ -332,22 +332,29 @@ pub fn fold_bn(weight: &[f32], bias: Option<&[f32]>, bn: &BatchNorm<'_>) -> Resu
 /// `y = conv(x, fq(W·sf)) + (b − μ)·sf + β` — the fake-quantized folded weight plus the bias of
 /// [`fold_bn_into_conv`], which is exactly what convert produces.
 ///
-/// PyTorch computes `scale_factor` in `f32` (add, sqrt, divide: three roundings), qc in `f64`
-/// with one rounding, so they can differ by an ulp or two. Error [`FoldError::ZeroScaleFactor`]
+/// Computed as libtorch computes it, in `f32` (add, sqrt, divide: three roundings), by the same
+/// formula QAT training runs ([`on_the_fly::scale_factor`]). Error [`FoldError::ZeroScaleFactor`]
 /// when a factor is 0 (the correction would divide by it; PyTorch silently produces inf/NaN).
 pub fn qat_scale_factor(bn: &BatchNorm<'_>) -> Result<Vec<f32>, FoldError> {
-    let scale = bn.scale_f64()?;
-    scale
-        .iter()
-        .enumerate()
-        .map(|(i, &s)| {
-            let sf = to_f32(s, FoldParam::ScaleFactor, i)?;
-            if sf == 0.0 {
-                return Err(FoldError::ZeroScaleFactor { index: i });
-            }
-            Ok(sf)
-        })
-        .collect()
+    bn.scale_f64()?; // the checks: lengths, finite values, a positive variance
+    let c = bn.channels();
+    let gamma = Tensor::f32(vec![c], bn.weight.map_or_else(|| vec![1.0; c], <[f32]>::to_vec));
+    let var = Tensor::f32(vec![c], bn.running_var.to_vec());
+    let factor = on_the_fly::scale_factor(&gamma, &var, bn.eps)?;
+    let factor = factor.as_f32().unwrap_or_default().to_vec();
+    for (i, &sf) in factor.iter().enumerate() {
+        if !sf.is_finite() {
+            return Err(FoldError::Overflow {
+                param: FoldParam::ScaleFactor,
+                index: i,
+                value: sf as f64,
+            });
+        }
+        if sf == 0.0 {
+            return Err(FoldError::ZeroScaleFactor { index: i });
+        }
+    }
+    Ok(factor)
 }
 
 /// `scaled_weight[c, ...] = W[c, ...] · scale_factor[c]`: the weight that QAT fake-quantizes
@@ -373,13 +380,22 @@ pub fn qat_scale_weight(weight: &Tensor, scale_factor: &[f32]) -> Result<Tensor,
     }
     check_finite(FoldParam::Weight, data)?;
     check_finite(FoldParam::ScaleFactor, scale_factor)?;
-    let row: usize = weight.shape[1..].iter().product();
-    let scaled = data
+    let factor = Tensor::f32(vec![scale_factor.len()], scale_factor.to_vec());
+    let scaled = on_the_fly::scale_weight(weight, &factor)?;
+    if let Some((i, &v)) = scaled
+        .as_f32()
+        .unwrap_or_default()
         .iter()
         .enumerate()
-        .map(|(i, &v)| to_f32(v as f64 * scale_factor[i / row.max(1)] as f64, FoldParam::Weight, i))
-        .collect::<Result<Vec<f32>, _>>()?;
-    Ok(Tensor::f32(weight.shape.clone(), scaled))
+        .find(|(_, v)| !v.is_finite())
+    {
+        return Err(FoldError::Overflow {
+            param: FoldParam::Weight,
+            index: i,
+            value: v as f64,
+        });
+    }
+    Ok(scaled)
 }
 
 /// [`qat_scale_factor`] and [`qat_scale_weight`] together.
@@ -452,19 +468,11 @@ pub fn qat_output_correction(
     if let Some(i) = scale_factor.iter().position(|&s| s == 0.0) {
         return Err(FoldError::ZeroScaleFactor { index: i });
     }
-    let inner: usize = shape[2..].iter().product();
-    Ok(conv
-        .iter()
-        .enumerate()
-        .map(|(i, &y)| {
-            let ch = (i / inner.max(1)) % c;
-            let v = y / scale_factor[ch];
-            match bias {
-                Some(b) => v + b[ch],
-                None => v,
-            }
-        })
-        .collect())
+    let y = Tensor::f32(shape.to_vec(), conv.to_vec());
+    let factor = Tensor::f32(vec![c], scale_factor.to_vec());
+    let bias = bias.map(|b| Tensor::f32(vec![c], b.to_vec()));
+    let out = on_the_fly::correct_output(&y, &factor, bias.as_ref())?;
+    Ok(out.as_f32().unwrap_or_default().to_vec())
 }
 
 fn fold_tensor(weight: &Tensor, bias: Option<&Tensor>, bn: &BatchNorm<'_>) -> Result<Folded, FoldError> {
