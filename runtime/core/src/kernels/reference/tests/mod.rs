@@ -333,3 +333,30 @@ fn pool_geom(in_hw: [usize; 2], channels: usize, a: Axis, ceil_mode: bool) -> Po
         ceil_mode,
     }
 }
+
+/// A pooling case: the geometry (1-D along the width when `one_d`), input parameters and random
+/// codes drawn from `seed`; `None` when the geometry has no output.
+fn pool_case(
+    batch: usize,
+    c: usize,
+    in_hw: [usize; 2],
+    (ah, aw): (Axis, Axis),
+    ceil_mode: bool,
+    one_d: bool,
+    seed: u64,
+) -> Option<(Pool2dGeom, QParams, Vec<u8>)> {
+    let g = if one_d {
+        Pool2dGeom::pool1d(batch, in_hw[1], c, aw, ceil_mode)
+    } else {
+        Pool2dGeom {
+            batch,
+            ..pool_geom(in_hw, c, ah, ceil_mode)
+        }
+    };
+    let g = Pool2dGeom { w: aw, ..g };
+    g.out_hw().ok()?;
+    let mut rng = SplitMix64::new(seed);
+    let p = qp(log_uniform(&mut rng, 1e-3, 1.0), zero_point(&mut rng));
+    let x = data_u8(&mut rng, g.input_len(), p.zero_point());
+    Some((g, p, x))
+}

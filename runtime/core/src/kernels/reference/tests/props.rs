@@ -127,16 +127,9 @@ proptest! {
         batch in 1usize..=2, c in 1usize..=9, in_h in 1usize..=7, in_w in 1usize..=7,
         ah in pool_axis_strategy(true), aw in pool_axis_strategy(true), ceil_mode: bool, one_d: bool, seed: u64,
     ) {
-        let g = if one_d {
-            Pool2dGeom::pool1d(batch, in_w, c, aw, ceil_mode)
-        } else {
-            Pool2dGeom { batch, ..pool_geom([in_h, in_w], c, ah, ceil_mode) }
-        };
-        let g = Pool2dGeom { w: aw, ..g };
-        prop_assume!(g.out_hw().is_ok());
-        let mut rng = SplitMix64::new(seed);
-        let p = qp(log_uniform(&mut rng, 1e-3, 1.0), zero_point(&mut rng));
-        let x = data_u8(&mut rng, g.input_len(), p.zero_point());
+        let case = pool_case(batch, c, [in_h, in_w], (ah, aw), ceil_mode, one_d, seed);
+        prop_assume!(case.is_some());
+        let (g, p, x) = case.unwrap();
         let [oh, ow] = g.out_hw().unwrap();
         let mut out = vec![0u8; g.output_len().unwrap()];
         if one_d {
@@ -157,16 +150,9 @@ proptest! {
         ah in pool_axis_strategy(false), aw in pool_axis_strategy(false), ceil_mode: bool,
         count_include_pad: bool, one_d: bool, seed: u64,
     ) {
-        let g = if one_d {
-            Pool2dGeom::pool1d(batch, in_w, c, aw, ceil_mode)
-        } else {
-            Pool2dGeom { batch, ..pool_geom([in_h, in_w], c, ah, ceil_mode) }
-        };
-        let g = Pool2dGeom { w: aw, ..g };
-        prop_assume!(g.out_hw().is_ok());
-        let mut rng = SplitMix64::new(seed);
-        let ip = qp(log_uniform(&mut rng, 1e-3, 1.0), zero_point(&mut rng));
-        let x = data_u8(&mut rng, g.input_len(), ip.zero_point());
+        let case = pool_case(batch, c, [in_h, in_w], (ah, aw), ceil_mode, one_d, seed);
+        prop_assume!(case.is_some());
+        let (g, ip, x) = case.unwrap();
         let p = QAvgPool2d::new(g, count_include_pad, &ip);
         let [oh, ow] = g.out_hw().unwrap();
         let mut out = vec![0u8; g.output_len().unwrap()];
