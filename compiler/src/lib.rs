@@ -21,7 +21,7 @@
 //! | 8 | `expand` | stage `parsed`: the recipe's model as IR |
 //! | 9 | `float` | passes `infer-shapes`, `bind-weights` |
 //! | 10 | `bind` | pass `bind-checkpoint` (a later stage's checkpoint) |
-//! | 11 | `fold` | batch-norm folding: arithmetic, and into a graph's conv/linear |
+//! | 11 | `fold` | batch-norm folding into a graph's conv/linear (arithmetic: `qc_runtime_host::fold`) |
 //! | 12 | `rules` | fusion rules as typed data |
 //! | 13 | `rewrite` | the rewrite engine; pass `fuse` |
 //! | 14 | `plan`, `why_not` | the quantization plan; why the rules left a node alone |
