@@ -67,7 +67,8 @@ pub struct RunArgs {
     pub device: RunDevice,
 }
 
-/// Runs the command; returns the exit code.
+/// Runs the command: loads the model, reads the inputs, runs them on the chosen device, then
+/// reports, writes, profiles and benchmarks as asked.
 pub fn run(args: RunArgs) -> Outcome {
     let model = match Model::load(&args.model) {
         Ok(m) => m,
@@ -77,20 +78,8 @@ pub fn run(args: RunArgs) -> Outcome {
             return Err(Failure::User);
         }
     };
+    print_model(&model);
     let meta = model.meta();
-    println!(
-        "model {} (stage {}, qc {}), {} steps",
-        meta.model,
-        meta.stage,
-        meta.qc_version,
-        model.program().steps.len()
-    );
-    if let Some(n) = meta.input_normalize {
-        println!("inputs are normalized by the model: (x - {}) / {}", n.mean, n.std);
-    }
-    if !meta.calibrated_for_accuracy {
-        println!("note: not calibrated for accuracy (calibrated on random data): outputs serve latency work only");
-    }
     let wanted: Vec<String> = meta
         .inputs
         .iter()
@@ -118,8 +107,51 @@ pub fn run(args: RunArgs) -> Outcome {
             return Err(Failure::User);
         }
     };
-    let runner = match args.device.resolve() {
-        Ok(None) => Runner::Cpu(&model),
+    let runner = runner(&model, &args)?;
+    let outputs = match runner.run(&pool, &inputs) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: the model failed: {e}");
+            eprintln!("help: the model's inputs are {}", wanted.join(", "));
+            return Err(Failure::User);
+        }
+    };
+    for (spec, out) in meta.outputs.iter().zip(&outputs) {
+        summarize(&spec.name, out);
+    }
+    report_accuracy(args.labels.as_deref(), &outputs)?;
+    write_output(args.output.as_deref(), &outputs)?;
+    if args.profile {
+        profile(&model, &pool, &inputs)?;
+    }
+    if let Some(rounds) = args.bench {
+        bench(&runner, &pool, &inputs, rounds)?;
+    }
+    Ok(())
+}
+
+/// What the model is: name, stage, steps, its input normalization and calibration.
+fn print_model(model: &Model) {
+    let meta = model.meta();
+    println!(
+        "model {} (stage {}, qc {}), {} steps",
+        meta.model,
+        meta.stage,
+        meta.qc_version,
+        model.program().steps.len()
+    );
+    if let Some(n) = meta.input_normalize {
+        println!("inputs are normalized by the model: (x - {}) / {}", n.mean, n.std);
+    }
+    if !meta.calibrated_for_accuracy {
+        println!("note: not calibrated for accuracy (calibrated on random data): outputs serve latency work only");
+    }
+}
+
+/// Where the model runs: qc's own kernels, or libtorch's int8 path (`--device`).
+fn runner<'m>(model: &'m Model, args: &RunArgs) -> Result<Runner<'m>, Failure> {
+    match args.device.resolve() {
+        Ok(None) => Ok(Runner::Cpu(model)),
         Ok(Some(device)) => {
             if args.profile {
                 eprintln!("error: `--profile` times qc's own kernels step by step");
@@ -135,12 +167,12 @@ pub fn run(args: RunArgs) -> Outcome {
                             Device::Cuda => "cuda",
                         }
                     );
-                    Runner::Torch(&model, Box::new(s))
+                    Ok(Runner::Torch(model, Box::new(s)))
                 }
                 Err(e) => {
                     eprintln!("error: the model cannot run through libtorch: {e}");
                     eprintln!("help: run it on qc's own kernels with `--device cpu`");
-                    return Err(Failure::User);
+                    Err(Failure::User)
                 }
             }
         }
@@ -149,21 +181,14 @@ pub fn run(args: RunArgs) -> Outcome {
             eprintln!(
                 "help: `--device cpu` runs qc's own kernels (the same bits); `qc backends` shows what this machine has"
             );
-            return Err(Failure::User);
+            Err(Failure::User)
         }
-    };
-    let outputs = match runner.run(&pool, &inputs) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("error: the model failed: {e}");
-            eprintln!("help: the model's inputs are {}", wanted.join(", "));
-            return Err(Failure::User);
-        }
-    };
-    for (spec, out) in meta.outputs.iter().zip(&outputs) {
-        summarize(&spec.name, out);
     }
-    if let Some(path) = &args.labels {
+}
+
+/// Top-1 accuracy against `--labels`, when given.
+fn report_accuracy(labels: Option<&Path>, outputs: &[Tensor]) -> Outcome {
+    if let Some(path) = labels {
         match accuracy(path, &outputs[0]) {
             Ok((correct, n)) => println!(
                 "accuracy: {:.2}% top-1 ({correct}/{n} against {})",
@@ -177,55 +202,67 @@ pub fn run(args: RunArgs) -> Outcome {
             }
         }
     }
-    if let Some(path) = &args.output {
-        if let Err(e) = write_outputs(path, &outputs) {
+    Ok(())
+}
+
+/// The outputs to `--output`, when given.
+fn write_output(output: Option<&Path>, outputs: &[Tensor]) -> Outcome {
+    if let Some(path) = output {
+        if let Err(e) = write_outputs(path, outputs) {
             eprintln!("error: cannot write `{}`: {e}", path.display());
             eprintln!("help: check that the folder exists and is writable");
             return Err(Failure::User);
         }
         println!("wrote {}", path.display());
     }
-    if args.profile {
-        // One warm run, then the profiled one.
-        let profiled = pool.install(|| {
-            let _ = model.run(&inputs);
-            model.run_profiled(&inputs)
-        });
-        match profiled {
-            Ok((_, times)) => print_profile(&model, &times),
-            Err(e) => {
-                eprintln!("error: the model failed while profiling: {e}");
-                eprintln!("help: this is a bug if the first run succeeded; please report it");
-                return Err(Failure::Bug);
-            }
+    Ok(())
+}
+
+/// One warm run, then the profiled one: each step's share.
+fn profile(model: &Model, pool: &rayon::ThreadPool, inputs: &[Tensor]) -> Outcome {
+    let profiled = pool.install(|| {
+        let _ = model.run(inputs);
+        model.run_profiled(inputs)
+    });
+    match profiled {
+        Ok((_, times)) => {
+            print_profile(model, &times);
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("error: the model failed while profiling: {e}");
+            eprintln!("help: this is a bug if the first run succeeded; please report it");
+            Err(Failure::Bug)
         }
     }
-    if let Some(rounds) = args.bench {
-        let rounds = rounds.max(1);
-        let batch = inputs.first().and_then(|t| t.shape.first().copied()).unwrap_or(1);
-        let mut times = Vec::with_capacity(rounds);
-        let warmup = 3.min(rounds);
-        for i in 0..warmup + rounds {
-            let start = Instant::now();
-            if let Err(e) = runner.run(&pool, &inputs) {
-                eprintln!("error: the model failed while benchmarking: {e}");
-                eprintln!("help: this is a bug if the first run succeeded; please report it");
-                return Err(Failure::Bug);
-            }
-            if i >= warmup {
-                times.push(start.elapsed().as_secs_f64() * 1e3);
-            }
+}
+
+/// `--bench ROUNDS`: three warm-up runs, then the median of the timed ones.
+fn bench(runner: &Runner, pool: &rayon::ThreadPool, inputs: &[Tensor], rounds: usize) -> Outcome {
+    let rounds = rounds.max(1);
+    let batch = inputs.first().and_then(|t| t.shape.first().copied()).unwrap_or(1);
+    let mut times = Vec::with_capacity(rounds);
+    let warmup = 3.min(rounds);
+    for i in 0..warmup + rounds {
+        let start = Instant::now();
+        if let Err(e) = runner.run(pool, inputs) {
+            eprintln!("error: the model failed while benchmarking: {e}");
+            eprintln!("help: this is a bug if the first run succeeded; please report it");
+            return Err(Failure::Bug);
         }
-        times.sort_by(|a, b| a.total_cmp(b));
-        let median = times[times.len() / 2];
-        println!(
-            "bench: {rounds} rounds, median {median:.3} ms/run, batch {batch}, {:.1} img/s (min {:.3}, max {:.3} ms; {} threads)",
-            batch as f64 * 1e3 / median,
-            times[0],
-            times[times.len() - 1],
-            pool.current_num_threads()
-        );
+        if i >= warmup {
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
     }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let median = times[times.len() / 2];
+    println!(
+        "bench: {rounds} rounds, median {median:.3} ms/run, batch {batch}, {:.1} img/s (min {:.3}, max {:.3} ms; {} threads)",
+        batch as f64 * 1e3 / median,
+        times[0],
+        times[times.len() - 1],
+        pool.current_num_threads()
+    );
     Ok(())
 }
 
