@@ -135,12 +135,15 @@ enum Command {
         /// Where to write the output as `.npy` (atomically).
         #[arg(long)]
         output: Option<PathBuf>,
-        /// Worker threads (default: one per core).
+        /// Worker threads, 1 to 1024 (default: one per core).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        threads: Option<u16>,
+        /// Time this many runs (1 to 1,000,000) after 3 warm-up runs and print the median.
+        #[arg(long, value_name = "ROUNDS", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        bench: Option<u32>,
+        /// Run inputs that hold NaN or infinite values (refused by default, naming the value).
         #[arg(long)]
-        threads: Option<usize>,
-        /// Time this many runs after 3 warm-up runs and print the median.
-        #[arg(long, value_name = "ROUNDS")]
-        bench: Option<usize>,
+        allow_non_finite: bool,
         /// Print how long each step takes (slowest first).
         #[arg(long)]
         profile: bool,
@@ -229,15 +232,17 @@ pub fn main() -> Outcome {
             profile,
             labels,
             device,
+            allow_non_finite,
         } => crate::run::run(crate::run::RunArgs {
             model,
             inputs: input,
             output,
-            threads,
-            bench,
+            threads: threads.map(usize::from),
+            bench: bench.map(|b| b as usize),
             profile,
             labels,
             device,
+            allow_non_finite,
         }),
         Command::Train(args) => crate::train::main(args),
         Command::Backends => backends(),
@@ -262,6 +267,44 @@ fn report(diags: &[Diagnostic], sources: &Arc<SourceMap>) {
     }
     let n = diags.len();
     eprintln!("error: {n} problem{} found", if n == 1 { "" } else { "s" });
+}
+
+/// The files a recipe reads: the recipe, its includes and the checkpoints it binds.
+pub(crate) fn recipe_inputs(loaded: &qc_dsl::Loaded) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = loaded.sources.files().iter().map(|f| f.path.clone()).collect();
+    files.extend(loaded.recipe.weights.iter().map(|w| w.resolved.clone()));
+    files
+}
+
+/// Refuses, before any work, an output that is one of the command's inputs (the same file by
+/// any path or link) or that is not a regular file (a link, a folder, a device).
+pub(crate) fn check_output(flag: &str, output: &Path, inputs: &[PathBuf]) -> Outcome {
+    let folder = output.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(folder) = folder.filter(|d| !d.is_dir()) {
+        eprintln!(
+            "error: cannot write {flag} `{}`: the folder `{}` does not exist",
+            output.display(),
+            folder.display()
+        );
+        eprintln!(
+            "help: create it first (`mkdir -p {}`), or name a file in a folder that exists",
+            folder.display()
+        );
+        return Err(Failure::User);
+    }
+    let inputs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+    qc_runtime::fsutil::check_output(output, &inputs).map_err(|refusal| {
+        eprintln!("error: cannot write {flag} `{}`: {refusal}", output.display());
+        match refusal {
+            qc_runtime::fsutil::OutputRefusal::IsInput(_) => {
+                eprintln!("help: name another file; qc never writes over a file the command reads")
+            }
+            qc_runtime::fsutil::OutputRefusal::NotRegularFile(_) => {
+                eprintln!("help: name a regular file, or a path where nothing is yet")
+            }
+        }
+        Failure::User
+    })
 }
 
 pub(crate) fn load(file: &Path) -> Result<qc_dsl::Loaded, Failure> {
@@ -319,6 +362,9 @@ fn compile(
         }
     };
     let loaded = load(file)?;
+    if let Some(out) = output {
+        check_output("-o", out, &recipe_inputs(&loaded))?;
+    }
     let known = qc_compiler::pass_names();
     for p in &print_after {
         if !known.contains(&p.as_str()) && Stage::from_name(p).is_none() {
@@ -656,6 +702,7 @@ fn check_keys(file: &Path, stage: &str, ckpt: &Path, qat: bool) -> Outcome {
 }
 
 fn export_weights(file: &Path, stage: &str, output: &Path, qat: bool) -> Outcome {
+    check_output("-o", output, &recipe_inputs(&load(file)?))?;
     let (module, _) = module_at(file, stage, qat)?;
     let (tensors, meta) = match qc_compiler::keys::export(&module) {
         Ok(t) => t,

@@ -65,6 +65,8 @@ pub struct RunArgs {
     /// Labels (IDX or `.npy`, one class per sample) to report top-1 accuracy against.
     pub labels: Option<PathBuf>,
     pub device: RunDevice,
+    /// Run inputs with NaN or infinite values instead of refusing them.
+    pub allow_non_finite: bool,
 }
 
 /// Runs the command: loads the model, reads the inputs, runs them on the chosen device, then
@@ -78,6 +80,12 @@ pub fn run(args: RunArgs) -> Outcome {
             return Err(Failure::User);
         }
     };
+    let mut read: Vec<PathBuf> = vec![args.model.clone()];
+    read.extend(args.inputs.iter().cloned());
+    read.extend(args.labels.iter().cloned());
+    if let Some(out) = &args.output {
+        crate::cli::check_output("--output", out, &read)?;
+    }
     print_model(&model);
     let meta = model.meta();
     let wanted: Vec<String> = meta
@@ -96,6 +104,9 @@ pub fn run(args: RunArgs) -> Outcome {
             return Err(Failure::User);
         }
     };
+    if !args.allow_non_finite {
+        refuse_non_finite(&model, &inputs)?;
+    }
     let pool = match rayon::ThreadPoolBuilder::new()
         .num_threads(args.threads.unwrap_or(0))
         .build()
@@ -146,6 +157,26 @@ fn print_model(model: &Model) {
     if !meta.calibrated_for_accuracy {
         println!("note: not calibrated for accuracy (calibrated on random data): outputs serve latency work only");
     }
+}
+
+/// Refuses an input holding NaN or an infinity, naming the input, the element's index and its
+/// sample: the model would run and print garbage (calibration refuses the same data).
+fn refuse_non_finite(model: &Model, inputs: &[Tensor]) -> Outcome {
+    for (spec, t) in model.meta().inputs.iter().zip(inputs) {
+        let Some(values) = t.as_f32() else { continue };
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            let per_sample: usize = t.shape.iter().skip(1).product::<usize>().max(1);
+            eprintln!(
+                "error: input `{}` holds {} at element {i} (sample {}); the model would run on garbage",
+                spec.name,
+                values[i],
+                i / per_sample
+            );
+            eprintln!("help: clean the data, or pass --allow-non-finite to run it as it is");
+            return Err(Failure::User);
+        }
+    }
+    Ok(())
 }
 
 /// Where the model runs: qc's own kernels, or libtorch's int8 path (`--device`).

@@ -75,6 +75,14 @@ pub struct TrainArgs {
 /// epochs and the summary.
 pub fn main(args: TrainArgs) -> Outcome {
     let loaded = crate::cli::load(&args.file)?;
+    let mut inputs = crate::cli::recipe_inputs(&loaded);
+    inputs.push(training::resume_path(&args.output));
+    crate::cli::check_output("-o", &args.output, &inputs)?;
+    crate::cli::check_output(
+        "-o",
+        &training::resume_path(&args.output),
+        &crate::cli::recipe_inputs(&loaded),
+    )?;
     let device = match args.device.resolve() {
         Ok(d) => d,
         Err(e) => {

@@ -1,8 +1,9 @@
 //! File-system helpers shared by every writer in qc: atomic writes (the compiler's checkpoints and
-//! IR dumps, the runtime's `.qmodel` artifacts).
+//! IR dumps, the runtime's `.qmodel` artifacts) and the checks that keep a write from destroying
+//! anything: an output is never one of the command's inputs, and only a regular file is replaced.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Makes temporary names unique between threads of one process (the pid separates processes).
@@ -13,6 +14,12 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 /// fsynced too (Unix), so the rename survives a crash. On any error the temporary file is removed
 /// and the target is left as it was.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    if let Some(kind) = not_replaceable(path)? {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("it is {kind}, and qc replaces only regular files"),
+        ));
+    }
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -42,6 +49,70 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// Why an output path cannot be written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputRefusal {
+    /// The output is this input of the command (the same file, by any path or link).
+    IsInput(PathBuf),
+    /// Something other than a regular file is there (`a symbolic link`, `a folder`, …).
+    NotRegularFile(&'static str),
+}
+
+impl std::fmt::Display for OutputRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OutputRefusal::IsInput(input) => write!(f, "it is the same file as the input `{}`", input.display()),
+            OutputRefusal::NotRegularFile(kind) => write!(f, "it is {kind}, and qc replaces only regular files"),
+        }
+    }
+}
+
+/// Checks an output path before a command does any work: it must not be one of `inputs` (the
+/// same file through any path or link) and, if something is there, it must be a regular file.
+pub fn check_output(output: &Path, inputs: &[&Path]) -> Result<(), OutputRefusal> {
+    if let Some(input) = inputs.iter().find(|i| same_file(output, i)) {
+        return Err(OutputRefusal::IsInput(input.to_path_buf()));
+    }
+    match not_replaceable(output) {
+        Ok(Some(kind)) => Err(OutputRefusal::NotRegularFile(kind)),
+        _ => Ok(()),
+    }
+}
+
+/// True when both paths name one existing file (after following links).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        #[cfg(unix)]
+        (Ok(x), Ok(y)) => {
+            use std::os::unix::fs::MetadataExt;
+            x.dev() == y.dev() && x.ino() == y.ino()
+        }
+        #[cfg(not(unix))]
+        (Ok(_), Ok(_)) => matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y),
+        _ => false,
+    }
+}
+
+/// What is at `path` when it is not a regular file (nothing there is fine).
+fn not_replaceable(path: &Path) -> std::io::Result<Option<&'static str>> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) => {
+            let t = m.file_type();
+            Ok(if t.is_file() {
+                None
+            } else if t.is_symlink() {
+                Some("a symbolic link")
+            } else if t.is_dir() {
+                Some("a folder")
+            } else {
+                Some("a device, pipe or socket")
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,6 +132,39 @@ mod tests {
         assert_eq!(names.len(), 1, "{names:?}");
         // A target in a folder that does not exist: an error, nothing written.
         assert!(write_atomic(&dir.join("missing").join("b.bin"), b"x").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn outputs_that_are_inputs_or_not_regular_files_are_refused() {
+        let dir = std::env::temp_dir().join(format!("qc-fsutil-out-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let input = dir.join("in.bin");
+        std::fs::write(&input, b"keep").unwrap();
+        let other = dir.join(".").join("in.bin");
+        assert_eq!(
+            check_output(&other, &[&input]),
+            Err(OutputRefusal::IsInput(input.clone()))
+        );
+        assert_eq!(check_output(&dir.join("new.bin"), &[&input]), Ok(()));
+        assert_eq!(check_output(&dir, &[]), Err(OutputRefusal::NotRegularFile("a folder")));
+        #[cfg(unix)]
+        {
+            let link = dir.join("link.bin");
+            std::os::unix::fs::symlink(&input, &link).unwrap();
+            assert_eq!(
+                check_output(&link, &[&input]),
+                Err(OutputRefusal::IsInput(input.clone()))
+            );
+            assert_eq!(
+                check_output(&link, &[]),
+                Err(OutputRefusal::NotRegularFile("a symbolic link"))
+            );
+            assert!(write_atomic(&link, b"x").is_err());
+            assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+            assert!(write_atomic(Path::new("/dev/null"), b"x").is_err());
+        }
+        assert_eq!(std::fs::read(&input).unwrap(), b"keep");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

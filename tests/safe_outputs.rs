@@ -1,0 +1,210 @@
+//! Nothing a user asks qc to write destroys a file: an output that is one of the command's inputs
+//! (by any path or link) is refused before any work, so is anything but a regular file (a link,
+//! a device), and an output in a folder that does not exist; every refusal exits 1 with a help
+//! line and leaves every file as it was. `qc run` range-checks its numeric options and refuses
+//! inputs with NaN or infinite values unless told to run them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn qc() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_qc"))
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A refusal: exit 1, an `error:` naming `what`, a `help:` line.
+fn assert_refused(out: &Output, what: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("error: ") && err.contains(what), "{err}");
+    assert!(err.contains("help: "), "{err}");
+}
+
+/// fashion_cnn binding `weights.safetensors` (exported from its deterministic initialiser) and
+/// calibrating on one random batch: quick to compile.
+fn recipe_with_weights(dir: &Path) -> (PathBuf, PathBuf) {
+    let text = std::fs::read_to_string("examples/fashion_cnn.qrecipe").unwrap();
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("calibrate ") {
+                "  calibrate random(batches: 1)\n".to_string()
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    let bare = dir.join("bare.qrecipe");
+    std::fs::write(&bare, &text).unwrap();
+    let weights = dir.join("weights.safetensors");
+    let out = qc()
+        .args(["export-weights"])
+        .arg(&bare)
+        .args(["--stage", "float", "-o"])
+        .arg(&weights)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let recipe = dir.join("model.qrecipe");
+    std::fs::write(&recipe, format!("{text}weights \"weights.safetensors\"\n")).unwrap();
+    (recipe, weights)
+}
+
+#[test]
+fn compile_and_export_refuse_to_write_over_their_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (recipe, weights) = recipe_with_weights(dir.path());
+    let recipe_before = std::fs::read(&recipe).unwrap();
+    let weights_before = std::fs::read(&weights).unwrap();
+
+    let out = qc()
+        .arg("compile")
+        .arg(&recipe)
+        .arg("-o")
+        .arg(&recipe)
+        .output()
+        .unwrap();
+    assert_refused(&out, "the same file as the input");
+    // Through another spelling of the same path.
+    let other = dir.path().join(".").join("model.qrecipe");
+    let out = qc().arg("compile").arg(&recipe).arg("-o").arg(&other).output().unwrap();
+    assert_refused(&out, "the same file as the input");
+    let out = qc()
+        .arg("compile")
+        .arg(&recipe)
+        .arg("-o")
+        .arg(&weights)
+        .output()
+        .unwrap();
+    assert_refused(&out, "weights.safetensors");
+    let out = qc()
+        .arg("export-weights")
+        .arg(&recipe)
+        .args(["--stage", "float", "-o"])
+        .arg(&weights)
+        .output()
+        .unwrap();
+    assert_refused(&out, "the same file as the input");
+
+    assert_eq!(std::fs::read(&recipe).unwrap(), recipe_before);
+    assert_eq!(std::fs::read(&weights).unwrap(), weights_before);
+}
+
+#[test]
+fn links_devices_and_missing_folders_are_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let (recipe, weights) = recipe_with_weights(dir.path());
+    let link = dir.path().join("link.qmodel");
+    std::os::unix::fs::symlink(&weights, &link).unwrap();
+    let out = qc().arg("compile").arg(&recipe).arg("-o").arg(&link).output().unwrap();
+    assert_refused(&out, "the same file as the input");
+    let elsewhere = dir.path().join("elsewhere.bin");
+    std::fs::write(&elsewhere, b"keep").unwrap();
+    let link2 = dir.path().join("link2.qmodel");
+    std::os::unix::fs::symlink(&elsewhere, &link2).unwrap();
+    let out = qc().arg("compile").arg(&recipe).arg("-o").arg(&link2).output().unwrap();
+    assert_refused(&out, "a symbolic link");
+    assert!(std::fs::symlink_metadata(&link2).unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read(&elsewhere).unwrap(), b"keep");
+
+    let out = qc()
+        .arg("compile")
+        .arg(&recipe)
+        .args(["-o", "/dev/null"])
+        .output()
+        .unwrap();
+    assert_refused(&out, "a device");
+
+    let missing = dir.path().join("no").join("such").join("m.qmodel");
+    let out = qc()
+        .arg("compile")
+        .arg(&recipe)
+        .arg("-o")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert_refused(&out, "does not exist");
+    let out = qc()
+        .arg("train")
+        .arg(&recipe)
+        .arg("-o")
+        .arg(dir.path().join("missing").join("w.safetensors"))
+        .args(["--device", "cpu"])
+        .output()
+        .unwrap();
+    assert_refused(&out, "does not exist");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("epoch"),
+        "refused before training"
+    );
+}
+
+#[test]
+fn qc_run_guards_its_output_options_and_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (recipe, _) = recipe_with_weights(dir.path());
+    let model = dir.path().join("m.qmodel");
+    let out = qc().arg("compile").arg(&recipe).arg("-o").arg(&model).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let model_before = std::fs::read(&model).unwrap();
+
+    let n = 2usize;
+    let mut x = vec![0.5f32; n * 28 * 28];
+    let input = dir.path().join("x.npy");
+    std::fs::write(&input, qc_runtime_host::data::npy_f32_bytes(&[n, 1, 28, 28], &x)).unwrap();
+
+    let out = qc()
+        .arg("run")
+        .arg(&model)
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert_refused(&out, "the same file as the input");
+    let out = qc()
+        .arg("run")
+        .arg(&model)
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_refused(&out, "x.npy");
+    assert_eq!(std::fs::read(&model).unwrap(), model_before);
+
+    // Out-of-range options are usage errors, refused by the parser.
+    for (flag, value) in [("--threads", "100000"), ("--threads", "0"), ("--bench", "0")] {
+        let out = qc()
+            .arg("run")
+            .arg(&model)
+            .arg("--input")
+            .arg(&input)
+            .args([flag, value])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {}", stderr(&out));
+        assert!(stderr(&out).contains(flag), "{}", stderr(&out));
+    }
+
+    // A NaN in the input names the input, the element and the sample.
+    x[28 * 28 + 5] = f32::NAN;
+    std::fs::write(&input, qc_runtime_host::data::npy_f32_bytes(&[n, 1, 28, 28], &x)).unwrap();
+    let out = qc().arg("run").arg(&model).arg("--input").arg(&input).output().unwrap();
+    assert_refused(&out, "holds NaN at element 789 (sample 1)");
+    assert!(stderr(&out).contains("--allow-non-finite"), "{}", stderr(&out));
+    let out = qc()
+        .arg("run")
+        .arg(&model)
+        .arg("--input")
+        .arg(&input)
+        .arg("--allow-non-finite")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
