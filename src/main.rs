@@ -11,7 +11,7 @@ mod train;
 const STACK_BYTES: usize = 512 << 20;
 
 fn main() {
-    quiet_on_closed_stdout();
+    quiet_on_closed_output();
     let code = std::thread::Builder::new()
         .name("qc".into())
         .stack_size(STACK_BYTES)
@@ -24,9 +24,10 @@ fn main() {
     std::process::exit(code);
 }
 
-/// `qc keys ... | head`: when the reader of stdout goes away, stop quietly (as a tool killed by
-/// SIGPIPE would) instead of reporting `println!`'s panic as a qc bug.
-fn quiet_on_closed_stdout() {
+/// `qc keys ... | head`, `qc check BAD 2>&1 | head -1`: when the reader of stdout or stderr goes
+/// away, stop quietly (as a tool killed by SIGPIPE would) instead of reporting `println!`'s or
+/// `eprintln!`'s panic as a qc bug.
+fn quiet_on_closed_output() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let payload = info.payload();
@@ -35,7 +36,9 @@ fn quiet_on_closed_stdout() {
             .map(String::as_str)
             .or_else(|| payload.downcast_ref::<&str>().copied())
             .unwrap_or("");
-        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+        let printing =
+            message.starts_with("failed printing to stdout") || message.starts_with("failed printing to stderr");
+        if printing && message.contains("Broken pipe") {
             std::process::exit(exit::CLOSED_PIPE);
         }
         default(info);

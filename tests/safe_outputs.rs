@@ -208,3 +208,66 @@ fn qc_run_guards_its_output_options_and_inputs() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// `qc check BAD 2>&1 | head -1`: a reader of stderr that goes away ends qc quietly (141, as
+/// SIGPIPE would), never with a panic report (exit 70 or 101).
+#[test]
+fn a_closed_stderr_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.qrecipe");
+    let many: String = (0..2000)
+        .map(|i| format!("model m{i} {{ y = nosuchop(x) }}\n"))
+        .collect();
+    std::fs::write(&bad, many).unwrap();
+    let mut child = qc()
+        .arg("check")
+        .arg(&bad)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let status = child.wait().unwrap();
+    assert!(matches!(status.code(), Some(141) | Some(1)), "{status:?}");
+}
+
+/// `qc compile -o` killed with SIGKILL at 20 points spread over its run leaves the old model or a
+/// complete new one, never a part; the next run removes the killed runs' temporary files.
+#[test]
+fn a_killed_compile_leaves_the_old_model_or_a_whole_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (recipe, _) = recipe_with_weights(dir.path());
+    let model = dir.path().join("m.qmodel");
+    let compile = || {
+        let mut c = qc();
+        c.arg("compile").arg(&recipe).arg("-o").arg(&model);
+        c.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        c
+    };
+    let started = std::time::Instant::now();
+    assert!(compile().status().unwrap().success());
+    let whole = started.elapsed();
+    let mut rng = qc_runtime::SplitMix64::new(7);
+    for round in 0..20u32 {
+        // Spread the kills over the run, the last few right around the write at its end.
+        let at = whole.mul_f64((round as f64 + (rng.next_u64() % 1000) as f64 / 1000.0) / 20.0 * 1.1);
+        let mut child = compile().spawn().unwrap();
+        std::thread::sleep(at);
+        let _ = child.kill();
+        let _ = child.wait();
+        let loaded = qc_runtime::model::Model::load(&model);
+        assert!(
+            loaded.is_ok(),
+            "round {round} (killed after {at:?}): {:?}",
+            loaded.err()
+        );
+    }
+    assert!(compile().status().unwrap().success());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.contains(".tmp."))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -402,6 +402,14 @@ impl Artifact {
             steps: ph.steps,
             constants,
         };
+        if let Some(n) = input_normalize {
+            if !(n.mean.is_finite() && n.std.is_finite() && n.std > 0.0) {
+                return Err(LoadError::Header(format!(
+                    "the input normalization (x - {}) / {} needs a finite mean and a finite, positive std",
+                    n.mean, n.std
+                )));
+            }
+        }
         crate::validate::validate(&program)?;
         Ok(Artifact {
             meta: Meta {

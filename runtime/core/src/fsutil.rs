@@ -28,6 +28,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "out".into());
+    remove_stale_temporaries(dir, &name);
     let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
     let tmp = dir.join(format!(".{name}.tmp.{}.{unique}", std::process::id()));
     let result = (|| {
@@ -47,6 +48,37 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Removes the temporary files `.NAME.tmp.PID.N` that a killed run of qc left beside `NAME`
+/// (its process no longer exists); those of running processes are left alone. Best effort.
+fn remove_stale_temporaries(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.tmp.");
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(rest) = file.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let Some((pid, unique)) = rest.split_once('.') else {
+            continue;
+        };
+        let (Ok(pid), Ok(_)) = (pid.parse::<u32>(), unique.parse::<u64>()) else {
+            continue;
+        };
+        if !process_exists(pid) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Whether a process with this id runs (Linux: `/proc/PID`; elsewhere assumed, so nothing is removed).
+fn process_exists(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        Path::new("/proc").join(pid.to_string()).exists()
+    } else {
+        true
+    }
 }
 
 /// Why an output path cannot be written.
@@ -165,6 +197,26 @@ mod tests {
             assert!(write_atomic(Path::new("/dev/null"), b"x").is_err());
         }
         assert_eq!(std::fs::read(&input).unwrap(), b"keep");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn temporaries_of_killed_runs_are_removed_and_live_ones_kept() {
+        let dir = std::env::temp_dir().join(format!("qc-fsutil-stale-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // No process has this id (above Linux's pid_max).
+        let stale = dir.join(".m.qmodel.tmp.4294967295.0");
+        let live = dir.join(format!(".m.qmodel.tmp.{}.99", std::process::id()));
+        let other = dir.join(".other.tmp.4294967295.0");
+        for f in [&stale, &live, &other] {
+            std::fs::write(f, b"partial").unwrap();
+        }
+        write_atomic(&dir.join("m.qmodel"), b"whole").unwrap();
+        assert!(!stale.exists(), "a killed run's temporary file is removed");
+        assert!(
+            live.exists() && other.exists(),
+            "a running process's and another file's are kept"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -320,3 +320,26 @@ fn fuzzed_files_never_panic() {
     eprintln!("fuzz: {loaded} of 2000 mutants loaded, {ran} ran");
     assert!(loaded > 0);
 }
+
+/// A `.qmodel` whose input normalization divides by zero (or by a non-finite std) does not load:
+/// it would run and print garbage.
+#[test]
+fn a_normalization_that_cannot_be_applied_is_refused() {
+    use qc_runtime::artifact::Normalize;
+    // (NaN and infinities cannot be written: JSON has none.)
+    for (mean, std) in [(0.5f32, 0.0f32), (0.5, -0.0), (0.5, -1.0)] {
+        let (mut a, _) = artifact();
+        a.meta = a.meta.clone().with_input_normalize(Some(Normalize { mean, std }));
+        let bytes = a.to_bytes().unwrap();
+        match Artifact::from_bytes(&bytes) {
+            Err(LoadError::Header(m)) => assert!(m.contains("positive std"), "{m}"),
+            other => panic!("mean {mean}, std {std}: {other:?}"),
+        }
+    }
+    let (mut a, _) = artifact();
+    a.meta = a
+        .meta
+        .clone()
+        .with_input_normalize(Some(Normalize { mean: 0.28, std: 0.35 }));
+    assert!(Artifact::from_bytes(&a.to_bytes().unwrap()).is_ok());
+}
