@@ -253,15 +253,7 @@ pub fn main() -> Outcome {
 fn report(diags: &[Diagnostic], sources: &Arc<SourceMap>) {
     if std::io::stderr().is_terminal() {
         let handler = miette::GraphicalReportHandler::new().with_links(false);
-        for d in diags {
-            let mut out = String::new();
-            let r = qc_dsl::diag::Rendered {
-                diagnostic: d.clone(),
-                sources: sources.clone(),
-            };
-            let _ = handler.render_report(&mut out, &r);
-            eprint!("{out}");
-        }
+        eprint!("{}", qc_dsl::diag::render_with(&handler, diags, sources));
     } else {
         eprint!("{}", qc_dsl::diag::render_plain(diags, sources));
     }

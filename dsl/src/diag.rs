@@ -150,19 +150,77 @@ impl Diagnostics {
     }
 }
 
-/// Renders diagnostics as plain text (no colour), the way tests snapshot them and `qc` prints
-/// them when its output is not a terminal.
+/// At most this many diagnostics are rendered; the rest are counted in one line (thousands of
+/// errors would otherwise each print their source line: output quadratic in the input).
+pub const MAX_SHOWN: usize = 50;
+/// A source line wider than this (in characters) is not shown; the diagnostic names its
+/// `file:line:col` instead.
+pub const MAX_SHOWN_LINE: usize = 300;
+
+/// Renders without colour (files, pipes, tests), 100 columns wide.
 pub fn render_plain(diags: &[Diagnostic], sources: &Arc<SourceMap>) -> String {
     let handler = miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
         .with_width(100)
         .with_links(false);
+    render_with(&handler, diags, sources)
+}
+
+/// Renders the first [`MAX_SHOWN`] diagnostics with `handler`, those on a line wider than
+/// [`MAX_SHOWN_LINE`] without the line, then how many more there are.
+pub fn render_with(handler: &miette::GraphicalReportHandler, diags: &[Diagnostic], sources: &Arc<SourceMap>) -> String {
     let mut out = String::new();
-    for d in diags {
+    for d in diags.iter().take(MAX_SHOWN) {
+        if widest_line(d, sources) > MAX_SHOWN_LINE {
+            out.push_str(&render_without_source(d, sources));
+            continue;
+        }
         let r = Rendered {
             diagnostic: d.clone(),
             sources: sources.clone(),
         };
         let _ = handler.render_report(&mut out, &r);
     }
+    if diags.len() > MAX_SHOWN {
+        let more = diags.len() - MAX_SHOWN;
+        out.push_str(&format!(
+            "… and {more} more problem{} (the first {MAX_SHOWN} are shown; fix them and check again)\n",
+            if more == 1 { "" } else { "s" }
+        ));
+    }
+    out
+}
+
+/// The widest source line a diagnostic would show (its span's and its notes').
+fn widest_line(d: &Diagnostic, sources: &SourceMap) -> usize {
+    std::iter::once(d.span)
+        .chain(d.notes.iter().map(|(s, _)| *s))
+        .map(|span| line_width(sources, span))
+        .max()
+        .unwrap_or(0)
+}
+
+/// The width in characters of the line holding a span's start.
+fn line_width(sources: &SourceMap, span: Span) -> usize {
+    let Some(f) = sources.file_at(span.start) else { return 0 };
+    let at = (span.start - f.base).min(f.text.len());
+    let start = f.text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let end = f.text[at..].find('\n').map_or(f.text.len(), |i| at + i);
+    f.text[start..end].chars().count()
+}
+
+/// A diagnostic on a line too wide to show: its message, location, label, notes and help.
+fn render_without_source(d: &Diagnostic, sources: &SourceMap) -> String {
+    let width = line_width(sources, d.span);
+    let mut out = format!(
+        "{code}\n\n  × {message}\n   at {at}: {label} (the line is {width} characters wide; not shown)\n",
+        code = d.code,
+        message = d.message,
+        at = sources.location(d.span),
+        label = d.label,
+    );
+    for (span, text) in &d.notes {
+        out.push_str(&format!("   note at {}: {text}\n", sources.location(*span)));
+    }
+    out.push_str(&format!("  help: {}\n\n", d.help));
     out
 }
