@@ -198,7 +198,8 @@ pub fn read_idx_images(dir: &Path, train: bool) -> Result<Array, DataError> {
 const NPY_MAGIC: &[u8] = b"\x93NUMPY";
 
 /// Reads a `.npy` file (format versions 1 to 3; little-endian `float32`, `float64` or `uint8`;
-/// C order).
+/// C order). Integer arrays (`int8` to `int64`, `uint16`, `uint32`: class labels, indices) are
+/// read as `float64`, exactly: a value beyond ±2^53 is refused.
 pub fn read_npy(path: &Path) -> Result<Array, DataError> {
     let bytes = std::fs::read(path).map_err(io(path))?;
     parse_npy(path, &bytes)
@@ -253,6 +254,20 @@ fn parse_npy(path: &Path, bytes: &[u8]) -> Result<Array, DataError> {
         "<f4" => (4, None),
         "<f8" => (8, None),
         "|u1" | "<u1" | "u1" => (1, Some(ArrayData::U8(body.get(..n).unwrap_or_default().to_vec()))),
+        "|i1" | "<i1" | "i1" | "<i2" | "<u2" | "<i4" | "<u4" | "<i8" => {
+            let size = descr[descr.len() - 1..].parse::<usize>().unwrap_or(8);
+            if body.len() != n * size {
+                return Err(bad(format!(
+                    "shape {shape:?} of {descr} needs {} bytes of data, the file has {}",
+                    n * size,
+                    body.len()
+                )));
+            }
+            return Ok(Array {
+                shape,
+                data: ArrayData::F64(integers_as_f64(path, descr, body, size)?),
+            });
+        }
         other => {
             return Err(DataError::DType {
                 path: path.to_path_buf(),
@@ -281,6 +296,31 @@ fn parse_npy(path: &Path, bytes: &[u8]) -> Result<Array, DataError> {
         ),
     };
     Ok(Array { shape, data })
+}
+
+/// Little-endian integers of `size` bytes (signed unless `descr` says `u`) as exact `f64`s.
+fn integers_as_f64(path: &Path, descr: &str, body: &[u8], size: usize) -> Result<Vec<f64>, DataError> {
+    let signed = !descr.contains('u');
+    body.chunks_exact(size)
+        .enumerate()
+        .map(|(i, c)| {
+            let mut b = [0u8; 8];
+            b[..size].copy_from_slice(c);
+            let negative = signed && c[size - 1] & 0x80 != 0;
+            if negative {
+                b[size..].fill(0xff);
+            }
+            let v = i64::from_le_bytes(b);
+            if v.unsigned_abs() > 1u64 << 53 {
+                return Err(format_error(
+                    path,
+                    "NumPy .npy",
+                    format!("element {i} ({v}) of the {descr} array is too large to read exactly"),
+                ));
+            }
+            Ok(v as f64)
+        })
+        .collect()
 }
 
 /// The text of `'key': VALUE` in a NumPy header dict, up to the next top-level comma or brace.
@@ -377,13 +417,43 @@ mod tests {
         let fortran = String::from_utf8_lossy(&bytes).replace("False", "True ");
         let e = parse_npy(Path::new("e.npy"), fortran.as_bytes());
         assert!(e.is_err());
-        let mut i8s = bytes.clone();
-        let at = i8s.windows(3).position(|w| w == b"<f4").unwrap();
-        i8s[at..at + 3].copy_from_slice(b"<i8");
+        let mut c8 = bytes.clone();
+        let at = c8.windows(3).position(|w| w == b"<f4").unwrap();
+        c8[at..at + 3].copy_from_slice(b"<c8");
         assert!(matches!(
-            parse_npy(Path::new("f.npy"), &i8s),
+            parse_npy(Path::new("f.npy"), &c8),
             Err(DataError::DType { .. })
         ));
+    }
+
+    /// `np.save("labels.npy", np.array([...], dtype=np.int64))`: the `.npy` a user saves class
+    /// labels in, read exactly (as `f64`).
+    #[test]
+    fn integer_npy_reads_exactly() {
+        let with = |descr: &str, body: &[u8]| {
+            let f = npy_f32_bytes(&[3], &[0.0; 3]);
+            let at = f.windows(3).position(|w| w == b"<f4").unwrap();
+            let mut out = f[..f.len() - 12].to_vec();
+            out[at..at + 3].copy_from_slice(descr.as_bytes());
+            out.extend_from_slice(body);
+            out
+        };
+        let i64s: Vec<u8> = [3i64, 0, -7].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let a = parse_npy(Path::new("l.npy"), &with("<i8", &i64s)).unwrap();
+        assert_eq!(a.data, ArrayData::F64(vec![3.0, 0.0, -7.0]));
+        let i32s: Vec<u8> = [9i32, -1, 2].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let a = parse_npy(Path::new("l.npy"), &with("<i4", &i32s)).unwrap();
+        assert_eq!(a.data, ArrayData::F64(vec![9.0, -1.0, 2.0]));
+        let u32s: Vec<u8> = [u32::MAX, 1, 2].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let a = parse_npy(Path::new("l.npy"), &with("<u4", &u32s)).unwrap();
+        assert_eq!(a.data, ArrayData::F64(vec![u32::MAX as f64, 1.0, 2.0]));
+        let huge: Vec<u8> = [i64::MAX, 0, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let e = parse_npy(Path::new("l.npy"), &with("<i8", &huge)).unwrap_err();
+        assert!(e.to_string().contains("too large to read exactly"), "{e}");
+        assert!(
+            parse_npy(Path::new("l.npy"), &with("<i8", &i64s[..16])).is_err(),
+            "cut data"
+        );
     }
 
     #[test]
