@@ -11,6 +11,22 @@ fn qc() -> Command {
     Command::new(env!("CARGO_BIN_EXE_qc"))
 }
 
+/// `qc compile RECIPE -o OUT`.
+fn compile_to(recipe: &Path, out: &Path) -> Output {
+    qc().arg("compile").arg(recipe).arg("-o").arg(out).output().unwrap()
+}
+
+/// `qc run MODEL --input INPUT EXTRA...`.
+fn run_with(model: &Path, input: &Path, extra: &[&std::ffi::OsStr]) -> Output {
+    qc().arg("run")
+        .arg(model)
+        .arg("--input")
+        .arg(input)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -60,25 +76,13 @@ fn compile_and_export_refuse_to_write_over_their_inputs() {
     let recipe_before = std::fs::read(&recipe).unwrap();
     let weights_before = std::fs::read(&weights).unwrap();
 
-    let out = qc()
-        .arg("compile")
-        .arg(&recipe)
-        .arg("-o")
-        .arg(&recipe)
-        .output()
-        .unwrap();
+    let out = compile_to(&recipe, &recipe);
     assert_refused(&out, "the same file as the input");
     // Through another spelling of the same path.
     let other = dir.path().join(".").join("model.qrecipe");
-    let out = qc().arg("compile").arg(&recipe).arg("-o").arg(&other).output().unwrap();
+    let out = compile_to(&recipe, &other);
     assert_refused(&out, "the same file as the input");
-    let out = qc()
-        .arg("compile")
-        .arg(&recipe)
-        .arg("-o")
-        .arg(&weights)
-        .output()
-        .unwrap();
+    let out = compile_to(&recipe, &weights);
     assert_refused(&out, "weights.safetensors");
     let out = qc()
         .arg("export-weights")
@@ -99,33 +103,22 @@ fn links_devices_and_missing_folders_are_refused_before_any_work() {
     let (recipe, weights) = recipe_with_weights(dir.path());
     let link = dir.path().join("link.qmodel");
     std::os::unix::fs::symlink(&weights, &link).unwrap();
-    let out = qc().arg("compile").arg(&recipe).arg("-o").arg(&link).output().unwrap();
+    let out = compile_to(&recipe, &link);
     assert_refused(&out, "the same file as the input");
     let elsewhere = dir.path().join("elsewhere.bin");
     std::fs::write(&elsewhere, b"keep").unwrap();
     let link2 = dir.path().join("link2.qmodel");
     std::os::unix::fs::symlink(&elsewhere, &link2).unwrap();
-    let out = qc().arg("compile").arg(&recipe).arg("-o").arg(&link2).output().unwrap();
+    let out = compile_to(&recipe, &link2);
     assert_refused(&out, "a symbolic link");
     assert!(std::fs::symlink_metadata(&link2).unwrap().file_type().is_symlink());
     assert_eq!(std::fs::read(&elsewhere).unwrap(), b"keep");
 
-    let out = qc()
-        .arg("compile")
-        .arg(&recipe)
-        .args(["-o", "/dev/null"])
-        .output()
-        .unwrap();
+    let out = compile_to(&recipe, Path::new("/dev/null"));
     assert_refused(&out, "a device");
 
     let missing = dir.path().join("no").join("such").join("m.qmodel");
-    let out = qc()
-        .arg("compile")
-        .arg(&recipe)
-        .arg("-o")
-        .arg(&missing)
-        .output()
-        .unwrap();
+    let out = compile_to(&recipe, &missing);
     assert_refused(&out, "does not exist");
     let out = qc()
         .arg("train")
@@ -147,7 +140,7 @@ fn qc_run_guards_its_output_options_and_inputs() {
     let dir = tempfile::tempdir().unwrap();
     let (recipe, _) = recipe_with_weights(dir.path());
     let model = dir.path().join("m.qmodel");
-    let out = qc().arg("compile").arg(&recipe).arg("-o").arg(&model).output().unwrap();
+    let out = compile_to(&recipe, &model);
     assert!(out.status.success(), "{}", stderr(&out));
     let model_before = std::fs::read(&model).unwrap();
 
@@ -156,38 +149,15 @@ fn qc_run_guards_its_output_options_and_inputs() {
     let input = dir.path().join("x.npy");
     std::fs::write(&input, qc_runtime_host::data::npy_f32_bytes(&[n, 1, 28, 28], &x)).unwrap();
 
-    let out = qc()
-        .arg("run")
-        .arg(&model)
-        .arg("--input")
-        .arg(&input)
-        .arg("--output")
-        .arg(&model)
-        .output()
-        .unwrap();
+    let out = run_with(&model, &input, &["--output".as_ref(), model.as_os_str()]);
     assert_refused(&out, "the same file as the input");
-    let out = qc()
-        .arg("run")
-        .arg(&model)
-        .arg("--input")
-        .arg(&input)
-        .arg("--output")
-        .arg(&input)
-        .output()
-        .unwrap();
+    let out = run_with(&model, &input, &["--output".as_ref(), input.as_os_str()]);
     assert_refused(&out, "x.npy");
     assert_eq!(std::fs::read(&model).unwrap(), model_before);
 
     // Out-of-range options are usage errors, refused by the parser.
     for (flag, value) in [("--threads", "100000"), ("--threads", "0"), ("--bench", "0")] {
-        let out = qc()
-            .arg("run")
-            .arg(&model)
-            .arg("--input")
-            .arg(&input)
-            .args([flag, value])
-            .output()
-            .unwrap();
+        let out = run_with(&model, &input, &[flag.as_ref(), value.as_ref()]);
         assert_eq!(out.status.code(), Some(2), "{flag} {value}: {}", stderr(&out));
         assert!(stderr(&out).contains(flag), "{}", stderr(&out));
     }
@@ -195,17 +165,10 @@ fn qc_run_guards_its_output_options_and_inputs() {
     // A NaN in the input names the input, the element and the sample.
     x[28 * 28 + 5] = f32::NAN;
     std::fs::write(&input, qc_runtime_host::data::npy_f32_bytes(&[n, 1, 28, 28], &x)).unwrap();
-    let out = qc().arg("run").arg(&model).arg("--input").arg(&input).output().unwrap();
+    let out = run_with(&model, &input, &[]);
     assert_refused(&out, "holds NaN at element 789 (sample 1)");
     assert!(stderr(&out).contains("--allow-non-finite"), "{}", stderr(&out));
-    let out = qc()
-        .arg("run")
-        .arg(&model)
-        .arg("--input")
-        .arg(&input)
-        .arg("--allow-non-finite")
-        .output()
-        .unwrap();
+    let out = run_with(&model, &input, &["--allow-non-finite".as_ref()]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
