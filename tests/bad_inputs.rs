@@ -51,3 +51,47 @@ fn thousands_of_problems_print_the_first_fifty_and_a_count() {
     assert!(err.trim_end().ends_with("problems found"), "the total is still counted");
     assert!(err.len() < 100_000, "{} bytes", err.len());
 }
+
+/// `/dev/zero` (a file that never ends) given as a recipe, a model or a checkpoint: refused after
+/// a bounded read, exit 1, with what qc reads at most.
+#[test]
+fn endless_files_are_refused_after_a_bounded_read() {
+    let qc = || Command::new(env!("CARGO_BIN_EXE_qc"));
+    let out = qc().args(["check", "/dev/zero"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("more than 16 MiB") && err.contains("help: "), "{err}");
+
+    let out = qc()
+        .args(["run", "/dev/zero", "--input", "/dev/null"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("more than the 256 MiB qc reads from a pipe or device"),
+        "{err}"
+    );
+
+    let text = "model m {\n  input x: f32[N, 4]\n  y = linear(x, out: 2)\n  output y\n}\nweights \"/dev/zero\"\n";
+    let out = check(text);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("256 MiB"), "{err}");
+}
+
+/// A recipe that is not UTF-8 names the first bad byte.
+#[test]
+fn a_recipe_that_is_not_text_names_the_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bin.qrecipe");
+    std::fs::write(&path, b"model m {\n\xff\xfe }").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_qc"))
+        .arg("check")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("not UTF-8 text (byte 10 is not valid)"), "{err}");
+}

@@ -23,7 +23,7 @@ pub enum CheckpointError {
 /// format stores no other order).
 pub fn read_safetensors(path: &Path) -> Result<IndexMap<String, Tensor>, CheckpointError> {
     let p = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io {
+    let bytes = qc_runtime::fsutil::read_capped(path).map_err(|source| CheckpointError::Io {
         path: p.clone(),
         source,
     })?;

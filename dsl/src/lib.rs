@@ -33,11 +33,42 @@ pub enum LoadError {
 
 /// Reads, parses and checks a recipe file and its includes.
 pub fn load(path: &Path) -> Result<Loaded, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+    let text = read_recipe_text(path).map_err(|source| LoadError::Read {
         path: path.display().to_string(),
         source,
     })?;
     Ok(load_str(&path.display().to_string(), path, text))
+}
+
+/// The most text a recipe file (or an include) may hold.
+pub const MAX_RECIPE_BYTES: u64 = 16 << 20;
+
+/// Reads a recipe's text, refusing more than [`MAX_RECIPE_BYTES`] (a stream such as `/dev/zero`
+/// included) and text that is not UTF-8 (naming the byte offset).
+pub fn read_recipe_text(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_RECIPE_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_RECIPE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "it holds more than {} MiB; a recipe is a small text file",
+                MAX_RECIPE_BYTES >> 20
+            ),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "it is not UTF-8 text (byte {} is not valid)",
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })
 }
 
 /// Parses and checks recipe text as if it were the file `name` at `path`.

@@ -146,7 +146,7 @@ fn parse_into(
             );
             continue;
         }
-        match std::fs::read_to_string(&resolved) {
+        match crate::read_recipe_text(&resolved) {
             Ok(text) => {
                 let name = resolved.display().to_string();
                 let child = sources.add(name.clone(), &resolved, text);

@@ -141,7 +141,7 @@ pub fn sniff(bytes: &[u8]) -> CheckpointFormat {
 /// Reads a `torch.save(state_dict)` file: every key in the file's order.
 pub fn read_pth(path: &Path) -> Result<IndexMap<String, PthValue>, PthError> {
     let name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| PthError::Io {
+    let bytes = qc_runtime::fsutil::read_capped(path).map_err(|source| PthError::Io {
         path: name.clone(),
         source,
     })?;

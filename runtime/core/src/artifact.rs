@@ -283,7 +283,7 @@ impl Artifact {
 
     /// Reads and checks a file ([`Artifact::from_bytes`]).
     pub fn load(path: &Path) -> Result<Artifact, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+        let bytes = crate::fsutil::read_capped(path).map_err(|source| LoadError::Io {
             path: path.display().to_string(),
             source,
         })?;

@@ -2,7 +2,7 @@
 //! IR dumps, the runtime's `.qmodel` artifacts) and the checks that keep a write from destroying
 //! anything: an output is never one of the command's inputs, and only a regular file is replaced.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -79,6 +79,46 @@ fn process_exists(pid: u32) -> bool {
     } else {
         true
     }
+}
+
+/// The most qc reads of a regular file (a checkpoint, a model, a data set), checked from its size
+/// before anything is allocated.
+pub const MAX_FILE_BYTES: u64 = 64 << 30;
+/// The most qc reads from anything else (a pipe, or a device such as `/dev/zero`, which never ends).
+pub const MAX_STREAM_BYTES: u64 = 256 << 20;
+
+/// Reads a whole file, refusing a folder, a regular file over [`MAX_FILE_BYTES`] (before reading
+/// it) and a stream that gives more than [`MAX_STREAM_BYTES`].
+pub fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
+    let too_large = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    let meta = std::fs::metadata(path)?;
+    if meta.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "it is a folder, not a file",
+        ));
+    }
+    let cap = if meta.is_file() {
+        if meta.len() > MAX_FILE_BYTES {
+            return Err(too_large(format!(
+                "it holds {} bytes, more than the {} GiB qc reads",
+                meta.len(),
+                MAX_FILE_BYTES >> 30
+            )));
+        }
+        MAX_FILE_BYTES
+    } else {
+        MAX_STREAM_BYTES
+    };
+    let mut out = Vec::with_capacity(if meta.is_file() { meta.len() as usize } else { 0 });
+    std::fs::File::open(path)?.take(cap + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > cap {
+        return Err(too_large(format!(
+            "it gives more than the {} MiB qc reads from a pipe or device (one that never ends?)",
+            cap >> 20
+        )));
+    }
+    Ok(out)
 }
 
 /// Why an output path cannot be written.

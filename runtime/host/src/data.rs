@@ -98,7 +98,7 @@ fn format_error(path: &Path, format: &'static str, message: impl Into<String>) -
 
 /// Reads a file, decompressing it when it starts with the gzip magic bytes.
 fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
-    let raw = std::fs::read(path).map_err(io(path))?;
+    let raw = qc_runtime::fsutil::read_capped(path).map_err(io(path))?;
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::MultiGzDecoder::new(&raw[..])
@@ -201,7 +201,7 @@ const NPY_MAGIC: &[u8] = b"\x93NUMPY";
 /// C order). Integer arrays (`int8` to `int64`, `uint16`, `uint32`: class labels, indices) are
 /// read as `float64`, exactly: a value beyond ±2^53 is refused.
 pub fn read_npy(path: &Path) -> Result<Array, DataError> {
-    let bytes = std::fs::read(path).map_err(io(path))?;
+    let bytes = qc_runtime::fsutil::read_capped(path).map_err(io(path))?;
     parse_npy(path, &bytes)
 }
 
