@@ -1,7 +1,7 @@
 # qc: the two commands of the README, and their parts.
 #   make demo   set up this machine, build, and run the main job on a shipped example
 #   make test   set up this machine, then run the whole test suite
-.PHONY: setup build demo test edge-core lint fmt clean
+.PHONY: setup build demo test edge-core bench-setup lint fmt clean
 
 CARGO ?= cargo
 DEMO_RECIPE ?= examples/fashion_cnn.qrecipe
@@ -21,6 +21,15 @@ test: setup edge-core
 # The edge runtime core builds and tests with no libtorch and none of the host crate's dependencies.
 edge-core:
 	bash scripts/check_edge_core.sh
+
+# PyTorch 2.11.0 (with numpy and safetensors) from PyPI into the git-ignored .venv-bench/, for the side-by-side
+# benchmarks in bench/ and the fixture scripts; not needed to build or test qc.
+BENCH_PY = .venv-bench/bin/python
+bench-setup: $(BENCH_PY)
+
+$(BENCH_PY):
+	python3 -m venv .venv-bench
+	$(BENCH_PY) -m pip install --quiet torch==2.11.0 numpy safetensors
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -14,8 +14,8 @@ median of the per-round ratios qc / PyTorch (< 1: qc faster; the issue's target 
 
 Usage (from the repository root, after `cargo build --release`):
 
-  /tmp/torchvenv/bin/python bench/qat_side_by_side.py --rounds 3 --threads 2
-  /tmp/torchvenv/bin/python bench/qat_side_by_side.py --rounds 3 --max-samples 20000
+  .venv-bench/bin/python bench/qat_side_by_side.py --rounds 3 --threads 2
+  .venv-bench/bin/python bench/qat_side_by_side.py --rounds 3 --max-samples 20000
 """
 
 import argparse

@@ -20,7 +20,7 @@ over rounds of each side and the median of the per-round ratios torch_ms / qc_ms
 
 See bench/README.md. Usage (from the repository root, after `cargo build --release`):
 
-  /tmp/torchvenv/bin/python bench/side_by_side.py --rounds 5
+  .venv-bench/bin/python bench/side_by_side.py --rounds 5
 """
 
 import argparse
