@@ -1,7 +1,7 @@
 # qc: the two commands of the README, and their parts.
 #   make demo   set up this machine, build, and run the main job on a shipped example
 #   make test   set up this machine, then run the whole test suite
-.PHONY: setup build demo test edge-core bench-setup lint fmt clean
+.PHONY: setup build demo test edge-core bench-setup fuzz-setup fuzz lint fmt clean
 
 CARGO ?= cargo
 DEMO_RECIPE ?= examples/fashion_cnn.qrecipe
@@ -30,6 +30,19 @@ bench-setup: $(BENCH_PY)
 $(BENCH_PY):
 	python3 -m venv .venv-bench
 	$(BENCH_PY) -m pip install --quiet torch==2.11.0 numpy safetensors
+
+# Fuzzing (docs/fuzzing.md): cargo-fuzz into the git-ignored .tools/, then every target of fuzz/ for
+# RUNS inputs each, one after another (`make fuzz RUNS=1000000 TARGETS="npy idx"` for some).
+# `make test` replays the committed crashers of fuzz/regressions/ without either.
+RUNS ?= 100000
+TARGETS ?=
+fuzz-setup: .tools/bin/cargo-fuzz
+
+.tools/bin/cargo-fuzz:
+	$(CARGO) install cargo-fuzz --version 0.13.2 --locked --root .tools
+
+fuzz: fuzz-setup
+	bash scripts/fuzz.sh $(RUNS) $(TARGETS)
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -27,7 +27,13 @@ pub fn read_safetensors(path: &Path) -> Result<IndexMap<String, Tensor>, Checkpo
         path: p.clone(),
         source,
     })?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| CheckpointError::Format {
+    safetensors_from_bytes(&p, &bytes)
+}
+
+/// [`read_safetensors`] on the bytes of a file already read (`p` names it in errors).
+pub fn safetensors_from_bytes(p: &str, bytes: &[u8]) -> Result<IndexMap<String, Tensor>, CheckpointError> {
+    let p = p.to_string();
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| CheckpointError::Format {
         path: p.clone(),
         message: e.to_string(),
     })?;
@@ -141,7 +147,7 @@ pub enum CkptValue {
 
 /// Reads a checkpoint file, `.safetensors` or PyTorch `.pth`, told apart by content.
 pub fn read_checkpoint(path: &std::path::Path) -> Result<IndexMap<String, CkptValue>, String> {
-    use crate::pth::{CheckpointFormat, PthValue};
+    use crate::pth::CheckpointFormat;
     let head = {
         use std::io::Read;
         let mut buf = vec![0u8; 512];
@@ -153,35 +159,52 @@ pub fn read_checkpoint(path: &std::path::Path) -> Result<IndexMap<String, CkptVa
     };
     match crate::pth::sniff(&head) {
         CheckpointFormat::Pth | CheckpointFormat::LegacyPth => {
-            let values = crate::pth::read_pth(path).map_err(|e| e.to_string())?;
-            // A `None` entry (a quantized layer saved without a bias) is a key with no tensor:
-            // qc's stage has no parameter for it either.
-            values
-                .into_iter()
-                .filter(|(_, v)| !matches!(v, PthValue::None))
-                .map(|(k, v)| {
-                    let v = match v {
-                        PthValue::None => unreachable!("filtered above"),
-                        PthValue::Tensor(t) => CkptValue::Tensor(t),
-                        PthValue::Quantized(q) => CkptValue::Quantized {
-                            quant: param_quant(&q).map_err(|m| format!("`{k}`: {m}"))?,
-                            int_repr: q.int_repr,
-                        },
-                        PthValue::Packed { weight, bias } => CkptValue::Packed {
-                            quant: param_quant(&weight).map_err(|m| format!("`{k}`: {m}"))?,
-                            weight: weight.int_repr,
-                            bias,
-                        },
-                        PthValue::DType(d) => CkptValue::DType(d),
-                    };
-                    Ok((k, v))
-                })
-                .collect()
+            pth_values(crate::pth::read_pth(path).map_err(|e| e.to_string())?)
         }
         _ => read_safetensors(path)
             .map(|t| t.into_iter().map(|(k, v)| (k, CkptValue::Tensor(v))).collect())
             .map_err(|e| e.to_string()),
     }
+}
+
+/// [`read_checkpoint`] on the bytes of a file already read (`name` names it in errors).
+pub fn checkpoint_from_bytes(name: &str, bytes: &[u8]) -> Result<IndexMap<String, CkptValue>, String> {
+    use crate::pth::CheckpointFormat;
+    match crate::pth::sniff(bytes) {
+        CheckpointFormat::Pth | CheckpointFormat::LegacyPth => {
+            pth_values(crate::pth::read_pth_bytes(bytes).map_err(|e| e.to_string())?)
+        }
+        _ => safetensors_from_bytes(name, bytes)
+            .map(|t| t.into_iter().map(|(k, v)| (k, CkptValue::Tensor(v))).collect())
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// A `.pth` state dict's values as checkpoint values. A `None` entry (a quantized layer saved
+/// without a bias) is a key with no tensor: qc's stage has no parameter for it either.
+fn pth_values(values: IndexMap<String, crate::pth::PthValue>) -> Result<IndexMap<String, CkptValue>, String> {
+    use crate::pth::PthValue;
+    values
+        .into_iter()
+        .filter(|(_, v)| !matches!(v, PthValue::None))
+        .map(|(k, v)| {
+            let v = match v {
+                PthValue::None => unreachable!("filtered above"),
+                PthValue::Tensor(t) => CkptValue::Tensor(t),
+                PthValue::Quantized(q) => CkptValue::Quantized {
+                    quant: param_quant(&q).map_err(|m| format!("`{k}`: {m}"))?,
+                    int_repr: q.int_repr,
+                },
+                PthValue::Packed { weight, bias } => CkptValue::Packed {
+                    quant: param_quant(&weight).map_err(|m| format!("`{k}`: {m}"))?,
+                    weight: weight.int_repr,
+                    bias,
+                },
+                PthValue::DType(d) => CkptValue::DType(d),
+            };
+            Ok((k, v))
+        })
+        .collect()
 }
 
 /// A PyTorch qtensor's scheme as qc's `ParamQuant` (the range from its integer dtype).

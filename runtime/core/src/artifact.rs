@@ -198,7 +198,8 @@ fn align_up(n: u64) -> Option<u64> {
     n.checked_add(ALIGN as u64 - 1).map(|v| v / ALIGN as u64 * ALIGN as u64)
 }
 
-fn checksum(bytes: &[u8]) -> u64 {
+/// The checksum stored in the last 8 bytes of a `.qmodel`: xxh3-64 of every byte before it.
+pub fn checksum(bytes: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(bytes)
 }
 

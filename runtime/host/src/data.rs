@@ -15,6 +15,11 @@ use qc_runtime::tensor::Tensor;
 /// The most elements one array may hold (2^34, the compiler's tensor limit).
 pub const MAX_ELEMENTS: usize = 1 << 34;
 
+/// The most bytes a compressed file (a gzip IDX file) or a compressed `.npz` member may expand
+/// to: checked while decompressing, so a small file that claims or expands to more is refused
+/// before the memory is taken.
+pub const MAX_DECOMPRESSED_BYTES: u64 = 4 << 30;
+
 /// Where the setup script puts Fashion-MNIST (Debian's `dataset-fashion-mnist`).
 pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
@@ -96,24 +101,43 @@ fn format_error(path: &Path, format: &'static str, message: impl Into<String>) -
     }
 }
 
-/// Reads a file, decompressing it when it starts with the gzip magic bytes.
-fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
-    let raw = qc_runtime::fsutil::read_capped(path).map_err(io(path))?;
+/// Reads all of `reader`, refusing more than `cap` bytes; `Ok(None)` when it gives more.
+fn read_bounded(reader: impl Read, cap: u64) -> std::io::Result<Option<Vec<u8>>> {
+    let mut out = Vec::new();
+    reader.take(cap + 1).read_to_end(&mut out)?;
+    Ok((out.len() as u64 <= cap).then_some(out))
+}
+
+fn too_large_decompressed(path: &Path, format: &'static str) -> DataError {
+    format_error(
+        path,
+        format,
+        format!(
+            "it decompresses to more than {} GiB, the most qc reads from one compressed file",
+            MAX_DECOMPRESSED_BYTES >> 30
+        ),
+    )
+}
+
+/// The bytes of a file as read, decompressed when they start with the gzip magic bytes.
+fn maybe_gunzip<'a>(path: &Path, raw: &'a [u8]) -> Result<std::borrow::Cow<'a, [u8]>, DataError> {
     if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| format_error(path, "gzip", e.to_string()))?;
-        Ok(out)
+        read_bounded(flate2::read::MultiGzDecoder::new(raw), MAX_DECOMPRESSED_BYTES)
+            .map_err(|e| format_error(path, "gzip", e.to_string()))?
+            .map(std::borrow::Cow::Owned)
+            .ok_or_else(|| too_large_decompressed(path, "gzip"))
     } else {
-        Ok(raw)
+        Ok(std::borrow::Cow::Borrowed(raw))
     }
 }
 
+/// The number of elements of `shape`, or `None` past [`MAX_ELEMENTS`]. A zero dim does not hide
+/// the others: `[0, 2^32, 2^32]` is refused too, as a sample of it could not be taken.
 fn checked_elements(shape: &[usize]) -> Option<usize> {
-    shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d).filter(|n| *n <= MAX_ELEMENTS))
+    shape.iter().try_fold(1usize, |acc, &d| {
+        acc.checked_mul(d.max(1)).filter(|n| *n <= MAX_ELEMENTS)
+    })?;
+    Some(shape.iter().product())
 }
 
 // ------------------------------------------------------------------------------------- IDX
@@ -121,7 +145,13 @@ fn checked_elements(shape: &[usize]) -> Option<usize> {
 /// Reads an IDX file of unsigned bytes (type code `0x08`), gzip-compressed or not: images
 /// (`idx3`, shape `[N, rows, cols]`) or labels (`idx1`, shape `[N]`).
 pub fn read_idx(path: &Path) -> Result<Array, DataError> {
-    let bytes = read_maybe_gz(path)?;
+    let raw = qc_runtime::fsutil::read_capped(path).map_err(io(path))?;
+    idx_from_bytes(path, &raw)
+}
+
+/// [`read_idx`] on the bytes of a file already read (`path` names it in errors).
+pub fn idx_from_bytes(path: &Path, raw: &[u8]) -> Result<Array, DataError> {
+    let bytes = maybe_gunzip(path, raw)?;
     parse_idx(&bytes).map_err(|m| format_error(path, "IDX", m))
 }
 
@@ -203,6 +233,11 @@ const NPY_MAGIC: &[u8] = b"\x93NUMPY";
 pub fn read_npy(path: &Path) -> Result<Array, DataError> {
     let bytes = qc_runtime::fsutil::read_capped(path).map_err(io(path))?;
     parse_npy(path, &bytes)
+}
+
+/// [`read_npy`] on the bytes of a file already read (`path` names it in errors).
+pub fn npy_from_bytes(path: &Path, bytes: &[u8]) -> Result<Array, DataError> {
+    parse_npy(path, bytes)
 }
 
 fn parse_npy(path: &Path, bytes: &[u8]) -> Result<Array, DataError> {
@@ -368,16 +403,22 @@ pub fn npy_f32_bytes(shape: &[usize], data: &[f32]) -> Vec<u8> {
 /// Reads every array of a `.npz` archive (`np.savez` or `np.savez_compressed`), in archive
 /// order, named without the `.npy` extension.
 pub fn read_npz(path: &Path) -> Result<Vec<(String, Array)>, DataError> {
-    let file = std::fs::File::open(path).map_err(io(path))?;
-    let mut zip = zip::ZipArchive::new(file).map_err(|e| format_error(path, "NumPy .npz (zip)", e.to_string()))?;
+    let bytes = qc_runtime::fsutil::read_capped(path).map_err(io(path))?;
+    npz_from_bytes(path, &bytes)
+}
+
+/// [`read_npz`] on the bytes of a file already read (`path` names it in errors).
+pub fn npz_from_bytes(path: &Path, bytes: &[u8]) -> Result<Vec<(String, Array)>, DataError> {
+    const ZIP: &str = "NumPy .npz (zip)";
+    let mut zip =
+        zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| format_error(path, ZIP, e.to_string()))?;
     let mut out = Vec::new();
     for i in 0..zip.len() {
-        let mut entry = zip
-            .by_index(i)
-            .map_err(|e| format_error(path, "NumPy .npz (zip)", e.to_string()))?;
+        let entry = zip.by_index(i).map_err(|e| format_error(path, ZIP, e.to_string()))?;
         let name = entry.name().to_string();
-        let mut bytes = Vec::new();
-        entry.read_to_end(&mut bytes).map_err(io(path))?;
+        let bytes = read_bounded(entry, MAX_DECOMPRESSED_BYTES)
+            .map_err(|e| format_error(path, ZIP, format!("member `{name}`: {e}")))?
+            .ok_or_else(|| too_large_decompressed(&path.join(&name), ZIP))?;
         let member = path.join(&name);
         let array = parse_npy(&member, &bytes)?;
         out.push((name.strip_suffix(".npy").unwrap_or(&name).to_string(), array));
@@ -457,6 +498,22 @@ mod tests {
     }
 
     #[test]
+    fn decompression_stops_at_the_cap() {
+        let zeros = vec![0u8; 1000];
+        assert_eq!(read_bounded(&zeros[..], 1000).unwrap().map(|v| v.len()), Some(1000));
+        assert_eq!(read_bounded(&zeros[..], 999).unwrap(), None);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut gz, &zeros).unwrap();
+        let gz = gz.finish().unwrap();
+        assert_eq!(
+            read_bounded(flate2::read::MultiGzDecoder::new(&gz[..]), 10).unwrap(),
+            None
+        );
+        let e = too_large_decompressed(Path::new("t.gz"), "gzip").to_string();
+        assert!(e.contains("decompresses to more than 4 GiB"), "{e}");
+    }
+
+    #[test]
     fn idx_headers_are_checked() {
         let mut ok = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 2];
         ok.extend_from_slice(&[0, 255, 3, 4]);
@@ -468,5 +525,11 @@ mod tests {
         float[2] = 0x0d;
         assert!(parse_idx(&float).unwrap_err().contains("unsigned bytes"));
         assert!(parse_idx(&[0, 0, 8]).is_err());
+        // No samples, but samples of 2^64 elements each: refused, not an overflow later.
+        let empty_huge = [0, 0, 8, 3, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+        assert!(parse_idx(&empty_huge).unwrap_err().contains("too large"));
+        assert_eq!(checked_elements(&[0, 3]), Some(0));
+        assert_eq!(checked_elements(&[2, 3]), Some(6));
+        assert_eq!(checked_elements(&[0, 1 << 20, 1 << 20]), None);
     }
 }
