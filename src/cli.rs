@@ -418,9 +418,14 @@ fn compile(
         }
     }
     if let Some(dir) = dump_ir {
+        if dir.exists() && !dir.is_dir() {
+            eprintln!("error: --dump-ir `{}` is a file, not a folder", dir.display());
+            eprintln!("help: name a folder for the dumps (it is made when missing), e.g. `--dump-ir out/`");
+            return Err(Failure::User);
+        }
         if let Err(e) = std::fs::create_dir_all(dir) {
             eprintln!("error: cannot create the dump folder `{}`: {e}", dir.display());
-            eprintln!("help: choose a folder you can write to");
+            eprintln!("help: {}", crate::io_help::after_write(&e, dir));
             return Err(Failure::User);
         }
     }
