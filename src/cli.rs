@@ -760,10 +760,15 @@ fn export_weights(file: &Path, stage: &str, output: &Path, qat: bool) -> Outcome
             );
             Ok(())
         }
-        Err(e) => {
-            eprintln!("error: {e}");
-            eprintln!("help: check that the folder exists and is writable");
+        Err(qc_compiler::checkpoint::CheckpointError::Write { source, .. }) => {
+            eprintln!("error: cannot write `{}`: {source}", output.display());
+            eprintln!("help: {}", crate::io_help::after_write(&source, output));
             Err(Failure::User)
+        }
+        Err(e) => {
+            eprintln!("error: cannot write `{}`: {e}", output.display());
+            eprintln!("help: this is a bug in qc; please report it with the recipe");
+            Err(Failure::Bug)
         }
     }
 }
