@@ -140,6 +140,10 @@ fn checked_elements(shape: &[usize]) -> Option<usize> {
     Some(shape.iter().product())
 }
 
+fn too_large(shape: &[usize]) -> String {
+    format!("shape {shape:?} is too large: its dims (zeros aside) multiply past {MAX_ELEMENTS} elements, the most qc reads in one array")
+}
+
 // ------------------------------------------------------------------------------------- IDX
 
 /// Reads an IDX file of unsigned bytes (type code `0x08`), gzip-compressed or not: images
@@ -175,7 +179,7 @@ fn parse_idx(bytes: &[u8]) -> Result<Array, String> {
             u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize
         })
         .collect();
-    let n = checked_elements(&shape).ok_or_else(|| format!("shape {shape:?} is too large"))?;
+    let n = checked_elements(&shape).ok_or_else(|| too_large(&shape))?;
     let data = &bytes[4 + 4 * rank..];
     if data.len() != n {
         return Err(format!(
@@ -283,7 +287,7 @@ fn parse_npy(path: &Path, bytes: &[u8]) -> Result<Array, DataError> {
         .filter(|s| !s.is_empty())
         .map(|d| d.parse::<usize>().map_err(|_| bad(format!("dim `{d}` of 'shape'"))))
         .collect::<Result<_, _>>()?;
-    let n = checked_elements(&shape).ok_or_else(|| bad(format!("shape {shape:?} is too large")))?;
+    let n = checked_elements(&shape).ok_or_else(|| bad(too_large(&shape)))?;
     let body = &bytes[end..];
     let (size, data) = match descr {
         "<f4" => (4, None),
