@@ -2,6 +2,7 @@
 
 mod cli;
 mod exit;
+mod input_range;
 mod run;
 mod train;
 

@@ -531,8 +531,7 @@ fn data_and_limits() {
     );
     assert_eq!((t.limit(), t.threads()), (Some(100), Some(2)));
 
-    let l =
-        load("train { data: random(batches: 1), test_data: fashion_mnist(split: tset), seed: -1 }\n");
+    let l = load("train { data: random(batches: 1), test_data: fashion_mnist(split: tset), seed: -1 }\n");
     assert_eq!(
         found(&l),
         vec![
@@ -648,7 +647,10 @@ fn input_normalize_one_value_or_one_per_channel() {
     assert_eq!(a.mean, [0.485, 0.456, 0.406]);
     assert_eq!(a.std, [0.229, 0.224, 0.225]);
     let b = &l.sections.normalize_of("m", "b").unwrap().value;
-    assert_eq!((b.mean.as_slice(), b.std.as_slice()), (&[-1.0, -1.0][..], &[0.5, 2.0][..]));
+    assert_eq!(
+        (b.mean.as_slice(), b.std.as_slice()),
+        (&[-1.0, -1.0][..], &[0.5, 2.0][..])
+    );
     assert!(l.sections.normalize_of("m", "c").is_none());
     assert_eq!(l.sections.inputs.len(), 3);
 }
@@ -661,7 +663,11 @@ fn input_normalize_errors_point_at_the_value() {
     let case = |line: &str| load(&format!("model m {{\n  {line}\n  output x\n}}\n"));
     let l = case("input x: f32[N, 1, 28, 28] normalize(mean: 0.5, std: 0)");
     let d = only(&l, "qc::bad-value", "0");
-    assert!(d.message.contains("`std` of `normalize` must be above 0"), "{}", d.message);
+    assert!(
+        d.message.contains("`std` of `normalize` must be above 0"),
+        "{}",
+        d.message
+    );
     let l = case("input x: f32[N, 1, 28, 28] normalize(mean: 0.5, std: -0.25)");
     only(&l, "qc::bad-value", "-0.25");
     let l = case("input x: f32[N, 3, 224, 224] normalize(mean: [0.485, 0.456], std: 0.25)");
@@ -705,7 +711,12 @@ fn train_normalize_is_refused_with_the_input_line_to_write() {
         "model m {\n  input x: f32[N, 1, 28, 28]\n  output x\n}\ntrain { epochs: 1, normalize: [0.2860, 0.3530] }\n",
     );
     let d = only(&l, "qc::moved-setting", "normalize: [0.2860, 0.3530]");
-    assert!(d.message.contains("belongs to the model's `input` line, not to `train`"), "{}", d.message);
+    assert!(
+        d.message
+            .contains("belongs to the model's `input` line, not to `train`"),
+        "{}",
+        d.message
+    );
     assert_eq!(
         d.help,
         "delete this line and declare it on the model's input, where calibration, training and `qc run` all \

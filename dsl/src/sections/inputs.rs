@@ -4,8 +4,8 @@
 
 use super::values::{describe, is_literal, Bounds};
 use super::{
-    key_help, suggest, Checker, InputSettings, Normalize, Seen, Spanned, BAD_VALUE, MISSING_ARGUMENT,
-    MOVED_SETTING, UNKNOWN_ENTRY,
+    key_help, suggest, Checker, InputSettings, Normalize, Seen, Spanned, BAD_VALUE, MISSING_ARGUMENT, MOVED_SETTING,
+    UNKNOWN_ENTRY,
 };
 use crate::ast::{Call, Dim, Expr, ExprKind, InputDecl, Recipe, UnaryOp};
 use crate::diag::did_you_mean;
@@ -93,7 +93,10 @@ impl Checker<'_> {
             }
         }
         for (name, given) in [("mean", mean.is_some()), ("std", std.is_some())] {
-            let written = call.args.iter().any(|a| a.name.as_ref().is_some_and(|n| n.name == name));
+            let written = call
+                .args
+                .iter()
+                .any(|a| a.name.as_ref().is_some_and(|n| n.name == name));
             if !given && !written {
                 self.error(
                     MISSING_ARGUMENT,
@@ -144,7 +147,9 @@ impl Checker<'_> {
                 "give one value per channel, or one number for every element".to_string(),
             )),
             None => Some((
-                format!("a list of `{key}` values is one per channel, but input `{name}` has no fixed channel dim (dim 1)"),
+                format!(
+                    "a list of `{key}` values is one per channel, but input `{name}` has no fixed channel dim (dim 1)"
+                ),
                 format!(
                     "write one number for every element, or give `{name}` a fixed dim 1 (e.g. `f32[N, 3, 224, 224]`)"
                 ),
@@ -155,7 +160,10 @@ impl Checker<'_> {
                     items.len(),
                     if c == 1 { "" } else { "s" }
                 ),
-                format!("give {c} value{} (one per channel), or one number for every element", if c == 1 { "" } else { "s" }),
+                format!(
+                    "give {c} value{} (one per channel), or one number for every element",
+                    if c == 1 { "" } else { "s" }
+                ),
             )),
             _ => None,
         };
@@ -167,7 +175,10 @@ impl Checker<'_> {
             .iter()
             .map(|item| self.normalize_number(item, key, positive))
             .collect();
-        values.into_iter().collect::<Option<Vec<f64>>>().map(Written::PerChannel)
+        values
+            .into_iter()
+            .collect::<Option<Vec<f64>>>()
+            .map(Written::PerChannel)
     }
 
     /// A number: any finite one for `mean` (a minus sign included), above 0 for `std`.

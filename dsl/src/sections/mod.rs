@@ -21,8 +21,8 @@ mod values;
 
 pub use settings::{
     defaults, Calibration, DataSource, FuseChain, FuseOp, Granularity, InputSettings, LayerOverride, LayerSelector,
-    NodeQuant, Normalize, Observer, Optimizer, QatSettings, QuantizeSettings, Schedule, Scheme, Sections, Spanned, Split,
-    TensorDefaults, TensorSpec, TrainSettings,
+    NodeQuant, Normalize, Observer, Optimizer, QatSettings, QuantizeSettings, Schedule, Scheme, Sections, Spanned,
+    Split, TensorDefaults, TensorSpec, TrainSettings,
 };
 
 use crate::ast::Recipe;

@@ -4,8 +4,8 @@
 use super::data::DataUse;
 use super::values::Bounds;
 use super::{
-    defaults, key_help, list_words, suggest, Checker, Optimizer, QatSettings, Schedule, Seen, Spanned,
-    TrainSettings, BAD_VALUE, MISSING_ARGUMENT, UNKNOWN_SETTING,
+    defaults, key_help, list_words, suggest, Checker, Optimizer, QatSettings, Schedule, Seen, Spanned, TrainSettings,
+    BAD_VALUE, MISSING_ARGUMENT, UNKNOWN_SETTING,
 };
 use crate::ast::{Expr, KwArg, Settings};
 use crate::diag::did_you_mean;

@@ -468,9 +468,9 @@ fn input_normalization(
                 v.dtype
             )));
         }
-        n.check().and_then(|()| n.check_shape(&v.shape)).map_err(|e| {
-            LoadError::Header(format!("the normalization of input `{name}` cannot be applied: {e}"))
-        })?;
+        n.check()
+            .and_then(|()| n.check_shape(&v.shape))
+            .map_err(|e| LoadError::Header(format!("the normalization of input `{name}` cannot be applied: {e}")))?;
     }
     Ok(map)
 }

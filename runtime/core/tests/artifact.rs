@@ -325,7 +325,10 @@ fn fuzzed_files_never_panic() {
 
 fn with_normalize(a: &Artifact, name: &str, n: qc_runtime::normalize::Normalize) -> Artifact {
     let mut a = a.clone();
-    a.meta = a.meta.clone().with_input_normalize([(name.to_string(), n)].into_iter().collect());
+    a.meta = a
+        .meta
+        .clone()
+        .with_input_normalize([(name.to_string(), n)].into_iter().collect());
     a
 }
 
@@ -344,7 +347,11 @@ fn a_normalization_that_cannot_be_applied_is_refused() {
         ("x", Normalize::new(0.5, -1.0), "std -1 is not"),
         ("x", per(vec![0.1, 0.2], vec![1.0]), "2 mean(s) and 1 std(s)"),
         ("x", per(vec![], vec![]), "0 mean(s)"),
-        ("x", per(vec![0.0; 3], vec![1.0; 3]), "3 values per channel, but the input has 2 channels"),
+        (
+            "x",
+            per(vec![0.0; 3], vec![1.0; 3]),
+            "3 values per channel, but the input has 2 channels",
+        ),
         ("y", Normalize::new(0.5, 0.5), "`y`, which is no input"),
     ] {
         let bytes = with_normalize(&a, name, n.clone()).to_bytes().unwrap();
