@@ -78,8 +78,23 @@ pub fn run(args: RunArgs) -> Outcome {
     let model = match Model::load(&args.model) {
         Ok(m) => m,
         Err(e) => {
-            eprintln!("error: cannot load `{}`: {e}", args.model.display());
-            eprintln!("help: write a model with `qc compile RECIPE -o model.qmodel`");
+            use qc_runtime::artifact::LoadError;
+            let path = &args.model;
+            let compile = "`qc compile RECIPE -o model.qmodel` writes one";
+            match &e {
+                LoadError::Io { source, .. } => {
+                    eprintln!("error: cannot read `{}`: {source}", path.display());
+                    eprintln!("help: {}", crate::io_help::after_read(source, path, compile));
+                }
+                LoadError::Version { .. } => {
+                    eprintln!("error: cannot load `{}`: {e}", path.display());
+                    eprintln!("help: compile the recipe again with this qc ({compile})");
+                }
+                _ => {
+                    eprintln!("error: cannot load `{}`: {e}", path.display());
+                    eprintln!("help: the file is damaged or is not a .qmodel; {compile}");
+                }
+            }
             return Err(Failure::User);
         }
     };
@@ -107,6 +122,11 @@ pub fn run(args: RunArgs) -> Outcome {
             return Err(Failure::User);
         }
     };
+    if let Err(e) = model.program().check_inputs(&inputs) {
+        eprintln!("error: {e}");
+        eprintln!("help: the model's inputs are {}", wanted.join(", "));
+        return Err(Failure::User);
+    }
     if !args.allow_non_finite {
         refuse_non_finite(&model, &inputs)?;
     }
@@ -263,7 +283,7 @@ fn write_output(output: Option<&Path>, outputs: &[Tensor]) -> Outcome {
     if let Some(path) = output {
         if let Err(e) = write_outputs(path, outputs) {
             eprintln!("error: cannot write `{}`: {e}", path.display());
-            eprintln!("help: check that the folder exists and is writable");
+            eprintln!("help: {}", crate::io_help::after_write(&e, path));
             return Err(Failure::User);
         }
         println!("wrote {}", path.display());
@@ -351,7 +371,15 @@ fn print_profile(model: &Model, times: &[std::time::Duration]) {
 #[allow(clippy::type_complexity)]
 fn read_inputs(model: &Model, paths: &[PathBuf]) -> Result<(Vec<Tensor>, Vec<bool>), String> {
     let specs = &model.meta().inputs;
-    let all = |a: &qc_runtime_host::data::Array| a.batch_f32(0, a.samples());
+    // Every sample of an array; a single number (shape `()`) is no batch.
+    let all = |a: &qc_runtime_host::data::Array, what: String| {
+        if a.shape.is_empty() {
+            return Err(format!(
+                "{what} holds a single number (shape ()), not a batch of samples"
+            ));
+        }
+        Ok(a.batch_f32(0, a.samples()))
+    };
     if let [one] = paths {
         if one.extension().is_some_and(|e| e == "npz") {
             let arrays = qc_runtime_host::data::read_npz(one).map_err(|e| e.to_string())?;
@@ -361,8 +389,10 @@ fn read_inputs(model: &Model, paths: &[PathBuf]) -> Result<(Vec<Tensor>, Vec<boo
                     arrays
                         .iter()
                         .find(|(n, _)| *n == s.name)
-                        .map(|(_, a)| (all(a), a.is_u8()))
-                        .ok_or_else(|| format!("`{}` has no array named `{}`", one.display(), s.name))
+                        .map(|(_, a)| {
+                            all(a, format!("array `{}` of `{}`", s.name, one.display())).map(|t| (t, a.is_u8()))
+                        })
+                        .ok_or_else(|| format!("`{}` has no array named `{}`", one.display(), s.name))?
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map(|v| v.into_iter().unzip());
@@ -380,7 +410,7 @@ fn read_inputs(model: &Model, paths: &[PathBuf]) -> Result<(Vec<Tensor>, Vec<boo
         .zip(specs)
         .map(|(p, spec)| {
             let array = read_array(p)?;
-            let t = all(&array);
+            let t = all(&array, format!("`{}`", p.display()))?;
             let bytes = array.is_u8();
             // An array whose samples hold as many elements as the model's (IDX images
             // `[N, 28, 28]` for an input `[N, 1, 28, 28]`) is reshaped to the model's shape.
@@ -413,11 +443,11 @@ fn read_array(p: &Path) -> Result<qc_runtime_host::data::Array, String> {
 
 /// Top-1 accuracy of `[N, classes]` logits against the labels in `path`.
 fn accuracy(path: &Path, logits: &Tensor) -> Result<(usize, usize), String> {
-    let labels = read_array(path)?;
-    let labels: Vec<i64> = match &labels.data {
-        qc_runtime_host::data::ArrayData::U8(v) => v.iter().map(|&x| x as i64).collect(),
-        qc_runtime_host::data::ArrayData::F32(v) => v.iter().map(|&x| x as i64).collect(),
-        qc_runtime_host::data::ArrayData::F64(v) => v.iter().map(|&x| x as i64).collect(),
+    let array = read_array(path)?;
+    let labels: Vec<f64> = match &array.data {
+        qc_runtime_host::data::ArrayData::U8(v) => v.iter().map(|&x| x as f64).collect(),
+        qc_runtime_host::data::ArrayData::F32(v) => v.iter().map(|&x| x as f64).collect(),
+        qc_runtime_host::data::ArrayData::F64(v) => v.clone(),
     };
     let TensorData::F32(v) = &logits.data else {
         return Err("the first output is not f32 logits".into());
@@ -428,18 +458,30 @@ fn accuracy(path: &Path, logits: &Tensor) -> Result<(usize, usize), String> {
             logits.shape
         ));
     };
-    if labels.len() < n {
+    if array.shape.len() != 1 || labels.len() != n {
         return Err(format!(
-            "`{}` has {} labels for {n} samples",
+            "`{}` holds {} label(s) (shape {:?}) for {n} sample(s); it needs one class per sample",
             path.display(),
-            labels.len()
+            labels.len(),
+            array.shape
+        ));
+    }
+    if let Some((i, l)) = labels
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| l.fract() != 0.0 || l < 0.0 || l >= c as f64)
+    {
+        return Err(format!(
+            "label {i} of `{}` is {l}, not a class number from 0 to {}",
+            path.display(),
+            c - 1
         ));
     }
     let correct = (0..n)
         .filter(|&i| {
             let row = &v[i * c..(i + 1) * c];
             let best = (0..c).fold(0, |b, j| if row[j] > row[b] { j } else { b });
-            best as i64 == labels[i]
+            best as f64 == labels[i]
         })
         .count();
     Ok((correct, n))
