@@ -548,18 +548,13 @@ fn write_model(module: &Module, loaded: &qc_dsl::Loaded, out: &Path) -> Outcome 
         h.update(f.text.as_bytes());
         h.update(&[0]);
     }
-    // The normalization calibration (and training) applied to the data goes with the model,
-    // so that `qc run` and `Model::run` take raw samples.
-    let normalize = loaded
-        .sections
-        .train
-        .as_ref()
-        .and_then(|t| t.normalize())
-        .or_else(|| loaded.sections.qat.as_ref().and_then(|t| t.normalize()))
-        .map(|n| qc_runtime::artifact::Normalize {
-            mean: n.mean as f32,
-            std: n.std as f32,
-        });
+    // The normalization each input line declares (what calibration and training applied to the
+    // data) goes with the model, so that `qc run` and `Model::run` take raw samples.
+    let normalize = module
+        .input_normalizations()
+        .into_iter()
+        .filter_map(|(name, n)| n.map(|n| (name.to_string(), n.clone())))
+        .collect();
     let meta = qc_runtime::artifact::Meta::new(
         module.name.clone(),
         module.stage.name(),

@@ -2,6 +2,7 @@
 
 mod cli;
 mod exit;
+mod input_range;
 mod io_help;
 mod run;
 mod train;

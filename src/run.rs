@@ -49,7 +49,10 @@ impl Runner<'_> {
     fn run(&self, pool: &rayon::ThreadPool, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
         match self {
             Runner::Cpu(model) => pool.install(|| model.run(inputs)).map_err(|e| e.to_string()),
-            Runner::Torch(model, session) => session.run(&model.normalize(inputs)).map_err(|e| e.to_string()),
+            Runner::Torch(model, session) => {
+                let normalized = model.normalize(inputs).map_err(|e| e.to_string())?;
+                session.run(&normalized).map_err(|e| e.to_string())
+            }
         }
     }
 }
@@ -108,7 +111,7 @@ pub fn run(args: RunArgs) -> Outcome {
         .iter()
         .map(|s| format!("{}: {}{}", s.name, s.dtype, qc_runtime::program::shape_string(&s.shape)))
         .collect();
-    let inputs = match read_inputs(&model, &args.inputs) {
+    let (inputs, from_bytes) = match read_inputs(&model, &args.inputs) {
         Ok(t) => t,
         Err(message) => {
             eprintln!("error: {message}");
@@ -127,6 +130,7 @@ pub fn run(args: RunArgs) -> Outcome {
     if !args.allow_non_finite {
         refuse_non_finite(&model, &inputs)?;
     }
+    warn_about_ranges(&model, &inputs, &from_bytes);
     let pool = match rayon::ThreadPoolBuilder::new()
         .num_threads(args.threads.unwrap_or(0))
         .build()
@@ -171,11 +175,29 @@ fn print_model(model: &Model) {
         meta.qc_version,
         model.program().steps.len()
     );
-    if let Some(n) = meta.input_normalize {
-        println!("inputs are normalized by the model: (x - {}) / {}", n.mean, n.std);
+    for (name, n) in &meta.input_normalize {
+        println!("input `{name}` is normalized by the model: {n}");
     }
     if !meta.calibrated_for_accuracy {
         println!("note: not calibrated for accuracy (calibrated on random data): outputs serve latency work only");
+    }
+}
+
+/// Warns (stderr, the run goes on) about each float input whose values do not fit the
+/// normalization its `input` line declares (`input_range`); `u8` data, which `qc run` scales to
+/// `[0, 1]` itself, is not judged.
+fn warn_about_ranges(model: &Model, inputs: &[Tensor], from_bytes: &[bool]) {
+    let meta = model.meta();
+    for ((spec, t), bytes) in meta.inputs.iter().zip(inputs).zip(from_bytes) {
+        if *bytes {
+            continue;
+        }
+        let normalize = meta.input_normalize.get(&spec.name);
+        if let Some(misfit) = crate::input_range::misfit(t, normalize) {
+            let (warning, help) = crate::input_range::warning(&spec.name, &misfit, normalize);
+            eprintln!("warning: {warning}");
+            eprintln!("help: {help}");
+        }
     }
 }
 
@@ -344,8 +366,10 @@ fn print_profile(model: &Model, times: &[std::time::Duration]) {
 }
 
 /// One tensor per model input: `.npy` files in input order, or one `.npz` with the inputs by
-/// name. `u8` arrays are taken as images and scaled to `[0, 1]`.
-fn read_inputs(model: &Model, paths: &[PathBuf]) -> Result<Vec<Tensor>, String> {
+/// name. `u8` arrays are taken as images and scaled to `[0, 1]`; the second list says which
+/// inputs were.
+#[allow(clippy::type_complexity)]
+fn read_inputs(model: &Model, paths: &[PathBuf]) -> Result<(Vec<Tensor>, Vec<bool>), String> {
     let specs = &model.meta().inputs;
     // Every sample of an array; a single number (shape `()`) is no batch.
     let all = |a: &qc_runtime_host::data::Array, what: String| {
@@ -365,10 +389,13 @@ fn read_inputs(model: &Model, paths: &[PathBuf]) -> Result<Vec<Tensor>, String> 
                     arrays
                         .iter()
                         .find(|(n, _)| *n == s.name)
-                        .map(|(_, a)| all(a, format!("array `{}` of `{}`", s.name, one.display())))
+                        .map(|(_, a)| {
+                            all(a, format!("array `{}` of `{}`", s.name, one.display())).map(|t| (t, a.is_u8()))
+                        })
                         .ok_or_else(|| format!("`{}` has no array named `{}`", one.display(), s.name))?
                 })
-                .collect();
+                .collect::<Result<Vec<_>, _>>()
+                .map(|v| v.into_iter().unzip());
         }
     }
     if paths.len() != specs.len() {
@@ -384,6 +411,7 @@ fn read_inputs(model: &Model, paths: &[PathBuf]) -> Result<Vec<Tensor>, String> 
         .map(|(p, spec)| {
             let array = read_array(p)?;
             let t = all(&array, format!("`{}`", p.display()))?;
+            let bytes = array.is_u8();
             // An array whose samples hold as many elements as the model's (IDX images
             // `[N, 28, 28]` for an input `[N, 1, 28, 28]`) is reshaped to the model's shape.
             let want: Vec<usize> = spec.shape.iter().skip(1).map(|d| d.unwrap_or(0)).collect();
@@ -392,11 +420,12 @@ fn read_inputs(model: &Model, paths: &[PathBuf]) -> Result<Vec<Tensor>, String> 
             if want != t.shape[1..] && per == have && per > 0 {
                 let mut shape = vec![t.shape[0]];
                 shape.extend(want);
-                return Ok(Tensor { shape, data: t.data });
+                return Ok((Tensor { shape, data: t.data }, bytes));
             }
-            Ok(t)
+            Ok((t, bytes))
         })
-        .collect()
+        .collect::<Result<Vec<_>, String>>()
+        .map(|v| v.into_iter().unzip())
 }
 
 /// A `.npy` array, or an IDX file (`*-ubyte`, optionally `.gz`).

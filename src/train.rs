@@ -159,7 +159,7 @@ fn prepare_failed(e: PrepareError, args: &TrainArgs, sources: &std::sync::Arc<qc
     match e {
         PrepareError::NoSection { section: "qat" } => {
             eprintln!("error: `{}` has no `qat {{ }}` section", args.file.display());
-            eprintln!("help: add one, e.g. `qat {{ epochs: 1  lr: 1e-4  optimizer: sgd(momentum: 0.9)  freeze_bn_after: 1 }}` (data, test data and normalization come from the `train` section)");
+            eprintln!("help: add one, e.g. `qat {{ epochs: 1  lr: 1e-4  optimizer: sgd(momentum: 0.9)  freeze_bn_after: 1 }}` (data and test data come from the `train` section, the normalization from the `input` line)");
             Failure::User
         }
         PrepareError::NoSection { .. } => {

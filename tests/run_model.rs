@@ -84,18 +84,24 @@ fn compile_writes_a_model_that_qc_run_runs() {
     assert!(!stdout.contains("not calibrated for accuracy"), "{stdout}");
 
     assert!(
-        stdout.contains("inputs are normalized by the model: (x - 0.286) / 0.353"),
+        stdout.contains("input `x` is normalized by the model: normalize(mean: 0.286, std: 0.353)"),
         "{stdout}"
     );
+    // Raw images in [0, 1] are what the model takes: no warning about their range.
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
 
     let written = qc_runtime_host::data::read_npy(&output).unwrap().batch_f32(0, 16);
     let model = Model::load(&model_path).unwrap();
-    // The recipe's `normalize` travels in the artifact; `run` applies it to raw samples.
-    let n = model.meta().input_normalize.expect("fashion_cnn declares normalize");
-    assert_eq!((n.mean, n.std), (0.286, 0.353));
+    // The input line's `normalize` travels in the artifact; `run` applies it to raw samples,
+    // in f64 rounded once, as calibration and training do.
+    let n = &model.meta().input_normalize["x"];
+    assert_eq!((n.mean.as_slice(), n.std.as_slice()), (&[0.286][..], &[0.353][..]));
     let by_hand = Tensor::f32(
         images.shape.clone(),
-        f32s(&images).iter().map(|&x| (x - n.mean) / n.std).collect(),
+        f32s(&images)
+            .iter()
+            .map(|&x| ((x as f64 - 0.2860) / 0.3530) as f32)
+            .collect(),
     );
     assert_eq!(
         model.executor().run(&[by_hand]).unwrap(),

@@ -102,7 +102,7 @@ fn one_epoch_on_2000_images_learns() {
         epochs: 1,
         batch_size: 16,
         lr: 0.01,
-        normalize: Some((0.2860, 0.3530)),
+        normalize: Some(qc_runtime::normalize::Normalize::new(0.2860, 0.3530)),
         seed: 1,
         ..Default::default()
     };

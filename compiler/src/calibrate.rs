@@ -14,9 +14,10 @@
 //!   change; `quantized` turns it into integers with exactly these parameters.
 //!
 //! Data: `fashion_mnist`/`idx` (gzip IDX, bytes scaled to `[0, 1]`), `.npy`/`.npz` (float32,
-//! float64 or uint8; uint8 scaled to `[0, 1]`), then, for byte data, the `train` section's
-//! `normalize`; `random` draws seeded standard-normal inputs and marks the module as not
-//! calibrated for accuracy. Batches of `batch_size` (default 32); at most `batches` batches and
+//! float64 or uint8; uint8 scaled to `[0, 1]`), then the normalization the input's line declares
+//! (`normalize(...)`, applied by `Normalize::apply` as training and `qc run` apply it); `random`
+//! draws seeded standard-normal inputs (what the network sees after normalization, so not
+//! normalized again) and marks the module as not calibrated for accuracy. Batches of `batch_size` (default 32); at most `batches` batches and
 //! `samples` samples; with neither, [`DEFAULT_BATCHES`] batches.
 
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use qc_dsl::sections::{Calibration, DataSource, Observer, QuantizeSettings, Split};
 use qc_dsl::{Diagnostic, Span};
+use qc_runtime::normalize::Normalize;
 use qc_runtime::program::RunError;
 use qc_runtime::program::{Device, Program};
 use qc_runtime::quant::{QParams, QRange};
@@ -79,14 +81,7 @@ impl Pass for Calibrate {
             .first()
             .and_then(|f| f.path.parent().map(Path::to_path_buf))
             .unwrap_or_default();
-        let normalize = cx
-            .loaded
-            .sections
-            .train
-            .as_ref()
-            .and_then(|t| t.normalize())
-            .or_else(|| cx.loaded.sections.qat.as_ref().and_then(|t| t.normalize()));
-        let mut source = Source::open(module, cal, &recipe_dir, normalize.map(|n| (n.mean, n.std)))?;
+        let mut source = Source::open(module, cal, &recipe_dir)?;
         let described = cx
             .loaded
             .sources
@@ -196,7 +191,8 @@ enum SourceKind {
     Random(SplitMix64),
     Array {
         array: Array,
-        normalize: Option<(f64, f64)>,
+        /// The input line's `normalize(...)`, applied to every batch.
+        normalize: Option<Normalize>,
     },
 }
 
@@ -378,12 +374,7 @@ fn sample_count(cal: &Calibration, available: usize, batch_size: usize) -> usize
 }
 
 impl Source {
-    fn open(
-        module: &Module,
-        cal: &Calibration,
-        dir: &Path,
-        normalize: Option<(f64, f64)>,
-    ) -> Result<Source, PassError> {
+    fn open(module: &Module, cal: &Calibration, dir: &Path) -> Result<Source, PassError> {
         let span = cal.source.span;
         let inputs = sample_shapes(module, span)?;
         let batch_size = cal.batch_size.map_or(DEFAULT_BATCH_SIZE, |b| b.value).min(1 << 20) as usize;
@@ -391,7 +382,8 @@ impl Source {
             DataSource::Random => (SourceKind::Random(SplitMix64::new(RANDOM_SEED)), usize::MAX),
             other => {
                 let array = read_array(module, other, &inputs, dir, span)?;
-                let normalize = if array.is_u8() { normalize } else { None };
+                // A file feeds the one input (`read_array` checks that there is one).
+                let normalize = module.input_normalizations().first().and_then(|(_, n)| n.cloned());
                 let n = array.samples();
                 (SourceKind::Array { array, normalize }, n)
             }
@@ -409,11 +401,11 @@ impl Source {
         self.total.div_ceil(self.batch_size)
     }
 
-    /// The inputs of batch `b`.
-    fn batch(&mut self, b: usize) -> Vec<Tensor> {
+    /// The inputs of batch `b`, normalized as the input declares.
+    fn batch(&mut self, b: usize) -> Result<Vec<Tensor>, PassError> {
         let start = b * self.batch_size;
         let count = self.batch_size.min(self.total - start);
-        match &mut self.kind {
+        Ok(match &mut self.kind {
             SourceKind::Random(rng) => self
                 .inputs
                 .iter()
@@ -426,14 +418,22 @@ impl Source {
                 .collect(),
             SourceKind::Array { array, normalize } => {
                 let mut t = array.batch_f32(start, count);
-                if let (Some((mean, std)), TensorData::F32(v)) = (normalize, &mut t.data) {
-                    for x in v.iter_mut() {
-                        *x = ((*x as f64 - *mean) / *std) as f32;
-                    }
+                if let Some(n) = normalize {
+                    n.apply(&mut t).map_err(|e| {
+                        user(
+                            Diagnostic::new(
+                                DATA_SHAPE,
+                                self.span,
+                                format!("the calibration data cannot be normalized: {e}"),
+                            )
+                            .label("this calibration data")
+                            .help("the data must have the shape of the model's `input` line"),
+                        )
+                    })?;
                 }
                 vec![t]
             }
-        }
+        })
     }
 }
 
@@ -540,7 +540,7 @@ fn run_observers(
     let mut samples = 0u64;
     let started = std::time::Instant::now();
     for b in 0..n {
-        let inputs = source.batch(b);
+        let inputs = source.batch(b)?;
         samples += inputs.first().map_or(0, |t| t.shape[0] as u64);
         let mut failure: Option<(usize, ObserveError)> = None;
         let mut on_value = |value: usize, t: &Tensor| {

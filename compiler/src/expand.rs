@@ -12,6 +12,7 @@ use qc_dsl::{Diagnostic, Diagnostics, Loaded, Span};
 use crate::ir::{Graph, Instance, Module, Node, NodeId, Origin, Param, Provenance, Stage};
 use crate::ops::{Arity, Attr, Op, OP_NAMES};
 use crate::types::{DType, Dim, TensorType};
+use qc_runtime::normalize::Normalize;
 
 /// Blocks may instantiate blocks; deeper than this is taken for unbounded recursion.
 const MAX_BLOCK_DEPTH: usize = 64;
@@ -59,6 +60,8 @@ struct Expander<'a> {
     /// itself twice would otherwise take 2^depth steps to fail).
     recursion_hit: bool,
     sources: &'a qc_dsl::SourceMap,
+    /// The checked sections: each input's `normalize(...)`.
+    sections: &'a qc_dsl::sections::Sections,
 }
 
 /// Expands the recipe's model into a module at stage `parsed`.
@@ -142,6 +145,7 @@ pub fn expand(loaded: &Loaded) -> Result<Module, Vec<Diagnostic>> {
         depth: 0,
         recursion_hit: false,
         sources: &loaded.sources,
+        sections: &loaded.sections,
     };
     ex.model(model);
     if !ex.diags.is_empty() {
@@ -230,7 +234,16 @@ impl<'a> Expander<'a> {
             }
             let node = Node {
                 name: input.name.name.clone(),
-                op: Op::Input { index },
+                op: Op::Input {
+                    index,
+                    normalize: self
+                        .sections
+                        .normalize_of(&model.name.name, &input.name.name)
+                        .map(|n| Normalize {
+                            mean: n.value.mean.clone(),
+                            std: n.value.std.clone(),
+                        }),
+                },
                 ty: Some(TensorType::new(dtype, dims)),
                 params: vec![],
                 origin: Origin {

@@ -308,3 +308,21 @@ pub struct Module {
     /// The executable program, from stage `lowered` on (validated by the runtime's executor).
     pub program: Option<qc_runtime::program::Program>,
 }
+
+impl Module {
+    /// Each model input's name and the normalization its `input` line declares, in input order:
+    /// what calibration, training and the `.qmodel` apply to raw data.
+    pub fn input_normalizations(&self) -> Vec<(&str, Option<&qc_runtime::normalize::Normalize>)> {
+        self.graph
+            .inputs
+            .iter()
+            .map(|&id| {
+                let node = self.graph.node(id);
+                match &node.op {
+                    Op::Input { normalize, .. } => (node.name.as_str(), normalize.as_ref()),
+                    _ => (node.name.as_str(), None),
+                }
+            })
+            .collect()
+    }
+}

@@ -240,6 +240,9 @@ pub struct Plan {
     pub model: String,
     pub stage: Stage,
     pub scheme: Decider,
+    /// Each model input with the normalization its `input` line declares and that line's span:
+    /// what calibration, training and the `.qmodel` apply to raw data.
+    pub inputs: Vec<(String, Option<qc_runtime::normalize::Normalize>, Span)>,
     pub nodes: Vec<NodePlan>,
 }
 
@@ -347,10 +350,23 @@ pub fn build(module: &Module, q: &QuantizeSettings) -> Result<Plan, Vec<Diagnost
     check_specs(g, q, &order, &decided, &mut report);
     let nodes = node_plans(g, &order, &decided, &mut report);
     if report.diags.is_empty() {
+        let inputs = g
+            .inputs
+            .iter()
+            .map(|&id| {
+                let node = g.node(id);
+                let normalize = match &node.op {
+                    Op::Input { normalize, .. } => normalize.clone(),
+                    _ => None,
+                };
+                (node.name.clone(), normalize, node.origin.span)
+            })
+            .collect();
         Ok(Plan {
             model: module.name.clone(),
             stage: module.stage,
             scheme,
+            inputs,
             nodes,
         })
     } else {
@@ -830,6 +846,18 @@ impl Plan {
             self.stage,
             self.scheme.describe(sources).replace(" default", "")
         ));
+        for (name, normalize, span) in &self.inputs {
+            out.push_str(&match normalize {
+                Some(n) => format!(
+                    "input {name}: {n} ({}): calibration, training and the compiled model normalize raw data\n",
+                    place(sources, *span)
+                ),
+                None => format!(
+                    "input {name}: taken as given, no `normalize(...)` on its line ({})\n",
+                    place(sources, *span)
+                ),
+            });
+        }
         line(headers.map(String::from), &mut out);
         for r in &rows {
             line(cols(r), &mut out);

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! module fashion_cnn stage float
-//! input x: f32[N, 1, 28, 28]  # fashion_cnn.qrecipe:8
+//! input x: f32[N, 1, 28, 28] normalize(mean: 0.286, std: 0.353)  # fashion_cnn.qrecipe:8
 //! param conv1.weight: f32[16, 1, 3, 3] #9f0c2a6e1d3b4c5a <- init(kaiming_uniform, seed=0x...)
 //! node conv1 = conv2d(x) {bias: true, ...} [weight=conv1.weight, bias=conv1.bias] : f32[N, 16, 28, 28]  # fashion_cnn.qrecipe:9
 //! output fc2
@@ -21,6 +21,7 @@ use qc_dsl::SourceMap;
 use crate::ir::{Module, Provenance, Stage};
 use crate::ops::{Attr, Op};
 use crate::types::{DType, Dim, QuantParams, TensorType};
+use qc_runtime::normalize::Normalize;
 
 pub use crate::fmt::fmt_f64;
 
@@ -40,6 +41,8 @@ pub enum IrLine {
     Input {
         name: String,
         ty: TensorType,
+        /// The input line's `normalize(mean: ..., std: ...)`.
+        normalize: Option<Normalize>,
         tail: String,
     },
     Param {
@@ -99,10 +102,11 @@ pub fn document(module: &Module, sources: &SourceMap) -> IrDoc {
     let order = g.topo_order();
     for &id in &order {
         let n = g.node(id);
-        if let (Op::Input { .. }, Some(ty)) = (&n.op, &n.ty) {
+        if let (Op::Input { normalize, .. }, Some(ty)) = (&n.op, &n.ty) {
             lines.push(IrLine::Input {
                 name: n.name.clone(),
                 ty: ty.clone(),
+                normalize: normalize.clone(),
                 tail: tail(id),
             });
         }
@@ -181,8 +185,14 @@ pub fn render(doc: &IrDoc) -> String {
     out.push('\n');
     for line in &doc.lines {
         match line {
-            IrLine::Input { name, ty, tail } => {
-                let _ = writeln!(out, "input {name}: {ty}  # {tail}");
+            IrLine::Input {
+                name,
+                ty,
+                normalize,
+                tail,
+            } => {
+                let normalize = normalize.as_ref().map(|n| format!(" {n}")).unwrap_or_default();
+                let _ = writeln!(out, "input {name}: {ty}{normalize}  # {tail}");
             }
             IrLine::Param {
                 key,
@@ -374,6 +384,25 @@ fn step_text(program: &qc_runtime::program::Program, step: &qc_runtime::program:
     text
 }
 
+/// `mean: M, std: S)` (what follows `normalize(`), each a number or a `[list]` of numbers.
+fn parse_normalize(text: &str) -> Result<Normalize, String> {
+    let bad = || format!("expected `normalize(mean: M, std: S)`, found `normalize({text}`");
+    let inner = text.strip_suffix(')').ok_or_else(bad)?;
+    let rest = inner.strip_prefix("mean: ").ok_or_else(bad)?;
+    let (mean, std) = rest.split_once(", std: ").ok_or_else(bad)?;
+    let values = |v: &str| -> Result<Vec<f64>, String> {
+        let list = v.strip_prefix('[').and_then(|v| v.strip_suffix(']')).unwrap_or(v);
+        list.split(", ").map(|x| x.parse::<f64>().map_err(|_| bad())).collect()
+    };
+    let n = Normalize {
+        mean: values(mean)?,
+        std: values(std)?,
+    };
+    n.check()
+        .map_err(|e| format!("`normalize({text}` cannot be applied: {e}"))?;
+    Ok(n)
+}
+
 /// A line of a dump that could not be read.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("line {line}: {message}")]
@@ -416,9 +445,14 @@ pub fn parse(text: &str) -> Result<IrDoc, IrParseError> {
                 let (name, ty) = body
                     .split_once(": ")
                     .ok_or_else(|| err(i, "expected `input NAME: TYPE`".into()))?;
+                let (ty, normalize) = match ty.split_once(" normalize(") {
+                    Some((ty, n)) => (ty, Some(parse_normalize(n).map_err(|m| err(i, m))?)),
+                    None => (ty, None),
+                };
                 IrLine::Input {
                     name: name.into(),
                     ty: parse_type(ty).map_err(|m| err(i, m))?,
+                    normalize,
                     tail,
                 }
             }

@@ -103,6 +103,8 @@ pub fn prepare(loaded: &Loaded, request: &TrainRequest) -> Result<TrainJob, Prep
     let (train, test) = read_section_data(loaded, &settings, section, &input_name)?;
     let mut config = config_of(&settings, request.epochs, request.max_samples);
     config.device = request.device;
+    // The data is normalized as the model's input line declares (the one input training feeds).
+    config.normalize = module.input_normalizations().first().and_then(|(_, n)| n.cloned());
     let resume = match &request.resume_output {
         Some(output) => {
             let state = read_resume(&resume_path(output)).map_err(PrepareError::Resume)?;
@@ -257,13 +259,12 @@ pub fn resume_path(output: &Path) -> PathBuf {
     output.with_file_name(name)
 }
 
-/// The `qat` section's settings, with what it leaves out (data, test data, normalization, seed,
-/// batch size, threads, limit) taken from the `train` section.
+/// The `qat` section's settings, with what it leaves out (data, test data, seed, batch size,
+/// threads, limit) taken from the `train` section.
 fn with_train_defaults(mut q: TrainSettings, train: Option<&TrainSettings>) -> TrainSettings {
     if let Some(t) = train {
         q.data = q.data.or_else(|| t.data.clone());
         q.test_data = q.test_data.or_else(|| t.test_data.clone());
-        q.normalize = q.normalize.or(t.normalize);
         q.seed = q.seed.or(t.seed);
         q.batch_size = q.batch_size.or(t.batch_size);
         q.threads = q.threads.or(t.threads);
@@ -349,7 +350,7 @@ fn config_of(s: &TrainSettings, epochs: Option<u64>, max_samples: Option<u64>) -
         },
         weight_decay: s.weight_decay(),
         seed: s.seed(),
-        normalize: s.normalize().map(|n| (n.mean, n.std)),
+        normalize: None,
         max_samples: max_samples.or(s.limit()).map(|m| m as usize),
         threads: s.threads().map(|t| t as usize),
         device: Device::Cpu,

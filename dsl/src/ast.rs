@@ -53,6 +53,8 @@ pub struct InputDecl {
     pub name: Ident,
     pub dtype: Ident,
     pub dims: Vec<Dim>,
+    /// What follows the type: `normalize(mean: ..., std: ...)` (checked by `sections`).
+    pub option: Option<Call>,
     pub span: Span,
 }
 

@@ -201,6 +201,7 @@ fn describe(rule: &Rule) -> &'static str {
         Rule::qat => "`qat`",
         Rule::train => "`train`",
         Rule::input_decl => "`input`",
+        Rule::input_option => "an input option like `normalize(mean: 0.5, std: 0.25)`",
         Rule::output_decl => "`output`",
         Rule::statement => "a statement (`name = op(...)`)",
         Rule::tensor_type => "a tensor type like `f32[N, 3, 224, 224]`",
@@ -486,10 +487,12 @@ impl Cx<'_> {
                 }
             })
             .collect();
+        let option = inner.next().map(|o| self.call(o));
         InputDecl {
             name,
             dtype,
             dims,
+            option,
             span,
         }
     }

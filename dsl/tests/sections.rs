@@ -32,7 +32,7 @@ fn only(l: &Loaded, code: &str, offending: &str) -> qc_dsl::Diagnostic {
     l.diagnostics[0].clone()
 }
 
-const DESIGN: &str = r#"model m { input x: f32[N, 4]  fc = linear(x, out: 2)  output fc }
+const DESIGN: &str = r#"model m { input x: f32[N, 4] normalize(mean: 0.2860, std: 0.3530)  fc = linear(x, out: 2)  output fc }
 quantize {
   scheme   x86
   fuse     conv2d -> batch_norm -> relu
@@ -43,7 +43,7 @@ quantize {
   layer op(linear) { weights: int4 per_tensor symmetric }
 }
 qat { epochs: 3, lr: 1e-4, optimizer: sgd(momentum: 0.9), freeze_bn_after: 2, freeze_observers_after: 2 }
-train { epochs: 2, lr: 0.01, batch_size: 64, data: fashion_mnist(split: train), normalize: [0.2860, 0.3530], seed: 1 }
+train { epochs: 2, lr: 0.01, batch_size: 64, data: fashion_mnist(split: train), seed: 1 }
 "#;
 
 /// DESIGN.md's example, which asks for power-of-two activation scales on `conv*` and has a `qat`
@@ -128,13 +128,15 @@ fn design_example() {
             split: Split::Train
         }
     );
+    let n = l.sections.normalize_of("m", "x").expect("x declares normalize");
     assert_eq!(
-        train.normalize(),
-        Some(Normalize {
-            mean: 0.2860,
-            std: 0.3530
-        })
+        n.value,
+        Normalize {
+            mean: vec![0.2860],
+            std: vec![0.3530]
+        }
     );
+    assert_eq!(text(&l, n), "normalize(mean: 0.2860, std: 0.3530)");
     assert_eq!(train.seed(), 1);
     assert_eq!(train.schedule(), Schedule::Constant);
     assert_eq!(train.test_data, None);
@@ -519,7 +521,7 @@ fn optimizers_and_schedules() {
 }
 
 #[test]
-fn data_and_normalize() {
+fn data_and_limits() {
     let l = load("train { data: \"a.npz\", test_data: fashion_mnist, limit: 100, threads: 2 }\n");
     assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
     let t = l.sections.train.unwrap();
@@ -533,14 +535,12 @@ fn data_and_normalize() {
     );
     assert_eq!((t.limit(), t.threads()), (Some(100), Some(2)));
 
-    let l =
-        load("train { data: random(batches: 1), test_data: fashion_mnist(split: tset), normalize: [0.5], seed: -1 }\n");
+    let l = load("train { data: random(batches: 1), test_data: fashion_mnist(split: tset), seed: -1 }\n");
     assert_eq!(
         found(&l),
         vec![
             ("qc::bad-value", "random(batches: 1)".to_string()),
             ("qc::bad-value", "tset".to_string()),
-            ("qc::bad-value", "[0.5]".to_string()),
             ("qc::bad-value", "-1".to_string()),
         ]
     );
@@ -622,7 +622,7 @@ fn odd_input_does_not_panic() {
 #[test]
 fn renders_with_miette() {
     let cases = [
-        "quantize {\n  scheme x68\n  weights: int16 symmetric affine\n  activations: per_channel histogramm(bins: 3)\n  calibrate \"x.csv\" bathces: 3\n  shceme x\n}\nqat { epocs: 0, lr: 0, epocs: 1 }\ntrain { optimizer: sgd(momentum: 1.5), data: random(), normalize: [1] }\nqat { }\n",
+        "quantize {\n  scheme x68\n  weights: int16 symmetric affine\n  activations: per_channel histogramm(bins: 3)\n  calibrate \"x.csv\" bathces: 3\n  shceme x\n}\nqat { epocs: 0, lr: 0, epocs: 1 }\ntrain { optimizer: sgd(momentum: 1.5), data: random(), normalize: [1] }\nmodel m { input x: f32[N, 3] normalize(mean: [1, 2], std: 0) output x }\nqat { }\n",
         "qat { epochs: 99999999999999999999999, lr: 1e999, normalize: [\"a\", true] }",
         "train { data: npz(1), test_data: idx(\"a\", \"b\", split: train, split: test) }",
         "quantize { calibrate fashion_mnist(split: [1]) batches: \"x\" }",
@@ -636,4 +636,103 @@ fn renders_with_miette() {
             assert!(out.contains(d.code) && out.contains(&d.message), "{out}");
         }
     }
+}
+
+/// `normalize(mean, std)` on an `input` line: numbers, per-channel lists of the channel count,
+/// a number beside a list repeated per channel.
+#[test]
+fn input_normalize_one_value_or_one_per_channel() {
+    let l = load(
+        "model m {\n  input a: f32[N, 3, 8, 8] normalize(mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225])\n  \
+         input b: f32[N, 2] normalize(mean: -1, std: [0.5, 2])\n  input c: f32[N, 4]\n  output a\n}\n",
+    );
+    assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
+    let a = &l.sections.normalize_of("m", "a").unwrap().value;
+    assert_eq!(a.mean, [0.485, 0.456, 0.406]);
+    assert_eq!(a.std, [0.229, 0.224, 0.225]);
+    let b = &l.sections.normalize_of("m", "b").unwrap().value;
+    assert_eq!(
+        (b.mean.as_slice(), b.std.as_slice()),
+        (&[-1.0, -1.0][..], &[0.5, 2.0][..])
+    );
+    assert!(l.sections.normalize_of("m", "c").is_none());
+    assert_eq!(l.sections.inputs.len(), 3);
+}
+
+/// Each wrong `normalize` is reported at the value at fault: a std of 0 or below, a list of the
+/// wrong length (the message names the channel count), a list without a fixed channel dim, a
+/// missing argument, an unknown one, an unknown option.
+#[test]
+fn input_normalize_errors_point_at_the_value() {
+    let case = |line: &str| load(&format!("model m {{\n  {line}\n  output x\n}}\n"));
+    let l = case("input x: f32[N, 1, 28, 28] normalize(mean: 0.5, std: 0)");
+    let d = only(&l, "qc::bad-value", "0");
+    assert!(
+        d.message.contains("`std` of `normalize` must be above 0"),
+        "{}",
+        d.message
+    );
+    let l = case("input x: f32[N, 1, 28, 28] normalize(mean: 0.5, std: -0.25)");
+    only(&l, "qc::bad-value", "-0.25");
+    let l = case("input x: f32[N, 3, 224, 224] normalize(mean: [0.485, 0.456], std: 0.25)");
+    let d = only(&l, "qc::bad-value", "[0.485, 0.456]");
+    assert_eq!(d.message, "`mean` has 2 values, but input `x` has 3 channels (dim 1)");
+    assert!(d.help.starts_with("give 3 values (one per channel)"), "{}", d.help);
+    let l = case("input x: f32[N, C, 8] normalize(mean: [0.5, 0.5], std: 1)");
+    let d = only(&l, "qc::bad-value", "[0.5, 0.5]");
+    assert!(d.message.contains("no fixed channel dim"), "{}", d.message);
+    let l = case("input x: f32[N, 2] normalize(mean: [], std: 1)");
+    only(&l, "qc::bad-value", "[]");
+    let l = case("input x: f32[N, 2] normalize(mean: 0.5)");
+    let d = only(&l, "qc::missing-argument", "normalize(mean: 0.5)");
+    assert_eq!(d.message, "`normalize` needs `std`");
+    let l = case("input x: f32[N, 2] normalize(mean: 0.5, sd: 1)");
+    assert_eq!(
+        found(&l),
+        vec![
+            ("qc::missing-argument", "normalize(mean: 0.5, sd: 1)".to_string()),
+            ("qc::unknown-argument", "sd".to_string())
+        ]
+    );
+    let l = case("input x: f32[N, 2] normalise(mean: 0.5, std: 1)");
+    let d = only(&l, "qc::unknown-entry", "normalise");
+    assert!(d.help.starts_with("did you mean `normalize`?"), "{}", d.help);
+    let l = case("input x: f32[N, 2] normalize(mean: \"a\", std: 1 + 1)");
+    assert_eq!(
+        found(&l),
+        vec![
+            ("qc::bad-value", "\"a\"".to_string()),
+            ("qc::bad-value", "1 + 1".to_string())
+        ]
+    );
+}
+
+/// `normalize` in `train` or `qat` is refused; the help line is the `input` line to write, built
+/// from the model's own input and the section's numbers (or says the input already has one).
+#[test]
+fn train_normalize_is_refused_with_the_input_line_to_write() {
+    let l = load(
+        "model m {\n  input x: f32[N, 1, 28, 28]\n  output x\n}\ntrain { epochs: 1, normalize: [0.2860, 0.3530] }\n",
+    );
+    let d = only(&l, "qc::moved-setting", "normalize: [0.2860, 0.3530]");
+    assert!(
+        d.message
+            .contains("belongs to the model's `input` line, not to `train`"),
+        "{}",
+        d.message
+    );
+    assert_eq!(
+        d.help,
+        "delete this line and declare it on the model's input, where calibration, training and `qc run` all \
+         apply it: `input x: f32[N, 1, 28, 28] normalize(mean: 0.286, std: 0.353)`"
+    );
+    let l = load(
+        "model m {\n  input x: f32[N, 2] normalize(mean: 0, std: 1)\n  output x\n}\nqat { normalize: [0.5, 0.5] }\n",
+    );
+    let d = only(&l, "qc::moved-setting", "normalize: [0.5, 0.5]");
+    assert!(d.message.contains("not to `qat`"));
+    assert_eq!(
+        d.help,
+        "delete this line: the model's `input` line already declares `normalize(...)`"
+    );
 }

@@ -589,6 +589,7 @@ impl Op {
             }
             "input" => Op::Input {
                 index: a.int("index", 0, None) as usize,
+                normalize: None,
             },
             _ => return None,
         };
@@ -600,7 +601,7 @@ impl Op {
         let ints = |v: &[usize]| Attr::Ints(v.iter().map(|&x| x as i64).collect());
         let mut m = BTreeMap::new();
         match self {
-            Op::Input { index } => {
+            Op::Input { index, .. } => {
                 m.insert("index", Attr::Int(*index as i64));
             }
             Op::Conv(c) | Op::QConv(c) => {

@@ -197,6 +197,10 @@ pub struct WeightQuant {
 pub enum Op {
     Input {
         index: usize,
+        /// `normalize(mean, std)` of the input's line: the model's raw input becomes
+        /// `(x - mean[c]) / std[c]` before any op (applied by the data's readers and the runtime,
+        /// not by a node).
+        normalize: Option<qc_runtime::normalize::Normalize>,
     },
     Conv(Conv),
     BatchNorm(BatchNorm),

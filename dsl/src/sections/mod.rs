@@ -1,5 +1,5 @@
-//! Checks the `quantize`, `qat` and `train` sections of a recipe and turns them into typed,
-//! validated settings.
+//! Checks the `quantize`, `qat` and `train` sections of a recipe, and what its `input` lines
+//! declare after their types (`normalize(...)`), and turns them into typed, validated settings.
 //!
 //! Every user error becomes a [`Diagnostic`] pointing at the offending word or value; checking
 //! goes on after an error so that one run reports all of them. Every setting keeps the [`Span`]
@@ -8,19 +8,21 @@
 //! documented defaults are applied by the `effective` accessors and by [`Scheme::defaults`].
 //!
 //! The typed settings are in `settings`; the checker, one file per sub-language, is in
-//! `quantize` (the `quantize` section), `data` (calibration and training data sources) and
-//! `train` (`train` and `qat` sections), with the reading of plain values in `values`.
+//! `quantize` (the `quantize` section), `data` (calibration and training data sources),
+//! `train` (`train` and `qat` sections) and `inputs` (`normalize(...)` on `input` lines), with the
+//! reading of plain values in `values`.
 
 mod data;
+mod inputs;
 mod quantize;
 mod settings;
 mod train;
 mod values;
 
 pub use settings::{
-    defaults, Calibration, DataSource, FuseChain, FuseOp, Granularity, LayerOverride, LayerSelector, NodeQuant,
-    Normalize, Observer, Optimizer, QatSettings, QuantizeSettings, Schedule, Scheme, Sections, Spanned, Split,
-    TensorDefaults, TensorSpec, TrainSettings,
+    defaults, Calibration, DataSource, FuseChain, FuseOp, Granularity, InputSettings, LayerOverride, LayerSelector,
+    NodeQuant, Normalize, Observer, Optimizer, QatSettings, QuantizeSettings, Schedule, Scheme, Sections, Spanned,
+    Split, TensorDefaults, TensorSpec, TrainSettings,
 };
 
 use crate::ast::Recipe;
@@ -45,11 +47,16 @@ const BAD_GRANULARITY: &str = "qc::bad-granularity";
 const DUPLICATE_SETTING: &str = "qc::duplicate-setting";
 const CONFLICTING_SETTING: &str = "qc::conflicting-setting";
 const DUPLICATE_SECTION: &str = "qc::duplicate-section";
+const MOVED_SETTING: &str = "qc::moved-setting";
 const POW2_QAT: &str = "qc::pow2-qat";
 
 /// Checks the sections of a recipe, reporting every error to `diags`.
 pub fn check(recipe: &Recipe, diags: &mut Diagnostics) -> Sections {
-    let mut c = Checker { diags };
+    let mut c = Checker {
+        diags,
+        first_input: inputs::first_input(recipe),
+    };
+    let inputs = c.inputs(recipe);
     let quantize = c.first_section(&recipe.quantize, "quantize", |q| q.span, |c, q| c.quantize(q));
     let qat = c.first_section(&recipe.qat, "qat", |s| s.span, |c, s| c.loop_settings(s, "qat"));
     let train = c.first_section(
@@ -75,7 +82,12 @@ pub fn check(recipe: &Recipe, diags: &mut Diagnostics) -> Sections {
             );
         }
     }
-    Sections { quantize, qat, train }
+    Sections {
+        quantize,
+        qat,
+        train,
+        inputs,
+    }
 }
 
 /// Where the recipe asks for power-of-two scales (the scheme, a section-wide spec or a layer's),
@@ -118,7 +130,11 @@ fn key_help(key: &str) -> &'static str {
             "data is a file (`\"train.npz\"`, `npz(\"...\")`, `npy(\"...\")`) or IDX files \
              (`fashion_mnist(split: train)`, `fashion_mnist(\"dir\", split: test)`, `idx(\"dir\", split: train)`)"
         }
-        "normalize" => "`normalize` is `[mean, std]`: two numbers, std above 0 (e.g. `normalize: [0.2860, 0.3530]`)",
+        "normalize" => {
+            "write `normalize(mean: M, std: S)` after the input's type: numbers (std above 0), or lists of one \
+             value per channel (e.g. `normalize(mean: 0.2860, std: 0.3530)`, `normalize(mean: [0.485, 0.456, 0.406], \
+             std: [0.229, 0.224, 0.225])`)"
+        }
         "limit" => "`limit` is the most training samples to use, at least 1 (e.g. `limit: 1000` for a quick run)",
         "batches" => "`batches` is the number of calibration batches, at least 1 (e.g. `batches: 32`)",
         "samples" => "`samples` is the number of calibration samples, at least 1 (e.g. `samples: 1000`)",
@@ -155,6 +171,8 @@ fn suggest(dym: Option<String>, rest: impl AsRef<str>) -> String {
 /// submodules, one file per sub-language.
 struct Checker<'d> {
     diags: &'d mut Diagnostics,
+    /// The recipe's first input line, for the help of a refused `train { normalize }`.
+    first_input: Option<inputs::FirstInput>,
 }
 
 /// Names already given in one place (a section, a call), for duplicate detection.

@@ -1,5 +1,5 @@
-//! The typed settings that checking produces: what each `quantize`, `qat` and `train` entry
-//! means, with the span of the recipe text that decided it.
+//! The typed settings that checking produces: what each `quantize`, `qat` and `train` entry and
+//! each input's `normalize(...)` means, with the span of the recipe text that decided it.
 
 use crate::source::Span;
 
@@ -23,6 +23,28 @@ pub struct Sections {
     pub quantize: Option<QuantizeSettings>,
     pub qat: Option<QatSettings>,
     pub train: Option<TrainSettings>,
+    /// Every model input, in source order, with what its `input` line declares besides its type.
+    pub inputs: Vec<InputSettings>,
+}
+
+impl Sections {
+    /// The normalization `input NAME: ... normalize(...)` of model `model` declares, if any.
+    pub fn normalize_of(&self, model: &str, input: &str) -> Option<&Spanned<Normalize>> {
+        self.inputs
+            .iter()
+            .find(|i| i.model == model && i.input == input)
+            .and_then(|i| i.normalize.as_ref())
+    }
+}
+
+/// What one `input` line declares besides its name and type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputSettings {
+    pub model: String,
+    pub input: String,
+    /// `normalize(mean: ..., std: ...)`, with the span of the call; `None` when not written (or
+    /// written wrong, which is reported).
+    pub normalize: Option<Spanned<Normalize>>,
 }
 
 /// A quantization scheme: the defaults every tensor starts from.
@@ -493,11 +515,13 @@ pub enum Schedule {
     Step { every: u64, gamma: f64 },
 }
 
-/// `normalize: [mean, std]`: inputs become `(x - mean) / std`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// `normalize(mean: ..., std: ...)` on an `input` line: the model computes
+/// `(x - mean[c]) / std[c]` of its raw input. `mean` and `std` have the same length: 1 (every
+/// element) or the input's channel count (dim 1); a number written beside a list is repeated.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Normalize {
-    pub mean: f64,
-    pub std: f64,
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
 }
 
 /// Defaults shared by `qat` and `train` (the learning rate differs; see each type).
@@ -525,7 +549,6 @@ pub struct TrainSettings {
     pub threads: Option<Spanned<u64>>,
     pub data: Option<Spanned<DataSource>>,
     pub test_data: Option<Spanned<DataSource>>,
-    pub normalize: Option<Spanned<Normalize>>,
     /// Use at most this many training samples (for quick runs).
     pub limit: Option<Spanned<u64>>,
     /// The learning rate when none is written: [`defaults::TRAIN_LR`] for `train`,
@@ -567,10 +590,6 @@ impl TrainSettings {
     /// Threads; `None` (the default) lets the runtime decide.
     pub fn threads(&self) -> Option<u64> {
         self.threads.map(|s| s.value)
-    }
-    /// Normalization; default none.
-    pub fn normalize(&self) -> Option<Normalize> {
-        self.normalize.map(|s| s.value)
     }
     /// Sample limit; default none (all samples).
     pub fn limit(&self) -> Option<u64> {

@@ -1,13 +1,13 @@
-//! Checks a `train` or `qat` section: the training-loop settings, the optimizer, the schedule
-//! and the normalization.
+//! Checks a `train` or `qat` section: the training-loop settings, the optimizer and the schedule
+//! (a `normalize` here is refused: it belongs to the model's `input` line, `inputs`).
 
 use super::data::DataUse;
-use super::values::{describe, is_literal, Bounds};
+use super::values::Bounds;
 use super::{
-    defaults, key_help, list_words, suggest, Checker, Normalize, Optimizer, QatSettings, Schedule, Seen, Spanned,
-    TrainSettings, BAD_VALUE, MISSING_ARGUMENT, UNKNOWN_SETTING,
+    defaults, key_help, list_words, suggest, Checker, Optimizer, QatSettings, Schedule, Seen, Spanned, TrainSettings,
+    BAD_VALUE, MISSING_ARGUMENT, UNKNOWN_SETTING,
 };
-use crate::ast::{Expr, ExprKind, KwArg, Settings};
+use crate::ast::{Expr, KwArg, Settings};
 use crate::diag::did_you_mean;
 
 const COMMON_KEYS: &[&str] = &[
@@ -98,7 +98,7 @@ impl Checker<'_> {
                 }
                 "optimizer" => f.optimizer = self.optimizer(value).map(|v| Spanned::new(v, span)),
                 "schedule" => f.schedule = self.schedule(value).map(|v| Spanned::new(v, span)),
-                "normalize" => f.normalize = self.normalize(value).map(|v| Spanned::new(v, span)),
+                "normalize" => self.moved_normalize(section, key.span, value),
                 "data" => {
                     f.data = self
                         .data_value(value, DataUse::Data, name)
@@ -222,41 +222,6 @@ impl Checker<'_> {
             }
             _ => {
                 self.unknown_choice(&call, "schedule", &["constant", "cosine", "step"], help);
-                None
-            }
-        }
-    }
-
-    fn normalize(&mut self, e: &Expr) -> Option<Normalize> {
-        let help = key_help("normalize");
-        match &e.kind {
-            ExprKind::List(items) if items.len() == 2 => {
-                let mean = self.float_value(&items[0], "the mean", Bounds::FINITE, help);
-                let std = self.float_value(&items[1], "the standard deviation", Bounds::POSITIVE, help);
-                Some(Normalize { mean: mean?, std: std? })
-            }
-            ExprKind::List(items) => {
-                self.error(
-                    BAD_VALUE,
-                    e.span,
-                    format!("`normalize` takes two numbers, found {}", items.len()),
-                    "expected `[mean, std]`",
-                    help.into(),
-                );
-                None
-            }
-            _ if !is_literal(e) => {
-                self.not_literal(e, "`normalize`", help);
-                None
-            }
-            _ => {
-                self.error(
-                    BAD_VALUE,
-                    e.span,
-                    format!("`normalize` must be a list `[mean, std]`, found {}", describe(e)),
-                    "expected `[mean, std]`",
-                    help.into(),
-                );
                 None
             }
         }

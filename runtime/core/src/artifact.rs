@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! bytes 0..8     magic "QCMODEL\0"
-//! bytes 8..12    format version, u32 LE (this qc reads and writes 1)
+//! bytes 8..12    format version, u32 LE (this qc writes 2 and reads 1 and 2)
 //! bytes 12..20   header length H, u64 LE
 //! 20..20+H       header: JSON (`Header`): metadata, the program without constant data, and
 //!                each constant's dtype, shape, offset and length
@@ -19,17 +19,21 @@
 //! order and bounds, the file length, then validates the program; each failure is its own
 //! [`LoadError`]. A byte flipped after the version field is always a checksum error.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::normalize::Normalize;
 use crate::program::{Program, ProgramError, Step, ValueId, ValueInfo};
 use crate::tensor::{DType, Tensor};
 
 /// The first 8 bytes of every `.qmodel` file.
 pub const MAGIC: [u8; 8] = *b"QCMODEL\0";
-/// The format version this qc reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this qc writes; it reads every version from 1 to this one. Version 2
+/// carries the input normalization per input and per channel (version 1: one pair for every
+/// input).
+pub const FORMAT_VERSION: u32 = 2;
 /// Alignment of the data section and of every constant, in bytes.
 pub const ALIGN: usize = 64;
 /// Bytes before the header: magic, version, header length.
@@ -53,21 +57,22 @@ pub struct Meta {
     pub calibrated_for_accuracy: bool,
     /// A hash of the recipe (and its includes) the model was compiled from.
     pub recipe_hash: String,
-    /// The input normalization the model was trained and calibrated with (the recipe's
-    /// `normalize`): [`crate::model::Model::run`] applies `(x - mean) / std` to every `f32`
-    /// input, so callers pass raw samples (images in `[0, 1]`). Absent in older files.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub input_normalize: Option<Normalize>,
+    /// The normalization each input's `input` line declares, by input name (the recipe's
+    /// `normalize(mean: ..., std: ...)`): [`crate::model::Model::run`] applies it, so callers
+    /// pass raw samples (images in `[0, 1]`). Empty when no input declares one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub input_normalize: BTreeMap<String, Normalize>,
 }
 
-/// `(x - mean) / std`, elementwise.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Normalize {
-    pub mean: f32,
-    pub std: f32,
+/// The header's `input_normalize`, in the form of its format version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum HeaderNormalize {
+    /// Version 2: per input name, one value or one per channel.
+    PerInput(BTreeMap<String, Normalize>),
+    /// Version 1: one pair applied to every `f32` input.
+    Every { mean: f64, std: f64 },
 }
-
-impl Eq for Normalize {}
 
 impl Meta {
     /// Metadata with this qc's version.
@@ -83,12 +88,12 @@ impl Meta {
             stage: stage.into(),
             calibrated_for_accuracy,
             recipe_hash: recipe_hash.into(),
-            input_normalize: None,
+            input_normalize: BTreeMap::new(),
         }
     }
 
-    /// The same metadata with an input normalization.
-    pub fn with_input_normalize(mut self, n: Option<Normalize>) -> Meta {
+    /// The same metadata with the inputs' normalizations, by input name.
+    pub fn with_input_normalize(mut self, n: BTreeMap<String, Normalize>) -> Meta {
         self.input_normalize = n;
         self
     }
@@ -123,7 +128,7 @@ pub struct Header {
     pub calibrated_for_accuracy: bool,
     pub recipe_hash: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub input_normalize: Option<Normalize>,
+    pub input_normalize: Option<HeaderNormalize>,
     pub program: ProgramHeader,
     pub constants: Vec<ConstantEntry>,
 }
@@ -144,7 +149,7 @@ pub enum LoadError {
     TooShort { len: usize, min: usize },
     #[error("not a .qmodel file: it starts with \"{}\", not \"QCMODEL\\0\"", .found.escape_ascii())]
     Magic { found: [u8; 8] },
-    #[error("format version {found}, this qc reads {FORMAT_VERSION}")]
+    #[error("format version {found}, this qc reads 1 to {FORMAT_VERSION}")]
     Version { found: u32 },
     #[error("the file is truncated: its header describes {expected} bytes, the file has {found}")]
     Truncated { expected: u64, found: u64 },
@@ -234,7 +239,8 @@ impl Artifact {
             stage: self.meta.stage.clone(),
             calibrated_for_accuracy: self.meta.calibrated_for_accuracy,
             recipe_hash: self.meta.recipe_hash.clone(),
-            input_normalize: self.meta.input_normalize,
+            input_normalize: (!self.meta.input_normalize.is_empty())
+                .then(|| HeaderNormalize::PerInput(self.meta.input_normalize.clone())),
             program: ProgramHeader {
                 values: p.values.clone(),
                 inputs: p.inputs.clone(),
@@ -306,7 +312,7 @@ impl Artifact {
             return Err(LoadError::Magic { found: magic });
         }
         let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-        if version != FORMAT_VERSION {
+        if !(1..=FORMAT_VERSION).contains(&version) {
             return Err(LoadError::Version { found: version });
         }
         let (body, tail) = bytes.split_at(len - CHECKSUM);
@@ -403,15 +409,8 @@ impl Artifact {
             steps: ph.steps,
             constants,
         };
-        if let Some(n) = input_normalize {
-            if !(n.mean.is_finite() && n.std.is_finite() && n.std > 0.0) {
-                return Err(LoadError::Header(format!(
-                    "the input normalization (x - {}) / {} needs a finite mean and a finite, positive std",
-                    n.mean, n.std
-                )));
-            }
-        }
         crate::validate::validate(&program)?;
+        let input_normalize = input_normalization(&program, version, input_normalize)?;
         Ok(Artifact {
             meta: Meta {
                 qc_version,
@@ -424,6 +423,57 @@ impl Artifact {
             program,
         })
     }
+}
+
+/// The header's `input_normalize` as the metadata holds it, by input name, each checked: a
+/// version-1 pair goes to every `f32` input; every name must be an `f32` input of the program,
+/// and its values must apply to that input ([`Normalize::check`], [`Normalize::check_shape`]).
+fn input_normalization(
+    program: &Program,
+    version: u32,
+    stored: Option<HeaderNormalize>,
+) -> Result<BTreeMap<String, Normalize>, LoadError> {
+    let inputs = program.inputs.iter().map(|&i| &program.values[i]);
+    let map = match (version, stored) {
+        (_, None) => return Ok(BTreeMap::new()),
+        (1, Some(HeaderNormalize::Every { mean, std })) => inputs
+            .filter(|v| v.dtype == DType::F32)
+            .map(|v| (v.name.clone(), Normalize::new(mean, std)))
+            .collect(),
+        (1, Some(HeaderNormalize::PerInput(_))) => {
+            return Err(LoadError::Header(
+                "`input_normalize` of a version-1 file is one `{\"mean\", \"std\"}` pair".into(),
+            ))
+        }
+        (_, Some(HeaderNormalize::PerInput(map))) => map,
+        (_, Some(HeaderNormalize::Every { .. })) => {
+            return Err(LoadError::Header(format!(
+                "`input_normalize` of a version-{version} file maps input names to their normalization"
+            )))
+        }
+    };
+    for (name, n) in &map {
+        let Some(v) = program
+            .inputs
+            .iter()
+            .map(|&i| &program.values[i])
+            .find(|v| v.name == *name)
+        else {
+            return Err(LoadError::Header(format!(
+                "`input_normalize` names `{name}`, which is no input of the program"
+            )));
+        };
+        if v.dtype != DType::F32 {
+            return Err(LoadError::Header(format!(
+                "`input_normalize` normalizes input `{name}`, which is {}, not f32",
+                v.dtype
+            )));
+        }
+        n.check()
+            .and_then(|()| n.check_shape(&v.shape))
+            .map_err(|e| LoadError::Header(format!("the normalization of input `{name}` cannot be applied: {e}")))?;
+    }
+    Ok(map)
 }
 
 /// The header and the data section's start (magic and version already checked, `len >= 28`).

@@ -12,6 +12,7 @@ pub mod fsutil;
 pub mod interp;
 pub mod kernels;
 pub mod model;
+pub mod normalize;
 pub mod program;
 pub mod quant;
 pub mod tensor;

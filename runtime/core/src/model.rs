@@ -5,6 +5,7 @@ use std::path::Path;
 
 use crate::artifact::{Artifact, LoadError, Meta, WriteError};
 use crate::exec::Executor;
+use crate::normalize::Normalize;
 use crate::program::{Layout, Program, ProgramError, RunError, ValueInfo};
 use crate::tensor::{DType, Tensor};
 
@@ -37,8 +38,8 @@ pub struct ModelMeta {
     pub calibrated_for_accuracy: bool,
     pub qc_version: String,
     pub recipe_hash: String,
-    /// Applied by [`Model::run`] to every `f32` input.
-    pub input_normalize: Option<crate::artifact::Normalize>,
+    /// The normalization of each input that declares one, by name; [`Model::run`] applies it.
+    pub input_normalize: std::collections::BTreeMap<String, Normalize>,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
 }
@@ -70,7 +71,7 @@ impl Model {
             calibrated_for_accuracy: meta.calibrated_for_accuracy,
             qc_version: meta.qc_version.clone(),
             recipe_hash: meta.recipe_hash.clone(),
-            input_normalize: meta.input_normalize,
+            input_normalize: meta.input_normalize.clone(),
             inputs: specs(&p.inputs),
             outputs: specs(&p.outputs),
         };
@@ -82,29 +83,51 @@ impl Model {
     }
 
     /// Runs on `inputs` (in the order of `meta().inputs`, any batch size): raw samples, which
-    /// the model normalizes first when its metadata says so (`input_normalize`).
+    /// the model normalizes first where an input declares it (`input_normalize`).
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RunError> {
-        match self.meta.input_normalize {
-            None => self.exec.run(inputs),
-            Some(n) => self.exec.run(&normalized(inputs, n)),
+        if self.meta.input_normalize.is_empty() {
+            return self.exec.run(inputs);
         }
+        self.exec.run(&self.normalize(inputs)?)
     }
 
     /// [`Model::run`] with the time of each step (`qc run --profile`).
     pub fn run_profiled(&self, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Vec<std::time::Duration>), RunError> {
-        match self.meta.input_normalize {
-            None => self.exec.run_profiled(inputs),
-            Some(n) => self.exec.run_profiled(&normalized(inputs, n)),
+        if self.meta.input_normalize.is_empty() {
+            return self.exec.run_profiled(inputs);
         }
+        self.exec.run_profiled(&self.normalize(inputs)?)
     }
 
-    /// The inputs as [`Model::run`] feeds them to the program: normalized when the metadata
-    /// says so (for running the program on another backend).
-    pub fn normalize(&self, inputs: &[Tensor]) -> Vec<Tensor> {
-        match self.meta.input_normalize {
-            None => inputs.to_vec(),
-            Some(n) => normalized(inputs, n),
-        }
+    /// The inputs as [`Model::run`] feeds them to the program: each normalized as its input
+    /// declares ([`Normalize::apply`]), for running the program on another backend. An input
+    /// whose shape does not fit a per-channel normalization (or that is not `f32`) is refused
+    /// as the executor refuses it.
+    pub fn normalize(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RunError> {
+        inputs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let Some(spec) = self.meta.inputs.get(i) else {
+                    return Ok(t.clone());
+                };
+                let Some(n) = self.meta.input_normalize.get(&spec.name) else {
+                    return Ok(t.clone());
+                };
+                n.applied(t).map_err(|e| match e {
+                    crate::normalize::NormalizeError::DType { dtype } => RunError::InputDType {
+                        name: spec.name.clone(),
+                        expected: spec.dtype,
+                        found: dtype,
+                    },
+                    crate::normalize::NormalizeError::Channels { shape, .. } => RunError::InputShape {
+                        name: spec.name.clone(),
+                        expected: crate::program::shape_string(&spec.shape),
+                        found: shape,
+                    },
+                })
+            })
+            .collect()
     }
 
     pub fn meta(&self) -> &ModelMeta {
@@ -123,15 +146,4 @@ impl Model {
     pub fn save(&self, path: &Path) -> Result<(), WriteError> {
         Artifact::new(self.stored.clone(), self.exec.program().clone()).write(path)
     }
-}
-
-/// `(x - mean) / std` of every `f32` input (others as they are).
-fn normalized(inputs: &[Tensor], n: crate::artifact::Normalize) -> Vec<Tensor> {
-    inputs
-        .iter()
-        .map(|t| match t.as_f32() {
-            Some(v) => Tensor::f32(t.shape.clone(), v.iter().map(|&x| (x - n.mean) / n.std).collect()),
-            None => t.clone(),
-        })
-        .collect()
 }

@@ -139,10 +139,12 @@ fn each_corruption_has_its_error() {
     b[0] = b'X';
     assert!(matches!(load(&b), LoadError::Magic { .. }));
     let mut b = bytes.clone();
-    b[8..12].copy_from_slice(&2u32.to_le_bytes());
+    b[8..12].copy_from_slice(&3u32.to_le_bytes());
     let e = load(&b);
-    assert!(matches!(e, LoadError::Version { found: 2 }));
-    assert_eq!(e.to_string(), "format version 2, this qc reads 1");
+    assert!(matches!(e, LoadError::Version { found: 3 }));
+    assert_eq!(e.to_string(), "format version 3, this qc reads 1 to 2");
+    b[8..12].copy_from_slice(&0u32.to_le_bytes());
+    assert!(matches!(load(&b), LoadError::Version { found: 0 }));
 
     // Truncated: in the data section the header still describes the full length.
     for cut in [bytes.len() - 1, bytes.len() - 9, bytes.len() - 100, bytes.len() - 300] {
@@ -321,25 +323,115 @@ fn fuzzed_files_never_panic() {
     assert!(loaded > 0);
 }
 
-/// A `.qmodel` whose input normalization divides by zero (or by a non-finite std) does not load:
-/// it would run and print garbage.
-#[test]
-fn a_normalization_that_cannot_be_applied_is_refused() {
-    use qc_runtime::artifact::Normalize;
-    // (NaN and infinities cannot be written: JSON has none.)
-    for (mean, std) in [(0.5f32, 0.0f32), (0.5, -0.0), (0.5, -1.0)] {
-        let (mut a, _) = artifact();
-        a.meta = a.meta.clone().with_input_normalize(Some(Normalize { mean, std }));
-        let bytes = a.to_bytes().unwrap();
-        match Artifact::from_bytes(&bytes) {
-            Err(LoadError::Header(m)) => assert!(m.contains("positive std"), "{m}"),
-            other => panic!("mean {mean}, std {std}: {other:?}"),
-        }
-    }
-    let (mut a, _) = artifact();
+fn with_normalize(a: &Artifact, name: &str, n: qc_runtime::normalize::Normalize) -> Artifact {
+    let mut a = a.clone();
     a.meta = a
         .meta
         .clone()
-        .with_input_normalize(Some(Normalize { mean: 0.28, std: 0.35 }));
-    assert!(Artifact::from_bytes(&a.to_bytes().unwrap()).is_ok());
+        .with_input_normalize([(name.to_string(), n)].into_iter().collect());
+    a
+}
+
+/// A `.qmodel` whose input normalization cannot be applied does not load (it would run and print
+/// garbage): a std of 0 or below, lists of different lengths, a per-channel list that is not the
+/// input's channel count, a name that is no input.
+#[test]
+fn a_normalization_that_cannot_be_applied_is_refused() {
+    use qc_runtime::normalize::Normalize;
+    let (a, _) = artifact();
+    // (NaN and infinities cannot be written: JSON has none.)
+    let per = |mean: Vec<f64>, std: Vec<f64>| Normalize { mean, std };
+    for (name, n, says) in [
+        ("x", Normalize::new(0.5, 0.0), "std 0 is not a finite number above 0"),
+        ("x", Normalize::new(0.5, -0.0), "std -0 is not a finite number above 0"),
+        ("x", Normalize::new(0.5, -1.0), "std -1 is not"),
+        ("x", per(vec![0.1, 0.2], vec![1.0]), "2 mean(s) and 1 std(s)"),
+        ("x", per(vec![], vec![]), "0 mean(s)"),
+        (
+            "x",
+            per(vec![0.0; 3], vec![1.0; 3]),
+            "3 values per channel, but the input has 2 channels",
+        ),
+        ("y", Normalize::new(0.5, 0.5), "`y`, which is no input"),
+    ] {
+        let bytes = with_normalize(&a, name, n.clone()).to_bytes().unwrap();
+        match Artifact::from_bytes(&bytes) {
+            Err(LoadError::Header(m)) => assert!(m.contains(says), "{n:?}: {m}"),
+            other => panic!("{n:?}: {other:?}"),
+        }
+    }
+    let ok = with_normalize(&a, "x", per(vec![0.1, 0.2], vec![0.5, 0.25]));
+    assert_eq!(Artifact::from_bytes(&ok.to_bytes().unwrap()).unwrap(), ok);
+}
+
+/// `Model::run` normalizes the input its metadata names, per channel, exactly as
+/// `Normalize::apply` does, then runs the program.
+#[test]
+fn the_model_normalizes_its_input_per_channel() {
+    use qc_runtime::normalize::Normalize;
+    let (a, x) = artifact();
+    let n = Normalize {
+        mean: vec![0.1, -0.2],
+        std: vec![0.5, 2.0],
+    };
+    let normalizing = with_normalize(&a, "x", n.clone());
+    let model = Model::from_program(normalizing.program.clone(), normalizing.meta.clone()).unwrap();
+    let plain = Model::from_program(a.program.clone(), a.meta.clone()).unwrap();
+    let by_hand = n.applied(&x).unwrap();
+    assert_eq!(
+        model.run(std::slice::from_ref(&x)).unwrap(),
+        plain.run(std::slice::from_ref(&by_hand)).unwrap()
+    );
+    assert_eq!(model.normalize(std::slice::from_ref(&x)).unwrap(), vec![by_hand]);
+    // A batch of another channel count is refused as the executor refuses it, not misread.
+    let wrong = Tensor::f32(vec![1, 3, 6, 6], vec![0.0; 108]);
+    assert!(matches!(
+        model.run(&[wrong]),
+        Err(qc_runtime::program::RunError::InputShape { .. })
+    ));
+}
+
+/// A version-1 file (qc before per-input normalization) holds one `{mean, std}` pair; it still
+/// loads, with that pair on every f32 input, the numbers read as written.
+#[test]
+fn a_version_1_file_with_one_normalization_pair_still_loads() {
+    let (a, x) = artifact();
+    let bytes = a.to_bytes().unwrap();
+    let h = u64::from_le_bytes(bytes[12..20].try_into().unwrap()) as usize;
+    let data_start = (20 + h).div_ceil(ALIGN) * ALIGN;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[20..20 + h]).unwrap();
+    header["input_normalize"] = serde_json::json!({ "mean": 0.286, "std": 0.353 });
+    let v1 = |header: &serde_json::Value| {
+        let json = serde_json::to_vec(header).unwrap();
+        let mut out = b"QCMODEL\0".to_vec();
+        out.extend_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+        out.extend_from_slice(&json);
+        out.resize((20 + json.len()).div_ceil(ALIGN) * ALIGN, 0);
+        out.extend_from_slice(&bytes[data_start..bytes.len() - 8]);
+        let sum = xxhash_rust::xxh3::xxh3_64(&out);
+        out.extend_from_slice(&sum.to_le_bytes());
+        out
+    };
+    let back = Artifact::from_bytes(&v1(&header)).unwrap();
+    let n = &back.meta.input_normalize["x"];
+    assert_eq!((n.mean.as_slice(), n.std.as_slice()), (&[0.286][..], &[0.353][..]));
+    let model = Model::from_program(back.program.clone(), back.meta.clone()).unwrap();
+    let plain = Model::from_program(a.program.clone(), a.meta.clone()).unwrap();
+    let by_hand: Vec<f32> = x
+        .as_f32()
+        .unwrap()
+        .iter()
+        .map(|&v| ((v as f64 - 0.286) / 0.353) as f32)
+        .collect();
+    assert_eq!(
+        model.run(std::slice::from_ref(&x)).unwrap(),
+        plain.run(&[Tensor::f32(x.shape.clone(), by_hand)]).unwrap()
+    );
+    // Its std of 0 is refused as in version 2.
+    header["input_normalize"] = serde_json::json!({ "mean": 0.5, "std": 0 });
+    assert!(matches!(Artifact::from_bytes(&v1(&header)), Err(LoadError::Header(m)) if m.contains("std 0")));
+    // A version-2 map in a version-1 file is not read as something else.
+    header["input_normalize"] = serde_json::json!({ "x": { "mean": [0.5], "std": [0.5] } });
+    assert!(matches!(Artifact::from_bytes(&v1(&header)), Err(LoadError::Header(_))));
 }

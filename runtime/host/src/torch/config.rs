@@ -51,9 +51,9 @@ pub struct TrainConfig {
     pub device: Device,
     /// Seeds the shuffling (SplitMix64, `seed + epoch`) and libtorch's generator.
     pub seed: u64,
-    /// `(mean, std)`: `u8` images, scaled to [0, 1], become `(x - mean) / std`; float data is
-    /// taken as is.
-    pub normalize: Option<(f64, f64)>,
+    /// The input's normalization (its `input` line's `normalize(...)`): every sample, `u8`
+    /// images scaled to [0, 1] first, goes through [`qc_runtime::normalize::Normalize::apply`].
+    pub normalize: Option<qc_runtime::normalize::Normalize>,
     /// Train on the first `max_samples` samples only.
     pub max_samples: Option<usize>,
     /// libtorch's intra-op threads; `None` keeps libtorch's default.

@@ -2,19 +2,17 @@
 
 use super::*;
 
-/// The inputs of `data` (first `n` samples) as one f32 tensor, `u8` images normalized.
+/// The inputs of `data` (first `n` samples) as one f32 tensor (`u8` images scaled to [0, 1]),
+/// normalized as the input declares.
 pub(super) fn data_tensor(
     data: &LabeledData,
     n: usize,
-    normalize: Option<(f64, f64)>,
+    normalize: Option<&qc_runtime::normalize::Normalize>,
 ) -> Result<tch::Tensor, TorchError> {
     let mut t = data.inputs.batch_f32(0, n);
-    if let (Some((mean, std)), true, qc_runtime::tensor::TensorData::F32(v)) =
-        (normalize, data.inputs.is_u8(), &mut t.data)
-    {
-        for x in v.iter_mut() {
-            *x = ((*x as f64 - mean) / std) as f32;
-        }
+    if let Some(norm) = normalize {
+        norm.apply(&mut t)
+            .map_err(|e| TorchError::Train(format!("the data cannot be normalized: {e}")))?;
     }
     to_tch(&t)
 }
@@ -124,12 +122,15 @@ pub fn train(
         tch::set_num_threads(t.max(1) as i32);
     }
     tch::manual_seed(config.seed as i64);
-    let x = data_tensor(&train, n, config.normalize)?;
+    let x = data_tensor(&train, n, config.normalize.as_ref())?;
     let y = tch::Tensor::from_slice(&train.labels[..n]);
     let test_xy = match &test {
         Some(t) => {
             let m = check_data(program, t, classes, "test")?;
-            Some((data_tensor(t, m, config.normalize)?, tch::Tensor::from_slice(t.labels)))
+            Some((
+                data_tensor(t, m, config.normalize.as_ref())?,
+                tch::Tensor::from_slice(t.labels),
+            ))
         }
         None => None,
     };
