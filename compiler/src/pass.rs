@@ -93,6 +93,11 @@ pub struct RunOptions {
     /// `None`, on the reference interpreter (f64 accumulation, the same result on every machine;
     /// what tests and snapshots use).
     pub calibration_device: Option<qc_runtime::program::Device>,
+    /// Only the keys, dtypes and shapes of the stages matter (`qc keys --check`): the recipe's
+    /// checkpoint is not read (parameters are initialised), and calibration reads no data but
+    /// gives every observer the placeholder range [-1, 1]. Values come out meaningless; the keys
+    /// of every stage are those of a real compile.
+    pub keys_only: bool,
 }
 
 /// Runs stages in order, calling `on_stage` with the module after each stage and `on_print` with

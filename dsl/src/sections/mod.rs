@@ -9,18 +9,20 @@
 //!
 //! The typed settings are in `settings`; the checker, one file per sub-language, is in
 //! `quantize` (the `quantize` section), `data` (calibration and training data sources) and
-//! `train` (`train` and `qat` sections), with the reading of plain values in `values`.
+//! `train` (`train` and `qat` sections), `weights` (the options of `weights` lines), with the reading of plain values in `values`.
 
 mod data;
 mod quantize;
 mod settings;
 mod train;
 mod values;
+mod weights;
 
 pub use settings::{
     defaults, Calibration, DataSource, FuseChain, FuseOp, Granularity, LayerOverride, LayerSelector, NodeQuant,
     Normalize, Observer, Optimizer, QatSettings, QuantizeSettings, Schedule, Scheme, Sections, Spanned, Split,
     TensorDefaults, TensorSpec, TrainSettings,
+    KeyRemap, Rename, WeightsSettings,
 };
 
 use crate::ast::Recipe;
@@ -57,7 +59,13 @@ pub fn check(recipe: &Recipe, diags: &mut Diagnostics) -> Sections {
         |s| s.span,
         |c, s| c.loop_settings(s, "train").training,
     );
-    Sections { quantize, qat, train }
+    let weights = c.weights(&recipe.weights);
+    Sections {
+        quantize,
+        qat,
+        train,
+        weights,
+    }
 }
 
 // ---------------------------------------------------------------- help texts
