@@ -739,13 +739,26 @@ fn check_keys(file: &Path, stage: &str, ckpt: &Path, qat: bool) -> Outcome {
         );
         helped = true;
     }
+    let candidates = [qat, !qat]
+        .into_iter()
+        .flat_map(|q| Stage::ALL.into_iter().map(move |s| (s, q)))
+        .filter(|&(s, q)| s >= Stage::Float && s <= last && (s, q) != (stage, qat));
+    for (other, other_qat) in candidates {
+        if !helped && fits.contains(&(other, other_qat, true)) {
+            let mode = if other_qat { " with --qat" } else { "" };
+            eprintln!(
+                "help: it fits stage `{other}`{mode}: name it in the recipe (`weights \"{line_name}\"`) and qc binds it there and runs the later stages from it"
+            );
+            helped = true;
+        }
+    }
     let mut renames: Vec<(&str, &str)> = vec![];
     for r in problems.iter().filter_map(|p| p.rename()) {
         if !renames.contains(&r) {
             renames.push(r);
         }
     }
-    if let Some(&(from, to)) = renames.first() {
+    if let Some(&(from, to)) = renames.first().filter(|_| !helped) {
         let more = match renames.len() - 1 {
             0 => String::new(),
             n => format!(" ({n} more `rename`{} in the list above)", if n == 1 { "" } else { "s" }),
@@ -755,20 +768,6 @@ fn check_keys(file: &Path, stage: &str, ckpt: &Path, qat: bool) -> Outcome {
             qc_compiler::remap::weights_line(&line_name, &remap, qc_compiler::remap::Addition::Rename(from, to))
         );
         helped = true;
-    }
-    let candidates = [qat, !qat]
-        .into_iter()
-        .flat_map(|q| Stage::ALL.into_iter().map(move |s| (s, q)))
-        .filter(|&(s, q)| s >= Stage::Float && s <= last && (s, q) != (stage, qat));
-    for (other, other_qat) in candidates {
-        if fits.contains(&(other, other_qat, true)) {
-            let mode = if other_qat { " with --qat" } else { "" };
-            eprintln!(
-                "help: it fits stage `{other}`{mode}: name it in the recipe (`weights \"{line_name}\"`) and qc binds it there and runs the later stages from it"
-            );
-            helped = true;
-            break;
-        }
     }
     if !helped {
         eprintln!(

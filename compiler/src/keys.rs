@@ -426,11 +426,26 @@ pub fn check(module: &Module, ckpt: &IndexMap<String, Entry>) -> Vec<Problem> {
         .filter(|k| !ckpt.contains_key(&k.key))
         .map(|k| (k.key.as_str(), &k.entry))
         .collect();
+    // A key a stage's transform made (a folded bias) or consumed (a folded batch norm) is not
+    // a renamed layer: no rename is suggested for it.
+    let made = |k: &StageKey| {
+        k.params
+            .first()
+            .and_then(|p| module.params.get(p))
+            .is_some_and(|p| matches!(p.provenance, Provenance::Derived { .. }))
+    };
+    let consumed = |key: &str| {
+        module
+            .params
+            .values()
+            .any(|p| matches!(&p.provenance, Provenance::Derived { from, .. } if from.iter().any(|f| f == key)))
+    };
     let mut problems = vec![];
     for k in &keys {
         match ckpt.get(&k.key) {
             None => {
                 let near = closest_entry(&k.key, &k.entry, unused.iter().copied());
+                let near = near.map(|(c, same)| (c, same && !made(k) && !consumed(c)));
                 problems.push(Problem::Missing {
                     key: k.key.clone(),
                     expected: k.entry.clone(),
@@ -473,6 +488,10 @@ pub fn check(module: &Module, ckpt: &IndexMap<String, Entry>) -> Vec<Problem> {
     for (key, found) in ckpt {
         if !by_key.contains_key(key.as_str()) {
             let near = closest_entry(key, found, unbound.iter().copied());
+            let near = near.map(|(c, same)| {
+                let k = by_key.get(c).copied();
+                (c, same && !consumed(key) && !k.is_some_and(&made))
+            });
             problems.push(Problem::Unexpected {
                 key: key.clone(),
                 found: found.clone(),
