@@ -761,7 +761,10 @@ fn check_keys(file: &Path, stage: &str, ckpt: &Path, qat: bool) -> Outcome {
     if let Some(&(from, to)) = renames.first().filter(|_| !helped) {
         let more = match renames.len() - 1 {
             0 => String::new(),
-            n => format!(" ({n} more `rename`{} in the list above)", if n == 1 { "" } else { "s" }),
+            n => format!(
+                " ({n} more `rename`{} in the list above)",
+                if n == 1 { "" } else { "s" }
+            ),
         };
         eprintln!(
             "help: `{from}` of the checkpoint has the shapes of the model's `{to}`; if it is the same layer, rename it in the recipe: `{}`{more}",

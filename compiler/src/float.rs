@@ -305,9 +305,8 @@ fn checkpoint_diagnostic(module: &Module, problem: &Problem, file: &str, remap: 
             None => d,
         }
     };
-    let rename_line = |(from, to): (&str, &str)| {
-        crate::remap::weights_line(file, remap, crate::remap::Addition::Rename(from, to))
-    };
+    let rename_line =
+        |(from, to): (&str, &str)| crate::remap::weights_line(file, remap, crate::remap::Addition::Rename(from, to));
     match problem {
         Problem::Prefix { prefix, total, fit } => {
             let who = if prefix == "module." {
@@ -328,10 +327,7 @@ fn checkpoint_diagnostic(module: &Module, problem: &Problem, file: &str, remap: 
             ))
         }
         Problem::Missing {
-            key,
-            expected,
-            closest,
-            ..
+            key, expected, closest, ..
         } => {
             let help = match (closest, problem.rename()) {
                 (Some(c), Some(r)) => format!(
@@ -354,7 +350,9 @@ fn checkpoint_diagnostic(module: &Module, problem: &Problem, file: &str, remap: 
             .help(help);
             owner_note(key, d)
         }
-        Problem::Misshaped { key, expected, found, .. } => {
+        Problem::Misshaped {
+            key, expected, found, ..
+        } => {
             let d = Diagnostic::new(
                 "qc::checkpoint-shape",
                 span,

@@ -159,11 +159,7 @@ pub enum Problem {
     },
     /// Both have `key`, of the same kind, with different dtypes (an int64 tensor where the stage
     /// has a float32 weight).
-    WrongDType {
-        key: String,
-        expected: Entry,
-        found: Entry,
-    },
+    WrongDType { key: String, expected: Entry, found: Entry },
     /// Every key of the checkpoint starts with `prefix`, which no key of the stage has (a model
     /// saved from inside `nn.DataParallel`: `module.`). Reported instead of the key-by-key
     /// problems; `fit` of the `total` keys have a name of the stage once it is stripped.
@@ -327,10 +323,7 @@ fn why_unexpected(module: &Module, key: &str) -> String {
 /// The prefix every checkpoint key starts with and no stage key does (`module.`, as
 /// `nn.DataParallel` saves), when stripping it gives some key a name of the stage; with how many
 /// keys then have one. The longest such prefix made of whole dotted parts wins.
-pub fn foreign_prefix<'a>(
-    stage: &[&str],
-    ckpt: impl IntoIterator<Item = &'a str>,
-) -> Option<(String, usize)> {
+pub fn foreign_prefix<'a>(stage: &[&str], ckpt: impl IntoIterator<Item = &'a str>) -> Option<(String, usize)> {
     let ckpt: Vec<&str> = ckpt.into_iter().collect();
     let first = *ckpt.first()?;
     let names: std::collections::HashSet<&str> = stage.iter().copied().collect();

@@ -23,7 +23,9 @@ fn renamed(key: &str, from: &str, to: &str) -> Option<String> {
 
 /// `a.b.c` → `a`, `a.b`, `a.b.c`: the module paths (and the key) a key lies under.
 fn paths_of(key: &str) -> impl Iterator<Item = &str> {
-    key.match_indices('.').map(|(i, _)| &key[..i]).chain(std::iter::once(key))
+    key.match_indices('.')
+        .map(|(i, _)| &key[..i])
+        .chain(std::iter::once(key))
 }
 
 fn first_keys<'a>(keys: impl Iterator<Item = &'a String>) -> String {
@@ -34,7 +36,11 @@ fn first_keys<'a>(keys: impl Iterator<Item = &'a String>) -> String {
 /// Applies `remap` to a checkpoint's keys, keeping their order. Every option must do something:
 /// a prefix no key has, a rename whose old name matches no key, and two keys remapped onto one
 /// name are errors at the option.
-pub fn apply<V>(values: IndexMap<String, V>, remap: &KeyRemap, file: &str) -> Result<IndexMap<String, V>, Vec<Diagnostic>> {
+pub fn apply<V>(
+    values: IndexMap<String, V>,
+    remap: &KeyRemap,
+    file: &str,
+) -> Result<IndexMap<String, V>, Vec<Diagnostic>> {
     if remap.is_empty() {
         return Ok(values);
     }
@@ -55,7 +61,7 @@ pub fn apply<V>(values: IndexMap<String, V>, remap: &KeyRemap, file: &str) -> Re
                     STRIP,
                     strip.span,
                     format!("no key of `{file}` starts with `{}`", strip.value),
-                    )
+                )
                 .label("strips nothing")
                 .help(format!(
                     "the keys start like {}: remove this `strip`, or write the prefix they have",
@@ -224,7 +230,13 @@ mod tests {
     #[test]
     fn strip_then_the_longest_rename_in_order() {
         let out = apply(
-            keys(&["module.fc.weight", "module.fc.bias", "module.fc2.weight", "module.fc.x.y", "other"]),
+            keys(&[
+                "module.fc.weight",
+                "module.fc.bias",
+                "module.fc2.weight",
+                "module.fc.x.y",
+                "other",
+            ]),
             &remap(Some("module."), &[("fc", "head"), ("fc.x", "z")]),
             "w",
         )
@@ -232,7 +244,13 @@ mod tests {
         let got: Vec<(&str, usize)> = out.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         assert_eq!(
             got,
-            [("head.weight", 0), ("head.bias", 1), ("fc2.weight", 2), ("z.y", 3), ("other", 4)]
+            [
+                ("head.weight", 0),
+                ("head.bias", 1),
+                ("fc2.weight", 2),
+                ("z.y", 3),
+                ("other", 4)
+            ]
         );
     }
 

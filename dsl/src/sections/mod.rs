@@ -19,10 +19,9 @@ mod values;
 mod weights;
 
 pub use settings::{
-    defaults, Calibration, DataSource, FuseChain, FuseOp, Granularity, LayerOverride, LayerSelector, NodeQuant,
-    Normalize, Observer, Optimizer, QatSettings, QuantizeSettings, Schedule, Scheme, Sections, Spanned, Split,
-    TensorDefaults, TensorSpec, TrainSettings,
-    KeyRemap, Rename, WeightsSettings,
+    defaults, Calibration, DataSource, FuseChain, FuseOp, Granularity, KeyRemap, LayerOverride, LayerSelector,
+    NodeQuant, Normalize, Observer, Optimizer, QatSettings, QuantizeSettings, Rename, Schedule, Scheme, Sections,
+    Spanned, Split, TensorDefaults, TensorSpec, TrainSettings, WeightsSettings,
 };
 
 use crate::ast::Recipe;

@@ -2,7 +2,9 @@
 //! a typed [`KeyRemap`] per line.
 
 use super::values::describe;
-use super::{suggest, Checker, KeyRemap, Rename, Spanned, WeightsSettings, BAD_VALUE, DUPLICATE_SETTING, UNKNOWN_SETTING};
+use super::{
+    suggest, Checker, KeyRemap, Rename, Spanned, WeightsSettings, BAD_VALUE, DUPLICATE_SETTING, UNKNOWN_SETTING,
+};
 use crate::ast::{Expr, ExprKind, Weights, WeightsOption, WeightsValue};
 use crate::diag::did_you_mean;
 
@@ -47,7 +49,8 @@ impl Checker<'_> {
                     remap.strip = Some(prefix);
                 }
                 ("rename", WeightsValue::Rename { from, to }) => {
-                    let help = "a module path or key without a leading or trailing `.`, e.g. `rename: \"fc\" -> \"head\"`";
+                    let help =
+                        "a module path or key without a leading or trailing `.`, e.g. `rename: \"fc\" -> \"head\"`";
                     let (Some(from), Some(to)) = (
                         self.remap_string(from, "rename", help),
                         self.remap_string(to, "rename", help),
