@@ -268,6 +268,35 @@ pub(crate) fn recipe_inputs(loaded: &qc_dsl::Loaded) -> Vec<PathBuf> {
     files
 }
 
+/// `target` as a recipe at `recipe` names it in a `weights "..."` line: relative to the recipe's
+/// folder (`../out/w.safetensors`), or absolute when the two share no folder.
+pub(crate) fn path_from_recipe(recipe: &Path, target: &Path) -> String {
+    let absolute = |p: &Path| {
+        let p = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        p.canonicalize().unwrap_or(p)
+    };
+    let folder = absolute(
+        recipe
+            .parent()
+            .filter(|f| !f.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    );
+    let target = absolute(target);
+    let (a, b): (Vec<_>, Vec<_>) = (folder.components().collect(), target.components().collect());
+    let shared = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    if shared <= 1 {
+        return target.display().to_string();
+    }
+    let mut rel = PathBuf::new();
+    for _ in shared..a.len() {
+        rel.push("..");
+    }
+    for c in &b[shared..] {
+        rel.push(c);
+    }
+    rel.display().to_string()
+}
+
 /// Refuses, before any work, an output that is one of the command's inputs (the same file by
 /// any path or link) or that is not a regular file (a link, a folder, a device).
 pub(crate) fn check_output(flag: &str, output: &Path, inputs: &[PathBuf]) -> Outcome {
@@ -302,7 +331,11 @@ pub(crate) fn check_output(flag: &str, output: &Path, inputs: &[PathBuf]) -> Out
 pub(crate) fn load(file: &Path) -> Result<qc_dsl::Loaded, Failure> {
     qc_dsl::load(file).map_err(|e| {
         eprintln!("error: {e}");
-        eprintln!("help: check the path; recipes are text files ending in .qrecipe");
+        let qc_dsl::LoadError::Read { source, .. } = &e;
+        eprintln!(
+            "help: {}",
+            crate::io_help::after_read(source, file, "recipes are UTF-8 text files ending in .qrecipe")
+        );
         Failure::User
     })
 }
@@ -416,7 +449,10 @@ fn compile(
             Some(dir) => {
                 let path = dir.join(format!("{:02}-{}.ir", m.stage.number(), m.stage.name()));
                 if let Err(e) = qc_compiler::checkpoint::write_atomic(&path, text.as_bytes()) {
-                    write_error.get_or_insert(format!("cannot write `{}`: {e}", path.display()));
+                    write_error.get_or_insert((
+                        format!("cannot write `{}`: {e}", path.display()),
+                        crate::io_help::after_write(&e, &path),
+                    ));
                 }
                 println!(
                     "stage {:<10} {nodes:>4} nodes {:>4} params  -> {}",
@@ -444,9 +480,9 @@ fn compile(
                     None => println!("fuse: not run (the compile stopped before stage `fused`)"),
                 }
             }
-            if let Some(e) = write_error {
+            if let Some((e, help)) = write_error {
                 eprintln!("error: {e}");
-                eprintln!("help: check that the dump folder is writable");
+                eprintln!("help: {help}");
                 return Err(Failure::User);
             }
             match output {
@@ -541,10 +577,15 @@ fn write_model(module: &Module, loaded: &qc_dsl::Loaded, out: &Path) -> Outcome 
             }
             Ok(())
         }
+        Err(qc_runtime::artifact::WriteError::Io { source, .. }) => {
+            eprintln!("error: cannot write `{}`: {source}", out.display());
+            eprintln!("help: {}", crate::io_help::after_write(&source, out));
+            Err(Failure::User)
+        }
         Err(e) => {
             eprintln!("error: cannot write `{}`: {e}", out.display());
-            eprintln!("help: check that the folder exists and is writable");
-            Err(Failure::User)
+            eprintln!("help: this is a bug in qc; please report it with the recipe");
+            Err(Failure::Bug)
         }
     }
 }

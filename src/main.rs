@@ -2,6 +2,7 @@
 
 mod cli;
 mod exit;
+mod io_help;
 mod run;
 mod train;
 

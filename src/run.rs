@@ -75,8 +75,23 @@ pub fn run(args: RunArgs) -> Outcome {
     let model = match Model::load(&args.model) {
         Ok(m) => m,
         Err(e) => {
-            eprintln!("error: cannot load `{}`: {e}", args.model.display());
-            eprintln!("help: write a model with `qc compile RECIPE -o model.qmodel`");
+            use qc_runtime::artifact::LoadError;
+            let path = &args.model;
+            let compile = "`qc compile RECIPE -o model.qmodel` writes one";
+            match &e {
+                LoadError::Io { source, .. } => {
+                    eprintln!("error: cannot read `{}`: {source}", path.display());
+                    eprintln!("help: {}", crate::io_help::after_read(source, path, compile));
+                }
+                LoadError::Version { .. } => {
+                    eprintln!("error: cannot load `{}`: {e}", path.display());
+                    eprintln!("help: compile the recipe again with this qc ({compile})");
+                }
+                _ => {
+                    eprintln!("error: cannot load `{}`: {e}", path.display());
+                    eprintln!("help: the file is damaged or is not a .qmodel; {compile}");
+                }
+            }
             return Err(Failure::User);
         }
     };
@@ -241,7 +256,7 @@ fn write_output(output: Option<&Path>, outputs: &[Tensor]) -> Outcome {
     if let Some(path) = output {
         if let Err(e) = write_outputs(path, outputs) {
             eprintln!("error: cannot write `{}`: {e}", path.display());
-            eprintln!("help: check that the folder exists and is writable");
+            eprintln!("help: {}", crate::io_help::after_write(&e, path));
             return Err(Failure::User);
         }
         println!("wrote {}", path.display());
@@ -327,7 +342,15 @@ fn print_profile(model: &Model, times: &[std::time::Duration]) {
 /// name. `u8` arrays are taken as images and scaled to `[0, 1]`.
 fn read_inputs(model: &Model, paths: &[PathBuf]) -> Result<Vec<Tensor>, String> {
     let specs = &model.meta().inputs;
-    let all = |a: &qc_runtime_host::data::Array| a.batch_f32(0, a.samples());
+    // Every sample of an array; a single number (shape `()`) is no batch.
+    let all = |a: &qc_runtime_host::data::Array, what: String| {
+        if a.shape.is_empty() {
+            return Err(format!(
+                "{what} holds a single number (shape ()), not a batch of samples"
+            ));
+        }
+        Ok(a.batch_f32(0, a.samples()))
+    };
     if let [one] = paths {
         if one.extension().is_some_and(|e| e == "npz") {
             let arrays = qc_runtime_host::data::read_npz(one).map_err(|e| e.to_string())?;
@@ -337,8 +360,8 @@ fn read_inputs(model: &Model, paths: &[PathBuf]) -> Result<Vec<Tensor>, String> 
                     arrays
                         .iter()
                         .find(|(n, _)| *n == s.name)
-                        .map(|(_, a)| all(a))
-                        .ok_or_else(|| format!("`{}` has no array named `{}`", one.display(), s.name))
+                        .map(|(_, a)| all(a, format!("array `{}` of `{}`", s.name, one.display())))
+                        .ok_or_else(|| format!("`{}` has no array named `{}`", one.display(), s.name))?
                 })
                 .collect();
         }
@@ -355,7 +378,7 @@ fn read_inputs(model: &Model, paths: &[PathBuf]) -> Result<Vec<Tensor>, String> 
         .zip(specs)
         .map(|(p, spec)| {
             let array = read_array(p)?;
-            let t = all(&array);
+            let t = all(&array, format!("`{}`", p.display()))?;
             // An array whose samples hold as many elements as the model's (IDX images
             // `[N, 28, 28]` for an input `[N, 1, 28, 28]`) is reshaped to the model's shape.
             let want: Vec<usize> = spec.shape.iter().skip(1).map(|d| d.unwrap_or(0)).collect();

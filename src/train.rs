@@ -60,11 +60,11 @@ pub struct TrainArgs {
     /// Go on from the last epoch a run with the same recipe and output saved.
     #[arg(long)]
     resume: bool,
-    /// Train this many epochs instead of the section's `epochs`.
-    #[arg(long)]
+    /// Train this many epochs (1 to 100,000) instead of the section's `epochs`.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     epochs: Option<u64>,
-    /// Train on at most this many samples (overrides the section's `limit`).
-    #[arg(long, value_name = "N")]
+    /// Train on at most this many samples, at least 1 (overrides the section's `limit`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_samples: Option<u64>,
     /// Where to train.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
@@ -145,13 +145,11 @@ pub fn main(args: TrainArgs) -> Outcome {
             .unwrap_or_default(),
         saved.unwrap_or_else(|| "nothing new to write".into())
     );
+    let binding = crate::cli::path_from_recipe(&args.file, &args.output);
     if args.qat {
-        println!(
-            "bind them in a recipe with `weights \"{}\"` and compile with `qc compile --qat`",
-            args.output.display()
-        );
+        println!("bind them in a recipe with `weights \"{binding}\"` and compile with `qc compile --qat`");
     } else {
-        println!("bind them in a recipe with `weights \"{}\"`", args.output.display());
+        println!("bind them in a recipe with `weights \"{binding}\"`");
     }
     Ok(())
 }

@@ -16,6 +16,9 @@
 //!
 //! Checkpoints used by the cases live in `tests/ui/data/` (small real safetensors files).
 
+#[path = "support/redact.rs"]
+mod redact;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -57,46 +60,8 @@ fn qc_check(path: &str) -> Output {
 }
 
 /// Replaces the absolute repository root (some messages carry resolved paths) with `[ROOT]`.
-/// miette wraps a message at 100 columns, so a message holding an absolute path wraps at a
-/// place that depends on where the checkout lives; for such output the wrapped continuation
-/// lines of the `×` message and of the `help:` text are joined back, so that the snapshot does
-/// not depend on the checkout's location.
 fn normalize(stderr: &str) -> String {
-    let mut roots = vec![root().display().to_string()];
-    if let Ok(c) = root().canonicalize() {
-        roots.push(c.display().to_string());
-    }
-    roots.sort_by_key(|r| std::cmp::Reverse(r.len()));
-    let mut text = stderr.to_string();
-    let mut redacted = false;
-    for r in &roots {
-        if text.contains(r.as_str()) {
-            text = text.replace(r.as_str(), "[ROOT]");
-            redacted = true;
-        }
-    }
-    if !redacted {
-        return text;
-    }
-    let mut out: Vec<String> = vec![];
-    let mut in_help = false;
-    for line in text.lines() {
-        let joins_message = line.starts_with("  │ ") && out.last().is_some_and(|l| l.starts_with("  × "));
-        let joins_help = in_help && line.starts_with("        ") && !line.trim().is_empty();
-        if joins_message || joins_help {
-            let last = out.last_mut().expect("a previous line");
-            last.push(' ');
-            last.push_str(line.trim_start_matches("  │ ").trim_start());
-            continue;
-        }
-        in_help = line.starts_with("  help:");
-        out.push(line.to_string());
-    }
-    let mut joined = out.join("\n");
-    if text.ends_with('\n') {
-        joined.push('\n');
-    }
-    joined
+    redact::redact(stderr, &redact::path_and_canonical(&root(), "[ROOT]"))
 }
 
 /// The `FILE:LINE:COL` of a `╭─[FILE:LINE:COL]` snippet header, with FILE relative to the

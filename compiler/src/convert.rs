@@ -122,6 +122,17 @@ fn observed_qparams(module: &Module, id: NodeId) -> Result<QuantParams, Box<Diag
             scale.and_then(|v| v.first().copied()),
             zp.and_then(|v| v.first().copied()),
         ) {
+            if spec.power_of_two && !is_power_of_two(s) {
+                return Err(err(
+                    module,
+                    &node.name,
+                    format!(
+                        "`{}.scale` is {s}, not a power of two, but the recipe asks for power-of-two scales here",
+                        node.name
+                    ),
+                    LEARNED_NOT_POW2_HELP,
+                ));
+            }
             let (qmin, qmax) = spec.range();
             return Ok(QuantParams {
                 scale: s,
@@ -137,6 +148,17 @@ fn observed_qparams(module: &Module, id: NodeId) -> Result<QuantParams, Box<Diag
         format!("`{}` has no quantization parameters yet", node.name),
         "run stage `calibrated` first (a `calibrate` entry in `quantize { }`), or load a checkpoint of stage `calibrated`",
     ))
+}
+
+/// What to do when a checkpoint's scales (learned by QAT) are not the powers of two the recipe
+/// asks for.
+const LEARNED_NOT_POW2_HELP: &str =
+    "these scales were learned without power-of-two, and QAT cannot learn power-of-two \
+     scales yet: compile without `--qat` to calibrate power-of-two scales, or drop `power_of_two` from the recipe";
+
+/// Whether `s` is exactly a (positive, normal) power of two.
+fn is_power_of_two(s: f32) -> bool {
+    s.is_normal() && s > 0.0 && s.to_bits() & 0x007f_ffff == 0
 }
 
 /// The runtime parameters of a weight's `ParamQuant` (fixed at `calibrated`), when they have the
@@ -181,6 +203,15 @@ fn quantize_weight(
     let channels = if spec.per_channel { w.shape[0].max(1) } else { 1 };
     let inner = values.len() / channels.max(1);
     let fixed = fixed.and_then(|pq| fixed_weight_qparams(pq, spec, channels));
+    if let Some(p) = fixed.as_ref().filter(|_| spec.power_of_two) {
+        if let Some((c, q)) = p.iter().enumerate().find(|(_, q)| !is_power_of_two(q.scale())) {
+            return Err(format!(
+                "its scale{} is {}, not a power of two, but the recipe asks for power-of-two scales here ({LEARNED_NOT_POW2_HELP})",
+                if p.len() > 1 { format!(" of channel {c}") } else { String::new() },
+                q.scale()
+            ));
+        }
+    }
     let params: Vec<QParams> = match (fixed, ranges) {
         (Some(p), _) => p,
         (None, Some(r)) if r.len() == channels => r

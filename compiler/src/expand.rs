@@ -759,7 +759,7 @@ impl<'a> Expander<'a> {
     /// A block instance named `local` in `scope`: its arguments, its parameters bound, its
     /// statements expanded under the instance's prefix, and its result.
     fn instantiate(&mut self, block: &'a Block, call: &'a Call, local: &str, scope: &mut Scope<'a>) -> Option<Value> {
-        if !self.depth_ok(block, call) {
+        if !self.depth_ok(block, call, &scope.instances) {
             return None;
         }
         let full = format!("{}{}", scope.prefix, local);
@@ -792,23 +792,39 @@ impl<'a> Expander<'a> {
         self.block_result(block, last, &inner)
     }
 
-    /// Whether the block may be instantiated this deep; the first time not, the recursion is
-    /// reported and expansion stops.
-    fn depth_ok(&mut self, block: &Block, call: &Call) -> bool {
+    /// Whether the block may be instantiated this deep (inside the `chain` of instances); the
+    /// first time not, the problem is reported and expansion stops. A chain that repeats a block
+    /// is a recursion that did not end; one that does not is merely deep.
+    fn depth_ok(&mut self, block: &Block, call: &Call, chain: &[Instance]) -> bool {
         if self.recursion_hit {
             return false;
         }
         if self.depth >= MAX_BLOCK_DEPTH {
             self.recursion_hit = true;
-            self.diags.push(
+            let name = &block.name.name;
+            let recursive = chain.iter().any(|i| i.block == *name);
+            let diag = if recursive {
                 Diagnostic::new(
                     "qc::block-recursion",
                     call.span,
-                    format!("block `{}` nests deeper than {MAX_BLOCK_DEPTH} levels", block.name.name),
+                    format!("block `{name}` instantiates itself more than {MAX_BLOCK_DEPTH} levels deep"),
                 )
-                .label("instantiated here")
-                .help("a block that (indirectly) instantiates itself never ends; remove the recursion"),
-            );
+                .help(
+                    "a block that (indirectly) instantiates itself must stop: give the recursion a condition \
+                     that ends it (`if depth > 0 { ... } else { ... }`), or remove it",
+                )
+            } else {
+                Diagnostic::new(
+                    "qc::block-depth",
+                    call.span,
+                    format!(
+                        "blocks nest {} levels deep here; qc expands at most {MAX_BLOCK_DEPTH}",
+                        self.depth + 1
+                    ),
+                )
+                .help("no block repeats in this chain, it is only deep: write some of the inner blocks' statements into the blocks that use them")
+            };
+            self.diags.push(diag.label("instantiated here"));
             return false;
         }
         true

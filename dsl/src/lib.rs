@@ -5,6 +5,7 @@
 
 pub mod ast;
 pub mod diag;
+mod lexical;
 pub mod parse;
 pub mod sections;
 pub mod source;
@@ -44,7 +45,8 @@ pub fn load(path: &Path) -> Result<Loaded, LoadError> {
 pub const MAX_RECIPE_BYTES: u64 = 16 << 20;
 
 /// Reads a recipe's text, refusing more than [`MAX_RECIPE_BYTES`] (a stream such as `/dev/zero`
-/// included) and text that is not UTF-8 (naming the byte offset).
+/// included) and text that is not UTF-8 (naming the byte offset). A leading byte-order mark is
+/// dropped.
 pub fn read_recipe_text(path: &Path) -> std::io::Result<String> {
     use std::io::Read;
     let mut bytes = Vec::new();
@@ -59,6 +61,10 @@ pub fn read_recipe_text(path: &Path) -> std::io::Result<String> {
                 MAX_RECIPE_BYTES >> 20
             ),
         ));
+    }
+    // A byte-order mark (editors on Windows write one) is not part of the text.
+    if bytes.starts_with("\u{FEFF}".as_bytes()) {
+        bytes.drain(..3);
     }
     String::from_utf8(bytes).map_err(|e| {
         std::io::Error::new(

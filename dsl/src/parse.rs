@@ -282,6 +282,11 @@ fn syntax_error(e: pest::error::Error<Rule>, base: usize, chunk: &str) -> Diagno
         pest::error::InputLocation::Pos(p) => p,
         pest::error::InputLocation::Span((s, _)) => s,
     };
+    if let Some(p) = crate::lexical::problem_explaining(chunk, pos) {
+        return Diagnostic::new("qc::syntax", Span::new(base + p.at.start, base + p.at.end), p.message)
+            .label(p.label)
+            .help(p.help);
+    }
     let found: String = chunk[pos..].chars().next().map(|c| c.to_string()).unwrap_or_default();
     let token: String = {
         let rest = &chunk[pos..];

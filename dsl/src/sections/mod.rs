@@ -46,6 +46,7 @@ const BAD_GRANULARITY: &str = "qc::bad-granularity";
 const DUPLICATE_SETTING: &str = "qc::duplicate-setting";
 const CONFLICTING_SETTING: &str = "qc::conflicting-setting";
 const DUPLICATE_SECTION: &str = "qc::duplicate-section";
+const POW2_QAT: &str = "qc::pow2-qat";
 
 /// Checks the sections of a recipe, reporting every error to `diags`.
 pub fn check(recipe: &Recipe, diags: &mut Diagnostics) -> Sections {
@@ -58,6 +59,23 @@ pub fn check(recipe: &Recipe, diags: &mut Diagnostics) -> Sections {
         |s| s.span,
         |c, s| c.loop_settings(s, "train").training,
     );
+    if let (Some(q), Some(section)) = (&quantize, recipe.qat.first()) {
+        if let Some(span) = power_of_two_written(q) {
+            c.diags.push(
+                Diagnostic::new(
+                    POW2_QAT,
+                    span,
+                    "power-of-two scales cannot be learned by QAT yet, and this recipe has a `qat` section",
+                )
+                .label("power-of-two scales")
+                .note(section.span, "the `qat` section")
+                .help(
+                    "QAT learns free scales; for power-of-two scales quantize after training (remove the `qat` \
+                     section and compile without `--qat`), or drop `power_of_two` to fine-tune with QAT",
+                ),
+            );
+        }
+    }
     let weights = c.weights(&recipe.weights);
     Sections {
         quantize,
@@ -65,6 +83,20 @@ pub fn check(recipe: &Recipe, diags: &mut Diagnostics) -> Sections {
         train,
         weights,
     }
+}
+
+/// Where the recipe asks for power-of-two scales (the scheme, a section-wide spec or a layer's),
+/// the first place written.
+fn power_of_two_written(q: &QuantizeSettings) -> Option<Span> {
+    if q.scheme.value == Scheme::PowerOfTwo && !q.scheme_defaulted {
+        return Some(q.scheme.span);
+    }
+    let specs = [&q.activations, &q.weights]
+        .into_iter()
+        .chain(q.layers.iter().flat_map(|l| [&l.activations, &l.weights]));
+    specs
+        .filter_map(|s| s.power_of_two.filter(|p| p.value).map(|p| p.span))
+        .next()
 }
 
 // ---------------------------------------------------------------- help texts

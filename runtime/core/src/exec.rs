@@ -315,10 +315,19 @@ pub type OnValue<'a> = &'a mut dyn FnMut(usize, &Tensor) -> std::ops::ControlFlo
 
 /// Validates and runs `program` once, calling `on_value` with every step's output as soon as it
 /// is computed (calibration reads observers this way, non-finite values included).
+/// Each value is dropped after its last use, so a run holds only the values still to be read.
 pub fn run_with(program: &Program, inputs: &[Tensor], on_value: OnValue) -> Result<Vec<Tensor>, RunError> {
     validate(program)?;
     let prepared = prepare(program, fast::detected())?;
-    let mut values = execute_with(program, &prepared, inputs, None, on_value, &mut BufferPool::default())?;
+    let last_use = program.last_uses();
+    let mut values = execute_with(
+        program,
+        &prepared,
+        inputs,
+        Some(&last_use),
+        on_value,
+        &mut BufferPool::default(),
+    )?;
     Ok(program
         .outputs
         .iter()
@@ -403,7 +412,12 @@ fn execute_with(
                 message: format!("produced {:?}, expected {out_shape:?}", out.shape),
             });
         }
-        values[step.output] = Some(out);
+        let unused = free.is_some_and(|last| last[step.output].is_none() && !p.outputs.contains(&step.output));
+        if unused {
+            pool.give(out);
+        } else {
+            values[step.output] = Some(out);
+        }
         if let Some(last) = free {
             for &i in &step.inputs {
                 if last.get(i) == Some(&Some(index)) {

@@ -18,6 +18,7 @@ pub(super) fn forward(
     mut hook: Option<&mut Hook>,
 ) -> Result<Vec<tch::Tensor>, TorchError> {
     let mut values: Vec<Option<tch::Tensor>> = (0..program.values.len()).map(|_| None).collect();
+    let last_use = program.last_uses();
     for (t, &id) in inputs.into_iter().zip(&program.inputs) {
         if let Some(h) = hook.as_deref_mut() {
             h(id, &t)?;
@@ -86,7 +87,16 @@ pub(super) fn forward(
                 value: program.value_name(step.output).to_string(),
             });
         }
-        values[step.output] = Some(out);
+        // A value is dropped after its last use (and one nothing uses, at once), so that a pass
+        // holds only the values still to be read: calibration of a deep model stays small.
+        if last_use[step.output].is_some() || program.outputs.contains(&step.output) {
+            values[step.output] = Some(out);
+        }
+        for &i in &step.inputs {
+            if last_use[i] == Some(index) {
+                values[i] = None;
+            }
+        }
     }
     Ok(program
         .outputs
