@@ -418,9 +418,14 @@ fn compile(
         }
     }
     if let Some(dir) = dump_ir {
+        if dir.exists() && !dir.is_dir() {
+            eprintln!("error: --dump-ir `{}` is a file, not a folder", dir.display());
+            eprintln!("help: name a folder for the dumps (it is made when missing), e.g. `--dump-ir out/`");
+            return Err(Failure::User);
+        }
         if let Err(e) = std::fs::create_dir_all(dir) {
             eprintln!("error: cannot create the dump folder `{}`: {e}", dir.display());
-            eprintln!("help: choose a folder you can write to");
+            eprintln!("help: {}", crate::io_help::after_write(&e, dir));
             return Err(Failure::User);
         }
     }
@@ -843,10 +848,15 @@ fn export_weights(file: &Path, stage: &str, output: &Path, qat: bool) -> Outcome
             );
             Ok(())
         }
-        Err(e) => {
-            eprintln!("error: {e}");
-            eprintln!("help: check that the folder exists and is writable");
+        Err(qc_compiler::checkpoint::CheckpointError::Write { source, .. }) => {
+            eprintln!("error: cannot write `{}`: {source}", output.display());
+            eprintln!("help: {}", crate::io_help::after_write(&source, output));
             Err(Failure::User)
+        }
+        Err(e) => {
+            eprintln!("error: cannot write `{}`: {e}", output.display());
+            eprintln!("help: this is a bug in qc; please report it with the recipe");
+            Err(Failure::Bug)
         }
     }
 }

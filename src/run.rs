@@ -119,6 +119,11 @@ pub fn run(args: RunArgs) -> Outcome {
             return Err(Failure::User);
         }
     };
+    if let Err(e) = model.program().check_inputs(&inputs) {
+        eprintln!("error: {e}");
+        eprintln!("help: the model's inputs are {}", wanted.join(", "));
+        return Err(Failure::User);
+    }
     if !args.allow_non_finite {
         refuse_non_finite(&model, &inputs)?;
     }
@@ -409,11 +414,11 @@ fn read_array(p: &Path) -> Result<qc_runtime_host::data::Array, String> {
 
 /// Top-1 accuracy of `[N, classes]` logits against the labels in `path`.
 fn accuracy(path: &Path, logits: &Tensor) -> Result<(usize, usize), String> {
-    let labels = read_array(path)?;
-    let labels: Vec<i64> = match &labels.data {
-        qc_runtime_host::data::ArrayData::U8(v) => v.iter().map(|&x| x as i64).collect(),
-        qc_runtime_host::data::ArrayData::F32(v) => v.iter().map(|&x| x as i64).collect(),
-        qc_runtime_host::data::ArrayData::F64(v) => v.iter().map(|&x| x as i64).collect(),
+    let array = read_array(path)?;
+    let labels: Vec<f64> = match &array.data {
+        qc_runtime_host::data::ArrayData::U8(v) => v.iter().map(|&x| x as f64).collect(),
+        qc_runtime_host::data::ArrayData::F32(v) => v.iter().map(|&x| x as f64).collect(),
+        qc_runtime_host::data::ArrayData::F64(v) => v.clone(),
     };
     let TensorData::F32(v) = &logits.data else {
         return Err("the first output is not f32 logits".into());
@@ -424,18 +429,30 @@ fn accuracy(path: &Path, logits: &Tensor) -> Result<(usize, usize), String> {
             logits.shape
         ));
     };
-    if labels.len() < n {
+    if array.shape.len() != 1 || labels.len() != n {
         return Err(format!(
-            "`{}` has {} labels for {n} samples",
+            "`{}` holds {} label(s) (shape {:?}) for {n} sample(s); it needs one class per sample",
             path.display(),
-            labels.len()
+            labels.len(),
+            array.shape
+        ));
+    }
+    if let Some((i, l)) = labels
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| l.fract() != 0.0 || l < 0.0 || l >= c as f64)
+    {
+        return Err(format!(
+            "label {i} of `{}` is {l}, not a class number from 0 to {}",
+            path.display(),
+            c - 1
         ));
     }
     let correct = (0..n)
         .filter(|&i| {
             let row = &v[i * c..(i + 1) * c];
             let best = (0..c).fold(0, |b, j| if row[j] > row[b] { j } else { b });
-            best as i64 == labels[i]
+            best as f64 == labels[i]
         })
         .count();
     Ok((correct, n))

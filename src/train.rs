@@ -208,7 +208,11 @@ fn training_failed(e: TorchError, section: &str, saved: bool, output: &Path) -> 
         }
         TorchError::Train(m) if m.starts_with("cannot write") => {
             eprintln!("error: {m}");
-            eprintln!("help: check that the folder exists and is writable");
+            eprintln!(
+                "help: a checkpoint is written whole or not at all, so `{}` holds the last epoch saved (if any); \
+                 free space or fix the folder, then run again (`--resume` goes on from that epoch)",
+                output.display()
+            );
         }
         e => {
             eprintln!("error: training failed: {e}");

@@ -13,6 +13,8 @@ use crate::types::{ParamQuant, QuantParams};
 pub enum CheckpointError {
     #[error("cannot read `{path}`: {source}")]
     Io { path: String, source: std::io::Error },
+    #[error("cannot write `{path}`: {source}")]
+    Write { path: String, source: std::io::Error },
     #[error("`{path}` is not a valid safetensors file: {message}")]
     Format { path: String, message: String },
     #[error("tensor `{key}` in `{path}` has dtype {dtype}, which qc does not read")]
@@ -108,7 +110,7 @@ pub fn write_safetensors_with_metadata(
         path: path.display().to_string(),
         message: e.to_string(),
     })?;
-    write_atomic(path, &data).map_err(|source| CheckpointError::Io {
+    write_atomic(path, &data).map_err(|source| CheckpointError::Write {
         path: path.display().to_string(),
         source,
     })

@@ -287,8 +287,7 @@ fn save(
         crate::keys::export(&m).map_err(|e| format!("cannot export the trained parameters: {e}"))?;
     meta.insert("qc.epochs_done".into(), state.epoch.to_string());
     meta.insert("qc.epochs".into(), epochs.to_string());
-    crate::checkpoint::write_safetensors_with_metadata(output, &tensors, Some(meta))
-        .map_err(|e| format!("cannot write the checkpoint: {e}"))?;
+    crate::checkpoint::write_safetensors_with_metadata(output, &tensors, Some(meta)).map_err(|e| e.to_string())?;
     let mut resume: IndexMap<String, Tensor> = IndexMap::new();
     let scalar = |v: usize| Tensor {
         shape: vec![],
@@ -302,8 +301,7 @@ fn save(
     for (i, o) in state.optimizer.iter().enumerate() {
         resume.insert(format!("optimizer.{i:05}"), o.clone());
     }
-    crate::checkpoint::write_safetensors(&resume_path(output), &resume)
-        .map_err(|e| format!("cannot write the checkpoint: {e}"))?;
+    crate::checkpoint::write_safetensors(&resume_path(output), &resume).map_err(|e| e.to_string())?;
     Ok(tensors.len())
 }
 

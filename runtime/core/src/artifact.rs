@@ -142,7 +142,7 @@ pub enum LoadError {
     Io { path: String, source: std::io::Error },
     #[error("{len} bytes are too few for a .qmodel file (at least {min})")]
     TooShort { len: usize, min: usize },
-    #[error("not a .qmodel file: the first bytes are {found:?}, not \"QCMODEL\\0\"")]
+    #[error("not a .qmodel file: it starts with \"{}\", not \"QCMODEL\\0\"", .found.escape_ascii())]
     Magic { found: [u8; 8] },
     #[error("format version {found}, this qc reads {FORMAT_VERSION}")]
     Version { found: u32 },
