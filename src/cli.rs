@@ -96,7 +96,9 @@ enum Command {
         #[arg(long, value_enum, default_value_t = KeysFormat::Table)]
         format: KeysFormat,
         /// Check a checkpoint (.safetensors or PyTorch .pth) against the stage's keys: every
-        /// missing, unexpected and mis-shaped key with its closest match and the reason.
+        /// missing, unexpected, mis-shaped or wrongly typed key with its closest match and the
+        /// reason, and the `strip`/`rename` or the stage that would make it fit. The recipe's own
+        /// checkpoint is read with its `weights` line's `strip`/`rename`.
         #[arg(long, value_name = "CKPT")]
         check: Option<PathBuf>,
         /// The keys of a quantization-aware-training compile (batch norms kept: `conv1.bn.weight`).
