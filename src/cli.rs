@@ -721,8 +721,11 @@ fn check_keys(file: &Path, stage: &str, ckpt: &Path, qat: bool) -> Outcome {
     // The asked stage alone first: a checkpoint that fits needs no other.
     let mut fits: Vec<(Stage, bool, bool)> = vec![];
     let mut asked: Option<(Vec<qc_compiler::keys::Problem>, String)> = None;
-    for (mode, until) in [(qat, stage), (qat, last), (!qat, last)] {
-        if until == stage && stage == last && asked.is_some() {
+    // Stage `lowered` has the keys of `quantized`: the other stages are compiled up to
+    // `quantized` unless `lowered` was asked for.
+    let until_last = last.min(Stage::Quantized).max(stage);
+    for (mode, until) in [(qat, stage), (qat, until_last), (!qat, until_last)] {
+        if until == stage && asked.is_some() && mode == qat {
             continue;
         }
         let opts = RunOptions {
@@ -738,10 +741,12 @@ fn check_keys(file: &Path, stage: &str, ckpt: &Path, qat: bool) -> Outcome {
                 if m.stage < Stage::Float {
                     return;
                 }
-                let problems = qc_compiler::keys::check(m, &entries);
-                fits.push((m.stage, mode, problems.is_empty()));
                 if (m.stage, mode) == (stage, qat) && asked.is_none() {
+                    let problems = qc_compiler::keys::check(m, &entries);
+                    fits.push((m.stage, mode, problems.is_empty()));
                     asked = Some((problems, m.name.clone()));
+                } else {
+                    fits.push((m.stage, mode, qc_compiler::keys::fits_stage(m, &entries)));
                 }
             },
             &mut |_, _| {},
@@ -790,7 +795,7 @@ fn check_keys(file: &Path, stage: &str, ckpt: &Path, qat: bool) -> Outcome {
     let candidates = [qat, !qat]
         .into_iter()
         .flat_map(|q| Stage::ALL.into_iter().map(move |s| (s, q)))
-        .filter(|&(s, q)| s >= Stage::Float && s <= last && (s, q) != (stage, qat));
+        .filter(|&(s, q)| s >= Stage::Float && s <= until_last && (s, q) != (stage, qat));
     for (other, other_qat) in candidates {
         if !helped && fits.contains(&(other, other_qat, true)) {
             let mode = if other_qat { " with --qat" } else { "" };

@@ -20,7 +20,7 @@ impl Pass for BindCheckpoint {
         let Some(p) = &cx.pending else {
             return Ok(Changed::No);
         };
-        if !crate::keys::check(module, &crate::keys::entries(&p.values)).is_empty() {
+        if !crate::keys::fits_stage(module, &crate::keys::entries(&p.values)) {
             return Ok(Changed::No);
         }
         let p = cx.pending.take().expect("checked above");

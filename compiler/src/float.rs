@@ -138,7 +138,7 @@ impl Pass for BindWeights {
         let recipe = &cx.loaded.recipe;
         match recipe.weights.as_slice() {
             [] => {
-                init_all(module);
+                init_all(module, cx.opts.keys_only);
                 Ok(Changed::Yes)
             }
             [w, rest @ ..] => {
@@ -153,7 +153,7 @@ impl Pass for BindWeights {
                     .help("a recipe binds one checkpoint; merge them into one file")]));
                 }
                 if cx.opts.keys_only {
-                    init_all(module);
+                    init_all(module, true);
                     return Ok(Changed::Yes);
                 }
                 let values = crate::checkpoint::read_checkpoint(&w.resolved).map_err(|e| {
@@ -193,7 +193,7 @@ impl Pass for BindWeights {
                     .label("this checkpoint")
                     .help("it is bound at the stage whose keys it fits")],
                 };
-                init_all(module);
+                init_all(module, false);
                 cx.pending = Some(crate::pass::PendingCheckpoint {
                     values,
                     file: w.path.clone(),
@@ -206,7 +206,9 @@ impl Pass for BindWeights {
     }
 }
 
-fn init_all(module: &mut Module) {
+/// `keys_only` (`RunOptions::keys_only`): conv and linear parameters are zeros instead of
+/// random draws (no value is used, and zeros cost nothing to make).
+fn init_all(module: &mut Module, keys_only: bool) {
     let keys: Vec<String> = module.params.keys().cloned().collect();
     for key in keys {
         let (dtype, shape, owner) = {
@@ -231,6 +233,7 @@ fn init_all(module: &mut Module) {
             (_, "bias", Some(Op::BatchNorm(_))) | (_, "running_mean", _) => {
                 ("zeros", Tensor::f32(shape.clone(), vec![0.0; n]))
             }
+            _ if keys_only => ("zeros", Tensor::f32(shape.clone(), vec![0.0; n])),
             _ => {
                 // PyTorch's default for conv and linear: kaiming_uniform(a=sqrt(5)) for the
                 // weight and U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the bias; both reduce to

@@ -499,6 +499,16 @@ pub fn check(module: &Module, ckpt: &IndexMap<String, Entry>) -> Vec<Problem> {
     problems
 }
 
+/// Whether a checkpoint's entries fit a module's stage exactly: [`check`] would find no
+/// problem (without working out closest keys, renames and reasons).
+pub fn fits_stage(module: &Module, ckpt: &IndexMap<String, Entry>) -> bool {
+    let keys = stage_keys(module);
+    keys.len() == ckpt.len()
+        && keys
+            .iter()
+            .all(|k| ckpt.get(&k.key).is_some_and(|found| fits(&k.entry, found)))
+}
+
 /// Same kind and shape; a checkpoint's dtype may differ only where PyTorch's does from qc's
 /// (fake-quant zero points are int32 or int64 across versions).
 fn fits(expected: &Entry, found: &Entry) -> bool {

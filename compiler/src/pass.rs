@@ -94,9 +94,10 @@ pub struct RunOptions {
     /// what tests and snapshots use).
     pub calibration_device: Option<qc_runtime::program::Device>,
     /// Only the keys, dtypes and shapes of the stages matter (`qc keys --check`): the recipe's
-    /// checkpoint is not read (parameters are initialised), and calibration reads no data but
-    /// gives every observer the placeholder range [-1, 1]. Values come out meaningless; the keys
-    /// of every stage are those of a real compile.
+    /// checkpoint is not read (conv and linear parameters are zeros), calibration reads no data
+    /// but gives every observer the placeholder range [-1, 1], and `convert` leaves integer
+    /// weights at zero. Values come out meaningless; the keys, dtypes and shapes of every stage
+    /// are those of a real compile.
     pub keys_only: bool,
 }
 
