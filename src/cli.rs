@@ -709,7 +709,7 @@ fn check_keys(file: &Path, stage: &str, ckpt: &Path, qat: bool) -> Outcome {
     };
     let (values, remap) = match own {
         Some(w) => match qc_compiler::remap::apply(values, &w.remap, &w.path) {
-            Ok(v) => (v, w.remap.clone()),
+            Ok((v, _)) => (v, w.remap.clone()),
             Err(d) => return Err(fail(CompileError::User(d), &loaded.sources)),
         },
         None => (values, Default::default()),

@@ -168,7 +168,7 @@ impl Pass for BindWeights {
                     .first()
                     .map(|s| s.remap.clone())
                     .unwrap_or_default();
-                let values = crate::remap::apply(values, &remap, &w.path).map_err(PassError::User)?;
+                let (values, origins) = crate::remap::apply(values, &remap, &w.path).map_err(PassError::User)?;
                 // A float checkpoint binds here, key by key; any other (QAT, converted) waits
                 // for the stage it fits.
                 let plain: Option<indexmap::IndexMap<String, Tensor>> = values
@@ -180,7 +180,7 @@ impl Pass for BindWeights {
                     .collect();
                 let later_stage = values.keys().any(|k| crate::keys::is_later_stage_key(k));
                 let float_diagnostics = match &plain {
-                    Some(tensors) => match bind_checkpoint(module, tensors, &w.path, &remap, w.span) {
+                    Some(tensors) => match bind_checkpoint(module, tensors, &w.path, &remap, &origins, w.span) {
                         Ok(()) => return Ok(Changed::Yes),
                         Err(d) if !later_stage => return Err(PassError::User(d)),
                         Err(d) => d,
@@ -197,6 +197,7 @@ impl Pass for BindWeights {
                 cx.pending = Some(crate::pass::PendingCheckpoint {
                     values,
                     file: w.path.clone(),
+                    origins,
                     span: w.span,
                     float_diagnostics,
                 });
@@ -267,12 +268,13 @@ fn init_all(module: &mut Module, keys_only: bool) {
 /// diagnostic with the closest key on the other side (and the `rename` that binds it, when that
 /// key has the same shape), except that a prefix on every key (DataParallel's `module.`) is one
 /// diagnostic with the `strip` to write. `remap` is the `weights` line's, for the line a help
-/// suggests.
+/// suggests; `origins` the file's own names of remapped keys, for provenance.
 pub fn bind_checkpoint(
     module: &mut Module,
     tensors: &indexmap::IndexMap<String, Tensor>,
     file: &str,
     remap: &KeyRemap,
+    origins: &crate::remap::Origins,
     span: Span,
 ) -> Result<(), Vec<Diagnostic>> {
     let problems = crate::keys::check(module, &crate::keys::entries_of_tensors(tensors));
@@ -286,7 +288,7 @@ pub fn bind_checkpoint(
         p.value = Some(tensors[key].clone());
         p.provenance = Provenance::Checkpoint {
             file: file.to_string(),
-            key: key.clone(),
+            key: origins.get(key).unwrap_or(key).clone(),
         };
     }
     Ok(())

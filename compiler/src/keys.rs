@@ -596,7 +596,13 @@ pub fn read_entries(path: &std::path::Path) -> Result<IndexMap<String, Entry>, c
 /// checkpoint's value (a packed pair fills weight and bias; integer tensors keep their scheme;
 /// integer widths PyTorch varies on, such as int32/int64 zero points, are converted), and each
 /// integer op's output type takes its bound `scale`/`zero_point`.
-pub fn bind(module: &mut Module, values: &IndexMap<String, CkptValue>, file: &str) -> Result<(), String> {
+/// `origins`: the file's own names of keys the `weights` line remapped (for provenance).
+pub fn bind(
+    module: &mut Module,
+    values: &IndexMap<String, CkptValue>,
+    file: &str,
+    origins: &crate::remap::Origins,
+) -> Result<(), String> {
     let keys = stage_keys(module);
     for k in &keys {
         let value = values.get(&k.key).ok_or_else(|| format!("`{}` is missing", k.key))?;
@@ -612,7 +618,7 @@ pub fn bind(module: &mut Module, values: &IndexMap<String, CkptValue>, file: &st
             p.quant = quant;
             p.provenance = Provenance::Checkpoint {
                 file: file.to_string(),
-                key: k.key.clone(),
+                key: origins.get(&k.key).unwrap_or(&k.key).clone(),
             };
             Ok(())
         };

@@ -50,6 +50,8 @@ pub struct PendingCheckpoint {
     pub values: indexmap::IndexMap<String, crate::checkpoint::CkptValue>,
     /// As written in the recipe.
     pub file: String,
+    /// The file's own names of keys its `weights` line remapped.
+    pub origins: crate::remap::Origins,
     pub span: qc_dsl::Span,
     /// The diagnostics of binding it at stage `float`, reported if no stage fits.
     pub float_diagnostics: Vec<Diagnostic>,

@@ -33,16 +33,20 @@ fn first_keys<'a>(keys: impl Iterator<Item = &'a String>) -> String {
     shown.join(", ")
 }
 
-/// Applies `remap` to a checkpoint's keys, keeping their order. Every option must do something:
-/// a prefix no key has, a rename whose old name matches no key, and two keys remapped onto one
-/// name are errors at the option.
+/// The checkpoint's own name of each remapped key (new name → name in the file), for
+/// provenance; keys the remap left alone are not in it.
+pub type Origins = IndexMap<String, String>;
+
+/// Applies `remap` to a checkpoint's keys, keeping their order; returns the remapped values and
+/// their [`Origins`]. Every option must do something: a prefix no key has, a rename whose old name
+/// matches no key, and two keys remapped onto one name are errors at the option.
 pub fn apply<V>(
     values: IndexMap<String, V>,
     remap: &KeyRemap,
     file: &str,
-) -> Result<IndexMap<String, V>, Vec<Diagnostic>> {
+) -> Result<(IndexMap<String, V>, Origins), Vec<Diagnostic>> {
     if remap.is_empty() {
-        return Ok(values);
+        return Ok((values, Origins::new()));
     }
     let mut diags = vec![];
     // Each key: its name after the remap, and the rename (index) that gave it, if any.
@@ -149,7 +153,16 @@ pub fn apply<V>(
     if !diags.is_empty() {
         return Err(diags);
     }
-    Ok(names.into_iter().map(|(n, _)| n).zip(values.into_values()).collect())
+    let origins: Origins = names
+        .iter()
+        .zip(values.keys())
+        .filter(|((new, _), old)| new != *old)
+        .map(|((new, _), old)| (new.clone(), old.clone()))
+        .collect();
+    Ok((
+        names.into_iter().map(|(n, _)| n).zip(values.into_values()).collect(),
+        origins,
+    ))
 }
 
 /// A string as the recipe writes it, in quotes.
@@ -241,7 +254,9 @@ mod tests {
             "w",
         )
         .unwrap();
-        let got: Vec<(&str, usize)> = out.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(out.1.get("head.weight").map(String::as_str), Some("module.fc.weight"));
+        assert!(!out.1.contains_key("other"));
+        let got: Vec<(&str, usize)> = out.0.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         assert_eq!(
             got,
             [
