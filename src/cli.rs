@@ -96,7 +96,9 @@ enum Command {
         #[arg(long, value_enum, default_value_t = KeysFormat::Table)]
         format: KeysFormat,
         /// Check a checkpoint (.safetensors or PyTorch .pth) against the stage's keys: every
-        /// missing, unexpected and mis-shaped key with its closest match and the reason.
+        /// missing, unexpected, mis-shaped or wrongly typed key with its closest match and the
+        /// reason, and the `strip`/`rename` or the stage that would make it fit. The recipe's own
+        /// checkpoint is read with its `weights` line's `strip`/`rename`.
         #[arg(long, value_name = "CKPT")]
         check: Option<PathBuf>,
         /// The keys of a quantization-aware-training compile (batch norms kept: `conv1.bn.weight`).
@@ -443,6 +445,7 @@ fn compile(
         qat,
         progress: std::io::stderr().is_terminal().then_some(progress as fn(&str)),
         calibration_device,
+        keys_only: false,
     };
     let sources = loaded.sources.clone();
     let mut write_error = None;
@@ -675,24 +678,92 @@ fn stage_exists(stage: Stage) -> Result<(), Failure> {
 }
 
 /// `qc keys --check`: the checkpoint against the stage asked for; when it does not fit, the
-/// stage it does fit (if any) is named.
+/// stage it does fit (if any) is named. The keys of every stage come from one keys-only compile
+/// per mode (`RunOptions::keys_only`: no checkpoint bound, no calibration data read), so a misfit
+/// costs no more than a fit. A checkpoint that is the recipe's own `weights` file is read with
+/// that line's `strip`/`rename`.
 fn check_keys(file: &Path, stage: &str, ckpt: &Path, qat: bool) -> Outcome {
-    let (module, _) = module_at(file, stage, qat)?;
-    let entries = match qc_compiler::keys::read_entries(ckpt) {
-        Ok(e) => e,
+    let loaded = load(file)?;
+    let stage = Stage::from_name(stage).expect("clap checked the stage");
+    stage_exists(stage)?;
+    if !loaded.diagnostics.is_empty() {
+        return Err(fail(CompileError::User(loaded.diagnostics.clone()), &loaded.sources));
+    }
+    let own = loaded
+        .sections
+        .weights
+        .first()
+        .filter(|w| qc_runtime::fsutil::same_file(&w.resolved, ckpt));
+    let values = match qc_compiler::keys::read_checkpoint(ckpt) {
+        Ok(v) => v,
         Err(e) => {
-            eprintln!("error: {e}");
-            eprintln!("help: qc reads .safetensors and PyTorch .pth files (torch.save(model.state_dict(), path))");
+            eprintln!("error: {}", e.message);
+            eprintln!("help: {}", e.help);
             return Err(Failure::User);
         }
     };
-    let problems = qc_compiler::keys::check(&module, &entries);
-    let ckpt_name = ckpt.display();
+    let (values, remap) = match own {
+        Some(w) => match qc_compiler::remap::apply(values, &w.remap, &w.path) {
+            Ok((v, _)) => (v, w.remap.clone()),
+            Err(d) => return Err(fail(CompileError::User(d), &loaded.sources)),
+        },
+        None => (values, Default::default()),
+    };
+    let entries = qc_compiler::keys::entries(&values);
+    let last = qc_compiler::last_stage();
+    // (stage, qat, fits) of every stage from `float` on, the asked mode first; the asked stage's
+    // problems and names on the way.
+    // The asked stage alone first: a checkpoint that fits needs no other.
+    let mut fits: Vec<(Stage, bool, bool)> = vec![];
+    let mut asked: Option<(Vec<qc_compiler::keys::Problem>, String)> = None;
+    // Stage `lowered` has the keys of `quantized`: the other stages are compiled up to
+    // `quantized` unless `lowered` was asked for.
+    let until_last = last.min(Stage::Quantized).max(stage);
+    for (mode, until) in [(qat, stage), (qat, until_last), (!qat, until_last)] {
+        if until == stage && asked.is_some() && mode == qat {
+            continue;
+        }
+        let opts = RunOptions {
+            stop_after: Some(until),
+            qat: mode,
+            keys_only: true,
+            ..Default::default()
+        };
+        let result = qc_compiler::compile(
+            &loaded,
+            &opts,
+            &mut |m| {
+                if m.stage < Stage::Float {
+                    return;
+                }
+                if (m.stage, mode) == (stage, qat) && asked.is_none() {
+                    let problems = qc_compiler::keys::check(m, &entries);
+                    fits.push((m.stage, mode, problems.is_empty()));
+                    asked = Some((problems, m.name.clone()));
+                } else {
+                    fits.push((m.stage, mode, qc_compiler::keys::fits_stage(m, &entries)));
+                }
+            },
+            &mut |_, _| {},
+        );
+        match (&asked, result) {
+            // A stage the asked one does not need (no `quantize` section, say) is simply not a
+            // candidate.
+            (Some((problems, _)), _) if problems.is_empty() => break,
+            (Some(_), _) => {}
+            (None, Err(e)) => return Err(fail(e, &loaded.sources)),
+            (None, Ok(_)) => {
+                eprintln!("error: stage `{stage}` was not reached");
+                eprintln!("help: this is a bug in qc; please report it with the recipe");
+                return Err(Failure::Bug);
+            }
+        }
+    }
+    let (problems, model) = asked.expect("returned above when not reached");
+    let ckpt_name = ckpt.display().to_string();
     if problems.is_empty() {
         println!(
-            "`{ckpt_name}` fits stage `{}` of model `{}`: {} keys",
-            module.stage,
-            module.name,
+            "`{ckpt_name}` fits stage `{stage}` of model `{model}`: {} keys",
             entries.len()
         );
         return Ok(());
@@ -700,36 +771,60 @@ fn check_keys(file: &Path, stage: &str, ckpt: &Path, qat: bool) -> Outcome {
     for p in &problems {
         println!("{p}");
     }
-    println!(
-        "`{ckpt_name}` does not fit stage `{}` of model `{}`: {} problem(s)",
-        module.stage,
-        module.name,
-        problems.len()
+    eprintln!(
+        "error: `{ckpt_name}` does not fit stage `{stage}` of model `{model}`: {} problem{}",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
     );
-    let last = qc_compiler::last_stage();
-    // Which stage (and mode) does it fit? Compiled quietly: a stage that fails to compile
-    // (no calibration data, say) is simply not a candidate.
-    if let Ok(loaded) = load(file) {
-        let candidates = [qat, !qat]
-            .into_iter()
-            .flat_map(|q| Stage::ALL.into_iter().map(move |s| (s, q)))
-            .filter(|(s, q)| *s >= Stage::Float && *s <= last && (*s, *q) != (module.stage, qat));
-        for (other, other_qat) in candidates {
-            let opts = RunOptions {
-                stop_after: Some(other),
-                qat: other_qat,
-                ..Default::default()
-            };
-            if let Ok(m) = qc_compiler::compile(&loaded, &opts, &mut |_| {}, &mut |_, _| {}) {
-                if qc_compiler::keys::check(&m, &entries).is_empty() {
-                    let mode = if other_qat { " with --qat" } else { "" };
-                    println!(
-                        "help: it fits stage `{other}`{mode}: name it in the recipe (`weights \"{ckpt_name}\"`) and qc binds it there and runs the later stages from it"
-                    );
-                    break;
-                }
-            }
+    // The line to write names the checkpoint as the recipe does, when it is the recipe's.
+    let line_name = own.map(|w| w.path.clone()).unwrap_or_else(|| ckpt_name.clone());
+    let mut helped = false;
+    if let Some(qc_compiler::keys::Problem::Prefix { prefix, total, fit }) = problems.first() {
+        eprintln!(
+            "help: strip the prefix in the recipe ({}): `{}`",
+            qc_compiler::keys::prefix_outcome(*total, *fit),
+            qc_compiler::remap::weights_line(&line_name, &remap, qc_compiler::remap::Addition::Strip(prefix))
+        );
+        helped = true;
+    }
+    let candidates = [qat, !qat]
+        .into_iter()
+        .flat_map(|q| Stage::ALL.into_iter().map(move |s| (s, q)))
+        .filter(|&(s, q)| s >= Stage::Float && s <= until_last && (s, q) != (stage, qat));
+    for (other, other_qat) in candidates {
+        if !helped && fits.contains(&(other, other_qat, true)) {
+            let mode = if other_qat { " with --qat" } else { "" };
+            eprintln!(
+                "help: it fits stage `{other}`{mode}: name it in the recipe (`weights \"{line_name}\"`) and qc binds it there and runs the later stages from it"
+            );
+            helped = true;
         }
+    }
+    let mut renames: Vec<(&str, &str)> = vec![];
+    for r in problems.iter().filter_map(|p| p.rename()) {
+        if !renames.contains(&r) {
+            renames.push(r);
+        }
+    }
+    if let Some(&(from, to)) = renames.first().filter(|_| !helped) {
+        let more = match renames.len() - 1 {
+            0 => String::new(),
+            n => format!(
+                " ({n} more `rename`{} in the list above)",
+                if n == 1 { "" } else { "s" }
+            ),
+        };
+        eprintln!(
+            "help: `{from}` of the checkpoint has the shapes of the model's `{to}`; if it is the same layer, rename it in the recipe: `{}`{more}",
+            qc_compiler::remap::weights_line(&line_name, &remap, qc_compiler::remap::Addition::Rename(from, to))
+        );
+        helped = true;
+    }
+    if !helped {
+        eprintln!(
+            "help: it fits no stage of this recipe in either mode; each line above names a key and what the stage has instead (`qc keys {} --stage {stage}` lists the stage's keys)",
+            file.display()
+        );
     }
     Err(Failure::User)
 }

@@ -20,11 +20,11 @@ impl Pass for BindCheckpoint {
         let Some(p) = &cx.pending else {
             return Ok(Changed::No);
         };
-        if !crate::keys::check(module, &crate::keys::entries(&p.values)).is_empty() {
+        if !crate::keys::fits_stage(module, &crate::keys::entries(&p.values)) {
             return Ok(Changed::No);
         }
         let p = cx.pending.take().expect("checked above");
-        crate::keys::bind(module, &p.values, &p.file).map_err(|m| {
+        crate::keys::bind(module, &p.values, &p.file, &p.origins).map_err(|m| {
             PassError::User(vec![Diagnostic::new("qc::weights-bind", p.span, m)
                 .label("this checkpoint")
                 .help("the checkpoint's keys fit this stage but a value does not; re-export it")])

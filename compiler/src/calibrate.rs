@@ -69,6 +69,9 @@ impl Pass for Calibrate {
             store_weights(module)?;
             return Ok(Changed::Yes);
         }
+        if cx.opts.keys_only {
+            return placeholder_ranges(module);
+        }
         let q = crate::plan::settings(cx.loaded, module).map_err(PassError::User)?;
         let cal = q
             .calibration
@@ -106,6 +109,36 @@ impl Pass for Calibrate {
         }
         Ok(Changed::Yes)
     }
+}
+
+/// `RunOptions::keys_only`: every observer as if it had seen [-1, 1], so that the stages after
+/// this one have their keys, dtypes and shapes without any data being read.
+fn placeholder_ranges(module: &mut Module) -> Result<Changed, PassError> {
+    let mut observers = observer_nodes(module)?;
+    for o in &mut observers {
+        o.state.observe(&[-1.0, 1.0]).map_err(|e| PassError::Internal {
+            pass: "calibrate".into(),
+            message: format!("placeholder range: {e}"),
+        })?;
+        o.raw = Some((-1.0, 1.0));
+    }
+    let provenance = Provenance::Calibrated {
+        source: "a placeholder range [-1, 1] (keys only)".into(),
+        batches: 0,
+        samples: 0,
+    };
+    let cal = Calibration {
+        source: qc_dsl::sections::Spanned::new(DataSource::Random, Span::default()),
+        random: true,
+        batches: None,
+        batch_size: None,
+        samples: None,
+        span: Span::default(),
+    };
+    store_activations(module, observers, &provenance, &cal)?;
+    store_weights(module)?;
+    module.calibrated_for_accuracy = false;
+    Ok(Changed::Yes)
 }
 
 /// Whether the module's quantization state comes from a QAT checkpoint: it has fake-quant nodes
@@ -608,8 +641,19 @@ fn observers_of(module: &Module, program: &Program) -> Result<(Vec<Obs>, HashMap
         .enumerate()
         .map(|(i, v)| (v.name.as_str(), i))
         .collect();
+    let observers = observer_nodes(module)?;
+    let by_value: HashMap<usize, usize> = observers
+        .iter()
+        .enumerate()
+        .map(|(i, o)| (value_of[g.node(o.node).name.as_str()], i))
+        .collect();
+    Ok((observers, by_value))
+}
+
+/// A fresh observer for every observer node of the module, in topological order.
+fn observer_nodes(module: &Module) -> Result<Vec<Obs>, PassError> {
+    let g = &module.graph;
     let mut observers: Vec<Obs> = vec![];
-    let mut by_value: HashMap<usize, usize> = HashMap::new();
     for id in g.topo_order() {
         let node = g.node(id);
         let Some(spec) = spec_of(&node.op) else { continue };
@@ -617,14 +661,13 @@ fn observers_of(module: &Module, program: &Program) -> Result<(Vec<Obs>, HashMap
             pass: "calibrate".into(),
             message: format!("`{}`: {e}", node.name),
         })?;
-        by_value.insert(value_of[node.name.as_str()], observers.len());
         observers.push(Obs {
             node: id,
             state,
             raw: None,
         });
     }
-    Ok((observers, by_value))
+    Ok(observers)
 }
 
 /// The progress bar after batch `b` of `n`.

@@ -147,25 +147,81 @@ pub enum CkptValue {
     DType(String),
 }
 
-/// Reads a checkpoint file, `.safetensors` or PyTorch `.pth`, told apart by content.
-pub fn read_checkpoint(path: &std::path::Path) -> Result<IndexMap<String, CkptValue>, String> {
+/// Why a checkpoint file could not be read: one sentence naming the file, and what to do.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReadError {
+    pub message: String,
+    pub help: String,
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+const PATH_HELP: &str =
+    "check the path (relative paths start at the recipe's folder); qc reads .safetensors and PyTorch .pth files";
+const RESAVE_HELP: &str = "qc reads PyTorch .pth files as `torch.save(model.state_dict(), path)` writes them (a zip archive) and .safetensors files; docs/checkpoints.md lists what is refused and why";
+
+/// Reads a checkpoint file, `.safetensors` or PyTorch `.pth`, told apart by content. An empty
+/// file and a bare pickle stream are named as such.
+pub fn read_checkpoint(path: &std::path::Path) -> Result<IndexMap<String, CkptValue>, ReadError> {
     use crate::pth::CheckpointFormat;
+    let err = |message: String, help: &str| ReadError {
+        message,
+        help: help.to_string(),
+    };
     let head = {
         use std::io::Read;
         let mut buf = vec![0u8; 512];
         let n = std::fs::File::open(path)
             .and_then(|mut f| f.read(&mut buf))
-            .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+            .map_err(|e| err(format!("cannot read `{}`: {e}", path.display()), PATH_HELP))?;
         buf.truncate(n);
         buf
     };
-    match crate::pth::sniff(&head) {
+    if head.is_empty() {
+        return Err(err(
+            format!("`{}` is empty (0 bytes): it holds no checkpoint", path.display()),
+            "save the weights again (`torch.save(model.state_dict(), path)`, or `safetensors.torch.save_file`): the file was not written, or not completely",
+        ));
+    }
+    let format = crate::pth::sniff(&head);
+    if format == CheckpointFormat::Unknown && head[0] == 0x80 && head.get(1).is_some_and(|p| (2..=5).contains(p)) {
+        return Err(err(
+            format!(
+                "`{}` is a bare pickle stream (pickle protocol {}), not the zip archive `torch.save` writes; qc does not read raw pickles",
+                path.display(),
+                head[1]
+            ),
+            "load it in Python (`pickle.load`) and save the state dict again with `torch.save(state_dict, path)` (its default zip format) or `safetensors.torch.save_file(state_dict, path)`",
+        ));
+    }
+    match format {
         CheckpointFormat::Pth | CheckpointFormat::LegacyPth => {
-            pth_values(crate::pth::read_pth(path).map_err(|e| e.to_string())?)
+            let values = crate::pth::read_pth(path).map_err(|e| {
+                let help = match e {
+                    crate::pth::PthError::Io { .. } => PATH_HELP,
+                    _ => RESAVE_HELP,
+                };
+                err(e.to_string(), help)
+            })?;
+            pth_values(values).map_err(|m| err(format!("`{}`: {m}", path.display()), RESAVE_HELP))
         }
         _ => read_safetensors(path)
             .map(|t| t.into_iter().map(|(k, v)| (k, CkptValue::Tensor(v))).collect())
-            .map_err(|e| e.to_string()),
+            .map_err(|e| match e {
+                CheckpointError::Format { .. } if format == CheckpointFormat::Unknown && head.get(8) != Some(&b'{') => err(
+                    format!(
+                        "`{}` is neither a .safetensors file nor a PyTorch .pth (zip) archive: it does not start like either",
+                        path.display()
+                    ),
+                    RESAVE_HELP,
+                ),
+                CheckpointError::Io { .. } => err(e.to_string(), PATH_HELP),
+                _ => err(e.to_string(), RESAVE_HELP),
+            }),
     }
 }
 

@@ -36,8 +36,8 @@ impl Pass for Convert {
         "convert"
     }
 
-    fn run(&self, module: &mut Module, _cx: &mut Ctx) -> Result<Changed, PassError> {
-        convert(module).map_err(|d| PassError::User(vec![*d]))?;
+    fn run(&self, module: &mut Module, cx: &mut Ctx) -> Result<Changed, PassError> {
+        convert(module, cx.opts.keys_only).map_err(|d| PassError::User(vec![*d]))?;
         Ok(Changed::Yes)
     }
 }
@@ -195,6 +195,7 @@ fn quantize_weight(
     spec: &QSpec,
     fixed: Option<&ParamQuant>,
     ranges: Option<Vec<(f32, f32)>>,
+    keys_only: bool,
 ) -> Result<(Tensor, ParamQuant), String> {
     let TensorData::F32(values) = &w.data else {
         return Err("the weight is not f32".into());
@@ -240,11 +241,15 @@ fn quantize_weight(
                 .to_vec()
         }
     };
-    let q: Vec<i32> = values
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| params[(i / inner.max(1)).min(params.len() - 1)].quantize(v))
-        .collect();
+    let q: Vec<i32> = if keys_only {
+        vec![0; values.len()]
+    } else {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| params[(i / inner.max(1)).min(params.len() - 1)].quantize(v))
+            .collect()
+    };
     let data = if spec.signed {
         TensorData::I8(q.iter().map(|&v| v as i8).collect())
     } else {
@@ -383,7 +388,9 @@ fn is_observer(op: &Op) -> bool {
 }
 
 /// Converts a calibrated (or QAT-trained) module to integer ops. See the module comment.
-pub fn convert(module: &mut Module) -> Result<(), Box<Diagnostic>> {
+/// `keys_only` (`RunOptions::keys_only`): integer weights are left at zero instead of quantized,
+/// their parameters and every key, dtype and shape as in a real conversion.
+pub fn convert(module: &mut Module, keys_only: bool) -> Result<(), Box<Diagnostic>> {
     let order = module.graph.topo_order();
     let single_input = module.graph.inputs.len() == 1;
     let mut quantized: HashMap<NodeId, QuantParams> = HashMap::new();
@@ -399,7 +406,7 @@ pub fn convert(module: &mut Module) -> Result<(), Box<Diagnostic>> {
             let p_node = module.graph.node(producer).clone();
             let p_inputs = module.graph.inputs_of(producer);
             if fuses_with_observer(module, producer, &p_inputs, &quantized) {
-                to_integer_op(module, producer, &p_node, q)?;
+                to_integer_op(module, producer, &p_node, q, keys_only)?;
                 redirect_users(&mut module.graph, id, producer);
                 remove_params_of(module, &node.name);
                 module.graph.g.remove_node(id);
@@ -557,7 +564,13 @@ fn dequantize_after(module: &mut Module, value: NodeId) -> NodeId {
 }
 
 /// Rewrites a conv/linear/add/concat node in place into its integer op with output `q`.
-fn to_integer_op(module: &mut Module, id: NodeId, node: &Node, q: QuantParams) -> Result<(), Box<Diagnostic>> {
+fn to_integer_op(
+    module: &mut Module,
+    id: NodeId,
+    node: &Node,
+    q: QuantParams,
+    keys_only: bool,
+) -> Result<(), Box<Diagnostic>> {
     let name = node.name.clone();
     let fail = |module: &Module, m: String| {
         err(
@@ -590,7 +603,8 @@ fn to_integer_op(module: &mut Module, id: NodeId, node: &Node, q: QuantParams) -
     let (new_op, roles): (Op, Vec<(&'static str, String)>) = match &node.op {
         Op::Conv(c) => {
             let wq = c.weight_quant.clone().expect("checked by the caller");
-            let (roles, has_bias) = quantize_layer(module, node, &wq, &c.bn, false).map_err(|m| fail(module, m))?;
+            let (roles, has_bias) =
+                quantize_layer(module, node, &wq, &c.bn, false, keys_only).map_err(|m| fail(module, m))?;
             let conv = Conv {
                 bias: has_bias,
                 bn: None,
@@ -604,7 +618,8 @@ fn to_integer_op(module: &mut Module, id: NodeId, node: &Node, q: QuantParams) -
         }
         Op::Linear(l) => {
             let wq = l.weight_quant.clone().expect("checked by the caller");
-            let (roles, has_bias) = quantize_layer(module, node, &wq, &l.bn, true).map_err(|m| fail(module, m))?;
+            let (roles, has_bias) =
+                quantize_layer(module, node, &wq, &l.bn, true, keys_only).map_err(|m| fail(module, m))?;
             let linear = Linear {
                 bias: has_bias,
                 bn: None,
@@ -664,6 +679,7 @@ fn quantize_layer(
     wq: &WeightQuant,
     bn: &Option<crate::ops::BatchNorm>,
     packed: bool,
+    keys_only: bool,
 ) -> Result<(Roles, bool), String> {
     let name = node.name.clone();
     let (weight_key, bias_key) = fold_kept_bn(module, node, bn)?;
@@ -677,7 +693,7 @@ fn quantize_layer(
     } else {
         None
     };
-    let (wq_t, pq) = quantize_weight(&w, &wq.spec, fixed.as_ref(), ranges)?;
+    let (wq_t, pq) = quantize_weight(&w, &wq.spec, fixed.as_ref(), ranges, keys_only)?;
     let transform = if wq.spec.per_channel {
         "quantize_per_channel"
     } else {

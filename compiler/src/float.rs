@@ -1,11 +1,12 @@
 //! Stage `float`: shapes and dtypes inferred (`infer-shapes`), then weights bound from the
 //! recipe's checkpoint or a deterministic initialiser (`bind-weights`).
 
-use qc_dsl::diag::closest;
+use qc_dsl::sections::KeyRemap;
 use qc_dsl::{Diagnostic, Span};
 use qc_runtime::{DType, SplitMix64, Tensor, TensorData};
 
 use crate::ir::{Module, NodeId, Provenance};
+use crate::keys::Problem;
 use crate::ops::Op;
 use crate::pass::{Changed, Ctx, Pass, PassError};
 
@@ -137,7 +138,7 @@ impl Pass for BindWeights {
         let recipe = &cx.loaded.recipe;
         match recipe.weights.as_slice() {
             [] => {
-                init_all(module);
+                init_all(module, cx.opts.keys_only);
                 Ok(Changed::Yes)
             }
             [w, rest @ ..] => {
@@ -151,11 +152,23 @@ impl Pass for BindWeights {
                     .note(w.span, "first here")
                     .help("a recipe binds one checkpoint; merge them into one file")]));
                 }
+                if cx.opts.keys_only {
+                    init_all(module, true);
+                    return Ok(Changed::Yes);
+                }
                 let values = crate::checkpoint::read_checkpoint(&w.resolved).map_err(|e| {
-                    PassError::User(vec![Diagnostic::new("qc::weights-file", w.span, e)
+                    PassError::User(vec![Diagnostic::new("qc::weights-file", w.span, e.message)
                         .label("this checkpoint")
-                        .help("check the path (relative paths start at the recipe's folder); qc reads .safetensors and PyTorch .pth files")])
+                        .help(e.help)])
                 })?;
+                let remap = cx
+                    .loaded
+                    .sections
+                    .weights
+                    .first()
+                    .map(|s| s.remap.clone())
+                    .unwrap_or_default();
+                let (values, origins) = crate::remap::apply(values, &remap, &w.path).map_err(PassError::User)?;
                 // A float checkpoint binds here, key by key; any other (QAT, converted) waits
                 // for the stage it fits.
                 let plain: Option<indexmap::IndexMap<String, Tensor>> = values
@@ -167,7 +180,7 @@ impl Pass for BindWeights {
                     .collect();
                 let later_stage = values.keys().any(|k| crate::keys::is_later_stage_key(k));
                 let float_diagnostics = match &plain {
-                    Some(tensors) => match bind_checkpoint(module, tensors, &w.path, w.span) {
+                    Some(tensors) => match bind_checkpoint(module, tensors, &w.path, &remap, &origins, w.span) {
                         Ok(()) => return Ok(Changed::Yes),
                         Err(d) if !later_stage => return Err(PassError::User(d)),
                         Err(d) => d,
@@ -180,10 +193,11 @@ impl Pass for BindWeights {
                     .label("this checkpoint")
                     .help("it is bound at the stage whose keys it fits")],
                 };
-                init_all(module);
+                init_all(module, false);
                 cx.pending = Some(crate::pass::PendingCheckpoint {
                     values,
                     file: w.path.clone(),
+                    origins,
                     span: w.span,
                     float_diagnostics,
                 });
@@ -193,7 +207,9 @@ impl Pass for BindWeights {
     }
 }
 
-fn init_all(module: &mut Module) {
+/// `keys_only` (`RunOptions::keys_only`): conv and linear parameters are zeros instead of
+/// random draws (no value is used, and zeros cost nothing to make).
+fn init_all(module: &mut Module, keys_only: bool) {
     let keys: Vec<String> = module.params.keys().cloned().collect();
     for key in keys {
         let (dtype, shape, owner) = {
@@ -218,6 +234,7 @@ fn init_all(module: &mut Module) {
             (_, "bias", Some(Op::BatchNorm(_))) | (_, "running_mean", _) => {
                 ("zeros", Tensor::f32(shape.clone(), vec![0.0; n]))
             }
+            _ if keys_only => ("zeros", Tensor::f32(shape.clone(), vec![0.0; n])),
             _ => {
                 // PyTorch's default for conv and linear: kaiming_uniform(a=sqrt(5)) for the
                 // weight and U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the bias; both reduce to
@@ -247,18 +264,44 @@ fn init_all(module: &mut Module) {
     }
 }
 
-/// Binds a checkpoint; every missing, unexpected or mis-shaped key is one diagnostic with the
-/// closest key on the other side.
+/// Binds a checkpoint; every missing, unexpected, mis-shaped or wrongly typed key is one
+/// diagnostic with the closest key on the other side (and the `rename` that binds it, when that
+/// key has the same shape), except that a prefix on every key (DataParallel's `module.`) is one
+/// diagnostic with the `strip` to write. `remap` is the `weights` line's, for the line a help
+/// suggests; `origins` the file's own names of remapped keys, for provenance.
 pub fn bind_checkpoint(
     module: &mut Module,
     tensors: &indexmap::IndexMap<String, Tensor>,
     file: &str,
+    remap: &KeyRemap,
+    origins: &crate::remap::Origins,
     span: Span,
 ) -> Result<(), Vec<Diagnostic>> {
-    let mut diags = vec![];
-    let ckpt_keys: Vec<&str> = tensors.keys().map(|k| k.as_str()).collect();
-    let model_keys: Vec<&str> = module.params.keys().map(|k| k.as_str()).collect();
-    let owner_note = |module: &Module, key: &str, d: Diagnostic| -> Diagnostic {
+    let problems = crate::keys::check(module, &crate::keys::entries_of_tensors(tensors));
+    if !problems.is_empty() {
+        return Err(problems
+            .iter()
+            .map(|p| checkpoint_diagnostic(module, p, file, remap, span))
+            .collect());
+    }
+    for (key, p) in module.params.iter_mut() {
+        p.value = Some(tensors[key].clone());
+        p.provenance = Provenance::Checkpoint {
+            file: file.to_string(),
+            key: origins.get(key).unwrap_or(key).clone(),
+        };
+    }
+    Ok(())
+}
+
+/// `f32 [2, 4]`.
+fn typed(e: &crate::keys::Entry) -> String {
+    format!("{} {:?}", e.dtype, e.shape)
+}
+
+/// One problem of binding a float checkpoint, at the `weights` line.
+fn checkpoint_diagnostic(module: &Module, problem: &Problem, file: &str, remap: &KeyRemap, span: Span) -> Diagnostic {
+    let owner_note = |key: &str, d: Diagnostic| -> Diagnostic {
         match module.params.get(key).and_then(|p| module.graph.find(&p.owner)) {
             Some(id) => d.note(
                 module.graph.node(id).origin.span,
@@ -267,61 +310,97 @@ pub fn bind_checkpoint(
             None => d,
         }
     };
-    for (key, p) in &module.params {
-        match tensors.get(key) {
-            None => {
-                let help = match closest(key, ckpt_keys.iter().copied().filter(|k| !module.params.contains_key(*k))) {
-                    Some(c) => format!("the checkpoint has `{c}`, which the model does not use: is it this one under another name?"),
-                    None => "export the checkpoint from the same architecture (torch.save(model.state_dict()) → safetensors)".into(),
-                };
-                let d = Diagnostic::new(
-                    "qc::checkpoint-missing",
-                    span,
-                    format!("`{file}` has no `{key}` ({} {:?})", p.dtype, p.shape),
-                )
-                .label("missing key")
-                .help(help);
-                diags.push(owner_note(module, key, d));
-            }
-            Some(t) if t.shape != p.shape || t.dtype() != p.dtype => {
-                let d = Diagnostic::new(
-                    "qc::checkpoint-shape",
-                    span,
-                    format!("`{key}` is {} {:?} in `{file}`, the model needs {} {:?}", t.dtype(), t.shape, p.dtype, p.shape),
-                )
-                .label("mis-shaped key")
-                .help("the recipe and the checkpoint disagree on this layer's size: check `out`, `kernel`, `groups` and the input channels");
-                diags.push(owner_note(module, key, d));
-            }
-            Some(_) => {}
-        }
-    }
-    for key in tensors.keys() {
-        if !module.params.contains_key(key) {
-            let help = match closest(key, model_keys.iter().copied().filter(|k| !tensors.contains_key(*k))) {
-                Some(c) => format!("closest key of the model: `{c}`"),
-                None => "remove it from the checkpoint, or add the layer it belongs to to the recipe".into(),
+    let rename_line =
+        |(from, to): (&str, &str)| crate::remap::weights_line(file, remap, crate::remap::Addition::Rename(from, to));
+    match problem {
+        Problem::Prefix { prefix, total, fit } => {
+            let who = if prefix == "module." {
+                "a model saved from inside `nn.DataParallel` or `DistributedDataParallel` has its keys under `module.`; "
+            } else {
+                ""
             };
-            diags.push(
-                Diagnostic::new(
-                    "qc::checkpoint-unexpected",
-                    span,
-                    format!("`{file}` has `{key}`, which no layer of the model owns"),
-                )
-                .label("unexpected key")
-                .help(help),
-            );
+            Diagnostic::new(
+                "qc::checkpoint-prefix",
+                span,
+                format!("every key of `{file}` starts with `{prefix}`, which no parameter of the model has"),
+            )
+            .label(format!("{total} keys under `{prefix}`"))
+            .help(format!(
+                "{who}strip the prefix ({}): `{}`",
+                crate::keys::prefix_outcome(*total, *fit),
+                crate::remap::weights_line(file, remap, crate::remap::Addition::Strip(prefix))
+            ))
+        }
+        Problem::Missing {
+            key, expected, closest, ..
+        } => {
+            let help = match (closest, problem.rename()) {
+                (Some(c), Some(r)) => format!(
+                    "the checkpoint has `{c}`, of the same shape, which the model does not use: if it is this one under another name, rename it: `{}`",
+                    rename_line(r)
+                ),
+                (Some(c), None) => {
+                    format!("the checkpoint has `{c}`, which the model does not use: is it this one under another name?")
+                }
+                (None, _) => {
+                    "export the checkpoint from the same architecture (torch.save(model.state_dict()) → safetensors)".into()
+                }
+            };
+            let d = Diagnostic::new(
+                "qc::checkpoint-missing",
+                span,
+                format!("`{file}` has no `{key}` ({})", typed(expected)),
+            )
+            .label("missing key")
+            .help(help);
+            owner_note(key, d)
+        }
+        Problem::Misshaped {
+            key, expected, found, ..
+        } => {
+            let d = Diagnostic::new(
+                "qc::checkpoint-shape",
+                span,
+                format!("`{key}` is {} in `{file}`, the model needs {}", typed(found), typed(expected)),
+            )
+            .label("mis-shaped key")
+            .help("the recipe and the checkpoint disagree on this layer's size: check `out`, `kernel`, `groups` and the input channels");
+            owner_note(key, d)
+        }
+        Problem::WrongDType { key, expected, found } => {
+            let help = if expected.dtype == DType::F32 {
+                "save it as a float tensor (`tensor.float()` in PyTorch before saving); qc reads float32 and float64 (and, in a .pth, float16 and bfloat16) as float"
+            } else {
+                "save it with the dtype the model needs (`qc keys RECIPE --stage float` lists each key's dtype)"
+            };
+            let d = Diagnostic::new(
+                "qc::checkpoint-dtype",
+                span,
+                format!(
+                    "`{key}` is {} in `{file}`, the model needs {} (the shape {:?} fits)",
+                    found.dtype, expected.dtype, expected.shape
+                ),
+            )
+            .label("wrong dtype")
+            .help(help);
+            owner_note(key, d)
+        }
+        Problem::Unexpected { key, closest, .. } => {
+            let help = match (closest, problem.rename()) {
+                (Some(c), Some(r)) => format!(
+                    "closest key of the model: `{c}`, of the same shape; if it is this one, rename it: `{}`",
+                    rename_line(r)
+                ),
+                (Some(c), None) => format!("closest key of the model: `{c}`"),
+                (None, _) => "remove it from the checkpoint, or add the layer it belongs to to the recipe".into(),
+            };
+            Diagnostic::new(
+                "qc::checkpoint-unexpected",
+                span,
+                format!("`{file}` has `{key}`, which no layer of the model owns"),
+            )
+            .label("unexpected key")
+            .help(help)
         }
     }
-    if !diags.is_empty() {
-        return Err(diags);
-    }
-    for (key, p) in module.params.iter_mut() {
-        p.value = Some(tensors[key].clone());
-        p.provenance = Provenance::Checkpoint {
-            file: file.to_string(),
-            key: key.clone(),
-        };
-    }
-    Ok(())
 }

@@ -132,11 +132,14 @@ pub fn stage_keys(module: &Module) -> Vec<StageKey> {
 /// One way a checkpoint does not fit a stage.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Problem {
-    /// The stage needs `key`; the checkpoint lacks it.
+    /// The stage needs `key`; the checkpoint lacks it. `closest` is the checkpoint's unused key
+    /// most like it (one with the same entry and last name first); `rename` the
+    /// `rename: FROM -> TO` that would bind it, when that key has the same entry.
     Missing {
         key: String,
         expected: Entry,
         closest: Option<String>,
+        rename: Option<(String, String)>,
         reason: String,
     },
     /// The checkpoint has `key`; no parameter of the stage is called that.
@@ -144,15 +147,44 @@ pub enum Problem {
         key: String,
         found: Entry,
         closest: Option<String>,
+        rename: Option<(String, String)>,
         reason: String,
     },
-    /// Both have `key`, with different kinds, dtypes or shapes.
+    /// Both have `key`, with different kinds or shapes.
     Misshaped {
         key: String,
         expected: Entry,
         found: Entry,
         reason: String,
     },
+    /// Both have `key`, of the same kind, with different dtypes (an int64 tensor where the stage
+    /// has a float32 weight).
+    WrongDType { key: String, expected: Entry, found: Entry },
+    /// Every key of the checkpoint starts with `prefix`, which no key of the stage has (a model
+    /// saved from inside `nn.DataParallel`: `module.`). Reported instead of the key-by-key
+    /// problems; `fit` of the `total` keys have a name of the stage once it is stripped.
+    Prefix { prefix: String, total: usize, fit: usize },
+}
+
+impl Problem {
+    /// The `rename: FROM -> TO` this problem suggests, if any.
+    pub fn rename(&self) -> Option<(&str, &str)> {
+        match self {
+            Problem::Missing { rename, .. } | Problem::Unexpected { rename, .. } => {
+                rename.as_ref().map(|(f, t)| (f.as_str(), t.as_str()))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What `strip` does to a checkpoint, in words (`stripped, every key has a name of the model`).
+pub fn prefix_outcome(total: usize, fit: usize) -> String {
+    if fit == total {
+        "stripped, every key has a name of the model".into()
+    } else {
+        format!("stripped, {fit} of the {total} keys have a name of the model")
+    }
 }
 
 impl std::fmt::Display for Problem {
@@ -161,19 +193,35 @@ impl std::fmt::Display for Problem {
             Some(c) => format!(" (closest: `{c}`)"),
             None => String::new(),
         };
+        let rename = |r: &Option<(String, String)>| match r {
+            Some((from, to)) => format!("; same shape: `rename: \"{from}\" -> \"{to}\"` binds it"),
+            None => String::new(),
+        };
         match self {
             Problem::Missing {
                 key,
                 expected,
                 closest,
+                rename: r,
                 reason,
-            } => write!(f, "missing     `{key}` {expected}{}: {reason}", near(closest)),
+            } => write!(f, "missing     `{key}` {expected}{}: {reason}{}", near(closest), rename(r)),
             Problem::Unexpected {
                 key,
                 found,
                 closest,
+                rename: r,
                 reason,
-            } => write!(f, "unexpected  `{key}` {found}{}: {reason}", near(closest)),
+            } => write!(f, "unexpected  `{key}` {found}{}: {reason}{}", near(closest), rename(r)),
+            Problem::WrongDType { key, expected, found } => write!(
+                f,
+                "wrong dtype `{key}` is {found}, the stage needs {expected}: the checkpoint holds {} where the stage has {}",
+                found.dtype, expected.dtype
+            ),
+            Problem::Prefix { prefix, total, fit } => write!(
+                f,
+                "prefix      all {total} keys start with `{prefix}`, which no key of the stage has; {}",
+                prefix_outcome(*total, *fit)
+            ),
             Problem::Misshaped {
                 key,
                 expected,
@@ -272,23 +320,147 @@ fn why_unexpected(module: &Module, key: &str) -> String {
     }
 }
 
+/// The prefix every checkpoint key starts with and no stage key does (`module.`, as
+/// `nn.DataParallel` saves), when stripping it gives some key a name of the stage; with how many
+/// keys then have one. The longest such prefix made of whole dotted parts wins.
+pub fn foreign_prefix<'a>(stage: &[&str], ckpt: impl IntoIterator<Item = &'a str>) -> Option<(String, usize)> {
+    let ckpt: Vec<&str> = ckpt.into_iter().collect();
+    let first = *ckpt.first()?;
+    let names: std::collections::HashSet<&str> = stage.iter().copied().collect();
+    let mut best: Option<(String, usize)> = None;
+    for (i, _) in first.match_indices('.') {
+        let prefix = &first[..=i];
+        if !ckpt.iter().all(|k| k.starts_with(prefix)) || stage.iter().any(|k| k.starts_with(prefix)) {
+            break;
+        }
+        let fit = ckpt.iter().filter(|k| names.contains(&k[prefix.len()..])).count();
+        if fit > 0 && best.as_ref().is_none_or(|(_, f)| fit >= *f) {
+            best = Some((prefix.to_string(), fit));
+        }
+    }
+    best
+}
+
+/// The candidate most like `key`: among those with `entry` (same kind, dtype and shape) and the
+/// same last name (`weight`, `bias`), the most similar spelling whatever the distance (so a
+/// renamed layer finds its new name); else the closest spelling (close enough to be a typo).
+/// The flag says whether the candidate has the same entry.
+fn closest_entry<'a>(
+    key: &str,
+    entry: &Entry,
+    candidates: impl Iterator<Item = (&'a str, &'a Entry)> + Clone,
+) -> Option<(&'a str, bool)> {
+    let last = |k: &str| k.rsplit('.').next().map(str::to_string);
+    let same = candidates
+        .clone()
+        .filter(|(c, e)| fits(entry, e) && fits(e, entry) && last(c) == last(key))
+        .map(|(c, _)| (strsim::jaro_winkler(key, c), c))
+        .fold(None::<(f64, &str)>, |best, (score, c)| match best {
+            Some((b, _)) if b >= score => best,
+            _ => Some((score, c)),
+        });
+    if let Some((_, c)) = same {
+        return Some((c, true));
+    }
+    let by_name = closest(key, candidates.clone().map(|(c, _)| c))?;
+    let same_entry = candidates
+        .clone()
+        .any(|(c, e)| c == by_name && fits(entry, e) && fits(e, entry));
+    Some((by_name, same_entry))
+}
+
+/// The `rename` that binds the checkpoint's `from_key` as the stage's `to_key`: the layer's
+/// (`"fc" -> "head"`) when every key of the checkpoint under that layer then lands on a missing
+/// key of the same entry, else the one key's.
+fn rename_for(
+    from_key: &str,
+    to_key: &str,
+    stage: &IndexMap<&str, &Entry>,
+    ckpt: &IndexMap<String, Entry>,
+) -> (String, String) {
+    if let (Some((from, f_last)), Some((to, t_last))) = (from_key.rsplit_once('.'), to_key.rsplit_once('.')) {
+        if f_last == t_last {
+            let under: Vec<(&String, &Entry)> = ckpt
+                .iter()
+                .filter(|(k, _)| k.strip_prefix(from).is_some_and(|r| r.starts_with('.')))
+                .collect();
+            let all_land = under.iter().all(|(k, e)| {
+                let target = format!("{to}{}", &k[from.len()..]);
+                !ckpt.contains_key(&target) && stage.get(target.as_str()).is_some_and(|want| fits(want, e))
+            });
+            if all_land {
+                return (from.to_string(), to.to_string());
+            }
+        }
+    }
+    (from_key.to_string(), to_key.to_string())
+}
+
 /// Checks a checkpoint's entries against a module's stage keys.
 pub fn check(module: &Module, ckpt: &IndexMap<String, Entry>) -> Vec<Problem> {
     let keys = stage_keys(module);
     let by_key: IndexMap<&str, &StageKey> = keys.iter().map(|k| (k.key.as_str(), k)).collect();
+    let entries: IndexMap<&str, &Entry> = keys.iter().map(|k| (k.key.as_str(), &k.entry)).collect();
+    let names: Vec<&str> = by_key.keys().copied().collect();
+    if let Some((prefix, fit)) = foreign_prefix(&names, ckpt.keys().map(|k| k.as_str())) {
+        return vec![Problem::Prefix {
+            prefix,
+            total: ckpt.len(),
+            fit,
+        }];
+    }
+    let unused: Vec<(&str, &Entry)> = ckpt
+        .iter()
+        .filter(|(c, _)| !by_key.contains_key(c.as_str()))
+        .map(|(c, e)| (c.as_str(), e))
+        .collect();
+    let unbound: Vec<(&str, &Entry)> = keys
+        .iter()
+        .filter(|k| !ckpt.contains_key(&k.key))
+        .map(|k| (k.key.as_str(), &k.entry))
+        .collect();
+    // A key a stage's transform made (a folded bias) or consumed (a folded batch norm) is not
+    // a renamed layer: no rename is suggested for it.
+    let made = |k: &StageKey| {
+        k.params
+            .first()
+            .and_then(|p| module.params.get(p))
+            .is_some_and(|p| matches!(p.provenance, Provenance::Derived { .. }))
+    };
+    let consumed = |key: &str| {
+        module
+            .params
+            .values()
+            .any(|p| matches!(&p.provenance, Provenance::Derived { from, .. } if from.iter().any(|f| f == key)))
+    };
     let mut problems = vec![];
     for k in &keys {
         match ckpt.get(&k.key) {
-            None => problems.push(Problem::Missing {
-                key: k.key.clone(),
-                expected: k.entry.clone(),
-                closest: closest(
-                    &k.key,
-                    ckpt.keys().map(|c| c.as_str()).filter(|c| !by_key.contains_key(c)),
-                )
-                .map(str::to_string),
-                reason: why_missing(module, k),
-            }),
+            None => {
+                let near = closest_entry(&k.key, &k.entry, unused.iter().copied());
+                let near = near.map(|(c, same)| (c, same && !made(k) && !consumed(c)));
+                problems.push(Problem::Missing {
+                    key: k.key.clone(),
+                    expected: k.entry.clone(),
+                    closest: near.map(|(c, _)| c.to_string()),
+                    rename: near
+                        .filter(|(_, same)| *same)
+                        .map(|(c, _)| rename_for(c, &k.key, &entries, ckpt)),
+                    reason: why_missing(module, k),
+                })
+            }
+            Some(found)
+                if found.kind == k.entry.kind
+                    && found.kind != EntryKind::DType
+                    && found.shape == k.entry.shape
+                    && !fits(&k.entry, found) =>
+            {
+                problems.push(Problem::WrongDType {
+                    key: k.key.clone(),
+                    expected: k.entry.clone(),
+                    found: found.clone(),
+                })
+            }
             Some(found) if !fits(&k.entry, found) => problems.push(Problem::Misshaped {
                 key: k.key.clone(),
                 expected: k.entry.clone(),
@@ -308,19 +480,33 @@ pub fn check(module: &Module, ckpt: &IndexMap<String, Entry>) -> Vec<Problem> {
     }
     for (key, found) in ckpt {
         if !by_key.contains_key(key.as_str()) {
+            let near = closest_entry(key, found, unbound.iter().copied());
+            let near = near.map(|(c, same)| {
+                let k = by_key.get(c).copied();
+                (c, same && !consumed(key) && !k.is_some_and(&made))
+            });
             problems.push(Problem::Unexpected {
                 key: key.clone(),
                 found: found.clone(),
-                closest: closest(
-                    key,
-                    keys.iter().map(|k| k.key.as_str()).filter(|k| !ckpt.contains_key(*k)),
-                )
-                .map(str::to_string),
+                closest: near.map(|(c, _)| c.to_string()),
+                rename: near
+                    .filter(|(_, same)| *same)
+                    .map(|(c, _)| rename_for(key, c, &entries, ckpt)),
                 reason: why_unexpected(module, key),
             });
         }
     }
     problems
+}
+
+/// Whether a checkpoint's entries fit a module's stage exactly: [`check`] would find no
+/// problem (without working out closest keys, renames and reasons).
+pub fn fits_stage(module: &Module, ckpt: &IndexMap<String, Entry>) -> bool {
+    let keys = stage_keys(module);
+    keys.len() == ckpt.len()
+        && keys
+            .iter()
+            .all(|k| ckpt.get(&k.key).is_some_and(|found| fits(&k.entry, found)))
 }
 
 /// Same kind and shape; a checkpoint's dtype may differ only where PyTorch's does from qc's
@@ -402,7 +588,7 @@ pub fn entries(values: &IndexMap<String, CkptValue>) -> IndexMap<String, Entry> 
 }
 
 /// Reads the entries of a checkpoint file.
-pub fn read_entries(path: &std::path::Path) -> Result<IndexMap<String, Entry>, String> {
+pub fn read_entries(path: &std::path::Path) -> Result<IndexMap<String, Entry>, crate::checkpoint::ReadError> {
     read_checkpoint(path).map(|v| entries(&v))
 }
 
@@ -410,7 +596,13 @@ pub fn read_entries(path: &std::path::Path) -> Result<IndexMap<String, Entry>, S
 /// checkpoint's value (a packed pair fills weight and bias; integer tensors keep their scheme;
 /// integer widths PyTorch varies on, such as int32/int64 zero points, are converted), and each
 /// integer op's output type takes its bound `scale`/`zero_point`.
-pub fn bind(module: &mut Module, values: &IndexMap<String, CkptValue>, file: &str) -> Result<(), String> {
+/// `origins`: the file's own names of keys the `weights` line remapped (for provenance).
+pub fn bind(
+    module: &mut Module,
+    values: &IndexMap<String, CkptValue>,
+    file: &str,
+    origins: &crate::remap::Origins,
+) -> Result<(), String> {
     let keys = stage_keys(module);
     for k in &keys {
         let value = values.get(&k.key).ok_or_else(|| format!("`{}` is missing", k.key))?;
@@ -426,7 +618,7 @@ pub fn bind(module: &mut Module, values: &IndexMap<String, CkptValue>, file: &st
             p.quant = quant;
             p.provenance = Provenance::Checkpoint {
                 file: file.to_string(),
-                key: k.key.clone(),
+                key: origins.get(&k.key).unwrap_or(&k.key).clone(),
             };
             Ok(())
         };

@@ -11,7 +11,7 @@
 //! | floor | modules | job |
 //! |---|---|---|
 //! | 0 | `fmt`, `report` | number formatting; what a rewrite run did |
-//! | 1 | `types`, `pth` | tensor types and quantization parameters; the `.pth` reader |
+//! | 1 | `types`, `pth`, `remap` | tensor types and quantization parameters; the `.pth` reader; a `weights` line's key remapping |
 //! | 2 | `checkpoint` | checkpoint files of either format in, `.safetensors` out |
 //! | 3 | `ops` | the closed op set: builder, attributes, parameters, shape rules |
 //! | 4 | `ir` | the graph, parameters with provenance, stages, the module |
@@ -50,6 +50,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod printer;
 pub mod pth;
+pub mod remap;
 pub mod report;
 pub mod rewrite;
 pub mod rules;

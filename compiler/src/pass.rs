@@ -50,6 +50,8 @@ pub struct PendingCheckpoint {
     pub values: indexmap::IndexMap<String, crate::checkpoint::CkptValue>,
     /// As written in the recipe.
     pub file: String,
+    /// The file's own names of keys its `weights` line remapped.
+    pub origins: crate::remap::Origins,
     pub span: qc_dsl::Span,
     /// The diagnostics of binding it at stage `float`, reported if no stage fits.
     pub float_diagnostics: Vec<Diagnostic>,
@@ -93,6 +95,12 @@ pub struct RunOptions {
     /// `None`, on the reference interpreter (f64 accumulation, the same result on every machine;
     /// what tests and snapshots use).
     pub calibration_device: Option<qc_runtime::program::Device>,
+    /// Only the keys, dtypes and shapes of the stages matter (`qc keys --check`): the recipe's
+    /// checkpoint is not read (conv and linear parameters are zeros), calibration reads no data
+    /// but gives every observer the placeholder range [-1, 1], and `convert` leaves integer
+    /// weights at zero. Values come out meaningless; the keys, dtypes and shapes of every stage
+    /// are those of a real compile.
+    pub keys_only: bool,
 }
 
 /// Runs stages in order, calling `on_stage` with the module after each stage and `on_print` with

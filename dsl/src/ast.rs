@@ -37,6 +37,26 @@ pub struct Weights {
     /// The resolved path.
     pub resolved: std::path::PathBuf,
     pub span: Span,
+    /// `{ strip: "module.", rename: "fc" -> "head" }` as written; `sections::weights` checks
+    /// them into a `KeyRemap`.
+    pub options: Vec<WeightsOption>,
+}
+
+/// One `name: value` of a `weights` line's braces.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WeightsOption {
+    pub name: Ident,
+    pub value: WeightsValue,
+    /// The whole `name: value`.
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum WeightsValue {
+    /// `strip: "module."` (or any other single value).
+    Expr(Expr),
+    /// `rename: "fc" -> "head"`.
+    Rename { from: Expr, to: Expr },
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -195,6 +195,9 @@ fn describe(rule: &Rule) -> &'static str {
         Rule::item | Rule::file => "`model`, `block`, `weights`, `quantize`, `qat`, `train`, `rule` or `include`",
         Rule::include => "`include`",
         Rule::weights => "`weights`",
+        Rule::weights_options => "`{` and options like `strip: \"module.\"`",
+        Rule::weights_option => "an option like `strip: \"module.\"` or `rename: \"fc\" -> \"head\"`",
+        Rule::rename_pair => "`\"OLD\" -> \"NEW\"`",
         Rule::model => "`model`",
         Rule::block => "`block`",
         Rule::quantize => "`quantize`",
@@ -426,13 +429,16 @@ impl Cx<'_> {
                 includes.push((self.string(s.clone()), self.span(&s)));
             }
             Rule::weights => {
-                let s = p.into_inner().next().expect("grammar: weights string");
+                let mut inner = p.into_inner();
+                let s = inner.next().expect("grammar: weights string");
                 let path = self.string(s.clone());
                 let resolved = self.dir.join(&path);
+                let options = inner.next().map(|o| self.weights_options(o)).unwrap_or_default();
                 recipe.weights.push(Weights {
                     path,
                     resolved,
                     span: self.span(&s),
+                    options,
                 });
             }
             Rule::model => recipe.models.push(self.model(p)),
@@ -699,6 +705,27 @@ impl Cx<'_> {
             },
             r => unreachable!("grammar: expression {r:?}"),
         }
+    }
+
+    fn weights_options(&self, p: Pair<Rule>) -> Vec<WeightsOption> {
+        p.into_inner()
+            .map(|o| {
+                let span = self.span(&o);
+                let mut inner = o.into_inner();
+                let name = self.ident(inner.next().expect("grammar: option name"));
+                let v = inner.next().expect("grammar: option value");
+                let value = match v.as_rule() {
+                    Rule::rename_pair => {
+                        let mut pair = v.into_inner();
+                        let from = self.expr(pair.next().expect("grammar: rename from"));
+                        let to = self.expr(pair.next().expect("grammar: rename to"));
+                        WeightsValue::Rename { from, to }
+                    }
+                    _ => WeightsValue::Expr(self.expr(v)),
+                };
+                WeightsOption { name, value, span }
+            })
+            .collect()
     }
 
     fn string(&self, p: Pair<Rule>) -> String {

@@ -9,8 +9,8 @@
 //!
 //! The typed settings are in `settings`; the checker, one file per sub-language, is in
 //! `quantize` (the `quantize` section), `data` (calibration and training data sources),
-//! `train` (`train` and `qat` sections) and `inputs` (`normalize(...)` on `input` lines), with the
-//! reading of plain values in `values`.
+//! `train` (`train` and `qat` sections), `inputs` (`normalize(...)` on `input` lines) and
+//! `weights` (the options of `weights` lines), with the reading of plain values in `values`.
 
 mod data;
 mod inputs;
@@ -18,11 +18,12 @@ mod quantize;
 mod settings;
 mod train;
 mod values;
+mod weights;
 
 pub use settings::{
-    defaults, Calibration, DataSource, FuseChain, FuseOp, Granularity, InputSettings, LayerOverride, LayerSelector,
-    NodeQuant, Normalize, Observer, Optimizer, QatSettings, QuantizeSettings, Schedule, Scheme, Sections, Spanned,
-    Split, TensorDefaults, TensorSpec, TrainSettings,
+    defaults, Calibration, DataSource, FuseChain, FuseOp, Granularity, InputSettings, KeyRemap, LayerOverride,
+    LayerSelector, NodeQuant, Normalize, Observer, Optimizer, QatSettings, QuantizeSettings, Rename, Schedule, Scheme,
+    Sections, Spanned, Split, TensorDefaults, TensorSpec, TrainSettings, WeightsSettings,
 };
 
 use crate::ast::Recipe;
@@ -82,11 +83,13 @@ pub fn check(recipe: &Recipe, diags: &mut Diagnostics) -> Sections {
             );
         }
     }
+    let weights = c.weights(&recipe.weights);
     Sections {
         quantize,
         qat,
         train,
         inputs,
+        weights,
     }
 }
 

@@ -23,6 +23,8 @@ pub struct Sections {
     pub quantize: Option<QuantizeSettings>,
     pub qat: Option<QatSettings>,
     pub train: Option<TrainSettings>,
+    /// Every `weights` line, in order (the compiler refuses a second one).
+    pub weights: Vec<WeightsSettings>,
     /// Every model input, in source order, with what its `input` line declares besides its type.
     pub inputs: Vec<InputSettings>,
 }
@@ -45,6 +47,41 @@ pub struct InputSettings {
     /// `normalize(mean: ..., std: ...)`, with the span of the call; `None` when not written (or
     /// written wrong, which is reported).
     pub normalize: Option<Spanned<Normalize>>,
+}
+
+/// A `weights` line: the checkpoint and how its keys are remapped before binding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightsSettings {
+    /// The path as written (relative paths resolve against the recipe's folder).
+    pub path: String,
+    pub resolved: std::path::PathBuf,
+    /// The path's string.
+    pub span: Span,
+    pub remap: KeyRemap,
+}
+
+/// `{ strip: "module.", rename: "fc" -> "head" }`: a prefix removed from every key that has it,
+/// then renames of a key or of every key under a module path (the longest `from` that matches
+/// wins). See `docs/recipe-language.md`, "Weights".
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KeyRemap {
+    pub strip: Option<Spanned<String>>,
+    pub renames: Vec<Rename>,
+}
+
+/// `rename: "fc" -> "head"`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rename {
+    pub from: Spanned<String>,
+    pub to: Spanned<String>,
+    /// The whole option.
+    pub span: Span,
+}
+
+impl KeyRemap {
+    pub fn is_empty(&self) -> bool {
+        self.strip.is_none() && self.renames.is_empty()
+    }
 }
 
 /// A quantization scheme: the defaults every tensor starts from.
