@@ -263,8 +263,8 @@ fn catalogue_cases() {
         failures.join("\n")
     );
     assert!(
-        cases.len() >= 30,
-        "the catalogue holds {} cases; it is meant to hold at least 30",
+        cases.len() >= 60,
+        "the catalogue holds {} cases; it is meant to hold at least 60",
         cases.len()
     );
 }
