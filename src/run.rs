@@ -263,9 +263,14 @@ fn runner<'m>(model: &'m Model, args: &RunArgs) -> Result<Runner<'m>, Failure> {
 fn report_accuracy(labels: Option<&Path>, outputs: &[Tensor]) -> Outcome {
     if let Some(path) = labels {
         match accuracy(path, &outputs[0]) {
-            Ok((correct, n)) => println!(
-                "accuracy: {:.2}% top-1 ({correct}/{n} against {})",
+            Ok((correct, n, all)) => println!(
+                "accuracy: {:.2}% top-1 ({correct}/{n} against {}{})",
                 100.0 * correct as f64 / n.max(1) as f64,
+                if all > n {
+                    format!("the first {n} of the {all} labels of ")
+                } else {
+                    String::new()
+                },
                 path.display()
             ),
             Err(message) => {
@@ -441,8 +446,9 @@ fn read_array(p: &Path) -> Result<qc_runtime_host::data::Array, String> {
     }
 }
 
-/// Top-1 accuracy of `[N, classes]` logits against the labels in `path`.
-fn accuracy(path: &Path, logits: &Tensor) -> Result<(usize, usize), String> {
+/// Top-1 accuracy of `[N, classes]` logits against the labels in `path`: hits, samples scored, and
+/// labels in the file (the first `n` are used).
+fn accuracy(path: &Path, logits: &Tensor) -> Result<(usize, usize, usize), String> {
     let array = read_array(path)?;
     let labels: Vec<f64> = match &array.data {
         qc_runtime_host::data::ArrayData::U8(v) => v.iter().map(|&x| x as f64).collect(),
@@ -458,7 +464,9 @@ fn accuracy(path: &Path, logits: &Tensor) -> Result<(usize, usize), String> {
             logits.shape
         ));
     };
-    if array.shape.len() != 1 || labels.len() != n {
+    // More labels than samples is a labels file for a longer data set (the first samples were
+    // run): the first `n` are used, and the accuracy line says so.
+    if array.shape.len() != 1 || labels.len() < n {
         return Err(format!(
             "`{}` holds {} label(s) (shape {:?}) for {n} sample(s); it needs one class per sample",
             path.display(),
@@ -466,7 +474,8 @@ fn accuracy(path: &Path, logits: &Tensor) -> Result<(usize, usize), String> {
             array.shape
         ));
     }
-    if let Some((i, l)) = labels
+    let all = labels.len();
+    if let Some((i, l)) = labels[..n]
         .iter()
         .enumerate()
         .find(|(_, &l)| l.fract() != 0.0 || l < 0.0 || l >= c as f64)
@@ -484,7 +493,7 @@ fn accuracy(path: &Path, logits: &Tensor) -> Result<(usize, usize), String> {
             best as f64 == labels[i]
         })
         .count();
-    Ok((correct, n))
+    Ok((correct, n, all))
 }
 
 /// One line per output: shape, range, and for `[N, classes]` outputs the top-1 class of the
