@@ -15,7 +15,8 @@
 //!     input overwritten);
 //!   - it finishes within 60 seconds (no hang);
 //!   - exit code, stdout and stderr match `tests/snapshots/catalogue__NAME.snap` exactly (the
-//!     scratch folder shown as `[CASE]`, `$WORK` as `[WORK]`, the repository as `[ROOT]`).
+//!     scratch folder shown as `[CASE]`, `$WORK` as `[WORK]`, the repository as `[ROOT]`, a
+//!     64-bit checksum as `0x[HASH]`).
 //!
 //! To add a case: make the folder, run `INSTA_UPDATE=always cargo test --test catalogue`, and read
 //! the new snapshot: one clear sentence, the right location, a help line that is true.
@@ -192,10 +193,29 @@ fn run_case(name: &str, model: &[u8]) -> Run {
     paths.extend(redact::path_and_canonical(&root(), "[ROOT]"));
     Run {
         code,
-        stdout: redact::redact(&String::from_utf8_lossy(&out.stdout), &paths),
-        stderr: redact::redact(&stderr, &paths),
+        stdout: hide_hashes(&redact::redact(&String::from_utf8_lossy(&out.stdout), &paths)),
+        stderr: hide_hashes(&redact::redact(&stderr, &paths)),
         problems,
     }
+}
+
+/// `text` with each 64-bit hash written `0x` and 16 hex digits (a `.qmodel` checksum, which
+/// depends on where the model was compiled from) shown as `0x[HASH]`.
+fn hide_hashes(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("0x") {
+        let digits = rest[at + 2..].bytes().take_while(u8::is_ascii_hexdigit).count();
+        out.push_str(&rest[..at]);
+        if digits == 16 {
+            out.push_str("0x[HASH]");
+        } else {
+            out.push_str(&rest[at..at + 2 + digits]);
+        }
+        rest = &rest[at + 2 + digits..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[test]
