@@ -947,7 +947,24 @@ fn print_fates(float: &Module, later: &Module) {
 }
 
 fn backends() -> Outcome {
+    use qc_runtime::kernels::fast::{detected, selected, Isa};
     println!("cpu    qc's own code (reference interpreter; int8 kernels): always available");
+    println!("       int8 kernel paths (QC_ISA forces one):");
+    for isa in Isa::ALL {
+        match isa.check() {
+            Ok(()) => println!("         {:<11} available", isa.name()),
+            Err(why) => println!("         {:<11} not available: {why}", isa.name()),
+        }
+    }
+    match selected() {
+        Ok(isa) if isa == detected() => println!("       runs: {} (the best this CPU has)", isa.name()),
+        Ok(isa) => println!(
+            "       runs: {} (QC_ISA; the best this CPU has is {})",
+            isa.name(),
+            detected().name()
+        ),
+        Err(e) => println!("       runs: none: {e}"),
+    }
     match qc_runtime_host::torch::info() {
         Ok(info) => {
             println!("torch  libtorch {} (tch): available", info.version);

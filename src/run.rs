@@ -347,6 +347,7 @@ fn bench(runner: &Runner, pool: &rayon::ThreadPool, inputs: &[Tensor], rounds: u
 /// Each step's share of one run, slowest first (the first 15), then the total.
 fn print_profile(model: &Model, times: &[std::time::Duration]) {
     let program = model.program();
+    let kernels = model.step_kernels();
     let total: f64 = times.iter().map(|t| t.as_secs_f64()).sum();
     let mut order: Vec<usize> = (0..times.len()).collect();
     order.sort_by(|&a, &b| times[b].cmp(&times[a]));
@@ -358,8 +359,9 @@ fn print_profile(model: &Model, times: &[std::time::Duration]) {
     for &i in order.iter().take(15) {
         let step = &program.steps[i];
         let out = &program.values[step.output];
+        let kernel = kernels[i].as_deref().map_or(String::new(), |k| format!("  [{k}]"));
         println!(
-            "  {:>8.3} ms  {:>5.1}%  {} = {} -> {}{}",
+            "  {:>8.3} ms  {:>5.1}%  {} = {} -> {}{}{kernel}",
             times[i].as_secs_f64() * 1e3,
             100.0 * times[i].as_secs_f64() / total.max(1e-12),
             out.name,

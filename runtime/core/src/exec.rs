@@ -88,9 +88,10 @@ pub struct Executor {
 }
 
 impl Executor {
-    /// Validates `program` and prepares its int8 steps for the best kernels of this CPU.
+    /// Validates `program` and prepares its int8 steps for the best kernels of this CPU, or for
+    /// those `QC_ISA` names ([`fast::selected`]; refused when this CPU lacks them).
     pub fn new(program: Program) -> Result<Executor, ProgramError> {
-        Executor::with_isa(program, fast::detected())
+        Executor::with_isa(program, fast::selected()?)
     }
 
     /// [`Executor::new`] for the kernels of `isa` (the scalar reference ones if this CPU lacks
@@ -148,6 +149,22 @@ impl Executor {
         self.run_pooled(inputs, &mut |_, _| std::ops::ControlFlow::Continue(()))
     }
 
+    /// Which kernels each step runs on (indexed like `program.steps`; `None` for float steps):
+    /// the instruction set's name, and for AVX2 convolutions the kernel (`qc run --profile`).
+    pub fn step_kernels(&self) -> Vec<Option<String>> {
+        self.prepared
+            .iter()
+            .map(|p| match p {
+                Prepared::Nothing => None,
+                Prepared::Conv(c) => Some(c.kernel()),
+                Prepared::Linear(l) => Some(l.kernel()),
+                Prepared::Add(_, isa) | Prepared::Isa(isa) | Prepared::Concat(_, isa) => {
+                    Some(if isa.has_avx2() { Isa::Avx2 } else { Isa::Scalar }.name().to_string())
+                }
+            })
+            .collect()
+    }
+
     /// Runs like [`Executor::run`] and also returns how long each step took (indexed like
     /// `program.steps`): `qc run --profile`.
     pub fn run_profiled(&self, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Vec<std::time::Duration>), RunError> {
@@ -194,7 +211,7 @@ impl Executor {
 /// Validates and runs `program` once (see [`Executor`] to run it many times).
 pub fn run(program: &Program, inputs: &[Tensor]) -> Result<Vec<Tensor>, RunError> {
     validate(program)?;
-    let prepared = prepare(program, fast::detected())?;
+    let prepared = prepare(program, fast::selected().map_err(ProgramError::from)?)?;
     let mut values = execute(program, &prepared, inputs, None)?;
     Ok(program
         .outputs
@@ -318,7 +335,7 @@ pub type OnValue<'a> = &'a mut dyn FnMut(usize, &Tensor) -> std::ops::ControlFlo
 /// Each value is dropped after its last use, so a run holds only the values still to be read.
 pub fn run_with(program: &Program, inputs: &[Tensor], on_value: OnValue) -> Result<Vec<Tensor>, RunError> {
     validate(program)?;
-    let prepared = prepare(program, fast::detected())?;
+    let prepared = prepare(program, fast::selected().map_err(ProgramError::from)?)?;
     let last_use = program.last_uses();
     let mut values = execute_with(
         program,

@@ -91,6 +91,11 @@ impl Model {
         self.exec.run(&self.normalize(inputs)?)
     }
 
+    /// Which kernels each step runs on ([`Executor::step_kernels`]).
+    pub fn step_kernels(&self) -> Vec<Option<String>> {
+        self.exec.step_kernels()
+    }
+
     /// [`Model::run`] with the time of each step (`qc run --profile`).
     pub fn run_profiled(&self, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Vec<std::time::Duration>), RunError> {
         if self.meta.input_normalize.is_empty() {

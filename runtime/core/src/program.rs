@@ -351,6 +351,8 @@ pub struct Program {
 /// naming the step (by index and output name), value or constant at fault.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ProgramError {
+    #[error(transparent)]
+    Isa(#[from] crate::kernels::fast::IsaError),
     #[error("{what} refers to value {id}, but the program has {count} values")]
     ValueOutOfRange { what: String, id: usize, count: usize },
     #[error("step {index} (`{step}`) refers to constant {id}, but the program has {count} constants")]

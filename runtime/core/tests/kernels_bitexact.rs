@@ -267,6 +267,32 @@ fn check_conv(seed: u64, seven: bool) -> Result<(), TestCaseError> {
     conv_same_bits(&p, (&x, &wt, b.as_deref()), &packed, geom, &what)
 }
 
+/// A random convolution (any groups, depthwise included) on the VNNI-layout kernels with
+/// emulated lanes ([`PackedConv::emulated_vnni`]): the pack, padding, tiling, threading and
+/// epilogue the AVX-512 VNNI and AVX-VNNI paths share, on every CPU.
+#[cfg(target_arch = "x86_64")]
+fn check_conv_emulated(seed: u64) -> Result<(), TestCaseError> {
+    let r = &mut SplitMix64::new(seed);
+    let groups = pick(r, &[1, 1, 1, 2, 3]);
+    let (cig, cog) = (
+        pick(r, &[1, 2, 3, 4, 5, 7, 8, 16, 17, 33, 64, 65]),
+        pick(r, &[1, 3, 7, 15, 16, 17, 24, 31, 32, 33, 48, 49]),
+    );
+    let geom = conv_geom(r, (cig * groups, cog * groups, groups), 3, 7, None);
+    if geom.out_hw().is_err() {
+        return Ok(());
+    }
+    let any = below(r, 256) as i32;
+    let zp = pick(r, &[0, 255, any, any]);
+    let p = conv_params(r, geom, zp);
+    let x = u8s(r, geom.input_len());
+    let wt = i8s(r, geom.weight_len());
+    let b = bias(r, geom.out_c, geom.reduction_len(), zp);
+    let packed = PackedConv::emulated_vnni(&p, &wt, b.as_deref()).unwrap();
+    prop_assert_eq!(packed.kernel(), "emulated vnni");
+    conv_same_bits(&p, (&x, &wt, b.as_deref()), &packed, geom, &(geom, zp))
+}
+
 /// A random linear layer against the reference: 8-bit inputs with any zero point, or (`seven`) a
 /// 7-bit input range and zero point, packed for that range.
 fn check_linear(seed: u64, seven: bool) -> Result<(), TestCaseError> {
@@ -636,6 +662,7 @@ seeded! {
     qconv2d_winograd_matches_reference => check_winograd;
     qlinear_7bit_matches_reference => |seed| check_linear(seed, true);
     qadd_matches_reference => check_add;
+    qconv2d_emulated_vnni_matches_reference => check_conv_emulated;
     relayouts_match_reference => check_relayout;
     quantize_dequantize_match_reference => check_quantize;
 }

@@ -79,48 +79,6 @@ pub struct RequantLanes {
     shift: [[i64; 4]; 2],
 }
 
-/// `[alo, ahi]` for `q` (see [`requant8`]): `ahi` the least `a` with `q`'s unclamped
-/// `mul_shift_round(a) + zp >= qmax` (`i32::MAX` if none), `alo` the greatest with `<= qmin`
-/// (`i32::MIN` if none); both by bisection on the exact `i64` formula, which is monotonic in `a`.
-fn acc_clamp(q: &Requant) -> (i32, i32) {
-    // `Requant::from_real`'s invariants (as `mul_shift_round` asserts): the formula is then
-    // non-decreasing in `a`.
-    debug_assert!(q.multiplier >= 0 && (1..=62).contains(&q.shift));
-    let f = |a: i64| crate::quant::mul_shift_round(a as i32, q.multiplier, q.shift) + q.zero_point as i64;
-    let (qmin, qmax) = (q.qmin as i64, q.qmax as i64);
-    let ahi = if f(i32::MAX as i64) < qmax {
-        i32::MAX
-    } else {
-        // Least a with f(a) >= qmax, in [i32::MIN, i32::MAX].
-        let (mut lo, mut hi) = (i32::MIN as i64, i32::MAX as i64);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if f(mid) >= qmax {
-                hi = mid;
-            } else {
-                lo = mid + 1;
-            }
-        }
-        lo as i32
-    };
-    let alo = if f(i32::MIN as i64) > qmin {
-        i32::MIN
-    } else {
-        // Greatest a with f(a) <= qmin.
-        let (mut lo, mut hi) = (i32::MIN as i64, i32::MAX as i64);
-        while lo < hi {
-            let mid = lo + (hi - lo + 1) / 2;
-            if f(mid) <= qmin {
-                lo = mid;
-            } else {
-                hi = mid - 1;
-            }
-        }
-        lo as i32
-    };
-    (alo, ahi)
-}
-
 impl RequantLanes {
     /// Lanes `i < r.len()` get `r[i]` and `bias[i]` (0 without bias); the rest copy lane 0 and
     /// are ignored by the caller. `1 <= r.len() <= 8`.
@@ -141,7 +99,7 @@ impl RequantLanes {
             let q = &r[j];
             l.m[i] = q.multiplier;
             l.bias[i] = bias.map_or(0, |b| b[j]);
-            (l.alo[i], l.ahi[i]) = acc_clamp(q);
+            (l.alo[i], l.ahi[i]) = super::acc_clamp(q);
             l.off[i] = q.zero_point.wrapping_sub((1i64 << (62 - q.shift)) as i32);
             l.lo[i] = q.qmin;
             l.hi[i] = q.qmax;
@@ -1580,7 +1538,7 @@ mod tests {
                 qmin: v[0],
                 qmax: v[2],
             };
-            let (alo, ahi) = acc_clamp(&q);
+            let (alo, ahi) = super::acc_clamp(&q);
             let lanes = RequantLanes::splat(&q);
             let accs = [
                 alo,

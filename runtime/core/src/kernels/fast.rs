@@ -25,31 +25,123 @@ use super::{
 };
 use crate::quant::{QAdd, QParams, QRange};
 
-/// Which kernels run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Which kernels run. The variants are in order of preference: [`detected`] picks the last one
+/// this CPU runs. Every x86 path from [`Isa::Avx2`] on runs the AVX2 kernels for the steps it has
+/// no kernels of its own for (depthwise convolutions, pooling, elementwise steps).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Isa {
     /// The scalar reference kernels.
     Scalar,
-    /// AVX2 (x86_64).
+    /// AVX2 (x86_64): `vpmaddwd` / `vpmaddubsw` convolutions, Winograd `F(2x2, 3x3)`.
     Avx2,
+    /// AVX-VNNI: `vpdpbusd` on ymm for convolution and linear layers ([`super::vnni`]).
+    AvxVnni,
+    /// AVX-512 F/BW/VL + VNNI: `vpdpbusd` on zmm for convolution and linear layers.
+    Avx512Vnni,
+    /// AMX-INT8 (`tdpbusd` tiles) for convolution and linear layers, AVX-512 VNNI for the rest.
+    Amx,
 }
 
-/// The best [`Isa`] this CPU supports, detected once.
+/// `QC_ISA` names an instruction set that is unknown or that this CPU (or its kernel) lacks.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IsaError {
+    #[error("QC_ISA={given}: unknown instruction set; expected one of {}", Isa::NAMES.join(", "))]
+    Unknown { given: String },
+    #[error(
+        "QC_ISA={given}: this CPU cannot run it ({why}); it runs: {}",
+        Isa::available_names()
+    )]
+    Unavailable { given: String, why: String },
+}
+
+impl Isa {
+    /// Every variant, in order.
+    pub const ALL: [Isa; 5] = [Isa::Scalar, Isa::Avx2, Isa::AvxVnni, Isa::Avx512Vnni, Isa::Amx];
+    /// Their names, as `QC_ISA` takes them.
+    pub const NAMES: [&'static str; 5] = ["scalar", "avx2", "avxvnni", "avx512vnni", "amx"];
+
+    /// The name `QC_ISA` takes.
+    pub fn name(self) -> &'static str {
+        Isa::NAMES[self as usize]
+    }
+
+    /// The variant named `name` (as [`Isa::name`], case-insensitive).
+    pub fn from_name(name: &str) -> Option<Isa> {
+        let lower = name.trim().to_ascii_lowercase();
+        Isa::ALL.into_iter().find(|i| i.name() == lower)
+    }
+
+    /// `Ok` if this CPU runs `self`, else why not.
+    pub fn check(self) -> Result<(), String> {
+        match self {
+            Isa::Scalar => Ok(()),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 if is_x86_feature_detected!("avx2") => Ok(()),
+            #[cfg(target_arch = "x86_64")]
+            Isa::AvxVnni if super::vnni::x86::has_avx_vnni() => Ok(()),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni if super::vnni::x86::has_avx512_vnni() => Ok(()),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Amx => {
+                if !super::vnni::x86::has_avx512_vnni() {
+                    return Err("no AVX-512 VNNI".into());
+                }
+                super::amx::permission().map_err(|e| e.to_string())
+            }
+            Isa::Avx2 => Err("no AVX2".into()),
+            Isa::AvxVnni => Err("no AVX-VNNI".into()),
+            Isa::Avx512Vnni => Err("no AVX-512 VNNI (F, BW, VL and VNNI)".into()),
+            #[cfg(not(target_arch = "x86_64"))]
+            Isa::Amx => Err("not an x86_64 CPU".into()),
+        }
+    }
+
+    /// The names of the variants this CPU runs, comma-separated.
+    pub fn available_names() -> String {
+        Isa::ALL
+            .into_iter()
+            .filter(|i| i.check().is_ok())
+            .map(Isa::name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Whether the AVX2 kernels run for the steps without kernels of this path's own.
+    pub fn has_avx2(self) -> bool {
+        self != Isa::Scalar
+    }
+}
+
+/// The best [`Isa`] this CPU supports, detected once (AMX only when Linux grants the process
+/// the tile state, see `amx::permission`).
 pub fn detected() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") {
-            return Isa::Avx2;
-        }
-        Isa::Scalar
+        Isa::ALL
+            .into_iter()
+            .rev()
+            .find(|i| i.check().is_ok())
+            .unwrap_or(Isa::Scalar)
     })
+}
+
+/// The kernels to run: `QC_ISA` if set (refused when unknown or when this CPU lacks it), else
+/// [`detected`].
+pub fn selected() -> Result<Isa, IsaError> {
+    match std::env::var("QC_ISA") {
+        Ok(given) if !given.trim().is_empty() => {
+            let isa = Isa::from_name(&given).ok_or_else(|| IsaError::Unknown { given: given.clone() })?;
+            isa.check().map_err(|why| IsaError::Unavailable { given, why })?;
+            Ok(isa)
+        }
+        _ => Ok(detected()),
+    }
 }
 
 /// `isa` if this CPU supports it, else [`Isa::Scalar`].
 fn supported(isa: Isa) -> Isa {
-    if isa == Isa::Avx2 && detected() == Isa::Avx2 {
-        Isa::Avx2
+    if isa.check().is_ok() {
+        isa
     } else {
         Isa::Scalar
     }
@@ -176,6 +268,60 @@ pub struct PackedConv {
     isa: Isa,
     #[cfg(target_arch = "x86_64")]
     avx2: Option<Avx2Conv>,
+    /// The `vpdpbusd` / AMX kernels (every convolution but a depthwise one, on those paths).
+    #[cfg(target_arch = "x86_64")]
+    vnni: Option<VnniConv>,
+}
+
+/// A convolution packed for the VNNI-layout kernels of one instruction set.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Debug)]
+struct VnniConv {
+    pack: super::vnni::VnniPack,
+    /// The kernel of one task, and its tile's pixels.
+    range: super::vnni::RangeFn,
+    tile: usize,
+    /// For [`PackedConv::kernel`].
+    name: &'static str,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl VnniConv {
+    /// `None` for a depthwise convolution (one input and one output channel per group: the AVX2
+    /// kernels serve those) and for paths without VNNI.
+    fn new(p: &QConv2d, w: &[i8], bias: Option<&[i32]>, isa: Isa) -> Option<VnniConv> {
+        use super::vnni::x86::{range_avx512, range_avx_vnni};
+        let g = &p.geom;
+        let (cig, cog) = (g.in_c / g.groups, g.out_c / g.groups);
+        if cig == 1 && cog == 1 {
+            return None;
+        }
+        let (range, tile): (super::vnni::RangeFn, usize) = match isa {
+            Isa::Scalar | Isa::Avx2 => return None,
+            Isa::AvxVnni => (range_avx_vnni, 6),
+            Isa::Avx512Vnni | Isa::Amx => (range_avx512, 12),
+        };
+        Some(VnniConv::with_kernel(p, w, bias, (range, tile, isa.name())))
+    }
+
+    /// Packs for the kernel `range` (tiles of `tile` pixels), called `name`.
+    fn with_kernel(
+        p: &QConv2d,
+        w: &[i8],
+        bias: Option<&[i32]>,
+        (range, tile, name): (super::vnni::RangeFn, usize, &'static str),
+    ) -> VnniConv {
+        let g = &p.geom;
+        let (cig, cog, taps) = (g.in_c / g.groups, g.out_c / g.groups, g.h.kernel * g.w.kernel);
+        let zp = p.input_zero_point as u8;
+        let pack = super::vnni::VnniPack::new(w, (g.groups, cig, cog, taps), 1, &p.requant, bias, zp);
+        VnniConv {
+            pack,
+            range,
+            tile,
+            name,
+        }
+    }
 }
 
 impl PackedConv {
@@ -193,7 +339,7 @@ impl PackedConv {
         input: QRange,
     ) -> Result<PackedConv, KernelError> {
         let g = &p.geom;
-        // `checked_rem`: `None` for zero groups (`is_multiple_of` needs Rust 1.87; MSRV is 1.85).
+        // `checked_rem`: `None` for zero groups (`is_multiple_of` needs Rust 1.87; MSRV was 1.85).
         if g.in_c.checked_rem(g.groups) != Some(0)
             || g.out_c.checked_rem(g.groups) != Some(0)
             || g.in_c == 0
@@ -211,7 +357,9 @@ impl PackedConv {
         check_epilogue(g.out_c, g.reduction_len(), p.input_zero_point, &p.requant, bias)?;
         let isa = supported(isa);
         #[cfg(target_arch = "x86_64")]
-        let avx2 = (isa == Isa::Avx2).then(|| {
+        let vnni = VnniConv::new(p, w, bias, isa);
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = (isa.has_avx2() && vnni.is_none()).then(|| {
             let direct = avx2_pack(p, w, bias, input);
             if winograd_pays(p) {
                 Avx2Conv::Winograd {
@@ -229,6 +377,8 @@ impl PackedConv {
             isa,
             #[cfg(target_arch = "x86_64")]
             avx2,
+            #[cfg(target_arch = "x86_64")]
+            vnni,
         })
     }
 
@@ -241,6 +391,22 @@ impl PackedConv {
             avx2: self.direct().cloned(),
             ..self.clone()
         }
+    }
+
+    /// The same convolution (not depthwise) on the VNNI-layout kernels with portable
+    /// [`super::vnni::Emulated`] lanes: the pack, padding, tiling, threading and epilogue of the
+    /// AVX-512 VNNI path, runnable on any CPU (for tests). [`PackedConv::isa`] says `Scalar`.
+    #[doc(hidden)]
+    #[cfg(target_arch = "x86_64")]
+    pub fn emulated_vnni(p: &QConv2d, w: &[i8], bias: Option<&[i32]>) -> Result<PackedConv, KernelError> {
+        let mut c = PackedConv::with_isa(p, w, bias, Isa::Scalar)?;
+        let kernel = (
+            super::vnni::conv::range_emulated as super::vnni::RangeFn,
+            12,
+            "emulated vnni",
+        );
+        c.vnni = Some(VnniConv::with_kernel(p, w, bias, kernel));
+        Ok(c)
     }
 
     /// The kernels this convolution runs on.
@@ -288,6 +454,29 @@ impl PackedConv {
         false
     }
 
+    /// Which kernels a run with stride 1 and padding 1 takes, for `qc run --profile`: the
+    /// instruction set's name (`scalar`, `avx2`, `avxvnni`, `avx512vnni`, `amx`) and, for AVX2,
+    /// the kernel (`winograd`, `7-bit`, `im2col 7-bit`, `depthwise`).
+    pub fn kernel(&self) -> String {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if let Some(v) = &self.vnni {
+                return v.name.to_string();
+            }
+            let what = match &self.avx2 {
+                None => return Isa::Scalar.name().to_string(),
+                Some(Avx2Conv::Winograd { .. }) => "winograd",
+                Some(Avx2Conv::Im2col7(_)) => "im2col 7-bit",
+                Some(Avx2Conv::Direct7(_)) => "7-bit",
+                Some(Avx2Conv::Depthwise(_)) => "depthwise",
+                Some(Avx2Conv::Direct(_)) => "direct",
+            };
+            format!("{} ({what})", Isa::Avx2.name())
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Isa::Scalar.name().to_string()
+    }
+
     /// The parameters it was packed with.
     pub fn params(&self) -> &QConv2d {
         &self.params
@@ -307,6 +496,15 @@ impl PackedConv {
         check_len("input", geom.input_len(), x.len())?;
         check_len("output", geom.batch * oh_n * ow_n * geom.out_c, out.len())?;
         #[cfg(target_arch = "x86_64")]
+        if let Some(v) = &self.vnni {
+            let macs = geom.batch * oh_n * ow_n * geom.out_c * geom.reduction_len();
+            let parallel = rayon::current_num_threads() > 1 && macs >= PAR_MIN_MACS;
+            // SAFETY: `vnni` is only built for a path this CPU runs (`supported`); lengths and
+            // geometry are checked.
+            unsafe { super::vnni::run(&v.pack, v.range, v.tile, geom, [oh_n, ow_n], x, out, parallel) };
+            return Ok(());
+        }
+        #[cfg(target_arch = "x86_64")]
         if let Some(a) = &self.avx2 {
             // SAFETY: `avx2` is only built when the CPU has AVX2; lengths and geometry are checked.
             if unsafe { run_avx2(a, geom, self.params.input_zero_point, [oh_n, ow_n], x, out) } {
@@ -321,7 +519,7 @@ impl PackedConv {
     }
 }
 
-struct SendPtr<T>(*mut T);
+pub(crate) struct SendPtr<T>(pub(crate) *mut T);
 // (By hand: a raw pointer is `Copy` whatever `T` is, which derive would require.)
 impl<T> Clone for SendPtr<T> {
     fn clone(&self) -> Self {
@@ -333,7 +531,7 @@ impl<T> Copy for SendPtr<T> {}
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 impl<T> SendPtr<T> {
-    fn get(self) -> *mut T {
+    pub(crate) fn get(self) -> *mut T {
         self.0
     }
 }
@@ -581,6 +779,21 @@ impl PackedLinear {
         self.conv.isa
     }
 
+    /// Which kernels it runs on (see [`PackedConv::kernel`]).
+    pub fn kernel(&self) -> String {
+        self.conv.kernel()
+    }
+
+    /// [`PackedConv::emulated_vnni`] for a linear layer (for tests).
+    #[doc(hidden)]
+    #[cfg(target_arch = "x86_64")]
+    pub fn emulated_vnni(p: &QLinear, w: &[i8], bias: Option<&[i32]>) -> Result<PackedLinear, KernelError> {
+        let conv = PackedLinear::with_isa(p, w, bias, Isa::Scalar)?.conv;
+        Ok(PackedLinear {
+            conv: PackedConv::emulated_vnni(&conv.params, w, bias)?,
+        })
+    }
+
     /// Whether it runs the 7-bit `vpmaddubsw` kernels.
     pub fn seven_bit(&self) -> bool {
         self.conv.seven_bit()
@@ -632,7 +845,7 @@ pub fn qadd_with(isa: Isa, p: &QAdd, a: &[u8], b: &[u8], out: &mut [u8]) -> Resu
     check_zp_u8("second input", p.b_zero_point)?;
     check_range_u8("output", p.out.qmin, p.out.qmax)?;
     #[cfg(target_arch = "x86_64")]
-    if supported(isa) == Isa::Avx2 {
+    if supported(isa).has_avx2() {
         par_elementwise(out, |i0, o| {
             let n = o.len();
             // SAFETY: AVX2 detected; lengths and parameters checked; the chunk lies inside a, b.
@@ -654,7 +867,7 @@ pub fn quantize_u8_with(isa: Isa, x: &[f32], p: &QParams, out: &mut [u8]) -> Res
     check_len("output", x.len(), out.len())?;
     let r = p.range();
     #[cfg(target_arch = "x86_64")]
-    if supported(isa) == Isa::Avx2 && r.qmin() >= 0 && r.qmax() <= 255 {
+    if supported(isa).has_avx2() && r.qmin() >= 0 && r.qmax() <= 255 {
         par_elementwise(out, |i0, o| {
             let xs = &x[i0..i0 + o.len()];
             // SAFETY: AVX2 detected; lengths checked; the range fits u8 (so does the zero point).
@@ -675,7 +888,7 @@ pub fn quantize_u8(x: &[f32], p: &QParams, out: &mut [u8]) -> Result<(), KernelE
 pub fn dequantize_u8_with(isa: Isa, q: &[u8], p: &QParams, out: &mut [f32]) -> Result<(), KernelError> {
     check_len("output", q.len(), out.len())?;
     #[cfg(target_arch = "x86_64")]
-    if supported(isa) == Isa::Avx2 {
+    if supported(isa).has_avx2() {
         par_elementwise(out, |i0, o| {
             let qs = &q[i0..i0 + o.len()];
             // SAFETY: AVX2 detected; lengths checked.
@@ -698,7 +911,7 @@ pub fn qmaxpool2d_with(isa: Isa, g: &Pool2dGeom, x: &[u8], out: &mut [u8]) -> Re
     check_len("input", g.input_len(), x.len())?;
     check_len("output", g.batch * oh_n * ow_n * g.channels, out.len())?;
     #[cfg(target_arch = "x86_64")]
-    if supported(isa) == Isa::Avx2 {
+    if supported(isa).has_avx2() {
         let rows = g.batch * oh_n;
         let optr = SendPtr(out.as_mut_ptr());
         // SAFETY: AVX2 detected; geometry and lengths checked; tasks write disjoint output rows.
@@ -732,7 +945,7 @@ pub fn qglobal_avgpool_with(isa: Isa, p: &QGlobalAvgPool, x: &[u8], out: &mut [u
         && p.range.qmin() >= 0
         && p.range.qmax() <= 255;
     #[cfg(target_arch = "x86_64")]
-    if checked && supported(isa) == Isa::Avx2 {
+    if checked && supported(isa).has_avx2() {
         // SAFETY: AVX2 detected; the reference's checks hold (else it reports the error).
         unsafe { super::avx2::global_avgpool(p, x, out) };
         return Ok(());
@@ -773,7 +986,7 @@ fn transpose<T: Copy + 'static>(src: &[T], rows: usize, cols: usize, dst: &mut [
     const TILE: usize = 32;
     assert!(src.len() >= rows * cols && dst.len() >= rows * cols);
     #[cfg(target_arch = "x86_64")]
-    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<u8>() && detected() == Isa::Avx2 {
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<u8>() && detected().has_avx2() {
         // SAFETY: T is u8 (same layout); AVX2 detected; lengths asserted above.
         unsafe {
             let s = std::slice::from_raw_parts(src.as_ptr() as *const u8, src.len());
@@ -828,7 +1041,7 @@ pub fn nhwc_to_nchw<T: Copy + 'static>(x: &[T], [n, h, w, c]: [usize; 4], out: &
 pub fn qavgpool2d_with(isa: Isa, p: &QAvgPool2d, x: &[u8], out: &mut [u8]) -> Result<(), KernelError> {
     let g = &p.geom;
     #[cfg(target_arch = "x86_64")]
-    if supported(isa) == Isa::Avx2
+    if supported(isa).has_avx2()
         && g.h.dilation == 1
         && g.w.dilation == 1
         && g.h.kernel.saturating_mul(g.w.kernel) <= 1 << 23
@@ -866,7 +1079,7 @@ pub fn qadaptive_avgpool2d_with(isa: Isa, p: &QAdaptiveAvgPool2d, x: &[u8], out:
         && p.range.qmin() >= 0
         && p.range.qmax() <= 255;
     #[cfg(target_arch = "x86_64")]
-    if checked && supported(isa) == Isa::Avx2 {
+    if checked && supported(isa).has_avx2() {
         // SAFETY: AVX2 detected; the reference's checks hold (else it reports the error).
         unsafe { super::avx2::adaptive_avgpool(p, x, out) };
         return Ok(());
@@ -886,7 +1099,7 @@ pub fn qclamp_with(isa: Isa, act: Activation, p: &QParams, x: &[u8], out: &mut [
     check_len("output", x.len(), out.len())?;
     check_range_u8("input", p.range().qmin(), p.range().qmax())?;
     #[cfg(target_arch = "x86_64")]
-    if supported(isa) == Isa::Avx2 {
+    if supported(isa).has_avx2() {
         // The reference's `max(lo).min(hi)` on codes in [0, 255]: with lo <= hi (a checked
         // activation), clamping the bounds into [0, 255] first changes no result.
         let (lo, hi) = act.bounds(p);
@@ -917,7 +1130,7 @@ pub fn qconcat_channels_with(isa: Isa, p: &QConcat, inputs: &[&[u8]], out: &mut 
         check_range_u8("output", part.requant.qmin, part.requant.qmax)?;
     }
     #[cfg(target_arch = "x86_64")]
-    if supported(isa) == Isa::Avx2 {
+    if supported(isa).has_avx2() {
         let mut c0 = 0;
         for (part, x) in p.parts.iter().zip(inputs) {
             // SAFETY: AVX2 detected; lengths and parameters checked above.

@@ -48,10 +48,12 @@
 //! ([`reference::linear_weight_torch_to_nhwc_flatten`]). When `H = W = 1` both orders coincide and
 //! flatten / reshape of NHWC data is the identity.
 
+pub mod amx;
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
 pub mod fast;
 pub mod reference;
+pub mod vnni;
 
 use crate::quant::{requant_multiplier, QParams, QRange, QuantError, Requant};
 
@@ -172,6 +174,49 @@ impl Activation {
             }
         }
     }
+}
+
+/// `[alo, ahi]` for `q`, the accumulator clamp of the SIMD epilogues (`avx2::requant8`,
+/// [`vnni::Requant16`]): `ahi` the least `a` with `q`'s unclamped
+/// `mul_shift_round(a) + zp >= qmax` (`i32::MAX` if none), `alo` the greatest with `<= qmin`
+/// (`i32::MIN` if none); both by bisection on the exact `i64` formula, which is monotonic in `a`.
+pub(crate) fn acc_clamp(q: &Requant) -> (i32, i32) {
+    // `Requant::from_real`'s invariants (as `mul_shift_round` asserts): the formula is then
+    // non-decreasing in `a`.
+    debug_assert!(q.multiplier >= 0 && (1..=62).contains(&q.shift));
+    let f = |a: i64| crate::quant::mul_shift_round(a as i32, q.multiplier, q.shift) + q.zero_point as i64;
+    let (qmin, qmax) = (q.qmin as i64, q.qmax as i64);
+    let ahi = if f(i32::MAX as i64) < qmax {
+        i32::MAX
+    } else {
+        // Least a with f(a) >= qmax, in [i32::MIN, i32::MAX].
+        let (mut lo, mut hi) = (i32::MIN as i64, i32::MAX as i64);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if f(mid) >= qmax {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        lo as i32
+    };
+    let alo = if f(i32::MIN as i64) > qmin {
+        i32::MIN
+    } else {
+        // Greatest a with f(a) <= qmin.
+        let (mut lo, mut hi) = (i32::MIN as i64, i32::MAX as i64);
+        while lo < hi {
+            let mid = lo + (hi - lo + 1) / 2;
+            if f(mid) <= qmin {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        lo as i32
+    };
+    (alo, ahi)
 }
 
 /// One [`Requant`] per output channel `c`: multiplier
@@ -322,7 +367,7 @@ impl Conv2dGeom {
     /// Checks the geometry; returns `[out_h, out_w]`.
     pub fn out_hw(&self) -> Result<[usize; 2], KernelError> {
         let g = self.groups;
-        // `checked_rem` is `None` for `g == 0` (and `is_multiple_of` needs Rust 1.87; MSRV is 1.85).
+        // `checked_rem` is `None` for `g == 0` (and `is_multiple_of` needs Rust 1.87; MSRV was 1.85).
         if self.in_c == 0
             || self.out_c == 0
             || self.in_c.checked_rem(g) != Some(0)

@@ -1,0 +1,262 @@
+//! The weight pack and the padded input that the `vpdpbusd` kernels ([`super::conv`]) and the AMX
+//! kernels (`tdpbusd`) share: weights in "VNNI layout" (for each block of 16 output channels, each
+//! tap and each quad of 4 input channels, 64 bytes: 16 channels × 4 bytes), the zero-point term
+//! folded into the bias, and [`Requant16`], the per-channel requantization of 16 lanes.
+
+use crate::kernels::Conv2dGeom;
+use crate::quant::Requant;
+
+/// Output channels per block: one 512-bit `i32` accumulator, one AMX tile's columns.
+pub const LANES: usize = 16;
+/// Bytes of one block's weights for one quad of input channels (16 channels × 4 bytes).
+pub const QUAD_BYTES: usize = LANES * 4;
+
+/// [`Requant`] parameters of 16 output channels, in the lane form the SIMD epilogues use
+/// ([`Requant16::apply`] is that form in scalar code; it equals [`Requant::apply`] on every lane,
+/// see its tests).
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
+pub struct Requant16 {
+    /// `bias[c] - zp_in · Σ w[c]` (wrapping): the raw `Σ x · w` plus this is `dot_acc`.
+    pub bias: [i32; LANES],
+    /// The accumulator clamp: every `a >= ahi` requantizes to `qmax`, every `a <= alo` to `qmin`.
+    pub alo: [i32; LANES],
+    pub ahi: [i32; LANES],
+    pub m: [i32; LANES],
+    pub zp: [i32; LANES],
+    pub lo: [i32; LANES],
+    pub hi: [i32; LANES],
+    /// `2^(shift-1)`, the rounding term, as `i64` lanes (even channels first, then odd ones:
+    /// the order of `vpmuldq`'s even-lane products and of the odd lanes shifted down).
+    pub rnd: [i64; LANES],
+    /// `shift`, same order as `rnd`.
+    pub shift: [i64; LANES],
+}
+
+impl Requant16 {
+    /// Lanes `i < r.len()` get `r[i]` and `bias[i]`; the rest copy lane 0 and are never stored.
+    /// `1 <= r.len() <= 16`.
+    pub fn new(r: &[Requant], bias: &[i32]) -> Requant16 {
+        let mut l = Requant16 {
+            bias: [0; LANES],
+            alo: [0; LANES],
+            ahi: [0; LANES],
+            m: [0; LANES],
+            zp: [0; LANES],
+            lo: [0; LANES],
+            hi: [0; LANES],
+            rnd: [0; LANES],
+            shift: [0; LANES],
+        };
+        for i in 0..LANES {
+            let j = if i < r.len() { i } else { 0 };
+            let q = &r[j];
+            l.bias[i] = bias[j];
+            (l.alo[i], l.ahi[i]) = crate::kernels::acc_clamp(q);
+            l.m[i] = q.multiplier;
+            l.zp[i] = q.zero_point;
+            l.lo[i] = q.qmin;
+            l.hi[i] = q.qmax;
+            let k = Self::i64_lane(i);
+            l.rnd[k] = 1i64 << (q.shift - 1);
+            l.shift[k] = q.shift as i64;
+        }
+        l
+    }
+
+    /// Where channel `i`'s `i64` parameters sit: even channels in `0..8`, odd ones in `8..16`.
+    pub fn i64_lane(i: usize) -> usize {
+        (i % 2) * 8 + i / 2
+    }
+
+    /// Lane `i` of the epilogue, as the SIMD code computes it: `a = clamp(acc + bias, alo, ahi)`,
+    /// `(a · m + rnd) >> shift` in `i64` (arithmetic), its low 32 bits plus `zp`, clamped to
+    /// `[lo, hi]`. The clamp to `[alo, ahi]` keeps the `i32` sum exact (the value then lies within
+    /// `2^30 + 1` of `[qmin, qmax]`, see `acc_clamp`). `max` then `min`, as `vpmaxsd` /
+    /// `vpminsd`: when `qmin = qmax`, `alo` may exceed `ahi`, and every `a` gives that one value.
+    #[inline(always)]
+    pub fn apply(&self, i: usize, acc: i32) -> u8 {
+        let a = acc.wrapping_add(self.bias[i]).max(self.alo[i]).min(self.ahi[i]);
+        let k = Self::i64_lane(i);
+        let v = ((a as i64 * self.m[i] as i64 + self.rnd[k]) >> self.shift[k]) as i32;
+        v.wrapping_add(self.zp[i]).clamp(self.lo[i], self.hi[i]) as u8
+    }
+}
+
+/// OHWI `i8` weights (`[groups·cog, taps, cig]`) in VNNI layout: for each group `g`, block `b`
+/// of 16 output channels, tap `t` and quad `q` of input channels, 64 bytes
+/// `[w[g·cog + 16b + j][t][4q + i]]_{j<16, i<4}` (zeros past the group's channels and past
+/// `cig`). A tap has `quads` quads (`ceil(cig / 4)` rounded up to a multiple of the pack's
+/// alignment: 1 for `vpdpbusd`, up to 16 for an AMX tile of 16 rows). The quads of one
+/// (group, block, tap) are contiguous: with `quads` a multiple of 16 each run of 16 quads is one
+/// AMX B tile (16 rows of 64 bytes).
+#[derive(Clone, Debug)]
+pub struct VnniPack {
+    pub groups: usize,
+    pub cig: usize,
+    pub cog: usize,
+    pub taps: usize,
+    /// Quads per tap (see the struct's docs).
+    pub quads: usize,
+    /// Blocks of 16 output channels per group.
+    pub blocks: usize,
+    /// The input's zero point (the padding value).
+    pub zp: u8,
+    w: Vec<i8>,
+    rq: Vec<Requant16>,
+}
+
+impl VnniPack {
+    /// Packs `w` (OHWI, length checked by the caller) of a convolution with `groups` groups of
+    /// `cig` input and `cog` output channels and `taps` kernel taps, `quad_align` quads per tap
+    /// alignment; `requant.len() = groups·cog` (checked by the caller, as is `bias`); `zp` is the
+    /// input's zero point.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        w: &[i8],
+        (groups, cig, cog, taps): (usize, usize, usize, usize),
+        quad_align: usize,
+        requant: &[Requant],
+        bias: Option<&[i32]>,
+        zp: u8,
+    ) -> VnniPack {
+        let quads = cig.div_ceil(4).next_multiple_of(quad_align.max(1));
+        let blocks = cog.div_ceil(LANES);
+        let mut pw = vec![0i8; groups * blocks * taps * quads * QUAD_BYTES];
+        let mut rq = Vec::with_capacity(groups * blocks);
+        let k = taps * cig;
+        for g in 0..groups {
+            for b in 0..blocks {
+                let c0 = g * cog + b * LANES;
+                let nc = (cog - b * LANES).min(LANES);
+                let adj: Vec<i32> = (c0..c0 + nc)
+                    .map(|co| {
+                        let sum: i32 = w[co * k..(co + 1) * k].iter().map(|&v| v as i32).sum();
+                        bias.map_or(0, |bs| bs[co]).wrapping_sub((zp as i32).wrapping_mul(sum))
+                    })
+                    .collect();
+                rq.push(Requant16::new(&requant[c0..c0 + nc], &adj));
+                for j in 0..nc {
+                    let co = c0 + j;
+                    for t in 0..taps {
+                        for ci in 0..cig {
+                            let at = (((g * blocks + b) * taps + t) * quads + ci / 4) * QUAD_BYTES + j * 4 + ci % 4;
+                            pw[at] = w[(co * taps + t) * cig + ci];
+                        }
+                    }
+                }
+            }
+        }
+        VnniPack {
+            groups,
+            cig,
+            cog,
+            taps,
+            quads,
+            blocks,
+            zp,
+            w: pw,
+            rq,
+        }
+    }
+
+    /// The 64-byte rows of block `b` of group `g` at tap `t`: `quads` of them.
+    #[inline(always)]
+    pub fn weights(&self, g: usize, b: usize, t: usize) -> *const i8 {
+        // SAFETY of the callers' reads: in bounds for g < groups, b < blocks, t < taps.
+        self.w[(((g * self.blocks + b) * self.taps + t) * self.quads) * QUAD_BYTES..].as_ptr()
+    }
+
+    /// The epilogue of block `b` of group `g`.
+    #[inline(always)]
+    pub fn requant(&self, g: usize, b: usize) -> &Requant16 {
+        &self.rq[g * self.blocks + b]
+    }
+
+    /// Bytes per padded pixel: `groups · 4 · quads`.
+    pub fn pixel_bytes(&self) -> usize {
+        self.groups * 4 * self.quads
+    }
+}
+
+/// The padded copy of an NHWC `u8` input the VNNI and AMX kernels read:
+/// `[batch, in_h + 2·ph, in_w + 2·pw, groups, 4·quads]` bytes, the input's zero point in the
+/// spatial padding (real 0, so padded taps add nothing once the folded bias subtracts
+/// `zp · Σ w`), 0 in the channel padding (whose weights are 0), and `slack` bytes after the end
+/// for loads that run past the last pixel into weights that are zero.
+#[derive(Clone, Copy, Debug)]
+pub struct PaddedInput {
+    pub batch: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub groups: usize,
+    pub cig: usize,
+    /// Bytes per group per pixel (`4 · quads`).
+    pub cgp: usize,
+    pub ph: usize,
+    pub pw: usize,
+}
+
+impl PaddedInput {
+    /// The padded input of `g` for `pk`.
+    pub fn new(g: &Conv2dGeom, pk: &VnniPack) -> PaddedInput {
+        PaddedInput {
+            batch: g.batch,
+            in_h: g.in_h,
+            in_w: g.in_w,
+            groups: g.groups,
+            cig: pk.cig,
+            cgp: 4 * pk.quads,
+            ph: g.h.padding,
+            pw: g.w.padding,
+        }
+    }
+    pub fn hp(&self) -> usize {
+        self.in_h + 2 * self.ph
+    }
+    pub fn wp(&self) -> usize {
+        self.in_w + 2 * self.pw
+    }
+    /// Bytes per padded pixel.
+    pub fn pixel(&self) -> usize {
+        self.groups * self.cgp
+    }
+    /// Bytes per padded row.
+    pub fn row(&self) -> usize {
+        self.wp() * self.pixel()
+    }
+    /// Bytes per padded image.
+    pub fn image(&self) -> usize {
+        self.hp() * self.row()
+    }
+
+    /// Fills `buf` with the padded copy of `x` (`batch·in_h·in_w·groups·cig` bytes, checked by the
+    /// caller), `slack` bytes of 0 after it. `zp` is written where the window leaves the image.
+    pub fn fill(&self, x: &[u8], zp: u8, slack: usize, buf: &mut Vec<u8>) {
+        buf.clear();
+        buf.resize(self.batch * self.image() + slack, 0);
+        let (pix, c) = (self.pixel(), self.groups * self.cig);
+        for n in 0..self.batch {
+            let img = &mut buf[n * self.image()..(n + 1) * self.image()];
+            for (hp, row) in img.chunks_exact_mut(self.row()).enumerate() {
+                let inside_h = hp >= self.ph && hp < self.ph + self.in_h;
+                for (wp, px) in row.chunks_exact_mut(pix).enumerate() {
+                    if !inside_h || wp < self.pw || wp >= self.pw + self.in_w {
+                        for grp in px.chunks_exact_mut(self.cgp) {
+                            grp[..self.cig].fill(zp);
+                        }
+                        continue;
+                    }
+                    let src = &x[((n * self.in_h + hp - self.ph) * self.in_w + wp - self.pw) * c..][..c];
+                    if self.cgp == self.cig {
+                        px.copy_from_slice(src);
+                    } else {
+                        for (grp, s) in px.chunks_exact_mut(self.cgp).zip(src.chunks_exact(self.cig)) {
+                            grp[..self.cig].copy_from_slice(s);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
