@@ -16,6 +16,32 @@ use qc_runtime::SplitMix64;
 
 const CASES: u32 = 1000;
 
+/// The AVX2 path where the CPU has it, else the scalar one: the AVX2 checks below pack for it
+/// explicitly, so they test the AVX2 kernels on CPUs whose best path is a VNNI or AMX one too.
+fn avx2() -> Isa {
+    if Isa::Avx2.check().is_ok() {
+        Isa::Avx2
+    } else {
+        Isa::Scalar
+    }
+}
+
+/// Whether this CPU lacks `isa`; the first time for each path, says so on stderr (written
+/// directly, so the test harness does not capture it): `skipped: this CPU has no ...`.
+fn lacks(isa: Isa) -> bool {
+    static SAID: [std::sync::Once; 5] = [const { std::sync::Once::new() }; 5];
+    match isa.check() {
+        Ok(()) => false,
+        Err(why) => {
+            SAID[isa as usize].call_once(|| {
+                use std::io::Write;
+                let _ = writeln!(std::io::stderr(), "skipped: this CPU has no {} ({why})", isa.name());
+            });
+            true
+        }
+    }
+}
+
 fn pick<T: Copy>(r: &mut SplitMix64, xs: &[T]) -> T {
     xs[(r.next_u64() % xs.len() as u64) as usize]
 }
@@ -253,25 +279,65 @@ fn check_conv(seed: u64, seven: bool) -> Result<(), TestCaseError> {
     let wt = i8s(r, geom.weight_len());
     let b = bias(r, geom.out_c, k, zp);
     let packed = if seven {
-        let packed = PackedConv::with_input_range(&p, &wt, b.as_deref(), fast::detected(), range).unwrap();
+        let packed = PackedConv::with_input_range(&p, &wt, b.as_deref(), avx2(), range).unwrap();
         // One input and one output channel per group is the depthwise kernel's case.
-        prop_assert_eq!(
-            packed.seven_bit(),
-            fast::detected() == Isa::Avx2 && (cig, cog) != (1, 1)
-        );
+        prop_assert_eq!(packed.seven_bit(), avx2() == Isa::Avx2 && (cig, cog) != (1, 1));
         packed
     } else {
-        PackedConv::new(&p, &wt, b.as_deref()).unwrap()
+        PackedConv::with_isa(&p, &wt, b.as_deref(), avx2()).unwrap()
     };
     let what = (geom, range, zp, packed.isa());
     conv_same_bits(&p, (&x, &wt, b.as_deref()), &packed, geom, &what)
 }
 
-/// A random convolution (any groups, depthwise included) on the VNNI-layout kernels with
-/// emulated lanes ([`PackedConv::emulated_vnni`]): the pack, padding, tiling, threading and
-/// epilogue the AVX-512 VNNI and AVX-VNNI paths share, on every CPU.
-#[cfg(target_arch = "x86_64")]
-fn check_conv_emulated(seed: u64) -> Result<(), TestCaseError> {
+/// Which VNNI-layout kernels a check packs for: the emulated lanes (any CPU), or a real path.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Vnni {
+    /// [`PackedConv::emulated_vnni`].
+    Emulated,
+    On(Isa),
+}
+
+impl Vnni {
+    /// `true` (after saying so once) when this CPU lacks the path.
+    fn skipped(self) -> bool {
+        match self {
+            Vnni::Emulated => false,
+            Vnni::On(isa) => lacks(isa),
+        }
+    }
+
+    /// The kernel name [`PackedConv::kernel`] gives for a non-depthwise convolution.
+    fn kernel(self) -> &'static str {
+        match self {
+            Vnni::Emulated => "emulated vnni",
+            Vnni::On(isa) => isa.name(),
+        }
+    }
+
+    fn conv(self, p: &QConv2d, wt: &[i8], b: Option<&[i32]>) -> PackedConv {
+        match self {
+            Vnni::Emulated => PackedConv::emulated_vnni(p, wt, b).unwrap(),
+            Vnni::On(isa) => PackedConv::with_isa(p, wt, b, isa).unwrap(),
+        }
+    }
+
+    fn linear(self, p: &QLinear, wt: &[i8], b: Option<&[i32]>) -> PackedLinear {
+        match self {
+            Vnni::Emulated => PackedLinear::emulated_vnni(p, wt, b).unwrap(),
+            Vnni::On(isa) => PackedLinear::with_isa(p, wt, b, isa).unwrap(),
+        }
+    }
+}
+
+/// A random convolution on the VNNI-layout kernels of `path`: groups, channel counts around the
+/// 16-lane blocks and 4-byte quads, kernels 1-3 with strides, padding and dilation, 1-D cases,
+/// batch 1-2, zero points 0, 255 and any, weights at the extremes; depthwise (which the real
+/// paths leave to the AVX2 kernels) through the emulated lanes.
+fn check_conv_vnni(seed: u64, path: Vnni) -> Result<(), TestCaseError> {
+    if path.skipped() {
+        return Ok(());
+    }
     let r = &mut SplitMix64::new(seed);
     let groups = pick(r, &[1, 1, 1, 2, 3]);
     let (cig, cog) = (
@@ -288,9 +354,42 @@ fn check_conv_emulated(seed: u64) -> Result<(), TestCaseError> {
     let x = u8s(r, geom.input_len());
     let wt = i8s(r, geom.weight_len());
     let b = bias(r, geom.out_c, geom.reduction_len(), zp);
-    let packed = PackedConv::emulated_vnni(&p, &wt, b.as_deref()).unwrap();
-    prop_assert_eq!(packed.kernel(), "emulated vnni");
-    conv_same_bits(&p, (&x, &wt, b.as_deref()), &packed, geom, &(geom, zp))
+    let packed = path.conv(&p, &wt, b.as_deref());
+    if (cig, cog) != (1, 1) || path == Vnni::Emulated {
+        prop_assert_eq!(packed.kernel(), path.kernel());
+    }
+    conv_same_bits(&p, (&x, &wt, b.as_deref()), &packed, geom, &(geom, zp, path))
+}
+
+/// A random linear layer on the VNNI-layout kernels of `path`: batch 1-40 (tiles of 12, 4 and 1
+/// pixels), `K` around the quads, `M` around the blocks.
+fn check_linear_vnni(seed: u64, path: Vnni) -> Result<(), TestCaseError> {
+    if path.skipped() {
+        return Ok(());
+    }
+    let r = &mut SplitMix64::new(seed);
+    let batch = 1 + below(r, 40) as usize;
+    let k = pick(r, &[1, 2, 3, 4, 5, 7, 16, 17, 63, 64, 65, 130, 300]);
+    let m = pick(r, &[1, 3, 7, 15, 16, 17, 32, 33, 65, 70]);
+    let any = below(r, 256) as i32;
+    let zp = pick(r, &[0, 255, any, any]);
+    let p = QLinear {
+        batch,
+        in_features: k,
+        out_features: m,
+        input_zero_point: zp,
+        requant: (0..m).map(|_| requant(r, k)).collect(),
+    };
+    let x = u8s(r, batch * k);
+    let wt = i8s(r, m * k);
+    let b = bias(r, m, k, zp);
+    let packed = path.linear(&p, &wt, b.as_deref());
+    prop_assert_eq!(packed.kernel(), path.kernel());
+    let reference = |o: &mut [u8]| reference::qlinear(&p, &x, &wt, b.as_deref(), o);
+    same_bits(batch * m, &(batch, k, m, zp, path), reference, |o| {
+        packed.run(batch, &x, o)
+    })
+    .map(drop)
 }
 
 /// A random linear layer against the reference: 8-bit inputs with any zero point, or (`seven`) a
@@ -325,11 +424,11 @@ fn check_linear(seed: u64, seven: bool) -> Result<(), TestCaseError> {
     let wt = i8s(r, m * k);
     let b = bias(r, m, k, zp);
     let packed = if seven {
-        let packed = PackedLinear::with_input_range(&p, &wt, b.as_deref(), fast::detected(), range).unwrap();
-        prop_assert_eq!(packed.seven_bit(), fast::detected() == Isa::Avx2 && (k, m) != (1, 1));
+        let packed = PackedLinear::with_input_range(&p, &wt, b.as_deref(), avx2(), range).unwrap();
+        prop_assert_eq!(packed.seven_bit(), avx2() == Isa::Avx2 && (k, m) != (1, 1));
         packed
     } else {
-        PackedLinear::new(&p, &wt, b.as_deref()).unwrap()
+        PackedLinear::with_isa(&p, &wt, b.as_deref(), avx2()).unwrap()
     };
     let reference = |o: &mut [u8]| reference::qlinear(&p, &x, &wt, b.as_deref(), o);
     let what = (batch, k, m, range, zp);
@@ -617,8 +716,8 @@ fn check_winograd(seed: u64) -> Result<(), TestCaseError> {
     let p = conv_params(r, geom, zp);
     let wt = i8s(r, geom.weight_len());
     let b = bias(r, out_c, k, zp);
-    let packed = PackedConv::with_input_range(&p, &wt, b.as_deref(), fast::detected(), range).unwrap();
-    prop_assert_eq!(packed.winograd(), fast::detected() == Isa::Avx2);
+    let packed = PackedConv::with_input_range(&p, &wt, b.as_deref(), avx2(), range).unwrap();
+    prop_assert_eq!(packed.winograd(), avx2() == Isa::Avx2);
     for g in [
         geom,
         Conv2dGeom {
@@ -662,19 +761,29 @@ seeded! {
     qconv2d_winograd_matches_reference => check_winograd;
     qlinear_7bit_matches_reference => |seed| check_linear(seed, true);
     qadd_matches_reference => check_add;
-    qconv2d_emulated_vnni_matches_reference => check_conv_emulated;
+    qconv2d_emulated_vnni_matches_reference => |seed| check_conv_vnni(seed, Vnni::Emulated);
+    qlinear_emulated_vnni_matches_reference => |seed| check_linear_vnni(seed, Vnni::Emulated);
+    qconv2d_avx512vnni_matches_reference => |seed| check_conv_vnni(seed, Vnni::On(Isa::Avx512Vnni));
+    qlinear_avx512vnni_matches_reference => |seed| check_linear_vnni(seed, Vnni::On(Isa::Avx512Vnni));
+    qconv2d_avxvnni_matches_reference => |seed| check_conv_vnni(seed, Vnni::On(Isa::AvxVnni));
+    qlinear_avxvnni_matches_reference => |seed| check_linear_vnni(seed, Vnni::On(Isa::AvxVnni));
     relayouts_match_reference => check_relayout;
     quantize_dequantize_match_reference => check_quantize;
 }
 
+/// The detected path is the best this CPU runs; the scalar one always runs.
 #[test]
-fn avx2_is_used_where_available() {
+fn detected_is_the_best_available_path() {
+    let best = Isa::ALL.into_iter().rev().find(|i| i.check().is_ok());
+    assert_eq!(Some(fast::detected()), best);
+    assert!(Isa::Scalar.check().is_ok());
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") {
-        assert_eq!(fast::detected(), Isa::Avx2);
-        return;
+    assert_eq!(Isa::Avx2.check().is_ok(), is_x86_feature_detected!("avx2"));
+    for isa in Isa::ALL {
+        assert_eq!(Isa::from_name(isa.name()), Some(isa));
     }
-    assert_eq!(fast::detected(), Isa::Scalar);
+    assert_eq!(Isa::from_name("AVX512VNNI"), Some(Isa::Avx512Vnni));
+    assert_eq!(Isa::from_name("sse2"), None);
 }
 
 /// A convolution big enough to take the multi-threaded path, with every pixel tile and block tail.
@@ -692,6 +801,39 @@ fn large_conv_matches_reference() {
         conv_same_bits(&p, (&x, &wt, b.as_deref()), &packed, geom, &geom).unwrap();
         let scalar = PackedConv::with_isa(&p, &wt, b.as_deref(), Isa::Scalar).unwrap();
         assert_eq!(scalar.isa(), Isa::Scalar);
+    }
+}
+
+/// Convolutions big enough for the threaded VNNI-layout path (block pairs outermost, pixel chunks
+/// across rows), with block and pixel tails: emulated lanes on every CPU, and each real VNNI path
+/// this CPU has.
+#[test]
+fn large_conv_vnni_matches_reference() {
+    let r = &mut SplitMix64::new(9);
+    for path in [Vnni::Emulated, Vnni::On(Isa::AvxVnni), Vnni::On(Isa::Avx512Vnni)] {
+        if path.skipped() {
+            continue;
+        }
+        for (in_c, out_c, groups, hw, kernel, stride) in [
+            (64, 64, 1, 30, 3, 1),
+            (256, 256, 1, 14, 3, 1),
+            (3, 64, 1, 45, 7, 2),
+            (48, 80, 2, 9, 3, 2),
+        ] {
+            let geom = square(
+                2,
+                [hw, hw],
+                (in_c, out_c, groups),
+                Axis::new(kernel, stride, kernel / 2, 1),
+            );
+            let zp = 131;
+            let p = conv_params(r, geom, zp);
+            let x = u8s(r, geom.input_len());
+            let wt = i8s(r, geom.weight_len());
+            let b = bias(r, out_c, geom.reduction_len(), zp);
+            let packed = path.conv(&p, &wt, b.as_deref());
+            conv_same_bits(&p, (&x, &wt, b.as_deref()), &packed, geom, &(geom, path)).unwrap();
+        }
     }
 }
 
@@ -817,7 +959,7 @@ fn large_stem_7bit_im2col_matches_reference() {
         let p = conv_params(r, geom, zp);
         let b = bias(r, 64, k, zp);
         let packed = PackedConv::with_input_range(&p, &wt, b.as_deref(), Isa::Avx2, r7).unwrap();
-        assert_eq!(packed.im2col(), fast::detected() == Isa::Avx2);
+        assert_eq!(packed.im2col(), avx2() == Isa::Avx2);
         conv_same_bits(&p, (&x, &wt, b.as_deref()), &packed, geom, &zp).unwrap();
     }
 }

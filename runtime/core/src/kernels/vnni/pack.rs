@@ -260,3 +260,152 @@ impl PaddedInput {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::QRange;
+    use crate::SplitMix64;
+
+    /// Requantizations over the whole multiplier range (shift 1..=62), narrowed output ranges
+    /// (one value wide included), and accumulators at the `i32` extremes as well as near the
+    /// rounding ties.
+    fn cases(r: &mut SplitMix64) -> Vec<(Requant, i32, i32)> {
+        (0..20_000)
+            .map(|_| {
+                let (multiplier, shift) = if r.next_u64() % 2 == 0 {
+                    (
+                        ((1u64 << 30) + r.next_u64() % (1 << 30)) as i32,
+                        1 + (r.next_u64() % 62) as u32,
+                    )
+                } else {
+                    // Few multiplier bits and a small shift: `acc · m` often lands on a tie.
+                    let t = (r.next_u64() % 4) as u32;
+                    let m = ((1u64 << 30) + r.next_u64() % (1 << 30)) as i32;
+                    ((m >> (30 - t)) << (30 - t), 31 + (r.next_u64() % 10) as u32)
+                };
+                let zero_point = (r.next_u64() % 256) as i32;
+                let qmin = (r.next_u64() % (zero_point as u64 + 1)) as i32;
+                let qmax = zero_point + (r.next_u64() % (256 - zero_point as u64)) as i32;
+                let q = Requant {
+                    multiplier,
+                    shift,
+                    zero_point,
+                    qmin,
+                    qmax,
+                };
+                let acc = match r.next_u64() % 4 {
+                    0 => [i32::MIN, i32::MAX, 0, -1, 1][(r.next_u64() % 5) as usize],
+                    1 => (r.next_u64() % 2048) as i32 - 1024,
+                    _ => r.next_u64() as i32 >> (r.next_u64() % 31),
+                };
+                (q, acc, r.next_u64() as i32 >> (r.next_u64() % 31))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lanes_equal_requant_apply() {
+        let r = &mut SplitMix64::new(3);
+        for (q, acc, bias) in cases(r) {
+            let l = Requant16::new(&[q], &[bias]);
+            for i in [0, 1, 15] {
+                assert_eq!(
+                    l.apply(i, acc) as i32,
+                    q.apply(acc.wrapping_add(bias)),
+                    "{q:?} {acc} {bias}"
+                );
+            }
+        }
+        // One value wide: `alo` may exceed `ahi`.
+        let q = Requant {
+            qmin: 7,
+            qmax: 7,
+            ..Requant::from_real(0.01, 7, QRange::U8).unwrap()
+        };
+        let l = Requant16::new(&[q], &[0]);
+        assert!([i32::MIN, 0, i32::MAX].iter().all(|&a| l.apply(0, a) == 7));
+    }
+
+    /// The comparison above catches a rounding off by one (ties rounded down), so a kernel test
+    /// that compares against the reference catches it too.
+    #[test]
+    fn broken_rounding_is_caught() {
+        let r = &mut SplitMix64::new(4);
+        let differ = cases(r)
+            .into_iter()
+            .filter(|&(q, acc, bias)| {
+                let mut l = Requant16::new(&[q], &[bias]);
+                l.rnd[0] -= 1;
+                l.apply(0, acc) as i32 != q.apply(acc.wrapping_add(bias))
+            })
+            .count();
+        assert!(differ > 0);
+    }
+
+    #[test]
+    fn pack_layout_and_folded_bias() {
+        // 2 groups of 5 input and 17 output channels, 2 taps: blocks of 16 and 1.
+        let (groups, cig, cog, taps) = (2, 5, 17, 2);
+        let w: Vec<i8> = (0..groups * cog * taps * cig).map(|i| (i % 251) as i8).collect();
+        let q = Requant::from_real(0.01, 0, QRange::U8).unwrap();
+        let requant = vec![q; groups * cog];
+        let bias: Vec<i32> = (0..groups * cog).map(|c| 1000 * c as i32).collect();
+        let pk = VnniPack::new(&w, (groups, cig, cog, taps), 1, &requant, Some(&bias), 9);
+        assert_eq!((pk.quads, pk.blocks, pk.pixel_bytes()), (2, 2, 16));
+        for g in 0..groups {
+            for b in 0..pk.blocks {
+                for t in 0..taps {
+                    let rows = unsafe { std::slice::from_raw_parts(pk.weights(g, b, t), pk.quads * QUAD_BYTES) };
+                    for q in 0..pk.quads {
+                        for j in 0..LANES {
+                            for i in 0..4 {
+                                let (co, ci) = (g * cog + b * LANES + j, 4 * q + i);
+                                let want = if b * LANES + j < cog && ci < cig {
+                                    w[(co * taps + t) * cig + ci]
+                                } else {
+                                    0
+                                };
+                                assert_eq!(rows[q * QUAD_BYTES + 4 * j + i], want);
+                            }
+                        }
+                    }
+                }
+            }
+            let co = g * cog + 16;
+            let sum: i32 = w[co * taps * cig..(co + 1) * taps * cig]
+                .iter()
+                .map(|&v| v as i32)
+                .sum();
+            assert_eq!(pk.requant(g, 1).bias[0], bias[co] - 9 * sum);
+        }
+        // AMX alignment: quads rounded up to 16.
+        let pk16 = VnniPack::new(&w, (groups, cig, cog, taps), 16, &requant, Some(&bias), 9);
+        assert_eq!(pk16.quads, 16);
+    }
+
+    #[test]
+    fn padded_input_holds_zero_point_around_and_zero_in_channel_padding() {
+        // 1 image 2x3, 2 groups of 3 channels, padding 1 both ways, quads of 4 bytes.
+        let x: Vec<u8> = (1..=36).collect();
+        let p = PaddedInput {
+            batch: 1,
+            in_h: 2,
+            in_w: 3,
+            groups: 2,
+            cig: 3,
+            cgp: 4,
+            ph: 1,
+            pw: 1,
+        };
+        let mut buf = Vec::new();
+        p.fill(&x, 200, 8, &mut buf);
+        assert_eq!(buf.len(), 4 * 5 * 8 + 8);
+        // Corner (padding): zp in the channels, 0 in the channel padding.
+        assert_eq!(&buf[..8], &[200, 200, 200, 0, 200, 200, 200, 0]);
+        // Pixel (0, 0) of the image sits at padded (1, 1).
+        let at = p.row() + p.pixel();
+        assert_eq!(&buf[at..at + 8], &[1, 2, 3, 0, 4, 5, 6, 0]);
+        assert!(buf[buf.len() - 8..].iter().all(|&b| b == 0));
+    }
+}
