@@ -15,13 +15,25 @@ pub trait Lanes {
     type W: Copy;
 
     /// All zero.
+    ///
+    /// # Safety
+    /// The implementation's instructions present.
     unsafe fn zero() -> Self::Acc;
     /// The 64 bytes at `w` (unaligned).
+    ///
+    /// # Safety
+    /// The implementation's instructions present; 64 bytes readable at `w`.
     unsafe fn load_w(w: *const i8) -> Self::W;
     /// `vpdpbusd`: lane `j` += `Σ_i x[i] · w[4j + i]` (`x` the 4 `u8` at `x`, `w` as `i8`),
     /// wrapping, no saturation.
+    ///
+    /// # Safety
+    /// The implementation's instructions present; 4 bytes readable at `x`.
     unsafe fn dot(acc: Self::Acc, x: *const u8, w: Self::W) -> Self::Acc;
     /// [`Requant16::apply`] on the first `n` lanes, written to `out[0..n]`.
+    ///
+    /// # Safety
+    /// The implementation's instructions present; `n <= 16` bytes writable at `out`.
     unsafe fn store(acc: Self::Acc, r: &Requant16, out: *mut u8, n: usize);
 }
 

@@ -273,7 +273,7 @@ mod tests {
     fn cases(r: &mut SplitMix64) -> Vec<(Requant, i32, i32)> {
         (0..20_000)
             .map(|_| {
-                let (multiplier, shift) = if r.next_u64() % 2 == 0 {
+                let (multiplier, shift) = if r.next_u64().is_multiple_of(2) {
                     (
                         ((1u64 << 30) + r.next_u64() % (1 << 30)) as i32,
                         1 + (r.next_u64() % 62) as u32,

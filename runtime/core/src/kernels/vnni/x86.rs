@@ -40,10 +40,11 @@ impl Lanes for Avx512 {
         _mm512_dpbusd_epi32(acc, xb, w)
     }
 
-    /// 1. clamp `acc + bias` to `[alo, ahi]`; 2. `vpmuldq` on the even lanes and on the odd
-    /// lanes shifted down gives the exact `i64` products; 3. plus the rounding term, arithmetic
-    /// shift (`vpsravq`); 4. the low halves joined, plus `zp`, clamped; 5. `vpmovdb` of the first
-    /// `n` lanes (values in `[0, 255]`).
+    /// 1. clamp `acc + bias` to `[alo, ahi]`;
+    /// 2. `vpmuldq` on the even lanes and on the odd lanes shifted down: the exact `i64` products;
+    /// 3. plus the rounding term, arithmetic shift (`vpsravq`);
+    /// 4. the low halves joined, plus `zp`, clamped;
+    /// 5. `vpmovdb` of the first `n` lanes (values in `[0, 255]`).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn store(acc: __m512i, r: &Requant16, out: *mut u8, n: usize) {
