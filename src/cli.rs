@@ -184,6 +184,11 @@ pub fn main() -> Outcome {
             return if e.use_stderr() { Err(Failure::Usage) } else { Ok(()) };
         }
     };
+    // `QC_ISA` picks the int8 kernels of every command that runs them (compile calibrates, run,
+    // train evaluates); `qc backends` lists the paths, so it alone reads a bad value too.
+    if !matches!(cli.command, Command::Backends) {
+        check_isa_env()?;
+    }
     match cli.command {
         Command::Check { file } => check(&file),
         Command::Compile {
@@ -942,6 +947,18 @@ fn print_fates(float: &Module, later: &Module) {
         let w = added.iter().map(|f| f.into[0].len()).max().unwrap_or(0);
         for f in &added {
             println!("  {:<w$}  {}", f.into[0], f.reason);
+        }
+    }
+}
+
+/// Refuses a `QC_ISA` that names no path, or one this CPU lacks, before any work.
+fn check_isa_env() -> Outcome {
+    match qc_runtime::kernels::fast::selected() {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            eprintln!("error: {e}");
+            eprintln!("help: `qc backends` lists the paths this CPU runs; unset QC_ISA to run the best of them");
+            Err(Failure::User)
         }
     }
 }

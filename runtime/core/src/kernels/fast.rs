@@ -83,10 +83,11 @@ impl Isa {
             Isa::Avx512Vnni if super::vnni::x86::has_avx512_vnni() => Ok(()),
             #[cfg(target_arch = "x86_64")]
             Isa::Amx => {
+                super::amx::permission().map_err(|e| e.to_string())?;
                 if !super::vnni::x86::has_avx512_vnni() {
-                    return Err("no AVX-512 VNNI".into());
+                    return Err("AMX without AVX-512 VNNI, which its epilogues use".into());
                 }
-                super::amx::permission().map_err(|e| e.to_string())
+                Ok(())
             }
             Isa::Avx2 => Err("no AVX2".into()),
             Isa::AvxVnni => Err("no AVX-VNNI".into()),
