@@ -1,7 +1,8 @@
 //! qc's CPU int8 kernels: the parameter types and window geometry every kernel shares, and the
 //! scalar reference implementation ([`reference`](mod@reference)) that every SIMD kernel must match
-//! **bit for bit**, and the optimised kernels: [`fast`] dispatches at run time to [`avx2`] (x86_64
-//! with AVX2) or falls back to the reference. AVX-512 VNNI and AMX paths are not written yet.
+//! **bit for bit**, and the optimised kernels: [`fast`] dispatches at run time (the best path the
+//! CPU has, or the one `QC_ISA` names: [`fast::Isa`]) to [`amx`] tiles, the `vpdpbusd` kernels of
+//! [`vnni`] (AVX-512 VNNI, AVX-VNNI), [`avx2`] (x86_64 with AVX2), or the reference.
 //!
 //! # Numerics
 //!
