@@ -7,6 +7,7 @@
 
 use proptest::prelude::*;
 use qc_runtime::kernels::fast::{self, Isa, PackedConv, PackedLinear};
+use qc_runtime::kernels::vnni::AddLanes;
 use qc_runtime::kernels::{
     reference, Activation, Axis, ConcatPart, Conv2dGeom, KernelError, Pool2dGeom, QAdaptiveAvgPool2d, QAvgPool2d,
     QConcat, QConv2d, QGlobalAvgPool, QLinear,
@@ -359,6 +360,43 @@ fn check_conv_vnni(seed: u64, path: Vnni) -> Result<(), TestCaseError> {
         prop_assert_eq!(packed.kernel(), path.kernel());
     }
     conv_same_bits(&p, (&x, &wt, b.as_deref()), &packed, geom, &(geom, zp, path))
+}
+
+/// A random convolution with a residual add fused into its epilogue ([`PackedConv::run_add`]) on
+/// the VNNI-layout kernels of `path`, against the reference convolution followed by the
+/// reference add; ReLU fused into the add half of the time (ResNet's conv → add → relu).
+fn check_conv_add_vnni(seed: u64, path: Vnni) -> Result<(), TestCaseError> {
+    if path.skipped() {
+        return Ok(());
+    }
+    let r = &mut SplitMix64::new(seed);
+    let groups = pick(r, &[1, 1, 2]);
+    let (cig, cog) = (pick(r, &[3, 8, 16, 17, 64]), pick(r, &[1, 7, 16, 17, 32, 33]));
+    let geom = conv_geom(r, (cig * groups, cog * groups, groups), 3, 5, None);
+    let Ok(n) = geom.output_len() else {
+        return Ok(());
+    };
+    let zp = below(r, 256) as i32;
+    let p = conv_params(r, geom, zp);
+    let x = u8s(r, geom.input_len());
+    let wt = i8s(r, geom.weight_len());
+    let b = bias(r, geom.out_c, geom.reduction_len(), zp);
+    let conv_out = QParams::new(1.0, p.requant[0].zero_point, QRange::U8).unwrap();
+    let Ok(add) = QAdd::new(&conv_out, &qparams(r), &qparams(r)) else {
+        return Ok(());
+    };
+    let add = if below(r, 2) == 0 { add.with_relu() } else { add };
+    let residual = u8s(r, n);
+    let packed = path.conv(&p, &wt, b.as_deref());
+    prop_assert!(packed.fuses_add());
+    let reference = |o: &mut [u8]| {
+        let mut c = vec![0u8; n];
+        reference::qconv2d(&p, &x, &wt, b.as_deref(), &mut c)?;
+        reference::qadd(&add, &c, &residual, o)
+    };
+    let lanes = AddLanes::new(&add);
+    let fused = |o: &mut [u8]| packed.run_add(&geom, &x, &lanes, &residual, o);
+    same_bits(n, &(geom, zp, add, path), reference, fused).map(drop)
 }
 
 /// A random linear layer on the VNNI-layout kernels of `path`: batch 1-40 (tiles of 12, 4 and 1
@@ -763,6 +801,9 @@ seeded! {
     qadd_matches_reference => check_add;
     qconv2d_emulated_vnni_matches_reference => |seed| check_conv_vnni(seed, Vnni::Emulated);
     qlinear_emulated_vnni_matches_reference => |seed| check_linear_vnni(seed, Vnni::Emulated);
+    qconv2d_add_emulated_vnni_matches_reference => |seed| check_conv_add_vnni(seed, Vnni::Emulated);
+    qconv2d_add_avx512vnni_matches_reference => |seed| check_conv_add_vnni(seed, Vnni::On(Isa::Avx512Vnni));
+    qconv2d_add_avxvnni_matches_reference => |seed| check_conv_add_vnni(seed, Vnni::On(Isa::AvxVnni));
     qconv2d_avx512vnni_matches_reference => |seed| check_conv_vnni(seed, Vnni::On(Isa::Avx512Vnni));
     qlinear_avx512vnni_matches_reference => |seed| check_linear_vnni(seed, Vnni::On(Isa::Avx512Vnni));
     qconv2d_avxvnni_matches_reference => |seed| check_conv_vnni(seed, Vnni::On(Isa::AvxVnni));

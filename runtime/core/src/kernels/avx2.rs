@@ -1110,7 +1110,7 @@ pub unsafe fn dw_row(pk: &DwPack, r: &ConvRun, xpad: *const i16, out: *mut u8, n
 /// `mul_shift_round(v, m, shift)` on 8 `i32` lanes whose exact result fits `i32` (as in
 /// [`QAdd::apply`]: `|v| < 2^28`, multiplier `<= 0.5`), returned as 8 `i32` lanes.
 #[inline(always)]
-unsafe fn msr_i32(v: __m256i, m: __m256i, rnd: __m256i, shift: __m128i, off: __m256i) -> __m256i {
+pub(crate) unsafe fn msr_i32(v: __m256i, m: __m256i, rnd: __m256i, shift: __m128i, off: __m256i) -> __m256i {
     let pe = _mm256_mul_epi32(v, m);
     let po = _mm256_mul_epi32(_mm256_srli_epi64(v, 32), m);
     let e = _mm256_add_epi64(_mm256_srl_epi64(_mm256_add_epi64(pe, rnd), shift), off);

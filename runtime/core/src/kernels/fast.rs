@@ -485,6 +485,41 @@ impl PackedConv {
 
     /// Runs on NHWC `x` with geometry `geom` into NHWC `out` (see [`reference::qconv2d`]).
     pub fn run(&self, geom: &Conv2dGeom, x: &[u8], out: &mut [u8]) -> Result<(), KernelError> {
+        self.run_with_residual(geom, x, None, out)
+    }
+
+    /// Whether [`PackedConv::run_add`] adds in the convolution's epilogue (the VNNI-layout
+    /// kernels), rather than in a second pass over the output.
+    pub fn fuses_add(&self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self.vnni.is_some() {
+            return true;
+        }
+        false
+    }
+
+    /// [`PackedConv::run`], then the residual add `add` of the convolution's output (its first
+    /// input) and `residual` (NHWC, the output's length): the bits of the convolution followed
+    /// by [`reference::qadd`], written once (see [`PackedConv::fuses_add`]).
+    pub fn run_add(
+        &self,
+        geom: &Conv2dGeom,
+        x: &[u8],
+        add: &super::vnni::AddLanes,
+        residual: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), KernelError> {
+        check_len("residual", out.len(), residual.len())?;
+        self.run_with_residual(geom, x, Some((add, residual)), out)
+    }
+
+    fn run_with_residual(
+        &self,
+        geom: &Conv2dGeom,
+        x: &[u8],
+        residual: Option<(&super::vnni::AddLanes, &[u8])>,
+        out: &mut [u8],
+    ) -> Result<(), KernelError> {
         let pg = &self.params.geom;
         if (geom.in_c, geom.out_c, geom.h.kernel, geom.w.kernel, geom.groups)
             != (pg.in_c, pg.out_c, pg.h.kernel, pg.w.kernel, pg.groups)
@@ -502,9 +537,26 @@ impl PackedConv {
             let parallel = rayon::current_num_threads() > 1 && macs >= PAR_MIN_MACS;
             // SAFETY: `vnni` is only built for a path this CPU runs (`supported`); lengths and
             // geometry are checked.
-            unsafe { super::vnni::run(&v.pack, v.range, v.tile, geom, [oh_n, ow_n], x, out, parallel) };
+            unsafe { super::vnni::run(&v.pack, v.range, v.tile, geom, [oh_n, ow_n], x, residual, out, parallel) };
             return Ok(());
         }
+        self.run_unfused(geom, [oh_n, ow_n], x, out)?;
+        if let Some((add, res)) = residual {
+            for (o, &b) in out.iter_mut().zip(res) {
+                *o = add.apply(*o, b);
+            }
+        }
+        Ok(())
+    }
+
+    /// The AVX2 or reference kernels (lengths and geometry checked).
+    fn run_unfused(
+        &self,
+        geom: &Conv2dGeom,
+        [oh_n, ow_n]: [usize; 2],
+        x: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), KernelError> {
         #[cfg(target_arch = "x86_64")]
         if let Some(a) = &self.avx2 {
             // SAFETY: `avx2` is only built when the CPU has AVX2; lengths and geometry are checked.

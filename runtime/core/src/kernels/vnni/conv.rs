@@ -5,7 +5,7 @@
 //! the accumulators are in registers.
 
 use super::lanes::Lanes;
-use super::pack::{PaddedInput, VnniPack, LANES, QUAD_BYTES};
+use super::pack::{AddLanes, PaddedInput, VnniPack, LANES, QUAD_BYTES};
 use crate::kernels::Conv2dGeom;
 
 /// Where a run reads and writes: the padded input's layout, the window, the output's size.
@@ -21,7 +21,17 @@ pub struct VnniRun {
     pub out_h: usize,
     pub out_w: usize,
     pub out_c: usize,
+    /// A residual add fused into the epilogue: the add's parameters and the residual tensor
+    /// (NHWC, the output's shape).
+    pub residual: Option<(AddLanes, ResidualPtr)>,
 }
+
+/// The residual tensor's first byte, shared read-only by the threads of a run.
+#[derive(Clone, Copy, Debug)]
+pub struct ResidualPtr(pub *const u8);
+// SAFETY: the residual is only read, and outlives the run (`run` borrows it).
+unsafe impl Send for ResidualPtr {}
+unsafe impl Sync for ResidualPtr {}
 
 impl VnniRun {
     /// The run of geometry `g` (output size `[out_h, out_w]`, checked by the caller) on `pk`.
@@ -37,6 +47,7 @@ impl VnniRun {
             out_h,
             out_w,
             out_c: g.out_c,
+            residual: None,
         }
     }
 
@@ -104,10 +115,14 @@ unsafe fn tile<L: Lanes, const P: usize, const B: usize>(
         }
     }
     for (p, a) in acc.iter().enumerate() {
-        let o = out.add((f0 + p) * r.out_c + g * pk.cog);
+        let at = (f0 + p) * r.out_c + g * pk.cog;
         for (k, &ak) in a.iter().enumerate() {
             let c0 = (blk0 + k) * LANES;
-            L::store(ak, pk.requant(g, blk0 + k), o.add(c0), (pk.cog - c0).min(LANES));
+            let (rq, n) = (pk.requant(g, blk0 + k), (pk.cog - c0).min(LANES));
+            match &r.residual {
+                None => L::store(ak, rq, out.add(at + c0), n),
+                Some((add, res)) => L::store_add(ak, rq, add, res.0.add(at + c0), out.add(at + c0), n),
+            }
         }
     }
 }
@@ -210,7 +225,8 @@ thread_local! {
 }
 
 /// Runs `pk` on NHWC `x` with geometry `g` (output `[oh, ow]`; lengths checked by the caller)
-/// into NHWC `out`: pads the input once, then runs `range` on every [`tasks`] task of `tile`
+/// into NHWC `out`, with `residual` (the add, and a tensor of the output's length) added in the
+/// epilogue when given: pads the input once, then runs `range` on every [`tasks`] task of `tile`
 /// pixels, over rayon's threads when `parallel`.
 ///
 /// # Safety
@@ -223,12 +239,16 @@ pub unsafe fn run(
     g: &Conv2dGeom,
     out_hw: [usize; 2],
     x: &[u8],
+    residual: Option<(&AddLanes, &[u8])>,
     out: &mut [u8],
     parallel: bool,
 ) {
     use crate::kernels::fast::SendPtr;
     use rayon::prelude::*;
-    let r = VnniRun::new(g, pk, out_hw);
+    let r = VnniRun {
+        residual: residual.map(|(add, t)| (*add, ResidualPtr(t.as_ptr()))),
+        ..VnniRun::new(g, pk, out_hw)
+    };
     // Taken out of the thread-local while in use: a rayon worker waiting below may run another
     // convolution that asks for its own buffer.
     let mut buf = PADDED.with(|s| std::mem::take(&mut *s.borrow_mut()));

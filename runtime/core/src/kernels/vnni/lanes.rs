@@ -3,7 +3,7 @@
 //! the instruction's exact semantics, which runs and is tested on every CPU), and the AVX-512 VNNI
 //! and AVX-VNNI implementations in [`super::x86`].
 
-use super::pack::{Requant16, LANES};
+use super::pack::{AddLanes, Requant16, LANES};
 
 /// 16 output channels' accumulators and the operations a VNNI kernel needs on them. Every method
 /// is `unsafe`: the caller guarantees the CPU has the implementation's instructions and that the
@@ -35,6 +35,12 @@ pub trait Lanes {
     /// # Safety
     /// The implementation's instructions present; `n <= 16` bytes writable at `out`.
     unsafe fn store(acc: Self::Acc, r: &Requant16, out: *mut u8, n: usize);
+    /// [`Lanes::store`] with a residual add fused: lane `j` is
+    /// [`AddLanes::apply`]`(Requant16::apply(j, acc[j]), residual[j])`.
+    ///
+    /// # Safety
+    /// As [`Lanes::store`]; `n` bytes readable at `residual`.
+    unsafe fn store_add(acc: Self::Acc, r: &Requant16, add: &AddLanes, residual: *const u8, out: *mut u8, n: usize);
 }
 
 /// The portable implementation: plain arrays, exactly what the instructions compute.
@@ -69,6 +75,13 @@ impl Lanes for Emulated {
     unsafe fn store(acc: [i32; LANES], r: &Requant16, out: *mut u8, n: usize) {
         for (j, &a) in acc.iter().enumerate().take(n) {
             *out.add(j) = r.apply(j, a);
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn store_add(acc: [i32; LANES], r: &Requant16, add: &AddLanes, residual: *const u8, out: *mut u8, n: usize) {
+        for (j, &a) in acc.iter().enumerate().take(n) {
+            *out.add(j) = add.apply(r.apply(j, a), *residual.add(j));
         }
     }
 }

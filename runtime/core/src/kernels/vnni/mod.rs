@@ -18,4 +18,4 @@ pub mod x86;
 
 pub use conv::{run, RangeFn, VnniRun};
 pub use lanes::{Emulated, Lanes};
-pub use pack::{PaddedInput, Requant16, VnniPack};
+pub use pack::{AddLanes, PaddedInput, Requant16, VnniPack};

@@ -4,7 +4,7 @@
 //! folded into the bias, and [`Requant16`], the per-channel requantization of 16 lanes.
 
 use crate::kernels::Conv2dGeom;
-use crate::quant::Requant;
+use crate::quant::{mul_shift_round, QAdd, Requant, QADD_LEFT_SHIFT};
 
 /// Output channels per block: one 512-bit `i32` accumulator, one AMX tile's columns.
 pub const LANES: usize = 16;
@@ -80,6 +80,56 @@ impl Requant16 {
         let k = Self::i64_lane(i);
         let v = ((a as i64 * self.m[i] as i64 + self.rnd[k]) >> self.shift[k]) as i32;
         v.wrapping_add(self.zp[i]).clamp(self.lo[i], self.hi[i]) as u8
+    }
+}
+
+/// A residual add fused into the epilogue: the convolution's requantized `u8` output `qa` and the
+/// residual's byte `qb` added as [`QAdd::apply`] does, in the lane form the SIMD epilogues use
+/// ([`AddLanes::apply`]). The convolution is the add's first input (addition commutes: the two
+/// sides of a [`QAdd`] may be swapped with its inputs).
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
+pub struct AddLanes {
+    /// The add's requantization of `a' + b'`, on every lane (bias 0).
+    pub out: Requant16,
+    pub a_zero_point: i32,
+    pub a_multiplier: i32,
+    pub a_shift: u32,
+    pub b_zero_point: i32,
+    pub b_multiplier: i32,
+    pub b_shift: u32,
+}
+
+impl AddLanes {
+    /// `add` with the convolution as its first input `a`.
+    pub fn new(add: &QAdd) -> AddLanes {
+        AddLanes {
+            out: Requant16::new(std::slice::from_ref(&add.out), &[0]),
+            a_zero_point: add.a_zero_point,
+            a_multiplier: add.a_multiplier,
+            a_shift: add.a_shift,
+            b_zero_point: add.b_zero_point,
+            b_multiplier: add.b_multiplier,
+            b_shift: add.b_shift,
+        }
+    }
+
+    /// [`QAdd::apply`]`(qa, qb)` as the SIMD epilogues compute it: both sides' `mul_shift_round`
+    /// (exact in `i64`, the results below `2^28` in magnitude), their `i32` sum through
+    /// [`Requant16::apply`] of lane 0.
+    #[inline(always)]
+    pub fn apply(&self, qa: u8, qb: u8) -> u8 {
+        let a = mul_shift_round(
+            (qa as i32 - self.a_zero_point) << QADD_LEFT_SHIFT,
+            self.a_multiplier,
+            self.a_shift,
+        );
+        let b = mul_shift_round(
+            (qb as i32 - self.b_zero_point) << QADD_LEFT_SHIFT,
+            self.b_multiplier,
+            self.b_shift,
+        );
+        self.out.apply(0, (a + b) as i32)
     }
 }
 
@@ -341,6 +391,34 @@ mod tests {
             })
             .count();
         assert!(differ > 0);
+    }
+
+    #[test]
+    fn add_lanes_equal_qadd_apply() {
+        use crate::quant::QParams;
+        let r = &mut SplitMix64::new(5);
+        for _ in 0..2000 {
+            let mut q = || {
+                let scale = 2f32.powf(r.uniform(-10.0, 2.0));
+                QParams::new(scale, (r.next_u64() % 256) as i32, QRange::U8).unwrap()
+            };
+            let (a, b, o) = (q(), q(), q());
+            let Ok(add) = QAdd::new(&a, &b, &o) else { continue };
+            let add = if r.next_u64().is_multiple_of(2) {
+                add.with_relu()
+            } else {
+                add
+            };
+            let lanes = AddLanes::new(&add);
+            for _ in 0..20 {
+                let (qa, qb) = (r.next_u64() as u8, r.next_u64() as u8);
+                assert_eq!(
+                    lanes.apply(qa, qb) as i32,
+                    add.apply(qa as i32, qb as i32),
+                    "{add:?} {qa} {qb}"
+                );
+            }
+        }
     }
 
     #[test]
