@@ -13,6 +13,7 @@
 use crate::interp;
 use crate::kernels::fast::{self, Isa, PackedConv, PackedLinear};
 use crate::kernels::reference as k;
+use crate::kernels::vnni::AddLanes;
 use crate::kernels::{
     requant_per_channel, ConcatPart, Conv2dGeom, KernelError, Pool2dGeom, QAdaptiveAvgPool2d, QAvgPool2d, QConcat,
     QConv2d, QGlobalAvgPool, QLinear,
@@ -37,6 +38,18 @@ enum Prepared {
     Isa(Isa),
     /// One part per input, channel counts filled in at run time; the kernels to run on.
     Concat(Vec<ConcatPart>, Isa),
+    /// A `QConv` whose output only a later `QAdd` reads ([`fuse_residual_adds`]): the add runs
+    /// in the convolution's epilogue ([`PackedConv::run_add`]) and writes the add's `output`;
+    /// `residual` is the add's other input.
+    ConvAdd {
+        conv: Box<PackedConv>,
+        add: Box<AddLanes>,
+        residual: usize,
+        output: usize,
+    },
+    /// A `QAdd` an earlier [`Prepared::ConvAdd`] computed; a traced run (which keeps every
+    /// value) runs it as [`Prepared::Add`].
+    FusedAway(QAdd, Isa),
 }
 
 /// Spare `u8` buffers of finished runs: an int8 step takes its output buffer from here, and a
@@ -98,7 +111,8 @@ impl Executor {
     /// it): [`Isa::Scalar`] runs every int8 step on [`crate::kernels::reference`].
     pub fn with_isa(program: Program, isa: Isa) -> Result<Executor, ProgramError> {
         validate(&program)?;
-        let prepared = prepare(&program, isa)?;
+        let mut prepared = prepare(&program, isa, false)?;
+        fuse_residual_adds(&program, &mut prepared);
         let last_use = program.last_uses();
         Ok(Executor {
             program,
@@ -149,6 +163,24 @@ impl Executor {
         self.run_pooled(inputs, &mut |_, _| std::ops::ControlFlow::Continue(()))
     }
 
+    /// [`Executor::with_isa`] with every convolution and linear layer on the VNNI-layout kernels
+    /// with emulated lanes (`PackedConv::emulated_vnni`), residual adds fused: the AVX-512 VNNI
+    /// path's program-level behaviour, runnable on any x86_64 CPU (for tests).
+    #[doc(hidden)]
+    #[cfg(target_arch = "x86_64")]
+    pub fn with_emulated_vnni(program: Program) -> Result<Executor, ProgramError> {
+        validate(&program)?;
+        let mut prepared = prepare(&program, Isa::Scalar, true)?;
+        fuse_residual_adds(&program, &mut prepared);
+        let last_use = program.last_uses();
+        Ok(Executor {
+            program,
+            prepared,
+            last_use,
+            pools: Default::default(),
+        })
+    }
+
     /// Which kernels each step runs on (indexed like `program.steps`; `None` for float steps):
     /// the instruction set's name, and for AVX2 convolutions the kernel (`qc run --profile`).
     pub fn step_kernels(&self) -> Vec<Option<String>> {
@@ -161,6 +193,12 @@ impl Executor {
                 Prepared::Add(_, isa) | Prepared::Isa(isa) | Prepared::Concat(_, isa) => {
                     Some(if isa.has_avx2() { Isa::Avx2 } else { Isa::Scalar }.name().to_string())
                 }
+                Prepared::ConvAdd { conv, output, .. } => Some(format!(
+                    "{}, `{}` added in its epilogue",
+                    conv.kernel(),
+                    self.program.value_name(*output)
+                )),
+                Prepared::FusedAway(..) => Some("added by the convolution before".to_string()),
             })
             .collect()
     }
@@ -211,7 +249,7 @@ impl Executor {
 /// Validates and runs `program` once (see [`Executor`] to run it many times).
 pub fn run(program: &Program, inputs: &[Tensor]) -> Result<Vec<Tensor>, RunError> {
     validate(program)?;
-    let prepared = prepare(program, fast::selected().map_err(ProgramError::from)?)?;
+    let prepared = prepare(program, fast::selected().map_err(ProgramError::from)?, false)?;
     let mut values = execute(program, &prepared, inputs, None)?;
     Ok(program
         .outputs
@@ -224,8 +262,9 @@ fn quant_of(p: &Program, id: usize) -> Option<QParams> {
     p.values.get(id).and_then(|v| v.quant)
 }
 
-/// Derives each int8 step's integer parameters and packs its weights (validated program).
-fn prepare(p: &Program, isa: Isa) -> Result<Vec<Prepared>, ProgramError> {
+/// Derives each int8 step's integer parameters and packs its weights (validated program); with
+/// `emulated`, convolutions and linear layers on the emulated VNNI-layout kernels.
+fn prepare(p: &Program, isa: Isa, emulated: bool) -> Result<Vec<Prepared>, ProgramError> {
     p.steps
         .iter()
         .enumerate()
@@ -280,7 +319,7 @@ fn prepare(p: &Program, isa: Isa) -> Result<Vec<Prepared>, ProgramError> {
                             input_zero_point: input.zero_point(),
                             requant,
                         };
-                        PackedConv::with_input_range(&params, wd, bias, isa, input.range())
+                        pack_conv(&params, wd, bias, (isa, input.range()), emulated)
                             .map(|c| Prepared::Conv(Box::new(c)))
                     } else {
                         let params = QLinear {
@@ -290,7 +329,7 @@ fn prepare(p: &Program, isa: Isa) -> Result<Vec<Prepared>, ProgramError> {
                             input_zero_point: input.zero_point(),
                             requant,
                         };
-                        PackedLinear::with_input_range(&params, wd, bias, isa, input.range())
+                        pack_linear(&params, wd, bias, (isa, input.range()), emulated)
                             .map(|l| Prepared::Linear(Box::new(l)))
                     };
                     packed.map_err(|e| fail(e.to_string()))?
@@ -325,6 +364,102 @@ fn prepare(p: &Program, isa: Isa) -> Result<Vec<Prepared>, ProgramError> {
         .collect()
 }
 
+/// [`PackedConv::with_input_range`], or (`emulated`, x86_64) [`PackedConv::emulated_vnni`].
+fn pack_conv(
+    p: &QConv2d,
+    w: &[i8],
+    bias: Option<&[i32]>,
+    (isa, range): (Isa, crate::quant::QRange),
+    emulated: bool,
+) -> Result<PackedConv, KernelError> {
+    #[cfg(target_arch = "x86_64")]
+    if emulated {
+        return PackedConv::emulated_vnni(p, w, bias);
+    }
+    let _ = emulated;
+    PackedConv::with_input_range(p, w, bias, isa, range)
+}
+
+/// [`PackedLinear::with_input_range`], or (`emulated`, x86_64) [`PackedLinear::emulated_vnni`].
+fn pack_linear(
+    p: &QLinear,
+    w: &[i8],
+    bias: Option<&[i32]>,
+    (isa, range): (Isa, crate::quant::QRange),
+    emulated: bool,
+) -> Result<PackedLinear, KernelError> {
+    #[cfg(target_arch = "x86_64")]
+    if emulated {
+        return PackedLinear::emulated_vnni(p, w, bias);
+    }
+    let _ = emulated;
+    PackedLinear::with_input_range(p, w, bias, isa, range)
+}
+
+/// Fuses each `QAdd` into the `QConv` before it where the convolution's kernels add in their
+/// epilogue ([`PackedConv::fuses_add`]): the add reads the convolution's output, which nothing
+/// else reads and which is no program output, and its other input (the residual) is a program
+/// input or computed before the convolution. ResNet's `conv → add → relu` then writes its output
+/// once instead of writing the convolution's and reading it back.
+fn fuse_residual_adds(p: &Program, prepared: &mut [Prepared]) {
+    let mut readers = vec![0usize; p.values.len()];
+    let mut producer = vec![None; p.values.len()];
+    for (i, step) in p.steps.iter().enumerate() {
+        for &v in &step.inputs {
+            readers[v] += 1;
+        }
+        producer[step.output] = Some(i);
+    }
+    for (j, step) in p.steps.iter().enumerate() {
+        let (StepOp::Quant(QuantOp::QAdd { .. }), [a, b]) = (&step.op, step.inputs.as_slice()) else {
+            continue;
+        };
+        let Prepared::Add(prepared_add, isa) = prepared[j] else {
+            continue;
+        };
+        let add = prepared_add;
+        // The convolution's output as the add's first input (addition commutes: swap the sides).
+        let candidates = [(*a, *b, add), (*b, *a, swap_sides(&add))];
+        for (conv_out, residual, add) in candidates {
+            let Some(i) = producer[conv_out] else { continue };
+            let Prepared::Conv(conv) = &prepared[i] else { continue };
+            let residual_ready = producer[residual].is_none_or(|k| k < i);
+            if conv_out == residual
+                || readers[conv_out] != 1
+                || p.outputs.contains(&conv_out)
+                || !residual_ready
+                || !conv.fuses_add()
+            {
+                continue;
+            }
+            let Prepared::Conv(conv) = std::mem::replace(&mut prepared[i], Prepared::Nothing) else {
+                unreachable!("matched above")
+            };
+            prepared[i] = Prepared::ConvAdd {
+                conv,
+                add: Box::new(AddLanes::new(&add)),
+                residual,
+                output: step.output,
+            };
+            prepared[j] = Prepared::FusedAway(prepared_add, isa);
+            break;
+        }
+    }
+}
+
+/// `add` with its inputs swapped: the same sum.
+fn swap_sides(add: &QAdd) -> QAdd {
+    QAdd {
+        a_zero_point: add.b_zero_point,
+        a_multiplier: add.b_multiplier,
+        a_shift: add.b_shift,
+        b_zero_point: add.a_zero_point,
+        b_multiplier: add.a_multiplier,
+        b_shift: add.a_shift,
+        out: add.out,
+    }
+}
+
 /// Runs the steps; `free` (the last use of each value) drops intermediates as soon as possible.
 /// A per-value hook: sees every step's output (before the non-finite check), and may stop the
 /// run (`ControlFlow::Break` gives [`RunError::Stopped`]).
@@ -335,7 +470,7 @@ pub type OnValue<'a> = &'a mut dyn FnMut(usize, &Tensor) -> std::ops::ControlFlo
 /// Each value is dropped after its last use, so a run holds only the values still to be read.
 pub fn run_with(program: &Program, inputs: &[Tensor], on_value: OnValue) -> Result<Vec<Tensor>, RunError> {
     validate(program)?;
-    let prepared = prepare(program, fast::selected().map_err(ProgramError::from)?)?;
+    let prepared = prepare(program, fast::selected().map_err(ProgramError::from)?, false)?;
     let last_use = program.last_uses();
     let mut values = execute_with(
         program,
@@ -368,6 +503,25 @@ fn execute(
     )
 }
 
+/// Gives back to `pool` the values whose last use (`free`) is step `index`.
+fn free_last_uses(
+    step: &Step,
+    index: usize,
+    free: Option<&[Option<usize>]>,
+    values: &mut [Option<Tensor>],
+    pool: &mut BufferPool,
+) {
+    if let Some(last) = free {
+        for &i in &step.inputs {
+            if last.get(i) == Some(&Some(index)) {
+                if let Some(t) = values[i].take() {
+                    pool.give(t);
+                }
+            }
+        }
+    }
+}
+
 fn execute_with(
     p: &Program,
     prepared: &[Prepared],
@@ -385,10 +539,23 @@ fn execute_with(
         input_at[id] = Some(t);
     }
     for (index, step) in p.steps.iter().enumerate() {
-        let name = || p.value_name(step.output).to_string();
+        let prep = prepared.get(index).unwrap_or(&Prepared::Nothing);
+        // A fused step writes the add's output; the add itself only frees its inputs. A traced
+        // run (no `free`: every value kept) runs both steps on their own.
+        let fused = free.is_some();
+        let (output, residual) = match prep {
+            Prepared::ConvAdd { residual, output, .. } if fused => (*output, Some(*residual)),
+            Prepared::FusedAway(..) if fused => {
+                free_last_uses(step, index, free, &mut values, pool);
+                continue;
+            }
+            _ => (step.output, None),
+        };
+        let name = || p.value_name(output).to_string();
         let args: Vec<&Tensor> = step
             .inputs
             .iter()
+            .chain(&residual)
             .map(|&i| {
                 values
                     .get(i)
@@ -403,17 +570,14 @@ fn execute_with(
                     })
             })
             .collect::<Result<_, _>>()?;
-        let shapes: Vec<&[usize]> = args.iter().map(|t| t.shape.as_slice()).collect();
+        let shapes: Vec<&[usize]> = args[..step.inputs.len()].iter().map(|t| t.shape.as_slice()).collect();
         let out_shape = infer(p, step, &shapes).map_err(|message| RunError::Shape { step: name(), message })?;
         let out = match &step.op {
             StepOp::Float(op) => interp::eval(op, &p.constants, &args),
-            StepOp::Quant(op) => {
-                let prep = prepared.get(index).unwrap_or(&Prepared::Nothing);
-                eval_quant(p, step, op, prep, &args, out_shape.clone(), pool)
-                    .map_err(|error| RunError::Kernel { step: name(), error })?
-            }
+            StepOp::Quant(op) => eval_quant(p, step, op, prep, &args, out_shape.clone(), pool)
+                .map_err(|error| RunError::Kernel { step: name(), error })?,
         };
-        if on_value(step.output, &out).is_break() {
+        if on_value(output, &out).is_break() {
             return Err(RunError::Stopped { node: name() });
         }
         if let Some((i, v)) = out.as_f32().and_then(first_non_finite) {
@@ -429,21 +593,13 @@ fn execute_with(
                 message: format!("produced {:?}, expected {out_shape:?}", out.shape),
             });
         }
-        let unused = free.is_some_and(|last| last[step.output].is_none() && !p.outputs.contains(&step.output));
+        let unused = free.is_some_and(|last| last[output].is_none() && !p.outputs.contains(&output));
         if unused {
             pool.give(out);
         } else {
-            values[step.output] = Some(out);
+            values[output] = Some(out);
         }
-        if let Some(last) = free {
-            for &i in &step.inputs {
-                if last.get(i) == Some(&Some(index)) {
-                    if let Some(t) = values[i].take() {
-                        pool.give(t);
-                    }
-                }
-            }
-        }
+        free_last_uses(step, index, free, &mut values, pool);
     }
     for (t, &id) in inputs.iter().zip(&p.inputs) {
         if free.is_none() || p.outputs.contains(&id) {
@@ -600,7 +756,7 @@ fn eval_quant(
             return Ok(Tensor::f32(out_shape, f));
         }
         QuantOp::QConv { window, groups, .. } => {
-            let Prepared::Conv(packed) = prep else {
+            let (Prepared::Conv(packed) | Prepared::ConvAdd { conv: packed, .. }) = prep else {
                 return Err(bad("qconv is not prepared"));
             };
             let (n, h, w, c) = nhwc(&x.shape)?;
@@ -615,7 +771,12 @@ fn eval_quant(
                 w: aw,
                 groups: *groups,
             };
-            packed.run(&geom, u8s(x)?, &mut out)?;
+            match (prep, args.get(1)) {
+                (Prepared::ConvAdd { add, .. }, Some(residual)) => {
+                    packed.run_add(&geom, u8s(x)?, add, u8s(residual)?, &mut out)?
+                }
+                _ => packed.run(&geom, u8s(x)?, &mut out)?,
+            }
         }
         QuantOp::QLinear { .. } => {
             let Prepared::Linear(packed) = prep else {
@@ -625,7 +786,7 @@ fn eval_quant(
             packed.run(x.len() / kf.max(1), u8s(x)?, &mut out)?;
         }
         QuantOp::QAdd { .. } => {
-            let Prepared::Add(add, isa) = prep else {
+            let (Prepared::Add(add, isa) | Prepared::FusedAway(add, isa)) = prep else {
                 return Err(bad("qadd is not prepared"));
             };
             let b = args.get(1).ok_or_else(|| bad("qadd takes two inputs"))?;

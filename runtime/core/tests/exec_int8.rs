@@ -477,3 +477,92 @@ fn buffers_are_reused_run_after_run() {
         }
     });
 }
+
+/// Residual blocks as ResNet has them (`conv → conv → add(relu)` with the block input, and with a
+/// strided 1x1 downsample convolution as the residual, computed before or after the main path):
+/// with the VNNI-layout kernels (emulated lanes), each add whose convolution output nothing else
+/// reads runs in that convolution's epilogue, and the outputs are the scalar kernels' bits; a
+/// convolution whose output the program also returns is not fused.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn residual_adds_fused_into_convolutions_give_the_same_bits() {
+    for seed in 0..6 {
+        let mut b = Builder::new(300 + seed);
+        let x = random(&mut b.rng, vec![2, 16, 9, 9], -2.0, 2.0);
+        let xi = b.input("x", x.clone());
+        let xq = b.quantize("x.q", xi, CL);
+        let k3 = |stride| window(&[3, 3], &[stride, stride], &[1, 1], &[1, 1], false);
+        let downsample = seed % 2 == 1;
+        let (stride, out_c) = if downsample { (2, 24) } else { (1, 16) };
+        // The residual: the block input, or a downsample computed first (seeds 1, 5) or after
+        // the main path's convolutions (seed 3: `c2` is not fused, the downsample is, with `c2`
+        // as its residual).
+        let early = downsample && seed != 3;
+        let ds = |b: &mut Builder| {
+            let w = (vec![out_c, 1, 1, 16], 0.05, Some(0.2));
+            b.qconv(
+                "ds",
+                xq,
+                window(&[1, 1], &[2, 2], &[0, 0], &[1, 1], false),
+                1,
+                Activation::None,
+                w,
+            )
+        };
+        let early_ds = early.then(|| ds(&mut b));
+        let c1 = b.qconv(
+            "c1",
+            xq,
+            k3(stride),
+            1,
+            Activation::Relu,
+            (vec![out_c, 3, 3, 16], 0.04, Some(0.2)),
+        );
+        let c2 = b.qconv(
+            "c2",
+            c1,
+            k3(1),
+            1,
+            Activation::None,
+            (vec![out_c, 3, 3, out_c], 0.04, Some(0.2)),
+        );
+        let residual = match (downsample, early_ds) {
+            (false, _) => xq,
+            (true, Some(d)) => d,
+            (true, None) => ds(&mut b),
+        };
+        let inputs = if seed % 3 == 0 {
+            vec![residual, c2]
+        } else {
+            vec![c2, residual]
+        };
+        let add = b.step("add", QuantOp::QAdd { relu: true }, inputs, CL, None);
+        let out = b.dequantize("add.dq", add);
+        b.output(out);
+        if seed == 4 {
+            b.output(c2);
+        }
+        let exec = Executor::with_emulated_vnni(b.p.clone()).unwrap();
+        let scalar = Executor::with_isa(b.p.clone(), qc_runtime::kernels::fast::Isa::Scalar).unwrap();
+        let (got, want) = (
+            exec.run(std::slice::from_ref(&x)).unwrap(),
+            scalar.run(std::slice::from_ref(&x)).unwrap(),
+        );
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g.shape, w.shape);
+            assert_eq!(format!("{:?}", g.data), format!("{:?}", w.data), "seed {seed}");
+        }
+        let kernels = exec.step_kernels();
+        let add_step = b.p.steps.iter().position(|s| s.output == add).unwrap();
+        let fused = seed != 4;
+        assert_eq!(
+            kernels[add_step].as_deref() == Some("added by the convolution before"),
+            fused,
+            "seed {seed}: {kernels:?}"
+        );
+        // A traced run keeps every value, the fused convolution's too.
+        let traced = exec.run_traced(std::slice::from_ref(&x)).unwrap();
+        assert!(traced[c2].is_some() && traced[add].is_some());
+    }
+}
