@@ -114,6 +114,53 @@ fn compile_writes_a_model_that_qc_run_runs() {
         f32s(&direct[0]),
         "qc run writes what the model computes"
     );
+
+    // Every kernel path this CPU runs, forced with QC_ISA, writes the same bits, and the profile
+    // names the path of each int8 step.
+    use qc_runtime::kernels::fast::Isa;
+    for isa in Isa::ALL.into_iter().filter(|i| i.check().is_ok()) {
+        let forced = dir.path().join(format!("y.{}.npy", isa.name()));
+        let out = qc()
+            .arg("run")
+            .arg(&model_path)
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(&forced)
+            .arg("--profile")
+            .env("QC_ISA", isa.name())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            std::fs::read(&forced).unwrap(),
+            std::fs::read(&output).unwrap(),
+            "{isa:?}"
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let conv = stdout
+            .lines()
+            .find(|l| l.contains("conv2 = qconv"))
+            .unwrap_or_else(|| panic!("{stdout}"));
+        assert!(conv.contains(&format!("[{}", isa.name())), "{isa:?}: {conv}");
+    }
+}
+
+#[test]
+fn backends_lists_every_kernel_path() {
+    let out = qc().arg("backends").env_remove("QC_ISA").output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    use qc_runtime::kernels::fast::{detected, Isa};
+    for isa in Isa::ALL {
+        let line = stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(isa.name()))
+            .unwrap_or_else(|| panic!("{stdout}"));
+        assert_eq!(line.contains("not available"), isa.check().is_err(), "{line}");
+    }
+    let runs = format!("runs: {} (the best this CPU has)", detected().name());
+    assert!(stdout.contains(&runs), "{stdout}");
 }
 
 #[test]
