@@ -29,7 +29,7 @@ fn oncpu() -> u64 {
 }
 
 fn main() {
-    if qc_runtime::kernels::fast::detected() != Isa::Avx2 {
+    if Isa::Avx2.check().is_err() {
         println!("no AVX2");
         return;
     }
