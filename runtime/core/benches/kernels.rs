@@ -59,6 +59,15 @@ fn conv(c: &mut Criterion, name: &str, geom: Conv2dGeom) {
             b.iter(|| packed7.run(&geom, &x, &mut out).unwrap())
         });
     }
+    // The VNNI-layout paths this CPU runs (full 8-bit inputs; none on an AVX2-only CPU).
+    for isa in [Isa::AvxVnni, Isa::Avx512Vnni, Isa::Amx] {
+        if isa.check().is_ok() {
+            let packed = PackedConv::with_isa(&p, &w, Some(&bias), isa).unwrap();
+            g.bench_function(BenchmarkId::new(isa.name(), ""), |b| {
+                b.iter(|| packed.run(&geom, &x, &mut out).unwrap())
+            });
+        }
+    }
     g.finish();
 }
 
