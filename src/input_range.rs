@@ -136,7 +136,7 @@ mod tests {
         (0..n)
             .map(|_| {
                 let r = (rng.next_u64() % 256) as f32;
-                if rng.next_u64() % 2 == 0 {
+                if rng.next_u64().is_multiple_of(2) {
                     0.0
                 } else {
                     r / 255.0
