@@ -1538,7 +1538,7 @@ mod tests {
                 qmin: v[0],
                 qmax: v[2],
             };
-            let (alo, ahi) = super::acc_clamp(&q);
+            let (alo, ahi) = crate::kernels::acc_clamp(&q);
             let lanes = RequantLanes::splat(&q);
             let accs = [
                 alo,

@@ -2,6 +2,9 @@
 //! ([`permission`]). The tile kernels share the VNNI weight pack and padded input of
 //! [`super::vnni`].
 
+pub mod conv;
+pub mod tiles;
+
 use std::sync::OnceLock;
 
 /// Why AMX cannot run here.

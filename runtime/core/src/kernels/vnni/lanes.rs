@@ -15,13 +15,31 @@ pub trait Lanes {
     type W: Copy;
 
     /// All zero.
+    ///
+    /// # Safety
+    /// See [`Lanes`].
     unsafe fn zero() -> Self::Acc;
+    /// The 16 `i32` at `p` (unaligned): accumulators computed elsewhere (the AMX kernels' stored
+    /// C tiles), for [`Lanes::store`].
+    ///
+    /// # Safety
+    /// See [`Lanes`].
+    unsafe fn load_acc(p: *const i32) -> Self::Acc;
     /// The 64 bytes at `w` (unaligned).
+    ///
+    /// # Safety
+    /// See [`Lanes`].
     unsafe fn load_w(w: *const i8) -> Self::W;
     /// `vpdpbusd`: lane `j` += `Σ_i x[i] · w[4j + i]` (`x` the 4 `u8` at `x`, `w` as `i8`),
     /// wrapping, no saturation.
+    ///
+    /// # Safety
+    /// See [`Lanes`].
     unsafe fn dot(acc: Self::Acc, x: *const u8, w: Self::W) -> Self::Acc;
     /// [`Requant16::apply`] on the first `n` lanes, written to `out[0..n]`.
+    ///
+    /// # Safety
+    /// See [`Lanes`].
     unsafe fn store(acc: Self::Acc, r: &Requant16, out: *mut u8, n: usize);
 }
 
@@ -36,6 +54,11 @@ impl Lanes for Emulated {
     #[inline(always)]
     unsafe fn zero() -> [i32; LANES] {
         [0; LANES]
+    }
+
+    #[inline(always)]
+    unsafe fn load_acc(p: *const i32) -> [i32; LANES] {
+        std::ptr::read_unaligned(p as *const [i32; LANES])
     }
 
     #[inline(always)]

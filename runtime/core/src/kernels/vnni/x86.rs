@@ -29,6 +29,12 @@ impl Lanes for Avx512 {
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn load_acc(p: *const i32) -> __m512i {
+        ld512(p)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn load_w(w: *const i8) -> __m512i {
         ld512(w)
     }
@@ -40,10 +46,10 @@ impl Lanes for Avx512 {
         _mm512_dpbusd_epi32(acc, xb, w)
     }
 
-    /// 1. clamp `acc + bias` to `[alo, ahi]`; 2. `vpmuldq` on the even lanes and on the odd
-    /// lanes shifted down gives the exact `i64` products; 3. plus the rounding term, arithmetic
-    /// shift (`vpsravq`); 4. the low halves joined, plus `zp`, clamped; 5. `vpmovdb` of the first
-    /// `n` lanes (values in `[0, 255]`).
+    /// (1) clamp `acc + bias` to `[alo, ahi]`; (2) `vpmuldq` on the even lanes and on the odd
+    /// lanes shifted down gives the exact `i64` products; (3) plus the rounding term, arithmetic
+    /// shift (`vpsravq`); (4) the low halves joined, plus `zp`, clamped; (5) `vpmovdb` of the
+    /// first `n` lanes (values in `[0, 255]`).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn store(acc: __m512i, r: &Requant16, out: *mut u8, n: usize) {
@@ -118,6 +124,12 @@ impl Lanes for AvxVnni {
     #[target_feature(enable = "avx2,avxvnni")]
     unsafe fn zero() -> (__m256i, __m256i) {
         (_mm256_setzero_si256(), _mm256_setzero_si256())
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,avxvnni")]
+    unsafe fn load_acc(p: *const i32) -> (__m256i, __m256i) {
+        (ld256(p), ld256(p.add(8)))
     }
 
     #[inline]

@@ -1,0 +1,223 @@
+//! The one `tdpbusd` convolution driver, generic over [`Tiles`] (the instructions or their
+//! emulation) and over the [`Lanes`] whose epilogue requantizes: an implicit GEMM over the padded
+//! NHWC input ([`crate::kernels::vnni::PaddedInput`]) with the VNNI weight pack as B tiles.
+//!
+//! A step computes up to 32 output pixels (two A tiles of 16 pixels) × up to 32 output channels
+//! (two B tiles of 16 channels) in four C tiles, summing over the kernel taps and, per tap, over
+//! chunks of `K` quads of input channels (`K = min(quads, 16)`: one A row is `4K` bytes of one
+//! pixel at one tap, one B tile `K` rows of 64 bytes). When an A tile's 16 pixels lie in one
+//! output row, `tileloadd` reads them straight from the padded input (row stride: the horizontal
+//! stride times the padded pixel); otherwise (row and image ends, maps narrower than 16, the last
+//! pixels) their rows are gathered into a scratch tile first. The C tiles are stored to a
+//! scratch `16 × 16` `i32` block and each valid pixel's row goes through [`Lanes::store`], the
+//! same epilogue ([`crate::kernels::vnni::Requant16`]) as the `vpdpbusd` kernels.
+
+use super::tiles::{ATile, BTile, CTile, TileConfig, Tiles};
+use crate::kernels::vnni::pack::{LANES, QUAD_BYTES};
+use crate::kernels::vnni::{Lanes, VnniPack, VnniRun};
+
+/// Output pixels per A tile (its rows).
+pub const TILE_PIXELS: usize = 16;
+/// Output pixels per step (two A tiles): the `tile` [`crate::kernels::vnni::run`] splits by.
+pub const STEP_PIXELS: usize = 2 * TILE_PIXELS;
+/// Quads of input channels per K-chunk at most (an A tile's 64 bytes per row, a B tile's rows).
+pub const MAX_CHUNK_QUADS: usize = 16;
+
+/// The pack alignment (quads per tap) the driver needs for `cig` input channels per group: one
+/// chunk of `ceil(cig / 4)` quads when that is at most 16, else whole chunks of 16.
+pub fn quad_align(cig: usize) -> usize {
+    if cig.div_ceil(4) > MAX_CHUNK_QUADS {
+        MAX_CHUNK_QUADS
+    } else {
+        1
+    }
+}
+
+/// Quads per K-chunk of `pk`.
+pub fn chunk_quads(pk: &VnniPack) -> usize {
+    pk.quads.min(MAX_CHUNK_QUADS)
+}
+
+/// The tile shapes of `pk`'s runs: C tiles 16 pixels × 16 `i32`, A tiles 16 pixels × `4K`
+/// bytes, B tiles `K` quads × 64 bytes.
+pub fn config(pk: &VnniPack) -> TileConfig {
+    let k = chunk_quads(pk);
+    let mut cfg = TileConfig::new();
+    for i in 0..4 {
+        cfg = cfg.with(CTile::nth(i).tmm(), TILE_PIXELS, 4 * LANES);
+    }
+    for i in 0..2 {
+        cfg = cfg
+            .with(ATile::nth(i).tmm(), TILE_PIXELS, 4 * k)
+            .with(BTile::nth(i).tmm(), k, QUAD_BYTES);
+    }
+    cfg
+}
+
+/// A task's scratch: two gathered A tiles and one stored C tile.
+#[repr(C, align(64))]
+struct Scratch {
+    a: [[u8; TILE_PIXELS * 64]; 2],
+    c: [i32; TILE_PIXELS * LANES],
+}
+
+/// Where the rows of one A tile come from.
+#[derive(Clone, Copy)]
+struct ARows {
+    /// Valid pixels (rows), `1..=16`.
+    rows: usize,
+    /// `Some(stride)`: row `p` is at `base[0] + p · stride` (one output row); `None`: gathered.
+    stride: Option<usize>,
+    /// The padded input's offset of each pixel's tap (0, 0), group `g`'s first byte.
+    base: [usize; TILE_PIXELS],
+}
+
+impl ARows {
+    fn new(r: &VnniRun, g: usize, f: usize, rows: usize) -> ARows {
+        let mut base = [0usize; TILE_PIXELS];
+        for (p, b) in base.iter_mut().enumerate().take(rows) {
+            *b = r.pixel_offset(f + p) + g * r.pad.cgp;
+        }
+        let one_row = rows == TILE_PIXELS && f % r.out_w + TILE_PIXELS <= r.out_w;
+        ARows {
+            rows,
+            stride: one_row.then(|| r.sw * r.pad.pixel()),
+            base,
+        }
+    }
+}
+
+/// Pixels `f0..f1` of blocks `b0..b1` of group `g`, in steps of up to 32 pixels × 2 blocks.
+///
+/// # Safety
+/// `T`'s and `L`'s instructions present (for AMX: permission granted); `pk` packed with
+/// [`quad_align`]`(pk.cig)`; `xpad` the padded input of `r` (with `vnni::conv::SLACK` bytes
+/// after it), `out` the whole output; the pixels and blocks exist.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn conv_range<T: Tiles, L: Lanes>(
+    pk: &VnniPack,
+    r: &VnniRun,
+    xpad: *const u8,
+    out: *mut u8,
+    g: usize,
+    (b0, b1): (usize, usize),
+    (f0, f1): (usize, usize),
+) {
+    let kq = chunk_quads(pk);
+    let (chunks, row_bytes) = (pk.quads / kq, 4 * kq);
+    let mut tiles = T::default();
+    tiles.configure(&config(pk));
+    let mut s = Scratch {
+        a: [[0; TILE_PIXELS * 64]; 2],
+        c: [0; TILE_PIXELS * LANES],
+    };
+    let mut b = b0;
+    while b < b1 {
+        let nb = (b1 - b).min(2);
+        let mut f = f0;
+        while f < f1 {
+            let np = (f1 - f).min(STEP_PIXELS);
+            let na = np.div_ceil(TILE_PIXELS);
+            let a_rows = [0, 1].map(|ai| {
+                ARows::new(
+                    r,
+                    g,
+                    f + ai * TILE_PIXELS,
+                    np.saturating_sub(ai * TILE_PIXELS).min(TILE_PIXELS),
+                )
+            });
+            for ai in 0..na {
+                for bi in 0..nb {
+                    tiles.zero(CTile::nth(2 * ai + bi));
+                }
+            }
+            for i in 0..r.kh {
+                for j in 0..r.kw {
+                    let t = i * r.kw + j;
+                    let tap = r.tap_offset(i, j);
+                    for ch in 0..chunks {
+                        let at = tap + ch * row_bytes;
+                        for (ai, a) in a_rows.iter().enumerate().take(na) {
+                            match a.stride {
+                                Some(stride) => tiles.load(ATile::nth(ai).tmm(), xpad.add(a.base[0] + at), stride),
+                                None => {
+                                    let dst = s.a[ai].as_mut_ptr();
+                                    for p in 0..a.rows {
+                                        std::ptr::copy_nonoverlapping(
+                                            xpad.add(a.base[p] + at),
+                                            dst.add(p * 64),
+                                            row_bytes,
+                                        );
+                                    }
+                                    tiles.load(ATile::nth(ai).tmm(), dst, 64);
+                                }
+                            }
+                        }
+                        for bi in 0..nb {
+                            let w = pk.weights(g, b + bi, t).add(ch * kq * QUAD_BYTES);
+                            tiles.load(BTile::nth(bi).tmm(), w as *const u8, QUAD_BYTES);
+                        }
+                        for ai in 0..na {
+                            for bi in 0..nb {
+                                tiles.dpbusd(CTile::nth(2 * ai + bi), ATile::nth(ai), BTile::nth(bi));
+                            }
+                        }
+                    }
+                }
+            }
+            for (ai, a) in a_rows.iter().enumerate().take(na) {
+                for bi in 0..nb {
+                    tiles.store(CTile::nth(2 * ai + bi), s.c.as_mut_ptr() as *mut u8, 4 * LANES);
+                    let c0 = (b + bi) * LANES;
+                    let (rq, n) = (pk.requant(g, b + bi), (pk.cog - c0).min(LANES));
+                    for p in 0..a.rows {
+                        let o = out.add((f + ai * TILE_PIXELS + p) * r.out_c + g * pk.cog + c0);
+                        L::store(L::load_acc(s.c.as_ptr().add(p * LANES)), rq, o, n);
+                    }
+                }
+            }
+            f += np;
+        }
+        b += nb;
+    }
+    tiles.release();
+}
+
+/// [`conv_range`] on emulated tiles and [`crate::kernels::vnni::Emulated`] lanes: the portable
+/// kernel, for tests on any CPU.
+///
+/// # Safety
+/// As [`conv_range`] (no instruction set needed).
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn range_emulated(
+    pk: &VnniPack,
+    r: &VnniRun,
+    xpad: *const u8,
+    out: *mut u8,
+    g: usize,
+    blocks: (usize, usize),
+    pixels: (usize, usize),
+) {
+    conv_range::<super::tiles::Emulated, crate::kernels::vnni::Emulated>(pk, r, xpad, out, g, blocks, pixels)
+}
+
+/// [`conv_range`] on the AMX instructions, with the AVX-512 epilogue.
+///
+/// # Safety
+/// `Isa::Amx.check()` is `Ok` (AMX-INT8 with the process's permission, AVX-512 VNNI); as
+/// [`conv_range`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn range_amx(
+    pk: &VnniPack,
+    r: &VnniRun,
+    xpad: *const u8,
+    out: *mut u8,
+    g: usize,
+    blocks: (usize, usize),
+    pixels: (usize, usize),
+) {
+    conv_range::<super::tiles::Amx, crate::kernels::vnni::x86::Avx512>(pk, r, xpad, out, g, blocks, pixels)
+}
