@@ -1178,3 +1178,42 @@ fn large_conv_amx_matches_reference() {
         }
     }
 }
+
+/// The lane epilogue every VNNI and AMX kernel shares ([`Requant16::apply`]) equals
+/// [`Requant::apply`] on every accumulator of the clamp window and a few past it, for small odd
+/// multipliers and shifts: every residue of `acc · m` modulo `2^shift` occurs, so a rounding term
+/// off by one either way (not only at exact ties) shows.
+#[test]
+fn requant16_apply_matches_requant_on_every_residue() {
+    use qc_runtime::kernels::vnni::Requant16;
+    let r = &mut SplitMix64::new(17);
+    for case in 0..300 {
+        let shift = 1 + below(r, 10) as u32;
+        let multiplier = 1 + 2 * below(r, if case % 2 == 0 { 16 } else { 128 }) as i32;
+        let mut v = [0, 1, 2].map(|_| below(r, 256) as i32);
+        v.sort();
+        if case % 3 == 0 {
+            (v[0], v[2]) = (0, 255);
+        }
+        let q = Requant {
+            multiplier,
+            shift,
+            zero_point: v[1],
+            qmin: v[0],
+            qmax: v[2],
+        };
+        let bias = below(r, 2001) as i32 - 1000;
+        let lanes = Requant16::new(&[q; 16], &[bias; 16]);
+        let lane = case % 16;
+        let lo = (lanes.alo[lane] as i64 - bias as i64 - 3).max(-(1 << 22));
+        let hi = (lanes.ahi[lane] as i64 - bias as i64 + 3).min(1 << 22);
+        for acc in lo..=hi {
+            let acc = acc as i32;
+            assert_eq!(
+                lanes.apply(lane, acc) as i32,
+                q.apply(acc + bias),
+                "{q:?} bias {bias} acc {acc}"
+            );
+        }
+    }
+}
