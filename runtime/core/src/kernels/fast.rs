@@ -1,6 +1,8 @@
 //! The optimised int8 kernels behind one dispatch: the instruction set is detected once at run time
 //! ([`detected`]); with AVX2 the kernels of [`super::avx2`] run, otherwise the scalar
-//! [`reference`] ones. Both give the same bits (tests/kernels_bitexact.rs).
+//! [`reference`] ones. Both give the same bits (tests/kernels_bitexact.rs). On the [`Isa`] paths
+//! with VNNI, non-depthwise convolution and linear layers run the `vpdpbusd` kernels of
+//! [`super::vnni`]; on [`Isa::Amx`] the `tdpbusd` tile kernels of [`super::amx`].
 //!
 //! Convolution and linear layers prepack their weights once ([`PackedConv`], [`PackedLinear`]);
 //! running one checks the shapes exactly as the reference does and never panics on bad input.

@@ -87,7 +87,78 @@ impl ARows {
     }
 }
 
-/// Pixels `f0..f1` of blocks `b0..b1` of group `g`, in steps of up to 32 pixels × 2 blocks.
+/// One step: pixels `f..f + np` (`np <= 16 · NA`, more than `16 · (NA - 1)`) times blocks
+/// `b..b + NB` of group `g`, in `NA × NB` C tiles; `NA` and `NB` are 1 or 2, constants so that
+/// the tile registers of each instruction are known when it is compiled.
+///
+/// # Safety
+/// As [`conv_range`]; `tiles` configured with [`config`]`(pk)`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn step<T: Tiles, L: Lanes, const NA: usize, const NB: usize>(
+    tiles: &mut T,
+    s: &mut Scratch,
+    pk: &VnniPack,
+    r: &VnniRun,
+    (xpad, out): (*const u8, *mut u8),
+    g: usize,
+    b: usize,
+    (f, np): (usize, usize),
+) {
+    let kq = chunk_quads(pk);
+    let (chunks, row_bytes) = (pk.quads / kq, 4 * kq);
+    let a_rows: [ARows; NA] =
+        std::array::from_fn(|ai| ARows::new(r, g, f + ai * TILE_PIXELS, (np - ai * TILE_PIXELS).min(TILE_PIXELS)));
+    for ai in 0..NA {
+        for bi in 0..NB {
+            tiles.zero(CTile::nth(2 * ai + bi));
+        }
+    }
+    for i in 0..r.kh {
+        for j in 0..r.kw {
+            let t = i * r.kw + j;
+            let tap = r.tap_offset(i, j);
+            for ch in 0..chunks {
+                let at = tap + ch * row_bytes;
+                for (ai, a) in a_rows.iter().enumerate() {
+                    match a.stride {
+                        Some(stride) => tiles.load(ATile::nth(ai).tmm(), xpad.add(a.base[0] + at), stride),
+                        None => {
+                            let dst = s.a[ai].as_mut_ptr();
+                            for p in 0..a.rows {
+                                std::ptr::copy_nonoverlapping(xpad.add(a.base[p] + at), dst.add(p * 64), row_bytes);
+                            }
+                            tiles.load(ATile::nth(ai).tmm(), dst, 64);
+                        }
+                    }
+                }
+                for bi in 0..NB {
+                    let w = pk.weights(g, b + bi, t).add(ch * kq * QUAD_BYTES);
+                    tiles.load(BTile::nth(bi).tmm(), w as *const u8, QUAD_BYTES);
+                }
+                for ai in 0..NA {
+                    for bi in 0..NB {
+                        tiles.dpbusd(CTile::nth(2 * ai + bi), ATile::nth(ai), BTile::nth(bi));
+                    }
+                }
+            }
+        }
+    }
+    for (ai, a) in a_rows.iter().enumerate() {
+        for bi in 0..NB {
+            tiles.store(CTile::nth(2 * ai + bi), s.c.as_mut_ptr() as *mut u8, 4 * LANES);
+            let c0 = (b + bi) * LANES;
+            let (rq, n) = (pk.requant(g, b + bi), (pk.cog - c0).min(LANES));
+            for p in 0..a.rows {
+                let o = out.add((f + ai * TILE_PIXELS + p) * r.out_c + g * pk.cog + c0);
+                L::store(L::load_acc(s.c.as_ptr().add(p * LANES)), rq, o, n);
+            }
+        }
+    }
+}
+
+/// Pixels `f0..f1` of blocks `b0..b1` of group `g`, in steps of up to 32 pixels × 2 blocks:
+/// configures the tiles, runs the steps, releases the tiles.
 ///
 /// # Safety
 /// `T`'s and `L`'s instructions present (for AMX: permission granted); `pk` packed with
@@ -104,82 +175,29 @@ pub unsafe fn conv_range<T: Tiles, L: Lanes>(
     (b0, b1): (usize, usize),
     (f0, f1): (usize, usize),
 ) {
-    let kq = chunk_quads(pk);
-    let (chunks, row_bytes) = (pk.quads / kq, 4 * kq);
     let mut tiles = T::default();
     tiles.configure(&config(pk));
     let mut s = Scratch {
         a: [[0; TILE_PIXELS * 64]; 2],
         c: [0; TILE_PIXELS * LANES],
     };
+    let io = (xpad, out);
     let mut b = b0;
     while b < b1 {
-        let nb = (b1 - b).min(2);
+        let pair = b + 2 <= b1;
         let mut f = f0;
         while f < f1 {
             let np = (f1 - f).min(STEP_PIXELS);
-            let na = np.div_ceil(TILE_PIXELS);
-            let a_rows = [0, 1].map(|ai| {
-                ARows::new(
-                    r,
-                    g,
-                    f + ai * TILE_PIXELS,
-                    np.saturating_sub(ai * TILE_PIXELS).min(TILE_PIXELS),
-                )
-            });
-            for ai in 0..na {
-                for bi in 0..nb {
-                    tiles.zero(CTile::nth(2 * ai + bi));
-                }
-            }
-            for i in 0..r.kh {
-                for j in 0..r.kw {
-                    let t = i * r.kw + j;
-                    let tap = r.tap_offset(i, j);
-                    for ch in 0..chunks {
-                        let at = tap + ch * row_bytes;
-                        for (ai, a) in a_rows.iter().enumerate().take(na) {
-                            match a.stride {
-                                Some(stride) => tiles.load(ATile::nth(ai).tmm(), xpad.add(a.base[0] + at), stride),
-                                None => {
-                                    let dst = s.a[ai].as_mut_ptr();
-                                    for p in 0..a.rows {
-                                        std::ptr::copy_nonoverlapping(
-                                            xpad.add(a.base[p] + at),
-                                            dst.add(p * 64),
-                                            row_bytes,
-                                        );
-                                    }
-                                    tiles.load(ATile::nth(ai).tmm(), dst, 64);
-                                }
-                            }
-                        }
-                        for bi in 0..nb {
-                            let w = pk.weights(g, b + bi, t).add(ch * kq * QUAD_BYTES);
-                            tiles.load(BTile::nth(bi).tmm(), w as *const u8, QUAD_BYTES);
-                        }
-                        for ai in 0..na {
-                            for bi in 0..nb {
-                                tiles.dpbusd(CTile::nth(2 * ai + bi), ATile::nth(ai), BTile::nth(bi));
-                            }
-                        }
-                    }
-                }
-            }
-            for (ai, a) in a_rows.iter().enumerate().take(na) {
-                for bi in 0..nb {
-                    tiles.store(CTile::nth(2 * ai + bi), s.c.as_mut_ptr() as *mut u8, 4 * LANES);
-                    let c0 = (b + bi) * LANES;
-                    let (rq, n) = (pk.requant(g, b + bi), (pk.cog - c0).min(LANES));
-                    for p in 0..a.rows {
-                        let o = out.add((f + ai * TILE_PIXELS + p) * r.out_c + g * pk.cog + c0);
-                        L::store(L::load_acc(s.c.as_ptr().add(p * LANES)), rq, o, n);
-                    }
-                }
+            let t = (&mut tiles, &mut s);
+            match (np > TILE_PIXELS, pair) {
+                (true, true) => step::<T, L, 2, 2>(t.0, t.1, pk, r, io, g, b, (f, np)),
+                (true, false) => step::<T, L, 2, 1>(t.0, t.1, pk, r, io, g, b, (f, np)),
+                (false, true) => step::<T, L, 1, 2>(t.0, t.1, pk, r, io, g, b, (f, np)),
+                (false, false) => step::<T, L, 1, 1>(t.0, t.1, pk, r, io, g, b, (f, np)),
             }
             f += np;
         }
-        b += nb;
+        b += if pair { 2 } else { 1 };
     }
     tiles.release();
 }
