@@ -1149,17 +1149,19 @@ fn emulated_tdpbusd_matches_naive_product() {
 /// Convolutions big enough for the threaded path (2 and 3 threads) on the AMX driver, emulated
 /// and (where the CPU has it) real: 64 → 64 3x3 on 2×30×30, 256 → 256 3x3 on 14×14 (several
 /// K-chunks, rows of 14 pixels: every A tile gathered), ResNet's stem 3 → 64 7x7 stride 2 on an
-/// odd width, and a 130 → 40 1x1 (a padded last K-chunk, a single-block tail).
+/// odd width (im2col K-chunks across taps), a 130 → 40 1x1 (a padded last K-chunk, a
+/// single-block tail), and 2 groups of 20 → 24 3x3 with dilation 2 (im2col, block tails).
 #[test]
 fn large_conv_amx_matches_reference() {
     let r = &mut SplitMix64::new(16);
-    for (batch, in_c, out_c, hw, axis) in [
-        (2, 64, 64, [30, 30], Axis::new(3, 1, 1, 1)),
-        (1, 256, 256, [14, 14], Axis::new(3, 1, 1, 1)),
-        (2, 3, 64, [40, 45], Axis::new(7, 2, 3, 1)),
-        (1, 130, 40, [17, 35], Axis::new(1, 1, 0, 1)),
+    for (batch, (in_c, out_c, groups), hw, axis) in [
+        (2, (64, 64, 1), [30, 30], Axis::new(3, 1, 1, 1)),
+        (1, (256, 256, 1), [14, 14], Axis::new(3, 1, 1, 1)),
+        (2, (3, 64, 1), [40, 45], Axis::new(7, 2, 3, 1)),
+        (1, (130, 40, 1), [17, 35], Axis::new(1, 1, 0, 1)),
+        (2, (40, 48, 2), [21, 33], Axis::new(3, 1, 2, 2)),
     ] {
-        let geom = square(batch, hw, (in_c, out_c, 1), axis);
+        let geom = square(batch, hw, (in_c, out_c, groups), axis);
         let zp = 93;
         let p = conv_params(r, geom, zp);
         let x = u8s(r, geom.input_len());
