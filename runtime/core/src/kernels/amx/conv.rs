@@ -190,7 +190,7 @@ unsafe fn step_taps<T: Tiles, L: Lanes, const NA: usize, const NB: usize>(
                         None => {
                             let dst = s.a[ai].as_mut_ptr();
                             for p in 0..a.rows {
-                                std::ptr::copy_nonoverlapping(xpad.add(a.base[p] + at), dst.add(p * 64), row_bytes);
+                                copy_quads(xpad.add(a.base[p] + at), dst.add(p * 64), row_bytes);
                             }
                             tiles.load(ATile::nth(ai).tmm(), dst, 64);
                         }
@@ -244,6 +244,29 @@ unsafe fn step_im2col<T: Tiles, L: Lanes, const NA: usize, const NB: usize>(
     epilogue::<T, L, NA, NB>(tiles, c, pk, r, out, g, b, (f, np));
 }
 
+/// Copies `n` bytes (a multiple of 4) from `src` to `dst` in 8- and 4-byte words, inline (the
+/// gathers copy short runs, a call to `memcpy` each would cost more than the copy).
+///
+/// # Safety
+/// `src` readable and `dst` writable for `n` bytes, not overlapping.
+#[inline(always)]
+unsafe fn copy_quads(src: *const u8, dst: *mut u8, n: usize) {
+    let mut k = 0;
+    while k + 8 <= n {
+        std::ptr::write_unaligned(
+            dst.add(k) as *mut u64,
+            std::ptr::read_unaligned(src.add(k) as *const u64),
+        );
+        k += 8;
+    }
+    if k < n {
+        std::ptr::write_unaligned(
+            dst.add(k) as *mut u32,
+            std::ptr::read_unaligned(src.add(k) as *const u32),
+        );
+    }
+}
+
 thread_local! {
     /// The im2col rows of a step (per thread, taken out while in use).
     static IM2COL: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -278,6 +301,8 @@ pub unsafe fn conv_range<T: Tiles, L: Lanes>(
         let kq = chunk_quads(pk);
         let stride = (pk.taps * pk.quads).div_ceil(kq) * 4 * kq;
         let cgp = r.pad.cgp;
+        // One group, dilation 1: a kernel row's taps are one run of the padded input.
+        let kernel_rows_contiguous = r.dw == 1 && r.pad.pixel() == cgp;
         let mut buf = IM2COL.with(|b| std::mem::take(&mut *b.borrow_mut()));
         buf.clear();
         buf.resize(STEP_PIXELS * stride, 0);
@@ -288,9 +313,13 @@ pub unsafe fn conv_range<T: Tiles, L: Lanes>(
                 let base = xpad.add(r.pixel_offset(f + p) + g * cgp);
                 let row = buf.as_mut_ptr().add(p * stride);
                 for i in 0..r.kh {
+                    if kernel_rows_contiguous {
+                        copy_quads(base.add(r.tap_offset(i, 0)), row.add(i * r.kw * cgp), r.kw * cgp);
+                        continue;
+                    }
                     for j in 0..r.kw {
                         let t = i * r.kw + j;
-                        std::ptr::copy_nonoverlapping(base.add(r.tap_offset(i, j)), row.add(t * cgp), cgp);
+                        copy_quads(base.add(r.tap_offset(i, j)), row.add(t * cgp), cgp);
                     }
                 }
             }
