@@ -369,3 +369,37 @@ impl Tiles for Amx {
         std::arch::asm!("tilerelease", options(nostack, preserves_flags));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `ldtilecfg` operand byte for byte: palette 1 at byte 0, `colsb` as `u16` little endian
+    /// at `16 + 2t`, rows at `48 + t`, zeros elsewhere; shapes clamped to 16 × 64.
+    #[test]
+    fn tile_config_layout() {
+        let cfg = TileConfig::new()
+            .with(Tmm::T0, 16, 64)
+            .with(Tmm::T3, 5, 40)
+            .with(Tmm::T7, 99, 300);
+        let mut want = [0u8; 64];
+        want[0] = 1;
+        (want[16], want[48]) = (64, 16);
+        (want[22], want[51]) = (40, 5);
+        (want[30], want[55]) = (64, 16);
+        assert_eq!(cfg.as_bytes(), &want);
+        assert_eq!((cfg.rows(Tmm::T3), cfg.colsb(Tmm::T3)), (5, 40));
+        assert_eq!((cfg.rows(Tmm::T7), cfg.colsb(Tmm::T7)), (16, 64));
+        assert_eq!(std::mem::align_of::<TileConfig>(), 64);
+        assert_eq!(std::mem::size_of::<TileConfig>(), 64);
+    }
+
+    /// The roles' registers: C tiles `tmm0..3`, A `tmm4, 5`, B `tmm6, 7`.
+    #[test]
+    fn tile_roles() {
+        let c: Vec<Tmm> = (0..4).map(|i| CTile::nth(i).tmm()).collect();
+        assert_eq!(c, [Tmm::T0, Tmm::T1, Tmm::T2, Tmm::T3]);
+        assert_eq!([ATile::A0.tmm(), ATile::A1.tmm()], [Tmm::T4, Tmm::T5]);
+        assert_eq!([BTile::B0.tmm(), BTile::B1.tmm()], [Tmm::T6, Tmm::T7]);
+    }
+}
