@@ -44,9 +44,12 @@ pub fn quad_align(cig: usize) -> usize {
 }
 
 /// Whether `pk`'s runs gather im2col rows (K across the taps): with several taps, when that
-/// takes fewer chunks (`tdpbusd`s per C tile) than one chunk per tap.
+/// takes fewer chunks (`tdpbusd`s per C tile) than one chunk per tap; and for a pack not aligned
+/// to [`quad_align`] (more than 16 quads per tap, not a multiple of 16), whose taps cannot be
+/// cut into whole chunks: im2col rows end in zeros, so any pack gives the right sums.
 pub fn im2col(pk: &VnniPack) -> bool {
-    pk.taps > 1 && (pk.taps * pk.quads).div_ceil(MAX_CHUNK_QUADS) < pk.taps
+    let whole_chunks = pk.quads <= MAX_CHUNK_QUADS || pk.quads.is_multiple_of(MAX_CHUNK_QUADS);
+    !whole_chunks || (pk.taps > 1 && (pk.taps * pk.quads).div_ceil(MAX_CHUNK_QUADS) < pk.taps)
 }
 
 /// Quads per K-chunk of `pk`.
@@ -277,9 +280,10 @@ thread_local! {
 /// all the blocks, see [`im2col`]), releases the tiles.
 ///
 /// # Safety
-/// `T`'s and `L`'s instructions present (for AMX: permission granted); `pk` packed with
-/// [`quad_align`]`(pk.cig)`; `xpad` the padded input of `r` (with `vnni::conv::SLACK` bytes
-/// after it), `out` the whole output; the pixels and blocks exist.
+/// `T`'s and `L`'s instructions present (for AMX: permission granted); `xpad` the padded input
+/// of `r` (with `vnni::conv::SLACK` bytes after it), `out` the whole output; the pixels and
+/// blocks exist. (`pk` packed with [`quad_align`]`(pk.cig)` runs per tap where that pays; any
+/// other alignment runs on im2col rows.)
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn conv_range<T: Tiles, L: Lanes>(
