@@ -296,6 +296,8 @@ fn check_conv(seed: u64, seven: bool) -> Result<(), TestCaseError> {
 enum Vnni {
     /// [`PackedConv::emulated_vnni`].
     Emulated,
+    /// [`PackedConv::emulated_amx`].
+    EmulatedAmx,
     On(Isa),
 }
 
@@ -303,7 +305,7 @@ impl Vnni {
     /// `true` (after saying so once) when this CPU lacks the path.
     fn skipped(self) -> bool {
         match self {
-            Vnni::Emulated => false,
+            Vnni::Emulated | Vnni::EmulatedAmx => false,
             Vnni::On(isa) => lacks(isa),
         }
     }
@@ -312,6 +314,7 @@ impl Vnni {
     fn kernel(self) -> &'static str {
         match self {
             Vnni::Emulated => "emulated vnni",
+            Vnni::EmulatedAmx => "emulated amx",
             Vnni::On(isa) => isa.name(),
         }
     }
@@ -319,6 +322,7 @@ impl Vnni {
     fn conv(self, p: &QConv2d, wt: &[i8], b: Option<&[i32]>) -> PackedConv {
         match self {
             Vnni::Emulated => PackedConv::emulated_vnni(p, wt, b).unwrap(),
+            Vnni::EmulatedAmx => PackedConv::emulated_amx(p, wt, b).unwrap(),
             Vnni::On(isa) => PackedConv::with_isa(p, wt, b, isa).unwrap(),
         }
     }
@@ -326,6 +330,7 @@ impl Vnni {
     fn linear(self, p: &QLinear, wt: &[i8], b: Option<&[i32]>) -> PackedLinear {
         match self {
             Vnni::Emulated => PackedLinear::emulated_vnni(p, wt, b).unwrap(),
+            Vnni::EmulatedAmx => PackedLinear::emulated_amx(p, wt, b).unwrap(),
             Vnni::On(isa) => PackedLinear::with_isa(p, wt, b, isa).unwrap(),
         }
     }
@@ -356,7 +361,7 @@ fn check_conv_vnni(seed: u64, path: Vnni) -> Result<(), TestCaseError> {
     let wt = i8s(r, geom.weight_len());
     let b = bias(r, geom.out_c, geom.reduction_len(), zp);
     let packed = path.conv(&p, &wt, b.as_deref());
-    if (cig, cog) != (1, 1) || path == Vnni::Emulated {
+    if (cig, cog) != (1, 1) || matches!(path, Vnni::Emulated | Vnni::EmulatedAmx) {
         prop_assert_eq!(packed.kernel(), path.kernel());
     }
     conv_same_bits(&p, (&x, &wt, b.as_deref()), &packed, geom, &(geom, zp, path))
@@ -428,6 +433,155 @@ fn check_linear_vnni(seed: u64, path: Vnni) -> Result<(), TestCaseError> {
         packed.run(batch, &x, o)
     })
     .map(drop)
+}
+
+/// Whether this CPU runs the real AMX kernels; otherwise says why, once, and the AMX checks pass
+/// without running.
+fn amx_runs() -> bool {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    match Isa::Amx.check() {
+        Ok(()) => true,
+        Err(why) => {
+            SAID.call_once(|| println!("skipped: this CPU has no AMX-INT8 ({why})"));
+            false
+        }
+    }
+}
+
+/// A convolution packed for the AMX driver: emulated tiles (`real` false, every CPU) or the
+/// instructions (`real`, [`Isa::Amx`]); `None` when `real` and this CPU has no AMX.
+fn amx_conv(p: &QConv2d, wt: &[i8], b: Option<&[i32]>, real: bool) -> Option<PackedConv> {
+    if real {
+        if !amx_runs() {
+            return None;
+        }
+        let packed = PackedConv::with_isa(p, wt, b, Isa::Amx).unwrap();
+        assert_eq!(packed.isa(), Isa::Amx);
+        return Some(packed);
+    }
+    #[cfg(target_arch = "x86_64")]
+    return Some(PackedConv::emulated_amx(p, wt, b).unwrap());
+    #[cfg(not(target_arch = "x86_64"))]
+    None
+}
+
+/// [`amx_conv`] for a linear layer.
+fn amx_linear(p: &QLinear, wt: &[i8], b: Option<&[i32]>, real: bool) -> Option<PackedLinear> {
+    if real {
+        if !amx_runs() {
+            return None;
+        }
+        let packed = PackedLinear::with_isa(p, wt, b, Isa::Amx).unwrap();
+        assert_eq!(packed.isa(), Isa::Amx);
+        return Some(packed);
+    }
+    #[cfg(target_arch = "x86_64")]
+    return Some(PackedLinear::emulated_amx(p, wt, b).unwrap());
+    #[cfg(not(target_arch = "x86_64"))]
+    None
+}
+
+/// A random convolution on the AMX driver ([`amx_conv`]): groups 1-3, input channels per group
+/// 1-130 (one K-chunk of fewer than 16 quads, exactly 16, or several chunks of 16 with a padded
+/// last one), output channels leaving block and pair tails, kernels 1-3 (or, an eighth of the
+/// time, ResNet's 7x7 stride-2 stem), strides 1-3, padding, dilation 1-2, 1-D cases, batch 1-3,
+/// widths up to ~45 so that output rows of 16 and more pixels load A tiles straight from the
+/// padded input while row ends, narrow maps and the last pixels gather; zero points 0, 255 and
+/// any; weights sometimes all at -128 / 127 and inputs sometimes all 255.
+fn check_conv_amx(seed: u64, real: bool) -> Result<(), TestCaseError> {
+    let r = &mut SplitMix64::new(seed);
+    let groups = pick(r, &[1, 1, 1, 2, 3]);
+    let stem = below(r, 8) == 0;
+    let cig = if stem {
+        pick(r, &[1, 3, 4])
+    } else if below(r, 2) == 0 {
+        pick(
+            r,
+            &[1, 2, 3, 4, 5, 7, 8, 16, 17, 33, 63, 64, 65, 68, 127, 128, 129, 130],
+        )
+    } else {
+        1 + below(r, 130) as usize
+    };
+    let cog = if below(r, 2) == 0 {
+        pick(r, &[1, 3, 7, 15, 16, 17, 24, 31, 32, 33, 48, 49, 64, 70])
+    } else {
+        1 + below(r, 70) as usize
+    };
+    let (h, w) = if stem {
+        (Axis::new(7, 2, 3, 1), Axis::new(7, 2, 3, 1))
+    } else {
+        (conv_axis(r, 3), conv_axis(r, 3))
+    };
+    let one_d = !stem && below(r, 6) == 0;
+    let h = if one_d { Axis::new(1, 1, 0, 1) } else { h };
+    let side = |a: &Axis, extra: u64, r: &mut SplitMix64| {
+        (a.span().saturating_sub(2 * a.padding)).max(1) + below(r, extra) as usize
+    };
+    let in_h = if one_d { 1 } else { side(&h, 5, r) };
+    let in_w = side(&w, 16 * w.stride as u64 + 30, r);
+    let geom = Conv2dGeom {
+        batch: 1 + below(r, 3) as usize,
+        in_h,
+        in_w,
+        in_c: cig * groups,
+        out_c: cog * groups,
+        h,
+        w,
+        groups,
+    };
+    if geom.out_hw().is_err() {
+        return Ok(());
+    }
+    let any = below(r, 256) as i32;
+    let zp = pick(r, &[0, 255, any, any]);
+    let p = conv_params(r, geom, zp);
+    let x = if below(r, 8) == 0 {
+        vec![255; geom.input_len()]
+    } else {
+        u8s(r, geom.input_len())
+    };
+    let wt = i8s(r, geom.weight_len());
+    let b = bias(r, geom.out_c, geom.reduction_len(), zp);
+    let Some(packed) = amx_conv(&p, &wt, b.as_deref(), real) else {
+        return Ok(());
+    };
+    prop_assert_eq!(packed.kernel(), if real { "amx" } else { "emulated amx" });
+    conv_same_bits(&p, (&x, &wt, b.as_deref()), &packed, geom, &(geom, zp))
+}
+
+/// A random linear layer on the AMX driver: batch 1-40 (the pixels of one output row: 16 and 32
+/// load straight, the rest gather), K 1-300, M 1-70, zero points 0, 255 and any.
+fn check_linear_amx(seed: u64, real: bool) -> Result<(), TestCaseError> {
+    let r = &mut SplitMix64::new(seed);
+    let batch = if below(r, 2) == 0 {
+        pick(r, &[1, 15, 16, 17, 31, 32, 33, 40])
+    } else {
+        1 + below(r, 40) as usize
+    };
+    let k = if below(r, 2) == 0 {
+        pick(r, &[1, 3, 4, 63, 64, 65, 128, 129, 300])
+    } else {
+        1 + below(r, 300) as usize
+    };
+    let m = 1 + below(r, 70) as usize;
+    let any = below(r, 256) as i32;
+    let zp = pick(r, &[0, 255, any, any]);
+    let p = QLinear {
+        batch,
+        in_features: k,
+        out_features: m,
+        input_zero_point: zp,
+        requant: (0..m).map(|_| requant(r, k)).collect(),
+    };
+    let x = u8s(r, batch * k);
+    let wt = i8s(r, m * k);
+    let b = bias(r, m, k, zp);
+    let Some(packed) = amx_linear(&p, &wt, b.as_deref(), real) else {
+        return Ok(());
+    };
+    prop_assert_eq!(packed.kernel(), if real { "amx" } else { "emulated amx" });
+    let reference = |o: &mut [u8]| reference::qlinear(&p, &x, &wt, b.as_deref(), o);
+    same_bits(batch * m, &(batch, k, m, zp), reference, |o| packed.run(batch, &x, o)).map(drop)
 }
 
 /// A random linear layer against the reference: 8-bit inputs with any zero point, or (`seven`) a
@@ -804,10 +958,16 @@ seeded! {
     qconv2d_add_emulated_vnni_matches_reference => |seed| check_conv_add_vnni(seed, Vnni::Emulated);
     qconv2d_add_avx512vnni_matches_reference => |seed| check_conv_add_vnni(seed, Vnni::On(Isa::Avx512Vnni));
     qconv2d_add_avxvnni_matches_reference => |seed| check_conv_add_vnni(seed, Vnni::On(Isa::AvxVnni));
+    qconv2d_add_emulated_amx_matches_reference => |seed| check_conv_add_vnni(seed, Vnni::EmulatedAmx);
+    qconv2d_add_amx_matches_reference => |seed| check_conv_add_vnni(seed, Vnni::On(Isa::Amx));
     qconv2d_avx512vnni_matches_reference => |seed| check_conv_vnni(seed, Vnni::On(Isa::Avx512Vnni));
     qlinear_avx512vnni_matches_reference => |seed| check_linear_vnni(seed, Vnni::On(Isa::Avx512Vnni));
     qconv2d_avxvnni_matches_reference => |seed| check_conv_vnni(seed, Vnni::On(Isa::AvxVnni));
     qlinear_avxvnni_matches_reference => |seed| check_linear_vnni(seed, Vnni::On(Isa::AvxVnni));
+    qconv2d_emulated_amx_matches_reference => |seed| check_conv_amx(seed, false);
+    qlinear_emulated_amx_matches_reference => |seed| check_linear_amx(seed, false);
+    qconv2d_amx_matches_reference => |seed| check_conv_amx(seed, true);
+    qlinear_amx_matches_reference => |seed| check_linear_amx(seed, true);
     relayouts_match_reference => check_relayout;
     quantize_dequantize_match_reference => check_quantize;
 }
@@ -1074,5 +1234,178 @@ fn large_maxpool_split_over_threads_matches_reference() {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         let reference = |o: &mut [u8]| reference::qmaxpool2d(&g, &x, o);
         same_bits(n, &threads, reference, |o| pool.install(|| fast::qmaxpool2d(&g, &x, o))).unwrap();
+    }
+}
+
+/// The emulated `tdpbusd` against a naive triple loop on random tiles of every shape (rows and
+/// bytes per row below 16 and 64 included, rows loaded with strides wider than a row): the
+/// configured rows and columns of C are `C + A·B` (wrapping), the rest of C stays zero and
+/// `tilestored` writes nothing past the configured shape; loads zero what lies outside it.
+#[test]
+fn emulated_tdpbusd_matches_naive_product() {
+    use qc_runtime::kernels::amx::tiles::{ATile, BTile, CTile, Emulated, TileConfig, Tiles, Tmm};
+    let r = &mut SplitMix64::new(15);
+    for case in 0..400 {
+        let (m, kq, n) = match case {
+            0 => (16, 16, 16),
+            1 => (1, 1, 1),
+            _ => (
+                1 + below(r, 16) as usize,
+                1 + below(r, 16) as usize,
+                1 + below(r, 16) as usize,
+            ),
+        };
+        let (c, a, b) = (CTile::nth(case), ATile::nth(case / 4), BTile::nth(case / 8));
+        let cfg = TileConfig::new()
+            .with(c.tmm(), m, 4 * n)
+            .with(a.tmm(), m, 4 * kq)
+            .with(b.tmm(), kq, 4 * n);
+        assert_eq!((cfg.rows(a.tmm()), cfg.colsb(a.tmm())), (m, 4 * kq));
+        assert_eq!(cfg.as_bytes()[0], 1);
+        let (sa, sb, sc) = (
+            4 * kq + below(r, 9) as usize,
+            4 * n + below(r, 9) as usize,
+            4 * n + 4 * below(r, 3) as usize,
+        );
+        let xa = if case == 2 { vec![255u8; m * sa] } else { u8s(r, m * sa) };
+        let xb: Vec<u8> = if case == 2 {
+            vec![0x80; kq * sb]
+        } else {
+            u8s(r, kq * sb)
+        };
+        let c0: Vec<i32> = (0..m * sc / 4)
+            .map(|_| if case == 2 { i32::MIN + 5 } else { r.next_u64() as i32 })
+            .collect();
+        let mut t = Emulated::default();
+        let mut got = vec![0x5au8; m * sc];
+        // SAFETY: emulated tiles; every pointer covers the configured rows at its stride.
+        unsafe {
+            t.configure(&cfg);
+            t.load(c.tmm(), c0.as_ptr() as *const u8, sc);
+            t.load(a.tmm(), xa.as_ptr(), sa);
+            t.load(b.tmm(), xb.as_ptr(), sb);
+            for row in m..16 {
+                assert_eq!(t.row(a.tmm(), row), &[0u8; 64]);
+            }
+            assert!(t.row(b.tmm(), 0)[4 * n..].iter().all(|&v| v == 0));
+            t.dpbusd(c, a, b);
+            t.store(c, got.as_mut_ptr(), sc);
+            for row in m..16 {
+                assert_eq!(t.row(c.tmm(), row), &[0u8; 64]);
+            }
+        }
+        for i in 0..m {
+            for j in 0..sc / 4 {
+                let cell = &got[i * sc + 4 * j..i * sc + 4 * j + 4];
+                if j >= n {
+                    assert_eq!(cell, &[0x5a; 4], "case {case}: past the configured columns");
+                    continue;
+                }
+                let mut want = c0[i * sc / 4 + j];
+                for k in 0..kq {
+                    for q in 0..4 {
+                        want = want.wrapping_add(xa[i * sa + 4 * k + q] as i32 * xb[k * sb + 4 * j + q] as i8 as i32);
+                    }
+                }
+                assert_eq!(
+                    i32::from_le_bytes(cell.try_into().unwrap()),
+                    want,
+                    "case {case}: ({m}, {kq}, {n}) at ({i}, {j})"
+                );
+            }
+        }
+        // Tile zero then a second product: C = A·B alone.
+        let mut again = vec![0u8; m * sc];
+        // SAFETY: as above.
+        unsafe {
+            t.zero(c);
+            t.dpbusd(c, a, b);
+            t.store(c, again.as_mut_ptr(), sc);
+            t.release();
+            assert_eq!(t.row(Tmm::T0, 0), &[0u8; 64]);
+        }
+        for i in 0..m {
+            for j in 0..n {
+                let want = (0..4 * kq).fold(0i32, |s, e| {
+                    s.wrapping_add(xa[i * sa + e] as i32 * xb[(e / 4) * sb + 4 * j + e % 4] as i8 as i32)
+                });
+                let cell = &again[i * sc + 4 * j..i * sc + 4 * j + 4];
+                assert_eq!(i32::from_le_bytes(cell.try_into().unwrap()), want);
+            }
+        }
+    }
+}
+
+/// Convolutions big enough for the threaded path (2 and 3 threads) on the AMX driver, emulated
+/// and (where the CPU has it) real: 64 → 64 3x3 on 2×30×30, 256 → 256 3x3 on 14×14 (several
+/// K-chunks, rows of 14 pixels: every A tile gathered), ResNet's stem 3 → 64 7x7 stride 2 on an
+/// odd width (im2col K-chunks across taps), a 130 → 40 1x1 (a padded last K-chunk, a
+/// single-block tail), and 2 groups of 20 → 24 3x3 with dilation 2 (im2col, block tails).
+#[test]
+fn large_conv_amx_matches_reference() {
+    let r = &mut SplitMix64::new(16);
+    for (batch, (in_c, out_c, groups), hw, axis) in [
+        (2, (64, 64, 1), [30, 30], Axis::new(3, 1, 1, 1)),
+        (1, (256, 256, 1), [14, 14], Axis::new(3, 1, 1, 1)),
+        (2, (3, 64, 1), [40, 45], Axis::new(7, 2, 3, 1)),
+        (1, (130, 40, 1), [17, 35], Axis::new(1, 1, 0, 1)),
+        (2, (40, 48, 2), [21, 33], Axis::new(3, 1, 2, 2)),
+    ] {
+        let geom = square(batch, hw, (in_c, out_c, groups), axis);
+        let zp = 93;
+        let p = conv_params(r, geom, zp);
+        let x = u8s(r, geom.input_len());
+        let wt = i8s(r, geom.weight_len());
+        let b = bias(r, out_c, geom.reduction_len(), zp);
+        for real in [false, true] {
+            let Some(packed) = amx_conv(&p, &wt, b.as_deref(), real) else {
+                continue;
+            };
+            for threads in [2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let reference = |o: &mut [u8]| reference::qconv2d(&p, &x, &wt, b.as_deref(), o);
+                let fast = |o: &mut [u8]| pool.install(|| packed.run(&geom, &x, o));
+                same_bits(geom.output_len().unwrap(), &(geom, real, threads), reference, fast).unwrap();
+            }
+        }
+    }
+}
+
+/// The lane epilogue every VNNI and AMX kernel shares ([`Requant16::apply`]) equals
+/// [`Requant::apply`] on every accumulator of the clamp window and a few past it, for small odd
+/// multipliers and shifts: every residue of `acc · m` modulo `2^shift` occurs, so a rounding term
+/// off by one either way (not only at exact ties) shows.
+#[test]
+fn requant16_apply_matches_requant_on_every_residue() {
+    use qc_runtime::kernels::vnni::Requant16;
+    let r = &mut SplitMix64::new(17);
+    for case in 0..300 {
+        let shift = 1 + below(r, 10) as u32;
+        let multiplier = 1 + 2 * below(r, if case % 2 == 0 { 16 } else { 128 }) as i32;
+        let mut v = [0, 1, 2].map(|_| below(r, 256) as i32);
+        v.sort();
+        if case % 3 == 0 {
+            (v[0], v[2]) = (0, 255);
+        }
+        let q = Requant {
+            multiplier,
+            shift,
+            zero_point: v[1],
+            qmin: v[0],
+            qmax: v[2],
+        };
+        let bias = below(r, 2001) as i32 - 1000;
+        let lanes = Requant16::new(&[q; 16], &[bias; 16]);
+        let lane = case % 16;
+        let lo = (lanes.alo[lane] as i64 - bias as i64 - 3).max(-(1 << 22));
+        let hi = (lanes.ahi[lane] as i64 - bias as i64 + 3).min(1 << 22);
+        for acc in lo..=hi {
+            let acc = acc as i32;
+            assert_eq!(
+                lanes.apply(lane, acc) as i32,
+                q.apply(acc + bias),
+                "{q:?} bias {bias} acc {acc}"
+            );
+        }
     }
 }

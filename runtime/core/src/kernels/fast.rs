@@ -1,6 +1,8 @@
 //! The optimised int8 kernels behind one dispatch: the instruction set is detected once at run time
 //! ([`detected`]); with AVX2 the kernels of [`super::avx2`] run, otherwise the scalar
-//! [`reference`] ones. Both give the same bits (tests/kernels_bitexact.rs).
+//! [`reference`] ones. Both give the same bits (tests/kernels_bitexact.rs). On the [`Isa`] paths
+//! with VNNI, non-depthwise convolution and linear layers run the `vpdpbusd` kernels of
+//! [`super::vnni`]; on [`Isa::Amx`] the `tdpbusd` tile kernels of [`super::amx`].
 //!
 //! Convolution and linear layers prepack their weights once ([`PackedConv`], [`PackedLinear`]);
 //! running one checks the shapes exactly as the reference does and never panics on bad input.
@@ -297,25 +299,31 @@ impl VnniConv {
         if cig == 1 && cog == 1 {
             return None;
         }
-        let (range, tile): (super::vnni::RangeFn, usize) = match isa {
+        let (range, tile, quad_align): (super::vnni::RangeFn, usize, usize) = match isa {
             Isa::Scalar | Isa::Avx2 => return None,
-            Isa::AvxVnni => (range_avx_vnni, 6),
-            Isa::Avx512Vnni | Isa::Amx => (range_avx512, 12),
+            Isa::AvxVnni => (range_avx_vnni, 6, 1),
+            Isa::Avx512Vnni => (range_avx512, 12, 1),
+            Isa::Amx => (
+                super::amx::conv::range_amx,
+                super::amx::conv::STEP_PIXELS,
+                super::amx::conv::quad_align(cig),
+            ),
         };
-        Some(VnniConv::with_kernel(p, w, bias, (range, tile, isa.name())))
+        Some(VnniConv::with_kernel(p, w, bias, (range, tile, quad_align, isa.name())))
     }
 
-    /// Packs for the kernel `range` (tiles of `tile` pixels), called `name`.
+    /// Packs for the kernel `range` (tiles of `tile` pixels; `quad_align` quads per tap
+    /// alignment, see [`super::vnni::VnniPack`]), called `name`.
     fn with_kernel(
         p: &QConv2d,
         w: &[i8],
         bias: Option<&[i32]>,
-        (range, tile, name): (super::vnni::RangeFn, usize, &'static str),
+        (range, tile, quad_align, name): (super::vnni::RangeFn, usize, usize, &'static str),
     ) -> VnniConv {
         let g = &p.geom;
         let (cig, cog, taps) = (g.in_c / g.groups, g.out_c / g.groups, g.h.kernel * g.w.kernel);
         let zp = p.input_zero_point as u8;
-        let pack = super::vnni::VnniPack::new(w, (g.groups, cig, cog, taps), 1, &p.requant, bias, zp);
+        let pack = super::vnni::VnniPack::new(w, (g.groups, cig, cog, taps), quad_align, &p.requant, bias, zp);
         VnniConv {
             pack,
             range,
@@ -404,7 +412,27 @@ impl PackedConv {
         let kernel = (
             super::vnni::conv::range_emulated as super::vnni::RangeFn,
             12,
+            1,
             "emulated vnni",
+        );
+        c.vnni = Some(VnniConv::with_kernel(p, w, bias, kernel));
+        Ok(c)
+    }
+
+    /// The same convolution (not depthwise) on the AMX driver ([`super::amx::conv`]) with
+    /// emulated tiles and [`super::vnni::Emulated`] lanes: the pack, padding, tile shapes, A-tile
+    /// loads and gathers, threading and epilogue of the AMX path, runnable on any CPU (for
+    /// tests). [`PackedConv::isa`] says `Scalar`.
+    #[doc(hidden)]
+    #[cfg(target_arch = "x86_64")]
+    pub fn emulated_amx(p: &QConv2d, w: &[i8], bias: Option<&[i32]>) -> Result<PackedConv, KernelError> {
+        let mut c = PackedConv::with_isa(p, w, bias, Isa::Scalar)?;
+        let g = &p.geom;
+        let kernel = (
+            super::amx::conv::range_emulated as super::vnni::RangeFn,
+            super::amx::conv::STEP_PIXELS,
+            super::amx::conv::quad_align(g.in_c / g.groups),
+            "emulated amx",
         );
         c.vnni = Some(VnniConv::with_kernel(p, w, bias, kernel));
         Ok(c)
@@ -844,6 +872,16 @@ impl PackedLinear {
         let conv = PackedLinear::with_isa(p, w, bias, Isa::Scalar)?.conv;
         Ok(PackedLinear {
             conv: PackedConv::emulated_vnni(&conv.params, w, bias)?,
+        })
+    }
+
+    /// [`PackedConv::emulated_amx`] for a linear layer (for tests).
+    #[doc(hidden)]
+    #[cfg(target_arch = "x86_64")]
+    pub fn emulated_amx(p: &QLinear, w: &[i8], bias: Option<&[i32]>) -> Result<PackedLinear, KernelError> {
+        let conv = PackedLinear::with_isa(p, w, bias, Isa::Scalar)?.conv;
+        Ok(PackedLinear {
+            conv: PackedConv::emulated_amx(&conv.params, w, bias)?,
         })
     }
 

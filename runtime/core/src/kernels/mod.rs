@@ -1,8 +1,11 @@
 //! qc's CPU int8 kernels: the parameter types and window geometry every kernel shares, and the
 //! scalar reference implementation ([`reference`](mod@reference)) that every SIMD kernel must match
-//! **bit for bit**, and the optimised kernels: [`fast`] dispatches at run time (the best path the
-//! CPU has, or the one `QC_ISA` names: [`fast::Isa`]) to [`amx`] tiles, the `vpdpbusd` kernels of
-//! [`vnni`] (AVX-512 VNNI, AVX-VNNI), [`avx2`] (x86_64 with AVX2), or the reference.
+//! **bit for bit**, and the optimised kernels: [`fast`] dispatches at run time (or as `QC_ISA`
+//! says) to [`avx2`] (x86_64 with AVX2), to the `vpdpbusd` convolution and linear kernels of
+//! [`vnni`] (AVX-VNNI, AVX-512 VNNI), or to the `tdpbusd` tile kernels of [`amx`] (AMX-INT8, which
+//! share [`vnni`]'s weight pack, padded input and epilogue), or falls back to the reference. The
+//! VNNI and AMX drivers are generic over their instructions, and their portable emulations
+//! (`PackedConv::emulated_vnni`, `PackedConv::emulated_amx`) are tested bit for bit on every CPU.
 //!
 //! # Numerics
 //!

@@ -1,6 +1,13 @@
-//! AMX-INT8 (`tdpbusd` on tiles): whether this CPU and its kernel let the process use it
-//! ([`permission`]). The tile kernels share the VNNI weight pack and padded input of
-//! [`super::vnni`].
+//! AMX-INT8 (`tdpbusd` on tiles) for convolution and linear layers: whether this CPU and its
+//! kernel let the process use it ([`permission`]); the tile operations as a trait with two
+//! implementations, the instructions through `asm!` and an exact emulation ([`tiles`]); and one
+//! convolution driver generic over them ([`conv`]), an implicit GEMM on the VNNI weight pack
+//! (B tiles), the padded NHWC input (A tiles) and the `vpdpbusd` kernels' epilogue, all shared
+//! with [`super::vnni`]. `Isa::Amx` runs [`conv::range_amx`] through [`super::vnni::run`]'s
+//! threading; the emulated driver ([`conv::range_emulated`]) is tested on every CPU.
+
+pub mod conv;
+pub mod tiles;
 
 use std::sync::OnceLock;
 

@@ -19,6 +19,12 @@ pub trait Lanes {
     /// # Safety
     /// The implementation's instructions present.
     unsafe fn zero() -> Self::Acc;
+    /// The 16 `i32` at `p` (unaligned): accumulators computed elsewhere (the AMX kernels' stored
+    /// C tiles), for [`Lanes::store`].
+    ///
+    /// # Safety
+    /// See [`Lanes`].
+    unsafe fn load_acc(p: *const i32) -> Self::Acc;
     /// The 64 bytes at `w` (unaligned).
     ///
     /// # Safety
@@ -54,6 +60,11 @@ impl Lanes for Emulated {
     #[inline(always)]
     unsafe fn zero() -> [i32; LANES] {
         [0; LANES]
+    }
+
+    #[inline(always)]
+    unsafe fn load_acc(p: *const i32) -> [i32; LANES] {
+        std::ptr::read_unaligned(p as *const [i32; LANES])
     }
 
     #[inline(always)]

@@ -10,6 +10,9 @@ use crate::quant::{mul_shift_round, QAdd, Requant, QADD_LEFT_SHIFT};
 pub const LANES: usize = 16;
 /// Bytes of one block's weights for one quad of input channels (16 channels × 4 bytes).
 pub const QUAD_BYTES: usize = LANES * 4;
+/// Zero bytes after the packed weights: an AMX B tile (16 quads) that starts within the last
+/// block may run up to 15 quads past its end (the im2col K-chunks of `amx::conv`).
+pub const PACK_SLACK: usize = 16 * QUAD_BYTES;
 
 /// [`Requant`] parameters of 16 output channels, in the lane form the SIMD epilogues use
 /// ([`Requant16::apply`] is that form in scalar code; it equals [`Requant::apply`] on every lane,
@@ -139,7 +142,7 @@ impl AddLanes {
 /// `cig`). A tap has `quads` quads (`ceil(cig / 4)` rounded up to a multiple of the pack's
 /// alignment: 1 for `vpdpbusd`, up to 16 for an AMX tile of 16 rows). The quads of one
 /// (group, block, tap) are contiguous: with `quads` a multiple of 16 each run of 16 quads is one
-/// AMX B tile (16 rows of 64 bytes).
+/// AMX B tile (16 rows of 64 bytes). [`PACK_SLACK`] zero bytes follow the last block.
 #[derive(Clone, Debug)]
 pub struct VnniPack {
     pub groups: usize,
@@ -172,7 +175,7 @@ impl VnniPack {
     ) -> VnniPack {
         let quads = cig.div_ceil(4).next_multiple_of(quad_align.max(1));
         let blocks = cog.div_ceil(LANES);
-        let mut pw = vec![0i8; groups * blocks * taps * quads * QUAD_BYTES];
+        let mut pw = vec![0i8; groups * blocks * taps * quads * QUAD_BYTES + PACK_SLACK];
         let mut rq = Vec::with_capacity(groups * blocks);
         let k = taps * cig;
         for g in 0..groups {

@@ -31,6 +31,12 @@ impl Lanes for Avx512 {
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn load_acc(p: *const i32) -> __m512i {
+        ld512(p)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn load_w(w: *const i8) -> __m512i {
         ld512(w)
     }
@@ -170,6 +176,12 @@ impl Lanes for AvxVnni {
     #[target_feature(enable = "avx2,avxvnni")]
     unsafe fn zero() -> (__m256i, __m256i) {
         (_mm256_setzero_si256(), _mm256_setzero_si256())
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,avxvnni")]
+    unsafe fn load_acc(p: *const i32) -> (__m256i, __m256i) {
+        (ld256(p), ld256(p.add(8)))
     }
 
     #[inline]
