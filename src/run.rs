@@ -370,6 +370,21 @@ fn print_profile(model: &Model, times: &[std::time::Duration]) {
             out.shape_string()
         );
     }
+    // The share of each kind of step: where a faster kernel would pay.
+    let mut by_op: Vec<(&str, f64)> = Vec::new();
+    for (i, t) in times.iter().enumerate() {
+        let op = program.steps[i].op.name();
+        match by_op.iter_mut().find(|(o, _)| *o == op) {
+            Some((_, s)) => *s += t.as_secs_f64(),
+            None => by_op.push((op, t.as_secs_f64())),
+        }
+    }
+    by_op.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let shares: Vec<String> = by_op
+        .iter()
+        .map(|(op, t)| format!("{op} {:.1}%", 100.0 * t / total.max(1e-12)))
+        .collect();
+    println!("  by op: {}", shares.join(", "));
 }
 
 /// One tensor per model input: `.npy` files in input order, or one `.npz` with the inputs by
