@@ -438,6 +438,7 @@ class InProcess:
 
     def __init__(self, key, title, fn, x):
         self.key, self.title, self.fn, self.x = key, title, fn, x
+        self.kernel = None
 
     def output(self):
         return np.asarray(self.fn(self.x))
@@ -455,11 +456,12 @@ class InProcess:
 
 
 class QcColumn:
-    """A qc column: `qc run` subprocesses with QC_ISA=isa."""
+    """A qc column: `qc run` subprocesses with QC_ISA=isa; `kernel` says which kernels it ran."""
 
     def __init__(self, qc, qmodel, xfile, threads, isa, out):
         self.qc, self.qmodel, self.xfile, self.threads, self.isa, self.out = qc, qmodel, xfile, threads, isa, out
         self.key, self.title = f"qc:{isa}", f"qc {isa}"
+        self.kernel = qc_kernels(qc, qmodel, xfile, threads, isa)
 
     def output(self):
         yfile = self.out / f"{self.xfile.stem}.qc-{self.isa}.y.npy"
@@ -543,10 +545,7 @@ def build_columns(name, args, runtimes, isas, qc, out):
             fn = openvino_compiled(q, shape, args.threads)
             columns.append(InProcess("openvino", "OpenVINO", fn, x_np))
     if "qc" in runtimes:
-        for isa in isas:
-            col = QcColumn(qc, qmodel, xfile, args.threads, isa, out)
-            col.kernel = qc_kernels(qc, qmodel, xfile, args.threads, isa)
-            columns.append(col)
+        columns += [QcColumn(qc, qmodel, xfile, args.threads, isa, out) for isa in isas]
 
     notes = []
     y_torch = None
@@ -594,7 +593,7 @@ def summarize(name, batch, columns, got, load, note):
             title=col.title,
             ms=statistics.median(m for m, _ in per_round),
             best=min(b for _, b in per_round),
-            kernel=getattr(col, "kernel", None),
+            kernel=col.kernel,
         )
     ratios = {}
     for q in (c for c in columns if c.key.startswith("qc:")):
@@ -632,7 +631,8 @@ def print_report(results, ceilings, args, cpu, omp_policy):
     )
     print(
         f"int8 MAC ceilings ({args.threads} threads, isa_ceiling): "
-        + "; ".join(f"{p} {g:.1f} GMAC/s" if isinstance(g, float) else f"{p} {g}" for p, g in ceilings.items())
+        + ("; ".join(f"{p} {g:.1f} GMAC/s" if isinstance(g, float) else f"{p} {g}" for p, g in ceilings.items())
+           or "not measured")
     )
     print()
     print("| workload | runtime | kernels | ms | best ms | img/s | GMAC/s | ceiling path | % of ceiling | load |")
