@@ -260,7 +260,7 @@ def ceiling_binary(path):
 def measure_ceilings(binary, threads):
     """{path: GMAC/s or 'not available: why'} of the tight-loop ceilings on `threads` threads."""
     out = subprocess.run(
-        [str(binary), "--threads", str(threads), "--json"], capture_output=True, text=True, check=True
+        [str(binary), "--threads", str(threads), "--repeats", "10", "--json"], capture_output=True, text=True, check=True
     ).stdout
     paths = json.loads(out)["paths"]
     order = ("avx2", "avxvnni", "avx512vnni", "amx")
