@@ -22,14 +22,21 @@ test: setup edge-core
 edge-core:
 	bash scripts/check_edge_core.sh
 
-# PyTorch 2.11.0 (with numpy and safetensors) from PyPI into the git-ignored .venv-bench/, for the side-by-side
-# benchmarks in bench/ and the fixture scripts; not needed to build or test qc.
+# PyTorch 2.11.0 (with numpy and safetensors), ONNX Runtime, ONNX (+ onnxscript, torch.onnx's),
+# OpenVINO and NNCF from PyPI, pinned, into the git-ignored .venv-bench/, for the side-by-side
+# benchmarks in bench/ and the fixture scripts; not needed to build or test qc. Re-run after the
+# pins change: the stamp file is older than this Makefile then.
 BENCH_PY = .venv-bench/bin/python
-bench-setup: $(BENCH_PY)
+BENCH_PACKAGES = torch==2.11.0 numpy safetensors onnx==1.23.2 onnxscript==0.7.2 \
+	onnxruntime==1.32.0 openvino==2026.4.1 nncf==3.4.0
+bench-setup: .venv-bench/.installed
 
 $(BENCH_PY):
 	python3 -m venv .venv-bench
-	$(BENCH_PY) -m pip install --quiet torch==2.11.0 numpy safetensors
+
+.venv-bench/.installed: $(BENCH_PY) Makefile
+	$(BENCH_PY) -m pip install --quiet $(BENCH_PACKAGES)
+	touch $@
 
 # Fuzzing (docs/fuzzing.md): cargo-fuzz into the git-ignored .tools/, then every target of fuzz/ for
 # RUNS inputs each, one after another (`make fuzz RUNS=1000000 TARGETS="npy idx"` for some).
