@@ -156,6 +156,10 @@ enum Command {
         /// (CUDA when present), or `torch-cpu` (libtorch's int8 path on the CPU, for checks).
         #[arg(long, value_enum, default_value_t = crate::run::RunDevice::Cpu)]
         device: crate::run::RunDevice,
+        /// MODEL is a recipe: compile it up to this stage (`float`, `fused`, `observed`, ...) and
+        /// run that, float stages on qc's reference interpreter (`--device cpu`).
+        #[arg(long, value_parser = stage_parser())]
+        stage: Option<String>,
     },
     /// Train the model with libtorch: float weights with the recipe's `train` section, or, with
     /// `--qat`, quantization-aware fine-tuning with its `qat` section.
@@ -240,6 +244,7 @@ pub fn main() -> Outcome {
             labels,
             device,
             allow_non_finite,
+            stage,
         } => crate::run::run(crate::run::RunArgs {
             model,
             inputs: input,
@@ -250,6 +255,7 @@ pub fn main() -> Outcome {
             labels,
             device,
             allow_non_finite,
+            stage,
         }),
         Command::Train(args) => crate::train::main(args),
         Command::Backends => backends(),
@@ -537,6 +543,71 @@ fn explain_fusion(file: &Path, node: &str, qat: bool) -> Outcome {
     }
 }
 
+/// What a `.qmodel` says of the model `module` compiled from `sources`: its name, the stage,
+/// whether it was calibrated for accuracy, a hash of the recipe's sources, and the normalization
+/// each input line declares (what calibration and training applied to the data), so that
+/// `qc run` and `Model::run` take raw samples.
+fn model_meta(module: &Module, sources: &SourceMap) -> qc_runtime::artifact::Meta {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for f in sources.files() {
+        h.update(f.name.as_bytes());
+        h.update(&[0]);
+        h.update(f.text.as_bytes());
+        h.update(&[0]);
+    }
+    let normalize = module
+        .input_normalizations()
+        .into_iter()
+        .filter_map(|(name, n)| n.map(|n| (name.to_string(), n.clone())))
+        .collect();
+    qc_runtime::artifact::Meta::new(
+        module.name.clone(),
+        module.stage.name(),
+        module.calibrated_for_accuracy,
+        format!("xxh3:{:016x}", h.digest()),
+    )
+    .with_input_normalize(normalize)
+}
+
+/// `qc run RECIPE --stage STAGE`: the recipe compiled up to `stage`, lowered (float stages to
+/// float steps, which qc's reference interpreter runs) and ready to run as a compiled model is.
+pub fn recipe_model(file: &Path, stage: &str) -> Result<qc_runtime::model::Model, Failure> {
+    if stage == Stage::Parsed.name() {
+        eprintln!("error: stage `parsed` has no weights bound yet, so there is nothing to run");
+        eprintln!("help: run `--stage float` (the model as PyTorch has it) or a later stage");
+        return Err(Failure::User);
+    }
+    let (module, sources) = module_at(file, stage, false)?;
+    let program = match module.program.clone() {
+        Some(p) => Ok(p),
+        None => qc_compiler::lower::lower(&module),
+    };
+    let program = match program {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!(
+                "error: cannot run `{}` at stage `{}`: {e}",
+                file.display(),
+                module.stage
+            );
+            eprintln!(
+                "help: `qc compile {} --stop-after {stage} --print-after {stage}` shows the module",
+                file.display()
+            );
+            return Err(Failure::User);
+        }
+    };
+    qc_runtime::model::Model::from_program(program, model_meta(&module, &sources)).map_err(|e| {
+        eprintln!(
+            "error: cannot run `{}` at stage `{}`: {e}",
+            file.display(),
+            module.stage
+        );
+        eprintln!("help: this is a bug in qc; please report it with the recipe");
+        Failure::Bug
+    })
+}
+
 /// Writes the lowered program of `module` as a `.qmodel` artifact (atomically), with the
 /// model's name, the stage, whether it was calibrated for accuracy and a hash of the recipe's
 /// sources.
@@ -549,27 +620,7 @@ fn write_model(module: &Module, loaded: &qc_dsl::Loaded, out: &Path) -> Outcome 
         eprintln!("help: drop --stop-after to write a compiled model");
         return Err(Failure::User);
     };
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    for f in loaded.sources.files() {
-        h.update(f.name.as_bytes());
-        h.update(&[0]);
-        h.update(f.text.as_bytes());
-        h.update(&[0]);
-    }
-    // The normalization each input line declares (what calibration and training applied to the
-    // data) goes with the model, so that `qc run` and `Model::run` take raw samples.
-    let normalize = module
-        .input_normalizations()
-        .into_iter()
-        .filter_map(|(name, n)| n.map(|n| (name.to_string(), n.clone())))
-        .collect();
-    let meta = qc_runtime::artifact::Meta::new(
-        module.name.clone(),
-        module.stage.name(),
-        module.calibrated_for_accuracy,
-        format!("xxh3:{:016x}", h.digest()),
-    )
-    .with_input_normalize(normalize);
+    let meta = model_meta(module, &loaded.sources);
     let steps = program.steps.len();
     let artifact = qc_runtime::artifact::Artifact::new(meta, program);
     match artifact.write(out) {

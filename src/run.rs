@@ -70,16 +70,43 @@ pub struct RunArgs {
     pub device: RunDevice,
     /// Run inputs with NaN or infinite values instead of refusing them.
     pub allow_non_finite: bool,
+    /// `model` is a recipe, run at this stage (`qc run RECIPE --stage STAGE`).
+    pub stage: Option<String>,
 }
 
 /// Runs the command: loads the model, reads the inputs, runs them on the chosen device, then
 /// reports, writes, profiles and benchmarks as asked.
 pub fn run(args: RunArgs) -> Outcome {
-    let model = match Model::load(&args.model) {
-        Ok(m) => m,
+    let model = if let Some(stage) = &args.stage {
+        if !matches!(args.device, RunDevice::Cpu) {
+            let device =
+                clap::ValueEnum::to_possible_value(&args.device).map_or(String::new(), |v| v.get_name().to_string());
+            eprintln!("error: `--stage` runs a recipe on qc's reference interpreter, not on `--device {device}`");
+            eprintln!(
+                "help: drop `--device`, or compile the recipe (`qc compile RECIPE -o model.qmodel`) and run that"
+            );
+            return Err(Failure::User);
+        }
+        crate::cli::recipe_model(&args.model, stage)?
+    } else if args.model.extension().is_some_and(|e| e == "qrecipe") {
+        eprintln!("error: `{}` is a recipe, not a compiled model", args.model.display());
+        eprintln!(
+            "help: run it at a stage with `--stage float` (or fused, observed, ...), or compile it first: `qc compile {} -o model.qmodel`",
+            args.model.display()
+        );
+        return Err(Failure::User);
+    } else {
+        load_model(&args.model)?
+    };
+    run_model(&model, &args)
+}
+
+/// The `.qmodel` at `path`, or a clear error.
+fn load_model(path: &Path) -> Result<Model, Failure> {
+    match Model::load(path) {
+        Ok(m) => Ok(m),
         Err(e) => {
             use qc_runtime::artifact::LoadError;
-            let path = &args.model;
             let compile = "`qc compile RECIPE -o model.qmodel` writes one";
             match &e {
                 LoadError::Io { source, .. } => {
@@ -95,9 +122,14 @@ pub fn run(args: RunArgs) -> Outcome {
                     eprintln!("help: the file is damaged or is not a .qmodel; {compile}");
                 }
             }
-            return Err(Failure::User);
+            Err(Failure::User)
         }
-    };
+    }
+}
+
+/// Runs `model` as `args` say: reads the inputs, runs them on the chosen device, then reports,
+/// writes, profiles and benchmarks as asked.
+fn run_model(model: &Model, args: &RunArgs) -> Outcome {
     let mut read: Vec<PathBuf> = vec![args.model.clone()];
     read.extend(args.inputs.iter().cloned());
     read.extend(args.labels.iter().cloned());

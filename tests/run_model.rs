@@ -146,6 +146,58 @@ fn compile_writes_a_model_that_qc_run_runs() {
     }
 }
 
+/// `qc run RECIPE --stage S`: the lowered stage writes exactly what the compiled model writes, and
+/// the float stage (the reference interpreter on the float module) runs the same input close to it.
+#[test]
+fn a_recipe_runs_at_a_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = recipe(dir.path());
+    let model_path = dir.path().join("m.qmodel");
+    let out = qc()
+        .arg("compile")
+        .arg(&recipe)
+        .arg("-o")
+        .arg(&model_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let images = test_images(64);
+    let input = dir.path().join("x.npy");
+    std::fs::write(
+        &input,
+        qc_runtime_host::data::npy_f32_bytes(&images.shape, f32s(&images)),
+    )
+    .unwrap();
+    let run = |what: &Path, stage: Option<&str>, name: &str| {
+        let output = dir.path().join(name);
+        let mut cmd = qc();
+        cmd.arg("run")
+            .arg(what)
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(&output);
+        if let Some(s) = stage {
+            cmd.args(["--stage", s]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        qc_runtime_host::data::read_npy(&output).unwrap().batch_f32(0, 64)
+    };
+    let compiled = run(&model_path, None, "compiled.npy");
+    let lowered = run(&recipe, Some("lowered"), "lowered.npy");
+    assert_eq!(f32s(&lowered), f32s(&compiled));
+    let float = run(&recipe, Some("float"), "float.npy");
+    let (f, c) = (f32s(&float), f32s(&compiled));
+    let top1 = |v: &[f32], i: usize| {
+        let row = &v[i * 10..(i + 1) * 10];
+        (0..10).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap()
+    };
+    let agree = (0..64).filter(|&i| top1(f, i) == top1(c, i)).count();
+    assert!(agree >= 60, "float and int8 top-1 agree on {agree} of 64");
+    assert_ne!(f, c, "the float stage runs float steps");
+}
+
 #[test]
 fn backends_lists_every_kernel_path() {
     let out = qc().arg("backends").env_remove("QC_ISA").output().unwrap();
