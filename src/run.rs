@@ -136,14 +136,14 @@ fn run_model(model: &Model, args: &RunArgs) -> Outcome {
     if let Some(out) = &args.output {
         crate::cli::check_output("--output", out, &read)?;
     }
-    print_model(&model);
+    print_model(model);
     let meta = model.meta();
     let wanted: Vec<String> = meta
         .inputs
         .iter()
         .map(|s| format!("{}: {}{}", s.name, s.dtype, qc_runtime::program::shape_string(&s.shape)))
         .collect();
-    let (inputs, from_bytes) = match read_inputs(&model, &args.inputs) {
+    let (inputs, from_bytes) = match read_inputs(model, &args.inputs) {
         Ok(t) => t,
         Err(message) => {
             eprintln!("error: {message}");
@@ -160,9 +160,9 @@ fn run_model(model: &Model, args: &RunArgs) -> Outcome {
         return Err(Failure::User);
     }
     if !args.allow_non_finite {
-        refuse_non_finite(&model, &inputs)?;
+        refuse_non_finite(model, &inputs)?;
     }
-    warn_about_ranges(&model, &inputs, &from_bytes);
+    warn_about_ranges(model, &inputs, &from_bytes);
     let pool = match rayon::ThreadPoolBuilder::new()
         .num_threads(args.threads.unwrap_or(0))
         .build()
@@ -174,7 +174,7 @@ fn run_model(model: &Model, args: &RunArgs) -> Outcome {
             return Err(Failure::User);
         }
     };
-    let runner = runner(&model, &args)?;
+    let runner = runner(model, args)?;
     let outputs = match runner.run(&pool, &inputs) {
         Ok(o) => o,
         Err(e) => {
@@ -189,7 +189,7 @@ fn run_model(model: &Model, args: &RunArgs) -> Outcome {
     report_accuracy(args.labels.as_deref(), &outputs)?;
     write_output(args.output.as_deref(), &outputs)?;
     if args.profile {
-        profile(&model, &pool, &inputs)?;
+        profile(model, &pool, &inputs)?;
     }
     if let Some(rounds) = args.bench {
         bench(&runner, &pool, &inputs, rounds)?;
