@@ -1,6 +1,7 @@
 //! The shipped ResNet-18 example compiled by `qc compile`, run by the executor on each CPU kernel
-//! path: the VNNI-layout paths (AVX-512 VNNI's program-level behaviour through its emulated
-//! lanes on every CPU, and every real path this CPU has) give the scalar reference's bits, and
+//! path: the VNNI-layout paths (AVX-512 VNNI's and AMX's program-level behaviour through their
+//! emulated lanes and tiles on every CPU, and every real path this CPU has) give the scalar
+//! reference's bits, and
 //! each of the network's eight residual adds runs in the epilogue of the convolution before it.
 
 use std::process::Command;
@@ -33,15 +34,25 @@ fn resnet18_gives_the_same_bits_on_every_path_with_its_residual_adds_fused() {
         .run(x)
         .unwrap();
 
-    let emulated = Executor::with_emulated_vnni(program.clone()).unwrap();
-    assert_eq!(emulated.run(x).unwrap(), want, "emulated VNNI lanes");
     let fused = |e: &Executor| {
         e.step_kernels()
             .iter()
             .filter(|k| k.as_deref() == Some("added by the convolution before"))
             .count()
     };
-    assert_eq!(fused(&emulated), 8);
+    for (what, emulated) in [
+        (
+            "emulated VNNI lanes",
+            Executor::with_emulated_vnni(program.clone()).unwrap(),
+        ),
+        (
+            "emulated AMX tiles",
+            Executor::with_emulated_amx(program.clone()).unwrap(),
+        ),
+    ] {
+        assert_eq!(emulated.run(x).unwrap(), want, "{what}");
+        assert_eq!(fused(&emulated), 8, "{what}");
+    }
 
     for isa in Isa::ALL.into_iter().filter(|i| i.check().is_ok()) {
         let exec = Executor::with_isa(program.clone(), isa).unwrap();

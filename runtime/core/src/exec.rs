@@ -111,7 +111,7 @@ impl Executor {
     /// it): [`Isa::Scalar`] runs every int8 step on [`crate::kernels::reference`].
     pub fn with_isa(program: Program, isa: Isa) -> Result<Executor, ProgramError> {
         validate(&program)?;
-        let mut prepared = prepare(&program, isa, false)?;
+        let mut prepared = prepare(&program, isa, Emulation::None)?;
         fuse_residual_adds(&program, &mut prepared);
         let last_use = program.last_uses();
         Ok(Executor {
@@ -169,8 +169,21 @@ impl Executor {
     #[doc(hidden)]
     #[cfg(target_arch = "x86_64")]
     pub fn with_emulated_vnni(program: Program) -> Result<Executor, ProgramError> {
+        Executor::emulated(program, Emulation::Vnni)
+    }
+
+    /// [`Executor::with_emulated_vnni`] on the AMX driver with emulated tiles
+    /// (`PackedConv::emulated_amx`): the AMX path's program-level behaviour (for tests).
+    #[doc(hidden)]
+    #[cfg(target_arch = "x86_64")]
+    pub fn with_emulated_amx(program: Program) -> Result<Executor, ProgramError> {
+        Executor::emulated(program, Emulation::Amx)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn emulated(program: Program, emulation: Emulation) -> Result<Executor, ProgramError> {
         validate(&program)?;
-        let mut prepared = prepare(&program, Isa::Scalar, true)?;
+        let mut prepared = prepare(&program, Isa::Scalar, emulation)?;
         fuse_residual_adds(&program, &mut prepared);
         let last_use = program.last_uses();
         Ok(Executor {
@@ -249,7 +262,7 @@ impl Executor {
 /// Validates and runs `program` once (see [`Executor`] to run it many times).
 pub fn run(program: &Program, inputs: &[Tensor]) -> Result<Vec<Tensor>, RunError> {
     validate(program)?;
-    let prepared = prepare(program, fast::selected().map_err(ProgramError::from)?, false)?;
+    let prepared = prepare(program, fast::selected().map_err(ProgramError::from)?, Emulation::None)?;
     let mut values = execute(program, &prepared, inputs, None)?;
     Ok(program
         .outputs
@@ -263,8 +276,8 @@ fn quant_of(p: &Program, id: usize) -> Option<QParams> {
 }
 
 /// Derives each int8 step's integer parameters and packs its weights (validated program); with
-/// `emulated`, convolutions and linear layers on the emulated VNNI-layout kernels.
-fn prepare(p: &Program, isa: Isa, emulated: bool) -> Result<Vec<Prepared>, ProgramError> {
+/// an `emulation`, convolutions and linear layers on that emulated driver.
+fn prepare(p: &Program, isa: Isa, emulated: Emulation) -> Result<Vec<Prepared>, ProgramError> {
     p.steps
         .iter()
         .enumerate()
@@ -364,36 +377,49 @@ fn prepare(p: &Program, isa: Isa, emulated: bool) -> Result<Vec<Prepared>, Progr
         .collect()
 }
 
-/// [`PackedConv::with_input_range`], or (`emulated`, x86_64) [`PackedConv::emulated_vnni`].
+/// Which emulated driver a test executor packs convolutions and linear layers for (`None`: the
+/// real kernels of the path).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Emulation {
+    None,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Vnni,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Amx,
+}
+
+/// [`PackedConv::with_input_range`], or (x86_64) an emulated driver's pack.
 fn pack_conv(
     p: &QConv2d,
     w: &[i8],
     bias: Option<&[i32]>,
     (isa, range): (Isa, crate::quant::QRange),
-    emulated: bool,
+    emulation: Emulation,
 ) -> Result<PackedConv, KernelError> {
-    #[cfg(target_arch = "x86_64")]
-    if emulated {
-        return PackedConv::emulated_vnni(p, w, bias);
+    match emulation {
+        #[cfg(target_arch = "x86_64")]
+        Emulation::Vnni => PackedConv::emulated_vnni(p, w, bias),
+        #[cfg(target_arch = "x86_64")]
+        Emulation::Amx => PackedConv::emulated_amx(p, w, bias),
+        _ => PackedConv::with_input_range(p, w, bias, isa, range),
     }
-    let _ = emulated;
-    PackedConv::with_input_range(p, w, bias, isa, range)
 }
 
-/// [`PackedLinear::with_input_range`], or (`emulated`, x86_64) [`PackedLinear::emulated_vnni`].
+/// [`PackedLinear::with_input_range`], or (x86_64) an emulated driver's pack.
 fn pack_linear(
     p: &QLinear,
     w: &[i8],
     bias: Option<&[i32]>,
     (isa, range): (Isa, crate::quant::QRange),
-    emulated: bool,
+    emulation: Emulation,
 ) -> Result<PackedLinear, KernelError> {
-    #[cfg(target_arch = "x86_64")]
-    if emulated {
-        return PackedLinear::emulated_vnni(p, w, bias);
+    match emulation {
+        #[cfg(target_arch = "x86_64")]
+        Emulation::Vnni => PackedLinear::emulated_vnni(p, w, bias),
+        #[cfg(target_arch = "x86_64")]
+        Emulation::Amx => PackedLinear::emulated_amx(p, w, bias),
+        _ => PackedLinear::with_input_range(p, w, bias, isa, range),
     }
-    let _ = emulated;
-    PackedLinear::with_input_range(p, w, bias, isa, range)
 }
 
 /// Fuses each `QAdd` into the `QConv` before it where the convolution's kernels add in their
@@ -470,7 +496,7 @@ pub type OnValue<'a> = &'a mut dyn FnMut(usize, &Tensor) -> std::ops::ControlFlo
 /// Each value is dropped after its last use, so a run holds only the values still to be read.
 pub fn run_with(program: &Program, inputs: &[Tensor], on_value: OnValue) -> Result<Vec<Tensor>, RunError> {
     validate(program)?;
-    let prepared = prepare(program, fast::selected().map_err(ProgramError::from)?, false)?;
+    let prepared = prepare(program, fast::selected().map_err(ProgramError::from)?, Emulation::None)?;
     let last_use = program.last_uses();
     let mut values = execute_with(
         program,

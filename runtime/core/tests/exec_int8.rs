@@ -480,7 +480,8 @@ fn buffers_are_reused_run_after_run() {
 
 /// Residual blocks as ResNet has them (`conv → conv → add(relu)` with the block input, and with a
 /// strided 1x1 downsample convolution as the residual, computed before or after the main path):
-/// with the VNNI-layout kernels (emulated lanes), each add whose convolution output nothing else
+/// with the VNNI-layout kernels (emulated lanes, or emulated AMX tiles for odd seeds), each add
+/// whose convolution output nothing else
 /// reads runs in that convolution's epilogue, and the outputs are the scalar kernels' bits; a
 /// convolution whose output the program also returns is not fused.
 #[cfg(target_arch = "x86_64")]
@@ -542,7 +543,11 @@ fn residual_adds_fused_into_convolutions_give_the_same_bits() {
         if seed == 4 {
             b.output(c2);
         }
-        let exec = Executor::with_emulated_vnni(b.p.clone()).unwrap();
+        let exec = if seed % 2 == 0 {
+            Executor::with_emulated_vnni(b.p.clone()).unwrap()
+        } else {
+            Executor::with_emulated_amx(b.p.clone()).unwrap()
+        };
         let scalar = Executor::with_isa(b.p.clone(), qc_runtime::kernels::fast::Isa::Scalar).unwrap();
         let (got, want) = (
             exec.run(std::slice::from_ref(&x)).unwrap(),
