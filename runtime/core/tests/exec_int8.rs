@@ -481,9 +481,9 @@ fn buffers_are_reused_run_after_run() {
 /// Residual blocks as ResNet has them (`conv → conv → add(relu)` with the block input, and with a
 /// strided 1x1 downsample convolution as the residual, computed before or after the main path):
 /// with the VNNI-layout kernels (emulated lanes, or emulated AMX tiles for odd seeds), each add
-/// whose convolution output nothing else
-/// reads runs in that convolution's epilogue, and the outputs are the scalar kernels' bits; a
-/// convolution whose output the program also returns is not fused.
+/// whose convolution output nothing else reads runs in that convolution's epilogue, and the
+/// outputs are the scalar kernels' bits; a convolution whose output the program also returns is
+/// not fused.
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn residual_adds_fused_into_convolutions_give_the_same_bits() {
