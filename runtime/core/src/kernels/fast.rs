@@ -286,7 +286,15 @@ struct VnniConv {
     tile: usize,
     /// For [`PackedConv::kernel`].
     name: &'static str,
+    /// For runs of fewer output pixels than one AMX tile has rows (a linear layer at batch 1,
+    /// the last 7×7 maps): the `vpdpbusd` kernel on the same pack, which any quad alignment
+    /// suits, instead of tiles mostly empty. `None` on the `vpdpbusd` paths themselves.
+    few_pixels: Option<super::vnni::RangeFn>,
 }
+
+/// Below this many output pixels an AMX pack runs its `few_pixels` kernel: one A tile's rows.
+#[cfg(target_arch = "x86_64")]
+const AMX_MIN_PIXELS: usize = 16;
 
 #[cfg(target_arch = "x86_64")]
 impl VnniConv {
@@ -309,7 +317,11 @@ impl VnniConv {
                 super::amx::conv::quad_align(cig),
             ),
         };
-        Some(VnniConv::with_kernel(p, w, bias, (range, tile, quad_align, isa.name())))
+        let mut conv = VnniConv::with_kernel(p, w, bias, (range, tile, quad_align, isa.name()));
+        if isa == Isa::Amx {
+            conv.few_pixels = Some(range_avx512);
+        }
+        Some(conv)
     }
 
     /// Packs for the kernel `range` (tiles of `tile` pixels; `quad_align` quads per tap
@@ -329,6 +341,7 @@ impl VnniConv {
             range,
             tile,
             name,
+            few_pixels: None,
         }
     }
 }
@@ -434,7 +447,9 @@ impl PackedConv {
             super::amx::conv::quad_align(g.in_c / g.groups),
             "emulated amx",
         );
-        c.vnni = Some(VnniConv::with_kernel(p, w, bias, kernel));
+        let mut conv = VnniConv::with_kernel(p, w, bias, kernel);
+        conv.few_pixels = Some(super::vnni::conv::range_emulated);
+        c.vnni = Some(conv);
         Ok(c)
     }
 
@@ -563,9 +578,13 @@ impl PackedConv {
         if let Some(v) = &self.vnni {
             let macs = geom.batch * oh_n * ow_n * geom.out_c * geom.reduction_len();
             let parallel = rayon::current_num_threads() > 1 && macs >= PAR_MIN_MACS;
-            // SAFETY: `vnni` is only built for a path this CPU runs (`supported`); lengths and
-            // geometry are checked.
-            unsafe { super::vnni::run(&v.pack, v.range, v.tile, geom, [oh_n, ow_n], x, residual, out, parallel) };
+            let (range, tile) = match v.few_pixels {
+                Some(few) if geom.batch * oh_n * ow_n < AMX_MIN_PIXELS => (few, 12),
+                _ => (v.range, v.tile),
+            };
+            // SAFETY: `vnni` is only built for a path this CPU runs (`supported`; AMX implies
+            // AVX-512 VNNI, its `few_pixels` kernel); lengths and geometry are checked.
+            unsafe { super::vnni::run(&v.pack, range, tile, geom, [oh_n, ow_n], x, residual, out, parallel) };
             return Ok(());
         }
         self.run_unfused(geom, [oh_n, ow_n], x, out)?;
