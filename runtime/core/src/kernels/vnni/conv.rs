@@ -1,8 +1,8 @@
 //! The one `vpdpbusd` convolution driver, generic over [`Lanes`]: tiles of `P` output pixels
 //! (consecutive in NHWC order, so a tile may span output rows and images: 7×7 maps and linear
 //! layers fill whole tiles) times `B` blocks of 16 output channels, reading the padded input
-//! ([`PaddedInput`]) through each pixel's offset, with the epilogue ([`Requant16`]) applied while
-//! the accumulators are in registers.
+//! ([`PaddedInput`]) through each pixel's offset, with the epilogue
+//! ([`Requant16`](super::pack::Requant16)) applied while the accumulators are in registers.
 
 use super::lanes::Lanes;
 use super::pack::{AddLanes, PaddedInput, VnniPack, LANES, QUAD_BYTES};
@@ -131,7 +131,8 @@ unsafe fn tile<L: Lanes, const P: usize, const B: usize>(
 /// (`B` 1 or 2; then tiles of 4 and 1 pixels, and a single block, at the ends).
 ///
 /// # Safety
-/// As [`tile`].
+/// `L`'s instructions present; `xpad` the padded input of `r`, `out` the whole output (and
+/// `r.residual`, when set, a tensor of its length); the pixels and blocks exist.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn conv_range<L: Lanes, const P: usize, const B: usize>(
