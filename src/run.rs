@@ -72,14 +72,12 @@ pub struct RunArgs {
     pub allow_non_finite: bool,
 }
 
-/// Runs the command: loads the model, reads the inputs, runs them on the chosen device, then
-/// reports, writes, profiles and benchmarks as asked.
-pub fn run(args: RunArgs) -> Outcome {
-    let model = match Model::load(&args.model) {
-        Ok(m) => m,
+/// Loads a `.qmodel`, saying why not (and what to do) on stderr.
+pub(crate) fn load_model(path: &Path) -> Result<Model, crate::exit::Failure> {
+    match Model::load(path) {
+        Ok(m) => Ok(m),
         Err(e) => {
             use qc_runtime::artifact::LoadError;
-            let path = &args.model;
             let compile = "`qc compile RECIPE -o model.qmodel` writes one";
             match &e {
                 LoadError::Io { source, .. } => {
@@ -95,9 +93,15 @@ pub fn run(args: RunArgs) -> Outcome {
                     eprintln!("help: the file is damaged or is not a .qmodel; {compile}");
                 }
             }
-            return Err(Failure::User);
+            Err(crate::exit::Failure::User)
         }
-    };
+    }
+}
+
+/// Runs the command: loads the model, reads the inputs, runs them on the chosen device, then
+/// reports, writes, profiles and benchmarks as asked.
+pub fn run(args: RunArgs) -> Outcome {
+    let model = load_model(&args.model)?;
     let mut read: Vec<PathBuf> = vec![args.model.clone()];
     read.extend(args.inputs.iter().cloned());
     read.extend(args.labels.iter().cloned());
