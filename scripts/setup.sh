@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 #! Idempotent setup: libtorch 2.11.0 (CPU) from the PyPI wheel into .libtorch/, and Debian's
-#! dataset-fashion-mnist. Safe to run again: each step checks what is already there.
+#! dataset-fashion-mnist, and ONNX Runtime + ONNX (pinned, from PyPI) in the git-ignored .venv-ort/ for
+#! the ONNX export agreement test. Safe to run again: each step checks what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -65,6 +66,28 @@ install_fashion_mnist() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null
 }
 
+ORT_VERSION=1.32.0
+ONNX_VERSION=1.23.2
+ORT_VENV="$ROOT/.venv-ort"
+
+install_onnxruntime() {
+  local py="$ORT_VENV/bin/python"
+  if [ -x "$py" ] && "$py" - "$ORT_VERSION" "$ONNX_VERSION" >/dev/null 2>&1 <<'PY'
+import sys
+import numpy, onnx, onnxruntime
+sys.exit(0 if (onnxruntime.__version__, onnx.__version__) == (sys.argv[1], sys.argv[2]) else 1)
+PY
+  then
+    log "onnxruntime $ORT_VERSION and onnx $ONNX_VERSION already in .venv-ort/"
+    return
+  fi
+  log "installing onnxruntime $ORT_VERSION, onnx $ONNX_VERSION and numpy into .venv-ort/"
+  [ -x "$py" ] || python3 -m venv "$ORT_VENV"
+  "$py" -m pip install --quiet --disable-pip-version-check \
+    "onnxruntime==$ORT_VERSION" "onnx==$ONNX_VERSION" numpy
+}
+
 install_libtorch
 install_fashion_mnist
+install_onnxruntime
 log "done"

@@ -123,6 +123,16 @@ enum Command {
         #[arg(long)]
         qat: bool,
     },
+    /// Write a compiled model as a QDQ ONNX graph (uint8 activations with qc's zero points,
+    /// per-channel int8 weights, int32 biases) that ONNX Runtime fuses into its int8 kernels.
+    #[command(after_help = "Example:\n  qc export model.qmodel --onnx model.onnx")]
+    Export {
+        /// The .qmodel file (`qc compile RECIPE -o model.qmodel`).
+        model: PathBuf,
+        /// The .onnx file to write (atomically).
+        #[arg(long, value_name = "OUT")]
+        onnx: PathBuf,
+    },
     /// Run a compiled model (`qc compile RECIPE -o model.qmodel`) on inputs from `.npy` files.
     #[command(
         after_help = "Examples:\n  qc run model.qmodel --input x.npy\n  qc run model.qmodel --input x.npy --output y.npy\n  qc run model.qmodel --input x.npy --threads 2 --bench 50\n  qc run model.qmodel --input t10k-images-idx3-ubyte.gz --labels t10k-labels-idx1-ubyte.gz\n  qc run model.qmodel --input x.npy --device cuda --bench 50"
@@ -234,6 +244,7 @@ pub fn main() -> Outcome {
             output,
             qat,
         } => export_weights(&file, &stage, &output, qat),
+        Command::Export { model, onnx } => export_onnx(&model, &onnx),
         Command::Run {
             model,
             input,
@@ -883,6 +894,32 @@ fn check_keys(file: &Path, stage: &str, ckpt: &Path, qat: bool) -> Outcome {
         );
     }
     Err(Failure::User)
+}
+
+fn export_onnx(model_path: &Path, output: &Path) -> Outcome {
+    check_output("--onnx", output, &[model_path.to_path_buf()])?;
+    let model = crate::run::load_model(model_path)?;
+    let bytes = match qc_onnx::export_bytes(&model) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: cannot export `{}` to ONNX: {e}", model_path.display());
+            eprintln!("help: the ONNX export covers fully int8 programs (quantize, dequantize, qconv, qlinear, qadd, qmax_pool, qavg_pool, global qadaptive_avg_pool, qconcat, qflatten, qclamp); keep every layer int8 in the recipe");
+            return Err(Failure::User);
+        }
+    };
+    if let Err(source) = qc_runtime::fsutil::write_atomic(output, &bytes) {
+        eprintln!("error: cannot write `{}`: {source}", output.display());
+        eprintln!("help: {}", crate::io_help::after_write(&source, output));
+        return Err(Failure::User);
+    }
+    println!(
+        "wrote {} ({} steps as QDQ ONNX, opset {}, {} bytes)",
+        output.display(),
+        model.program().steps.len(),
+        qc_onnx::export::OPSET,
+        bytes.len()
+    );
+    Ok(())
 }
 
 fn export_weights(file: &Path, stage: &str, output: &Path, qat: bool) -> Outcome {

@@ -101,8 +101,8 @@ pub fn run(args: RunArgs) -> Outcome {
     run_model(&model, &args)
 }
 
-/// The `.qmodel` at `path`, or a clear error.
-fn load_model(path: &Path) -> Result<Model, Failure> {
+/// The `.qmodel` at `path`, or a clear error (what went wrong and what to do, on stderr).
+pub(crate) fn load_model(path: &Path) -> Result<Model, Failure> {
     match Model::load(path) {
         Ok(m) => Ok(m),
         Err(e) => {

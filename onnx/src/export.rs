@@ -1,0 +1,645 @@
+//! A compiled program as a QDQ ONNX graph (opset 17, NCHW): each int8 value is a `uint8`
+//! QuantizeLinear output with qc's scale and zero point, each int8 op a float op between
+//! DequantizeLinear and QuantizeLinear, as ONNX Runtime's quantization tool writes them.
+
+use std::collections::HashMap;
+
+use prost::Message;
+use qc_runtime::kernels::Activation;
+use qc_runtime::model::Model;
+use qc_runtime::program::{Layout, QuantOp, StepOp, ValueId, Window};
+use qc_runtime::quant::QParams;
+use qc_runtime::tensor::{DType, Tensor};
+
+use crate::proto::{
+    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto, AttributeProto, GraphProto,
+    ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+};
+
+/// The ONNX opset the graph imports (per-channel DequantizeLinear needs 13).
+pub const OPSET: i64 = 17;
+/// The IR version that opset 17 belongs to.
+pub const IR_VERSION: i64 = 8;
+
+/// Why a program cannot be written as ONNX: the step (index, output name) and op at fault.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ExportError {
+    #[error("step {index} (`{step}`, {op}): {message}")]
+    Step {
+        index: usize,
+        step: String,
+        op: &'static str,
+        message: String,
+    },
+    #[error("value `{value}`: {message}")]
+    Value { value: String, message: String },
+}
+
+/// The model as a serialized ONNX `ModelProto`.
+pub fn export_bytes(model: &Model) -> Result<Vec<u8>, ExportError> {
+    Ok(export(model)?.encode_to_vec())
+}
+
+/// The model as an ONNX `ModelProto`: same inputs (raw, normalized in the graph as `qc run`
+/// does) and outputs, by name, in PyTorch's order with the batch dim `N`.
+pub fn export(model: &Model) -> Result<ModelProto, ExportError> {
+    let mut b = Builder::new(model);
+    b.inputs()?;
+    for index in 0..model.program().steps.len() {
+        b.step(index)?;
+    }
+    b.outputs()?;
+    let graph = GraphProto {
+        node: b.nodes,
+        name: Some(model.meta().model.clone()),
+        initializer: b.inits,
+        input: b.graph_inputs,
+        output: b.graph_outputs,
+        doc_string: Some(format!(
+            "qc {} model `{}`, stage {}, exported from its int8 program",
+            model.meta().qc_version,
+            model.meta().model,
+            model.meta().stage
+        )),
+        ..Default::default()
+    };
+    Ok(ModelProto {
+        ir_version: Some(IR_VERSION),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(OPSET),
+        }],
+        producer_name: Some("qc".into()),
+        producer_version: Some(model.meta().qc_version.clone()),
+        graph: Some(graph),
+        ..Default::default()
+    })
+}
+
+struct Builder<'m> {
+    model: &'m Model,
+    nodes: Vec<NodeProto>,
+    inits: Vec<TensorProto>,
+    graph_inputs: Vec<ValueInfoProto>,
+    graph_outputs: Vec<ValueInfoProto>,
+    /// Per program value: the ONNX tensor holding it (`uint8` for quantized values, else float).
+    tensor: HashMap<ValueId, String>,
+    /// Per quantized value: its DequantizeLinear output, made once.
+    dequantized: HashMap<ValueId, String>,
+    /// Per quantized value: its scale and zero point initializers.
+    qparams: HashMap<ValueId, (String, String)>,
+}
+
+fn attr_int(name: &str, i: i64) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        i: Some(i),
+        r#type: Some(AttributeType::Int as i32),
+        ..Default::default()
+    }
+}
+
+fn attr_ints(name: &str, ints: &[usize]) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        ints: ints.iter().map(|&v| v as i64).collect(),
+        r#type: Some(AttributeType::Ints as i32),
+        ..Default::default()
+    }
+}
+
+fn tensor_proto(name: &str, dims: &[usize], data_type: DataType, raw: Vec<u8>) -> TensorProto {
+    TensorProto {
+        name: Some(name.into()),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: Some(data_type as i32),
+        raw_data: Some(raw),
+        ..Default::default()
+    }
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn value_info(name: &str, elem: DataType, shape: &[Option<usize>]) -> ValueInfoProto {
+    let dim = shape
+        .iter()
+        .map(|d| tensor_shape_proto::Dimension {
+            value: Some(match d {
+                Some(n) => tensor_shape_proto::dimension::Value::DimValue(*n as i64),
+                None => tensor_shape_proto::dimension::Value::DimParam("N".into()),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(elem as i32),
+                shape: Some(TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Window attributes: kernel_shape, strides, pads (all begins, then all ends), dilations.
+fn window_attrs(w: &Window, dilations: bool) -> Vec<AttributeProto> {
+    let pads: Vec<usize> = w.pad.iter().chain(&w.pad).copied().collect();
+    let mut a = vec![
+        attr_ints("kernel_shape", &w.kernel),
+        attr_ints("strides", &w.stride),
+        attr_ints("pads", &pads),
+    ];
+    if dilations {
+        a.push(attr_ints("dilations", &w.dilation));
+    }
+    a
+}
+
+impl<'m> Builder<'m> {
+    fn new(model: &'m Model) -> Builder<'m> {
+        Builder {
+            model,
+            nodes: Vec::new(),
+            inits: Vec::new(),
+            graph_inputs: Vec::new(),
+            graph_outputs: Vec::new(),
+            tensor: HashMap::new(),
+            dequantized: HashMap::new(),
+            qparams: HashMap::new(),
+        }
+    }
+
+    fn name(&self, v: ValueId) -> &str {
+        self.model.program().value_name(v)
+    }
+
+    fn node(&mut self, op: &str, name: String, inputs: Vec<String>, output: String, attrs: Vec<AttributeProto>) {
+        self.nodes.push(NodeProto {
+            input: inputs,
+            output: vec![output],
+            name: Some(name),
+            op_type: Some(op.into()),
+            attribute: attrs,
+            ..Default::default()
+        });
+    }
+
+    fn init_f32(&mut self, name: String, dims: &[usize], v: &[f32]) -> String {
+        self.inits
+            .push(tensor_proto(&name, dims, DataType::Float, f32_bytes(v)));
+        name
+    }
+
+    fn params_of(&self, v: ValueId) -> Result<QParams, ExportError> {
+        let info = &self.model.program().values[v];
+        match (info.quant, info.dtype) {
+            (Some(q), DType::U8) => Ok(q),
+            _ => Err(ExportError::Value {
+                value: info.name.clone(),
+                message: format!("expected a u8 quantized value, found {}", info.dtype),
+            }),
+        }
+    }
+
+    /// The scale and zero point initializers of quantized value `v`.
+    fn qparam_inits(&mut self, v: ValueId) -> Result<(String, String), ExportError> {
+        if let Some(p) = self.qparams.get(&v) {
+            return Ok(p.clone());
+        }
+        let q = self.params_of(v)?;
+        let base = self.name(v).to_string();
+        let scale = self.init_f32(format!("{base}_scale"), &[], &[q.scale()]);
+        let zp = format!("{base}_zero_point");
+        self.inits
+            .push(tensor_proto(&zp, &[], DataType::Uint8, vec![q.zero_point() as u8]));
+        self.qparams.insert(v, (scale.clone(), zp.clone()));
+        Ok((scale, zp))
+    }
+
+    /// QuantizeLinear of float tensor `x` into quantized value `v` (its tensor named after it).
+    /// A range narrower than u8's (7-bit activations) saturates as qc does, through a Clip
+    /// between a DequantizeLinear/QuantizeLinear pair of the same parameters.
+    fn quantize_into(&mut self, x: String, v: ValueId) -> Result<(), ExportError> {
+        let (scale, zp) = self.qparam_inits(v)?;
+        let q = self.params_of(v)?;
+        let name = self.name(v).to_string();
+        let full = q.range().qmin() == 0 && q.range().qmax() == 255;
+        let first = if full {
+            name.clone()
+        } else {
+            format!("{name}_unclipped")
+        };
+        self.node(
+            "QuantizeLinear",
+            format!("{name}_QuantizeLinear"),
+            vec![x, scale.clone(), zp.clone()],
+            first.clone(),
+            vec![],
+        );
+        if !full {
+            let lo = (q.range().qmin() - q.zero_point()) as f32 * q.scale();
+            let hi = (q.range().qmax() - q.zero_point()) as f32 * q.scale();
+            let dq = format!("{name}_unclipped_dequantized");
+            self.node(
+                "DequantizeLinear",
+                format!("{name}_range_DequantizeLinear"),
+                vec![first, scale.clone(), zp.clone()],
+                dq.clone(),
+                vec![],
+            );
+            let lo = self.init_f32(format!("{name}_range_min"), &[], &[lo]);
+            let hi = self.init_f32(format!("{name}_range_max"), &[], &[hi]);
+            let clipped = format!("{name}_range_clipped");
+            self.node(
+                "Clip",
+                format!("{name}_range_Clip"),
+                vec![dq, lo, hi],
+                clipped.clone(),
+                vec![],
+            );
+            self.node(
+                "QuantizeLinear",
+                format!("{name}_range_QuantizeLinear"),
+                vec![clipped, scale, zp],
+                name.clone(),
+                vec![],
+            );
+        }
+        self.tensor.insert(v, name);
+        Ok(())
+    }
+
+    /// The float tensor of value `v`: itself when float, else its DequantizeLinear output.
+    fn float_of(&mut self, v: ValueId) -> Result<String, ExportError> {
+        let info = &self.model.program().values[v];
+        let Some(t) = self.tensor.get(&v).cloned() else {
+            return Err(ExportError::Value {
+                value: info.name.clone(),
+                message: "read before it is computed".into(),
+            });
+        };
+        if info.quant.is_none() {
+            return Ok(t);
+        }
+        if let Some(d) = self.dequantized.get(&v) {
+            return Ok(d.clone());
+        }
+        let (scale, zp) = self.qparam_inits(v)?;
+        let out = format!("{t}_dequantized");
+        self.node(
+            "DequantizeLinear",
+            format!("{t}_DequantizeLinear"),
+            vec![t, scale, zp],
+            out.clone(),
+            vec![],
+        );
+        self.dequantized.insert(v, out.clone());
+        Ok(out)
+    }
+
+    /// Relu or Clip for a fused activation, applied to float tensor `x`.
+    fn activation(&mut self, x: String, act: Activation, base: &str) -> String {
+        let (min, max) = match act {
+            Activation::None => return x,
+            Activation::Relu => {
+                let out = format!("{base}_relu");
+                self.node("Relu", format!("{base}_Relu"), vec![x], out.clone(), vec![]);
+                return out;
+            }
+            Activation::Relu6 => (0.0, 6.0),
+            Activation::Clamp { min, max } => (min, max),
+        };
+        let lo = self.init_f32(format!("{base}_clip_min"), &[], &[min]);
+        let hi = self.init_f32(format!("{base}_clip_max"), &[], &[max]);
+        let out = format!("{base}_clip");
+        self.node("Clip", format!("{base}_Clip"), vec![x, lo, hi], out.clone(), vec![]);
+        out
+    }
+
+    fn inputs(&mut self) -> Result<(), ExportError> {
+        let p = self.model.program();
+        let meta = self.model.meta();
+        for (spec, &v) in meta.inputs.iter().zip(&p.inputs) {
+            let info = &p.values[v];
+            if info.dtype != DType::F32 || info.layout != Layout::Torch {
+                return Err(ExportError::Value {
+                    value: info.name.clone(),
+                    message: format!("only f32 inputs in PyTorch's layout are exported, found {}", info.dtype),
+                });
+            }
+            self.graph_inputs
+                .push(value_info(&spec.name, DataType::Float, &info.torch_shape()));
+            let mut x = spec.name.clone();
+            if let Some(n) = meta.input_normalize.get(&spec.name) {
+                let dims: Vec<usize> = if n.is_per_channel() {
+                    let mut d = vec![1; info.shape.len()];
+                    d[1] = n.channels();
+                    d
+                } else {
+                    vec![]
+                };
+                let mean: Vec<f32> = n.mean.iter().map(|&m| m as f32).collect();
+                let std: Vec<f32> = n.std.iter().map(|&s| s as f32).collect();
+                let mean = self.init_f32(format!("{}_normalize_mean", spec.name), &dims, &mean);
+                let std = self.init_f32(format!("{}_normalize_std", spec.name), &dims, &std);
+                let centred = format!("{}_centred", spec.name);
+                let normalized = format!("{}_normalized", spec.name);
+                self.node(
+                    "Sub",
+                    format!("{}_normalize_Sub", spec.name),
+                    vec![x, mean],
+                    centred.clone(),
+                    vec![],
+                );
+                self.node(
+                    "Div",
+                    format!("{}_normalize_Div", spec.name),
+                    vec![centred, std],
+                    normalized.clone(),
+                    vec![],
+                );
+                x = normalized;
+            }
+            self.tensor.insert(v, x);
+        }
+        Ok(())
+    }
+
+    fn outputs(&mut self) -> Result<(), ExportError> {
+        let p = self.model.program();
+        for (spec, &v) in self.model.meta().outputs.iter().zip(&p.outputs) {
+            let info = &p.values[v];
+            let t = self.tensor.get(&v).cloned().unwrap_or_default();
+            let elem = match info.dtype {
+                DType::F32 => DataType::Float,
+                DType::U8 => DataType::Uint8,
+                other => {
+                    return Err(ExportError::Value {
+                        value: info.name.clone(),
+                        message: format!("outputs of dtype {other} are not exported"),
+                    })
+                }
+            };
+            if t != spec.name {
+                self.node(
+                    "Identity",
+                    format!("{}_Identity", spec.name),
+                    vec![t],
+                    spec.name.clone(),
+                    vec![],
+                );
+            }
+            self.graph_outputs
+                .push(value_info(&spec.name, elem, &info.torch_shape()));
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, index: usize) -> Result<(), ExportError> {
+        let p = self.model.program();
+        let step = &p.steps[index];
+        let out = step.output;
+        let name = self.name(out).to_string();
+        let fail = |message: String| ExportError::Step {
+            index,
+            step: name.clone(),
+            op: step.op.name(),
+            message,
+        };
+        let op = match &step.op {
+            StepOp::Quant(op) => op,
+            StepOp::Float(_) => {
+                return Err(fail(
+                    "float steps are not exported; only fully int8 programs are (compile without `skip` layers)".into(),
+                ))
+            }
+        };
+        let input = |i: usize| {
+            step.inputs
+                .get(i)
+                .copied()
+                .ok_or_else(|| fail(format!("has no input {i}")))
+        };
+        let constant = |id: usize| -> Result<&Tensor, ExportError> {
+            p.constants
+                .get(id)
+                .ok_or_else(|| fail(format!("refers to a missing constant {id}")))
+        };
+        match op {
+            QuantOp::Quantize => {
+                let x = self.float_of(input(0)?)?;
+                self.quantize_into(x, out)?;
+            }
+            QuantOp::Dequantize => {
+                let x = self.float_of(input(0)?)?;
+                self.tensor.insert(out, x);
+            }
+            QuantOp::QConv {
+                window,
+                groups,
+                weight,
+                weight_scales,
+                bias,
+                act,
+            } => {
+                let x_id = input(0)?;
+                let x = self.float_of(x_id)?;
+                let s_in = self.params_of(x_id)?.scale();
+                let w = constant(*weight)?;
+                let (Some(wd), 3 | 4) = (w.as_i8(), w.shape.len()) else {
+                    return Err(fail("the weight is not an i8 tensor of rank 3 or 4".into()));
+                };
+                // OHWI (or OKI) → OIHW (OIK).
+                let cout = w.shape[0];
+                let cin = w.shape[w.shape.len() - 1];
+                let spatial: Vec<usize> = w.shape[1..w.shape.len() - 1].to_vec();
+                let k: usize = spatial.iter().product();
+                let mut oihw = vec![0u8; wd.len()];
+                for o in 0..cout {
+                    for s in 0..k {
+                        for i in 0..cin {
+                            oihw[(o * cin + i) * k + s] = wd[(o * k + s) * cin + i] as u8;
+                        }
+                    }
+                }
+                let mut dims = vec![cout, cin];
+                dims.extend(&spatial);
+                let mut attrs = window_attrs(window, true);
+                attrs.push(attr_int("group", *groups as i64));
+                let inputs = self
+                    .weight_and_bias(
+                        &name,
+                        oihw,
+                        &dims,
+                        constant(*weight_scales)?,
+                        bias.map(constant).transpose()?,
+                        s_in,
+                    )
+                    .map_err(fail)?;
+                let mut conv_in = vec![x];
+                conv_in.extend(inputs);
+                let y = format!("{name}_conv");
+                self.node("Conv", name.clone(), conv_in, y.clone(), attrs);
+                let y = self.activation(y, *act, &name);
+                self.quantize_into(y, out)?;
+            }
+            QuantOp::QLinear {
+                weight,
+                weight_scales,
+                bias,
+                act,
+            } => {
+                let x_id = input(0)?;
+                if p.values[x_id].shape.len() != 2 {
+                    return Err(fail("only rank-2 inputs `[N, K]` are exported (as Gemm)".into()));
+                }
+                let x = self.float_of(x_id)?;
+                let s_in = self.params_of(x_id)?.scale();
+                let w = constant(*weight)?;
+                let (Some(wd), 2) = (w.as_i8(), w.shape.len()) else {
+                    return Err(fail("the weight is not an i8 matrix".into()));
+                };
+                let raw = wd.iter().map(|&v| v as u8).collect();
+                let dims = w.shape.clone();
+                let inputs = self
+                    .weight_and_bias(
+                        &name,
+                        raw,
+                        &dims,
+                        constant(*weight_scales)?,
+                        bias.map(constant).transpose()?,
+                        s_in,
+                    )
+                    .map_err(fail)?;
+                let mut gemm_in = vec![x];
+                gemm_in.extend(inputs);
+                let y = format!("{name}_gemm");
+                self.node("Gemm", name.clone(), gemm_in, y.clone(), vec![attr_int("transB", 1)]);
+                let y = self.activation(y, *act, &name);
+                self.quantize_into(y, out)?;
+            }
+            QuantOp::QAdd { relu } => {
+                let a = self.float_of(input(0)?)?;
+                let b = self.float_of(input(1)?)?;
+                let y = format!("{name}_add");
+                self.node("Add", name.clone(), vec![a, b], y.clone(), vec![]);
+                let act = if *relu { Activation::Relu } else { Activation::None };
+                let y = self.activation(y, act, &name);
+                self.quantize_into(y, out)?;
+            }
+            QuantOp::QMaxPool { window } => {
+                let x = self.float_of(input(0)?)?;
+                let mut attrs = window_attrs(window, true);
+                attrs.push(attr_int("ceil_mode", window.ceil_mode as i64));
+                let y = format!("{name}_maxpool");
+                self.node("MaxPool", name.clone(), vec![x], y.clone(), attrs);
+                self.quantize_into(y, out)?;
+            }
+            QuantOp::QAvgPool {
+                window,
+                count_include_pad,
+            } => {
+                let x = self.float_of(input(0)?)?;
+                let mut attrs = window_attrs(window, false);
+                attrs.push(attr_int("ceil_mode", window.ceil_mode as i64));
+                attrs.push(attr_int("count_include_pad", *count_include_pad as i64));
+                let y = format!("{name}_avgpool");
+                self.node("AveragePool", name.clone(), vec![x], y.clone(), attrs);
+                self.quantize_into(y, out)?;
+            }
+            QuantOp::QAdaptiveAvgPool { output } => {
+                if output.iter().any(|&o| o != 1) {
+                    return Err(fail(format!(
+                        "only global average pooling (output size all 1) is exported, found {output:?}"
+                    )));
+                }
+                let x = self.float_of(input(0)?)?;
+                let y = format!("{name}_gap");
+                self.node("GlobalAveragePool", name.clone(), vec![x], y.clone(), vec![]);
+                self.quantize_into(y, out)?;
+            }
+            QuantOp::QConcat => {
+                let xs = step
+                    .inputs
+                    .iter()
+                    .map(|&v| self.float_of(v))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let y = format!("{name}_concat");
+                self.node("Concat", name.clone(), xs, y.clone(), vec![attr_int("axis", 1)]);
+                self.quantize_into(y, out)?;
+            }
+            QuantOp::QFlatten => {
+                let x = self.float_of(input(0)?)?;
+                let y = format!("{name}_flatten");
+                self.node("Flatten", name.clone(), vec![x], y.clone(), vec![attr_int("axis", 1)]);
+                self.quantize_into(y, out)?;
+            }
+            QuantOp::QClamp { act } => {
+                let x = self.float_of(input(0)?)?;
+                let y = self.activation(x, *act, &name);
+                self.quantize_into(y, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// DequantizeLinear of the int8 weight (per output channel, axis 0, zero point 0) and of the
+    /// int32 bias (scale `s_in · s_w[c]`): the Conv/Gemm inputs after the data.
+    fn weight_and_bias(
+        &mut self,
+        name: &str,
+        raw: Vec<u8>,
+        dims: &[usize],
+        scales: &Tensor,
+        bias: Option<&Tensor>,
+        s_in: f32,
+    ) -> Result<Vec<String>, String> {
+        let cout = dims[0];
+        let Some(ws) = scales.as_f32().filter(|s| s.len() == cout) else {
+            return Err(format!("the weight scales are not {cout} f32 values"));
+        };
+        let wq = format!("{name}.weight_quantized");
+        self.inits.push(tensor_proto(&wq, dims, DataType::Int8, raw));
+        let ws_name = self.init_f32(format!("{name}.weight_scale"), &[cout], ws);
+        let wz = format!("{name}.weight_zero_point");
+        self.inits
+            .push(tensor_proto(&wz, &[cout], DataType::Int8, vec![0; cout]));
+        let wdq = format!("{name}.weight");
+        self.node(
+            "DequantizeLinear",
+            format!("{name}.weight_DequantizeLinear"),
+            vec![wq, ws_name, wz],
+            wdq.clone(),
+            vec![attr_int("axis", 0)],
+        );
+        let mut out = vec![wdq];
+        if let Some(bias) = bias {
+            let Some(bd) = bias.as_i32().filter(|b| b.len() == cout) else {
+                return Err(format!("the bias is not {cout} i32 values"));
+            };
+            let bq = format!("{name}.bias_quantized");
+            let raw = bd.iter().flat_map(|v| v.to_le_bytes()).collect();
+            self.inits.push(tensor_proto(&bq, &[cout], DataType::Int32, raw));
+            let bs: Vec<f32> = ws.iter().map(|&s| s_in * s).collect();
+            let bs_name = self.init_f32(format!("{name}.bias_scale"), &[cout], &bs);
+            let bz = format!("{name}.bias_zero_point");
+            self.inits
+                .push(tensor_proto(&bz, &[cout], DataType::Int32, vec![0; 4 * cout]));
+            let bdq = format!("{name}.bias");
+            self.node(
+                "DequantizeLinear",
+                format!("{name}.bias_DequantizeLinear"),
+                vec![bq, bs_name, bz],
+                bdq.clone(),
+                vec![attr_int("axis", 0)],
+            );
+            out.push(bdq);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,11 @@
+//! qc's ONNX export: writes a compiled `.qmodel` program as a QDQ ONNX graph ([`export`]).
+
+/// The ONNX protobuf types, generated at build time from `proto/onnx.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
+}
+
+pub mod export;
+
+pub use export::{export, export_bytes, ExportError};

@@ -1,0 +1,200 @@
+//! `qc export --onnx` against the real ONNX Runtime (pinned in `.venv-ort/` by `scripts/setup.sh`):
+//! the exported QDQ graph passes ONNX's full check, ONNX Runtime fuses it into its int8 kernels,
+//! and its outputs agree with `qc run`'s in the quantized domain (fashion_cnn on real
+//! Fashion-MNIST test images; Inception's concat block and ResNet-18's residual adds on random
+//! inputs). Bad outputs and non-models are refused with a help line.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use qc_runtime::model::Model;
+use qc_runtime::program::{QuantOp, StepOp};
+
+fn qc() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_qc"))
+}
+
+fn python() -> PathBuf {
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-ort/bin/python");
+    assert!(
+        py.exists(),
+        "{} is missing: run `make setup` (scripts/setup.sh)",
+        py.display()
+    );
+    py
+}
+
+fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// fashion_cnn with PyTorch's FP32 fixture weights and a short real calibration.
+fn fashion_recipe(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string("examples/fashion_cnn.qrecipe").unwrap();
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("calibrate ") {
+                "  calibrate fashion_mnist(split: train) batches: 8\n".to_string()
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    let weights = std::fs::canonicalize("tests/data/fashion_cnn.fp32.pth").unwrap();
+    let path = dir.join("fashion_cnn_fp32.qrecipe");
+    std::fs::write(&path, format!("{text}weights \"{}\"\n", weights.display())).unwrap();
+    path
+}
+
+/// Compiles, exports, runs both, and returns (share of equal elements, largest step difference).
+fn agreement(dir: &Path, recipe: &Path, input: &Path) -> (f64, i64) {
+    let model = dir.join("m.qmodel");
+    ok(qc().arg("compile").arg(recipe).arg("-o").arg(&model).output().unwrap());
+    let onnx = dir.join("m.onnx");
+    let out = ok(qc()
+        .arg("export")
+        .arg(&model)
+        .arg("--onnx")
+        .arg(&onnx)
+        .output()
+        .unwrap());
+    assert!(out.contains("as QDQ ONNX"), "{out}");
+    let y_qc = dir.join("y_qc.npy");
+    ok(qc()
+        .arg("run")
+        .arg(&model)
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(&y_qc)
+        .output()
+        .unwrap());
+
+    // The output's quantization: the parameters of the value its final Dequantize reads.
+    let m = Model::load(&model).unwrap();
+    let p = m.program();
+    let step = p.steps.iter().find(|s| s.output == p.outputs[0]).unwrap();
+    assert!(matches!(step.op, StepOp::Quant(QuantOp::Dequantize)));
+    let q = p.values[step.inputs[0]].quant.unwrap();
+
+    let out = ok(Command::new(python())
+        .arg("tests/onnx/run_ort.py")
+        .arg(&onnx)
+        .arg(input)
+        .arg(dir.join("y_ort.npy"))
+        .arg(dir.join("optimized.onnx"))
+        .arg(&y_qc)
+        .arg(q.scale().to_string())
+        .arg(q.zero_point().to_string())
+        .arg(q.range().qmin().to_string())
+        .arg(q.range().qmax().to_string())
+        .output()
+        .unwrap());
+    println!("{out}");
+    // ONNX Runtime ran its int8 kernels, not the float ops between QDQ pairs.
+    assert!(out.contains("QLinearConv"), "{out}");
+    let line = out.lines().find(|l| l.starts_with("agreement: ")).unwrap();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let equal: f64 = words[1].trim_end_matches('%').parse().unwrap();
+    let steps: i64 = words[4].parse().unwrap();
+    (equal, steps)
+}
+
+fn write_npy(path: &Path, shape: &[usize], data: &[f32]) {
+    std::fs::write(path, qc_runtime_host::data::npy_f32_bytes(shape, data)).unwrap();
+}
+
+fn random(shape: &[usize], seed: u64) -> Vec<f32> {
+    let mut rng = qc_runtime::SplitMix64::new(seed);
+    (0..shape.iter().product::<usize>())
+        .map(|_| rng.uniform(-2.0, 2.0))
+        .collect()
+}
+
+#[test]
+fn fashion_cnn_agrees_with_onnx_runtime_on_real_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = qc_runtime_host::data::read_idx_images(Path::new("/usr/share/datasets/fashion-mnist"), false)
+        .expect("make setup installs Fashion-MNIST");
+    let n = 256;
+    let batch = images.batch_f32(0, n);
+    let qc_runtime::TensorData::F32(pixels) = &batch.data else {
+        panic!("f32")
+    };
+    let input = dir.path().join("x.npy");
+    write_npy(&input, &[n, 1, 28, 28], pixels);
+    let (equal, steps) = agreement(dir.path(), &fashion_recipe(dir.path()), &input);
+    // Measured 86.33% equal, max 1 step: ONNX Runtime requantizes in float, qc in integers; a
+    // one-step difference in fc1's 64 inputs moves many logits (docs/numerics.md).
+    assert!(steps <= 1, "{steps} steps apart");
+    assert!(equal >= 80.0, "{equal}% equal");
+}
+
+#[test]
+fn inception_concat_block_agrees_with_onnx_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("x.npy");
+    write_npy(&input, &[2, 3, 299, 299], &random(&[2, 3, 299, 299], 7));
+    let (equal, steps) = agreement(dir.path(), Path::new("examples/inception_block.qrecipe"), &input);
+    // Measured 99.76% equal, max 2 steps (a 1-step difference in a branch, requantized again by
+    // the concat's float requantization in ONNX Runtime).
+    assert!(steps <= 2, "{steps} steps apart");
+    assert!(equal >= 99.0, "{equal}% equal");
+}
+
+#[test]
+fn resnet18_residual_adds_agree_with_onnx_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("x.npy");
+    write_npy(&input, &[2, 3, 224, 224], &random(&[2, 3, 224, 224], 11));
+    let (equal, steps) = agreement(dir.path(), Path::new("examples/resnet18.qrecipe"), &input);
+    // Measured 86.20% equal, max 1 step, top-1 100%: 20 convolutions and 8 adds deep, one-step
+    // differences spread to the 1000 logits.
+    assert!(steps <= 1, "{steps} steps apart");
+    assert!(equal >= 80.0, "{equal}% equal");
+}
+
+#[test]
+fn export_refuses_a_bad_model_and_its_own_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("bogus.qmodel");
+    std::fs::write(&bogus, b"not a model").unwrap();
+    let out = qc()
+        .arg("export")
+        .arg(&bogus)
+        .arg("--onnx")
+        .arg(dir.path().join("o.onnx"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("error: cannot load") && err.contains("help:"), "{err}");
+
+    let out = qc()
+        .arg("export")
+        .arg(&bogus)
+        .arg("--onnx")
+        .arg(&bogus)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("help:"), "{err}");
+    assert_eq!(std::fs::read(&bogus).unwrap(), b"not a model");
+
+    let out = qc()
+        .arg("export")
+        .arg(&bogus)
+        .arg("--onnx")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("help:"), "{err}");
+}
