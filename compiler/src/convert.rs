@@ -608,10 +608,7 @@ fn to_integer_op(
             let conv = Conv {
                 bias: has_bias,
                 bn: None,
-                weight_quant: Some(WeightQuant {
-                    spec: wq.spec,
-                    fake: false,
-                }),
+                weight_quant: Some(WeightQuant { fake: false, ..wq }),
                 ..c.clone()
             };
             (Op::QConv(conv), roles)
@@ -623,10 +620,7 @@ fn to_integer_op(
             let linear = Linear {
                 bias: has_bias,
                 bn: None,
-                weight_quant: Some(WeightQuant {
-                    spec: wq.spec,
-                    fake: false,
-                }),
+                weight_quant: Some(WeightQuant { fake: false, ..wq }),
                 ..l.clone()
             };
             (Op::QLinear(linear), roles)

@@ -343,6 +343,7 @@ impl<'m> Lowering<'m> {
                     weight_scales,
                     bias,
                     act: activation(&c.act),
+                    requantize: c.weight_quant.as_ref().map_or(Default::default(), |w| w.requantize),
                 }
                 .into()
             }
@@ -354,6 +355,7 @@ impl<'m> Lowering<'m> {
                     weight_scales,
                     bias,
                     act: activation(&l.act),
+                    requantize: l.weight_quant.as_ref().map_or(Default::default(), |w| w.requantize),
                 }
                 .into()
             }

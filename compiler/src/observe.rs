@@ -110,6 +110,7 @@ pub fn insert(module: &mut Module, plan: &Plan, qat: bool, learnable: bool) {
             let wq = Some(WeightQuant {
                 spec: w.qspec(),
                 fake: qat,
+                requantize: np.requantize.map_or(Default::default(), |(r, _)| r),
             });
             match &mut module.graph.node_mut(id).op {
                 Op::Conv(c) => c.weight_quant = wq,

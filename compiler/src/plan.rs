@@ -22,8 +22,11 @@
 
 use std::collections::{HashMap, HashSet};
 
-use qc_dsl::sections::{Granularity, LayerSelector, Observer, QuantizeSettings, Scheme, TensorDefaults, TensorSpec};
+use qc_dsl::sections::{
+    Granularity, LayerSelector, Observer, QuantizeSettings, Requantize, Scheme, TensorDefaults, TensorSpec,
+};
 use qc_dsl::{Diagnostic, SourceMap, Span};
+use qc_runtime::quant::RequantRule;
 
 use crate::ir::{Graph, Module, NodeId, Stage};
 use crate::ops::{observer_text, Op, QSpec, OP_NAMES};
@@ -224,6 +227,8 @@ pub struct NodePlan {
     pub decision: Decision,
     /// How the weight is quantized (int8 conv and linear).
     pub weights: Option<ResolvedSpec>,
+    /// How the accumulator is requantized (int8 conv and linear), and what decided it.
+    pub requantize: Option<(RequantRule, Decider)>,
     /// How the output is quantized, when it is observed.
     pub activations: Option<ResolvedSpec>,
     /// The node that observes the output (`<node>.activation_post_process`), when observed.
@@ -348,7 +353,13 @@ pub fn build(module: &Module, q: &QuantizeSettings) -> Result<Plan, Vec<Diagnost
         diags,
     };
     check_specs(g, q, &order, &decided, &mut report);
-    let nodes = node_plans(g, &order, &decided, &mut report);
+    let mut nodes = node_plans(g, &order, &decided, &mut report);
+    for n in nodes.iter_mut().filter(|n| n.weights.is_some()) {
+        n.requantize = Some(match q.for_node(&n.node, n.op).requantize {
+            Some(r) => (rule_of(r.value), Decider::Recipe(r.span)),
+            None => (rule_of(q.scheme.value.requantize()), scheme),
+        });
+    }
     if report.diags.is_empty() {
         let inputs = g
             .inputs
@@ -617,6 +628,7 @@ fn node_plans(g: &Graph, order: &[NodeId], decided: &Decisions, report: &mut Dia
             node: node.name.clone(),
             op: node.op.name(),
             weights: weights.get(&id).cloned(),
+            requantize: None,
             activations: observed.then(|| acts[&id].clone()),
             observer: observed.then(|| observer_name(&node.name, is_input, n_inputs)),
             boundaries,
@@ -625,6 +637,14 @@ fn node_plans(g: &Graph, order: &[NodeId], decided: &Decisions, report: &mut Dia
         });
     }
     nodes
+}
+
+/// The runtime's rule for a recipe's `requantize:` word.
+fn rule_of(r: Requantize) -> RequantRule {
+    match r {
+        Requantize::Float => RequantRule::Float,
+        Requantize::Integer => RequantRule::Integer,
+    }
 }
 
 fn span_of(d: Decider) -> Span {

@@ -326,10 +326,12 @@ fn step_text(program: &qc_runtime::program::Program, step: &qc_runtime::program:
                 weight_scales,
                 bias,
                 act: a,
+                requantize,
             } => {
                 window(w, &mut attrs);
                 attrs.push(format!("groups: {groups}"));
                 act(a, &mut attrs);
+                attrs.push(format!("requantize: {}", requantize.name()));
                 consts.extend([("weight", *weight), ("weight_scales", *weight_scales)]);
                 consts.extend(bias.map(|b| ("bias", b)));
             }
@@ -338,8 +340,10 @@ fn step_text(program: &qc_runtime::program::Program, step: &qc_runtime::program:
                 weight_scales,
                 bias,
                 act: a,
+                requantize,
             } => {
                 act(a, &mut attrs);
+                attrs.push(format!("requantize: {}", requantize.name()));
                 consts.extend([("weight", *weight), ("weight_scales", *weight_scales)]);
                 consts.extend(bias.map(|b| ("bias", b)));
             }

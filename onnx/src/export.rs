@@ -189,6 +189,12 @@ impl<'m> Builder<'m> {
         });
     }
 
+    fn init_f64(&mut self, name: String, dims: &[usize], v: &[f64]) -> String {
+        let raw = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.inits.push(tensor_proto(&name, dims, DataType::Double, raw));
+        name
+    }
+
     fn init_f32(&mut self, name: String, dims: &[usize], v: &[f32]) -> String {
         self.inits
             .push(tensor_proto(&name, dims, DataType::Float, f32_bytes(v)));
@@ -225,7 +231,20 @@ impl<'m> Builder<'m> {
     /// A range narrower than u8's (7-bit activations) saturates as qc does, through a Clip
     /// between a DequantizeLinear/QuantizeLinear pair of the same parameters.
     fn quantize_into(&mut self, x: String, v: ValueId) -> Result<(), ExportError> {
-        let (scale, zp) = self.qparam_inits(v)?;
+        let params = self.qparam_inits(v)?;
+        let scale = self.params_of(v)?.scale();
+        self.quantize_with(x, v, params, scale)
+    }
+
+    /// QuantizeLinear of `x` with the `(scale, zero point)` initializers given (`scale` holding
+    /// `scale_value`), into `v` (saturated to `v`'s range as [`Self::quantize_into`] says).
+    fn quantize_with(
+        &mut self,
+        x: String,
+        v: ValueId,
+        (scale, zp): (String, String),
+        scale_value: f32,
+    ) -> Result<(), ExportError> {
         let q = self.params_of(v)?;
         let name = self.name(v).to_string();
         let full = q.range().qmin() == 0 && q.range().qmax() == 255;
@@ -242,8 +261,8 @@ impl<'m> Builder<'m> {
             vec![],
         );
         if !full {
-            let lo = (q.range().qmin() - q.zero_point()) as f32 * q.scale();
-            let hi = (q.range().qmax() - q.zero_point()) as f32 * q.scale();
+            let lo = (q.range().qmin() - q.zero_point()) as f32 * scale_value;
+            let hi = (q.range().qmax() - q.zero_point()) as f32 * scale_value;
             let dq = format!("{name}_unclipped_dequantized");
             self.node(
                 "DequantizeLinear",
@@ -272,6 +291,58 @@ impl<'m> Builder<'m> {
         }
         self.tensor.insert(v, name);
         Ok(())
+    }
+
+    /// qc's `quantize` (`rint(x · (1/s)) + zp`, docs/numerics.md §1) of float tensor `x` into `v`
+    /// at a float → int8 boundary. ONNX's QuantizeLinear divides by the scale, which rounds
+    /// differently on some ties, so the graph multiplies by qc's `f32` reciprocal first and
+    /// quantizes with scale 1 (`x / 1` is exact); the value's own scale and zero point dequantize it.
+    fn quantize_exact(&mut self, x: String, v: ValueId) -> Result<(), ExportError> {
+        let q = self.params_of(v)?;
+        let name = self.name(v).to_string();
+        let inv = self.init_f32(format!("{name}_inverse_scale"), &[], &[1.0f32 / q.scale()]);
+        let scaled = format!("{name}_scaled");
+        self.node("Mul", format!("{name}_scale_Mul"), vec![x, inv], scaled.clone(), vec![]);
+        let one = self.init_f32(format!("{name}_unit_scale"), &[], &[1.0]);
+        let (_, zp) = self.qparam_inits(v)?;
+        self.quantize_with(scaled, v, (one, zp), 1.0)
+    }
+
+    /// The codes of quantized value `v` minus its zero point, as exact `f32` integers (Cast, Sub):
+    /// what qc's integer averages sum (docs/numerics.md §5).
+    fn centred_codes(&mut self, v: ValueId) -> Result<String, ExportError> {
+        let Some(t) = self.tensor.get(&v).cloned() else {
+            return Err(ExportError::Value {
+                value: self.name(v).to_string(),
+                message: "read before it is computed".into(),
+            });
+        };
+        let zp = self.params_of(v)?.zero_point();
+        let zp = self.init_f32(format!("{t}_zero_point_f32"), &[], &[zp as f32]);
+        let codes = format!("{t}_codes");
+        let centred = format!("{t}_centred_codes");
+        let cast = vec![attr_int("to", DataType::Float as i64)];
+        self.node("Cast", format!("{t}_codes_Cast"), vec![t.clone()], codes.clone(), cast);
+        self.node(
+            "Sub",
+            format!("{t}_codes_Sub"),
+            vec![codes, zp],
+            centred.clone(),
+            vec![],
+        );
+        Ok(centred)
+    }
+
+    /// An average of centred codes (`Σ (q − zp) / n`, one correctly rounded f32 division of an
+    /// exact integer sum) into `v`: rounded to nearest even plus the zero point, as qc's
+    /// `avg_round` (docs/numerics.md §5), by QuantizeLinear with scale 1. ONNX Runtime's own
+    /// QLinearAveragePool averages dequantized floats and divides by the scale, which moves exact
+    /// ties (an even window) either way.
+    fn quantize_codes(&mut self, y: String, v: ValueId) -> Result<(), ExportError> {
+        let name = self.name(v).to_string();
+        let one = self.init_f32(format!("{name}_unit_scale"), &[], &[1.0]);
+        let (_, zp) = self.qparam_inits(v)?;
+        self.quantize_with(y, v, (one, zp), 1.0)
     }
 
     /// The float tensor of value `v`: itself when float, else its DequantizeLinear output.
@@ -336,6 +407,8 @@ impl<'m> Builder<'m> {
                 .push(value_info(&spec.name, DataType::Float, &info.torch_shape()));
             let mut x = spec.name.clone();
             if let Some(n) = meta.input_normalize.get(&spec.name) {
+                // qc normalizes in f64 and rounds once to f32 (`Normalize::apply`): Cast to
+                // double, Sub, Div, Cast back gives those bits (an f32 Sub/Div would round twice).
                 let dims: Vec<usize> = if n.is_per_channel() {
                     let mut d = vec![1; info.shape.len()];
                     d[1] = n.channels();
@@ -343,16 +416,24 @@ impl<'m> Builder<'m> {
                 } else {
                     vec![]
                 };
-                let mean: Vec<f32> = n.mean.iter().map(|&m| m as f32).collect();
-                let std: Vec<f32> = n.std.iter().map(|&s| s as f32).collect();
-                let mean = self.init_f32(format!("{}_normalize_mean", spec.name), &dims, &mean);
-                let std = self.init_f32(format!("{}_normalize_std", spec.name), &dims, &std);
+                let mean = self.init_f64(format!("{}_normalize_mean", spec.name), &dims, &n.mean);
+                let std = self.init_f64(format!("{}_normalize_std", spec.name), &dims, &n.std);
+                let wide = format!("{}_f64", spec.name);
                 let centred = format!("{}_centred", spec.name);
+                let scaled = format!("{}_normalized_f64", spec.name);
                 let normalized = format!("{}_normalized", spec.name);
+                let cast = |to: DataType| vec![attr_int("to", to as i64)];
+                self.node(
+                    "Cast",
+                    format!("{}_normalize_Cast", spec.name),
+                    vec![x],
+                    wide.clone(),
+                    cast(DataType::Double),
+                );
                 self.node(
                     "Sub",
                     format!("{}_normalize_Sub", spec.name),
-                    vec![x, mean],
+                    vec![wide, mean],
                     centred.clone(),
                     vec![],
                 );
@@ -360,8 +441,15 @@ impl<'m> Builder<'m> {
                     "Div",
                     format!("{}_normalize_Div", spec.name),
                     vec![centred, std],
-                    normalized.clone(),
+                    scaled.clone(),
                     vec![],
+                );
+                self.node(
+                    "Cast",
+                    format!("{}_normalize_Cast_back", spec.name),
+                    vec![scaled],
+                    normalized.clone(),
+                    cast(DataType::Float),
                 );
                 x = normalized;
             }
@@ -433,7 +521,7 @@ impl<'m> Builder<'m> {
         match op {
             QuantOp::Quantize => {
                 let x = self.float_of(input(0)?)?;
-                self.quantize_into(x, out)?;
+                self.quantize_exact(x, out)?;
             }
             QuantOp::Dequantize => {
                 let x = self.float_of(input(0)?)?;
@@ -446,6 +534,7 @@ impl<'m> Builder<'m> {
                 weight_scales,
                 bias,
                 act,
+                ..
             } => {
                 let x_id = input(0)?;
                 let x = self.float_of(x_id)?;
@@ -493,6 +582,7 @@ impl<'m> Builder<'m> {
                 weight_scales,
                 bias,
                 act,
+                ..
             } => {
                 let x_id = input(0)?;
                 if p.values[x_id].shape.len() != 2 {
@@ -544,13 +634,13 @@ impl<'m> Builder<'m> {
                 window,
                 count_include_pad,
             } => {
-                let x = self.float_of(input(0)?)?;
+                let x = self.centred_codes(input(0)?)?;
                 let mut attrs = window_attrs(window, false);
                 attrs.push(attr_int("ceil_mode", window.ceil_mode as i64));
                 attrs.push(attr_int("count_include_pad", *count_include_pad as i64));
                 let y = format!("{name}_avgpool");
                 self.node("AveragePool", name.clone(), vec![x], y.clone(), attrs);
-                self.quantize_into(y, out)?;
+                self.quantize_codes(y, out)?;
             }
             QuantOp::QAdaptiveAvgPool { output } => {
                 if output.iter().any(|&o| o != 1) {
@@ -558,10 +648,34 @@ impl<'m> Builder<'m> {
                         "only global average pooling (output size all 1) is exported, found {output:?}"
                     )));
                 }
-                let x = self.float_of(input(0)?)?;
+                let x_id = input(0)?;
+                let rank = p.values[x_id].shape.len();
+                let n: usize = p.values[x_id].shape[1..rank - 1]
+                    .iter()
+                    .map(|d| d.ok_or_else(|| fail("the pooled size is not known".into())))
+                    .product::<Result<usize, _>>()?;
+                let x = self.centred_codes(x_id)?;
+                // Channels last in qc, NCHW here: the spatial axes are 2.. in the graph.
+                let axes: Vec<i64> = (2..rank as i64).collect();
+                let axes_name = format!("{name}_axes");
+                self.inits.push(tensor_proto(
+                    &axes_name,
+                    &[axes.len()],
+                    DataType::Int64,
+                    axes.iter().flat_map(|a| a.to_le_bytes()).collect(),
+                ));
+                let sum = format!("{name}_sum");
+                self.node(
+                    "ReduceSum",
+                    format!("{name}_ReduceSum"),
+                    vec![x, axes_name],
+                    sum.clone(),
+                    vec![attr_int("keepdims", 1)],
+                );
+                let count = self.init_f32(format!("{name}_count"), &[], &[n as f32]);
                 let y = format!("{name}_gap");
-                self.node("GlobalAveragePool", name.clone(), vec![x], y.clone(), vec![]);
-                self.quantize_into(y, out)?;
+                self.node("Div", name.clone(), vec![sum, count], y.clone(), vec![]);
+                self.quantize_codes(y, out)?;
             }
             QuantOp::QConcat => {
                 let xs = step

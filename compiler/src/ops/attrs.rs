@@ -1,6 +1,7 @@
 //! Building ops from named attributes (the one builder of recipes and the IR-text parser) and
 //! the attributes of an op for printing.
 
+use qc_runtime::quant::RequantRule;
 use std::collections::BTreeMap;
 
 use super::*;
@@ -95,6 +96,7 @@ pub(super) fn put_weight_quant(m: &mut BTreeMap<&'static str, Attr>, wq: &Option
     if let Some(w) = wq {
         put_qspec(m, &WEIGHT_KEYS, &w.spec);
         m.insert("w_fake", Attr::Bool(w.fake));
+        m.insert("requantize", Attr::Name(w.requantize.name().into()));
     }
 }
 
@@ -236,12 +238,24 @@ impl<'a> Attrs<'a> {
                 WEIGHT_KEYS.momentum,
                 WEIGHT_KEYS.p,
                 "w_fake",
+                "requantize",
             ]);
             return None;
         }
         let spec = self.qspec(&WEIGHT_KEYS);
         let fake = self.boolean("w_fake", false);
-        Some(WeightQuant { spec, fake })
+        let requantize = match self.name_opt("requantize").as_deref() {
+            None => RequantRule::Integer,
+            Some(name) => RequantRule::from_name(name).unwrap_or_else(|| {
+                self.fail(
+                    "requantize",
+                    format!("unknown requantization rule `{name}`"),
+                    "one of: float, integer".into(),
+                );
+                RequantRule::Integer
+            }),
+        };
+        Some(WeightQuant { spec, fake, requantize })
     }
 
     pub(super) fn get(&mut self, key: &'static str) -> Option<&'a Attr> {

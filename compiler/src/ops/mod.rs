@@ -189,6 +189,9 @@ pub fn observer_text(o: &Observer) -> String {
 pub struct WeightQuant {
     pub spec: QSpec,
     pub fake: bool,
+    /// How the int8 layer requantizes its accumulator (the plan's `requantize`); shown on the
+    /// `qconv`/`qlinear` of stage `quantized` as `requantize: float|integer`.
+    pub requantize: qc_runtime::quant::RequantRule,
 }
 
 /// Every op of the IR. Closed: adding one means adding its builder, attributes, parameters and

@@ -22,8 +22,8 @@ mod weights;
 
 pub use settings::{
     defaults, Calibration, DataSource, FuseChain, FuseOp, Granularity, InputSettings, KeyRemap, LayerOverride,
-    LayerSelector, NodeQuant, Normalize, Observer, Optimizer, QatSettings, QuantizeSettings, Rename, Schedule, Scheme,
-    Sections, Spanned, Split, TensorDefaults, TensorSpec, TrainSettings, WeightsSettings,
+    LayerSelector, NodeQuant, Normalize, Observer, Optimizer, QatSettings, QuantizeSettings, Rename, Requantize,
+    Schedule, Scheme, Sections, Spanned, Split, TensorDefaults, TensorSpec, TrainSettings, WeightsSettings,
 };
 
 use crate::ast::Recipe;

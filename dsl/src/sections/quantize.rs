@@ -4,8 +4,9 @@
 use super::values::Bounds;
 use super::{
     key_help, list_words, suggest, Calibration, Checker, FuseChain, FuseOp, Granularity, LayerOverride, LayerSelector,
-    Observer, QuantizeSettings, Scheme, Seen, Spanned, TensorSpec, BAD_ARGUMENT, BAD_ENTRY, BAD_FUSE, BAD_GRANULARITY,
-    BAD_VALUE, CONFLICTING_SETTING, DUPLICATE_SETTING, UNKNOWN_ENTRY, UNKNOWN_OBSERVER, UNKNOWN_SCHEME, UNKNOWN_WORD,
+    Observer, QuantizeSettings, Requantize, Scheme, Seen, Spanned, TensorSpec, BAD_ARGUMENT, BAD_ENTRY, BAD_FUSE,
+    BAD_GRANULARITY, BAD_VALUE, CONFLICTING_SETTING, DUPLICATE_SETTING, UNKNOWN_ENTRY, UNKNOWN_OBSERVER,
+    UNKNOWN_SCHEME, UNKNOWN_WORD,
 };
 use crate::ast::{CalibrationSource, Call, Ident, KwArg, QSpec, QWord, Quantize, QuantizeEntry, Selector};
 use crate::diag::did_you_mean;
@@ -21,9 +22,10 @@ const QUANTIZE_ENTRIES: &[&str] = &[
     "layer",
     "activations",
     "weights",
+    "requantize",
 ];
 const QUANTIZE_ENTRIES_HELP: &str =
-    "a `quantize` section takes `scheme`, `fuse`, `observe`, `calibrate`, `layer`, `activations:` and `weights:`";
+    "a `quantize` section takes `scheme`, `fuse`, `observe`, `calibrate`, `layer`, `activations:`, `weights:` and `requantize:`";
 
 const SPEC_WORDS: &[&str] = &[
     "int8",
@@ -75,6 +77,7 @@ impl Checker<'_> {
         let mut fuse_off: Vec<Spanned<String>> = Vec::new();
         let mut activations = TensorSpec::default();
         let mut weights = TensorSpec::default();
+        let mut requantize: Option<Spanned<Requantize>> = None;
         let mut calibration: Option<Calibration> = None;
         let mut calibrate_seen: Option<Span> = None;
         let mut layers = Vec::new();
@@ -86,10 +89,10 @@ impl Checker<'_> {
                 QuantizeEntry::FuseOff { name, .. } => self.fuse_off_entry(name, &mut fuse_off),
                 QuantizeEntry::Observe(specs) => {
                     for spec in specs {
-                        self.spec_into(spec, &mut activations, &mut weights);
+                        self.spec_into(spec, &mut activations, &mut weights, &mut requantize);
                     }
                 }
-                QuantizeEntry::Spec(spec) => self.spec_into(spec, &mut activations, &mut weights),
+                QuantizeEntry::Spec(spec) => self.spec_into(spec, &mut activations, &mut weights, &mut requantize),
                 QuantizeEntry::Calibrate { source, args, span } => {
                     self.calibrate_entry(source, args, *span, &mut calibration, &mut calibrate_seen)
                 }
@@ -115,6 +118,7 @@ impl Checker<'_> {
             fuse_off,
             activations,
             weights,
+            requantize,
             calibration,
             layers,
             span: q.span,
@@ -312,12 +316,63 @@ impl Checker<'_> {
         ok.then_some(FuseChain { ops: out, span })
     }
 
-    /// Adds a spec's words to the activations or weights spec (by its key).
-    fn spec_into(&mut self, spec: &QSpec, activations: &mut TensorSpec, weights: &mut TensorSpec) {
+    /// Adds a spec's words to the activations or weights spec, or sets `requantize` (by its key).
+    fn spec_into(
+        &mut self,
+        spec: &QSpec,
+        activations: &mut TensorSpec,
+        weights: &mut TensorSpec,
+        requantize: &mut Option<Spanned<Requantize>>,
+    ) {
         match spec.key.name.as_str() {
             "weights" => self.spec_words(spec, weights, true),
+            "requantize" => self.requantize_words(spec, requantize),
             _ => self.spec_words(spec, activations, false),
         }
+    }
+
+    /// `requantize: float` or `requantize: integer`: one word; a second `requantize:` in the
+    /// same scope is a duplicate.
+    fn requantize_words(&mut self, spec: &QSpec, into: &mut Option<Spanned<Requantize>>) {
+        let help = "write `requantize: float` (PyTorch's and ONNX Runtime's f32 rule) or `requantize: integer` \
+                    (multiplier and shift, for integer-only targets)";
+        let mut words = spec.words.iter();
+        let Some(first) = words.next() else { return };
+        let span = first.span();
+        let rule = match first {
+            QWord::Word(i) => Requantize::from_name(&i.name),
+            _ => None,
+        };
+        let Some(rule) = rule else {
+            let text = match first {
+                QWord::Word(i) => format!("unknown requantization rule `{}`", i.name),
+                _ => "`requantize:` takes a word".to_string(),
+            };
+            self.error(BAD_VALUE, span, text, "not `float` or `integer`", help.into());
+            return;
+        };
+        if let Some(extra) = words.next() {
+            self.error(
+                BAD_VALUE,
+                extra.span(),
+                "`requantize:` takes one word".into(),
+                "extra word",
+                help.into(),
+            );
+            return;
+        }
+        if let Some(before) = into {
+            self.error_note(
+                DUPLICATE_SETTING,
+                span,
+                "`requantize:` is written twice here".into(),
+                "second `requantize:`",
+                "keep one `requantize:` per section or layer block".into(),
+                (before.span, "first written here".into()),
+            );
+            return;
+        }
+        *into = Some(Spanned::new(rule, span));
     }
 
     fn spec_words(&mut self, spec: &QSpec, into: &mut TensorSpec, is_weights: bool) {
@@ -642,6 +697,7 @@ impl Checker<'_> {
         };
         let mut activations = TensorSpec::default();
         let mut weights = TensorSpec::default();
+        let mut requantize = None;
         for spec in specs {
             if let Some(skip) = skip {
                 let spec_span = Span::new(
@@ -675,13 +731,14 @@ impl Checker<'_> {
                 );
                 continue;
             }
-            self.spec_into(spec, &mut activations, &mut weights);
+            self.spec_into(spec, &mut activations, &mut weights, &mut requantize);
         }
         Some(LayerOverride {
             selector,
             skip,
             activations,
             weights,
+            requantize,
             span,
         })
     }

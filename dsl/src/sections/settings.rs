@@ -117,6 +117,16 @@ impl Scheme {
         Scheme::ALL.into_iter().find(|s| s.name() == name)
     }
 
+    /// How conv/linear accumulators are requantized by default: `float` (PyTorch's x86 engine
+    /// and ONNX Runtime's rule) for `x86` and `symmetric8`, `integer` (multiplier and shift, for
+    /// integer-only targets) for `power_of_two`.
+    pub fn requantize(self) -> Requantize {
+        match self {
+            Scheme::X86 | Scheme::Symmetric8 => Requantize::Float,
+            Scheme::PowerOfTwo => Requantize::Integer,
+        }
+    }
+
     /// The scheme's defaults as `(weights, activations)`:
     ///
     /// | scheme         | weights                                 | activations                                      |
@@ -167,6 +177,32 @@ impl Scheme {
                 },
             ),
         }
+    }
+}
+
+/// `requantize: float | integer`: how a conv/linear layer's int32 accumulator becomes its output
+/// integer (docs/numerics.md §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Requantize {
+    /// `f32` multiply, rounded to nearest even: PyTorch's x86 engine and ONNX Runtime.
+    Float,
+    /// Integer multiplier and shift, rounded half up: integer-only targets.
+    Integer,
+}
+
+impl Requantize {
+    pub const ALL: [Requantize; 2] = [Requantize::Float, Requantize::Integer];
+
+    /// The word a recipe writes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Requantize::Float => "float",
+            Requantize::Integer => "integer",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Requantize> {
+        Requantize::ALL.into_iter().find(|r| r.name() == name)
     }
 }
 
@@ -440,6 +476,8 @@ pub struct LayerOverride {
     pub skip: Option<Span>,
     pub activations: TensorSpec,
     pub weights: TensorSpec,
+    /// `requantize: float | integer` for the selected conv/linear layers.
+    pub requantize: Option<Spanned<Requantize>>,
     /// The whole `layer ... { ... }` entry.
     pub span: Span,
 }
@@ -460,6 +498,8 @@ pub struct QuantizeSettings {
     pub activations: TensorSpec,
     /// Section-wide weight settings (`observe weights: ...` and `weights: ...`).
     pub weights: TensorSpec,
+    /// `requantize: float | integer` for every conv/linear layer (else the scheme's).
+    pub requantize: Option<Spanned<Requantize>>,
     pub calibration: Option<Calibration>,
     /// `layer` overrides in recipe order. When several match one node they apply in this
     /// order, so later ones win field by field (see [`QuantizeSettings::for_node`]).
@@ -475,6 +515,9 @@ pub struct NodeQuant {
     pub skip: Option<Span>,
     pub weights: TensorSpec,
     pub activations: TensorSpec,
+    /// The last `requantize:` that applies (a matching override's, else the section's); `None`
+    /// means the scheme's ([`Scheme::requantize`]).
+    pub requantize: Option<Spanned<Requantize>>,
 }
 
 impl QuantizeSettings {
@@ -503,10 +546,14 @@ impl QuantizeSettings {
             skip: None,
             weights: self.weights.clone(),
             activations: self.activations.clone(),
+            requantize: self.requantize,
         };
         for l in self.layers_matching(node_name, op_kind) {
             if l.skip.is_some() {
                 n.skip = l.skip;
+            }
+            if l.requantize.is_some() {
+                n.requantize = l.requantize;
             }
             n.weights = l.weights.layered_over(&n.weights);
             n.activations = l.activations.layered_over(&n.activations);

@@ -298,6 +298,7 @@ fn prepare(p: &Program, isa: Isa, emulated: Emulation) -> Result<Vec<Prepared>, 
                     weight_scales,
                     bias,
                     act,
+                    requantize,
                     ..
                 }
                 | QuantOp::QLinear {
@@ -305,10 +306,11 @@ fn prepare(p: &Program, isa: Isa, emulated: Emulation) -> Result<Vec<Prepared>, 
                     weight_scales,
                     bias,
                     act,
+                    requantize,
                 } => {
                     let (input, output) = (params(step.inputs[0])?, params(step.output)?);
                     let scales = p.constants[*weight_scales].as_f32().unwrap_or(&[]);
-                    let requant = requant_per_channel(&input, scales, &output, *act)
+                    let requant = requant_per_channel(&input, scales, &output, *act, *requantize)
                         .map_err(|e| fail(format!("requantization: {e}")))?;
                     let w = &p.constants[*weight];
                     let wd = w.as_i8().ok_or_else(|| fail("weights are not i8".into()))?;

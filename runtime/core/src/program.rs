@@ -12,7 +12,7 @@ pub use device::Device;
 pub use qat::{FakeQuantAt, FakeQuantSite, QatPlan};
 
 use crate::kernels::{Activation, KernelError};
-use crate::quant::QParams;
+use crate::quant::{QParams, RequantRule};
 use crate::tensor::{DType, Tensor};
 
 /// Index of a value (an input or a step's output) in `Program::values`.
@@ -198,8 +198,9 @@ pub enum FloatOp {
 /// `f32` constant `[Cout]`; biases `i32` `[Cout]` with scale `s_in · s_w[c]`
 /// ([`quant::quantize_bias`](crate::quant::quantize_bias)). The integer requantization of each
 /// output channel is derived when the program is loaded, with
-/// [`kernels::requant_per_channel`](crate::kernels::requant_per_channel) (`Requant::from_real` of
-/// `s_in · s_w[c] / s_out`, the activation fused), so the program stores only real scales.
+/// [`kernels::requant_per_channel`](crate::kernels::requant_per_channel) (`Requant::from_scales` of
+/// `s_in`, `s_w[c]`, `s_out` by the op's `requantize` rule, the activation fused), so the program
+/// stores only real scales.
 /// Semantics and numerics: `docs/runtime-program.md`, `docs/numerics.md`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -223,6 +224,9 @@ pub enum QuantOp {
         bias: Option<ConstId>,
         /// Fused into the output range.
         act: Activation,
+        /// How the accumulator is requantized (absent in older `.qmodel`s: `integer`).
+        #[serde(default)]
+        requantize: RequantRule,
     },
     /// `[.., K]` → `[.., M]` in PyTorch's layout.
     QLinear {
@@ -233,6 +237,9 @@ pub enum QuantOp {
         /// `i32` `[M]`.
         bias: Option<ConstId>,
         act: Activation,
+        /// As [`QuantOp::QConv`]'s.
+        #[serde(default)]
+        requantize: RequantRule,
     },
     /// Elementwise sum of two tensors of the same shape and layout, each with its own parameters
     /// ([`quant::QAdd`](crate::quant::QAdd)), optionally followed by ReLU.

@@ -373,6 +373,7 @@ impl StepCheck<'_> {
                 weight_scales,
                 bias,
                 act,
+                ..
             } => {
                 self.arity(1)?;
                 let layout = if matches!(op, QuantOp::QConv { .. }) {

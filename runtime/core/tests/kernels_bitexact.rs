@@ -12,7 +12,7 @@ use qc_runtime::kernels::{
     reference, Activation, Axis, ConcatPart, Conv2dGeom, KernelError, Pool2dGeom, QAdaptiveAvgPool2d, QAvgPool2d,
     QConcat, QConv2d, QGlobalAvgPool, QLinear,
 };
-use qc_runtime::quant::{accumulator_fits, QAdd, QParams, QRange, Requant};
+use qc_runtime::quant::{accumulator_fits, QAdd, QParams, QRange, Requant, RequantRule};
 use qc_runtime::SplitMix64;
 
 const CASES: u32 = 1000;
@@ -82,10 +82,19 @@ fn requant(r: &mut SplitMix64, k: usize) -> Requant {
     Requant {
         multiplier,
         shift,
+        // The same multiplier in f32, for the float rule (`requants` picks the rule per layer).
+        float_multiplier: (multiplier as f64 * 0.5f64.powi(shift as i32)) as f32,
+        rule: RequantRule::Integer,
         zero_point,
         qmin,
         qmax,
     }
+}
+
+/// One layer's requantizations (`n` channels): one rule for all, the float rule half the time.
+fn requants(r: &mut SplitMix64, n: usize, k: usize) -> Vec<Requant> {
+    let rule = pick(r, &[RequantRule::Integer, RequantRule::Float]);
+    (0..n).map(|_| Requant { rule, ..requant(r, k) }).collect()
 }
 
 fn u8s(r: &mut SplitMix64, n: usize) -> Vec<u8> {
@@ -165,7 +174,7 @@ fn conv_params(r: &mut SplitMix64, geom: Conv2dGeom, zp: i32) -> QConv2d {
     QConv2d {
         geom,
         input_zero_point: zp,
-        requant: (0..geom.out_c).map(|_| requant(r, k)).collect(),
+        requant: requants(r, geom.out_c, k),
     }
 }
 
@@ -421,7 +430,7 @@ fn check_linear_vnni(seed: u64, path: Vnni) -> Result<(), TestCaseError> {
         in_features: k,
         out_features: m,
         input_zero_point: zp,
-        requant: (0..m).map(|_| requant(r, k)).collect(),
+        requant: requants(r, m, k),
     };
     let x = u8s(r, batch * k);
     let wt = i8s(r, m * k);
@@ -571,7 +580,7 @@ fn check_linear_amx(seed: u64, real: bool) -> Result<(), TestCaseError> {
         in_features: k,
         out_features: m,
         input_zero_point: zp,
-        requant: (0..m).map(|_| requant(r, k)).collect(),
+        requant: requants(r, m, k),
     };
     let x = u8s(r, batch * k);
     let wt = i8s(r, m * k);
@@ -606,7 +615,7 @@ fn check_linear(seed: u64, seven: bool) -> Result<(), TestCaseError> {
         in_features: k,
         out_features: m,
         input_zero_point: zp,
-        requant: (0..m).map(|_| requant(r, k)).collect(),
+        requant: requants(r, m, k),
     };
     let x = if seven {
         u7s(r, batch * k, range)
@@ -1049,7 +1058,7 @@ fn large_linear_matches_reference() {
         in_features: k,
         out_features: m,
         input_zero_point: zp,
-        requant: (0..m).map(|_| requant(r, k)).collect(),
+        requant: requants(r, m, k),
     };
     let x = u8s(r, batch * k);
     let wt = i8s(r, m * k);
@@ -1390,6 +1399,8 @@ fn requant16_apply_matches_requant_on_every_residue() {
         let q = Requant {
             multiplier,
             shift,
+            float_multiplier: 0.0,
+            rule: RequantRule::Integer,
             zero_point: v[1],
             qmin: v[0],
             qmax: v[2],

@@ -23,7 +23,7 @@ use qc_runtime::kernels::reference::{
 use qc_runtime::kernels::{
     Activation, Axis, Conv2dGeom, Pool2dGeom, QAdaptiveAvgPool2d, QAvgPool2d, QConv2d, QGlobalAvgPool, QLinear,
 };
-use qc_runtime::quant::{quantize_bias, QAdd, QParams, QRange};
+use qc_runtime::quant::{quantize_bias, QAdd, QParams, QRange, RequantRule};
 use serde_json::Value;
 
 /// The required agreement per case.
@@ -232,7 +232,7 @@ fn run_case(case: &Value) -> (Vec<u8>, Vec<u8>) {
                 Conv2dGeom::conv1d(n, wd, c, o, axes(cfg, 0), groups)
             };
             assert_eq!(i * groups, c);
-            let p = QConv2d::new(geom, &x.params, &w.scales, &y.params, relu(cfg)).unwrap();
+            let p = QConv2d::new(geom, &x.params, &w.scales, &y.params, relu(cfg), RequantRule::Float).unwrap();
             let b = bias(&case["bias_bits"], &x.params, &w);
             let xs = nchw_to_nhwc_vec(&x.codes, [n, c, h, wd]);
             let mut ws = vec![0i8; w.codes.len()];
@@ -251,7 +251,7 @@ fn run_case(case: &Value) -> (Vec<u8>, Vec<u8>) {
             let w = weight(&case["weight"]);
             let (batch, k) = (x.shape[0], x.shape[1]);
             assert_eq!(w.shape[1], k);
-            let p = QLinear::new(batch, k, &x.params, &w.scales, &y.params, relu(cfg)).unwrap();
+            let p = QLinear::new(batch, k, &x.params, &w.scales, &y.params, relu(cfg), RequantRule::Float).unwrap();
             let b = bias(&case["bias_bits"], &x.params, &w);
             let mut out = vec![0u8; y.codes.len()];
             qlinear(&p, &x.codes, &w.codes, b.as_deref(), &mut out).unwrap();

@@ -54,7 +54,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::quant::{QAdd, Requant, QADD_LEFT_SHIFT};
+use crate::quant::{QAdd, Requant, RequantRule, QADD_LEFT_SHIFT};
 
 // ---------------------------------------------------------------------------------------------
 // Requantization on 8 lanes
@@ -77,6 +77,13 @@ pub struct RequantLanes {
     /// `2^(shift-1) + 2^62`.
     rnd: [[i64; 4]; 2],
     shift: [[i64; 4]; 2],
+    /// [`RequantRule::Float`]: `float_multiplier`, `[qmin - zp, qmax - zp]` as `f32`, and `zp`.
+    fm: [f32; 8],
+    flo: [f32; 8],
+    fhi: [f32; 8],
+    zp: [i32; 8],
+    /// The lanes' rule is [`RequantRule::Float`] (one layer's lanes share a rule).
+    float: bool,
 }
 
 impl RequantLanes {
@@ -93,7 +100,13 @@ impl RequantLanes {
             hi: [0; 8],
             rnd: [[0; 4]; 2],
             shift: [[0; 4]; 2],
+            fm: [0.0; 8],
+            flo: [0.0; 8],
+            fhi: [0.0; 8],
+            zp: [0; 8],
+            float: r[0].rule == RequantRule::Float,
         };
+        debug_assert!(r.iter().all(|q| q.rule == r[0].rule));
         for i in 0..8 {
             let j = if i < r.len() { i } else { 0 };
             let q = &r[j];
@@ -106,6 +119,10 @@ impl RequantLanes {
             let (h, k) = (i % 2, i / 2);
             l.rnd[h][k] = (1i64 << (q.shift - 1)) + (1i64 << 62);
             l.shift[h][k] = q.shift as i64;
+            l.fm[i] = q.float_multiplier;
+            l.flo[i] = (q.qmin - q.zero_point) as f32;
+            l.fhi[i] = (q.qmax - q.zero_point) as f32;
+            l.zp[i] = q.zero_point;
         }
         l
     }
@@ -140,12 +157,23 @@ unsafe fn ld32(p: &[i32; 8]) -> __m256i {
 /// 3. The low 32 bits of the two halves are joined; `zp - 2^(62-shift)` is added wrapping in
 ///    `i32`: exact, as the true value fits `i32` (1.); then the clamp to `[qmin, qmax]` in `i32`.
 ///
+/// With [`RequantRule::Float`] it is [`crate::quant::requantize_float`] instead: `vcvtdq2ps`
+/// (round to nearest even, as Rust's `as f32`), `vmulps`, `vmaxps`/`vminps` with
+/// `[qmin - zp, qmax - zp]` (never NaN), `vcvtps2dq` (nearest even under the default MXCSR), plus
+/// `zp`: each step one IEEE operation, so the scalar bits.
+///
 /// # Safety
 /// Needs AVX2.
 #[inline]
 #[target_feature(enable = "avx2")]
 pub unsafe fn requant8(acc: __m256i, r: &RequantLanes) -> __m256i {
     let acc = _mm256_add_epi32(acc, ld32(&r.bias));
+    if r.float {
+        let ldf = |p: &[f32; 8]| _mm256_loadu_ps(p.as_ptr());
+        let v = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), ldf(&r.fm));
+        let v = _mm256_min_ps(_mm256_max_ps(v, ldf(&r.flo)), ldf(&r.fhi));
+        return _mm256_add_epi32(_mm256_cvtps_epi32(v), ld32(&r.zp));
+    }
     let a = _mm256_min_epi32(_mm256_max_epi32(acc, ld32(&r.alo)), ld32(&r.ahi));
     let m = ld32(&r.m);
     let pe = _mm256_mul_epi32(a, m);
@@ -1504,11 +1532,27 @@ mod tests {
                 Requant {
                     multiplier: m,
                     shift: s,
+                    float_multiplier: (m as f64 * 0.5f64.powi(s as i32)) as f32,
+                    rule: RequantRule::Integer,
                     zero_point: v[1],
                     qmin: v[0],
                     qmax: v[2],
                 }
             })
+    }
+
+    /// [`RequantRule::Float`] parameters: multipliers from `2^-24` to `2^4` (saturating and
+    /// exact-tie cases: `f32(acc) · 0.5`, `· 0.25` land on halves), any zero point and range.
+    fn float_requant_strategy() -> impl Strategy<Value = Requant> {
+        (requant_strategy(), -24i32..4, 0u32..(1 << 23), 0u8..4).prop_map(|(q, e, frac, kind)| {
+            let mantissa = if kind == 0 { 0 } else { frac };
+            let m = f32::from_bits(((127 + e) as u32) << 23 | mantissa);
+            Requant {
+                float_multiplier: m,
+                rule: RequantRule::Float,
+                ..q
+            }
+        })
     }
 
     /// The accumulator clamp's edges: `alo`/`ahi` and their neighbours, `i32`'s ends, for
@@ -1534,6 +1578,8 @@ mod tests {
             let q = Requant {
                 multiplier,
                 shift,
+                float_multiplier: 0.0,
+                rule: RequantRule::Integer,
                 zero_point: v[1],
                 qmin: v[0],
                 qmax: v[2],
@@ -1572,6 +1618,28 @@ mod tests {
             let mut acc = acc;
             if edge == 1 { acc[0] = i32::MIN; acc[1] = i32::MAX; acc[2] = 0; acc[3] = -1; }
             // The bias is added wrapping, like dot_acc starting from it.
+            let lanes = RequantLanes::new(&r, Some(&bias[..r.len()]));
+            let mut out = [0u8; 8];
+            unsafe { requant_store(&acc, &lanes, &mut out) };
+            for i in 0..r.len() {
+                let want = r[i].apply(acc[i].wrapping_add(bias[i]));
+                prop_assert_eq!(out[i] as i32, want, "lane {} {:?} acc {}", i, r[i], acc[i]);
+            }
+        }
+
+        /// The float rule's lanes (one rule per layer): `requantize_float` bit for bit, on
+        /// random, extreme and half-way accumulators.
+        #[test]
+        fn requant8_float_is_requant_apply(
+            r in proptest::collection::vec(float_requant_strategy(), 1..=8),
+            acc in proptest::array::uniform8(any::<i32>()),
+            small in proptest::array::uniform8(-3000i32..3000),
+            bias in proptest::array::uniform8(-1000i32..1000),
+            edge in 0u8..4,
+        ) {
+            if !is_x86_feature_detected!("avx2") { return Ok(()); }
+            let mut acc = if edge >= 2 { small } else { acc };
+            if edge == 1 { acc[0] = i32::MIN; acc[1] = i32::MAX; acc[2] = 0; acc[3] = -1; }
             let lanes = RequantLanes::new(&r, Some(&bias[..r.len()]));
             let mut out = [0u8; 8];
             unsafe { requant_store(&acc, &lanes, &mut out) };

@@ -59,7 +59,7 @@ pub mod fast;
 pub mod reference;
 pub mod vnni;
 
-use crate::quant::{requant_multiplier, QParams, QRange, QuantError, Requant};
+use crate::quant::{requant_multiplier, QParams, QRange, QuantError, Requant, RequantRule};
 
 /// Errors of kernel parameter checks. Kernels check every length and parameter before computing
 /// and never panic on bad input.
@@ -186,9 +186,9 @@ impl Activation {
 /// (`i32::MIN` if none); both by bisection on the exact `i64` formula, which is monotonic in `a`.
 pub(crate) fn acc_clamp(q: &Requant) -> (i32, i32) {
     // `Requant::from_real`'s invariants (as `mul_shift_round` asserts): the formula is then
-    // non-decreasing in `a`.
+    // non-decreasing in `a` (the float rule's too: a positive multiplier, monotonic roundings).
     debug_assert!(q.multiplier >= 0 && (1..=62).contains(&q.shift));
-    let f = |a: i64| crate::quant::mul_shift_round(a as i32, q.multiplier, q.shift) + q.zero_point as i64;
+    let f = |a: i64| q.unclamped(a as i32);
     let (qmin, qmax) = (q.qmin as i64, q.qmax as i64);
     let ahi = if f(i32::MAX as i64) < qmax {
         i32::MAX
@@ -223,19 +223,26 @@ pub(crate) fn acc_clamp(q: &Requant) -> (i32, i32) {
     (alo, ahi)
 }
 
-/// One [`Requant`] per output channel `c`: multiplier
-/// [`requant_multiplier`]`(s_in, s_w[c], s_out)`, the output's zero point and range, `act` fused.
+/// One [`Requant`] per output channel `c` by `rule` ([`Requant::from_scales`] of `s_in`,
+/// `s_w[c]`, `s_out`), the output's zero point and range, `act` fused.
 pub fn requant_per_channel(
     input: &QParams,
     weight_scales: &[f32],
     output: &QParams,
     act: Activation,
+    rule: RequantRule,
 ) -> Result<Vec<Requant>, KernelError> {
     weight_scales
         .iter()
         .map(|&s_w| {
-            let m = requant_multiplier(input.scale(), s_w, output.scale());
-            let r = Requant::from_real(m, output.zero_point(), output.range())?;
+            let r = Requant::from_scales(
+                rule,
+                input.scale(),
+                s_w,
+                output.scale(),
+                output.zero_point(),
+                output.range(),
+            )?;
             Ok(act.fuse(r, output))
         })
         .collect()
@@ -449,12 +456,13 @@ impl QConv2d {
         weight_scales: &[f32],
         output: &QParams,
         act: Activation,
+        rule: RequantRule,
     ) -> Result<QConv2d, KernelError> {
         check_len("weight scales", geom.out_c, weight_scales.len())?;
         Ok(QConv2d {
             geom,
             input_zero_point: input.zero_point(),
-            requant: requant_per_channel(input, weight_scales, output, act)?,
+            requant: requant_per_channel(input, weight_scales, output, act, rule)?,
         })
     }
 }
@@ -478,13 +486,14 @@ impl QLinear {
         weight_scales: &[f32],
         output: &QParams,
         act: Activation,
+        rule: RequantRule,
     ) -> Result<QLinear, KernelError> {
         Ok(QLinear {
             batch,
             in_features,
             out_features: weight_scales.len(),
             input_zero_point: input.zero_point(),
-            requant: requant_per_channel(input, weight_scales, output, act)?,
+            requant: requant_per_channel(input, weight_scales, output, act, rule)?,
         })
     }
 }
@@ -755,18 +764,18 @@ mod tests {
     fn relu6_clamp_is_quantized_six() {
         let input = QParams::new(0.1, 0, QRange::U8).unwrap();
         let out = QParams::new(0.5, 3, QRange::U8).unwrap();
-        let r = requant_per_channel(&input, &[0.01], &out, Activation::Relu6).unwrap()[0];
+        let r = requant_per_channel(&input, &[0.01], &out, Activation::Relu6, RequantRule::Integer).unwrap()[0];
         // zp 3, 6 / 0.5 = 12 → [3, 15].
         assert_eq!((r.qmin, r.qmax, r.zero_point), (3, 15, 3));
-        let r = requant_per_channel(&input, &[0.01], &out, Activation::Relu).unwrap()[0];
+        let r = requant_per_channel(&input, &[0.01], &out, Activation::Relu, RequantRule::Integer).unwrap()[0];
         assert_eq!((r.qmin, r.qmax), (3, 255));
         // 6 beyond the range: qmax stays 255 (min(255, 250 + 12)).
         let hi = QParams::new(0.5, 250, QRange::U8).unwrap();
-        let r = requant_per_channel(&input, &[0.01], &hi, Activation::Relu6).unwrap()[0];
+        let r = requant_per_channel(&input, &[0.01], &hi, Activation::Relu6, RequantRule::Integer).unwrap()[0];
         assert_eq!((r.qmin, r.qmax), (250, 255));
         // rint(6 · (1/0.07)) = rint(85.71…) = 86.
         let odd = QParams::new(0.07, 10, QRange::U8).unwrap();
-        let r = requant_per_channel(&input, &[0.01], &odd, Activation::Relu6).unwrap()[0];
+        let r = requant_per_channel(&input, &[0.01], &odd, Activation::Relu6, RequantRule::Integer).unwrap()[0];
         assert_eq!(r.qmax, 96);
         // M = 0.1 · 0.01 / 0.07 exactly as quant.rs represents it.
         assert_eq!(
@@ -782,8 +791,15 @@ mod tests {
         let input = QParams::new(0.1, 0, QRange::U8).unwrap();
         for (s, zp) in [(0.5f32, 3), (0.07, 10), (0.01, 200), (0.5, 250)] {
             let out = QParams::new(s, zp, QRange::U8).unwrap();
-            let a = requant_per_channel(&input, &[0.01], &out, Activation::Relu6).unwrap();
-            let b = requant_per_channel(&input, &[0.01], &out, Activation::Clamp { min: 0.0, max: 6.0 }).unwrap();
+            let a = requant_per_channel(&input, &[0.01], &out, Activation::Relu6, RequantRule::Integer).unwrap();
+            let b = requant_per_channel(
+                &input,
+                &[0.01],
+                &out,
+                Activation::Clamp { min: 0.0, max: 6.0 },
+                RequantRule::Integer,
+            )
+            .unwrap();
             assert_eq!(a, b);
         }
         let out = QParams::new(0.5, 3, QRange::U8).unwrap();

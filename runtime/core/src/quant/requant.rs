@@ -1,4 +1,5 @@
-//! Requantization (docs/numerics.md §4): the integer multiplier and shift, and [`Requant`].
+//! Requantization (docs/numerics.md §4): the two rules ([`RequantRule`]: the integer multiplier
+//! and shift, or PyTorch's and ONNX Runtime's `f32` multiply), and [`Requant`].
 
 use super::*;
 
@@ -43,16 +44,79 @@ pub fn requant_multiplier(s_in: f32, s_w: f32, s_out: f32) -> f64 {
     s_in as f64 * s_w as f64 / s_out as f64
 }
 
-/// Integer-only requantization of an int32 accumulator to the output's integer range.
-/// Built by [`Requant::from_real`]; the fields are public for kernels and keep its invariants
-/// (`multiplier` in `[2^30, 2^31)`, `shift` in `1..=62`, `qmin <= zero_point <= qmax`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// How a conv/linear accumulator becomes the output's integer (`requantize:` in a recipe's
+/// `quantize` section; docs/numerics.md §4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequantRule {
+    /// `clamp(((acc·m + 2^(shift-1)) >> shift) + zp)`: integers only, half up. For targets
+    /// without float units (the `power_of_two` scheme's default).
+    #[default]
+    Integer,
+    /// `clamp(rint(f32(acc) · M_f32) + zp)`, `M_f32 = f32(s_in·s_w) / s_out` in `f32`, ties to
+    /// even: PyTorch's x86 engine (fbgemm) and ONNX Runtime's `QLinearConv`/`QGemm`.
+    Float,
+}
+
+impl RequantRule {
+    /// Every rule, in the order the help text lists them.
+    pub const ALL: [RequantRule; 2] = [RequantRule::Float, RequantRule::Integer];
+
+    /// The word a recipe writes: `float`, `integer`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RequantRule::Integer => "integer",
+            RequantRule::Float => "float",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<RequantRule> {
+        RequantRule::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+/// The `f32` multiplier of [`RequantRule::Float`]: `(s_in · s_w) / s_out`, each operation rounded
+/// to `f32`, in that order (fbgemm's `act_times_w_scale / output_scale`, ONNX Runtime's
+/// `X_scale * W_scale / Y_scale`).
+pub fn float_requant_multiplier(s_in: f32, s_w: f32, s_out: f32) -> f32 {
+    s_in * s_w / s_out
+}
+
+/// [`RequantRule::Float`] on one accumulator: `v = f32(acc) · multiplier` (one `f32` rounding
+/// of the conversion, one of the product), clamped to `[qmin − zp, qmax − zp]` (integers, so
+/// clamping before rounding equals clamping after), rounded to nearest even, plus `zp`.
+#[inline]
+pub fn requantize_float(acc: i32, multiplier: f32, zero_point: i32, qmin: i32, qmax: i32) -> i32 {
+    let v = (acc as f32 * multiplier)
+        .max((qmin - zero_point) as f32)
+        .min((qmax - zero_point) as f32);
+    v.round_ties_even() as i32 + zero_point
+}
+
+/// Requantization of an int32 accumulator to the output's integer range, by [`RequantRule`].
+/// Built by [`Requant::from_real`] (integer) or [`Requant::from_scales`]; the fields are public
+/// for kernels and keep its invariants (`multiplier` in `[2^30, 2^31)`, `shift` in `1..=62`,
+/// `float_multiplier` a positive normal `f32`, `qmin <= zero_point <= qmax`). Both rules' fields
+/// are always valid, so a kernel may derive either form's constants.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Requant {
     pub multiplier: i32,
     pub shift: u32,
+    /// [`RequantRule::Float`]'s multiplier ([`float_requant_multiplier`]).
+    pub float_multiplier: f32,
+    pub rule: RequantRule,
     pub zero_point: i32,
     pub qmin: i32,
     pub qmax: i32,
+}
+
+impl Eq for Requant {}
+
+impl std::hash::Hash for Requant {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        (self.multiplier, self.shift, self.float_multiplier.to_bits(), self.rule).hash(h);
+        (self.zero_point, self.qmin, self.qmax).hash(h);
+    }
 }
 
 impl Requant {
@@ -66,21 +130,66 @@ impl Requant {
             });
         }
         let (multiplier, shift) = quantize_multiplier(m)?;
+        let float_multiplier = m as f32;
+        if !float_multiplier.is_normal() {
+            return Err(QuantError::MultiplierOutOfRange { multiplier: m });
+        }
         Ok(Requant {
             multiplier,
             shift,
+            float_multiplier,
+            rule: RequantRule::Integer,
             zero_point,
             qmin: range.qmin,
             qmax: range.qmax,
         })
     }
 
-    /// `clamp(mul_shift_round(acc, multiplier, shift) + zero_point, qmin, qmax)`, sum and clamp in
-    /// i64. Exact for every `acc`; within 1 of `clamp(rint(acc * M) + zp)`.
+    /// A conv/linear output channel's requantization by `rule`: the integer form of
+    /// [`requant_multiplier`]`(s_in, s_w, s_out)` and the `f32` [`float_requant_multiplier`].
+    pub fn from_scales(
+        rule: RequantRule,
+        s_in: f32,
+        s_w: f32,
+        s_out: f32,
+        zero_point: i32,
+        range: QRange,
+    ) -> Result<Requant, QuantError> {
+        let mut r = Requant::from_real(requant_multiplier(s_in, s_w, s_out), zero_point, range)?;
+        if rule == RequantRule::Float {
+            let m = float_requant_multiplier(s_in, s_w, s_out);
+            if !m.is_normal() {
+                return Err(QuantError::MultiplierOutOfRange { multiplier: m as f64 });
+            }
+            r.float_multiplier = m;
+            r.rule = RequantRule::Float;
+        }
+        Ok(r)
+    }
+
+    /// By `rule`: integer, `clamp(mul_shift_round(acc, multiplier, shift) + zero_point, qmin,
+    /// qmax)`, sum and clamp in i64, exact for every `acc` and within 1 of
+    /// `clamp(rint(acc * M) + zp)`; float, [`requantize_float`].
     #[inline]
     pub fn apply(&self, acc: i32) -> i32 {
-        let v = mul_shift_round(acc, self.multiplier, self.shift) + self.zero_point as i64;
-        v.clamp(self.qmin as i64, self.qmax as i64) as i32
+        match self.rule {
+            RequantRule::Integer => {
+                let v = mul_shift_round(acc, self.multiplier, self.shift) + self.zero_point as i64;
+                v.clamp(self.qmin as i64, self.qmax as i64) as i32
+            }
+            RequantRule::Float => requantize_float(acc, self.float_multiplier, self.zero_point, self.qmin, self.qmax),
+        }
+    }
+
+    /// [`Self::apply`] before the clamp to `[qmin, qmax]`, in `i64`: non-decreasing in `acc`
+    /// (for the accumulator clamps of the SIMD epilogues).
+    pub fn unclamped(&self, acc: i32) -> i64 {
+        match self.rule {
+            RequantRule::Integer => mul_shift_round(acc, self.multiplier, self.shift) + self.zero_point as i64,
+            RequantRule::Float => {
+                (acc as f32 * self.float_multiplier).round_ties_even() as i64 + self.zero_point as i64
+            }
+        }
     }
 
     /// The multiplier actually applied, `multiplier * 2^-shift` (exact in f64).

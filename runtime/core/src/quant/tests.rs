@@ -522,6 +522,34 @@ fn fake_vs_int(x: &[f32], w: &[f32], bias: f32, k: usize) -> (u8, u8) {
     (fake, int)
 }
 
+/// `requantize: float` by hand: ties go to even, the clamp bounds are the integer range, the
+/// multiplier is `(s_in · s_w) / s_out` rounded in f32 at each step.
+#[test]
+fn requantize_float_by_hand() {
+    // 10 · 0.25 = 2.5 → 2 (even); 14 · 0.25 = 3.5 → 4; -4 · 0.125 = -0.5 → -0 → zp.
+    assert_eq!(requantize_float(10, 0.25, 10, 0, 255), 12);
+    assert_eq!(requantize_float(14, 0.25, 10, 0, 255), 14);
+    assert_eq!(requantize_float(-4, 0.125, 10, 0, 255), 10);
+    // Saturation at both ends, and a narrowed (ReLU) range.
+    assert_eq!(requantize_float(i32::MAX, 4.0, 3, 0, 255), 255);
+    assert_eq!(requantize_float(i32::MIN, 4.0, 3, 0, 255), 0);
+    assert_eq!(requantize_float(-100, 0.5, 20, 20, 127), 20);
+    // f32(acc) rounds first: 2^24 + 1 is not an f32.
+    assert_eq!(requantize_float((1 << 24) + 1, 2f32.powi(-24), 0, 0, 255), 1);
+    let (s_in, s_w, s_out) = (0.1f32, 0.003f32, 0.07f32);
+    assert_eq!(float_requant_multiplier(s_in, s_w, s_out), (s_in * s_w) / s_out);
+    let r = Requant::from_scales(RequantRule::Float, s_in, s_w, s_out, 5, QRange::U8).unwrap();
+    assert_eq!(r.float_multiplier, (s_in * s_w) / s_out);
+    for acc in [-5000, -1, 0, 1, 233, 234, 5000] {
+        assert_eq!(r.apply(acc), requantize_float(acc, r.float_multiplier, 5, 0, 255));
+    }
+    // The integer form of the same scales stays within one step.
+    let i = Requant::from_scales(RequantRule::Integer, s_in, s_w, s_out, 5, QRange::U8).unwrap();
+    for acc in -20_000..20_000 {
+        assert!(r.apply(acc).abs_diff(i.apply(acc)) <= 1, "{acc}");
+    }
+}
+
 proptest! {
     #[test]
     fn prop_round_trip_within_half_step(p in qparams_strategy(), t in 0.0f32..1.0) {

@@ -9,7 +9,7 @@ use qc_runtime::kernels::Activation;
 use qc_runtime::program::{
     from_torch_order, to_torch_order, FloatOp, Layout, Program, QuantOp, Step, StepOp, ValueInfo, Window,
 };
-use qc_runtime::quant::{qparams_affine, quantize_bias, QParams, QRange};
+use qc_runtime::quant::{qparams_affine, quantize_bias, QParams, QRange, RequantRule};
 use qc_runtime::{DType, SplitMix64, Tensor, TensorData};
 
 pub fn window(kernel: &[usize], stride: &[usize], pad: &[usize], dilation: &[usize], ceil_mode: bool) -> Window {
@@ -173,6 +173,7 @@ pub fn twin(p: &Program, step: &Step, inputs: &[Tensor]) -> Tensor {
             weight_scales,
             bias,
             act,
+            ..
         } => {
             let (w, b) = dequant_weight(*weight, *weight_scales, *bias, true);
             let (constants, bias) = with_bias(w, b);
@@ -190,6 +191,7 @@ pub fn twin(p: &Program, step: &Step, inputs: &[Tensor]) -> Tensor {
             weight_scales,
             bias,
             act,
+            ..
         } => {
             let (w, b) = dequant_weight(*weight, *weight_scales, *bias, false);
             let (constants, bias) = with_bias(w, b);
@@ -244,6 +246,8 @@ pub struct Builder {
     /// The range of the activations it calibrates (default [`QRange::U8`]; `[0, 127]` gives
     /// PyTorch x86's reduce_range activations and the 7-bit kernels).
     pub act_range: QRange,
+    /// The requantization rule of the conv/linear steps it builds (default integer).
+    pub requantize: RequantRule,
 }
 
 impl Builder {
@@ -259,6 +263,7 @@ impl Builder {
             refs: vec![],
             rng: SplitMix64::new(seed),
             act_range: QRange::U8,
+            requantize: RequantRule::Integer,
         }
     }
 
@@ -405,6 +410,7 @@ impl Builder {
             weight_scales,
             bias,
             act,
+            requantize: self.requantize,
         };
         self.step(name, op, vec![x], Layout::ChannelsLast, None)
     }
@@ -428,6 +434,7 @@ impl Builder {
             weight_scales,
             bias,
             act,
+            requantize: self.requantize,
         };
         self.step(name, op, vec![x], Layout::Torch, None)
     }

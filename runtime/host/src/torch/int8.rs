@@ -17,7 +17,7 @@ use super::tensors::{from_tch, tch_device, to_tch};
 use super::{Device, TorchError};
 use qc_runtime::kernels::{check_epilogue, requant_per_channel, Activation, Axis, ConcatPart, Conv2dGeom, Pool2dGeom};
 use qc_runtime::program::{FloatOp, Layout, Program, QuantOp, Step, StepOp, Window};
-use qc_runtime::quant::{QAdd, QParams, Requant};
+use qc_runtime::quant::{QAdd, QParams, Requant, RequantRule};
 use qc_runtime::tensor::{DType, Tensor};
 
 fn err(e: tch::TchError) -> TorchError {
@@ -50,8 +50,11 @@ fn round_up(x: usize, m: usize) -> usize {
     x.div_ceil(m) * m
 }
 
-/// One [`Requant`] per channel (the last axis) as int64 tensors on the device.
+/// One [`Requant`] per channel (the last axis) as int64 tensors on the device (and, for
+/// [`RequantRule::Float`], the `f32` multipliers and clamp bounds).
 struct RequantT {
+    /// `Some((float_multiplier, qmin − zp, qmax − zp))` as f32 tensors for the float rule.
+    float: Option<(TT, TT, TT)>,
     multiplier: TT,
     round: TT,
     shift: TT,
@@ -63,7 +66,16 @@ struct RequantT {
 impl RequantT {
     fn new(rs: &[Requant], dev: tch::Device) -> RequantT {
         let col = |f: &dyn Fn(&Requant) -> i64| TT::from_slice(&rs.iter().map(f).collect::<Vec<i64>>()).to_device(dev);
+        let colf = |f: &dyn Fn(&Requant) -> f32| TT::from_slice(&rs.iter().map(f).collect::<Vec<f32>>()).to_device(dev);
+        let float = (rs.first().map(|r| r.rule) == Some(RequantRule::Float)).then(|| {
+            (
+                colf(&|r| r.float_multiplier),
+                colf(&|r| (r.qmin - r.zero_point) as f32),
+                colf(&|r| (r.qmax - r.zero_point) as f32),
+            )
+        });
         RequantT {
+            float,
             multiplier: col(&|r| r.multiplier as i64),
             round: col(&|r| 1i64 << (r.shift - 1)),
             shift: col(&|r| r.shift as i64),
@@ -78,7 +90,23 @@ impl RequantT {
     /// `bitwise_right_shift`, arithmetic on signed integers (floor), as Rust's `>>` on `i64`.
     /// `|acc| ≤ 2^31` and `m < 2^31` keep `acc · m + 2^61` below `2^63` (docs/numerics.md §4).
     /// Clamping is `max` then `min`, as `i64::clamp` for `qmin ≤ qmax`. Returns `u8`.
+    ///
+    /// The float rule is `requantize_float`: int64 → f32 (nearest even; the values are `i32`s,
+    /// so the same rounding as `i32 as f32`), one f32 multiply, `maximum`/`minimum` with the
+    /// integer bounds, `round` (half to even), int64, plus the zero point.
     fn apply(&self, acc: &TT) -> Result<TT, TorchError> {
+        if let Some((m, lo, hi)) = &self.float {
+            return acc
+                .f_to_kind(Kind::Float)
+                .and_then(|v| v.f_mul(m))
+                .and_then(|v| v.f_maximum(lo))
+                .and_then(|v| v.f_minimum(hi))
+                .and_then(|v| v.f_round())
+                .and_then(|v| v.f_to_kind(Kind::Int64))
+                .and_then(|v| v.f_add(&self.zero_point))
+                .and_then(|v| v.f_to_kind(Kind::Uint8))
+                .map_err(err);
+        }
         acc.f_mul(&self.multiplier)
             .and_then(|v| v.f_add(&self.round))
             .and_then(|v| v.f_bitwise_right_shift(&self.shift))
@@ -400,14 +428,22 @@ fn prepare(p: &Program, step: &Step, dev: tch::Device) -> Result<Prepared, Strin
             bias,
             act,
             groups,
+            requantize,
             ..
-        } => prepare_weighted(p, step, (*weight, *weight_scales, *bias, *act), Some(*groups), dev)?,
+        } => prepare_weighted(
+            p,
+            step,
+            (*weight, *weight_scales, *bias, *act, *requantize),
+            Some(*groups),
+            dev,
+        )?,
         QuantOp::QLinear {
             weight,
             weight_scales,
             bias,
             act,
-        } => prepare_weighted(p, step, (*weight, *weight_scales, *bias, *act), None, dev)?,
+            requantize,
+        } => prepare_weighted(p, step, (*weight, *weight_scales, *bias, *act, *requantize), None, dev)?,
         QuantOp::QAdd { relu } => {
             let add = QAdd::new(
                 &quant_of(p, step.inputs[0])?,
@@ -435,13 +471,20 @@ fn prepare(p: &Program, step: &Step, dev: tch::Device) -> Result<Prepared, Strin
 fn prepare_weighted(
     p: &Program,
     step: &Step,
-    (weight, weight_scales, bias, act): (usize, usize, Option<usize>, qc_runtime::kernels::Activation),
+    (weight, weight_scales, bias, act, rule): (
+        usize,
+        usize,
+        Option<usize>,
+        qc_runtime::kernels::Activation,
+        RequantRule,
+    ),
     groups: Option<usize>,
     dev: tch::Device,
 ) -> Result<Prepared, String> {
     let (input, output) = (quant_of(p, step.inputs[0])?, quant_of(p, step.output)?);
     let scales = p.constants[weight_scales].as_f32().ok_or("weight scales are not f32")?;
-    let requant = requant_per_channel(&input, scales, &output, act).map_err(|e| format!("requantization: {e}"))?;
+    let requant =
+        requant_per_channel(&input, scales, &output, act, rule).map_err(|e| format!("requantization: {e}"))?;
     let wt = &p.constants[weight];
     let w = wt.as_i8().ok_or("weights are not i8")?;
     let bias = match bias {

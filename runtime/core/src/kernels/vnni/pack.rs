@@ -4,7 +4,7 @@
 //! folded into the bias, and [`Requant16`], the per-channel requantization of 16 lanes.
 
 use crate::kernels::Conv2dGeom;
-use crate::quant::{mul_shift_round, QAdd, Requant, QADD_LEFT_SHIFT};
+use crate::quant::{mul_shift_round, QAdd, Requant, RequantRule, QADD_LEFT_SHIFT};
 
 /// Output channels per block: one 512-bit `i32` accumulator, one AMX tile's columns.
 pub const LANES: usize = 16;
@@ -34,6 +34,12 @@ pub struct Requant16 {
     pub rnd: [i64; LANES],
     /// `shift`, same order as `rnd`.
     pub shift: [i64; LANES],
+    /// [`RequantRule::Float`]: `float_multiplier` and `[qmin - zp, qmax - zp]` as `f32`.
+    pub fm: [f32; LANES],
+    pub flo: [f32; LANES],
+    pub fhi: [f32; LANES],
+    /// The lanes' rule is [`RequantRule::Float`] (one layer's lanes share a rule).
+    pub float: bool,
 }
 
 impl Requant16 {
@@ -50,7 +56,12 @@ impl Requant16 {
             hi: [0; LANES],
             rnd: [0; LANES],
             shift: [0; LANES],
+            fm: [0.0; LANES],
+            flo: [0.0; LANES],
+            fhi: [0.0; LANES],
+            float: r[0].rule == RequantRule::Float,
         };
+        debug_assert!(r.iter().all(|q| q.rule == r[0].rule));
         for i in 0..LANES {
             let j = if i < r.len() { i } else { 0 };
             let q = &r[j];
@@ -63,6 +74,9 @@ impl Requant16 {
             let k = Self::i64_lane(i);
             l.rnd[k] = 1i64 << (q.shift - 1);
             l.shift[k] = q.shift as i64;
+            l.fm[i] = q.float_multiplier;
+            l.flo[i] = (q.qmin - q.zero_point) as f32;
+            l.fhi[i] = (q.qmax - q.zero_point) as f32;
         }
         l
     }
@@ -77,8 +91,18 @@ impl Requant16 {
     /// `[lo, hi]`. The clamp to `[alo, ahi]` keeps the `i32` sum exact (the value then lies within
     /// `2^30 + 1` of `[qmin, qmax]`, see `acc_clamp`). `max` then `min`, as `vpmaxsd` /
     /// `vpminsd`: when `qmin = qmax`, `alo` may exceed `ahi`, and every `a` gives that one value.
+    ///
+    /// With [`RequantRule::Float`]: `f32(acc + bias) · fm`, `max` `flo`, `min` `fhi`, rounded to
+    /// nearest even, plus `zp` ([`crate::quant::requantize_float`], as `vcvtdq2ps`, `vmulps`,
+    /// `vmaxps`, `vminps`, `vcvtps2dq` compute it).
     #[inline(always)]
     pub fn apply(&self, i: usize, acc: i32) -> u8 {
+        if self.float {
+            let v = (acc.wrapping_add(self.bias[i]) as f32 * self.fm[i])
+                .max(self.flo[i])
+                .min(self.fhi[i]);
+            return (v.round_ties_even() as i32 + self.zp[i]) as u8;
+        }
         let a = acc.wrapping_add(self.bias[i]).max(self.alo[i]).min(self.ahi[i]);
         let k = Self::i64_lane(i);
         let v = ((a as i64 * self.m[i] as i64 + self.rnd[k]) >> self.shift[k]) as i32;
@@ -340,9 +364,24 @@ mod tests {
                 let zero_point = (r.next_u64() % 256) as i32;
                 let qmin = (r.next_u64() % (zero_point as u64 + 1)) as i32;
                 let qmax = zero_point + (r.next_u64() % (256 - zero_point as u64)) as i32;
+                // A third use the float rule, with the same multiplier in f32 (or a power of
+                // two, whose products of small accumulators land on exact ties).
+                let float = r.next_u64().is_multiple_of(3);
+                let real = (multiplier as f64 * 0.5f64.powi(shift as i32)) as f32;
+                let float_multiplier = match r.next_u64() % 3 {
+                    0 => 0.5f32.powi((r.next_u64() % 20) as i32),
+                    _ if real.is_normal() => real,
+                    _ => 1e-3,
+                };
                 let q = Requant {
                     multiplier,
                     shift,
+                    float_multiplier,
+                    rule: if float {
+                        RequantRule::Float
+                    } else {
+                        RequantRule::Integer
+                    },
                     zero_point,
                     qmin,
                     qmax,

@@ -12,7 +12,8 @@ use super::super::{
 };
 use super::*;
 use crate::quant::{
-    accumulator_fits, max_step_diff, quantize_bias, QAdd, QElem, QParams, QRange, Requant, FAKE_QUANT_TOLERANCE_STEPS,
+    accumulator_fits, max_step_diff, quantize_bias, QAdd, QElem, QParams, QRange, Requant, RequantRule,
+    FAKE_QUANT_TOLERANCE_STEPS,
 };
 use crate::tensor::SplitMix64;
 use proptest::prelude::*;
@@ -260,7 +261,7 @@ fn run_conv_case(geom: Conv2dGeom, act: Activation, has_bias: bool, seed: u64) -
     let x_nhwc = to_nhwc(&case.x, nchw);
     let mut w_ohwi = vec![0i8; case.w.len()];
     conv_weight_oihw_to_ohwi(&case.w, oihw, &mut w_ohwi).unwrap();
-    let p = QConv2d::new(g, &case.input, &case.w_scales, &case.output, act).unwrap();
+    let p = QConv2d::new(g, &case.input, &case.w_scales, &case.output, act, RequantRule::Integer).unwrap();
     let [oh, ow] = g.out_hw().unwrap();
     let mut out = vec![0u8; g.output_len().unwrap()];
     qconv2d(&p, &x_nhwc, &w_ohwi, case.bias.as_deref(), &mut out).unwrap();

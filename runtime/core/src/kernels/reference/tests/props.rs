@@ -42,7 +42,7 @@ proptest! {
         prop_assert!(max_step_diff(&got, &want) <= Some(FAKE_QUANT_TOLERANCE_STEPS));
         // qconv1d gives the same bits as qconv2d (it is qconv2d).
         let case = conv_case(seed, geom.input_len(), geom.out_c, geom.reduction_len(), true);
-        let p = QConv2d::new(geom, &case.input, &case.w_scales, &case.output, act).unwrap();
+        let p = QConv2d::new(geom, &case.input, &case.w_scales, &case.output, act, RequantRule::Integer).unwrap();
         let (mut o1, mut o2) = (vec![0u8; geom.output_len().unwrap()], vec![0u8; geom.output_len().unwrap()]);
         qconv1d(&p, &case.x, &case.w, case.bias.as_deref(), &mut o1).unwrap();
         qconv2d(&p, &case.x, &case.w, case.bias.as_deref(), &mut o2).unwrap();
@@ -54,7 +54,7 @@ proptest! {
         batch in 1usize..=3, k in 1usize..=64, m in 1usize..=9, act in act_strategy(), has_bias: bool, seed: u64,
     ) {
         let case = conv_case(seed, batch * k, m, k, has_bias);
-        let p = QLinear::new(batch, k, &case.input, &case.w_scales, &case.output, act).unwrap();
+        let p = QLinear::new(batch, k, &case.input, &case.w_scales, &case.output, act, RequantRule::Integer).unwrap();
         let mut got = vec![0u8; batch * m];
         qlinear(&p, &case.x, &case.w, case.bias.as_deref(), &mut got).unwrap();
         let xf = deq(&case.x, &case.input);
@@ -76,10 +76,10 @@ proptest! {
     #[test]
     fn prop_qlinear_equals_1x1_conv(batch in 1usize..=2, k in 1usize..=9, m in 1usize..=9, seed: u64) {
         let case = conv_case(seed, batch * k, m, k, true);
-        let lp = QLinear::new(batch, k, &case.input, &case.w_scales, &case.output, Activation::Relu).unwrap();
+        let lp = QLinear::new(batch, k, &case.input, &case.w_scales, &case.output, Activation::Relu, RequantRule::Integer).unwrap();
         let a = Axis::new(1, 1, 0, 1);
         let geom = Conv2dGeom { batch, ..conv_geom([1, 1], [k, m], a, a, 1) };
-        let cp = QConv2d::new(geom, &case.input, &case.w_scales, &case.output, Activation::Relu).unwrap();
+        let cp = QConv2d::new(geom, &case.input, &case.w_scales, &case.output, Activation::Relu, RequantRule::Integer).unwrap();
         let (mut o1, mut o2) = (vec![0u8; batch * m], vec![0u8; batch * m]);
         qlinear(&lp, &case.x, &case.w, case.bias.as_deref(), &mut o1).unwrap();
         qconv2d(&cp, &case.x, &case.w, case.bias.as_deref(), &mut o2).unwrap();
@@ -264,11 +264,11 @@ fn qclamp_is_the_fake_quant_of_the_float_clamp() {
 #[test]
 fn requant_per_channel_uses_quant_multipliers() {
     let (i, o) = (qp(0.02, 3), qp(0.1, 128));
-    let rs = requant_per_channel(&i, &[0.001, 0.004], &o, Activation::None).unwrap();
+    let rs = requant_per_channel(&i, &[0.001, 0.004], &o, Activation::None, RequantRule::Integer).unwrap();
     for (r, sw) in rs.iter().zip([0.001f32, 0.004]) {
         let want = Requant::from_real(crate::quant::requant_multiplier(0.02, sw, 0.1), 128, QRange::U8).unwrap();
         assert_eq!(*r, want);
     }
     // A multiplier outside quant.rs's range is an error, not a silent clamp.
-    assert!(requant_per_channel(&i, &[1e-30], &o, Activation::None).is_err());
+    assert!(requant_per_channel(&i, &[1e-30], &o, Activation::None, RequantRule::Integer).is_err());
 }
