@@ -269,7 +269,7 @@ fn kind(op: &Op) -> Kind {
     match op {
         Op::Input { .. } => Kind::Input,
         Op::Conv(_) | Op::Linear(_) => Kind::Weighted,
-        Op::Add { .. } | Op::Concat { .. } => Kind::OwnOutput,
+        Op::Add { .. } | Op::Concat { .. } | Op::Curve(_) | Op::Mul => Kind::OwnOutput,
         op if op.shares_input_quant() => Kind::Shares,
         _ => Kind::NoInt8,
     }
