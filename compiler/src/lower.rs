@@ -405,7 +405,10 @@ impl<'m> Lowering<'m> {
                 let id = g
                     .find(&at.node.name)
                     .ok_or_else(|| at.fail("not in the graph".into()))?;
-                if g.inputs_of(id).iter().any(|&i| g.node(i).ty.as_ref().map(|t| t.dims.len()) != Some(rank)) {
+                if g.inputs_of(id)
+                    .iter()
+                    .any(|&i| g.node(i).ty.as_ref().map(|t| t.dims.len()) != Some(rank))
+                {
                     return Err(at.fail(
                         "the int8 mul multiplies inputs of the output's rank; keep a mul of inputs of different ranks in float with `layer NAME { skip }`".into(),
                     ));

@@ -258,7 +258,7 @@ enum Kind {
     Input,
     /// conv, linear: weights and output.
     Weighted,
-    /// add, concat: output.
+    /// add, concat, mul, hardswish/hardsigmoid/sigmoid: output.
     OwnOutput,
     /// pools, flatten, relu...: the input's parameters.
     Shares,

@@ -370,9 +370,11 @@ fn prepare(p: &Program, isa: Isa, emulated: Emulation) -> Result<Vec<Prepared>, 
                         .collect::<Result<_, _>>()?;
                     Prepared::Concat(parts, isa)
                 }
-                QuantOp::QLut(curve) => {
-                    Prepared::Lut(Box::new(lut_table(*curve, &params(step.inputs[0])?, &params(step.output)?)))
-                }
+                QuantOp::QLut(curve) => Prepared::Lut(Box::new(lut_table(
+                    *curve,
+                    &params(step.inputs[0])?,
+                    &params(step.output)?,
+                ))),
                 QuantOp::QMul => Prepared::Mul(
                     QMul::new(
                         &params(step.inputs[0])?,

@@ -13,9 +13,9 @@
 //! tensor never reaches a kernel or the interpreter with a shape it cannot handle.
 
 use crate::kernels::{Axis, Conv2dGeom, Pool2dGeom};
-use crate::program::{broadcast_shape, 
-    from_torch_order, to_torch_order, window_out, ConstId, FloatOp, Layout, Program, ProgramError, QuantOp, Step,
-    StepOp, ValueInfo, Window,
+use crate::program::{
+    broadcast_shape, from_torch_order, to_torch_order, window_out, ConstId, FloatOp, Layout, Program, ProgramError,
+    QuantOp, Step, StepOp, ValueInfo, Window,
 };
 use crate::tensor::DType;
 

@@ -134,7 +134,13 @@ fn squeeze_excite_lookup_tables_and_broadcasting_mul() {
         let xi = b.input("x", x.clone());
         let xq = b.quantize("x.q", xi, CL);
         let hs = b.step("hs", QuantOp::QLut(Curve::HardSwish), vec![xq], CL, None);
-        let pooled = b.step("avgpool", QuantOp::QAdaptiveAvgPool { output: vec![1, 1] }, vec![hs], CL, None);
+        let pooled = b.step(
+            "avgpool",
+            QuantOp::QAdaptiveAvgPool { output: vec![1, 1] },
+            vec![hs],
+            CL,
+            None,
+        );
         let one = window(&[1, 1], &[1, 1], &[0, 0], &[1, 1], false);
         let fc1 = b.qconv(
             "fc1",
@@ -145,7 +151,11 @@ fn squeeze_excite_lookup_tables_and_broadcasting_mul() {
             (vec![4, 1, 1, 8], 0.1, Some(0.2)),
         );
         let fc2 = b.qconv("fc2", fc1, one, 1, Activation::None, (vec![8, 1, 1, 4], 0.2, Some(0.5)));
-        let curve = if seed % 2 == 0 { Curve::HardSigmoid } else { Curve::Sigmoid };
+        let curve = if seed % 2 == 0 {
+            Curve::HardSigmoid
+        } else {
+            Curve::Sigmoid
+        };
         let gate = b.step("gate", QuantOp::QLut(curve), vec![fc2], CL, None);
         let scaled = b.step("mul", QuantOp::QMul, vec![hs, gate], CL, None);
         let squared = b.step("square", QuantOp::QMul, vec![scaled, scaled], CL, None);
