@@ -106,7 +106,7 @@ fn mobilenet_v3_small_compiles_and_runs_int8() {
             output.as_os_str(),
         ];
         if let Some(s) = stage {
-            args.extend(["--stage".as_ref(), s.as_ref()]);
+            args.extend::<[&std::ffi::OsStr; 2]>(["--stage".as_ref(), s.as_ref()]);
         }
         run(&args);
         read_npy(&output, 2)
@@ -126,7 +126,8 @@ fn mobilenet_v3_small_compiles_and_runs_int8() {
     let var = |v: &[f32], m: f64| v.iter().map(|a| (*a as f64 - m).powi(2)).sum::<f64>();
     let corr = cov / (var(f, mf) * var(c, mc)).sqrt();
     eprintln!("float vs int8: max |diff| {worst} of max |float| {range}, correlation {corr:.4}");
-    assert!(corr > 0.9, "float and int8 logits correlate at {corr}");
+    // Measured: correlation 0.9999, max difference 0.00053 of 0.046.
+    assert!(corr > 0.99, "float and int8 logits correlate at {corr}");
 }
 
 fn mean(v: &[f32]) -> f64 {
