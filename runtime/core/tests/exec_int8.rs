@@ -151,7 +151,7 @@ fn squeeze_excite_lookup_tables_and_broadcasting_mul() {
             (vec![4, 1, 1, 8], 0.1, Some(0.2)),
         );
         let fc2 = b.qconv("fc2", fc1, one, 1, Activation::None, (vec![8, 1, 1, 4], 0.2, Some(0.5)));
-        let curve = if seed % 2 == 0 {
+        let curve = if seed.is_multiple_of(2) {
             Curve::HardSigmoid
         } else {
             Curve::Sigmoid

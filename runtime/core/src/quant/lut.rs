@@ -41,7 +41,8 @@ impl Curve {
     /// f32); sigmoid in f64, rounded once to f32. NaN stays NaN.
     #[inline]
     pub fn eval(self, x: f32) -> f32 {
-        let relu6 = |v: f32| v.max(0.0).min(6.0);
+        // `clamp` keeps NaN, as PyTorch's `std::min(std::max(v, 0), 6)` does.
+        let relu6 = |v: f32| v.clamp(0.0, 6.0);
         match self {
             Curve::HardSwish => x * relu6(x + 3.0) / 6.0,
             Curve::HardSigmoid => relu6(x + 3.0) / 6.0,
