@@ -85,6 +85,7 @@ fn examples_agree_between_interpreter_and_libtorch() {
         ("conv1d_net", 2),
         ("inception_block", 1),
         ("mobilenet_v2", 1),
+        ("mobilenet_v3_small", 1),
     ] {
         check(
             &qc_dsl::load(&Path::new("examples").join(format!("{example}.qrecipe"))).unwrap(),

@@ -1,8 +1,8 @@
 //! `qc export --onnx` against the real ONNX Runtime (pinned in `.venv-ort/` by `scripts/setup.sh`):
 //! the exported QDQ graph passes ONNX's full check, ONNX Runtime fuses it into its int8 kernels,
 //! and its outputs agree with `qc run`'s in the quantized domain (fashion_cnn on real
-//! Fashion-MNIST test images; Inception's concat block and ResNet-18's residual adds on random
-//! inputs). Bad outputs and non-models are refused with a help line.
+//! Fashion-MNIST test images; Inception's concat block, ResNet-18's residual adds and
+//! MobileNetV3-Small's squeeze-excite on random inputs). Bad outputs and non-models are refused with a help line.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -159,6 +159,19 @@ fn resnet18_residual_adds_agree_with_onnx_runtime() {
     // whose one-step differences spread to the 1000 logits).
     assert!(steps <= 1, "{steps} steps apart");
     assert!(equal >= 99.0, "{equal}% equal");
+}
+
+#[test]
+fn mobilenet_v3_small_squeeze_excite_agrees_with_onnx_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("x.npy");
+    write_npy(&input, &[2, 3, 224, 224], &random(&[2, 3, 224, 224], 13));
+    let (equal, steps) = agreement(dir.path(), Path::new("examples/mobilenet_v3_small.qrecipe"), &input);
+    // hardswish/hardsigmoid as float ops between QDQ pairs, the squeeze-excite mul fused into
+    // QLinearMul. Measured (qc's deterministic initial weights, the recipe's 2 random calibration
+    // samples): 100% equal, max 0 steps, top-1 100%.
+    assert!(steps <= 1, "{steps} steps apart");
+    assert!(equal >= 80.0, "{equal}% equal");
 }
 
 #[test]

@@ -15,6 +15,7 @@ const EXAMPLES: &[&str] = &[
     "fashion_cnn",
     "resnet18",
     "mobilenet_v2",
+    "mobilenet_v3_small",
     "inception_block",
     "conv1d_net",
 ];

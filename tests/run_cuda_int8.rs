@@ -18,6 +18,7 @@ const EXAMPLES: &[&str] = &[
     "conv1d_net",
     "inception_block",
     "mobilenet_v2",
+    "mobilenet_v3_small",
     "resnet18",
 ];
 

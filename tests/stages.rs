@@ -10,6 +10,7 @@ const EXAMPLES: &[&str] = &[
     "fashion_cnn",
     "resnet18",
     "mobilenet_v2",
+    "mobilenet_v3_small",
     "inception_block",
     "conv1d_net",
 ];
@@ -109,6 +110,7 @@ fn example_key_counts() {
     for (example, n) in [
         ("fashion_cnn", 18),
         ("mobilenet_v2", 314),
+        ("mobilenet_v3_small", 244),
         ("inception_block", 72),
         ("conv1d_net", 30),
     ] {
@@ -132,4 +134,82 @@ fn example_key_counts() {
         mobilenet.last().unwrap(),
         &("classifier.1.bias".to_string(), vec![1000])
     );
+}
+
+/// torchvision's mobilenet_v3_small().state_dict(): 244 keys, in this order, derived from
+/// torchvision's `_mobilenet_v3_conf("mobilenet_v3_small")` table and its `InvertedResidual`,
+/// `SqueezeExcitation` and `Conv2dNormActivation` modules (not from the recipe).
+#[test]
+fn mobilenet_v3_small_has_torchvisions_keys_in_order() {
+    let keys = float_keys("mobilenet_v3_small");
+    let mut want: Vec<(String, Vec<usize>)> = vec![];
+    let conv_bn = |want: &mut Vec<(String, Vec<usize>)>, p: &str, shape: Vec<usize>| {
+        let c = shape[0];
+        want.push((format!("{p}.0.weight"), shape));
+        for s in ["weight", "bias", "running_mean", "running_var"] {
+            want.push((format!("{p}.1.{s}"), vec![c]));
+        }
+        want.push((format!("{p}.1.num_batches_tracked"), vec![]));
+    };
+    // torchvision.ops.misc._make_divisible(v, 8)
+    let make_divisible = |v: usize| {
+        let n = 8usize.max((v + 4) / 8 * 8);
+        if (n as f64) < 0.9 * v as f64 {
+            n + 8
+        } else {
+            n
+        }
+    };
+    conv_bn(&mut want, "features.0", vec![16, 3, 3, 3]);
+    // (input, kernel, expanded, out, use_se)
+    let table = [
+        (16, 3, 16, 16, true),
+        (16, 3, 72, 24, false),
+        (24, 3, 88, 24, false),
+        (24, 5, 96, 40, true),
+        (40, 5, 240, 40, true),
+        (40, 5, 240, 40, true),
+        (40, 5, 120, 48, true),
+        (48, 5, 144, 48, true),
+        (48, 5, 288, 96, true),
+        (96, 5, 576, 96, true),
+        (96, 5, 576, 96, true),
+    ];
+    for (i, &(inp, k, exp, out, se)) in table.iter().enumerate() {
+        let p = format!("features.{}.block", i + 1);
+        let mut idx = 0;
+        if exp != inp {
+            conv_bn(&mut want, &format!("{p}.{idx}"), vec![exp, inp, 1, 1]);
+            idx += 1;
+        }
+        conv_bn(&mut want, &format!("{p}.{idx}"), vec![exp, 1, k, k]);
+        idx += 1;
+        if se {
+            let sq = make_divisible(exp / 4);
+            want.push((format!("{p}.{idx}.fc1.weight"), vec![sq, exp, 1, 1]));
+            want.push((format!("{p}.{idx}.fc1.bias"), vec![sq]));
+            want.push((format!("{p}.{idx}.fc2.weight"), vec![exp, sq, 1, 1]));
+            want.push((format!("{p}.{idx}.fc2.bias"), vec![exp]));
+            idx += 1;
+        }
+        conv_bn(&mut want, &format!("{p}.{idx}"), vec![out, exp, 1, 1]);
+    }
+    conv_bn(&mut want, "features.12", vec![576, 96, 1, 1]);
+    want.push(("classifier.0.weight".into(), vec![1024, 576]));
+    want.push(("classifier.0.bias".into(), vec![1024]));
+    want.push(("classifier.3.weight".into(), vec![1000, 1024]));
+    want.push(("classifier.3.bias".into(), vec![1000]));
+    assert_eq!(want.len(), 244);
+    assert_eq!(keys, want);
+    // The same list as real torchvision 0.26.0 writes it (`tests/data/GENERATE.md`).
+    let file = std::fs::read_to_string("tests/data/mobilenet_v3_small.keys.tsv").unwrap();
+    let torchvision: Vec<String> = file.lines().map(str::to_string).collect();
+    let ours: Vec<String> = keys
+        .iter()
+        .map(|(k, s)| {
+            let dims: Vec<String> = s.iter().map(|d| d.to_string()).collect();
+            format!("{k}\t[{}]", dims.join(", "))
+        })
+        .collect();
+    assert_eq!(ours, torchvision);
 }

@@ -529,7 +529,7 @@ fn fuses_with_observer(
         && match &module.graph.node(producer).op {
             Op::Conv(c) => c.weight_quant.is_some(),
             Op::Linear(l) => l.weight_quant.is_some(),
-            Op::Add { .. } | Op::Concat { .. } => true,
+            Op::Add { .. } | Op::Concat { .. } | Op::Curve(_) | Op::Mul => true,
             _ => false,
         }
         && users.len() == 1
@@ -627,6 +627,8 @@ fn to_integer_op(
         }
         Op::Add { act } => (Op::QAdd { act: act.clone() }, vec![]),
         Op::Concat { dim } => (Op::QConcat { dim: *dim }, vec![]),
+        Op::Curve(c) => (Op::QCurve(*c), vec![]),
+        Op::Mul => (Op::QMul, vec![]),
         other => return Err(fail(module, format!("{} has no integer form", other.name()))),
     };
     let mut roles = roles;

@@ -712,6 +712,9 @@ impl<'a> Expander<'a> {
             .help(match arity {
                 Arity::Exactly(2) => format!("write `{callee}(a, b)`"),
                 Arity::AtLeast(_) => format!("write `{callee}(a, b, ..., dim: 1)`"),
+                _ if qc_runtime::quant::Curve::from_name(callee).is_some() => {
+                    format!("write `{callee}(x)`: one tensor, no settings")
+                }
                 _ => format!("write `{callee}(x, ...)` with one tensor first; settings are `key: value`"),
             }),
         );

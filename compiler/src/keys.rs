@@ -658,7 +658,13 @@ pub fn bind(
         let node = module.graph.node_mut(id);
         let integer = matches!(
             node.op,
-            Op::Quantize { .. } | Op::QConv(_) | Op::QLinear(_) | Op::QAdd { .. } | Op::QConcat { .. }
+            Op::Quantize { .. }
+                | Op::QConv(_)
+                | Op::QLinear(_)
+                | Op::QAdd { .. }
+                | Op::QConcat { .. }
+                | Op::QCurve(_)
+                | Op::QMul
         );
         if let (true, Some(scale), Some(zero_point), Some(ty)) = (integer, scale, zp, node.ty.as_mut()) {
             if let Some(q) = ty.quant.as_mut() {

@@ -401,6 +401,22 @@ impl<'m> Lowering<'m> {
                 }
                 QuantOp::QFlatten.into()
             }
+            Op::QCurve(curve) => QuantOp::QLut(*curve).into(),
+            Op::QMul => {
+                let g = &self.module.graph;
+                let id = g
+                    .find(&at.node.name)
+                    .ok_or_else(|| at.fail("not in the graph".into()))?;
+                if g.inputs_of(id)
+                    .iter()
+                    .any(|&i| g.node(i).ty.as_ref().map(|t| t.dims.len()) != Some(rank))
+                {
+                    return Err(at.fail(
+                        "the int8 mul multiplies inputs of the output's rank; keep a mul of inputs of different ranks in float with `layer NAME { skip }`".into(),
+                    ));
+                }
+                QuantOp::QMul.into()
+            }
             Op::Relu if integer => QuantOp::QClamp { act: Activation::Relu }.into(),
             Op::Relu6 if integer => QuantOp::QClamp { act: Activation::Relu6 }.into(),
             Op::Clamp { min, max } if integer => QuantOp::QClamp {
@@ -505,6 +521,8 @@ impl<'m> Lowering<'m> {
                 FloatOp::Add.into()
             }
             Op::Concat { dim } => FloatOp::Concat { dim: norm(*dim, rank) }.into(),
+            Op::Curve(curve) => FloatOp::Curve(*curve).into(),
+            Op::Mul => FloatOp::Mul.into(),
             Op::Identity | Op::Dropout { .. } | Op::Observe(_) | Op::FakeQuant { .. } => FloatOp::Identity.into(),
             Op::Input { .. }
             | Op::Quantize { .. }
@@ -512,7 +530,9 @@ impl<'m> Lowering<'m> {
             | Op::QConv(_)
             | Op::QLinear(_)
             | Op::QAdd { .. }
-            | Op::QConcat { .. } => unreachable!("lowered by `int8_op`"),
+            | Op::QConcat { .. }
+            | Op::QCurve(_)
+            | Op::QMul => unreachable!("lowered by `int8_op`"),
         })
     }
 

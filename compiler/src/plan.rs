@@ -263,7 +263,7 @@ enum Kind {
     Input,
     /// conv, linear: weights and output.
     Weighted,
-    /// add, concat: output.
+    /// add, concat, mul, hardswish/hardsigmoid/sigmoid: output.
     OwnOutput,
     /// pools, flatten, relu...: the input's parameters.
     Shares,
@@ -274,7 +274,7 @@ fn kind(op: &Op) -> Kind {
     match op {
         Op::Input { .. } => Kind::Input,
         Op::Conv(_) | Op::Linear(_) => Kind::Weighted,
-        Op::Add { .. } | Op::Concat { .. } => Kind::OwnOutput,
+        Op::Add { .. } | Op::Concat { .. } | Op::Curve(_) | Op::Mul => Kind::OwnOutput,
         op if op.shares_input_quant() => Kind::Shares,
         _ => Kind::NoInt8,
     }

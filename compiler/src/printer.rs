@@ -316,7 +316,7 @@ fn step_text(program: &qc_runtime::program::Program, step: &qc_runtime::program:
                 consts.extend(bias.map(|b| ("bias", b)));
             }
             FloatOp::Concat { dim } => attrs.push(format!("dim: {dim}")),
-            FloatOp::Relu | FloatOp::Add | FloatOp::Identity => {}
+            FloatOp::Relu | FloatOp::Add | FloatOp::Identity | FloatOp::Curve(_) | FloatOp::Mul => {}
         },
         StepOp::Quant(op) => match op {
             QuantOp::QConv {
@@ -362,7 +362,8 @@ fn step_text(program: &qc_runtime::program::Program, step: &qc_runtime::program:
             }
             QuantOp::QAdaptiveAvgPool { output } => attrs.push(format!("output: {}", list(output))),
             QuantOp::QClamp { act: a } => act(a, &mut attrs),
-            QuantOp::Quantize | QuantOp::Dequantize | QuantOp::QConcat | QuantOp::QFlatten => {}
+            QuantOp::QLut(curve) => attrs.push(format!("curve: {}", curve.name())),
+            QuantOp::Quantize | QuantOp::Dequantize | QuantOp::QConcat | QuantOp::QFlatten | QuantOp::QMul => {}
         },
     }
     let out = value(step.output);

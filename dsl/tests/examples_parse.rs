@@ -8,6 +8,7 @@ const EXPECTED: &[&str] = &[
     "fashion_cnn.qrecipe",
     "resnet18.qrecipe",
     "mobilenet_v2.qrecipe",
+    "mobilenet_v3_small.qrecipe",
     "inception_block.qrecipe",
     "conv1d_net.qrecipe",
 ];

@@ -8,7 +8,7 @@ use prost::Message;
 use qc_runtime::kernels::Activation;
 use qc_runtime::model::Model;
 use qc_runtime::program::{Layout, QuantOp, StepOp, ValueId, Window};
-use qc_runtime::quant::QParams;
+use qc_runtime::quant::{Curve, QParams};
 use qc_runtime::tensor::{DType, Tensor};
 
 use crate::proto::{
@@ -95,6 +95,15 @@ fn attr_int(name: &str, i: i64) -> AttributeProto {
         name: Some(name.into()),
         i: Some(i),
         r#type: Some(AttributeType::Int as i32),
+        ..Default::default()
+    }
+}
+
+fn attr_float(name: &str, f: f32) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        f: Some(f),
+        r#type: Some(AttributeType::Float as i32),
         ..Default::default()
     }
 }
@@ -696,6 +705,29 @@ impl<'m> Builder<'m> {
             QuantOp::QClamp { act } => {
                 let x = self.float_of(input(0)?)?;
                 let y = self.activation(x, *act, &name);
+                self.quantize_into(y, out)?;
+            }
+            QuantOp::QLut(curve) => {
+                let x = self.float_of(input(0)?)?;
+                // ONNX's HardSigmoid is `max(0, min(1, alpha·x + beta))`, default alpha 0.2;
+                // PyTorch's (and qc's) is alpha = 1/6, beta = 0.5.
+                let (op, attrs) = match curve {
+                    Curve::HardSwish => ("HardSwish", vec![]),
+                    Curve::HardSigmoid => (
+                        "HardSigmoid",
+                        vec![attr_float("alpha", 1.0 / 6.0), attr_float("beta", 0.5)],
+                    ),
+                    Curve::Sigmoid => ("Sigmoid", vec![]),
+                };
+                let y = format!("{name}_{}", curve.name());
+                self.node(op, name.clone(), vec![x], y.clone(), attrs);
+                self.quantize_into(y, out)?;
+            }
+            QuantOp::QMul => {
+                let a = self.float_of(input(0)?)?;
+                let b = self.float_of(input(1)?)?;
+                let y = format!("{name}_mul");
+                self.node("Mul", name.clone(), vec![a, b], y.clone(), vec![]);
                 self.quantize_into(y, out)?;
             }
         }

@@ -564,6 +564,12 @@ impl Op {
                 }
             }
             "add" => Op::Add { act: a.act() },
+            "mul" => Op::Mul,
+            "qmul" => Op::QMul,
+            "hardswish" | "hardsigmoid" | "sigmoid" => Op::Curve(Curve::from_name(name).expect("one of the three")),
+            "qhardswish" | "qhardsigmoid" | "qsigmoid" => {
+                Op::QCurve(Curve::from_name(&name[1..]).expect("one of the three"))
+            }
             "qadd" => Op::QAdd { act: a.act() },
             "qconcat" => Op::QConcat {
                 dim: a.int("dim", -8, Some(1)),
@@ -634,7 +640,15 @@ impl Op {
                 m.insert("eps", Attr::Float(b.eps));
                 m.insert("momentum", Attr::Float(b.momentum));
             }
-            Op::Relu | Op::Relu6 | Op::GlobalAvgPool | Op::Identity | Op::Dequantize => {}
+            Op::Relu
+            | Op::Relu6
+            | Op::GlobalAvgPool
+            | Op::Identity
+            | Op::Dequantize
+            | Op::Curve(_)
+            | Op::QCurve(_)
+            | Op::Mul
+            | Op::QMul => {}
             Op::Add { act } | Op::QAdd { act } => put_act(&mut m, act),
             Op::Observe(q) => put_qspec(&mut m, &ACT_KEYS, q),
             Op::FakeQuant { spec, learnable } => {

@@ -4,6 +4,7 @@
 
 use crate::types::{Dim, TensorType};
 use qc_dsl::sections::Observer;
+pub use qc_runtime::quant::Curve;
 use qc_runtime::DType;
 
 /// An attribute value, as written in a recipe or an IR dump.
@@ -233,6 +234,10 @@ pub enum Op {
         dim: i64,
     },
     Identity,
+    /// `hardswish`, `hardsigmoid`, `sigmoid`: a pointwise curve, PyTorch's semantics.
+    Curve(Curve),
+    /// Elementwise `a * b` with PyTorch's broadcasting (squeeze-excite's `[N, C, H, W] · [N, C, 1, 1]`).
+    Mul,
     /// Inference no-op; training drops with probability `p`.
     Dropout {
         p: f64,
@@ -263,6 +268,11 @@ pub enum Op {
     QConcat {
         dim: i64,
     },
+    /// int8 pointwise curve (a 256-entry table from the input's and output's parameters) with
+    /// output `scale`/`zero_point`: `qhardswish`, `qhardsigmoid`, `qsigmoid`.
+    QCurve(Curve),
+    /// int8 broadcasting product with output `scale`/`zero_point`.
+    QMul,
 }
 
 /// Why an op could not be built from its attributes; `key` names the attribute at fault.
@@ -295,6 +305,10 @@ pub const OP_NAMES: &[&str] = &[
     "concat",
     "identity",
     "dropout",
+    "hardswish",
+    "hardsigmoid",
+    "sigmoid",
+    "mul",
 ];
 
 /// Ops that only passes create (IR dumps name them; a recipe cannot call them).
@@ -308,6 +322,10 @@ pub const IR_ONLY_OP_NAMES: &[&str] = &[
     "qlinear",
     "qadd",
     "qconcat",
+    "qhardswish",
+    "qhardsigmoid",
+    "qsigmoid",
+    "qmul",
     "input",
 ];
 
@@ -386,13 +404,19 @@ impl Op {
             Op::QLinear(_) => "qlinear",
             Op::QAdd { .. } => "qadd",
             Op::QConcat { .. } => "qconcat",
+            Op::Curve(c) => c.name(),
+            Op::QCurve(Curve::HardSwish) => "qhardswish",
+            Op::QCurve(Curve::HardSigmoid) => "qhardsigmoid",
+            Op::QCurve(Curve::Sigmoid) => "qsigmoid",
+            Op::Mul => "mul",
+            Op::QMul => "qmul",
         }
     }
 
     pub fn arity(&self) -> Arity {
         match self {
             Op::Input { .. } => Arity::Exactly(0),
-            Op::Add { .. } | Op::QAdd { .. } => Arity::Exactly(2),
+            Op::Add { .. } | Op::QAdd { .. } | Op::Mul | Op::QMul => Arity::Exactly(2),
             Op::Concat { .. } | Op::QConcat { .. } => Arity::AtLeast(1),
             _ => Arity::Exactly(1),
         }
@@ -401,7 +425,7 @@ impl Op {
     /// Arity by recipe name, before attributes are known.
     pub fn arity_of(name: &str) -> Option<Arity> {
         Some(match name {
-            "add" => Arity::Exactly(2),
+            "add" | "mul" => Arity::Exactly(2),
             "concat" | "cat" => Arity::AtLeast(1),
             n if OP_NAMES.contains(&n) => Arity::Exactly(1),
             _ => return None,

@@ -56,7 +56,7 @@ impl Op {
                 p.extend(output_qparams());
                 p
             }
-            Op::QAdd { .. } | Op::QConcat { .. } => output_qparams(),
+            Op::QAdd { .. } | Op::QConcat { .. } | Op::QCurve(_) | Op::QMul => output_qparams(),
             _ => vec![],
         }
     }

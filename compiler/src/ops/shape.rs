@@ -50,6 +50,19 @@ impl Op {
             | Op::Dropout { .. }
             | Op::Observe(_)
             | Op::FakeQuant { .. } => Ok(x.expect("arity checked").clone()),
+            Op::Curve(_) | Op::QCurve(_) => Ok(x.expect("arity checked").plain()),
+            Op::Mul | Op::QMul => {
+                let (a, b) = (inputs[0], inputs[1]);
+                if a.dtype != b.dtype {
+                    return Err(format!("mul needs inputs of one dtype, found {a} and {b}"));
+                }
+                let dims = broadcast(&a.dims, &b.dims).ok_or_else(|| {
+                    format!(
+                        "mul cannot broadcast {a} with {b}: aligned at the right, each pair of dims must be equal or one of them 1"
+                    )
+                })?;
+                Ok(TensorType::new(a.dtype, dims))
+            }
             Op::Quantize { dtype } => Ok(TensorType::new(*dtype, x.expect("arity checked").dims.clone())),
             Op::Dequantize => Ok(TensorType::new(DType::F32, x.expect("arity checked").dims.clone())),
             Op::MaxPool(p) | Op::AvgPool(p) => {
@@ -161,6 +174,27 @@ impl Op {
             }
         }
     }
+}
+
+/// PyTorch's broadcast of two shapes: aligned at the right (the shorter one padded with leading
+/// 1s), each pair of dims equal (symbols by name) or one of them the number 1.
+fn broadcast(a: &[Dim], b: &[Dim]) -> Option<Vec<Dim>> {
+    let rank = a.len().max(b.len());
+    let one = Dim::Fixed(1);
+    let dim = |s: &[Dim], k: usize| {
+        if k + s.len() < rank {
+            one.clone()
+        } else {
+            s[k + s.len() - rank].clone()
+        }
+    };
+    (0..rank)
+        .map(|k| match (dim(a, k), dim(b, k)) {
+            (x, y) if x == y || y == one => Some(x),
+            (x, y) if x == one => Some(y),
+            _ => None,
+        })
+        .collect()
 }
 
 /// qc refuses tensors of more elements than this (2^34): a typo such as `out: 10000000` should be

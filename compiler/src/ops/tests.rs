@@ -165,6 +165,10 @@ fn ir_only_ops_and_attributes_round_trip() {
         },
         Op::Quantize { dtype: DType::I8 },
         Op::Dequantize,
+        Op::QCurve(Curve::HardSwish),
+        Op::QCurve(Curve::HardSigmoid),
+        Op::QCurve(Curve::Sigmoid),
+        Op::QMul,
     ];
     for op in ops {
         let attrs: Vec<(String, Attr)> = op.attrs().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
@@ -197,4 +201,55 @@ fn concat_and_flatten_shapes() {
     );
     assert!(cat.infer(&[&ty(&[64, 35, 35]), &ty(&[32, 17, 17])]).is_err());
     assert_eq!(build("flatten", &[]).infer(&[&ty(&[32, 7, 7])]).unwrap(), ty(&[1568]));
+}
+
+#[test]
+fn squeeze_excite_ops_build_shape_and_own_nothing() {
+    for (name, op) in [
+        ("hardswish", Op::Curve(Curve::HardSwish)),
+        ("hardsigmoid", Op::Curve(Curve::HardSigmoid)),
+        ("sigmoid", Op::Curve(Curve::Sigmoid)),
+        ("mul", Op::Mul),
+    ] {
+        assert_eq!(build(name, &[]), op);
+        assert_eq!(op.name(), name);
+        assert!(op.params(Some(16)).is_empty(), "{name} has no parameters");
+        assert!(op.attrs().is_empty());
+        assert!(!op.shares_input_quant(), "{name} observes its own output");
+        let q = match op {
+            Op::Mul => Op::QMul,
+            Op::Curve(c) => Op::QCurve(c),
+            _ => unreachable!(),
+        };
+        assert_eq!(q.param_names(), vec!["scale", "zero_point"]);
+        // The quantized forms are IR-only.
+        assert!(Op::build(q.name(), &[]).is_none(), "{}", q.name());
+    }
+    assert_eq!(Op::arity_of("mul"), Some(Arity::Exactly(2)));
+    assert_eq!(Op::arity_of("hardswish"), Some(Arity::Exactly(1)));
+    let unary = build("hardswish", &[]);
+    assert_eq!(unary.infer(&[&ty(&[16, 56, 56])]).unwrap(), ty(&[16, 56, 56]));
+    // mul broadcasts as PyTorch does: SE's [N, C, H, W] * [N, C, 1, 1], either order, and the
+    // same shape; a missing leading dim is 1.
+    let mul = build("mul", &[]);
+    let x = ty(&[96, 14, 14]);
+    let gate = ty(&[96, 1, 1]);
+    assert_eq!(mul.infer(&[&x, &gate]).unwrap(), x);
+    assert_eq!(mul.infer(&[&gate, &x]).unwrap(), x);
+    assert_eq!(mul.infer(&[&x, &x]).unwrap(), x);
+    let chw = TensorType::new(DType::F32, vec![Dim::Fixed(96), Dim::Fixed(1), Dim::Fixed(1)]);
+    assert_eq!(mul.infer(&[&x, &chw]).unwrap(), x);
+    // Mismatched dims and dtypes are refused with both types named.
+    let e = mul.infer(&[&x, &ty(&[48, 1, 1])]).unwrap_err();
+    assert_eq!(
+        e,
+        "mul cannot broadcast f32[N, 96, 14, 14] with f32[N, 48, 1, 1]: aligned at the right, each pair of dims must be equal or one of them 1"
+    );
+    let other_batch = TensorType::new(
+        DType::F32,
+        vec![Dim::Symbol("M".into()), Dim::Fixed(96), Dim::Fixed(1), Dim::Fixed(1)],
+    );
+    assert!(mul.infer(&[&x, &other_batch]).is_err());
+    let ints = TensorType::new(DType::U8, x.dims.clone());
+    assert!(mul.infer(&[&x, &ints]).unwrap_err().contains("one dtype"));
 }

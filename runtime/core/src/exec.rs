@@ -19,7 +19,7 @@ use crate::kernels::{
     QConv2d, QGlobalAvgPool, QLinear,
 };
 use crate::program::{Layout, Program, ProgramError, QuantOp, RunError, Step, StepOp, Window};
-use crate::quant::{dequantize_per_tensor, quantize_per_tensor, QAdd, QParams};
+use crate::quant::{dequantize_per_tensor, lut_table, quantize_per_tensor, QAdd, QMul, QParams};
 use crate::tensor::{DType, Tensor, TensorData};
 use crate::validate::{infer, validate};
 
@@ -47,6 +47,10 @@ enum Prepared {
         residual: usize,
         output: usize,
     },
+    /// `QLut`: the curve's table for the step's input and output parameters.
+    Lut(Box<[u8; 256]>),
+    /// `QMul`: the zero points and the output's requantization.
+    Mul(QMul),
     /// A `QAdd` an earlier [`Prepared::ConvAdd`] computed; a traced run (which keeps every
     /// value) runs it as [`Prepared::Add`].
     FusedAway(QAdd, Isa),
@@ -212,6 +216,7 @@ impl Executor {
                     self.program.value_name(*output)
                 )),
                 Prepared::FusedAway(..) => Some("added by the convolution before".to_string()),
+                Prepared::Lut(_) | Prepared::Mul(_) => Some(Isa::Scalar.name().to_string()),
             })
             .collect()
     }
@@ -367,6 +372,19 @@ fn prepare(p: &Program, isa: Isa, emulated: Emulation) -> Result<Vec<Prepared>, 
                         .collect::<Result<_, _>>()?;
                     Prepared::Concat(parts, isa)
                 }
+                QuantOp::QLut(curve) => Prepared::Lut(Box::new(lut_table(
+                    *curve,
+                    &params(step.inputs[0])?,
+                    &params(step.output)?,
+                ))),
+                QuantOp::QMul => Prepared::Mul(
+                    QMul::new(
+                        &params(step.inputs[0])?,
+                        &params(step.inputs[1])?,
+                        &params(step.output)?,
+                    )
+                    .map_err(|e| fail(e.to_string()))?,
+                ),
                 QuantOp::Quantize
                 | QuantOp::Dequantize
                 | QuantOp::QMaxPool { .. }
@@ -882,6 +900,19 @@ fn eval_quant(
         QuantOp::QClamp { act } => {
             let q = in_q.ok_or_else(|| bad("clamp needs input parameters"))?;
             fast::qclamp_with(isa, *act, &q, u8s(x)?, &mut out)?;
+        }
+        QuantOp::QLut(_) => {
+            let Prepared::Lut(table) = prep else {
+                return Err(bad("qlut is not prepared"));
+            };
+            k::qlut(table, u8s(x)?, &mut out)?;
+        }
+        QuantOp::QMul => {
+            let Prepared::Mul(mul) = prep else {
+                return Err(bad("qmul is not prepared"));
+            };
+            let b = args.get(1).ok_or_else(|| bad("qmul takes two inputs"))?;
+            k::qmul(mul, (u8s(x)?, &x.shape), (u8s(b)?, &b.shape), &mut out, &out_shape)?;
         }
     }
     Ok(Tensor::u8(out_shape, out))

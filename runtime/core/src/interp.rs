@@ -7,7 +7,7 @@ use std::ops::ControlFlow;
 
 use rayon::prelude::*;
 
-use crate::program::{window_out, FloatOp, Program, RunError, ValueId, Window};
+use crate::program::{broadcast_shape, window_out, FloatOp, Program, RunError, ValueId, Window};
 use crate::tensor::Tensor;
 
 /// Runs a program (float steps here, int8 steps through the kernels: [`crate::exec::run`], the one
@@ -112,6 +112,8 @@ pub(crate) fn eval(op: &FloatOp, constants: &[Tensor], args: &[&Tensor]) -> Tens
             let y = data(args[1]);
             Tensor::f32(x.shape.clone(), data(x).iter().zip(y).map(|(a, b)| a + b).collect())
         }
+        FloatOp::Curve(curve) => map(x, |v| curve.eval(v)),
+        FloatOp::Mul => mul(x, args[1]),
         FloatOp::Concat { dim } => {
             let outer: usize = x.shape[..*dim].iter().product();
             let inners: Vec<usize> = args.iter().map(|t| t.shape[*dim..].iter().product()).collect();
@@ -130,6 +132,44 @@ pub(crate) fn eval(op: &FloatOp, constants: &[Tensor], args: &[&Tensor]) -> Tens
 
 fn map(x: &Tensor, f: impl Fn(f32) -> f32) -> Tensor {
     Tensor::f32(x.shape.clone(), data(x).iter().map(|&v| f(v)).collect())
+}
+
+/// `a * b` in f32 with PyTorch's broadcasting ([`broadcast_shape`]; checked by `validate::infer`).
+fn mul(a: &Tensor, b: &Tensor) -> Tensor {
+    let shape = broadcast_shape(&a.shape, &b.shape).expect("validated: the shapes broadcast");
+    let rank = shape.len();
+    // Each input's stride per output dim (0 where it repeats), its shape padded with leading 1s.
+    let strides = |s: &[usize]| {
+        let mut st = vec![0usize; rank];
+        let mut step = 1;
+        for k in (0..s.len()).rev() {
+            let o = k + rank - s.len();
+            st[o] = if s[k] == 1 { 0 } else { step };
+            step *= s[k];
+        }
+        st
+    };
+    let (sa, sb) = (strides(&a.shape), strides(&b.shape));
+    let (ad, bd) = (data(a), data(b));
+    let n: usize = shape.iter().product();
+    let mut out = Vec::with_capacity(n);
+    let mut idx = vec![0usize; rank];
+    let (mut ia, mut ib) = (0usize, 0usize);
+    for _ in 0..n {
+        out.push(ad[ia] * bd[ib]);
+        for k in (0..rank).rev() {
+            idx[k] += 1;
+            ia += sa[k];
+            ib += sb[k];
+            if idx[k] < shape[k] {
+                break;
+            }
+            ia -= sa[k] * shape[k];
+            ib -= sb[k] * shape[k];
+            idx[k] = 0;
+        }
+    }
+    Tensor::f32(shape, out)
 }
 
 /// Sees a 1-D op as 2-D with height 1: shapes `[N, C, L]` become `[N, C, 1, L]`.

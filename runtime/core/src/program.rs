@@ -12,7 +12,7 @@ pub use device::Device;
 pub use qat::{FakeQuantAt, FakeQuantSite, QatPlan};
 
 use crate::kernels::{Activation, KernelError};
-use crate::quant::{QParams, RequantRule};
+use crate::quant::{Curve, QParams, RequantRule};
 use crate::tensor::{DType, Tensor};
 
 /// Index of a value (an input or a step's output) in `Program::values`.
@@ -190,6 +190,11 @@ pub enum FloatOp {
         dim: usize,
     },
     Identity,
+    /// A pointwise curve: hardswish, hardsigmoid or sigmoid ([`Curve::eval`]).
+    Curve(Curve),
+    /// Elementwise product with PyTorch's broadcasting (both inputs of the output's rank; each
+    /// dim equal to the output's or 1).
+    Mul,
 }
 
 /// One int8 operation. Every quantized value is per tensor (`ValueInfo::quant`); inputs and
@@ -264,6 +269,13 @@ pub enum QuantOp {
     /// A standalone activation (`relu`, `relu6`, `clamp`) that no conv/linear/add absorbed. The
     /// output keeps the input's parameters.
     QClamp { act: Activation },
+    /// A pointwise curve (hardswish, hardsigmoid, sigmoid) through a 256-entry table derived at
+    /// load from the input's and output's parameters ([`quant::lut_table`](crate::quant::lut_table)),
+    /// any layout (the output's is the input's).
+    QLut(Curve),
+    /// Elementwise product of two values of the same rank and layout, PyTorch's broadcasting (a
+    /// dim of 1 repeats), each with its own parameters ([`quant::QMul`](crate::quant::QMul)).
+    QMul,
 }
 
 impl QuantOp {
@@ -281,6 +293,8 @@ impl QuantOp {
             QuantOp::QConcat => "qconcat",
             QuantOp::QFlatten => "qflatten",
             QuantOp::QClamp { .. } => "qclamp",
+            QuantOp::QLut(_) => "qlut",
+            QuantOp::QMul => "qmul",
         }
     }
 }
@@ -301,6 +315,8 @@ impl FloatOp {
             FloatOp::Add => "add",
             FloatOp::Concat { .. } => "concat",
             FloatOp::Identity => "identity",
+            FloatOp::Curve(c) => c.name(),
+            FloatOp::Mul => "mul",
         }
     }
 }
@@ -506,4 +522,18 @@ pub fn window_out(n: usize, k: usize, s: usize, p: usize, d: usize, ceil_mode: b
         out -= 1;
     }
     (out >= 1).then(|| usize::try_from(out).ok()).flatten()
+}
+
+/// PyTorch's broadcast of two shapes: aligned at the right (the shorter one padded with leading
+/// 1s), each pair of dims equal or one of them 1. `None` when they do not broadcast.
+pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+    let rank = a.len().max(b.len());
+    let dim = |s: &[usize], k: usize| if k + s.len() < rank { 1 } else { s[k + s.len() - rank] };
+    (0..rank)
+        .map(|k| match (dim(a, k), dim(b, k)) {
+            (x, y) if x == y || y == 1 => Some(x),
+            (1, y) => Some(y),
+            _ => None,
+        })
+        .collect()
 }

@@ -14,8 +14,8 @@
 
 use crate::kernels::{Axis, Conv2dGeom, Pool2dGeom};
 use crate::program::{
-    from_torch_order, to_torch_order, window_out, ConstId, FloatOp, Layout, Program, ProgramError, QuantOp, Step,
-    StepOp, ValueInfo, Window,
+    broadcast_shape, from_torch_order, to_torch_order, window_out, ConstId, FloatOp, Layout, Program, ProgramError,
+    QuantOp, Step, StepOp, ValueInfo, Window,
 };
 use crate::tensor::DType;
 
@@ -329,7 +329,7 @@ impl StepCheck<'_> {
                     return Err(self.fail(format!("clamp bounds [{min}, {max}] are NaN or inverted")));
                 }
             }
-            FloatOp::Add => self.arity(2)?,
+            FloatOp::Add | FloatOp::Mul => self.arity(2)?,
             FloatOp::Concat { .. } => {
                 if self.ins.is_empty() {
                     return Err(self.fail("takes at least one input".into()));
@@ -340,6 +340,7 @@ impl StepCheck<'_> {
             | FloatOp::AvgPool { .. }
             | FloatOp::AdaptiveAvgPool { .. }
             | FloatOp::Flatten { .. }
+            | FloatOp::Curve(_)
             | FloatOp::Identity => self.arity(1)?,
         }
         Ok(())
@@ -430,6 +431,26 @@ impl StepCheck<'_> {
                 self.is(self.out, &u8_, None, "output")?;
                 self.same_params()?;
                 act.check().map_err(|e| self.fail(e.to_string()))?;
+            }
+            QuantOp::QLut(_) => {
+                self.arity(1)?;
+                self.is(self.ins[0], &u8_, Some(self.out.layout), "input")?;
+                self.is(self.out, &u8_, None, "output")?;
+            }
+            QuantOp::QMul => {
+                self.arity(2)?;
+                for v in &self.ins {
+                    self.is(v, &u8_, Some(self.out.layout), "input")?;
+                    if v.shape.len() != self.out.shape.len() {
+                        return Err(self.fail(format!(
+                            "multiplies values of the output's rank {}, but `{}` has rank {}",
+                            self.out.shape.len(),
+                            v.name,
+                            v.shape.len()
+                        )));
+                    }
+                }
+                self.is(self.out, &u8_, None, "output")?;
             }
         }
         Ok(())
@@ -637,6 +658,8 @@ fn infer_float(p: &Program, op: &FloatOp, ins: &[&[usize]], x: &[usize]) -> Resu
         }
         FloatOp::Add => same_as_all(ins, x, "add"),
         FloatOp::Concat { dim } => concat(ins, *dim),
+        FloatOp::Curve(_) => Ok(x.to_vec()),
+        FloatOp::Mul => broadcast(ins, "mul"),
     }
 }
 
@@ -754,7 +777,22 @@ fn infer_quant(p: &Program, step: &Step, op: &QuantOp, ins: &[&[usize]], x: &[us
             }
             Ok(vec![x[0], x[1..].iter().product()])
         }
-        QuantOp::QClamp { .. } => Ok(x.to_vec()),
+        QuantOp::QClamp { .. } | QuantOp::QLut(_) => Ok(x.to_vec()),
+        QuantOp::QMul => {
+            if ins.len() != 2 || ins[0].len() != ins[1].len() {
+                return Err(format!("qmul needs two inputs of one rank, found {ins:?}"));
+            }
+            broadcast(ins, "qmul")
+        }
+    }
+}
+
+/// The broadcast shape of two inputs (PyTorch's rule: shapes aligned at the right, each dim
+/// equal or 1), or an error naming `what`.
+fn broadcast(ins: &[&[usize]], what: &str) -> Result<Vec<usize>, String> {
+    match ins {
+        [a, b] => broadcast_shape(a, b).ok_or_else(|| format!("{what} cannot broadcast {a:?} with {b:?}")),
+        _ => Err(format!("{what} takes two inputs, found {}", ins.len())),
     }
 }
 

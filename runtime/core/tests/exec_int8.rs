@@ -10,7 +10,7 @@ use common::*;
 use qc_runtime::exec::Executor;
 use qc_runtime::kernels::Activation;
 use qc_runtime::program::{FloatOp, Layout, Program, ProgramError, QuantOp, RunError, Step, StepOp, ValueInfo};
-use qc_runtime::quant::{max_step_diff, QParams, QRange, RequantRule, FAKE_QUANT_TOLERANCE_STEPS};
+use qc_runtime::quant::{max_step_diff, Curve, QParams, QRange, RequantRule, FAKE_QUANT_TOLERANCE_STEPS};
 use qc_runtime::{DType, SplitMix64, Tensor};
 
 const CL: Layout = Layout::ChannelsLast;
@@ -52,7 +52,7 @@ fn check_steps(p: &Program, inputs: &[Tensor]) -> u32 {
         let want = quantize_codes(&twin(p, step, &ins), &q);
         let got = codes_torch(out, out_info);
         let d = max_step_diff(&got, &want).expect("same length");
-        if matches!(op, QuantOp::QMaxPool { .. } | QuantOp::QFlatten) {
+        if matches!(op, QuantOp::QMaxPool { .. } | QuantOp::QFlatten | QuantOp::QLut(_)) {
             assert_eq!(d, 0, "{} must be exact", out_info.name);
         }
         assert!(
@@ -126,6 +126,49 @@ fn cnn_agrees_with_fake_quant_step_by_step_and_end_to_end() {
     eprintln!("end to end, seeds by step difference: {hist:?}");
     assert_eq!(hist[3..].iter().sum::<usize>(), 0, "{hist:?}");
     assert!(hist[0] + hist[1] >= 36, "{hist:?}");
+}
+
+/// MobileNetV3's squeeze-excite on int8: hardswish → global average pool → 1×1 conv → relu →
+/// 1×1 conv → hardsigmoid (or sigmoid) → `mul` of `[N, C, H, W]` by `[N, C, 1, 1]`, and a
+/// same-shape `mul`. The lookup tables equal the fake-quant twin exactly, `qmul` within a step.
+#[test]
+fn squeeze_excite_lookup_tables_and_broadcasting_mul() {
+    for seed in 0..6 {
+        let mut b = Builder::new(300 + seed);
+        let x = random(&mut b.rng, vec![2, 8, 5, 5], -5.0, 5.0);
+        let xi = b.input("x", x.clone());
+        let xq = b.quantize("x.q", xi, CL);
+        let hs = b.step("hs", QuantOp::QLut(Curve::HardSwish), vec![xq], CL, None);
+        let pooled = b.step(
+            "avgpool",
+            QuantOp::QAdaptiveAvgPool { output: vec![1, 1] },
+            vec![hs],
+            CL,
+            None,
+        );
+        let one = window(&[1, 1], &[1, 1], &[0, 0], &[1, 1], false);
+        let fc1 = b.qconv(
+            "fc1",
+            pooled,
+            one.clone(),
+            1,
+            Activation::Relu,
+            (vec![4, 1, 1, 8], 0.1, Some(0.2)),
+        );
+        let fc2 = b.qconv("fc2", fc1, one, 1, Activation::None, (vec![8, 1, 1, 4], 0.2, Some(0.5)));
+        let curve = if seed.is_multiple_of(2) {
+            Curve::HardSigmoid
+        } else {
+            Curve::Sigmoid
+        };
+        let gate = b.step("gate", QuantOp::QLut(curve), vec![fc2], CL, None);
+        let scaled = b.step("mul", QuantOp::QMul, vec![hs, gate], CL, None);
+        let squared = b.step("square", QuantOp::QMul, vec![scaled, scaled], CL, None);
+        let out = b.dequantize("out", squared);
+        b.output(out);
+        check_steps(&b.p, std::slice::from_ref(&x));
+        assert!(end_to_end(&b, scaled, &[x]) <= 2);
+    }
 }
 
 #[test]

@@ -15,7 +15,7 @@ use common::*;
 use qc_runtime::kernels::Activation;
 use qc_runtime::program::Device;
 use qc_runtime::program::{FloatOp, Layout, Program, QuantOp, Step, StepOp, ValueInfo};
-use qc_runtime::quant::{QParams, QRange};
+use qc_runtime::quant::{Curve, QParams, QRange};
 use qc_runtime::{DType, Tensor, TensorData};
 use qc_runtime_host::torch::{self, Int8Session};
 
@@ -218,6 +218,47 @@ fn i8_and_float(seed: u64, batch: usize) -> (Program, Vec<Tensor>) {
     (b.p, vec![x])
 }
 
+/// Squeeze-excite: quantize → hardswish table → global average pool → 1×1 conv (relu) → 1×1
+/// conv → hardsigmoid or sigmoid table → `qmul` of `[N, H, W, C]` by `[N, 1, 1, C]` (both
+/// orders) → same-shape `qmul` → dequantize; `range` for the calibrated activations.
+fn squeeze_excite(seed: u64, batch: usize, range: QRange) -> (Program, Vec<Tensor>) {
+    let mut b = Builder::new(seed);
+    b.act_range = range;
+    let x = random(&mut b.rng, vec![batch, 6, 5, 3], -4.0, 4.0);
+    let xi = b.input("x", x.clone());
+    let xq = b.quantize("x.q", xi, CL);
+    let hs = b.step("hs", QuantOp::QLut(Curve::HardSwish), vec![xq], CL, None);
+    let pooled = b.step(
+        "avgpool",
+        QuantOp::QAdaptiveAvgPool { output: vec![1, 1] },
+        vec![hs],
+        CL,
+        None,
+    );
+    let one = window(&[1, 1], &[1, 1], &[0, 0], &[1, 1], false);
+    let fc1 = b.qconv(
+        "fc1",
+        pooled,
+        one.clone(),
+        1,
+        Activation::Relu,
+        (vec![8, 1, 1, 6], 0.1, Some(0.2)),
+    );
+    let fc2 = b.qconv("fc2", fc1, one, 1, Activation::None, (vec![6, 1, 1, 8], 0.2, Some(0.5)));
+    let curve = if seed.is_multiple_of(2) {
+        Curve::HardSigmoid
+    } else {
+        Curve::Sigmoid
+    };
+    let gate = b.step("gate", QuantOp::QLut(curve), vec![fc2], CL, None);
+    let m1 = b.step("mul", QuantOp::QMul, vec![hs, gate], CL, None);
+    let m2 = b.step("mul2", QuantOp::QMul, vec![gate, m1], CL, None);
+    let m3 = b.step("square", QuantOp::QMul, vec![m2, m2], CL, None);
+    let out = b.dequantize("out", m3);
+    b.output(out);
+    (b.p, vec![x])
+}
+
 fn r7() -> QRange {
     QRange::custom(0, 127).unwrap()
 }
@@ -242,6 +283,10 @@ fn every_program() -> Vec<(String, Program, Vec<Tensor>)> {
     for (i, &(batch, range)) in [(1, QRange::U8), (3, r7()), (2, QRange::U8)].iter().enumerate() {
         let (p, x) = net_1d(30 + i as u64, batch, range);
         all.push((format!("1-D net, seed {i}, batch {batch}, {range:?}"), p, x));
+    }
+    for (i, &(batch, range)) in [(2, QRange::U8), (1, r7()), (3, QRange::U8)].iter().enumerate() {
+        let (p, x) = squeeze_excite(50 + i as u64, batch, range);
+        all.push((format!("squeeze-excite, seed {i}, batch {batch}, {range:?}"), p, x));
     }
     let (p, x) = i8_and_float(40, 2);
     all.push(("i8 quantize and float steps".into(), p, x));

@@ -7,7 +7,7 @@
 //!
 //! One file per section of docs/numerics.md: [`params`] (ranges, parameters, element types),
 //! [`quantize`] (§1), [`choose`] (§2), [`accumulate`] (§3), [`requant`] (§4), [`avg`] (§5),
-//! [`add`] (§6), [`tolerance`] (§7); every item is re-exported here, so `quant::Requant` and
+//! [`add`] (§6), [`tolerance`] (§7), [`lut`] (§10), [`mul`] (§11); every item is re-exported here, so `quant::Requant` and
 //! friends keep their paths. The tests are in `tests.rs`.
 
 /// Smallest scale a calibration produces (PyTorch's observers clamp with the same `eps`).
@@ -58,6 +58,8 @@ mod accumulate;
 mod add;
 mod avg;
 mod choose;
+mod lut;
+mod mul;
 mod params;
 mod quantize;
 mod requant;
@@ -67,6 +69,8 @@ pub use accumulate::*;
 pub use add::*;
 pub use avg::*;
 pub use choose::*;
+pub use lut::*;
+pub use mul::*;
 pub use params::*;
 pub use quantize::*;
 pub use requant::*;

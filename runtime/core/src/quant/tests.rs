@@ -677,3 +677,101 @@ proptest! {
         prop_assert!(max_step_diff(&[fake], &[int]) <= Some(FAKE_QUANT_TOLERANCE_STEPS), "{} vs {}", fake, int);
     }
 }
+
+// ----- §10 pointwise curves, §11 mul -----
+
+#[test]
+fn curves_by_hand() {
+    let hs = |x| Curve::HardSwish.eval(x);
+    let hsig = |x| Curve::HardSigmoid.eval(x);
+    // hardswish: 0 below -3, x above 3, x(x+3)/6 between.
+    assert_eq!(hs(-4.0), 0.0);
+    assert_eq!(hs(-3.0), 0.0);
+    assert_eq!(hs(3.0), 3.0);
+    assert_eq!(hs(10.0), 10.0);
+    assert_eq!(hs(1.0), 4.0 / 6.0);
+    assert_eq!(hs(-1.5), -0.375);
+    // hardsigmoid: 0, 1 and (x+3)/6.
+    assert_eq!(hsig(-3.5), 0.0);
+    assert_eq!(hsig(3.5), 1.0);
+    assert_eq!(hsig(0.0), 0.5);
+    assert_eq!(hsig(1.5), 0.75);
+    assert_eq!(Curve::Sigmoid.eval(0.0), 0.5);
+    assert!((Curve::Sigmoid.eval(2.0) - 0.880_797_1).abs() < 1e-7);
+    assert_eq!(Curve::Sigmoid.eval(-200.0), 0.0);
+    assert_eq!(Curve::Sigmoid.eval(200.0), 1.0);
+    assert!(Curve::HardSwish.eval(f32::NAN).is_nan());
+    for c in Curve::ALL {
+        assert_eq!(Curve::from_name(c.name()), Some(c));
+    }
+}
+
+#[test]
+fn lut_tables_are_fake_quantization_of_the_curve() {
+    // Input u8 scale 0.05, zp 128: codes 0..=255 are -6.4..6.35.
+    let input = qp(0.05, 128, QRange::U8);
+    let out = qp(6.35 / 255.0 * 1.5, 40, QRange::U8);
+    let t = lut_table(Curve::HardSwish, &input, &out);
+    for q in 0..=255i32 {
+        let want = out.quantize(Curve::HardSwish.eval(input.dequantize(q)));
+        assert_eq!(t[q as usize] as i32, want, "code {q}");
+    }
+    // By hand: code 128 is 0.0 → zp; code 0 is -6.4 → hardswish 0 → zp; code 188 is 3.0 → 3.0.
+    assert_eq!(t[128], 40);
+    assert_eq!(t[0], 40);
+    assert_eq!(t[188] as i32, out.quantize(3.0));
+    // Hardsigmoid into [0, 1] with scale 1/255, zp 0: -3 → 0, 0 → 0.5 (127.5 give or take the
+    // f32 scale), 3 → 255.
+    let unit = qp(1.0 / 255.0, 0, QRange::U8);
+    let t = lut_table(Curve::HardSigmoid, &input, &unit);
+    assert_eq!((t[68], t[188]), (0, 255));
+    assert!((127..=128).contains(&t[128]));
+    // Saturation: sigmoid's outputs above the output range clamp to qmax.
+    let small = qp(0.001, 0, QRange::U8);
+    assert_eq!(lut_table(Curve::Sigmoid, &input, &small)[200], 255);
+    // An i8 input indexes by its code's bits.
+    let signed = qp(0.05, 0, QRange::I8);
+    let t = lut_table(Curve::HardSigmoid, &signed, &unit);
+    assert_eq!(t[(-60i8) as u8 as usize], 0); // -3.0
+    assert_eq!(t[60], 255); // 3.0
+}
+
+#[test]
+fn qmul_by_hand_and_against_the_float_formula() {
+    let a = qp(0.1, 10, QRange::U8);
+    let b = qp(0.02, 0, QRange::U8);
+    let out = qp(0.05, 3, QRange::U8);
+    let m = QMul::new(&a, &b, &out).unwrap();
+    // (30 - 10)·0.1 = 2.0 times 50·0.02 = 1.0 → 2.0 / 0.05 = 40 → 43.
+    assert_eq!(m.apply(30, 50), 43);
+    // Below zero saturates at qmin: (0 - 10)·0.1 · 1.0 = -1.0 → -20 + 3 < 0.
+    assert_eq!(m.apply(0, 50), 0);
+    // Half-up on an exact tie: M = 0.5, acc = 3 → 1.5 → 2.
+    let half = QMul::new(
+        &qp(0.5, 0, QRange::U8),
+        &qp(1.0, 0, QRange::U8),
+        &qp(1.0, 0, QRange::U8),
+    )
+    .unwrap();
+    assert_eq!(half.apply(3, 1), 2);
+    // Within one step of quantize(dequantize(a) · dequantize(b)) everywhere, mostly equal.
+    let mut rng = SplitMix64::new(77);
+    let mut equal = 0;
+    for _ in 0..20_000 {
+        let pa = qp(rng.uniform(0.001, 0.2), (rng.next_u64() % 256) as i32, QRange::U8);
+        let pb = qp(rng.uniform(0.001, 0.2), (rng.next_u64() % 256) as i32, QRange::U8);
+        let po = qp(rng.uniform(0.001, 2.0), (rng.next_u64() % 256) as i32, QRange::U8);
+        let Ok(m) = QMul::new(&pa, &pb, &po) else { continue };
+        let (qa, qb) = ((rng.next_u64() % 256) as i32, (rng.next_u64() % 256) as i32);
+        let got = m.apply(qa, qb);
+        let want = qmul_f32_reference(qa, qb, &pa, &pb, &po);
+        assert!(
+            (got - want).abs() <= 1,
+            "{qa} {qb} {pa:?} {pb:?} {po:?}: {got} vs {want}"
+        );
+        equal += (got == want) as usize;
+    }
+    assert!(equal > 19_900, "{equal}");
+    // Multipliers out of range are refused.
+    assert!(QMul::new(&qp(1e-20, 0, QRange::U8), &qp(1e-20, 0, QRange::U8), &out).is_err());
+}

@@ -233,6 +233,8 @@ pub fn twin(p: &Program, step: &Step, inputs: &[Tensor]) -> Tensor {
             inputs,
         ),
         QuantOp::QClamp { act } => run_float(act_steps(*act), vec![], inputs),
+        QuantOp::QLut(curve) => run_float(vec![FloatOp::Curve(*curve)], vec![], inputs),
+        QuantOp::QMul => run_float(vec![FloatOp::Mul], vec![], inputs),
     }
 }
 

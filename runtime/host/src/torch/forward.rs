@@ -1,6 +1,7 @@
 //! The forward pass of a program's float steps on tch tensors (inference or training mode, checked for non-finite values, with a value hook).
 
 use super::*;
+use qc_runtime::quant::Curve;
 
 /// The program's float steps on tch tensors: inference (`training` false: batch norm with the
 /// running statistics) or training (batch statistics; the running statistics, constants
@@ -181,6 +182,10 @@ pub(super) fn float_step(
         }
         FloatOp::Flatten { start_dim, end_dim } => x.f_flatten(*start_dim as i64, *end_dim as i64),
         FloatOp::Add => x.f_add(args[1]),
+        FloatOp::Mul => x.f_mul(args[1]),
+        FloatOp::Curve(Curve::HardSwish) => x.f_hardswish(),
+        FloatOp::Curve(Curve::HardSigmoid) => x.f_hardsigmoid(),
+        FloatOp::Curve(Curve::Sigmoid) => x.f_sigmoid(),
         FloatOp::Concat { dim } => tch::Tensor::f_cat(args, *dim as i64),
     }
     .map_err(err)

@@ -17,7 +17,7 @@ use super::tensors::{from_tch, tch_device, to_tch};
 use super::{Device, TorchError};
 use qc_runtime::kernels::{check_epilogue, requant_per_channel, Activation, Axis, ConcatPart, Conv2dGeom, Pool2dGeom};
 use qc_runtime::program::{FloatOp, Layout, Program, QuantOp, Step, StepOp, Window};
-use qc_runtime::quant::{QAdd, QParams, Requant, RequantRule};
+use qc_runtime::quant::{lut_table, QAdd, QMul, QParams, Requant, RequantRule};
 use qc_runtime::tensor::{DType, Tensor};
 
 fn err(e: tch::TchError) -> TorchError {
@@ -252,6 +252,9 @@ enum Prepared {
     Linear(Box<Gemm>),
     Add(QAdd),
     Concat(Vec<ConcatPart>),
+    /// `qlut`: the CPU runtime's table ([`lut_table`]) as an int64 tensor `[256]`.
+    Lut(TT),
+    Mul(QMul),
 }
 
 /// A program with its constants and int8 parameters on a device, ready to run any number of
@@ -462,6 +465,19 @@ fn prepare(p: &Program, step: &Step, dev: tch::Device) -> Result<Prepared, Strin
                     .collect::<Result<_, _>>()?,
             )
         }
+        QuantOp::QLut(curve) => {
+            let table = lut_table(*curve, &quant_of(p, step.inputs[0])?, &quant_of(p, step.output)?);
+            let table: Vec<i64> = table.iter().map(|&v| v as i64).collect();
+            Prepared::Lut(TT::from_slice(&table).to_device(dev))
+        }
+        QuantOp::QMul => Prepared::Mul(
+            QMul::new(
+                &quant_of(p, step.inputs[0])?,
+                &quant_of(p, step.inputs[1])?,
+                &quant_of(p, step.output)?,
+            )
+            .map_err(|e| e.to_string())?,
+        ),
         _ => Prepared::Nothing,
     })
 }
@@ -658,6 +674,8 @@ fn quant_step(s: &StepIn, op: &QuantOp) -> Result<TT, TorchError> {
         QuantOp::QConcat => concat(s)?,
         QuantOp::QFlatten => flatten(s)?,
         QuantOp::QClamp { act } => clamp(s, *act)?,
+        QuantOp::QLut(_) => lut(s)?,
+        QuantOp::QMul => mul(s)?,
     };
     out.f_reshape(i64s(s.out_shape).as_slice()).map_err(err)
 }
@@ -1011,6 +1029,33 @@ fn flatten(s: &StepIn) -> Result<TT, TorchError> {
         x.shallow_clone()
     };
     moved.f_reshape(out_dims.as_slice()).map_err(err)
+}
+
+/// `qlut`: each code looked up in the CPU runtime's table (`index_select`, exact).
+fn lut(s: &StepIn) -> Result<TT, TorchError> {
+    let Prepared::Lut(table) = s.prep else {
+        return Err(s.fail("qlut is not prepared".into()));
+    };
+    let x = s.args[0];
+    x.f_to_kind(Kind::Int64)
+        .and_then(|v| v.f_flatten(0, -1))
+        .and_then(|v| table.f_index_select(0, &v))
+        .and_then(|v| v.f_to_kind(Kind::Uint8))
+        .and_then(|v| v.f_reshape(x.size().as_slice()))
+        .map_err(err)
+}
+
+/// `qmul`: [`QMul::apply`] in int64, PyTorch's broadcasting on the codes (the inputs have one
+/// rank and layout; validated).
+fn mul(s: &StepIn) -> Result<TT, TorchError> {
+    let Prepared::Mul(m) = s.prep else {
+        return Err(s.fail("qmul is not prepared".into()));
+    };
+    let centred = |t: &TT, zp: i32| t.f_to_kind(Kind::Int64).and_then(|v| v.f_sub_scalar(zp as i64));
+    let a = centred(s.args[0], m.a_zero_point).map_err(err)?;
+    let b = centred(s.args[1], m.b_zero_point).map_err(err)?;
+    let acc = a.f_mul(&b).map_err(err)?;
+    RequantT::new(&[m.out], acc.device()).apply(&acc)
 }
 
 /// `qclamp`: the activation's bounds on the codes.

@@ -6,9 +6,9 @@
 //! without allocating. Rounding, requantization and saturation come only from `crate::quant`.
 //!
 //! One file per kind of op: [`layout`] (layout changes, quantize, dequantize, flatten), [`conv`]
-//! (convolution and linear), [`pool`] (max and average pooling), [`elementwise`] (add, clamp,
-//! concat); every function is re-exported here, so `reference::qconv2d` and friends keep their
-//! paths.
+//! (convolution and linear), [`pool`] (max and average pooling), [`elementwise`] (add, mul, lookup,
+//! clamp, concat); every function is re-exported here, so `reference::qconv2d` and friends keep
+//! their paths.
 
 pub mod conv;
 pub mod elementwise;
