@@ -944,6 +944,15 @@ fn import_onnx(model_path: &Path, output: &Path, weights: Option<PathBuf>) -> Ou
     let weights = weights.unwrap_or_else(|| output.with_extension("safetensors"));
     check_output("-o", output, &[model_path.to_path_buf()])?;
     check_output("--weights", &weights, &[model_path.to_path_buf(), output.to_path_buf()])?;
+    let same = |a: &Path, b: &Path| std::path::absolute(a).ok() == std::path::absolute(b).ok();
+    if same(&weights, output) {
+        eprintln!(
+            "error: cannot write --weights `{}`: it is the recipe `-o` writes",
+            weights.display()
+        );
+        eprintln!("help: name another file for the weights, e.g. `--weights model.safetensors`");
+        return Err(Failure::User);
+    }
     let bytes = match std::fs::read(model_path) {
         Ok(b) => b,
         Err(source) => {

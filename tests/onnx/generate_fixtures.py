@@ -7,6 +7,9 @@ default (batch norm folded into the convolutions) and once with
 dynamo exporter ignores those two arguments and always folds batch norm (its ONNX optimizer
 does; the script checks that the export with them has no BatchNormalization node and ships only
 `dynamo.folded`), so each model has three files: `ts.bn`, `ts.folded`, `dynamo.folded`.
+Batch-norm statistics and biases are random (not torchvision's zeros and ones), as in a trained
+model: the dynamo exporter drops all-zero biases, and the TorchScript exporter shares equal
+initializers through Identity nodes.
 
 - tests/data/onnx/<model>.<exporter>.<bn>.onnx: small models with their weights (a narrow
   ResNet of torchvision BasicBlocks, a narrow torchvision MobileNetV2, the fashion CNN of
@@ -16,6 +19,8 @@ does; the script checks that the export with them has no BatchNormalization node
   initializer keeps its name, dims and dtype but is marked as external data in a file that is
   not shipped (`<file>.data`); `qc import` then writes a recipe without a `weights` line.
 - tests/data/onnx/torchvision/<model>.keys.txt: the model's `state_dict().keys()`, in order.
+- tests/data/onnx/unsupported_softmax.ts.folded.onnx: a conv and a Softmax, which `qc import`
+  refuses (naming the node, the op and the ops it reads).
 
 <exporter> is `dynamo` or `ts`; <bn> is `bn` (kept) or `folded` (the exporter's default).
 Initializers of 1 KiB or more lose their data in the torchvision graphs; smaller ones (clip
@@ -100,6 +105,18 @@ class FashionCNN(nn.Module):
         return self.fc2(x)
 
 
+class WithSoftmax(nn.Module):
+    """A conv and a softmax: an op `qc import` does not read (the bad-input test)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.softmax = nn.Softmax(dim=1)
+
+    def forward(self, x):
+        return self.softmax(self.conv(x))
+
+
 def randomize_bn(model, gen):
     """Non-trivial batch-norm statistics, so that folding and keeping differ visibly."""
     with torch.no_grad():
@@ -132,14 +149,28 @@ def small_models():
     ]
 
 
+def randomize_biases(model, gen):
+    """Trained-like biases: torchvision initialises them to zero, and the dynamo exporter's
+    optimizer drops an all-zero bias, which a trained model does not have."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.01)
+
+
 def torchvision_models():
     torch.manual_seed(21)
-    return [
+    gen = torch.Generator().manual_seed(1021)
+    models = [
         ("resnet18", torchvision.models.resnet18(), (1, 3, 224, 224)),
         ("resnet50", torchvision.models.resnet50(), (1, 3, 224, 224)),
         ("mobilenet_v2", torchvision.models.mobilenet_v2(), (1, 3, 224, 224)),
         ("mobilenet_v3_small", torchvision.models.mobilenet_v3_small(), (1, 3, 224, 224)),
     ]
+    for _, model, _ in models:
+        randomize_bn(model, gen)
+        randomize_biases(model, gen)
+    return models
 
 
 def export(model, shape, path, dynamo, keep_bn):
@@ -156,6 +187,18 @@ def export(model, shape, path, dynamo, keep_bn):
         else:
             torch.onnx.export(model, (x,), path, dynamo=False, opset_version=OPSET,
                               input_names=["x"], output_names=["y"], **kwargs)
+
+
+def strip_stack_traces(path):
+    """Drops the dynamo exporter's `pkg.torch.onnx.stack_trace` node metadata: Python stack
+    traces with this machine's file paths (a third of a graph's size). Everything else,
+    `pkg.torch.onnx.name_scopes` and `class_hierarchy` included, stays as exported."""
+    model = onnx.load(path)
+    for node in model.graph.node:
+        keep = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+        del node.metadata_props[:]
+        node.metadata_props.extend(keep)
+    onnx.save_model(model, path)
 
 
 def strip_payload(path):
@@ -196,13 +239,21 @@ def main():
         for dynamo, keep_bn in variants:
             path = os.path.join(OUT, f"{name}.{'dynamo' if dynamo else 'ts'}.{'bn' if keep_bn else 'folded'}.onnx")
             export(model, shape, path, dynamo, keep_bn)
+            if dynamo:
+                strip_stack_traces(path)
             report(path)
+    torch.manual_seed(13)
+    path = os.path.join(OUT, "unsupported_softmax.ts.folded.onnx")
+    export(WithSoftmax(), (1, 1, 8, 8), path, False, False)
+    report(path)
     for name, model, shape in torchvision_models():
         with open(os.path.join(TV_OUT, f"{name}.keys.txt"), "w") as f:
             f.write("".join(k + "\n" for k in model.state_dict().keys()))
         for dynamo, keep_bn in variants:
             path = os.path.join(TV_OUT, f"{name}.{'dynamo' if dynamo else 'ts'}.{'bn' if keep_bn else 'folded'}.onnx")
             export(model, shape, path, dynamo, keep_bn)
+            if dynamo:
+                strip_stack_traces(path)
             strip_payload(path)
             report(path)
 

@@ -526,16 +526,22 @@ fn build(graph: &Graph, cs: &[Cand], names: &mut HashSet<String>) -> Block {
     for (s, slot) in slots.iter().enumerate() {
         let some: Vec<&Attr> = slot.values.iter().flatten().collect();
         let key = order[s].1;
-        let found = params.iter().position(|(_, vals, k)| {
-            *k == key
-                && vals
-                    .iter()
-                    .zip(&slot.values)
-                    .all(|(a, b)| a.is_none() || b.is_none() || a == b)
-        });
-        // A constant slot stays a literal, unless it lies in an optional part (absent from
-        // some instances) and fits a parameter of the same attribute (`downsample.0`'s `out`).
+        // A slot of every instance shares a parameter whose values it equals (a depthwise
+        // conv's `groups` and `out`); a slot of an optional part (absent from some instances)
+        // one of the same attribute that it fits (`downsample.0`'s `out`). A constant slot stays
+        // a literal, unless it is optional and fits a parameter.
         let partial = slot.values.iter().any(Option::is_none);
+        let found = params.iter().position(|(_, vals, k)| {
+            if partial {
+                *k == key
+                    && vals
+                        .iter()
+                        .zip(&slot.values)
+                        .all(|(a, b)| a.is_none() || b.is_none() || a == b)
+            } else {
+                vals == &slot.values
+            }
+        });
         if some.windows(2).all(|w| w[0] == w[1]) && !(partial && found.is_some()) {
             continue;
         }

@@ -130,7 +130,7 @@ pub fn import(bytes: &[u8], opts: &Options) -> Result<Imported, ImportError> {
     let mut no_weights = None;
     if let Some(location) = &missing {
         no_weights = Some(format!(
-            "the model's weight values are in `{location}`, which is not next to it (the graph alone was given)"
+            "the model's weight values are in `{location}`, which is not next to it (the graph came without its weights)"
         ));
     } else {
         for l in &g.layers {

@@ -85,7 +85,9 @@ fn sanitize(path: &str) -> String {
                     }
                 })
                 .collect();
-            if KEYWORDS.contains(&s.as_str()) || (i == 0 && s.starts_with(|ch: char| ch.is_ascii_digit())) {
+            // After a dot keywords are plain components (`features.1.block.0`); only the first
+            // component must be an identifier.
+            if i == 0 && (KEYWORDS.contains(&s.as_str()) || s.starts_with(|ch: char| ch.is_ascii_digit())) {
                 s = format!("{s}_")
                     .trim_start_matches(|ch: char| ch.is_ascii_digit())
                     .to_string();

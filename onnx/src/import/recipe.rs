@@ -18,6 +18,24 @@ pub struct Header<'a> {
     pub keys: usize,
 }
 
+/// Text as `// ` comment lines of at most 100 characters.
+pub fn comment(text: &str) -> String {
+    let mut out = String::new();
+    let mut line = String::from("//");
+    for word in text.split_whitespace() {
+        if line.len() + 1 + word.len() > 100 && line.len() > 2 {
+            out.push_str(&line);
+            out.push('\n');
+            line = String::from("//");
+        }
+        line.push(' ');
+        line.push_str(word);
+    }
+    out.push_str(&line);
+    out.push('\n');
+    out
+}
+
 /// `op(args..., key: value, ...)`, attributes equal to their default left out.
 pub fn call(op: &str, args: &[String], attrs: &[(&str, String)]) -> String {
     let mut parts: Vec<String> = args.to_vec();
@@ -108,7 +126,8 @@ pub fn write(graph: &Graph, blocks: &Blocks, h: &Header) -> String {
             let _ = writeln!(s, "weights \"{file}\"");
         }
         Err(why) => {
-            let _ = writeln!(s, "//\n// No `weights` line: {why}.");
+            s.push_str("//\n");
+            s.push_str(&comment(&format!("No `weights` line: {why}.")));
             s.push_str("// Until one binds a checkpoint, `qc` initialises the parameters deterministically.\n");
         }
     }
