@@ -13,7 +13,8 @@ initializers through Identity nodes.
 
 - tests/data/onnx/<model>.<exporter>.<bn>.onnx: small models with their weights (a narrow
   ResNet of torchvision BasicBlocks, a narrow torchvision MobileNetV2, the fashion CNN of
-  examples/fashion_cnn.qrecipe with the weights of tests/data/fashion_cnn.fp32.pth).
+  examples/fashion_cnn.qrecipe with the weights of tests/data/fashion_cnn.fp32.pth, an
+  Inception-v3 stem conv and a narrow InceptionA block of torchvision's BasicConv2d).
 - tests/data/onnx/torchvision/<model>.<exporter>.<bn>.onnx: torchvision's ResNet-18, ResNet-50,
   MobileNetV2 and MobileNetV3-small (random weights) as graphs WITHOUT weight data: every
   initializer keeps its name, dims and dtype but is marked as external data in a file that is
@@ -39,6 +40,8 @@ import onnx
 import torch
 import torch.nn as nn
 import torchvision
+import torch.nn.functional as F
+from torchvision.models.inception import BasicConv2d
 from torchvision.models.resnet import BasicBlock, conv1x1
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -78,6 +81,39 @@ class NarrowResNet(nn.Module):
         for i in range(self.nlayers):
             x = getattr(self, f"layer{i + 1}")(x)
         return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class NarrowInceptionA(nn.Module):
+    """torchvision's InceptionA (module names and forward) with 4-8 channels per branch."""
+
+    def __init__(self, cin, pool_features):
+        super().__init__()
+        self.branch1x1 = BasicConv2d(cin, 8, kernel_size=1)
+        self.branch5x5_1 = BasicConv2d(cin, 6, kernel_size=1)
+        self.branch5x5_2 = BasicConv2d(6, 8, kernel_size=5, padding=2)
+        self.branch3x3dbl_1 = BasicConv2d(cin, 8, kernel_size=1)
+        self.branch3x3dbl_2 = BasicConv2d(8, 12, kernel_size=3, padding=1)
+        self.branch3x3dbl_3 = BasicConv2d(12, 12, kernel_size=3, padding=1)
+        self.branch_pool = BasicConv2d(cin, pool_features, kernel_size=1)
+
+    def forward(self, x):
+        b1 = self.branch1x1(x)
+        b5 = self.branch5x5_2(self.branch5x5_1(x))
+        b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        bp = self.branch_pool(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1))
+        return torch.cat([b1, b5, b3, bp], 1)
+
+
+class InceptionBlock(nn.Module):
+    """An Inception-v3 stem conv and a narrow `Mixed_5b` (torchvision's names)."""
+
+    def __init__(self):
+        super().__init__()
+        self.Conv2d_1a_3x3 = BasicConv2d(3, 8, kernel_size=3, stride=2)
+        self.Mixed_5b = NarrowInceptionA(8, pool_features=4)
+
+    def forward(self, x):
+        return self.Mixed_5b(self.Conv2d_1a_3x3(x))
 
 
 class FashionCNN(nn.Module):
@@ -139,6 +175,9 @@ def small_models():
         num_classes=10, width_mult=0.25, inverted_residual_setting=[[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 2, 2]]
     )
     randomize_bn(mobilenet, gen)
+    torch.manual_seed(14)
+    inception = InceptionBlock()
+    randomize_bn(inception, gen)
     fashion = FashionCNN()
     state = torch.load(os.path.join(ROOT, "tests", "data", "fashion_cnn.fp32.pth"), weights_only=True)
     fashion.load_state_dict(state)
@@ -146,6 +185,7 @@ def small_models():
         ("narrow_resnet", resnet, (2, 3, 32, 32)),
         ("narrow_mobilenet_v2", mobilenet, (2, 3, 32, 32)),
         ("fashion_cnn", fashion, (2, 1, 28, 28)),
+        ("inception_block", inception, (2, 3, 33, 33)),
     ]
 
 

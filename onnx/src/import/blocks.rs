@@ -125,12 +125,11 @@ impl Blocks {
         } else {
             names.join(", ")
         };
-        let _ = writeln!(
-            s,
-            "// {}: used {} times ({shown}).",
+        s.push_str(&super::recipe::comment(&format!(
+            "{}: used {} times ({shown}).",
             b.class.as_deref().unwrap_or("a repeated structure"),
             b.instances.len()
-        );
+        )));
         let _ = writeln!(s, "{} {{", b.header);
         for line in &b.body {
             let _ = writeln!(s, "  {line}");
@@ -578,11 +577,17 @@ fn build(graph: &Graph, cs: &[Cand], names: &mut HashSet<String>) -> Block {
         }
         counts.iter().max_by_key(|(_, n)| *n).map(|(a, _)| a.clone())
     };
-    // Defaults only for strides (most instances keep the resolution); every other parameter is
-    // passed by each instance.
+    // Defaults only for window geometry (stride, pad, dilation, groups: the most common value);
+    // every other parameter (channels, kernels) is passed by each instance.
     let defaults: Vec<Option<Attr>> = params
         .iter()
-        .map(|(_, vals, key)| if *key == "stride" { most_common(vals) } else { None })
+        .map(|(_, vals, key)| {
+            if ["stride", "pad", "dilation", "groups"].contains(key) {
+                most_common(vals)
+            } else {
+                None
+            }
+        })
         .collect();
 
     let n_ext = base.externals.len();
