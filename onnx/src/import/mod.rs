@@ -8,6 +8,9 @@ pub mod names;
 pub mod recipe;
 pub mod weights;
 
+#[cfg(test)]
+mod tests;
+
 use std::path::Path;
 
 use prost::Message;
