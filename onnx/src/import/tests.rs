@@ -119,6 +119,16 @@ fn tensors_decode_from_raw_data_typed_fields_and_missing_external_data() {
         }],
         ..Default::default()
     };
+    // Never outside the model's folder.
+    for bad in ["/etc/hostname", "../x.data", ""] {
+        let mut t = external.clone();
+        t.external_data[0].value = Some(bad.into());
+        let got = payload(&t, Some(std::path::Path::new("/tmp")));
+        assert!(
+            matches!(&got, Ok(Payload::Missing { location }) if location.contains("not a relative path")),
+            "{bad}: {got:?}"
+        );
+    }
     let dir = std::env::temp_dir().join("qc-import-unit-no-such-folder");
     assert_eq!(
         payload(&external, Some(&dir)).unwrap(),

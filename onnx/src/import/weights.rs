@@ -44,9 +44,17 @@ fn bytes_of<'a>(
                 .map(|e| e.value().to_string())
         };
         let location = get("location").unwrap_or_default();
-        let path = base_dir
-            .map(|d| d.join(&location))
-            .unwrap_or_else(|| location.clone().into());
+        // ONNX requires a relative path inside the model's folder; never read anything else.
+        let rel = Path::new(&location);
+        if location.is_empty()
+            || rel.is_absolute()
+            || rel.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(Payload::Missing {
+                location: format!("{location} (not a relative path inside the model's folder)"),
+            });
+        }
+        let path = base_dir.map(|d| d.join(rel)).unwrap_or_else(|| rel.to_path_buf());
         let Ok(file) = std::fs::read(&path) else {
             return Err(Payload::Missing { location });
         };
