@@ -27,9 +27,8 @@ edge-core:
 # benchmarks in bench/ and the fixture scripts; not needed to build or test qc. Re-run after the
 # pins change: the stamp file is older than this Makefile then.
 BENCH_PY = .venv-bench/bin/python
-BENCH_PACKAGES = torch==2.11.0 numpy safetensors onnx==1.23.2 onnxscript==0.7.2 \
-	onnxruntime==1.32.0 openvino==2026.4.1 nncf==3.4.0 \
-	torchvision==0.26.0
+BENCH_PACKAGES = torch==2.11.0 torchvision==0.26.0 numpy safetensors onnx==1.23.2 onnxscript==0.7.2 \
+	onnxruntime==1.32.0 openvino==2026.4.1 nncf==3.4.0
 bench-setup: .venv-bench/.installed
 
 $(BENCH_PY):

@@ -133,6 +133,23 @@ enum Command {
         #[arg(long, value_name = "OUT")]
         onnx: PathBuf,
     },
+    /// Read a float ONNX graph (PyTorch's `torch.onnx.export`, either exporter) as a recipe: one
+    /// statement per layer named by its PyTorch module path, repeated structures as blocks, the
+    /// initializers under their PyTorch keys in a `.safetensors` the recipe's `weights` line binds.
+    #[command(
+        after_help = "Examples:\n  qc import resnet18.onnx -o resnet18.qrecipe\n  qc import model.onnx -o model.qrecipe --weights weights/model.safetensors\n\nONNX ops read: AveragePool, BatchNormalization, Clip (relu6, clamp), Concat, Conv (1-d, 2-d,\ngroups, dilation), Flatten, Gemm, GlobalAveragePool, HardSigmoid, HardSwish, MatMul (+ Add),\nMaxPool, Mul, ReduceMean (global), Relu, Reshape (to 2-d), Sigmoid, Add; Constant, Identity\nand Dropout are folded away."
+    )]
+    Import {
+        /// The .onnx file.
+        model: PathBuf,
+        /// The .qrecipe file to write (atomically).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// The .safetensors file for the initializers (default: the recipe's path with
+        /// `.safetensors`).
+        #[arg(long, value_name = "FILE")]
+        weights: Option<PathBuf>,
+    },
     /// Run a compiled model (`qc compile RECIPE -o model.qmodel`) on inputs from `.npy` files.
     #[command(
         after_help = "Examples:\n  qc run model.qmodel --input x.npy\n  qc run model.qmodel --input x.npy --output y.npy\n  qc run model.qmodel --input x.npy --threads 2 --bench 50\n  qc run model.qmodel --input t10k-images-idx3-ubyte.gz --labels t10k-labels-idx1-ubyte.gz\n  qc run model.qmodel --input x.npy --device cuda --bench 50"
@@ -245,6 +262,7 @@ pub fn main() -> Outcome {
             qat,
         } => export_weights(&file, &stage, &output, qat),
         Command::Export { model, onnx } => export_onnx(&model, &onnx),
+        Command::Import { model, output, weights } => import_onnx(&model, &output, weights),
         Command::Run {
             model,
             input,
@@ -919,6 +937,95 @@ fn export_onnx(model_path: &Path, output: &Path) -> Outcome {
         qc_onnx::export::OPSET,
         bytes.len()
     );
+    Ok(())
+}
+
+fn import_onnx(model_path: &Path, output: &Path, weights: Option<PathBuf>) -> Outcome {
+    let weights = weights.unwrap_or_else(|| output.with_extension("safetensors"));
+    check_output("-o", output, &[model_path.to_path_buf()])?;
+    check_output("--weights", &weights, &[model_path.to_path_buf(), output.to_path_buf()])?;
+    let same = |a: &Path, b: &Path| std::path::absolute(a).ok() == std::path::absolute(b).ok();
+    if same(&weights, output) {
+        eprintln!(
+            "error: cannot write --weights `{}`: it is the recipe `-o` writes",
+            weights.display()
+        );
+        eprintln!("help: name another file for the weights, e.g. `--weights model.safetensors`");
+        return Err(Failure::User);
+    }
+    let bytes = match std::fs::read(model_path) {
+        Ok(b) => b,
+        Err(source) => {
+            eprintln!("error: cannot read `{}`: {source}", model_path.display());
+            eprintln!(
+                "help: {}",
+                crate::io_help::after_read(&source, model_path, "give the .onnx file `torch.onnx.export` wrote")
+            );
+            return Err(Failure::User);
+        }
+    };
+    let stem = output.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
+    let source = model_path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let opts = qc_onnx::import::Options {
+        model: &qc_onnx::import::model_name(stem),
+        source: &format!("`{source}`"),
+        base_dir: model_path.parent(),
+        weights: &path_from_recipe(output, &weights),
+    };
+    let imported = match qc_onnx::import::import(&bytes, &opts) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: cannot import `{}`: {e}", model_path.display());
+            eprintln!("help: {}", e.help());
+            return Err(Failure::User);
+        }
+    };
+    if let Some(tensors) = &imported.weights {
+        let map: indexmap::IndexMap<String, qc_runtime::tensor::Tensor> = tensors.iter().cloned().collect();
+        if let Err(e) = qc_compiler::checkpoint::write_safetensors(&weights, &map) {
+            eprintln!("error: cannot write `{}`: {e}", weights.display());
+            if let qc_compiler::checkpoint::CheckpointError::Write { source, .. } = &e {
+                eprintln!("help: {}", crate::io_help::after_write(source, &weights));
+            } else {
+                eprintln!("help: this is a bug in qc; please report it with the model");
+            }
+            return Err(Failure::User);
+        }
+    }
+    if let Err(source) = qc_runtime::fsutil::write_atomic(output, imported.recipe.as_bytes()) {
+        eprintln!("error: cannot write `{}`: {source}", output.display());
+        eprintln!("help: {}", crate::io_help::after_write(&source, output));
+        return Err(Failure::User);
+    }
+    let blocks: Vec<String> = imported.blocks.iter().map(|(b, n)| format!("{b} x{n}")).collect();
+    let bn = if imported.folded_bn {
+        "batch norm folded into the convolutions".to_string()
+    } else {
+        format!("{} batch norms", imported.batch_norms)
+    };
+    println!(
+        "wrote {} ({} layers, {} parameter keys, {bn}; blocks: {})",
+        output.display(),
+        imported.layers,
+        imported.keys,
+        if blocks.is_empty() {
+            "none".to_string()
+        } else {
+            blocks.join(", ")
+        }
+    );
+    match (&imported.weights, &imported.no_weights) {
+        (Some(t), _) => println!(
+            "wrote {} ({} tensors under their PyTorch keys)",
+            weights.display(),
+            t.len()
+        ),
+        (None, Some(why)) => println!("no weights written: {why}; the recipe has no `weights` line"),
+        (None, None) => {}
+    }
     Ok(())
 }
 

@@ -266,7 +266,7 @@ fn describe(rule: &Rule) -> &'static str {
         Rule::settings => "`{`",
         Rule::keyword => "a keyword",
         Rule::ident => "a name",
-        Rule::path => "a name",
+        Rule::path | Rule::path_member => "a name",
         Rule::index => "an index",
         Rule::boolean => "`true` or `false`",
         Rule::number | Rule::int => "a number",

@@ -1,4 +1,5 @@
-//! qc's ONNX export: writes a compiled `.qmodel` program as a QDQ ONNX graph ([`export`]).
+//! qc's ONNX bridge: writes a compiled `.qmodel` program as a QDQ ONNX graph ([`export`]), and
+//! reads a float ONNX graph from PyTorch's exporters as a recipe ([`import`]).
 
 /// The ONNX protobuf types, generated at build time from `proto/onnx.proto`.
 #[allow(clippy::all, missing_docs)]
@@ -7,5 +8,6 @@ pub mod proto {
 }
 
 pub mod export;
+pub mod import;
 
 pub use export::{export, export_bytes, ExportError};

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use qc_compiler::CompileError;
 
 /// The targets, by the name of their folder under `fuzz/regressions/` and `fuzz/corpus/`.
-pub const TARGETS: &[&str] = &["recipe", "pth", "safetensors", "qmodel", "npy", "npz", "idx"];
+pub const TARGETS: &[&str] = &["recipe", "pth", "safetensors", "qmodel", "npy", "npz", "idx", "onnx"];
 
 /// Runs the target named `target` on `data`; `false` for an unknown target name.
 pub fn run(target: &str, data: &[u8]) -> bool {
@@ -22,6 +22,7 @@ pub fn run(target: &str, data: &[u8]) -> bool {
         "npy" => npy(data),
         "npz" => npz(data),
         "idx" => idx(data),
+        "onnx" => onnx(data),
         _ => return false,
     }
     true
@@ -125,5 +126,26 @@ pub fn npz(data: &[u8]) {
 pub fn idx(data: &[u8]) {
     if let Ok(a) = qc_runtime_host::data::idx_from_bytes(Path::new("fuzz-idx3-ubyte"), data) {
         a.batch_f32(0, 2);
+    }
+}
+
+/// An ONNX model imported as `qc import` imports it (decoding, layers, names, blocks, recipe
+/// text, weights), its external data looked for in a folder that does not exist; the recipe it
+/// writes is then checked as `qc check` would (weights line dropped: nothing is on disk).
+pub fn onnx(data: &[u8]) {
+    let opts = qc_onnx::import::Options {
+        model: "fuzz",
+        source: "fuzz.onnx",
+        base_dir: Some(Path::new("/nonexistent-qc-fuzz")),
+        weights: "fuzz.safetensors",
+    };
+    if let Ok(imported) = qc_onnx::import::import(data, &opts) {
+        let text: String = imported
+            .recipe
+            .lines()
+            .filter(|l| !l.starts_with("weights "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        recipe(text.as_bytes());
     }
 }
