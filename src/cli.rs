@@ -127,11 +127,17 @@ enum Command {
     /// per-channel int8 weights, int32 biases) that ONNX Runtime fuses into its int8 kernels.
     #[command(after_help = "Example:\n  qc export model.qmodel --onnx model.onnx")]
     Export {
-        /// The .qmodel file (`qc compile RECIPE -o model.qmodel`).
+        /// The .qmodel file (`qc compile RECIPE -o model.qmodel`), or a .qrecipe: compiled to
+        /// `lowered` and exported likewise, or with `--qat` its fake-quantized QAT model.
         model: PathBuf,
         /// The .onnx file to write (atomically).
         #[arg(long, value_name = "OUT")]
         onnx: PathBuf,
+        /// MODEL is a recipe whose weights are a QAT checkpoint (`qc train --qat`): export the
+        /// fake-quantized model of stage `observed` (`--qat`) as QDQ with the trained scales,
+        /// batch norm folded, biases in float (TensorRT's explicit quantization).
+        #[arg(long)]
+        qat: bool,
     },
     /// Read a float ONNX graph (PyTorch's `torch.onnx.export`, either exporter) as a recipe: one
     /// statement per layer named by its PyTorch module path, repeated structures as blocks, the
@@ -187,6 +193,11 @@ enum Command {
         /// run that, float stages on qc's reference interpreter (`--device cpu`).
         #[arg(long, value_parser = stage_parser())]
         stage: Option<String>,
+        /// With `--stage observed`: compile for QAT (`qc compile --qat`) and run the
+        /// fake-quantized model as QAT evaluates it (libtorch on the CPU; the recipe's weights
+        /// are a `qc train --qat` checkpoint).
+        #[arg(long, requires = "stage")]
+        qat: bool,
     },
     /// Train the model with libtorch: float weights with the recipe's `train` section, or, with
     /// `--qat`, quantization-aware fine-tuning with its `qat` section.
@@ -261,7 +272,7 @@ pub fn main() -> Outcome {
             output,
             qat,
         } => export_weights(&file, &stage, &output, qat),
-        Command::Export { model, onnx } => export_onnx(&model, &onnx),
+        Command::Export { model, onnx, qat } => export_onnx(&model, &onnx, qat),
         Command::Import { model, output, weights } => import_onnx(&model, &output, weights),
         Command::Run {
             model,
@@ -274,6 +285,7 @@ pub fn main() -> Outcome {
             device,
             allow_non_finite,
             stage,
+            qat,
         } => crate::run::run(crate::run::RunArgs {
             model,
             inputs: input,
@@ -285,6 +297,7 @@ pub fn main() -> Outcome {
             device,
             allow_non_finite,
             stage,
+            qat,
         }),
         Command::Train(args) => crate::train::main(args),
         Command::Backends => backends(),
@@ -914,14 +927,40 @@ fn check_keys(file: &Path, stage: &str, ckpt: &Path, qat: bool) -> Outcome {
     Err(Failure::User)
 }
 
-fn export_onnx(model_path: &Path, output: &Path) -> Outcome {
+fn export_onnx(model_path: &Path, output: &Path, qat: bool) -> Outcome {
     check_output("--onnx", output, &[model_path.to_path_buf()])?;
-    let model = crate::run::load_model(model_path)?;
-    let bytes = match qc_onnx::export_bytes(&model) {
-        Ok(b) => b,
+    let is_recipe = model_path.extension().is_some_and(|e| e == "qrecipe");
+    if qat && !is_recipe {
+        eprintln!(
+            "error: `--qat` exports a recipe's QAT model, and `{}` is not a .qrecipe",
+            model_path.display()
+        );
+        eprintln!("help: give the recipe whose `weights` line names the `qc train --qat` checkpoint, or drop `--qat` to export the compiled model");
+        return Err(Failure::User);
+    }
+    let exported = if qat {
+        let (model, plan) = qat_model(model_path)?;
+        let proto = qc_onnx::export_qat(&model, &plan);
+        (model, proto, "the fake-quantized QAT model")
+    } else {
+        let model = if is_recipe {
+            recipe_model(model_path, Stage::Lowered.name())?
+        } else {
+            crate::run::load_model(model_path)?
+        };
+        let proto = qc_onnx::export(&model);
+        (model, proto, "the int8 program")
+    };
+    let (model, proto, what) = exported;
+    let bytes = match proto {
+        Ok(p) => qc_onnx::encode(&p),
         Err(e) => {
             eprintln!("error: cannot export `{}` to ONNX: {e}", model_path.display());
-            eprintln!("help: the ONNX export covers fully int8 programs (quantize, dequantize, qconv, qlinear, qadd, qmax_pool, qavg_pool, global qadaptive_avg_pool, qconcat, qflatten, qclamp); keep every layer int8 in the recipe");
+            if qat {
+                eprintln!("help: the QAT export covers conv, linear, batch norm, relu, clamp, pools (global adaptive), flatten to 2-d, add, mul, concat, hardswish, hardsigmoid, sigmoid and 8-bit fake quantization");
+            } else {
+                eprintln!("help: the ONNX export covers fully int8 programs (quantize, dequantize, qconv, qlinear, qadd, qmul, qmax_pool, qavg_pool, global qadaptive_avg_pool, qconcat, qflatten, qclamp, lookup tables); keep every layer int8 in the recipe");
+            }
             return Err(Failure::User);
         }
     };
@@ -931,13 +970,46 @@ fn export_onnx(model_path: &Path, output: &Path) -> Outcome {
         return Err(Failure::User);
     }
     println!(
-        "wrote {} ({} steps as QDQ ONNX, opset {}, {} bytes)",
+        "wrote {} ({} steps of {what} as QDQ ONNX, opset {}, {} bytes)",
         output.display(),
         model.program().steps.len(),
         qc_onnx::export::OPSET,
         bytes.len()
     );
     Ok(())
+}
+
+/// The QAT program of a recipe (stage `observed` compiled with `--qat`, its weights a
+/// `qc train --qat` checkpoint) as a model, with the plan of its fake quantizations: what
+/// `qc run --stage observed --qat` evaluates and `qc export --qat` writes.
+pub fn qat_model(file: &Path) -> Result<(qc_runtime::model::Model, qc_runtime::program::QatPlan), Failure> {
+    let (module, sources) = module_at(file, Stage::Observed.name(), true)?;
+    if !qc_compiler::calibrate::trained_fake_quant_state(&module) {
+        eprintln!(
+            "error: the weights of `{}` hold no trained fake-quant state (every `activation_post_process.scale` and `zero_point` from a QAT checkpoint)",
+            file.display()
+        );
+        eprintln!("help: train it first, `qc train {} --qat -o qat.safetensors`, and name that file in the recipe's `weights` line", file.display());
+        return Err(Failure::User);
+    }
+    // Learnable or not, a scale fake-quantizes the same in evaluation.
+    let (program, _, plan) = match qc_compiler::lower::lower_qat(&module, false) {
+        Ok(lowered) => lowered,
+        Err(e) => {
+            eprintln!("error: cannot lower the QAT model of `{}`: {e}", file.display());
+            eprintln!(
+                "help: `qc compile {} --qat --stop-after observed --print-after observed` shows the module",
+                file.display()
+            );
+            return Err(Failure::User);
+        }
+    };
+    let model = qc_runtime::model::Model::from_program(program, model_meta(&module, &sources)).map_err(|e| {
+        eprintln!("error: cannot run the QAT model of `{}`: {e}", file.display());
+        eprintln!("help: this is a bug in qc; please report it with the recipe");
+        Failure::Bug
+    })?;
+    Ok((model, plan))
 }
 
 fn import_onnx(model_path: &Path, output: &Path, weights: Option<PathBuf>) -> Outcome {

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::exit::{Failure, Outcome};
 use qc_runtime::model::Model;
-use qc_runtime::program::Device;
+use qc_runtime::program::{Device, QatPlan};
 use qc_runtime::{Tensor, TensorData};
 use qc_runtime_host::torch;
 
@@ -38,10 +38,12 @@ impl RunDevice {
     }
 }
 
-/// What runs the model: qc's executor, or a libtorch session holding the program on a device.
+/// What runs the model: qc's executor, a libtorch session holding the program on a device, or
+/// libtorch evaluating a QAT program's fake quantization (`--stage observed --qat`).
 enum Runner<'a> {
     Cpu(&'a Model),
     Torch(&'a Model, Box<torch::Int8Session>),
+    Qat(&'a Model, &'a QatPlan),
 }
 
 impl Runner<'_> {
@@ -52,6 +54,10 @@ impl Runner<'_> {
             Runner::Torch(model, session) => {
                 let normalized = model.normalize(inputs).map_err(|e| e.to_string())?;
                 session.run(&normalized).map_err(|e| e.to_string())
+            }
+            Runner::Qat(model, plan) => {
+                let normalized = model.normalize(inputs).map_err(|e| e.to_string())?;
+                torch::run_program_qat(model.program(), plan, &normalized, Device::Cpu).map_err(|e| e.to_string())
             }
         }
     }
@@ -72,6 +78,8 @@ pub struct RunArgs {
     pub allow_non_finite: bool,
     /// `model` is a recipe, run at this stage (`qc run RECIPE --stage STAGE`).
     pub stage: Option<String>,
+    /// With `stage` `observed`: the recipe compiled for QAT, run fake-quantized through libtorch.
+    pub qat: bool,
 }
 
 /// Runs the command: loads the model, reads the inputs, runs them on the chosen device, then
@@ -87,6 +95,16 @@ pub fn run(args: RunArgs) -> Outcome {
             );
             return Err(Failure::User);
         }
+        if args.qat {
+            if stage != "observed" {
+                eprintln!("error: `--qat` runs the fake-quantized model of stage `observed`, not `{stage}`");
+                eprintln!("help: run `--stage observed --qat`, or drop `--qat`");
+                return Err(Failure::User);
+            }
+            let (model, plan) = crate::cli::qat_model(&args.model)?;
+            println!("fake-quantized QAT evaluation through libtorch (cpu): observers still, batch norm with running statistics");
+            return run_model(&model, Some(&plan), &args);
+        }
         crate::cli::recipe_model(&args.model, stage)?
     } else if args.model.extension().is_some_and(|e| e == "qrecipe") {
         eprintln!("error: `{}` is a recipe, not a compiled model", args.model.display());
@@ -98,7 +116,7 @@ pub fn run(args: RunArgs) -> Outcome {
     } else {
         load_model(&args.model)?
     };
-    run_model(&model, &args)
+    run_model(&model, None, &args)
 }
 
 /// The `.qmodel` at `path`, or a clear error (what went wrong and what to do, on stderr).
@@ -129,7 +147,7 @@ pub(crate) fn load_model(path: &Path) -> Result<Model, Failure> {
 
 /// Runs `model` as `args` say: reads the inputs, runs them on the chosen device, then reports,
 /// writes, profiles and benchmarks as asked.
-fn run_model(model: &Model, args: &RunArgs) -> Outcome {
+fn run_model(model: &Model, qat: Option<&QatPlan>, args: &RunArgs) -> Outcome {
     let mut read: Vec<PathBuf> = vec![args.model.clone()];
     read.extend(args.inputs.iter().cloned());
     read.extend(args.labels.iter().cloned());
@@ -174,7 +192,15 @@ fn run_model(model: &Model, args: &RunArgs) -> Outcome {
             return Err(Failure::User);
         }
     };
-    let runner = runner(model, args)?;
+    let runner = match qat {
+        Some(_) if args.profile => {
+            eprintln!("error: `--profile` times qc's own kernels step by step, not the QAT evaluation");
+            eprintln!("help: drop `--profile`");
+            return Err(Failure::User);
+        }
+        Some(plan) => Runner::Qat(model, plan),
+        None => runner(model, args)?,
+    };
     let outputs = match runner.run(&pool, &inputs) {
         Ok(o) => o,
         Err(e) => {

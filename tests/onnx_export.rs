@@ -258,3 +258,134 @@ fn integer_requantization_reaches_the_program() {
     println!("requantize: integer against ONNX Runtime: {equal}% equal, {steps} steps apart at most");
     assert!(steps <= 1, "{steps} steps apart");
 }
+
+/// ONNX Runtime's agreement line for `onnx` on `input` against qc's `y_qc` in the output's
+/// quantization `q` (scale, zero point, qmin, qmax): (share equal, steps).
+fn ort_agreement(dir: &Path, onnx: &Path, input: &Path, y_qc: &Path, q: (f32, i64, i64, i64)) -> (f64, i64) {
+    let out = ok(Command::new(python())
+        .arg("tests/onnx/run_ort.py")
+        .arg(onnx)
+        .arg(input)
+        .arg(dir.join("y_ort.npy"))
+        .arg(dir.join("optimized.onnx"))
+        .arg(y_qc)
+        .arg(q.0.to_string())
+        .arg(q.1.to_string())
+        .arg(q.2.to_string())
+        .arg(q.3.to_string())
+        .output()
+        .unwrap());
+    println!("{out}");
+    let line = out.lines().find(|l| l.starts_with("agreement: ")).unwrap();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    (
+        words[1].trim_end_matches('%').parse().unwrap(),
+        words[4].parse().unwrap(),
+    )
+}
+
+/// The QAT export: fashion_cnn trained briefly in float, then with QAT (`qc train --qat`), is
+/// exported from its recipe with `--qat` (fake quantization as QDQ with the trained scales,
+/// batch norm folded, float biases) and run by ONNX Runtime on real test images against qc's
+/// fake-quantized evaluation (`qc run --stage observed --qat`).
+#[test]
+fn qat_export_reproduces_the_fake_quantized_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let base = std::fs::read_to_string("examples/fashion_cnn.qrecipe").unwrap();
+    let recipe = |name: &str, weights: &Path| {
+        let path = d.join(name);
+        let w = std::fs::canonicalize(weights).unwrap();
+        std::fs::write(&path, format!("{base}\nweights \"{}\"\n", w.display())).unwrap();
+        path
+    };
+    let fp32 = d.join("fp32.safetensors");
+    let r0 = recipe("start.qrecipe", Path::new("tests/data/fashion_cnn.fp32.safetensors"));
+    let train = |r: &Path, out: &Path, qat: bool| {
+        let mut c = qc();
+        c.arg("train").arg(r).arg("-o").arg(out);
+        if qat {
+            c.arg("--qat");
+        }
+        ok(c.args(["--epochs", "1", "--max-samples", "3000", "--device", "cpu"])
+            .output()
+            .unwrap());
+    };
+    train(&r0, &fp32, false);
+    let qat = d.join("qat.safetensors");
+    train(&recipe("fp32.qrecipe", &fp32), &qat, true);
+    let rq = recipe("qat.qrecipe", &qat);
+
+    let onnx = d.join("qat.onnx");
+    let out = ok(qc()
+        .arg("export")
+        .arg(&rq)
+        .arg("--qat")
+        .arg("--onnx")
+        .arg(&onnx)
+        .output()
+        .unwrap());
+    assert!(out.contains("fake-quantized QAT model as QDQ ONNX"), "{out}");
+    let images = d.join("x.npy");
+    let dir_fm = Path::new(qc_runtime_host::data::FASHION_MNIST_DIR);
+    let x = qc_runtime_host::data::read_idx_images(dir_fm, false)
+        .expect("Fashion-MNIST (make setup installs it)")
+        .batch_f32(0, 256);
+    write_npy(&images, &x.shape, x.as_f32().unwrap());
+    let y_qc = d.join("y_qc.npy");
+    ok(qc()
+        .arg("run")
+        .arg(&rq)
+        .args(["--stage", "observed", "--qat", "--input"])
+        .arg(&images)
+        .arg("--output")
+        .arg(&y_qc)
+        .output()
+        .unwrap());
+    // The output's fake quantization: the trained scale and zero point of `fc2`'s.
+    let weights = qc_compiler::checkpoint::read_safetensors(&qat).unwrap();
+    let scale = weights["fc2.activation_post_process.scale"].as_f32().unwrap()[0];
+    let zp = match &weights["fc2.activation_post_process.zero_point"].data {
+        qc_runtime::tensor::TensorData::I32(v) => v[0] as i64,
+        qc_runtime::tensor::TensorData::I64(v) => v[0],
+        other => panic!("zero point {other:?}"),
+    };
+    let q = (scale, zp, 0, 127);
+    // Measured: 100% equal (the biases are `Add`s of their own: as a Conv's input ONNX Runtime
+    // would quantize them to int32, 98.95% equal). The bound: 99%, one step at most.
+    let (equal, steps) = ort_agreement(d, &onnx, &images, &y_qc, q);
+    assert!(equal >= 99.0 && steps <= 1, "{equal}% equal, {steps} steps");
+}
+
+/// `--qat` needs a recipe whose weights hold trained fake-quant state; a compiled model or an
+/// untrained recipe is refused with a help line, and nothing is written.
+#[test]
+fn qat_export_refuses_what_has_no_trained_scales() {
+    let dir = tempfile::tempdir().unwrap();
+    let onnx = dir.path().join("out.onnx");
+    let out = qc()
+        .args(["export", "examples/fashion_cnn.qrecipe", "--qat", "--onnx"])
+        .arg(&onnx)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("no trained fake-quant state") && err.contains("help: train it first"),
+        "{err}"
+    );
+    let model = dir.path().join("m.qmodel");
+    std::fs::write(&model, b"not a model").unwrap();
+    let out = qc()
+        .arg("export")
+        .arg(&model)
+        .arg("--qat")
+        .arg("--onnx")
+        .arg(&onnx)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("is not a .qrecipe") && err.contains("help:"), "{err}");
+    assert!(!onnx.exists());
+}

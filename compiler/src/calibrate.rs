@@ -143,7 +143,7 @@ fn placeholder_ranges(module: &mut Module) -> Result<Changed, PassError> {
 
 /// Whether the module's quantization state comes from a QAT checkpoint: it has fake-quant nodes
 /// and no observers, and every fake-quant's `scale` and `zero_point` were read from a checkpoint.
-fn trained_fake_quant_state(module: &Module) -> bool {
+pub fn trained_fake_quant_state(module: &Module) -> bool {
     let mut fake_quants = 0;
     for id in module.graph.topo_order() {
         let node = module.graph.node(id);

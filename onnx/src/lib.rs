@@ -10,4 +10,4 @@ pub mod proto {
 pub mod export;
 pub mod import;
 
-pub use export::{export, export_bytes, ExportError};
+pub use export::{encode, export, export_bytes, export_qat, ExportError};
