@@ -101,7 +101,7 @@ pub fn run(args: RunArgs) -> Outcome {
                 eprintln!("help: run `--stage observed --qat`, or drop `--qat`");
                 return Err(Failure::User);
             }
-            let (model, plan) = crate::cli::qat_model(&args.model)?;
+            let (model, plan) = crate::onnx_cmd::qat_model(&args.model)?;
             println!("fake-quantized QAT evaluation through libtorch (cpu): observers still, batch norm with running statistics");
             return run_model(&model, Some(&plan), &args);
         }

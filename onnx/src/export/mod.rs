@@ -314,16 +314,7 @@ impl<'m> Builder<'m> {
                 dq.clone(),
                 vec![],
             );
-            let lo = self.init_f32(format!("{name}_range_min"), &[], &[lo]);
-            let hi = self.init_f32(format!("{name}_range_max"), &[], &[hi]);
-            let clipped = format!("{name}_range_clipped");
-            self.node(
-                "Clip",
-                format!("{name}_range_Clip"),
-                vec![dq, lo, hi],
-                clipped.clone(),
-                vec![],
-            );
+            let clipped = self.clip(dq, lo, hi, &format!("{name}_range"));
             self.node(
                 "QuantizeLinear",
                 format!("{name}_range_QuantizeLinear"),
@@ -428,11 +419,16 @@ impl<'m> Builder<'m> {
             Activation::Relu6 => (0.0, 6.0),
             Activation::Clamp { min, max } => (min, max),
         };
-        let lo = self.init_f32(format!("{base}_clip_min"), &[], &[min]);
-        let hi = self.init_f32(format!("{base}_clip_max"), &[], &[max]);
-        let out = format!("{base}_clip");
-        self.node("Clip", format!("{base}_Clip"), vec![x, lo, hi], out.clone(), vec![]);
-        out
+        self.clip(x, min, max, &format!("{base}_clip"))
+    }
+
+    /// `Clip(x, lo, hi)` with its bounds as initializers; the output tensor is `out`
+    /// (bounds `{out}_min`/`{out}_max`, node `{out}_Clip`).
+    fn clip(&mut self, x: String, lo: f32, hi: f32, out: &str) -> String {
+        let lo = self.init_f32(format!("{out}_min"), &[], &[lo]);
+        let hi = self.init_f32(format!("{out}_max"), &[], &[hi]);
+        self.node("Clip", format!("{out}_Clip"), vec![x, lo, hi], out.to_string(), vec![]);
+        out.to_string()
     }
 
     fn inputs(&mut self) -> Result<(), ExportError> {

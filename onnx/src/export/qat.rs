@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 
+use qc_runtime::kernels::Activation;
 use qc_runtime::model::Model;
 use qc_runtime::program::{FakeQuantAt, FakeQuantSite, FloatOp, QatPlan, StepOp, ValueId};
 use qc_runtime::quant::{QParams, QRange};
@@ -150,17 +151,7 @@ impl Builder<'_> {
         if (site.quant_min, site.quant_max) != type_range(elem) {
             let lo = (site.quant_min - zp) as f32 * scale;
             let hi = (site.quant_max - zp) as f32 * scale;
-            let lo = self.init_f32(format!("{name}_range_min"), &[], &[lo]);
-            let hi = self.init_f32(format!("{name}_range_max"), &[], &[hi]);
-            let clipped = format!("{name}_range_clipped");
-            self.node(
-                "Clip",
-                format!("{name}_range_Clip"),
-                vec![input, lo, hi],
-                clipped.clone(),
-                vec![],
-            );
-            input = clipped;
+            input = self.clip(input, lo, hi, &format!("{name}_range"));
         }
         let s = self.init_f32(format!("{name}.scale"), &[], &[scale]);
         let z = format!("{name}.zero_point");
@@ -413,15 +404,11 @@ impl Builder<'_> {
             }
             FloatOp::Relu => {
                 let x = self.float_of(input(0)?)?;
-                self.node("Relu", name.clone(), vec![x], name.clone(), vec![]);
-                name.clone()
+                self.activation(x, Activation::Relu, &name)
             }
             FloatOp::Clamp { min, max } => {
                 let x = self.float_of(input(0)?)?;
-                let lo = self.init_f32(format!("{name}_clip_min"), &[], &[*min]);
-                let hi = self.init_f32(format!("{name}_clip_max"), &[], &[*max]);
-                self.node("Clip", name.clone(), vec![x, lo, hi], name.clone(), vec![]);
-                name.clone()
+                self.activation(x, Activation::Clamp { min: *min, max: *max }, &name)
             }
             FloatOp::MaxPool { window } => {
                 let x = self.float_of(input(0)?)?;
