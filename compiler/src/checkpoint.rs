@@ -58,6 +58,22 @@ pub fn safetensors_from_bytes(p: &str, bytes: &[u8]) -> Result<IndexMap<String, 
                     .collect();
                 Some(Tensor::f32(shape, v))
             }
+            // Half precision widens exactly, as the `.pth` reader does.
+            safetensors::Dtype::F16 | safetensors::Dtype::BF16 if data.len() % 2 == 0 => {
+                let bf16 = view.dtype() == safetensors::Dtype::BF16;
+                let v: Vec<f32> = data
+                    .chunks_exact(2)
+                    .map(|c| {
+                        let h = u16::from_le_bytes([c[0], c[1]]);
+                        if bf16 {
+                            f32::from_bits(u32::from(h) << 16)
+                        } else {
+                            crate::pth::f16_to_f32(h)
+                        }
+                    })
+                    .collect();
+                Some(Tensor::f32(shape, v))
+            }
             safetensors::Dtype::I64 => Tensor::from_le_bytes(DType::I64, shape, data),
             safetensors::Dtype::I32 => Tensor::from_le_bytes(DType::I32, shape, data),
             safetensors::Dtype::I8 => Tensor::from_le_bytes(DType::I8, shape, data),
@@ -296,4 +312,43 @@ fn param_quant(q: &crate::pth::QTensor) -> Result<ParamQuant, String> {
             qmax,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A safetensors file with one tensor of `dtype` holding `bytes`.
+    fn file_with(dtype: safetensors::Dtype, shape: Vec<usize>, bytes: &[u8]) -> Vec<u8> {
+        let view = safetensors::tensor::TensorView::new(dtype, shape, bytes).unwrap();
+        safetensors::serialize([("t", view)], None).unwrap()
+    }
+
+    #[test]
+    fn half_precision_widens_exactly() {
+        // 1.0, -2.5, the smallest subnormal, 65504 (f16's largest finite value).
+        let f16: Vec<u8> = [0x3c00u16, 0xc100, 0x0001, 0x7bff]
+            .iter()
+            .flat_map(|h| h.to_le_bytes())
+            .collect();
+        let t = safetensors_from_bytes("f16", &file_with(safetensors::Dtype::F16, vec![4], &f16)).unwrap();
+        assert_eq!(t["t"], Tensor::f32(vec![4], vec![1.0, -2.5, 2f32.powi(-24), 65504.0]));
+        // bfloat16 is the top half of an f32.
+        let bf16: Vec<u8> = [1.0f32, -3.0e38, 0.15625]
+            .iter()
+            .flat_map(|x| ((x.to_bits() >> 16) as u16).to_le_bytes())
+            .collect();
+        let t = safetensors_from_bytes("bf16", &file_with(safetensors::Dtype::BF16, vec![3], &bf16)).unwrap();
+        let want: Vec<f32> = [1.0f32, -3.0e38, 0.15625]
+            .iter()
+            .map(|x| f32::from_bits(x.to_bits() & 0xffff_0000))
+            .collect();
+        assert_eq!(t["t"], Tensor::f32(vec![3], want));
+    }
+
+    #[test]
+    fn dtypes_qc_does_not_read_are_named() {
+        let err = safetensors_from_bytes("c", &file_with(safetensors::Dtype::U16, vec![1], &[0; 2])).unwrap_err();
+        assert!(err.to_string().contains("has dtype U16"), "{err}");
+    }
 }

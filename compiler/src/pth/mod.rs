@@ -31,6 +31,7 @@ mod archive;
 mod pickle;
 mod state_dict;
 mod storage;
+pub(crate) use storage::f16_to_f32;
 
 use std::collections::HashMap;
 use std::io::Read;

@@ -165,7 +165,7 @@ pub(super) fn arr<const N: usize>(c: &[u8]) -> [u8; N] {
 }
 
 /// IEEE half to single precision (exact).
-pub(super) fn f16_to_f32(h: u16) -> f32 {
+pub(crate) fn f16_to_f32(h: u16) -> f32 {
     let sign = u32::from(h >> 15) << 31;
     let exp = u32::from((h >> 10) & 0x1f);
     let man = u32::from(h & 0x3ff);

@@ -1,0 +1,108 @@
+//! The example folders of `examples/` run as their READMEs say: every command of a README's
+//! ```` ```console ```` blocks (a line `$ COMMAND`) runs from the repository root with this build's
+//! `qc` first on `PATH`, and prints what the README shows under it (stdout and stderr as one
+//! stream; a line `...` stands for any number of lines). Outputs go to the git-ignored `out/`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// One `$ COMMAND` of a README and the lines it shows under it.
+struct Shown {
+    line: usize,
+    command: String,
+    output: Vec<String>,
+}
+
+fn console_blocks(readme: &str) -> Vec<Shown> {
+    let mut shown: Vec<Shown> = vec![];
+    let mut in_console = false;
+    for (i, line) in readme.lines().enumerate() {
+        if line.starts_with("```") {
+            in_console = line.trim() == "```console";
+            continue;
+        }
+        if !in_console {
+            continue;
+        }
+        if let Some(command) = line.strip_prefix("$ ") {
+            shown.push(Shown {
+                line: i + 1,
+                command: command.to_string(),
+                output: vec![],
+            });
+        } else if let Some(last) = shown.last_mut() {
+            last.output.push(line.trim_end().to_string());
+        }
+    }
+    shown
+}
+
+/// Whether `got` matches `want`, where a `...` line of `want` matches any run of lines.
+fn matches(want: &[String], got: &[String]) -> bool {
+    match want.split_first() {
+        None => got.is_empty(),
+        Some((w, rest)) if w == "..." => (0..=got.len()).any(|skip| matches(rest, &got[skip..])),
+        Some((w, rest)) => got.first().is_some_and(|g| g == w) && matches(rest, &got[1..]),
+    }
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs every shown command of `examples/<folder>/README.md` and compares its output.
+fn check_readme(folder: &str) {
+    let readme_path = repo().join("examples").join(folder).join("README.md");
+    let readme = std::fs::read_to_string(&readme_path).unwrap();
+    let shown = console_blocks(&readme);
+    assert!(!shown.is_empty(), "{}: no ```console commands", readme_path.display());
+    let qc_dir = Path::new(env!("CARGO_BIN_EXE_qc")).parent().unwrap().to_path_buf();
+    let path = std::env::join_paths(
+        std::iter::once(qc_dir).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
+    )
+    .unwrap();
+    std::fs::create_dir_all(repo().join("out")).unwrap();
+    for s in shown {
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!("{} 2>&1", s.command))
+            .current_dir(repo())
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let got: Vec<String> = text.lines().map(|l| l.trim_end().to_string()).collect();
+        let mut want = s.output.clone();
+        while want.last().is_some_and(|l| l.is_empty()) {
+            want.pop();
+        }
+        assert!(
+            matches(&want, &got),
+            "{}:{}: `{}` printed\n{}\nbut the README shows\n{}",
+            readme_path.display(),
+            s.line,
+            s.command,
+            got.join("\n"),
+            want.join("\n")
+        );
+    }
+}
+
+#[test]
+fn the_ellipsis_matches_any_run_of_lines() {
+    let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    assert!(matches(&v(&["a", "...", "d"]), &v(&["a", "b", "c", "d"])));
+    assert!(matches(&v(&["a", "...", "d"]), &v(&["a", "d"])));
+    assert!(!matches(&v(&["a", "...", "d"]), &v(&["a", "b"])));
+    assert!(!matches(&v(&["a", "b"]), &v(&["a", "b", "c"])));
+}
+
+#[test]
+fn audio_keys_runs_as_its_readme_says() {
+    check_readme("audio-keys");
+}
+
+#[test]
+fn inception_from_float_runs_as_its_readme_says() {
+    check_readme("inception-from-float");
+}
