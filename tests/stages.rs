@@ -1,10 +1,12 @@
 //! Every example at every stage that exists: an insta snapshot of its IR dump, a parse/print
-//! round trip of that dump, and the key lists that the examples promise (torchvision's names).
+//! round trip of that dump, the dump's readability (line width, small values inline), and the
+//! key lists that the examples promise (torchvision's names).
 
 use std::path::Path;
 
+use qc_compiler::dump_values::INLINE_MAX;
 use qc_compiler::ir::{Module, Stage};
-use qc_compiler::printer;
+use qc_compiler::printer::{self, IrDoc, IrLine};
 
 const EXAMPLES: &[&str] = &[
     "fashion_cnn",
@@ -15,8 +17,8 @@ const EXAMPLES: &[&str] = &[
     "conv1d_net",
 ];
 
-/// Compiles an example through every stage, returning (stage, dump) pairs.
-fn dumps(example: &str) -> Vec<(Stage, String)> {
+/// Compiles an example through every stage, returning (stage, document) pairs.
+fn documents(example: &str) -> Vec<(Stage, IrDoc)> {
     let path = Path::new("examples").join(format!("{example}.qrecipe"));
     let loaded = qc_dsl::load(&path).expect("example exists");
     let mut out = vec![];
@@ -28,29 +30,87 @@ fn dumps(example: &str) -> Vec<(Stage, String)> {
     qc_compiler::compile(
         &loaded,
         &opts,
-        &mut |m: &Module| out.push((m.stage, printer::print(m, &sources))),
+        &mut |m: &Module| out.push((m.stage, printer::document(m, &sources))),
         &mut |_, _| {},
     )
     .unwrap_or_else(|e| panic!("{example} does not compile: {e:?}"));
     out
 }
 
+/// Compiles an example through every stage, returning (stage, dump) pairs.
+fn dumps(example: &str) -> Vec<(Stage, String)> {
+    documents(example)
+        .into_iter()
+        .map(|(stage, doc)| (stage, printer::render(&doc)))
+        .collect()
+}
+
+/// A dump reads well: no line is wider than `printer::LINE_WIDTH`, and no parameter of at most
+/// `INLINE_MAX` elements is shown as a hash (its values print instead).
+fn assert_readable(what: &str, doc: &IrDoc, text: &str) {
+    for (n, line) in text.lines().enumerate() {
+        assert!(
+            line.chars().count() <= printer::LINE_WIDTH,
+            "{what}: line {} has {} characters (at most {}):\n{line}",
+            n + 1,
+            line.chars().count(),
+            printer::LINE_WIDTH
+        );
+    }
+    for line in &doc.lines {
+        if let IrLine::Param {
+            key,
+            shape: Some(shape),
+            value: Some(value),
+            ..
+        } = line
+        {
+            let small = shape.iter().product::<usize>() <= INLINE_MAX;
+            assert_eq!(
+                value.starts_with("= "),
+                small,
+                "{what}: `{key}` of shape {shape:?} shows `{value}`"
+            );
+        }
+    }
+}
+
 #[test]
 fn every_example_at_every_stage() {
     for example in EXAMPLES {
-        let stages = dumps(example);
+        let stages = documents(example);
         assert_eq!(
             stages.last().map(|s| s.0),
             Some(qc_compiler::last_stage()),
             "{example} stopped early"
         );
-        for (stage, text) in stages {
+        for (stage, doc) in stages {
+            let text = printer::render(&doc);
             insta::assert_snapshot!(format!("{example}@{:02}-{}", stage.number(), stage.name()), text);
-            // The dump reads back into the same document.
-            let doc = printer::parse(&text).unwrap_or_else(|e| panic!("{example}@{stage}: {e}"));
-            assert_eq!(printer::render(&doc), text, "{example}@{stage} does not round-trip");
+            // The dump reads back into the same document, and prints back to the same text.
+            let parsed = printer::parse(&text).unwrap_or_else(|e| panic!("{example}@{stage}: {e}"));
+            assert_eq!(printer::render(&parsed), text, "{example}@{stage} does not round-trip");
+            assert_eq!(parsed, doc, "{example}@{stage} reads back into another document");
+            assert_readable(&format!("{example}@{stage}"), &doc, &text);
         }
     }
+}
+
+/// The snapshot test above covers every recipe in `examples/`, so every example's dumps are
+/// held to `assert_readable`.
+#[test]
+fn every_example_is_checked() {
+    let mut found: Vec<String> = std::fs::read_dir("examples")
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".qrecipe").map(str::to_string)
+        })
+        .collect();
+    found.sort();
+    let mut listed: Vec<String> = EXAMPLES.iter().map(|e| e.to_string()).collect();
+    listed.sort();
+    assert_eq!(found, listed, "add new examples to EXAMPLES");
 }
 
 /// Two compiles give the same dumps at every stage (conv1d_net: every stage, including a

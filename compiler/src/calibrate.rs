@@ -10,7 +10,7 @@
 //!   `Provenance::Calibrated`; QAT fake-quant nodes also get their `scale` and `zero_point`;
 //! - weights: the float weight of every int8 conv and linear gets `Param::quant`, per channel
 //!   (axis 0) or per tensor as its `WeightQuant` says, computed from the weight with the spec's
-//!   observer (`!q(axis 0, 16 scales #..., [-128, 127])` in the dump). The weight's values do not
+//!   observer (`!q(axis 0, 16 scales 0.00113..0.00267 #..., zero_point 0, [-128, 127])` in the dump). The weight's values do not
 //!   change; `quantized` turns it into integers with exactly these parameters.
 //!
 //! Data: `fashion_mnist`/`idx` (gzip IDX, bytes scaled to `[0, 1]`), `.npy`/`.npz` (float32,

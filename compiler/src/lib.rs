@@ -12,9 +12,9 @@
 //! |---|---|---|
 //! | 0 | `fmt`, `report` | number formatting; what a rewrite run did |
 //! | 1 | `types`, `pth`, `remap` | tensor types and quantization parameters; the `.pth` reader; a `weights` line's key remapping |
-//! | 2 | `checkpoint` | checkpoint files of either format in, `.safetensors` out |
+//! | 2 | `checkpoint`, `dump_values` | checkpoint files of either format in, `.safetensors` out; values as IR dumps show them |
 //! | 3 | `ops` | the closed op set: builder, attributes, parameters, shape rules |
-//! | 4 | `ir` | the graph, parameters with provenance, stages, the module |
+//! | 4 | `ir`, `dump_attrs` | the graph, parameters with provenance, stages, the module; node attributes as IR dumps show them |
 //! | 5 | `verify`, `printer` | the verifier; the IR text (print and parse) |
 //! | 6 | `pass` | the pass manager |
 //! | 7 | `keys` | a stage's parameters under PyTorch's names; checking and binding checkpoints |
@@ -36,6 +36,8 @@ pub mod bind;
 pub mod calibrate;
 pub mod checkpoint;
 pub mod convert;
+pub mod dump_attrs;
+pub mod dump_values;
 pub mod expand;
 pub mod float;
 pub mod fmt;

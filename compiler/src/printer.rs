@@ -1,15 +1,28 @@
 //! The IR text format: one line per input, parameter, node and output, in topological order
-//! (ties by source order), attributes sorted, floats in shortest round-trip form, constants as
-//! dtype, shape and content hash. Printing goes Module → `IrDoc` → text; `parse` reads text back
-//! into an `IrDoc`, rebuilding each op through `Op::build_ir`, so the format stays parseable.
+//! (ties by source order). Printing goes Module → `IrDoc` → text; `parse` reads text back into
+//! an `IrDoc`, rebuilding each op through `Op::build_ir`, so the format stays parseable.
 //!
 //! ```text
-//! module fashion_cnn stage float
-//! input x: f32[N, 1, 28, 28] normalize(mean: 0.286, std: 0.353)  # fashion_cnn.qrecipe:8
-//! param conv1.weight: f32[16, 1, 3, 3] #9f0c2a6e1d3b4c5a <- init(kaiming_uniform, seed=0x...)
-//! node conv1 = conv2d(x) {bias: true, ...} [weight=conv1.weight, bias=conv1.bias] : f32[N, 16, 28, 28]  # fashion_cnn.qrecipe:9
+//! module fashion_cnn stage quantized
+//! input x: f32[N, 1, 28, 28] normalize(mean: 0.286, std: 0.353)  # fashion_cnn.qrecipe:18
+//! param quant.scale: f32[1] = 0.022305993 <- qparams(quant.activation_post_process.{histogram, min_val, max_val})
+//! param conv1.weight: i8[16, 1, 3, 3] #f1f6387a093cc5e6 range -128..127 !q(axis 0, 16 scales 0.000911..0.0026 #cc6be7a49a2994f5, zero_point 0, [-128, 127])
+//!     <- quantize_per_channel∘fold_bn(conv1.{weight, bias}, bn1.{weight, bias, running_mean, running_var})
+//! node conv1 = qconv2d(quant) {act: relu, kernel: [3, 3], out: 16, pad: [1, 1], requantize: float, w: int8 per_channel symmetric minmax}
+//!     [weight, bias, scale, zero_point] : u8[N, 16, 28, 28] !q(0.016996684, 0, [0, 127] = 0..2.16)  # fashion_cnn.qrecipe:20
 //! output fc2
 //! ```
+//!
+//! What a line shows, for a reader:
+//! - values: a parameter of at most 8 elements prints them (`= 0.022305993`, `= [0, 3]`, floats
+//!   exact in shortest round-trip form); a longer one its content hash and range, and per-channel
+//!   scales their count and range (`dump_values`). `!q(...)` ends with the real range it covers.
+//! - attributes: sorted; a quantization spec is one attribute (`w: int8 per_channel symmetric
+//!   minmax`); an attribute is left out where the op's builder gives the same op without it
+//!   (`dump_attrs`). A parameter keyed `NODE.ROLE` is listed by its role alone.
+//! - provenance: keys that share a prefix are grouped (`conv1.{weight, bias}`).
+//! - width: a line longer than [`LINE_WIDTH`] breaks at a space into continuation lines indented
+//!   by four spaces (`parse` joins them back with one space).
 //!
 //! A module calibrated on random data says so at the end of its header line:
 //! `module resnet18 stage calibrated  # not calibrated for accuracy: random data (resnet18.qrecipe:63)`.
@@ -18,12 +31,21 @@ use std::fmt::Write;
 
 use qc_dsl::SourceMap;
 
+use crate::dump_attrs::{expand, parse_list, short_attrs};
+use crate::dump_values::{grouped_keys, param_quant_text, quant_text, tensor_text};
 use crate::ir::{Module, Provenance, Stage};
-use crate::ops::{Attr, Op};
+use crate::ops::Op;
 use crate::types::{DType, Dim, QuantParams, TensorType};
 use qc_runtime::normalize::Normalize;
 
+pub use crate::dump_values::content_hash;
 pub use crate::fmt::fmt_f64;
+
+/// No dump line is longer than this: longer ones continue on lines indented by [`CONTINUATION`].
+pub const LINE_WIDTH: usize = 160;
+
+/// The indent of a continuation line.
+pub const CONTINUATION: &str = "    ";
 
 /// A parsed or printable IR dump.
 #[derive(Clone, Debug, PartialEq)]
@@ -49,9 +71,11 @@ pub enum IrLine {
         key: String,
         dtype: DType,
         shape: Option<Vec<usize>>,
-        hash: Option<String>,
+        /// The value as printed: `= 0.05`, `= [0, 3]` or `#<hash> range MIN..MAX`.
+        value: Option<String>,
         /// An integer parameter's quantization, as printed (`!q(...)`).
         quant: Option<String>,
+        /// Where the value came from, keys grouped (`fold_bn(conv1.{weight, bias}, ...)`).
         origin: String,
     },
     Node {
@@ -70,17 +94,6 @@ pub enum IrLine {
     Output {
         name: String,
     },
-}
-
-/// Content hash of a tensor: xxh3 of dtype, shape and little-endian bytes, 16 hex digits.
-pub fn content_hash(t: &qc_runtime::Tensor) -> String {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(t.dtype().name().as_bytes());
-    for d in &t.shape {
-        h.update(&(*d as u64).to_le_bytes());
-    }
-    h.update(&t.to_le_bytes());
-    format!("{:016x}", h.digest())
 }
 
 /// Builds the document of a module. `sources` turns spans into `file:line` tails.
@@ -117,9 +130,12 @@ pub fn document(module: &Module, sources: &SourceMap) -> IrDoc {
             key: key.clone(),
             dtype: p.dtype,
             shape: known.then(|| p.shape.clone()),
-            hash: p.value.as_ref().map(content_hash),
-            quant: p.quant.as_ref().map(|q| q.to_string()),
-            origin: p.provenance.to_string(),
+            value: p.value.as_ref().map(tensor_text),
+            quant: p.quant.as_ref().map(param_quant_text),
+            origin: match &p.provenance {
+                Provenance::Derived { transform, from } => format!("{transform}({})", grouped_keys(from)),
+                other => other.to_string(),
+            },
         });
     }
     let program = module.program.as_ref().filter(|_| module.stage == Stage::Lowered);
@@ -175,73 +191,149 @@ fn fmt_shape(shape: &[usize]) -> String {
     format!("[{}]", parts.join(", "))
 }
 
+/// A type as a dump prints it: `u8[N, 16, 28, 28] !q(0.016996684, 0, [0, 127] = 0..2.16)`.
+fn fmt_type(ty: &TensorType) -> String {
+    let plain = ty.plain().to_string();
+    match &ty.quant {
+        Some(q) => format!("{plain} {}", quant_text(q)),
+        None => plain,
+    }
+}
+
+/// Whether a break may replace the space at byte `i` of `line`: a single space, so that
+/// joining with one space gives the line back.
+fn breakable(line: &[u8], i: usize) -> bool {
+    line[i] == b' ' && i > 0 && line[i - 1] != b' ' && line.get(i + 1).is_some_and(|&c| c != b' ')
+}
+
+/// Writes `line` (without its newline) broken into lines of at most [`LINE_WIDTH`] where it can
+/// be, never inside the `  # ` tail. A break goes, by preference, at the last space outside any
+/// bracket before ` <- `, ` : `, ` [`, ` {` or ` !q(` (where that leaves the line at least a
+/// third full), else after the last comma of a top-level list, else at the last space that fits.
+fn write_wrapped(out: &mut String, line: &str) {
+    let tail_at = line.find("  # ").unwrap_or(line.len());
+    let bytes = line.as_bytes();
+    let mut depth = vec![0i32; bytes.len() + 1];
+    for (i, &c) in bytes.iter().enumerate() {
+        depth[i + 1] = depth[i]
+            + match c {
+                b'(' | b'[' | b'{' => 1,
+                b')' | b']' | b'}' => -1,
+                _ => 0,
+            };
+    }
+    let mut start = 0;
+    let mut width = LINE_WIDTH;
+    while line.len() - start > width {
+        let limit = start + width;
+        let candidates: Vec<usize> = (start + 1..=limit.min(tail_at.saturating_sub(1)))
+            .filter(|&i| breakable(bytes, i))
+            .collect();
+        let structural = candidates.iter().rev().find(|&&i| {
+            let rest = &line[i..];
+            depth[i] == 0 && [" <- ", " : ", " [", " {", " !q("].iter().any(|p| rest.starts_with(p))
+        });
+        let after_comma = candidates
+            .iter()
+            .rev()
+            .find(|&&i| bytes[i - 1] == b',' && depth[i] == 1);
+        let at = structural
+            .filter(|&&i| i - start >= width / 3)
+            .or(after_comma)
+            .or(structural)
+            .or(candidates.last());
+        let Some(&at) = at else {
+            break;
+        };
+        out.push_str(&line[start..at]);
+        out.push('\n');
+        out.push_str(CONTINUATION);
+        start = at + 1;
+        width = LINE_WIDTH - CONTINUATION.len();
+    }
+    out.push_str(&line[start..]);
+    out.push('\n');
+}
+
+/// One document line as a single (unbroken) line of text.
+fn line_text(line: &IrLine) -> String {
+    match line {
+        IrLine::Input {
+            name,
+            ty,
+            normalize,
+            tail,
+        } => {
+            let normalize = normalize.as_ref().map(|n| format!(" {n}")).unwrap_or_default();
+            format!("input {name}: {}{normalize}  # {tail}", fmt_type(ty))
+        }
+        IrLine::Param {
+            key,
+            dtype,
+            shape,
+            value,
+            quant,
+            origin,
+        } => {
+            let shape = shape.as_ref().map(|s| fmt_shape(s)).unwrap_or_else(|| "[?]".into());
+            let value = value.as_ref().map(|v| format!(" {v}")).unwrap_or_default();
+            let quant = quant.as_ref().map(|q| format!(" {q}")).unwrap_or_default();
+            format!("param {key}: {dtype}{shape}{value}{quant} <- {origin}")
+        }
+        IrLine::Node {
+            name,
+            op,
+            inputs,
+            params,
+            ty,
+            tail,
+        } => {
+            let mut text = format!("node {name} = {}({})", op.name(), inputs.join(", "));
+            let attrs = short_attrs(op);
+            if !attrs.is_empty() {
+                let parts: Vec<String> = attrs.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+                let _ = write!(text, " {{{}}}", parts.join(", "));
+            }
+            if !params.is_empty() {
+                let parts: Vec<String> = params
+                    .iter()
+                    .map(
+                        |(role, key)| match key.strip_prefix(name.as_str()).and_then(|k| k.strip_prefix('.')) {
+                            Some(rest) if rest == role => role.clone(),
+                            _ => format!("{role}={key}"),
+                        },
+                    )
+                    .collect();
+                let _ = write!(text, " [{}]", parts.join(", "));
+            }
+            let ty = ty.as_ref().map(fmt_type).unwrap_or_else(|| "?".into());
+            let _ = write!(text, " : {ty}  # {tail}");
+            text
+        }
+        IrLine::Step { text } => format!("step {text}"),
+        IrLine::Output { name } => format!("output {name}"),
+    }
+}
+
 /// Renders a document as text.
 pub fn render(doc: &IrDoc) -> String {
     let mut out = String::new();
-    let _ = write!(out, "module {} stage {}", doc.module, doc.stage);
+    let mut header = format!("module {} stage {}", doc.module, doc.stage);
     if let Some(note) = &doc.note {
-        let _ = write!(out, "  # {note}");
+        let _ = write!(header, "  # {note}");
     }
+    out.push_str(&header);
     out.push('\n');
     for line in &doc.lines {
-        match line {
-            IrLine::Input {
-                name,
-                ty,
-                normalize,
-                tail,
-            } => {
-                let normalize = normalize.as_ref().map(|n| format!(" {n}")).unwrap_or_default();
-                let _ = writeln!(out, "input {name}: {ty}{normalize}  # {tail}");
-            }
-            IrLine::Param {
-                key,
-                dtype,
-                shape,
-                hash,
-                quant,
-                origin,
-            } => {
-                let shape = shape.as_ref().map(|s| fmt_shape(s)).unwrap_or_else(|| "[?]".into());
-                let hash = hash.as_ref().map(|h| format!(" #{h}")).unwrap_or_default();
-                let quant = quant.as_ref().map(|q| format!(" {q}")).unwrap_or_default();
-                let _ = writeln!(out, "param {key}: {dtype}{shape}{hash}{quant} <- {origin}");
-            }
-            IrLine::Node {
-                name,
-                op,
-                inputs,
-                params,
-                ty,
-                tail,
-            } => {
-                let _ = write!(out, "node {name} = {}({})", op.name(), inputs.join(", "));
-                let attrs = op.attrs();
-                if !attrs.is_empty() {
-                    let parts: Vec<String> = attrs.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-                    let _ = write!(out, " {{{}}}", parts.join(", "));
-                }
-                if !params.is_empty() {
-                    let parts: Vec<String> = params.iter().map(|(r, k)| format!("{r}={k}")).collect();
-                    let _ = write!(out, " [{}]", parts.join(", "));
-                }
-                let ty = ty.as_ref().map(|t| t.to_string()).unwrap_or_else(|| "?".into());
-                let _ = writeln!(out, " : {ty}  # {tail}");
-            }
-            IrLine::Step { text } => {
-                let _ = writeln!(out, "step {text}");
-            }
-            IrLine::Output { name } => {
-                let _ = writeln!(out, "output {name}");
-            }
-        }
+        write_wrapped(&mut out, &line_text(line));
     }
     out
 }
 
 /// One step of a lowered program as a dump line (without the source tail): the output value's
-/// name, the op, its inputs, its attributes, its constants (dtype, shape in the kernels' layout,
-/// content hash) and the output's type, memory layout and quantization.
+/// name, the op, its inputs, its attributes (stride 1, pad 0, dilation 1 and groups 1 left out),
+/// its constants (dtype, shape in the kernels' layout, values or content hash and range) and the
+/// output's type, memory layout and quantization.
 fn step_text(program: &qc_runtime::program::Program, step: &qc_runtime::program::Step) -> String {
     use qc_runtime::kernels::Activation;
     use qc_runtime::program::{FloatOp, QuantOp, StepOp, Window};
@@ -250,11 +342,18 @@ fn step_text(program: &qc_runtime::program::Program, step: &qc_runtime::program:
         let parts: Vec<String> = v.iter().map(|x| x.to_string()).collect();
         format!("[{}]", parts.join(", "))
     };
+    // Stride 1, pad 0 and dilation 1 go without saying (as `groups: 1` below).
     let window = |w: &Window, attrs: &mut Vec<String>| {
         attrs.push(format!("kernel: {}", list(&w.kernel)));
-        attrs.push(format!("stride: {}", list(&w.stride)));
-        attrs.push(format!("pad: {}", list(&w.pad)));
-        attrs.push(format!("dilation: {}", list(&w.dilation)));
+        if w.stride.iter().any(|&s| s != 1) {
+            attrs.push(format!("stride: {}", list(&w.stride)));
+        }
+        if w.pad.iter().any(|&p| p != 0) {
+            attrs.push(format!("pad: {}", list(&w.pad)));
+        }
+        if w.dilation.iter().any(|&d| d != 1) {
+            attrs.push(format!("dilation: {}", list(&w.dilation)));
+        }
         if w.ceil_mode {
             attrs.push("ceil_mode: true".into());
         }
@@ -280,7 +379,9 @@ fn step_text(program: &qc_runtime::program::Program, step: &qc_runtime::program:
                 bias,
             } => {
                 window(w, &mut attrs);
-                attrs.push(format!("groups: {groups}"));
+                if *groups != 1 {
+                    attrs.push(format!("groups: {groups}"));
+                }
                 consts.push(("weight", *weight));
                 consts.extend(bias.map(|b| ("bias", b)));
             }
@@ -329,7 +430,9 @@ fn step_text(program: &qc_runtime::program::Program, step: &qc_runtime::program:
                 requantize,
             } => {
                 window(w, &mut attrs);
-                attrs.push(format!("groups: {groups}"));
+                if *groups != 1 {
+                    attrs.push(format!("groups: {groups}"));
+                }
                 act(a, &mut attrs);
                 attrs.push(format!("requantize: {}", requantize.name()));
                 consts.extend([("weight", *weight), ("weight_scales", *weight_scales)]);
@@ -377,14 +480,14 @@ fn step_text(program: &qc_runtime::program::Program, step: &qc_runtime::program:
             .iter()
             .map(|(role, c)| {
                 let t = &program.constants[*c];
-                format!("{role}={}{} #{}", t.dtype(), fmt_shape(&t.shape), content_hash(t))
+                format!("{role}={}{} {}", t.dtype(), fmt_shape(&t.shape), tensor_text(t))
             })
             .collect();
         let _ = write!(text, " [{}]", parts.join(", "));
     }
     let _ = write!(text, " : {}{} {}", out.dtype, out.shape_string(), out.layout.name());
     if let Some(q) = &out.quant {
-        let _ = write!(text, " {}", QuantParams::from_runtime(q));
+        let _ = write!(text, " {}", quant_text(&QuantParams::from_runtime(q)));
     }
     text
 }
@@ -436,8 +539,21 @@ pub fn parse(text: &str) -> Result<IrDoc, IrParseError> {
         ),
         _ => return Err(err(0, "expected `module NAME stage STAGE`".into())),
     };
-    let mut lines = vec![];
+    // Continuation lines join the line they continue, with one space.
+    let mut logical: Vec<(usize, String)> = vec![];
     for (i, line) in lines_iter {
+        match (line.strip_prefix(CONTINUATION), logical.last_mut()) {
+            (Some(more), Some((_, previous))) if !more.trim().is_empty() => {
+                previous.push(' ');
+                previous.push_str(more);
+            }
+            (Some(_), None) => return Err(err(i, "a continuation line with no line before it".into())),
+            _ => logical.push((i, line.to_string())),
+        }
+    }
+    let mut lines = vec![];
+    for (i, line) in &logical {
+        let (i, line) = (*i, line.as_str());
         if line.trim().is_empty() {
             continue;
         }
@@ -461,44 +577,7 @@ pub fn parse(text: &str) -> Result<IrDoc, IrParseError> {
                     tail,
                 }
             }
-            "param" => {
-                let (decl, origin) = rest
-                    .split_once(" <- ")
-                    .ok_or_else(|| err(i, "expected `<- ORIGIN`".into()))?;
-                let (key, ty) = decl
-                    .split_once(": ")
-                    .ok_or_else(|| err(i, "expected `param KEY: TYPE`".into()))?;
-                let (ty, quant) = match ty.split_once(" !q(") {
-                    Some((t, q)) => (t, Some(format!("!q({q}"))),
-                    None => (ty, None),
-                };
-                let (ty, hash) = match ty.split_once(" #") {
-                    Some((t, h)) => (t, Some(h.to_string())),
-                    None => (ty, None),
-                };
-                let open = ty.find('[').ok_or_else(|| err(i, "expected a shape".into()))?;
-                let dtype =
-                    DType::from_name(&ty[..open]).ok_or_else(|| err(i, format!("unknown dtype `{}`", &ty[..open])))?;
-                let shape = if &ty[open..] == "[?]" {
-                    None
-                } else {
-                    Some(
-                        parse_list(&ty[open..])
-                            .map_err(|m| err(i, m))?
-                            .into_iter()
-                            .map(|d| d as usize)
-                            .collect(),
-                    )
-                };
-                IrLine::Param {
-                    key: key.into(),
-                    dtype,
-                    shape,
-                    hash,
-                    quant,
-                    origin: origin.into(),
-                }
-            }
+            "param" => parse_param(rest).map_err(|m| err(i, m))?,
             "node" => parse_node(rest).map_err(|m| err(i, m))?,
             "step" => IrLine::Step { text: rest.into() },
             "output" => IrLine::Output {
@@ -516,30 +595,48 @@ pub fn parse(text: &str) -> Result<IrDoc, IrParseError> {
     })
 }
 
+/// `KEY: DTYPE[SHAPE] VALUE? !q(..)? <- ORIGIN` (what follows `param `).
+fn parse_param(rest: &str) -> Result<IrLine, String> {
+    let (decl, origin) = rest.split_once(" <- ").ok_or("expected `<- ORIGIN`")?;
+    let (key, ty) = decl.split_once(": ").ok_or("expected `param KEY: TYPE`")?;
+    let open = ty.find('[').ok_or("expected a shape")?;
+    let close = ty.find(']').ok_or("unclosed `[` of the shape")?;
+    let dtype = DType::from_name(&ty[..open]).ok_or_else(|| format!("unknown dtype `{}`", &ty[..open]))?;
+    let shape = if &ty[open..=close] == "[?]" {
+        None
+    } else {
+        Some(parse_list(&ty[open..=close])?.into_iter().map(|d| d as usize).collect())
+    };
+    let after = &ty[close + 1..];
+    let (value, quant) = match after.find(" !q(") {
+        Some(at) => (&after[..at], Some(after[at + 1..].to_string())),
+        None => (after, None),
+    };
+    let value = match value.strip_prefix(' ') {
+        Some(v) if v.starts_with("= ") || v.starts_with('#') => Some(v.to_string()),
+        None if value.is_empty() => None,
+        _ => {
+            return Err(format!(
+                "expected `= VALUE` or `#HASH range ..`, found `{}`",
+                value.trim()
+            ))
+        }
+    };
+    Ok(IrLine::Param {
+        key: key.into(),
+        dtype,
+        shape,
+        value,
+        quant,
+        origin: origin.into(),
+    })
+}
+
 fn split_tail(s: &str) -> (&str, String) {
     match s.split_once("  # ") {
         Some((body, tail)) => (body, tail.to_string()),
         None => (s, String::new()),
     }
-}
-
-fn parse_list(s: &str) -> Result<Vec<i64>, String> {
-    let inner = s
-        .trim()
-        .strip_prefix('[')
-        .and_then(|s| s.strip_suffix(']'))
-        .ok_or_else(|| format!("expected a list, found `{s}`"))?;
-    if inner.trim().is_empty() {
-        return Ok(vec![]);
-    }
-    inner
-        .split(',')
-        .map(|p| {
-            p.trim()
-                .parse::<i64>()
-                .map_err(|_| format!("expected an integer, found `{p}`"))
-        })
-        .collect()
 }
 
 fn parse_type(s: &str) -> Result<TensorType, String> {
@@ -552,7 +649,7 @@ fn parse_type(s: &str) -> Result<TensorType, String> {
     Ok(ty)
 }
 
-/// `0.0235294, 128, [0, 255])` (the text after `!q(`).
+/// `0.0235294, 128, [0, 255] = -3.01..3)` (the text after `!q(`).
 fn parse_quant(s: &str) -> Result<QuantParams, String> {
     let inner = s
         .trim()
@@ -563,7 +660,8 @@ fn parse_quant(s: &str) -> Result<QuantParams, String> {
     let [scale, zp, range] = parts.as_slice() else {
         return Err(bad());
     };
-    let range = parse_list(range)?;
+    // `[QMIN, QMAX] = LO..HI`: the real range follows from the rest.
+    let range = parse_list(range.split_once(" = ").map_or(*range, |(r, _)| r))?;
     let [qmin, qmax] = range.as_slice() else {
         return Err(bad());
     };
@@ -599,25 +697,6 @@ fn parse_plain_type(s: &str) -> Result<TensorType, String> {
             .collect()
     };
     Ok(TensorType::new(dtype, dims))
-}
-
-fn parse_attr(v: &str) -> Result<Attr, String> {
-    let v = v.trim();
-    Ok(match v {
-        "true" => Attr::Bool(true),
-        "false" => Attr::Bool(false),
-        _ if v.starts_with('[') => Attr::Ints(parse_list(v)?),
-        _ if v.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-            && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && !matches!(v, "inf" | "nan" | "NaN") =>
-        {
-            Attr::Name(v.to_string())
-        }
-        _ => match v.parse::<i64>() {
-            Ok(x) => Attr::Int(x),
-            Err(_) => Attr::Float(v.parse::<f64>().map_err(|_| format!("bad attribute value `{v}`"))?),
-        },
-    })
 }
 
 /// Splits on commas that are not inside brackets.
@@ -660,7 +739,7 @@ fn parse_node(rest: &str) -> Result<IrLine, String> {
             let (k, v) = part
                 .split_once(':')
                 .ok_or_else(|| format!("expected `key: value`, found `{part}`"))?;
-            attrs.push((k.trim().to_string(), parse_attr(v)?));
+            attrs.extend(expand(k.trim(), v)?);
         }
         rest = r[end + 1..].trim_start();
     }
@@ -668,11 +747,14 @@ fn parse_node(rest: &str) -> Result<IrLine, String> {
     if let Some(r) = rest.strip_prefix('[') {
         let end = r.find(']').ok_or("unclosed `[`")?;
         for part in r[..end].split(',') {
-            let (role, key) = part
-                .trim()
-                .split_once('=')
-                .ok_or_else(|| format!("expected `role=key`, found `{part}`"))?;
-            params.push((role.to_string(), key.to_string()));
+            // A bare role is the node's own key `NAME.ROLE`.
+            match part.trim().split_once('=') {
+                Some((role, key)) => params.push((role.to_string(), key.to_string())),
+                None if !part.trim().is_empty() => {
+                    params.push((part.trim().to_string(), format!("{name}.{}", part.trim())))
+                }
+                None => return Err(format!("expected `role` or `role=key`, found `{part}`")),
+            }
         }
         rest = r[end + 1..].trim_start();
     }

@@ -145,7 +145,8 @@ pub enum ParamQuant {
 
 impl std::fmt::Display for ParamQuant {
     /// `!q(0.02, 0, [-128, 127])`, or per channel `!q(axis 0, 16 scales #<hash>, [-128, 127])`
-    /// (the hash covers scales and zero points; dumps never inline per-channel values).
+    /// (the hash covers scales and zero points). IR dumps print their own, fuller form
+    /// (`dump_values::param_quant_text`).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ParamQuant::PerTensor(q) => write!(f, "{q}"),
