@@ -1,7 +1,8 @@
 //! The example folders of `examples/` run as their READMEs say: every command of a README's
 //! ```` ```console ```` blocks (a line `$ COMMAND`) runs from the repository root with this build's
 //! `qc` first on `PATH`, and prints what the README shows under it (stdout and stderr as one
-//! stream; a line `...` stands for any number of lines). Outputs go to the git-ignored `out/`.
+//! stream; a line `...` stands for any number of lines). Outputs go to the git-ignored `out/`;
+//! commands of one README run in order (a later one may read what an earlier one wrote).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -105,4 +106,9 @@ fn audio_keys_runs_as_its_readme_says() {
 #[test]
 fn inception_from_float_runs_as_its_readme_says() {
     check_readme("inception-from-float");
+}
+
+#[test]
+fn per_layer_qat_runs_as_its_readme_says() {
+    check_readme("per-layer-qat");
 }
