@@ -295,9 +295,11 @@ pub fn report(
 }
 
 /// `range` widened by half a step on each side: values inside round to a level, values outside
-/// saturate (are clipped).
+/// saturate (are clipped). A symmetric weight's largest magnitude sits exactly half a step out
+/// (PyTorch's scale is `max|w| / 127.5`); a hair of tolerance keeps f32 rounding from counting it.
 fn widened(range: (f32, f32), step: f32) -> (f32, f32) {
-    (range.0 - step / 2.0, range.1 + step / 2.0)
+    let half = step * 0.5005;
+    (range.0 - half, range.1 + half)
 }
 
 /// SQNR in dB, `10·log10(Σx² / Σ(x − x̂)²)`, and the share of `x` outside the range of its index.
