@@ -75,8 +75,8 @@ pub fn scores(model: &str, scores: &[Score], data: &str) -> String {
     }
     let _ = write!(
         header,
-        " {:>10} {:>13} {:>11}  {}",
-        "vs FP32", "latency/img", "size", "runs on"
+        " {:>10} {:>13} {:>11}  runs on",
+        "vs FP32", "latency/img", "size"
     );
     let _ = writeln!(out, "{header}");
     for s in scores {
