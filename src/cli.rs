@@ -202,6 +202,10 @@ enum Command {
     /// Train the model with libtorch: float weights with the recipe's `train` section, or, with
     /// `--qat`, quantization-aware fine-tuning with its `qat` section.
     Train(crate::train::TrainArgs),
+    /// Where accuracy goes: FP32, INT8-PTQ and INT8-QAT accuracy, latency and size in one table,
+    /// then per layer (worst first) the SQNR between float and int8 values, the chosen range,
+    /// the share clipped and what decided it; `--report DIR` writes an HTML page with plots.
+    Eval(crate::eval::EvalArgs),
     /// Show the execution backends this build has (qc's own CPU code, libtorch, CUDA).
     #[command(after_help = "Example:\n  qc backends")]
     Backends,
@@ -300,6 +304,7 @@ pub fn main() -> Outcome {
             qat,
         }),
         Command::Train(args) => crate::train::main(args),
+        Command::Eval(args) => crate::eval::main(args),
         Command::Backends => backends(),
     }
 }

@@ -358,8 +358,9 @@ fn config_of(s: &TrainSettings, epochs: Option<u64>, max_samples: Option<u64>) -
 }
 
 /// Inputs and one class per sample: IDX images and labels, or a `.npz` holding the input (by
-/// name, or its only other array) and `labels`. On failure, the message and a help line.
-fn read_labeled(
+/// name, or its only other array) and `labels`; relative paths start at `dir`. On failure, the
+/// message and a help line. (`key` names the setting in the help: `data`, `test_data`.)
+pub fn read_labeled(
     source: &DataSource,
     dir: &Path,
     input: &str,

@@ -36,11 +36,13 @@ pub(super) fn run_once(
     .collect()
 }
 
-/// A float program with its constants on a device, for running many batches (calibration).
+/// A float program with its constants on a device, for running many batches (calibration;
+/// `qc eval` watches its values, fake-quantized by a QAT plan with [`Session::with_qat`]).
 pub struct Session {
     program: Program,
     consts: Vec<tch::Tensor>,
     device: tch::Device,
+    qat: Option<QatPlan>,
 }
 
 impl Session {
@@ -52,7 +54,17 @@ impl Session {
             program,
             consts,
             device: dev,
+            qat: None,
         })
+    }
+
+    /// A session of a QAT program that runs as its evaluation does: fake-quantized by `plan`
+    /// with the scales its constants hold (observers still), batch norm with the running
+    /// statistics ([`crate::torch::run_program_qat`] for many batches, with a value hook).
+    pub fn with_qat(program: Program, plan: QatPlan, device: Device) -> Result<Session, TorchError> {
+        let mut session = Session::new(program, device)?;
+        session.qat = Some(plan);
+        Ok(session)
     }
 
     /// Runs the program (inference) on `inputs`, calling `on_value(value, tensor)` with a
@@ -71,6 +83,7 @@ impl Session {
             .map_err(|e| TorchError::Torch(e.to_string()))?;
         let _guard = tch::no_grad_guard();
         let inputs = upload(inputs, self.device)?;
+        let pass = self.qat.as_ref().map(|p| QatPass::new(p, true, self.device));
         let mut hook = |id: ValueId, t: &tch::Tensor| -> Result<(), TorchError> {
             if watch.contains(&id) && on_value(id, &from_tch(t)?).is_break() {
                 return Err(TorchError::Stopped);
@@ -82,7 +95,7 @@ impl Session {
             &self.consts,
             inputs,
             false,
-            None,
+            pass.as_ref(),
             Check::Steps,
             Some(&mut hook),
         )?

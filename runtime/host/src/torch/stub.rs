@@ -31,6 +31,16 @@ impl Session {
         })
     }
 
+    pub fn with_qat(
+        _program: Program,
+        _plan: qc_runtime::program::QatPlan,
+        _device: Device,
+    ) -> Result<Session, TorchError> {
+        Err(TorchError::NotCompiled {
+            what: "running a model through libtorch",
+        })
+    }
+
     pub fn run_watched(
         &self,
         _inputs: &[Tensor],
