@@ -3,7 +3,6 @@
 mod cli;
 mod exit;
 mod input_range;
-mod io_help;
 mod onnx_cmd;
 mod run;
 mod train;
