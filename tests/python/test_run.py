@@ -128,7 +128,7 @@ def test_inputs_outputs_and_metadata_describe_the_model(model):
         "quantization": None,
     }
     (y,) = model.outputs
-    assert y["name"] == "fc2" and y["shape"] == (None, 10) and y["dtype"] == "float32"
+    assert y["name"] == "dequant" and y["shape"] == (None, 10) and y["dtype"] == "float32"
     meta = model.metadata
     assert meta["model"] == "fashion_cnn" and meta["stage"] == "lowered"
     assert meta["calibrated_for_accuracy"] is True

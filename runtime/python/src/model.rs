@@ -276,9 +276,12 @@ fn elements<T: numpy::Element + Copy>(untyped: &Bound<'_, PyUntypedArray>) -> Op
     // A read-only view needs no borrow flag; a writeable array another thread is writing into
     // is read as numpy would read it.
     let view = typed.try_readonly().ok()?;
+    // `as_slice` also takes a Fortran-ordered array, in memory order: only a C-ordered one is
+    // copied as a slice; any other is read in its logical (C) order.
+    let in_c_order = untyped.is_c_contiguous();
     Some(match view.as_slice() {
-        Ok(slice) => slice.to_vec(),
-        Err(_) => view.as_array().iter().copied().collect(),
+        Ok(slice) if in_c_order => slice.to_vec(),
+        _ => view.as_array().iter().copied().collect(),
     })
 }
 
