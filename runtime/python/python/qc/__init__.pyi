@@ -1,6 +1,7 @@
 """Type stubs of qc's Python package (the extension module qc._qc, re-exported as qc)."""
 
 from os import PathLike
+from pathlib import Path
 from typing import Any, Literal, TypedDict
 
 import numpy as np
@@ -59,7 +60,7 @@ class Model:
     @threads.setter
     def threads(self, threads: int) -> None: ...
     @property
-    def path(self) -> str: ...
+    def path(self) -> Path: ...
 
 def load(path: StrPath, threads: int | None = None) -> Model:
     """Loads a `.qmodel` for running in-process; `threads` per run (default: one per core)."""
@@ -68,8 +69,8 @@ class StageSummary(TypedDict, total=False):
     stage: str
     nodes: int
     params: int
-    dump: str | None
-    output: str
+    dump: Path | None
+    output: Path
     steps: int
     calibration_note: str | None
 
