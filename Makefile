@@ -1,7 +1,7 @@
 # qc: the two commands of the README, and their parts.
 #   make demo   set up this machine, build, and run the main job on a shipped example
 #   make test   set up this machine, then run the whole test suite
-.PHONY: setup build demo test edge-core bench-setup fuzz-setup fuzz lint fmt clean
+.PHONY: setup build demo test edge-core py-setup wheel test-python bench-setup fuzz-setup fuzz lint fmt clean
 
 CARGO ?= cargo
 DEMO_RECIPE ?= examples/fashion_cnn.qrecipe
@@ -17,10 +17,39 @@ demo: build
 
 test: setup edge-core
 	$(CARGO) test --workspace
+	$(MAKE) test-python
 
 # The edge runtime core builds and tests with no libtorch and none of the host crate's dependencies.
 edge-core:
 	bash scripts/check_edge_core.sh
+
+# qc's Python package (runtime/python/, `import qc`): maturin, numpy and pytest from PyPI, pinned,
+# into the git-ignored .venv-py/ (re-installed when the pins change: the stamp is older than this
+# Makefile then). `make wheel` builds the release wheel into target/wheels/; `make test-python`
+# builds a dev-profile wheel (quicker to build; the same code), installs it into .venv-py/ and runs
+# the pytest suite tests/python/ against the `qc` binary of `cargo build`.
+PY = .venv-py/bin/python
+PY_PACKAGES = maturin==1.16.0 numpy==2.4.6 pytest==9.2.0
+MATURIN = $(PY) -m maturin build --manifest-path runtime/python/Cargo.toml --interpreter $(PY)
+py-setup: .venv-py/.installed
+
+$(PY):
+	python3 -m venv .venv-py
+
+.venv-py/.installed: $(PY) Makefile
+	$(PY) -m pip install --quiet --disable-pip-version-check $(PY_PACKAGES)
+	touch $@
+
+wheel: py-setup
+	rm -f target/wheels/qc-*.whl
+	$(MATURIN) --release --out target/wheels
+
+test-python: py-setup
+	rm -rf target/wheels/dev
+	$(MATURIN) --profile dev --out target/wheels/dev
+	$(PY) -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps target/wheels/dev/qc-*.whl
+	$(CARGO) build --quiet --bin qc
+	QC_BIN=target/debug/qc $(PY) -m pytest -q tests/python
 
 # PyTorch 2.11.0 (with numpy and safetensors), ONNX Runtime, ONNX (+ onnxscript, torch.onnx's),
 # OpenVINO and NNCF from PyPI, pinned, into the git-ignored .venv-bench/, for the side-by-side

@@ -311,14 +311,10 @@ pub fn main() -> Outcome {
 
 /// Prints diagnostics to stderr, in colour on a terminal.
 fn report(diags: &[Diagnostic], sources: &Arc<SourceMap>) {
-    if std::io::stderr().is_terminal() {
-        let handler = miette::GraphicalReportHandler::new().with_links(false);
-        eprint!("{}", qc_dsl::diag::render_with(&handler, diags, sources));
-    } else {
-        eprint!("{}", qc_dsl::diag::render_plain(diags, sources));
-    }
-    let n = diags.len();
-    eprintln!("error: {n} problem{} found", if n == 1 { "" } else { "s" });
+    eprint!(
+        "{}",
+        qc_dsl::diag::render_report(diags, sources, std::io::stderr().is_terminal())
+    );
 }
 
 /// The files a recipe reads: the recipe, its includes and the checkpoints it binds.
@@ -394,7 +390,7 @@ pub(crate) fn load(file: &Path) -> Result<qc_dsl::Loaded, Failure> {
         let qc_dsl::LoadError::Read { source, .. } = &e;
         eprintln!(
             "help: {}",
-            crate::io_help::after_read(source, file, "recipes are UTF-8 text files ending in .qrecipe")
+            qc_runtime::io_help::after_read(source, file, "recipes are UTF-8 text files ending in .qrecipe")
         );
         Failure::User
     })
@@ -485,7 +481,7 @@ fn compile(
         }
         if let Err(e) = std::fs::create_dir_all(dir) {
             eprintln!("error: cannot create the dump folder `{}`: {e}", dir.display());
-            eprintln!("help: {}", crate::io_help::after_write(&e, dir));
+            eprintln!("help: {}", qc_runtime::io_help::after_write(&e, dir));
             return Err(Failure::User);
         }
     }
@@ -516,7 +512,7 @@ fn compile(
                 if let Err(e) = qc_compiler::checkpoint::write_atomic(&path, text.as_bytes()) {
                     write_error.get_or_insert((
                         format!("cannot write `{}`: {e}", path.display()),
-                        crate::io_help::after_write(&e, &path),
+                        qc_runtime::io_help::after_write(&e, &path),
                     ));
                 }
                 println!(
@@ -590,32 +586,6 @@ fn explain_fusion(file: &Path, node: &str, qat: bool) -> Outcome {
     }
 }
 
-/// What a `.qmodel` says of the model `module` compiled from `sources`: its name, the stage,
-/// whether it was calibrated for accuracy, a hash of the recipe's sources, and the normalization
-/// each input line declares (what calibration and training applied to the data), so that
-/// `qc run` and `Model::run` take raw samples.
-pub(crate) fn model_meta(module: &Module, sources: &SourceMap) -> qc_runtime::artifact::Meta {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    for f in sources.files() {
-        h.update(f.name.as_bytes());
-        h.update(&[0]);
-        h.update(f.text.as_bytes());
-        h.update(&[0]);
-    }
-    let normalize = module
-        .input_normalizations()
-        .into_iter()
-        .filter_map(|(name, n)| n.map(|n| (name.to_string(), n.clone())))
-        .collect();
-    qc_runtime::artifact::Meta::new(
-        module.name.clone(),
-        module.stage.name(),
-        module.calibrated_for_accuracy,
-        format!("xxh3:{:016x}", h.digest()),
-    )
-    .with_input_normalize(normalize)
-}
-
 /// `qc run RECIPE --stage STAGE`: the recipe compiled up to `stage`, lowered (float stages to
 /// float steps, which qc's reference interpreter runs) and ready to run as a compiled model is.
 pub fn recipe_model(file: &Path, stage: &str) -> Result<qc_runtime::model::Model, Failure> {
@@ -644,7 +614,7 @@ pub fn recipe_model(file: &Path, stage: &str) -> Result<qc_runtime::model::Model
             return Err(Failure::User);
         }
     };
-    qc_runtime::model::Model::from_program(program, model_meta(&module, &sources)).map_err(|e| {
+    qc_runtime::model::Model::from_program(program, qc_compiler::pipeline::model_meta(&module, &sources)).map_err(|e| {
         eprintln!(
             "error: cannot run `{}` at stage `{}`: {e}",
             file.display(),
@@ -667,7 +637,7 @@ fn write_model(module: &Module, loaded: &qc_dsl::Loaded, out: &Path) -> Outcome 
         eprintln!("help: drop --stop-after to write a compiled model");
         return Err(Failure::User);
     };
-    let meta = model_meta(module, &loaded.sources);
+    let meta = qc_compiler::pipeline::model_meta(module, &loaded.sources);
     let steps = program.steps.len();
     let artifact = qc_runtime::artifact::Artifact::new(meta, program);
     match artifact.write(out) {
@@ -684,7 +654,7 @@ fn write_model(module: &Module, loaded: &qc_dsl::Loaded, out: &Path) -> Outcome 
         }
         Err(qc_runtime::artifact::WriteError::Io { source, .. }) => {
             eprintln!("error: cannot write `{}`: {source}", out.display());
-            eprintln!("help: {}", crate::io_help::after_write(&source, out));
+            eprintln!("help: {}", qc_runtime::io_help::after_write(&source, out));
             Err(Failure::User)
         }
         Err(e) => {
@@ -786,89 +756,36 @@ fn stage_exists(stage: Stage) -> Result<(), Failure> {
 /// costs no more than a fit. A checkpoint that is the recipe's own `weights` file is read with
 /// that line's `strip`/`rename`.
 fn check_keys(file: &Path, stage: &str, ckpt: &Path, qat: bool) -> Outcome {
+    use qc_compiler::pipeline::CheckpointCheckError;
     let loaded = load(file)?;
     let stage = Stage::from_name(stage).expect("clap checked the stage");
     stage_exists(stage)?;
-    if !loaded.diagnostics.is_empty() {
-        return Err(fail(CompileError::User(loaded.diagnostics.clone()), &loaded.sources));
-    }
-    let own = loaded
-        .sections
-        .weights
-        .first()
-        .filter(|w| qc_runtime::fsutil::same_file(&w.resolved, ckpt));
-    let values = match qc_compiler::keys::read_checkpoint(ckpt) {
-        Ok(v) => v,
-        Err(e) => {
+    let checked = match qc_compiler::pipeline::check_checkpoint(&loaded, stage, ckpt, qat) {
+        Ok(c) => c,
+        Err(CheckpointCheckError::Read(e)) => {
             eprintln!("error: {}", e.message);
             eprintln!("help: {}", e.help);
             return Err(Failure::User);
         }
-    };
-    let (values, remap) = match own {
-        Some(w) => match qc_compiler::remap::apply(values, &w.remap, &w.path) {
-            Ok((v, _)) => (v, w.remap.clone()),
-            Err(d) => return Err(fail(CompileError::User(d), &loaded.sources)),
-        },
-        None => (values, Default::default()),
-    };
-    let entries = qc_compiler::keys::entries(&values);
-    let last = qc_compiler::last_stage();
-    // (stage, qat, fits) of every stage from `float` on, the asked mode first; the asked stage's
-    // problems and names on the way.
-    // The asked stage alone first: a checkpoint that fits needs no other.
-    let mut fits: Vec<(Stage, bool, bool)> = vec![];
-    let mut asked: Option<(Vec<qc_compiler::keys::Problem>, String)> = None;
-    // Stage `lowered` has the keys of `quantized`: the other stages are compiled up to
-    // `quantized` unless `lowered` was asked for.
-    let until_last = last.min(Stage::Quantized).max(stage);
-    for (mode, until) in [(qat, stage), (qat, until_last), (!qat, until_last)] {
-        if until == stage && asked.is_some() && mode == qat {
-            continue;
+        Err(CheckpointCheckError::Compile(e)) => return Err(fail(e, &loaded.sources)),
+        Err(CheckpointCheckError::NotReached(_)) => {
+            eprintln!("error: stage `{stage}` was not reached");
+            eprintln!("help: this is a bug in qc; please report it with the recipe");
+            return Err(Failure::Bug);
         }
-        let opts = RunOptions {
-            stop_after: Some(until),
-            qat: mode,
-            keys_only: true,
-            ..Default::default()
-        };
-        let result = qc_compiler::compile(
-            &loaded,
-            &opts,
-            &mut |m| {
-                if m.stage < Stage::Float {
-                    return;
-                }
-                if (m.stage, mode) == (stage, qat) && asked.is_none() {
-                    let problems = qc_compiler::keys::check(m, &entries);
-                    fits.push((m.stage, mode, problems.is_empty()));
-                    asked = Some((problems, m.name.clone()));
-                } else {
-                    fits.push((m.stage, mode, qc_compiler::keys::fits_stage(m, &entries)));
-                }
-            },
-            &mut |_, _| {},
-        );
-        match (&asked, result) {
-            // A stage the asked one does not need (no `quantize` section, say) is simply not a
-            // candidate.
-            (Some((problems, _)), _) if problems.is_empty() => break,
-            (Some(_), _) => {}
-            (None, Err(e)) => return Err(fail(e, &loaded.sources)),
-            (None, Ok(_)) => {
-                eprintln!("error: stage `{stage}` was not reached");
-                eprintln!("help: this is a bug in qc; please report it with the recipe");
-                return Err(Failure::Bug);
-            }
-        }
-    }
-    let (problems, model) = asked.expect("returned above when not reached");
+    };
+    let qc_compiler::pipeline::CheckpointCheck {
+        model,
+        keys,
+        problems,
+        fits,
+        until_last,
+        own,
+        remap,
+    } = checked;
     let ckpt_name = ckpt.display().to_string();
     if problems.is_empty() {
-        println!(
-            "`{ckpt_name}` fits stage `{stage}` of model `{model}`: {} keys",
-            entries.len()
-        );
+        println!("`{ckpt_name}` fits stage `{stage}` of model `{model}`: {keys} keys");
         return Ok(());
     }
     for p in &problems {
@@ -955,7 +872,7 @@ fn export_weights(file: &Path, stage: &str, output: &Path, qat: bool) -> Outcome
         }
         Err(qc_compiler::checkpoint::CheckpointError::Write { source, .. }) => {
             eprintln!("error: cannot write `{}`: {source}", output.display());
-            eprintln!("help: {}", crate::io_help::after_write(&source, output));
+            eprintln!("help: {}", qc_runtime::io_help::after_write(&source, output));
             Err(Failure::User)
         }
         Err(e) => {

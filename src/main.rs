@@ -4,7 +4,6 @@ mod cli;
 mod eval;
 mod exit;
 mod input_range;
-mod io_help;
 mod onnx_cmd;
 mod run;
 mod train;

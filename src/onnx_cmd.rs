@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use qc_compiler::Stage;
 
-use crate::cli::{check_output, model_meta, module_at, path_from_recipe, recipe_model};
+use crate::cli::{check_output, module_at, path_from_recipe, recipe_model};
 use crate::exit::{Failure, Outcome};
 
 pub fn export_onnx(model_path: &Path, output: &Path, qat: bool) -> Outcome {
@@ -47,7 +47,7 @@ pub fn export_onnx(model_path: &Path, output: &Path, qat: bool) -> Outcome {
     };
     if let Err(source) = qc_runtime::fsutil::write_atomic(output, &bytes) {
         eprintln!("error: cannot write `{}`: {source}", output.display());
-        eprintln!("help: {}", crate::io_help::after_write(&source, output));
+        eprintln!("help: {}", qc_runtime::io_help::after_write(&source, output));
         return Err(Failure::User);
     }
     println!(
@@ -85,7 +85,8 @@ pub fn qat_model(file: &Path) -> Result<(qc_runtime::model::Model, qc_runtime::p
             return Err(Failure::User);
         }
     };
-    let model = qc_runtime::model::Model::from_program(program, model_meta(&module, &sources)).map_err(|e| {
+    let model = qc_runtime::model::Model::from_program(program, qc_compiler::pipeline::model_meta(&module, &sources))
+        .map_err(|e| {
         eprintln!("error: cannot run the QAT model of `{}`: {e}", file.display());
         eprintln!("help: this is a bug in qc; please report it with the recipe");
         Failure::Bug
@@ -112,7 +113,7 @@ pub fn import_onnx(model_path: &Path, output: &Path, weights: Option<PathBuf>) -
             eprintln!("error: cannot read `{}`: {source}", model_path.display());
             eprintln!(
                 "help: {}",
-                crate::io_help::after_read(&source, model_path, "give the .onnx file `torch.onnx.export` wrote")
+                qc_runtime::io_help::after_read(&source, model_path, "give the .onnx file `torch.onnx.export` wrote")
             );
             return Err(Failure::User);
         }
@@ -141,7 +142,7 @@ pub fn import_onnx(model_path: &Path, output: &Path, weights: Option<PathBuf>) -
         if let Err(e) = qc_compiler::checkpoint::write_safetensors(&weights, &map) {
             eprintln!("error: cannot write `{}`: {e}", weights.display());
             if let qc_compiler::checkpoint::CheckpointError::Write { source, .. } = &e {
-                eprintln!("help: {}", crate::io_help::after_write(source, &weights));
+                eprintln!("help: {}", qc_runtime::io_help::after_write(source, &weights));
             } else {
                 eprintln!("help: this is a bug in qc; please report it with the model");
             }
@@ -150,7 +151,7 @@ pub fn import_onnx(model_path: &Path, output: &Path, weights: Option<PathBuf>) -
     }
     if let Err(source) = qc_runtime::fsutil::write_atomic(output, imported.recipe.as_bytes()) {
         eprintln!("error: cannot write `{}`: {source}", output.display());
-        eprintln!("help: {}", crate::io_help::after_write(&source, output));
+        eprintln!("help: {}", qc_runtime::io_help::after_write(&source, output));
         return Err(Failure::User);
     }
     let blocks: Vec<String> = imported.blocks.iter().map(|(b, n)| format!("{b} x{n}")).collect();

@@ -129,7 +129,7 @@ pub(crate) fn load_model(path: &Path) -> Result<Model, Failure> {
             match &e {
                 LoadError::Io { source, .. } => {
                     eprintln!("error: cannot read `{}`: {source}", path.display());
-                    eprintln!("help: {}", crate::io_help::after_read(source, path, compile));
+                    eprintln!("help: {}", qc_runtime::io_help::after_read(source, path, compile));
                 }
                 LoadError::Version { .. } => {
                     eprintln!("error: cannot load `{}`: {e}", path.display());
@@ -346,7 +346,7 @@ fn write_output(output: Option<&Path>, outputs: &[Tensor]) -> Outcome {
     if let Some(path) = output {
         if let Err(e) = write_outputs(path, outputs) {
             eprintln!("error: cannot write `{}`: {e}", path.display());
-            eprintln!("help: {}", crate::io_help::after_write(&e, path));
+            eprintln!("help: {}", qc_runtime::io_help::after_write(&e, path));
             return Err(Failure::User);
         }
         println!("wrote {}", path.display());

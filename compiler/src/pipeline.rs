@@ -196,3 +196,148 @@ pub fn why_not(
     let explained = why_not::why_not(&module, &rules, mode, node);
     Ok((module.name.clone(), explained))
 }
+
+/// What a `.qmodel` says of the model `module` compiled from `sources`: its name, the stage,
+/// whether it was calibrated for accuracy, a hash of the recipe's sources, and the normalization
+/// each input line declares (what calibration and training applied to the data), so that
+/// `qc run` and `Model::run` take raw samples.
+pub fn model_meta(module: &Module, sources: &qc_dsl::SourceMap) -> qc_runtime::artifact::Meta {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for f in sources.files() {
+        h.update(f.name.as_bytes());
+        h.update(&[0]);
+        h.update(f.text.as_bytes());
+        h.update(&[0]);
+    }
+    let normalize = module
+        .input_normalizations()
+        .into_iter()
+        .filter_map(|(name, n)| n.map(|n| (name.to_string(), n.clone())))
+        .collect();
+    qc_runtime::artifact::Meta::new(
+        module.name.clone(),
+        module.stage.name(),
+        module.calibrated_for_accuracy,
+        format!("xxh3:{:016x}", h.digest()),
+    )
+    .with_input_normalize(normalize)
+}
+
+/// What [`check_checkpoint`] found: the asked stage's problems (none: the checkpoint fits) and
+/// whether each other stage compiled on the way fits, for the help line that names one.
+#[derive(Debug)]
+pub struct CheckpointCheck {
+    /// The model's name.
+    pub model: String,
+    /// How many keys the checkpoint has.
+    pub keys: usize,
+    /// Why the checkpoint does not fit the asked stage, key by key; empty when it fits.
+    pub problems: Vec<crate::keys::Problem>,
+    /// `(stage, qat, fits)` of every stage from `float` on that was compiled, the asked one first.
+    pub fits: Vec<(Stage, bool, bool)>,
+    /// The last stage the other candidates were compiled up to.
+    pub until_last: Stage,
+    /// The recipe's `weights` line when the checkpoint is the recipe's own file (read with its
+    /// `strip`/`rename`).
+    pub own: Option<qc_dsl::sections::WeightsSettings>,
+    /// The remapping applied to the checkpoint's keys before checking.
+    pub remap: qc_dsl::sections::KeyRemap,
+}
+
+/// Why [`check_checkpoint`] could not judge the checkpoint.
+#[derive(Debug)]
+pub enum CheckpointCheckError {
+    /// The checkpoint could not be read.
+    Read(crate::checkpoint::ReadError),
+    /// The recipe (or its remapping of the checkpoint) is at fault, or the compiler is.
+    Compile(CompileError),
+    /// The asked stage was not reached: a bug.
+    NotReached(Stage),
+}
+
+/// `qc keys --check`: the checkpoint at `ckpt` against stage `stage` of the recipe (QAT mode when
+/// `qat`); when it does not fit, every stage it does fit, in either mode, is found too. The keys
+/// of every stage come from one keys-only compile per mode (`RunOptions::keys_only`: no checkpoint
+/// bound, no calibration data read), so a misfit costs no more than a fit. A checkpoint that is
+/// the recipe's own `weights` file is read with that line's `strip`/`rename`.
+pub fn check_checkpoint(
+    loaded: &Loaded,
+    stage: Stage,
+    ckpt: &std::path::Path,
+    qat: bool,
+) -> Result<CheckpointCheck, CheckpointCheckError> {
+    if !loaded.diagnostics.is_empty() {
+        return Err(CheckpointCheckError::Compile(CompileError::User(
+            loaded.diagnostics.clone(),
+        )));
+    }
+    let own = loaded
+        .sections
+        .weights
+        .first()
+        .filter(|w| qc_runtime::fsutil::same_file(&w.resolved, ckpt));
+    let values = crate::keys::read_checkpoint(ckpt).map_err(CheckpointCheckError::Read)?;
+    let (values, remap) = match own {
+        Some(w) => match crate::remap::apply(values, &w.remap, &w.path) {
+            Ok((v, _)) => (v, w.remap.clone()),
+            Err(d) => return Err(CheckpointCheckError::Compile(CompileError::User(d))),
+        },
+        None => (values, Default::default()),
+    };
+    let entries = crate::keys::entries(&values);
+    let last = last_stage();
+    // (stage, qat, fits) of every stage from `float` on, the asked mode first; the asked stage's
+    // problems and names on the way.
+    // The asked stage alone first: a checkpoint that fits needs no other.
+    let mut fits: Vec<(Stage, bool, bool)> = vec![];
+    let mut asked: Option<(Vec<crate::keys::Problem>, String)> = None;
+    // Stage `lowered` has the keys of `quantized`: the other stages are compiled up to
+    // `quantized` unless `lowered` was asked for.
+    let until_last = last.min(Stage::Quantized).max(stage);
+    for (mode, until) in [(qat, stage), (qat, until_last), (!qat, until_last)] {
+        if until == stage && asked.is_some() && mode == qat {
+            continue;
+        }
+        let opts = RunOptions {
+            stop_after: Some(until),
+            qat: mode,
+            keys_only: true,
+            ..Default::default()
+        };
+        let result = compile(
+            loaded,
+            &opts,
+            &mut |m| {
+                if m.stage < Stage::Float {
+                    return;
+                }
+                if (m.stage, mode) == (stage, qat) && asked.is_none() {
+                    let problems = crate::keys::check(m, &entries);
+                    fits.push((m.stage, mode, problems.is_empty()));
+                    asked = Some((problems, m.name.clone()));
+                } else {
+                    fits.push((m.stage, mode, crate::keys::fits_stage(m, &entries)));
+                }
+            },
+            &mut |_, _| {},
+        );
+        match (&asked, result) {
+            // A stage the asked one does not need (no `quantize` section, say) is simply not a
+            // candidate.
+            (Some((problems, _)), _) if problems.is_empty() => break,
+            (Some(_), _) => {}
+            (None, Err(e)) => return Err(CheckpointCheckError::Compile(e)),
+            (None, Ok(_)) => return Err(CheckpointCheckError::NotReached(stage)),
+        }
+    }
+    let (problems, model) = asked.ok_or(CheckpointCheckError::NotReached(stage))?;
+    Ok(CheckpointCheck {
+        model,
+        keys: entries.len(),
+        problems,
+        fits,
+        until_last,
+        own: own.cloned(),
+        remap,
+    })
+}

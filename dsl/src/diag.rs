@@ -157,6 +157,21 @@ pub const MAX_SHOWN: usize = 50;
 /// `file:line:col` instead.
 pub const MAX_SHOWN_LINE: usize = 300;
 
+/// Every diagnostic of a failed run as the command line prints it (in colour when `colour`),
+/// then the count line (`error: 2 problems found`): what `qc` writes to stderr and what the
+/// Python package's `QcError` says.
+pub fn render_report(diags: &[Diagnostic], sources: &Arc<SourceMap>, colour: bool) -> String {
+    let mut out = if colour {
+        let handler = miette::GraphicalReportHandler::new().with_links(false);
+        render_with(&handler, diags, sources)
+    } else {
+        render_plain(diags, sources)
+    };
+    let n = diags.len();
+    out.push_str(&format!("error: {n} problem{} found\n", if n == 1 { "" } else { "s" }));
+    out
+}
+
 /// Renders without colour (files, pipes, tests), 100 columns wide.
 pub fn render_plain(diags: &[Diagnostic], sources: &Arc<SourceMap>) -> String {
     let handler = miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())

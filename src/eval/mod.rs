@@ -203,7 +203,7 @@ fn prepare_report_dir(dir: &Path, loaded: &qc_dsl::Loaded) -> Outcome {
     }
     if let Err(e) = std::fs::create_dir_all(dir) {
         eprintln!("error: cannot create the report folder `{}`: {e}", dir.display());
-        eprintln!("help: {}", crate::io_help::after_write(&e, dir));
+        eprintln!("help: {}", qc_runtime::io_help::after_write(&e, dir));
         return Err(Failure::User);
     }
     crate::cli::check_output("--report", &dir.join("report.html"), &crate::cli::recipe_inputs(loaded))

@@ -131,7 +131,7 @@ fn train_once(
     std::fs::create_dir_all(&opts.dir).map_err(|e| {
         error(
             format!("cannot create `{}`: {e}", opts.dir.display()),
-            crate::io_help::after_write(&e, &opts.dir),
+            qc_runtime::io_help::after_write(&e, &opts.dir),
         )
     })?;
     let request = TrainRequest {
@@ -194,7 +194,7 @@ fn train_once(
     qc_runtime::fsutil::write_atomic(&stamp_path, stamp.as_bytes()).map_err(|e| {
         error(
             format!("cannot write `{}`: {e}", stamp_path.display()),
-            crate::io_help::after_write(&e, &stamp_path),
+            qc_runtime::io_help::after_write(&e, &stamp_path),
         )
     })?;
     Ok(false)
@@ -215,7 +215,7 @@ fn load_binding(file: &Path, recipe: &Path, weights: &Path) -> Result<qc_dsl::Lo
     qc_runtime::fsutil::write_atomic(recipe, text.as_bytes()).map_err(|e| {
         error(
             format!("cannot write `{}`: {e}", recipe.display()),
-            crate::io_help::after_write(&e, recipe),
+            qc_runtime::io_help::after_write(&e, recipe),
         )
     })?;
     crate::cli::load(recipe)

@@ -10,6 +10,7 @@ pub mod artifact;
 pub mod exec;
 pub mod fsutil;
 pub mod interp;
+pub mod io_help;
 pub mod kernels;
 pub mod model;
 pub mod normalize;
