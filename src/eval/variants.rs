@@ -105,7 +105,7 @@ fn variant(
     sources: &SourceMap,
     float: bool,
 ) -> Result<Variant, Failure> {
-    let meta = crate::cli::model_meta(module, sources);
+    let meta = qc_compiler::pipeline::model_meta(module, sources);
     let size = qc_runtime::artifact::Artifact::new(meta.clone(), program.clone())
         .to_bytes()
         .map_err(|e| bug(&format!("{name} does not serialize: {e}")))?
