@@ -721,9 +721,13 @@ pub(crate) fn module_at(file: &Path, stage: &str, qat: bool) -> Result<(Module, 
     let loaded = load(file)?;
     let stage = Stage::from_name(stage).expect("clap checked the stage");
     stage_exists(stage)?;
+    // Calibrated where `qc compile` calibrates by default, so that a stage run here is the
+    // compiled model: libtorch's float kernels and the reference interpreter may differ in the
+    // last bits of an activation, and so in a calibrated scale.
     let opts = RunOptions {
         stop_after: Some(stage),
         qat,
+        calibration_device: CalibrationDevice::Auto.resolve().unwrap_or(None),
         ..Default::default()
     };
     match qc_compiler::compile(&loaded, &opts, &mut |_| {}, &mut |_, _| {}) {

@@ -230,7 +230,11 @@ fn torchvision_graphs_compile_to_float_and_run() {
                 .output()
                 .unwrap());
         }
-        // The float model runs (deterministic initial values, one 224x224 image).
+        // The float model runs (deterministic initial values, one 224x224 image). ResNet-50 only
+        // compiles: its 4 GMACs on the f64 reference interpreter would take most of a minute.
+        if model == "resnet50" {
+            continue;
+        }
         let recipe = dir.path().join(format!("{model}_ts_bn.qrecipe"));
         let y = dir.path().join(format!("{model}.npy"));
         ok(qc()

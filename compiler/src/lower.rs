@@ -7,10 +7,11 @@
 
 use std::collections::HashMap;
 
+use qc_dsl::sections::Requantize;
 use qc_runtime::kernels::Activation;
 use qc_runtime::program::{from_torch_order, FloatOp, Layout, Program, QuantOp, Step, StepOp, ValueInfo, Window};
 use qc_runtime::program::{FakeQuantAt, FakeQuantSite, QatPlan};
-use qc_runtime::quant::{quantize_bias, QParams, QRange};
+use qc_runtime::quant::{quantize_bias, QParams, QRange, RequantRule};
 use qc_runtime::{DType, Tensor, TensorData};
 
 use crate::ir::{Module, Node, NodeId, ParamQuant, Stage};
@@ -297,14 +298,16 @@ impl<'m> Lowering<'m> {
         Ok(self.constant(Some(key), t.clone()))
     }
 
-    /// The int8 weight, per-channel weight scales and `i32` bias constants of a `qconv` /
-    /// `qlinear`: the weight in the kernels' layout (`layout`), the bias at scale `s_in · s_w[c]`.
+    /// The int8 weight, per-channel weight scales and bias constants of a `qconv` / `qlinear`:
+    /// the weight in the kernels' layout (`layout`); the bias an `i32` at scale `s_in · s_w[c]`,
+    /// or with `requantize: float_bias` the float bias as it is (added before the multiply).
     fn int8_weights(
         &mut self,
         at: &At<'m>,
         (weight_role, bias_role): (&str, Option<&str>),
         out_channels: usize,
         layout: fn(&Tensor) -> Result<Tensor, String>,
+        requantize: Requantize,
     ) -> Result<(usize, usize, Option<usize>), LowerError> {
         let fail = |m: String| at.fail(m);
         let s_in = at
@@ -317,7 +320,10 @@ impl<'m> Lowering<'m> {
         let bias = match bias_role {
             Some(role) => {
                 let (b, _) = self.param_value(at, role)?;
-                Some(int_bias(b, s_in, &scales).map_err(fail)?)
+                Some(match requantize {
+                    Requantize::FloatBias => float_bias(b, &scales).map_err(fail)?,
+                    Requantize::Float | Requantize::Integer => int_bias(b, s_in, &scales).map_err(fail)?,
+                })
             }
             None => None,
         };
@@ -335,7 +341,9 @@ impl<'m> Lowering<'m> {
             Op::Dequantize => QuantOp::Dequantize.into(),
             Op::QConv(c) => {
                 let bias = c.bias.then_some("bias");
-                let (weight, weight_scales, bias) = self.int8_weights(at, ("weight", bias), c.out_channels, to_ohwi)?;
+                let requantize = c.weight_quant.as_ref().map_or(Requantize::Integer, |w| w.requantize);
+                let (weight, weight_scales, bias) =
+                    self.int8_weights(at, ("weight", bias), c.out_channels, to_ohwi, requantize)?;
                 QuantOp::QConv {
                     window: window(&c.kernel, &c.stride, &c.pad, &c.dilation, false),
                     groups: c.groups,
@@ -343,19 +351,21 @@ impl<'m> Lowering<'m> {
                     weight_scales,
                     bias,
                     act: activation(&c.act),
-                    requantize: c.weight_quant.as_ref().map_or(Default::default(), |w| w.requantize),
+                    requantize: rule(requantize),
                 }
                 .into()
             }
             Op::QLinear(l) => {
                 let roles = ("_packed_params.weight", l.bias.then_some("_packed_params.bias"));
-                let (weight, weight_scales, bias) = self.int8_weights(at, roles, l.out_features, i8_weight)?;
+                let requantize = l.weight_quant.as_ref().map_or(Requantize::Integer, |w| w.requantize);
+                let (weight, weight_scales, bias) =
+                    self.int8_weights(at, roles, l.out_features, i8_weight, requantize)?;
                 QuantOp::QLinear {
                     weight,
                     weight_scales,
                     bias,
                     act: activation(&l.act),
-                    requantize: l.weight_quant.as_ref().map_or(Default::default(), |w| w.requantize),
+                    requantize: rule(requantize),
                 }
                 .into()
             }
@@ -594,6 +604,33 @@ fn act_op(act: &Option<Act>) -> Vec<FloatOp> {
 /// The float stages' lowering (kept as the name calibration and tests use).
 pub fn lower_float(module: &Module) -> Result<Program, LowerError> {
     lower(module)
+}
+
+/// The runtime's rule for a recipe's `requantize:` word (`float_bias` is the float rule; its
+/// bias constant is `f32`).
+fn rule(r: Requantize) -> RequantRule {
+    match r {
+        Requantize::Float | Requantize::FloatBias => RequantRule::Float,
+        Requantize::Integer => RequantRule::Integer,
+    }
+}
+
+/// The float bias kept for `requantize: float_bias`: `f32`, one finite value per channel (the
+/// runtime divides it by `s_in · s_w[c]` at load).
+fn float_bias(b: &Tensor, scales: &[f32]) -> Result<Tensor, String> {
+    let TensorData::F32(v) = &b.data else {
+        return Err(format!("the bias is {}, not f32", b.dtype()));
+    };
+    if v.len() != scales.len() {
+        return Err(format!("{} bias values for {} output channels", v.len(), scales.len()));
+    }
+    if let Some(c) = v.iter().position(|x| !x.is_finite()) {
+        return Err(format!("bias of channel {c} is {}", v[c]));
+    }
+    Ok(Tensor {
+        shape: vec![v.len()],
+        data: TensorData::F32(v.clone()),
+    })
 }
 
 /// PyTorch's float bias as the kernels' `i32` bias of scale `s_in · s_w[c]`.

@@ -26,7 +26,6 @@ use qc_dsl::sections::{
     Granularity, LayerSelector, Observer, QuantizeSettings, Requantize, Scheme, TensorDefaults, TensorSpec,
 };
 use qc_dsl::{Diagnostic, SourceMap, Span};
-use qc_runtime::quant::RequantRule;
 
 use crate::ir::{Graph, Module, NodeId, Stage};
 use crate::ops::{observer_text, Op, QSpec, OP_NAMES};
@@ -228,7 +227,7 @@ pub struct NodePlan {
     /// How the weight is quantized (int8 conv and linear).
     pub weights: Option<ResolvedSpec>,
     /// How the accumulator is requantized (int8 conv and linear), and what decided it.
-    pub requantize: Option<(RequantRule, Decider)>,
+    pub requantize: Option<(Requantize, Decider)>,
     /// How the output is quantized, when it is observed.
     pub activations: Option<ResolvedSpec>,
     /// The node that observes the output (`<node>.activation_post_process`), when observed.
@@ -356,8 +355,8 @@ pub fn build(module: &Module, q: &QuantizeSettings) -> Result<Plan, Vec<Diagnost
     let mut nodes = node_plans(g, &order, &decided, &mut report);
     for n in nodes.iter_mut().filter(|n| n.weights.is_some()) {
         n.requantize = Some(match q.for_node(&n.node, n.op).requantize {
-            Some(r) => (rule_of(r.value), Decider::Recipe(r.span)),
-            None => (rule_of(q.scheme.value.requantize()), scheme),
+            Some(r) => (r.value, Decider::Recipe(r.span)),
+            None => (q.scheme.value.requantize(), scheme),
         });
     }
     if report.diags.is_empty() {
@@ -637,14 +636,6 @@ fn node_plans(g: &Graph, order: &[NodeId], decided: &Decisions, report: &mut Dia
         });
     }
     nodes
-}
-
-/// The runtime's rule for a recipe's `requantize:` word.
-fn rule_of(r: Requantize) -> RequantRule {
-    match r {
-        Requantize::Float => RequantRule::Float,
-        Requantize::Integer => RequantRule::Integer,
-    }
 }
 
 fn span_of(d: Decider) -> Span {

@@ -1,7 +1,7 @@
 //! Building ops from named attributes (the one builder of recipes and the IR-text parser) and
 //! the attributes of an op for printing.
 
-use qc_runtime::quant::RequantRule;
+use qc_dsl::sections::Requantize;
 use std::collections::BTreeMap;
 
 use super::*;
@@ -245,14 +245,15 @@ impl<'a> Attrs<'a> {
         let spec = self.qspec(&WEIGHT_KEYS);
         let fake = self.boolean("w_fake", false);
         let requantize = match self.name_opt("requantize").as_deref() {
-            None => RequantRule::Integer,
-            Some(name) => RequantRule::from_name(name).unwrap_or_else(|| {
+            None => Requantize::Integer,
+            Some(name) => Requantize::from_name(name).unwrap_or_else(|| {
+                let words: Vec<&str> = Requantize::ALL.iter().map(|r| r.name()).collect();
                 self.fail(
                     "requantize",
                     format!("unknown requantization rule `{name}`"),
-                    "one of: float, integer".into(),
+                    format!("one of: {}", words.join(", ")),
                 );
-                RequantRule::Integer
+                Requantize::Integer
             }),
         };
         Some(WeightQuant { spec, fake, requantize })

@@ -191,8 +191,8 @@ pub struct WeightQuant {
     pub spec: QSpec,
     pub fake: bool,
     /// How the int8 layer requantizes its accumulator (the plan's `requantize`); shown on the
-    /// `qconv`/`qlinear` of stage `quantized` as `requantize: float|integer`.
-    pub requantize: qc_runtime::quant::RequantRule,
+    /// `qconv`/`qlinear` of stage `quantized` as `requantize: float|float_bias|integer`.
+    pub requantize: qc_dsl::sections::Requantize,
 }
 
 /// Every op of the IR. Closed: adding one means adding its builder, attributes, parameters and

@@ -121,7 +121,7 @@ fn ir_only_ops_and_attributes_round_trip() {
             ..spec.clone()
         },
         fake: true,
-        requantize: qc_runtime::quant::RequantRule::Float,
+        requantize: qc_dsl::sections::Requantize::Float,
     };
     let conv = Conv {
         rank: 2,

@@ -331,10 +331,11 @@ impl Checker<'_> {
         }
     }
 
-    /// `requantize: float` or `requantize: integer`: one word; a second `requantize:` in the
+    /// `requantize: float`, `float_bias` or `integer`: one word; a second `requantize:` in the
     /// same scope is a duplicate.
     fn requantize_words(&mut self, spec: &QSpec, into: &mut Option<Spanned<Requantize>>) {
-        let help = "write `requantize: float` (PyTorch's and ONNX Runtime's f32 rule) or `requantize: integer` \
+        let help = "write `requantize: float` (ONNX Runtime's f32 rule, bias in int32), `requantize: float_bias` \
+                    (PyTorch's x86 engine: the same with the bias added in f32) or `requantize: integer` \
                     (multiplier and shift, for integer-only targets)";
         let mut words = spec.words.iter();
         let Some(first) = words.next() else { return };

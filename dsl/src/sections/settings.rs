@@ -180,23 +180,29 @@ impl Scheme {
     }
 }
 
-/// `requantize: float | integer`: how a conv/linear layer's int32 accumulator becomes its output
-/// integer (docs/numerics.md §4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// `requantize: float | float_bias | integer`: how a conv/linear layer's int32 accumulator
+/// becomes its output integer (docs/numerics.md §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Requantize {
-    /// `f32` multiply, rounded to nearest even: PyTorch's x86 engine and ONNX Runtime.
+    /// `f32` multiply, rounded to nearest even, the bias an `i32` in the accumulator: ONNX
+    /// Runtime's `QLinearConv`/`QGemm` (and PyTorch's x86 engine but for the bias).
     Float,
+    /// The float rule with the bias kept in `f32` and added to the converted accumulator before
+    /// the multiply: PyTorch's x86 engine (fbgemm) bit for bit. ONNX cannot express it.
+    FloatBias,
     /// Integer multiplier and shift, rounded half up: integer-only targets.
+    #[default]
     Integer,
 }
 
 impl Requantize {
-    pub const ALL: [Requantize; 2] = [Requantize::Float, Requantize::Integer];
+    pub const ALL: [Requantize; 3] = [Requantize::Float, Requantize::FloatBias, Requantize::Integer];
 
     /// The word a recipe writes.
     pub fn name(self) -> &'static str {
         match self {
             Requantize::Float => "float",
+            Requantize::FloatBias => "float_bias",
             Requantize::Integer => "integer",
         }
     }

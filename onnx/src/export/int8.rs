@@ -4,6 +4,7 @@
 
 use qc_runtime::kernels::Activation;
 use qc_runtime::program::{QuantOp, StepOp};
+use qc_runtime::quant::quantize_bias;
 use qc_runtime::tensor::Tensor;
 
 use super::{attr_int, curve_op, tensor_proto, window_attrs, Builder, ExportError};
@@ -271,8 +272,22 @@ impl Builder<'_> {
         );
         let mut out = vec![wdq];
         if let Some(bias) = bias {
-            let Some(bd) = bias.as_i32().filter(|b| b.len() == cout) else {
-                return Err(format!("the bias is not {cout} i32 values"));
+            // A float bias (`requantize: float_bias`, PyTorch's fbgemm) has no ONNX form: QLinearConv
+            // and QGemm take an int32 bias, so it is quantized here as `requantize: float` would
+            // have (docs/numerics.md §4: the two stay within one step).
+            let quantized: Vec<i32>;
+            let bd = match (bias.as_i32(), bias.as_f32()) {
+                (Some(b), _) if b.len() == cout => b,
+                (_, Some(b)) if b.len() == cout => {
+                    quantized = b
+                        .iter()
+                        .zip(ws)
+                        .map(|(&x, &s_w)| quantize_bias(x, s_in, s_w).map(|q| q.value))
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| format!("the float bias: {e}"))?;
+                    &quantized
+                }
+                _ => return Err(format!("the bias is not {cout} i32 or f32 values")),
             };
             let bq = format!("{name}.bias_quantized");
             let raw = bd.iter().flat_map(|v| v.to_le_bytes()).collect();

@@ -15,8 +15,8 @@ use crate::kernels::fast::{self, Isa, PackedConv, PackedLinear};
 use crate::kernels::reference as k;
 use crate::kernels::vnni::AddLanes;
 use crate::kernels::{
-    requant_per_channel, ConcatPart, Conv2dGeom, KernelError, Pool2dGeom, QAdaptiveAvgPool2d, QAvgPool2d, QConcat,
-    QConv2d, QGlobalAvgPool, QLinear,
+    requant_with_bias, ConcatPart, Conv2dGeom, KernelError, LayerBias, Pool2dGeom, QAdaptiveAvgPool2d, QAvgPool2d,
+    QConcat, QConv2d, QGlobalAvgPool, QLinear,
 };
 use crate::program::{Layout, Program, ProgramError, QuantOp, RunError, Step, StepOp, Window};
 use crate::quant::{dequantize_per_tensor, lut_table, quantize_per_tensor, QAdd, QMul, QParams};
@@ -315,11 +315,17 @@ fn prepare(p: &Program, isa: Isa, emulated: Emulation) -> Result<Vec<Prepared>, 
                 } => {
                     let (input, output) = (params(step.inputs[0])?, params(step.output)?);
                     let scales = p.constants[*weight_scales].as_f32().unwrap_or(&[]);
-                    let requant = requant_per_channel(&input, scales, &output, *act, *requantize)
+                    let bias = match bias {
+                        Some(b) => Some(
+                            LayerBias::of(&p.constants[*b])
+                                .ok_or_else(|| fail("the bias is neither i32 nor f32".into()))?,
+                        ),
+                        None => None,
+                    };
+                    let (requant, bias) = requant_with_bias(&input, scales, &output, *act, *requantize, bias)
                         .map_err(|e| fail(format!("requantization: {e}")))?;
                     let w = &p.constants[*weight];
                     let wd = w.as_i8().ok_or_else(|| fail("weights are not i8".into()))?;
-                    let bias = bias.and_then(|b| p.constants[b].as_i32());
                     let packed = if let QuantOp::QConv { window, groups, .. } = op {
                         // Batch and input size are placeholders: `PackedConv::run` takes the real ones.
                         let (h, w_axis) = axes(window);

@@ -201,7 +201,8 @@ pub enum FloatOp {
 /// outputs of the compute ops are `u8` (the kernels' activation type). Weights are constants in the
 /// reference kernels' layouts: `i8`, symmetric per output channel (zero point 0), their scales an
 /// `f32` constant `[Cout]`; biases `i32` `[Cout]` with scale `s_in · s_w[c]`
-/// ([`quant::quantize_bias`](crate::quant::quantize_bias)). The integer requantization of each
+/// ([`quant::quantize_bias`](crate::quant::quantize_bias)), or, with the float rule, the `f32`
+/// bias itself. The integer requantization of each
 /// output channel is derived when the program is loaded, with
 /// [`kernels::requant_per_channel`](crate::kernels::requant_per_channel) (`Requant::from_scales` of
 /// `s_in`, `s_w[c]`, `s_out` by the op's `requantize` rule, the activation fused), so the program
@@ -225,7 +226,8 @@ pub enum QuantOp {
         weight: ConstId,
         /// `f32` `[Cout]`: each output channel's weight scale (positive normal).
         weight_scales: ConstId,
-        /// `i32` `[Cout]`.
+        /// `i32` `[Cout]` (added to the accumulator), or with the float rule `f32` `[Cout]`: the
+        /// real bias, added to `f32(acc)` before the multiply (PyTorch's fbgemm; numerics §4).
         bias: Option<ConstId>,
         /// Fused into the output range.
         act: Activation,
@@ -239,7 +241,7 @@ pub enum QuantOp {
         weight: ConstId,
         /// `f32` `[M]`.
         weight_scales: ConstId,
-        /// `i32` `[M]`.
+        /// `i32` `[M]`, or `f32` `[M]` with the float rule (as [`QuantOp::QConv`]'s).
         bias: Option<ConstId>,
         act: Activation,
         /// As [`QuantOp::QConv`]'s.

@@ -17,6 +17,7 @@ use crate::program::{
     broadcast_shape, from_torch_order, to_torch_order, window_out, ConstId, FloatOp, Layout, Program, ProgramError,
     QuantOp, Step, StepOp, ValueInfo, Window,
 };
+use crate::quant::RequantRule;
 use crate::tensor::DType;
 
 /// Largest kernel, stride, padding, dilation or adaptive output size accepted.
@@ -367,6 +368,7 @@ impl StepCheck<'_> {
                 weight_scales,
                 bias,
                 act,
+                requantize,
                 ..
             }
             | QuantOp::QLinear {
@@ -374,7 +376,7 @@ impl StepCheck<'_> {
                 weight_scales,
                 bias,
                 act,
-                ..
+                requantize,
             } => {
                 self.arity(1)?;
                 let layout = if matches!(op, QuantOp::QConv { .. }) {
@@ -387,7 +389,10 @@ impl StepCheck<'_> {
                 self.constant(*weight, DType::I8, "weight")?;
                 self.constant(*weight_scales, DType::F32, "weight scales")?;
                 if let Some(b) = bias {
-                    self.constant(*b, DType::I32, "bias")?;
+                    // An `f32` bias is added in float before the multiply: the float rule only.
+                    let float_bias = *requantize == RequantRule::Float
+                        && self.p.constants.get(*b).is_some_and(|c| c.dtype() == DType::F32);
+                    self.constant(*b, if float_bias { DType::F32 } else { DType::I32 }, "bias")?;
                 }
                 act.check().map_err(|e| self.fail(e.to_string()))?;
             }

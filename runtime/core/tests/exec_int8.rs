@@ -85,9 +85,11 @@ fn cnn_in(seed: u64, batch: usize, range: QRange) -> (Builder, Vec<Tensor>, usiz
     let mut b = Builder::new(seed);
     b.act_range = range;
     // Odd seeds requantize by the float rule (PyTorch's and ONNX Runtime's), even seeds by the
-    // integer one: every test built on this network covers both.
+    // integer one: every test built on this network covers both; seeds 3 mod 4 keep the biases
+    // in f32 (`requantize: float_bias`, PyTorch's).
     if seed % 2 == 1 {
         b.requantize = RequantRule::Float;
+        b.float_bias = seed % 4 == 3;
     }
     let x = random(&mut b.rng, vec![batch, 3, 9, 9], -1.0, 1.0);
     let xi = b.input("x", x.clone());
@@ -471,6 +473,31 @@ fn malformed_programs_are_refused_naming_the_step() {
     let e = step_error(p);
     assert!(e.to_string().contains("requantization"), "{e}");
 
+    // An `f32` bias needs the float rule; with it, a bias that is not finite is refused.
+    let mut p = good.clone();
+    if let StepOp::Quant(QuantOp::QConv {
+        bias: Some(bias),
+        requantize,
+        ..
+    }) = &mut p.steps[conv].op
+    {
+        *requantize = RequantRule::Integer;
+        p.constants[*bias] = Tensor::f32(vec![8], vec![0.5; 8]);
+    }
+    let e = step_error(p.clone());
+    assert!(e.to_string().contains("the bias must be i32, found f32"), "{e}");
+    if let StepOp::Quant(QuantOp::QConv {
+        bias: Some(bias),
+        requantize,
+        ..
+    }) = &mut p.steps[conv].op
+    {
+        *requantize = RequantRule::Float;
+        p.constants[*bias] = Tensor::f32(vec![8], vec![f32::INFINITY; 8]);
+    }
+    let e = step_error(p);
+    assert!(e.to_string().contains("float bias inf"), "{e}");
+
     // The good one runs; wrong inputs are run errors.
     let exec = Executor::new(good).unwrap();
     exec.run(&inputs).unwrap();
@@ -548,6 +575,7 @@ fn residual_adds_fused_into_convolutions_give_the_same_bits() {
         let mut b = Builder::new(300 + seed);
         if seed % 3 != 0 {
             b.requantize = RequantRule::Float;
+            b.float_bias = seed % 3 == 2;
         }
         let x = random(&mut b.rng, vec![2, 16, 9, 9], -2.0, 2.0);
         let xi = b.input("x", x.clone());

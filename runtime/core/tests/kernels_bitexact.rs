@@ -84,6 +84,7 @@ fn requant(r: &mut SplitMix64, k: usize) -> Requant {
         shift,
         // The same multiplier in f32, for the float rule (`requants` picks the rule per layer).
         float_multiplier: (multiplier as f64 * 0.5f64.powi(shift as i32)) as f32,
+        float_bias: 0.0,
         rule: RequantRule::Integer,
         zero_point,
         qmin,
@@ -91,10 +92,23 @@ fn requant(r: &mut SplitMix64, k: usize) -> Requant {
     }
 }
 
-/// One layer's requantizations (`n` channels): one rule for all, the float rule half the time.
+/// One layer's requantizations (`n` channels): one rule for all, the float rule half the time,
+/// and then half the time a float bias (`requantize: float_bias`) in accumulator units: quarters
+/// up to ± a few thousand, so that sums with the accumulator land on rounding ties as well.
 fn requants(r: &mut SplitMix64, n: usize, k: usize) -> Vec<Requant> {
     let rule = pick(r, &[RequantRule::Integer, RequantRule::Float]);
-    (0..n).map(|_| Requant { rule, ..requant(r, k) }).collect()
+    let float_bias = rule == RequantRule::Float && below(r, 2) == 0;
+    (0..n)
+        .map(|_| Requant {
+            rule,
+            float_bias: if float_bias {
+                below(r, 16001) as f32 * 0.25 - 2000.0
+            } else {
+                0.0
+            },
+            ..requant(r, k)
+        })
+        .collect()
 }
 
 fn u8s(r: &mut SplitMix64, n: usize) -> Vec<u8> {
@@ -436,7 +450,11 @@ fn check_linear_vnni(seed: u64, path: Vnni) -> Result<(), TestCaseError> {
     let wt = i8s(r, m * k);
     let b = bias(r, m, k, zp);
     let packed = path.linear(&p, &wt, b.as_deref());
-    prop_assert_eq!(packed.kernel(), path.kernel());
+    // One input and one output feature is a depthwise convolution: the real paths give it to
+    // the AVX2 depthwise kernel (the emulated ones are forced).
+    if (k, m) != (1, 1) || matches!(path, Vnni::Emulated | Vnni::EmulatedAmx) {
+        prop_assert_eq!(packed.kernel(), path.kernel());
+    }
     let reference = |o: &mut [u8]| reference::qlinear(&p, &x, &wt, b.as_deref(), o);
     same_bits(batch * m, &(batch, k, m, zp, path), reference, |o| {
         packed.run(batch, &x, o)
@@ -554,7 +572,10 @@ fn check_conv_amx(seed: u64, real: bool) -> Result<(), TestCaseError> {
     let Some(packed) = amx_conv(&p, &wt, b.as_deref(), real) else {
         return Ok(());
     };
-    prop_assert_eq!(packed.kernel(), if real { "amx" } else { "emulated amx" });
+    // Depthwise (one input and one output channel per group) takes the AVX2 kernel on real AMX.
+    if (cig, cog) != (1, 1) || !real {
+        prop_assert_eq!(packed.kernel(), if real { "amx" } else { "emulated amx" });
+    }
     conv_same_bits(&p, (&x, &wt, b.as_deref()), &packed, geom, &(geom, zp))
 }
 
@@ -588,7 +609,10 @@ fn check_linear_amx(seed: u64, real: bool) -> Result<(), TestCaseError> {
     let Some(packed) = amx_linear(&p, &wt, b.as_deref(), real) else {
         return Ok(());
     };
-    prop_assert_eq!(packed.kernel(), if real { "amx" } else { "emulated amx" });
+    // One input and one output feature is depthwise: the AVX2 kernel on real AMX.
+    if (k, m) != (1, 1) || !real {
+        prop_assert_eq!(packed.kernel(), if real { "amx" } else { "emulated amx" });
+    }
     let reference = |o: &mut [u8]| reference::qlinear(&p, &x, &wt, b.as_deref(), o);
     same_bits(batch * m, &(batch, k, m, zp), reference, |o| packed.run(batch, &x, o)).map(drop)
 }
@@ -1094,7 +1118,8 @@ fn seven_bit_selection_and_fallback() {
     let geom = square(1, [9, 11], (20, 24, 1), Axis::new(3, 1, 1, 1));
     let p = conv_params(r, geom, 60);
     let wt = i8s(r, geom.weight_len());
-    let avx2 = fast::detected() == Isa::Avx2;
+    // Packed for AVX2 explicitly: the 7-bit kernels wherever AVX2 runs (also on VNNI/AMX CPUs).
+    let avx2 = Isa::Avx2.check().is_ok();
     let r7 = QRange::custom(0, 127).unwrap();
     let pack = |p: &QConv2d, range| PackedConv::with_input_range(p, &wt, None, Isa::Avx2, range).unwrap();
     assert_eq!(pack(&p, r7).seven_bit(), avx2);
@@ -1400,6 +1425,7 @@ fn requant16_apply_matches_requant_on_every_residue() {
             multiplier,
             shift,
             float_multiplier: 0.0,
+            float_bias: 0.0,
             rule: RequantRule::Integer,
             zero_point: v[1],
             qmin: v[0],

@@ -15,7 +15,7 @@ use common::*;
 use qc_runtime::kernels::Activation;
 use qc_runtime::program::Device;
 use qc_runtime::program::{FloatOp, Layout, Program, QuantOp, Step, StepOp, ValueInfo};
-use qc_runtime::quant::{Curve, QParams, QRange};
+use qc_runtime::quant::{Curve, QParams, QRange, RequantRule};
 use qc_runtime::{DType, Tensor, TensorData};
 use qc_runtime_host::torch::{self, Int8Session};
 
@@ -71,7 +71,7 @@ fn assert_same_bits(p: &Program, inputs: &[Tensor], device: Device, what: &str) 
 /// pool (ceil, padding counted or not) → adaptive (3, 2) → global → clamp → flatten → linear
 /// (relu) → linear → dequantize. Odd sizes everywhere.
 fn net_2d(seed: u64, batch: usize, range: QRange, include_pad: bool) -> (Program, Vec<Tensor>) {
-    let mut b = Builder::new(seed);
+    let mut b = builder(seed);
     b.act_range = range;
     let mut x = random(&mut b.rng, vec![batch, 3, 11, 9], -1.5, 1.2);
     let xi = b.input("x", x.clone());
@@ -152,7 +152,7 @@ fn net_2d(seed: u64, batch: usize, range: QRange, include_pad: bool) -> (Program
 /// 1-D → max pool (dilation) → avg pool (ceil, padding counted) → adaptive (3) → flatten (NLC →
 /// PyTorch order) → linear → dequantize.
 fn net_1d(seed: u64, batch: usize, range: QRange) -> (Program, Vec<Tensor>) {
-    let mut b = Builder::new(seed);
+    let mut b = builder(seed);
     b.act_range = range;
     let x = random(&mut b.rng, vec![batch, 4, 23], -1.0, 1.0);
     let xi = b.input("x", x.clone());
@@ -196,7 +196,7 @@ fn net_1d(seed: u64, batch: usize, range: QRange) -> (Program, Vec<Tensor>) {
 /// libtorch in f32, so only values computed from int8 steps are compared exactly: the input of
 /// the quantize is the program input itself.
 fn i8_and_float(seed: u64, batch: usize) -> (Program, Vec<Tensor>) {
-    let mut b = Builder::new(seed);
+    let mut b = builder(seed);
     let x = random(&mut b.rng, vec![batch, 3, 5, 4], -2.0, 2.0);
     let xi = b.input("x", x.clone());
     let q = QParams::new(0.017, -3, QRange::new(8, true).unwrap()).unwrap();
@@ -222,7 +222,7 @@ fn i8_and_float(seed: u64, batch: usize) -> (Program, Vec<Tensor>) {
 /// conv → hardsigmoid or sigmoid table → `qmul` of `[N, H, W, C]` by `[N, 1, 1, C]` (both
 /// orders) → same-shape `qmul` → dequantize; `range` for the calibrated activations.
 fn squeeze_excite(seed: u64, batch: usize, range: QRange) -> (Program, Vec<Tensor>) {
-    let mut b = Builder::new(seed);
+    let mut b = builder(seed);
     b.act_range = range;
     let x = random(&mut b.rng, vec![batch, 6, 5, 3], -4.0, 4.0);
     let xi = b.input("x", x.clone());
@@ -257,6 +257,17 @@ fn squeeze_excite(seed: u64, batch: usize, range: QRange) -> (Program, Vec<Tenso
     let out = b.dequantize("out", m3);
     b.output(out);
     (b.p, vec![x])
+}
+
+/// A program builder whose conv/linear steps requantize by seed: the integer rule, the float rule,
+/// or the float rule with `f32` biases (`requantize: float_bias`), in turn.
+fn builder(seed: u64) -> Builder {
+    let mut b = Builder::new(seed);
+    if !seed.is_multiple_of(3) {
+        b.requantize = RequantRule::Float;
+        b.float_bias = seed % 3 == 2;
+    }
+    b
 }
 
 fn r7() -> QRange {

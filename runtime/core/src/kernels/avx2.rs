@@ -77,7 +77,9 @@ pub struct RequantLanes {
     /// `2^(shift-1) + 2^62`.
     rnd: [[i64; 4]; 2],
     shift: [[i64; 4]; 2],
-    /// [`RequantRule::Float`]: `float_multiplier`, `[qmin - zp, qmax - zp]` as `f32`, and `zp`.
+    /// [`RequantRule::Float`]: `float_bias`, `float_multiplier`, `[qmin - zp, qmax - zp]` as
+    /// `f32`, and `zp`.
+    fb: [f32; 8],
     fm: [f32; 8],
     flo: [f32; 8],
     fhi: [f32; 8],
@@ -100,6 +102,7 @@ impl RequantLanes {
             hi: [0; 8],
             rnd: [[0; 4]; 2],
             shift: [[0; 4]; 2],
+            fb: [0.0; 8],
             fm: [0.0; 8],
             flo: [0.0; 8],
             fhi: [0.0; 8],
@@ -119,6 +122,7 @@ impl RequantLanes {
             let (h, k) = (i % 2, i / 2);
             l.rnd[h][k] = (1i64 << (q.shift - 1)) + (1i64 << 62);
             l.shift[h][k] = q.shift as i64;
+            l.fb[i] = q.float_bias;
             l.fm[i] = q.float_multiplier;
             l.flo[i] = (q.qmin - q.zero_point) as f32;
             l.fhi[i] = (q.qmax - q.zero_point) as f32;
@@ -158,7 +162,7 @@ unsafe fn ld32(p: &[i32; 8]) -> __m256i {
 ///    `i32`: exact, as the true value fits `i32` (1.); then the clamp to `[qmin, qmax]` in `i32`.
 ///
 /// With [`RequantRule::Float`] it is [`crate::quant::requantize_float`] instead: `vcvtdq2ps`
-/// (round to nearest even, as Rust's `as f32`), `vmulps`, `vmaxps`/`vminps` with
+/// (round to nearest even, as Rust's `as f32`), `vaddps` (the float bias), `vmulps`, `vmaxps`/`vminps` with
 /// `[qmin - zp, qmax - zp]` (never NaN), `vcvtps2dq` (nearest even under the default MXCSR), plus
 /// `zp`: each step one IEEE operation, so the scalar bits.
 ///
@@ -170,7 +174,7 @@ pub unsafe fn requant8(acc: __m256i, r: &RequantLanes) -> __m256i {
     let acc = _mm256_add_epi32(acc, ld32(&r.bias));
     if r.float {
         let ldf = |p: &[f32; 8]| _mm256_loadu_ps(p.as_ptr());
-        let v = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), ldf(&r.fm));
+        let v = _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(acc), ldf(&r.fb)), ldf(&r.fm));
         let v = _mm256_min_ps(_mm256_max_ps(v, ldf(&r.flo)), ldf(&r.fhi));
         return _mm256_add_epi32(_mm256_cvtps_epi32(v), ld32(&r.zp));
     }
@@ -1533,6 +1537,7 @@ mod tests {
                     multiplier: m,
                     shift: s,
                     float_multiplier: (m as f64 * 0.5f64.powi(s as i32)) as f32,
+                    float_bias: 0.0,
                     rule: RequantRule::Integer,
                     zero_point: v[1],
                     qmin: v[0],
@@ -1542,17 +1547,32 @@ mod tests {
     }
 
     /// [`RequantRule::Float`] parameters: multipliers from `2^-24` to `2^4` (saturating and
-    /// exact-tie cases: `f32(acc) · 0.5`, `· 0.25` land on halves), any zero point and range.
+    /// exact-tie cases: `f32(acc) · 0.5`, `· 0.25` land on halves), any zero point and range,
+    /// and a float bias half the time (quarters, whose sums with small accumulators are ties too).
     fn float_requant_strategy() -> impl Strategy<Value = Requant> {
-        (requant_strategy(), -24i32..4, 0u32..(1 << 23), 0u8..4).prop_map(|(q, e, frac, kind)| {
-            let mantissa = if kind == 0 { 0 } else { frac };
-            let m = f32::from_bits(((127 + e) as u32) << 23 | mantissa);
-            Requant {
-                float_multiplier: m,
-                rule: RequantRule::Float,
-                ..q
-            }
-        })
+        (
+            requant_strategy(),
+            -24i32..4,
+            0u32..(1 << 23),
+            0u8..4,
+            -4000i32..4000,
+            any::<bool>(),
+        )
+            .prop_map(|(q, e, frac, kind, b, quarters)| {
+                let mantissa = if kind == 0 { 0 } else { frac };
+                let m = f32::from_bits(((127 + e) as u32) << 23 | mantissa);
+                let float_bias = match (kind, quarters) {
+                    (0, _) => 0.0,
+                    (_, true) => b as f32 * 0.25,
+                    (_, false) => b as f32 * 0.37 + frac as f32,
+                };
+                Requant {
+                    float_multiplier: m,
+                    float_bias,
+                    rule: RequantRule::Float,
+                    ..q
+                }
+            })
     }
 
     /// The accumulator clamp's edges: `alo`/`ahi` and their neighbours, `i32`'s ends, for
@@ -1579,6 +1599,7 @@ mod tests {
                 multiplier,
                 shift,
                 float_multiplier: 0.0,
+                float_bias: 0.0,
                 rule: RequantRule::Integer,
                 zero_point: v[1],
                 qmin: v[0],

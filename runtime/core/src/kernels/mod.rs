@@ -248,6 +248,55 @@ pub fn requant_per_channel(
         .collect()
 }
 
+/// A conv/linear layer's bias as the program stores it: `i32` at scale `s_in · s_w[c]`, added to
+/// the accumulator; or, with [`RequantRule::Float`] only, the real `f32` bias, added to
+/// `f32(acc)` before the multiply (`requantize: float_bias`, PyTorch's fbgemm).
+#[derive(Clone, Copy, Debug)]
+pub enum LayerBias<'a> {
+    Int(&'a [i32]),
+    Float(&'a [f32]),
+}
+
+impl<'a> LayerBias<'a> {
+    /// A bias constant's view: `i32` or `f32` data, else `None` (a malformed program).
+    pub fn of(t: &'a crate::tensor::Tensor) -> Option<LayerBias<'a>> {
+        t.as_i32()
+            .map(LayerBias::Int)
+            .or_else(|| t.as_f32().map(LayerBias::Float))
+    }
+}
+
+/// [`requant_per_channel`] with the layer's bias placed: a [`LayerBias::Float`] goes into each
+/// channel's [`Requant::float_bias`] ([`Requant::with_float_bias`]); the returned `i32` bias (the
+/// [`LayerBias::Int`], else none) is what the kernels add to the accumulator. Errors for a bias
+/// whose length is not the channel count, and for a float bias with the integer rule.
+pub fn requant_with_bias<'a>(
+    input: &QParams,
+    weight_scales: &[f32],
+    output: &QParams,
+    act: Activation,
+    rule: RequantRule,
+    bias: Option<LayerBias<'a>>,
+) -> Result<(Vec<Requant>, Option<&'a [i32]>), KernelError> {
+    let requant = requant_per_channel(input, weight_scales, output, act, rule)?;
+    match bias {
+        None => Ok((requant, None)),
+        Some(LayerBias::Int(b)) => {
+            check_len("bias", requant.len(), b.len())?;
+            Ok((requant, Some(b)))
+        }
+        Some(LayerBias::Float(b)) => {
+            check_len("bias", requant.len(), b.len())?;
+            let requant = requant
+                .into_iter()
+                .zip(b.iter().zip(weight_scales))
+                .map(|(r, (&b, &s_w))| r.with_float_bias(b, input.scale(), s_w))
+                .collect::<Result<_, _>>()?;
+            Ok((requant, None))
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Window geometry
 // ---------------------------------------------------------------------------------------------

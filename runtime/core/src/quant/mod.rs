@@ -48,6 +48,10 @@ pub enum QuantError {
     MultiplierOutOfRange { multiplier: f64 },
     #[error("bias {bias} is NaN")]
     NanBias { bias: f32 },
+    #[error(
+        "float bias {bias} (in accumulator units {term}) needs the float rule and a finite value; the rule is {rule}"
+    )]
+    FloatBias { bias: f32, term: f32, rule: &'static str },
     #[error("length mismatch: expected {expected} elements, got {got}")]
     LengthMismatch { expected: usize, got: usize },
     #[error("integer range [{qmin}, {qmax}] does not fit the element type {dtype}")]

@@ -82,12 +82,21 @@ pub fn float_requant_multiplier(s_in: f32, s_w: f32, s_out: f32) -> f32 {
     s_in * s_w / s_out
 }
 
-/// [`RequantRule::Float`] on one accumulator: `v = f32(acc) · multiplier` (one `f32` rounding
-/// of the conversion, one of the product), clamped to `[qmin − zp, qmax − zp]` (integers, so
-/// clamping before rounding equals clamping after), rounded to nearest even, plus `zp`.
+/// A float bias `b` in accumulator units, `b / (s_in · s_w)`, each operation rounded to `f32`:
+/// fbgemm's (PyTorch x86) `bias[j] / act_times_w_scale[j]`, added to `f32(acc)` before the
+/// multiply by [`requantize_float`] (`requantize: float_bias`, docs/numerics.md §4).
+pub fn float_bias_term(b: f32, s_in: f32, s_w: f32) -> f32 {
+    b / (s_in * s_w)
+}
+
+/// [`RequantRule::Float`] on one accumulator: `v = (f32(acc) + bias) · multiplier` (one `f32`
+/// rounding each for the conversion, the sum and the product; no fused multiply-add), clamped to
+/// `[qmin − zp, qmax − zp]` (integers, so clamping before rounding equals clamping after), rounded
+/// to nearest even, plus `zp`. `bias` is the layer's float bias in accumulator units
+/// ([`float_bias_term`]) or `0.0` (the bias is then in `acc`, and `f32(acc) + 0.0 = f32(acc)`).
 #[inline]
-pub fn requantize_float(acc: i32, multiplier: f32, zero_point: i32, qmin: i32, qmax: i32) -> i32 {
-    let v = (acc as f32 * multiplier)
+pub fn requantize_float(acc: i32, bias: f32, multiplier: f32, zero_point: i32, qmin: i32, qmax: i32) -> i32 {
+    let v = ((acc as f32 + bias) * multiplier)
         .max((qmin - zero_point) as f32)
         .min((qmax - zero_point) as f32);
     v.round_ties_even() as i32 + zero_point
@@ -104,6 +113,9 @@ pub struct Requant {
     pub shift: u32,
     /// [`RequantRule::Float`]'s multiplier ([`float_requant_multiplier`]).
     pub float_multiplier: f32,
+    /// [`RequantRule::Float`]: added to `f32(acc)` before the multiply ([`float_bias_term`] of
+    /// the layer's float bias, [`Requant::with_float_bias`]); `0.0` otherwise (finite).
+    pub float_bias: f32,
     pub rule: RequantRule,
     pub zero_point: i32,
     pub qmin: i32,
@@ -114,7 +126,8 @@ impl Eq for Requant {}
 
 impl std::hash::Hash for Requant {
     fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        (self.multiplier, self.shift, self.float_multiplier.to_bits(), self.rule).hash(h);
+        let float = (self.float_multiplier.to_bits(), self.float_bias.to_bits());
+        (self.multiplier, self.shift, float, self.rule).hash(h);
         (self.zero_point, self.qmin, self.qmax).hash(h);
     }
 }
@@ -138,6 +151,7 @@ impl Requant {
             multiplier,
             shift,
             float_multiplier,
+            float_bias: 0.0,
             rule: RequantRule::Integer,
             zero_point,
             qmin: range.qmin,
@@ -177,7 +191,14 @@ impl Requant {
                 let v = mul_shift_round(acc, self.multiplier, self.shift) + self.zero_point as i64;
                 v.clamp(self.qmin as i64, self.qmax as i64) as i32
             }
-            RequantRule::Float => requantize_float(acc, self.float_multiplier, self.zero_point, self.qmin, self.qmax),
+            RequantRule::Float => requantize_float(
+                acc,
+                self.float_bias,
+                self.float_multiplier,
+                self.zero_point,
+                self.qmin,
+                self.qmax,
+            ),
         }
     }
 
@@ -187,9 +208,29 @@ impl Requant {
         match self.rule {
             RequantRule::Integer => mul_shift_round(acc, self.multiplier, self.shift) + self.zero_point as i64,
             RequantRule::Float => {
-                (acc as f32 * self.float_multiplier).round_ties_even() as i64 + self.zero_point as i64
+                let v = (acc as f32 + self.float_bias) * self.float_multiplier;
+                // Saturating: `v` may exceed `i64` only where a clamp bound is passed anyway.
+                v.round_ties_even() as i64 + self.zero_point as i64
             }
         }
+    }
+
+    /// The same float requantization with the layer's float bias `b` of this channel added before
+    /// the multiply ([`float_bias_term`]`(b, s_in, s_w)`): PyTorch's fbgemm. Errors for the
+    /// integer rule (its bias is an `i32` in the accumulator) and for a term that is not finite.
+    pub fn with_float_bias(self, b: f32, s_in: f32, s_w: f32) -> Result<Requant, QuantError> {
+        let term = float_bias_term(b, s_in, s_w);
+        if self.rule != RequantRule::Float || !term.is_finite() {
+            return Err(QuantError::FloatBias {
+                bias: b,
+                term,
+                rule: self.rule.name(),
+            });
+        }
+        Ok(Requant {
+            float_bias: term,
+            ..self
+        })
     }
 
     /// The multiplier actually applied, `multiplier * 2^-shift` (exact in f64).

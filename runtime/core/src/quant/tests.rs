@@ -527,22 +527,39 @@ fn fake_vs_int(x: &[f32], w: &[f32], bias: f32, k: usize) -> (u8, u8) {
 #[test]
 fn requantize_float_by_hand() {
     // 10 · 0.25 = 2.5 → 2 (even); 14 · 0.25 = 3.5 → 4; -4 · 0.125 = -0.5 → -0 → zp.
-    assert_eq!(requantize_float(10, 0.25, 10, 0, 255), 12);
-    assert_eq!(requantize_float(14, 0.25, 10, 0, 255), 14);
-    assert_eq!(requantize_float(-4, 0.125, 10, 0, 255), 10);
+    assert_eq!(requantize_float(10, 0.0, 0.25, 10, 0, 255), 12);
+    assert_eq!(requantize_float(14, 0.0, 0.25, 10, 0, 255), 14);
+    assert_eq!(requantize_float(-4, 0.0, 0.125, 10, 0, 255), 10);
     // Saturation at both ends, and a narrowed (ReLU) range.
-    assert_eq!(requantize_float(i32::MAX, 4.0, 3, 0, 255), 255);
-    assert_eq!(requantize_float(i32::MIN, 4.0, 3, 0, 255), 0);
-    assert_eq!(requantize_float(-100, 0.5, 20, 20, 127), 20);
+    assert_eq!(requantize_float(i32::MAX, 0.0, 4.0, 3, 0, 255), 255);
+    assert_eq!(requantize_float(i32::MIN, 0.0, 4.0, 3, 0, 255), 0);
+    assert_eq!(requantize_float(-100, 0.0, 0.5, 20, 20, 127), 20);
     // f32(acc) rounds first: 2^24 + 1 is not an f32.
-    assert_eq!(requantize_float((1 << 24) + 1, 2f32.powi(-24), 0, 0, 255), 1);
+    assert_eq!(requantize_float((1 << 24) + 1, 0.0, 2f32.powi(-24), 0, 0, 255), 1);
     let (s_in, s_w, s_out) = (0.1f32, 0.003f32, 0.07f32);
     assert_eq!(float_requant_multiplier(s_in, s_w, s_out), (s_in * s_w) / s_out);
     let r = Requant::from_scales(RequantRule::Float, s_in, s_w, s_out, 5, QRange::U8).unwrap();
     assert_eq!(r.float_multiplier, (s_in * s_w) / s_out);
     for acc in [-5000, -1, 0, 1, 233, 234, 5000] {
-        assert_eq!(r.apply(acc), requantize_float(acc, r.float_multiplier, 5, 0, 255));
+        assert_eq!(r.apply(acc), requantize_float(acc, 0.0, r.float_multiplier, 5, 0, 255));
     }
+    // `requantize: float_bias`: the bias in accumulator units, added to f32(acc) before the
+    // multiply; 10 + 0.5 = 10.5, · 0.25 = 2.625 → 3, where the bias rounded into the accumulator
+    // first (10 + rint(0.5) = 10) gives 2.5 → 2.
+    assert_eq!(requantize_float(10, 0.5, 0.25, 10, 0, 255), 13);
+    assert_eq!(requantize_float(10, 0.0, 0.25, 10, 0, 255), 12);
+    let b = 0.0123f32;
+    let fb = r.with_float_bias(b, s_in, s_w).unwrap();
+    assert_eq!(fb.float_bias, b / (s_in * s_w));
+    for acc in [-5000, -1, 0, 1, 233, 234, 5000] {
+        let want = ((acc as f32 + b / (s_in * s_w)) * r.float_multiplier).round_ties_even() as i32 + 5;
+        assert_eq!(fb.apply(acc), want.clamp(0, 255));
+    }
+    // Only with the float rule, and only finite.
+    let i = Requant::from_scales(RequantRule::Integer, s_in, s_w, s_out, 5, QRange::U8).unwrap();
+    assert!(i.with_float_bias(b, s_in, s_w).is_err());
+    assert!(r.with_float_bias(f32::INFINITY, s_in, s_w).is_err());
+    assert!(r.with_float_bias(f32::NAN, s_in, s_w).is_err());
     // The integer form of the same scales stays within one step.
     let i = Requant::from_scales(RequantRule::Integer, s_in, s_w, s_out, 5, QRange::U8).unwrap();
     for acc in -20_000..20_000 {

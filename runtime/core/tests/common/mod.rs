@@ -147,6 +147,9 @@ pub fn twin(p: &Program, step: &Step, inputs: &[Tensor]) -> Tensor {
         };
         let s_in = in_q.unwrap().scale() as f64;
         let b = bias.map(|b| {
+            if let Some(bf) = p.constants[b].as_f32() {
+                return Tensor::f32(vec![cout], bf.to_vec());
+            }
             let bq = p.constants[b].as_i32().unwrap();
             Tensor::f32(
                 vec![cout],
@@ -250,6 +253,9 @@ pub struct Builder {
     pub act_range: QRange,
     /// The requantization rule of the conv/linear steps it builds (default integer).
     pub requantize: RequantRule,
+    /// With the float rule: biases kept as `f32` constants, added before the multiply
+    /// (`requantize: float_bias`); else `i32` (default).
+    pub float_bias: bool,
 }
 
 impl Builder {
@@ -266,6 +272,7 @@ impl Builder {
             rng: SplitMix64::new(seed),
             act_range: QRange::U8,
             requantize: RequantRule::Integer,
+            float_bias: false,
         }
     }
 
@@ -284,8 +291,9 @@ impl Builder {
         self.p.constants.len() - 1
     }
 
-    /// Random i8 weights `shape`, per-channel scales around `scale`, and (optionally) an i32 bias
-    /// quantized from a random float bias of magnitude `bias_mag` for input scale `s_in`.
+    /// Random i8 weights `shape`, per-channel scales around `scale`, and (optionally) a random
+    /// float bias of magnitude `bias_mag`: `f32` with [`Builder::float_bias`], else an `i32`
+    /// quantized for input scale `s_in`.
     pub fn weights(
         &mut self,
         shape: Vec<usize>,
@@ -300,6 +308,10 @@ impl Builder {
             .collect();
         let scales: Vec<f32> = (0..cout).map(|_| scale * self.rng.uniform(0.5, 1.5)).collect();
         let bias = bias_mag.map(|m| {
+            if self.float_bias {
+                let b: Vec<f32> = (0..cout).map(|_| self.rng.uniform(-m, m)).collect();
+                return self.constant(Tensor::f32(vec![cout], b));
+            }
             let b: Vec<i32> = scales
                 .iter()
                 .map(|&sw| quantize_bias(self.rng.uniform(-m, m), s_in, sw).unwrap().value)

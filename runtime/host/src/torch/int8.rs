@@ -5,7 +5,7 @@
 //! "CUDA int8 through libtorch".
 //!
 //! Nothing here re-derives numerics: requantization parameters come from
-//! [`requant_per_channel`], [`QAdd::new`] and [`ConcatPart::new`], and the tensor code evaluates
+//! [`requant_with_bias`], [`QAdd::new`] and [`ConcatPart::new`], and the tensor code evaluates
 //! `Requant::apply`, `avg_round`, `avg_pool_out`, `QAdd::apply` and `quantize` with integer (or
 //! provably exact float) tensor operations. Integer matrix products go through `_int_mm`
 //! (int8 × int8 → int32, cuBLASLt on CUDA).
@@ -15,7 +15,9 @@ use tch::{Kind, Tensor as TT};
 use super::forward::float_step;
 use super::tensors::{from_tch, tch_device, to_tch};
 use super::{Device, TorchError};
-use qc_runtime::kernels::{check_epilogue, requant_per_channel, Activation, Axis, ConcatPart, Conv2dGeom, Pool2dGeom};
+use qc_runtime::kernels::{
+    check_epilogue, requant_with_bias, Activation, Axis, ConcatPart, Conv2dGeom, LayerBias, Pool2dGeom,
+};
 use qc_runtime::program::{FloatOp, Layout, Program, QuantOp, Step, StepOp, Window};
 use qc_runtime::quant::{lut_table, QAdd, QMul, QParams, Requant, RequantRule};
 use qc_runtime::tensor::{DType, Tensor};
@@ -53,8 +55,9 @@ fn round_up(x: usize, m: usize) -> usize {
 /// One [`Requant`] per channel (the last axis) as int64 tensors on the device (and, for
 /// [`RequantRule::Float`], the `f32` multipliers and clamp bounds).
 struct RequantT {
-    /// `Some((float_multiplier, qmin − zp, qmax − zp))` as f32 tensors for the float rule.
-    float: Option<(TT, TT, TT)>,
+    /// `Some((float_bias, float_multiplier, qmin − zp, qmax − zp))` as f32 tensors for the float
+    /// rule.
+    float: Option<(TT, TT, TT, TT)>,
     multiplier: TT,
     round: TT,
     shift: TT,
@@ -69,6 +72,7 @@ impl RequantT {
         let colf = |f: &dyn Fn(&Requant) -> f32| TT::from_slice(&rs.iter().map(f).collect::<Vec<f32>>()).to_device(dev);
         let float = (rs.first().map(|r| r.rule) == Some(RequantRule::Float)).then(|| {
             (
+                colf(&|r| r.float_bias),
                 colf(&|r| r.float_multiplier),
                 colf(&|r| (r.qmin - r.zero_point) as f32),
                 colf(&|r| (r.qmax - r.zero_point) as f32),
@@ -92,12 +96,14 @@ impl RequantT {
     /// Clamping is `max` then `min`, as `i64::clamp` for `qmin ≤ qmax`. Returns `u8`.
     ///
     /// The float rule is `requantize_float`: int64 → f32 (nearest even; the values are `i32`s,
-    /// so the same rounding as `i32 as f32`), one f32 multiply, `maximum`/`minimum` with the
-    /// integer bounds, `round` (half to even), int64, plus the zero point.
+    /// so the same rounding as `i32 as f32`), one f32 add (the float bias, zero without one), one
+    /// f32 multiply (separate kernels: never fused), `maximum`/`minimum` with the integer
+    /// bounds, `round` (half to even), int64, plus the zero point.
     fn apply(&self, acc: &TT) -> Result<TT, TorchError> {
-        if let Some((m, lo, hi)) = &self.float {
+        if let Some((b, m, lo, hi)) = &self.float {
             return acc
                 .f_to_kind(Kind::Float)
+                .and_then(|v| v.f_add(b))
                 .and_then(|v| v.f_mul(m))
                 .and_then(|v| v.f_maximum(lo))
                 .and_then(|v| v.f_minimum(hi))
@@ -483,7 +489,7 @@ fn prepare(p: &Program, step: &Step, dev: tch::Device) -> Result<Prepared, Strin
 }
 
 /// A `qconv` (`groups` given) or `qlinear`: requantization from the CPU runtime's
-/// [`requant_per_channel`], then a [`Gemm`] (or, one input channel per group, a [`Depthwise`]).
+/// [`requant_with_bias`], then a [`Gemm`] (or, one input channel per group, a [`Depthwise`]).
 fn prepare_weighted(
     p: &Program,
     step: &Step,
@@ -499,14 +505,14 @@ fn prepare_weighted(
 ) -> Result<Prepared, String> {
     let (input, output) = (quant_of(p, step.inputs[0])?, quant_of(p, step.output)?);
     let scales = p.constants[weight_scales].as_f32().ok_or("weight scales are not f32")?;
-    let requant =
-        requant_per_channel(&input, scales, &output, act, rule).map_err(|e| format!("requantization: {e}"))?;
-    let wt = &p.constants[weight];
-    let w = wt.as_i8().ok_or("weights are not i8")?;
     let bias = match bias {
-        Some(b) => Some(p.constants[b].as_i32().ok_or("the bias is not i32")?),
+        Some(b) => Some(LayerBias::of(&p.constants[b]).ok_or("the bias is neither i32 nor f32")?),
         None => None,
     };
+    let (requant, bias) =
+        requant_with_bias(&input, scales, &output, act, rule, bias).map_err(|e| format!("requantization: {e}"))?;
+    let wt = &p.constants[weight];
+    let w = wt.as_i8().ok_or("weights are not i8")?;
     let cout = requant.len();
     let cig = wt.shape.last().copied().unwrap_or(0);
     let Some(groups) = groups else {

@@ -34,7 +34,9 @@ pub struct Requant16 {
     pub rnd: [i64; LANES],
     /// `shift`, same order as `rnd`.
     pub shift: [i64; LANES],
-    /// [`RequantRule::Float`]: `float_multiplier` and `[qmin - zp, qmax - zp]` as `f32`.
+    /// [`RequantRule::Float`]: `float_bias`, `float_multiplier` and `[qmin - zp, qmax - zp]` as
+    /// `f32`.
+    pub fb: [f32; LANES],
     pub fm: [f32; LANES],
     pub flo: [f32; LANES],
     pub fhi: [f32; LANES],
@@ -56,6 +58,7 @@ impl Requant16 {
             hi: [0; LANES],
             rnd: [0; LANES],
             shift: [0; LANES],
+            fb: [0.0; LANES],
             fm: [0.0; LANES],
             flo: [0.0; LANES],
             fhi: [0.0; LANES],
@@ -74,6 +77,7 @@ impl Requant16 {
             let k = Self::i64_lane(i);
             l.rnd[k] = 1i64 << (q.shift - 1);
             l.shift[k] = q.shift as i64;
+            l.fb[i] = q.float_bias;
             l.fm[i] = q.float_multiplier;
             l.flo[i] = (q.qmin - q.zero_point) as f32;
             l.fhi[i] = (q.qmax - q.zero_point) as f32;
@@ -92,13 +96,13 @@ impl Requant16 {
     /// `2^30 + 1` of `[qmin, qmax]`, see `acc_clamp`). `max` then `min`, as `vpmaxsd` /
     /// `vpminsd`: when `qmin = qmax`, `alo` may exceed `ahi`, and every `a` gives that one value.
     ///
-    /// With [`RequantRule::Float`]: `f32(acc + bias) · fm`, `max` `flo`, `min` `fhi`, rounded to
-    /// nearest even, plus `zp` ([`crate::quant::requantize_float`], as `vcvtdq2ps`, `vmulps`,
-    /// `vmaxps`, `vminps`, `vcvtps2dq` compute it).
+    /// With [`RequantRule::Float`]: `(f32(acc + bias) + fb) · fm`, `max` `flo`, `min` `fhi`,
+    /// rounded to nearest even, plus `zp` ([`crate::quant::requantize_float`], as `vcvtdq2ps`,
+    /// `vaddps`, `vmulps`, `vmaxps`, `vminps`, `vcvtps2dq` compute it).
     #[inline(always)]
     pub fn apply(&self, i: usize, acc: i32) -> u8 {
         if self.float {
-            let v = (acc.wrapping_add(self.bias[i]) as f32 * self.fm[i])
+            let v = ((acc.wrapping_add(self.bias[i]) as f32 + self.fb[i]) * self.fm[i])
                 .max(self.flo[i])
                 .min(self.fhi[i]);
             return (v.round_ties_even() as i32 + self.zp[i]) as u8;
@@ -373,10 +377,17 @@ mod tests {
                     _ if real.is_normal() => real,
                     _ => 1e-3,
                 };
+                // The float rule's bias half the time: quarters (ties with small accumulators).
+                let float_bias = match r.next_u64() % 4 {
+                    0 | 1 => 0.0,
+                    2 => (r.next_u64() % 8001) as f32 * 0.25 - 1000.0,
+                    _ => (r.next_u64() as i32 >> (r.next_u64() % 31)) as f32 * 0.37,
+                };
                 let q = Requant {
                     multiplier,
                     shift,
                     float_multiplier,
+                    float_bias,
                     rule: if float {
                         RequantRule::Float
                     } else {

@@ -94,9 +94,10 @@ fn first(n: usize) -> __mmask16 {
 unsafe fn requant_zmm(acc: __m512i, r: &Requant16) -> __m512i {
     let a = _mm512_add_epi32(acc, ld512(r.bias.as_ptr()));
     if r.float {
-        // RequantRule::Float: convert, multiply, clamp in f32, round to nearest even, plus zp.
+        // RequantRule::Float: convert, add the float bias, multiply, clamp in f32, round to nearest even, plus zp.
         let ldf = |p: &[f32; 16]| _mm512_loadu_ps(p.as_ptr());
-        let v = _mm512_mul_ps(_mm512_cvtepi32_ps(a), ldf(&r.fm));
+        let v = _mm512_add_ps(_mm512_cvtepi32_ps(a), ldf(&r.fb));
+        let v = _mm512_mul_ps(v, ldf(&r.fm));
         let v = _mm512_min_ps(_mm512_max_ps(v, ldf(&r.flo)), ldf(&r.fhi));
         return _mm512_add_epi32(_mm512_cvtps_epi32(v), ld512(r.zp.as_ptr()));
     }
@@ -149,7 +150,8 @@ unsafe fn requant8_half(acc: __m256i, r: &Requant16, h: usize) -> __m256i {
     let a = _mm256_add_epi32(acc, ld256(r.bias[c..].as_ptr()));
     if r.float {
         // RequantRule::Float, as `requant_zmm`.
-        let v = _mm256_mul_ps(_mm256_cvtepi32_ps(a), _mm256_loadu_ps(r.fm[c..].as_ptr()));
+        let v = _mm256_add_ps(_mm256_cvtepi32_ps(a), _mm256_loadu_ps(r.fb[c..].as_ptr()));
+        let v = _mm256_mul_ps(v, _mm256_loadu_ps(r.fm[c..].as_ptr()));
         let v = _mm256_min_ps(
             _mm256_max_ps(v, _mm256_loadu_ps(r.flo[c..].as_ptr())),
             _mm256_loadu_ps(r.fhi[c..].as_ptr()),
