@@ -138,6 +138,32 @@ fn fashion_cnn_agrees_with_onnx_runtime_on_real_images() {
     assert!(equal >= 99.0, "{equal}% equal");
 }
 
+/// `requantize: float_bias` (PyTorch's fbgemm) has no ONNX form: the export quantizes each float
+/// bias to int32 (as `requantize: float` keeps it), so ONNX Runtime computes the float rule with an
+/// int32 bias for those layers, never more than one step from qc's outputs (measured on the first
+/// 256 test images: 93.75% of the logits' codes equal, top-1 100% the same).
+#[test]
+fn a_float_bias_model_exports_with_int32_biases_within_one_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = fashion_recipe(dir.path());
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    let text = text.replacen("  scheme    x86\n", "  scheme    x86\n  requantize: float_bias\n", 1);
+    assert!(text.contains("requantize: float_bias"));
+    std::fs::write(&recipe, text).unwrap();
+    let images = qc_runtime_host::data::read_idx_images(Path::new("/usr/share/datasets/fashion-mnist"), false)
+        .expect("make setup installs Fashion-MNIST");
+    let n = 256;
+    let batch = images.batch_f32(0, n);
+    let qc_runtime::TensorData::F32(pixels) = &batch.data else {
+        panic!("f32")
+    };
+    let input = dir.path().join("x.npy");
+    write_npy(&input, &[n, 1, 28, 28], pixels);
+    let (equal, steps) = agreement(dir.path(), &recipe, &input);
+    assert!(steps <= 1, "{steps} steps apart");
+    assert!(equal >= 90.0, "{equal}% equal");
+}
+
 #[test]
 fn inception_concat_block_agrees_with_onnx_runtime() {
     let dir = tempfile::tempdir().unwrap();
@@ -171,7 +197,7 @@ fn mobilenet_v3_small_squeeze_excite_agrees_with_onnx_runtime() {
     // QLinearMul. Measured (qc's deterministic initial weights, the recipe's 2 random calibration
     // samples): 100% equal, max 0 steps, top-1 100%.
     assert!(steps <= 1, "{steps} steps apart");
-    assert!(equal >= 80.0, "{equal}% equal");
+    assert!(equal >= 90.0, "{equal}% equal");
 }
 
 #[test]
