@@ -112,3 +112,8 @@ fn inception_from_float_runs_as_its_readme_says() {
 fn per_layer_qat_runs_as_its_readme_says() {
     check_readme("per-layer-qat");
 }
+
+#[test]
+fn resnet_table_runs_as_its_readme_says() {
+    check_readme("resnet-table");
+}
