@@ -118,18 +118,23 @@ fn random(shape: &[usize], seed: u64) -> Vec<f32> {
         .collect()
 }
 
-#[test]
-fn fashion_cnn_agrees_with_onnx_runtime_on_real_images() {
-    let dir = tempfile::tempdir().unwrap();
+/// The first `n` Fashion-MNIST test images (raw pixels in [0, 1]) as `dir/x.npy`.
+fn test_images(dir: &Path, n: usize) -> PathBuf {
     let images = qc_runtime_host::data::read_idx_images(Path::new("/usr/share/datasets/fashion-mnist"), false)
         .expect("make setup installs Fashion-MNIST");
-    let n = 256;
     let batch = images.batch_f32(0, n);
     let qc_runtime::TensorData::F32(pixels) = &batch.data else {
         panic!("f32")
     };
-    let input = dir.path().join("x.npy");
+    let input = dir.join("x.npy");
     write_npy(&input, &[n, 1, 28, 28], pixels);
+    input
+}
+
+#[test]
+fn fashion_cnn_agrees_with_onnx_runtime_on_real_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = test_images(dir.path(), 256);
     let (equal, steps) = agreement(dir.path(), &fashion_recipe(dir.path()), &input);
     // Measured 100% equal: `requantize: float` (the x86 scheme's) is ONNX Runtime's rule, and the
     // export writes the input quantization and the average pool so that ONNX Runtime computes
@@ -150,15 +155,7 @@ fn a_float_bias_model_exports_with_int32_biases_within_one_step() {
     let text = text.replacen("  scheme    x86\n", "  scheme    x86\n  requantize: float_bias\n", 1);
     assert!(text.contains("requantize: float_bias"));
     std::fs::write(&recipe, text).unwrap();
-    let images = qc_runtime_host::data::read_idx_images(Path::new("/usr/share/datasets/fashion-mnist"), false)
-        .expect("make setup installs Fashion-MNIST");
-    let n = 256;
-    let batch = images.batch_f32(0, n);
-    let qc_runtime::TensorData::F32(pixels) = &batch.data else {
-        panic!("f32")
-    };
-    let input = dir.path().join("x.npy");
-    write_npy(&input, &[n, 1, 28, 28], pixels);
+    let input = test_images(dir.path(), 256);
     let (equal, steps) = agreement(dir.path(), &recipe, &input);
     assert!(steps <= 1, "{steps} steps apart");
     assert!(equal >= 90.0, "{equal}% equal");

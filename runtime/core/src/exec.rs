@@ -315,13 +315,11 @@ fn prepare(p: &Program, isa: Isa, emulated: Emulation) -> Result<Vec<Prepared>, 
                 } => {
                     let (input, output) = (params(step.inputs[0])?, params(step.output)?);
                     let scales = p.constants[*weight_scales].as_f32().unwrap_or(&[]);
-                    let bias = match bias {
-                        Some(b) => Some(
-                            LayerBias::of(&p.constants[*b])
-                                .ok_or_else(|| fail("the bias is neither i32 nor f32".into()))?,
-                        ),
-                        None => None,
-                    };
+                    let bias = bias
+                        .map(|b| {
+                            LayerBias::of(&p.constants[b]).ok_or_else(|| fail("the bias is neither i32 nor f32".into()))
+                        })
+                        .transpose()?;
                     let (requant, bias) = requant_with_bias(&input, scales, &output, *act, *requantize, bias)
                         .map_err(|e| fail(format!("requantization: {e}")))?;
                     let w = &p.constants[*weight];

@@ -505,10 +505,9 @@ fn prepare_weighted(
 ) -> Result<Prepared, String> {
     let (input, output) = (quant_of(p, step.inputs[0])?, quant_of(p, step.output)?);
     let scales = p.constants[weight_scales].as_f32().ok_or("weight scales are not f32")?;
-    let bias = match bias {
-        Some(b) => Some(LayerBias::of(&p.constants[b]).ok_or("the bias is neither i32 nor f32")?),
-        None => None,
-    };
+    let bias = bias
+        .map(|b| LayerBias::of(&p.constants[b]).ok_or("the bias is neither i32 nor f32"))
+        .transpose()?;
     let (requant, bias) =
         requant_with_bias(&input, scales, &output, act, rule, bias).map_err(|e| format!("requantization: {e}"))?;
     let wt = &p.constants[weight];
