@@ -251,13 +251,23 @@ fn print_header(job: &TrainJob, qat: bool) {
             Device::Cuda => "libtorch CUDA",
         }
     );
-    if let (Some(qat), Some((bn, obs))) = (&job.qat, job.freeze) {
-        let after = |e: Option<u64>| e.map_or("never".to_string(), |e| format!("after epoch {e}"));
+    if let Some(qat) = &job.qat {
+        let after = |e: Option<usize>| e.map_or("never".to_string(), |e| format!("after epoch {e}"));
+        let pow2 = qat.plan.sites.iter().filter(|s| s.power_of_two).count();
+        let learned = qat.plan.sites.iter().filter(|s| s.learnable).count();
+        let kinds = match (pow2, learned) {
+            (0, _) => String::new(),
+            (p, 0) => format!(" ({p} with power-of-two scales)"),
+            (p, l) => format!(" ({p} with power-of-two scales, {l} with learned ranges)"),
+        };
+        let ranges = qat
+            .freeze_ranges_after
+            .map_or(String::new(), |e| format!(", ranges frozen after epoch {e}"));
         println!(
-            "{} fake quantizations; batch norm frozen {}, observers frozen {}",
+            "{} fake quantizations{kinds}; batch norm frozen {}, observers frozen {}{ranges}",
             qat.plan.sites.len(),
-            after(bn),
-            after(obs)
+            after(qat.freeze_bn_after),
+            after(qat.freeze_observers_after)
         );
     }
 }

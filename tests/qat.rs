@@ -97,6 +97,7 @@ fn one_qat_step_matches_pytorch_eager_qat() {
         plan,
         freeze_bn_after: None,
         freeze_observers_after: None,
+        freeze_ranges_after: None,
     };
     let result = torch::train(
         &program,
@@ -251,7 +252,7 @@ fn int8_agrees_with_fake_quant(d: &Path, rq: &Path, n: usize, learnable_scales: 
         .unwrap()
         .run(&[raw])
         .unwrap();
-    let step = f32s(&m.params["fc2.activation_post_process.scale"].value.clone().unwrap())[0];
+    let step = output_step(&model_path);
     let (f, q) = (f32s(&fake[0]), f32s(&int8[0]));
     let within = f
         .iter()
@@ -267,6 +268,16 @@ fn int8_agrees_with_fake_quant(d: &Path, rq: &Path, n: usize, learnable_scales: 
         f.len()
     );
     assert!(mean_diff <= 0.5 * step, "mean difference {mean_diff} (step {step})");
+}
+
+/// The step of the int8 model's output: the scale of the value its final dequantize reads.
+fn output_step(model: &Path) -> f32 {
+    use qc_runtime::program::{QuantOp, StepOp};
+    let m = qc_runtime::model::Model::load(model).unwrap();
+    let p = m.program();
+    let last = p.steps.iter().find(|s| s.output == p.outputs[0]).unwrap();
+    assert!(matches!(last.op, StepOp::Quant(QuantOp::Dequantize)));
+    p.values[last.inputs[0]].quant.unwrap().scale()
 }
 
 #[test]
@@ -378,4 +389,99 @@ fn learnable_scales_train_once_observers_freeze_and_convert() {
     }
     // The learned scales convert, and the int8 model agrees with the fake-quantized one.
     int8_agrees_with_fake_quant(d, &recipe(d, &two, ""), 128, true);
+}
+
+/// fashion_cnn the way TI's QAT for TIDL runs (`examples/tidl-style`): power-of-two scales,
+/// integer requantization, learned (PACT2-style) ranges, observers for epoch 1, ranges and batch
+/// norm frozen after epoch 2; bound to `weights`.
+fn power_of_two_recipe(d: &Path, weights: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(recipe(d, weights, "  threads: 1\n")).unwrap();
+    let text = text
+        .replace("  scheme    x86\n", "  scheme    power_of_two\n  requantize: integer\n")
+        .replace(
+            "  freeze_bn_after: 1\n  freeze_observers_after: 1\n",
+            "  freeze_bn_after: 2\n  freeze_observers_after: 1\n  freeze_ranges_after: 2\n  learnable_scales: true\n",
+        )
+        .replace("  lr: 1e-4\n", "  lr: 0.01\n");
+    assert!(text.contains("power_of_two") && text.contains("freeze_ranges_after"));
+    let path = d.join(format!(
+        "pow2_{}.qrecipe",
+        weights.file_stem().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn power_of_two_qat_learns_ranges_freezes_them_and_converts_within_one_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let fp32 = float_trained(d, "2000");
+    let r = power_of_two_recipe(d, &fp32);
+    let w = d.join("w.safetensors");
+    let epochs = |n: &str, resume: bool| {
+        let mut args = vec![
+            "train",
+            r.to_str().unwrap(),
+            "--qat",
+            "-o",
+            w.to_str().unwrap(),
+            "--epochs",
+            n,
+            "--max-samples",
+            "1000",
+            "--device",
+            "cpu",
+        ];
+        if resume {
+            args.push("--resume");
+        }
+        let out = qc(&args);
+        ok(&out);
+        (read(&w), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (one, log) = epochs("1", false);
+    assert!(
+        log.contains("9 fake quantizations (9 with power-of-two scales, 9 with learned ranges); batch norm frozen after epoch 2, observers frozen after epoch 1, ranges frozen after epoch 2"),
+        "{log}"
+    );
+    let (two, _) = epochs("2", true);
+    let (three, _) = epochs("3", true);
+    let act = "conv1.activation_post_process";
+    // Epoch 2 learns the ranges (observers off), epoch 3 keeps them and batch norm, and trains
+    // the weights.
+    assert_eq!(f32s(&two[&format!("{act}.observer_enabled")]), [0.0]);
+    assert_ne!(
+        one[&format!("{act}.scale")],
+        two[&format!("{act}.scale")],
+        "learned in epoch 2"
+    );
+    for site in [act, "fc1.activation_post_process", "conv2.weight_fake_quant"] {
+        let key = format!("{site}.scale");
+        assert_eq!(two[&key], three[&key], "{key}: frozen after epoch 2");
+    }
+    assert_eq!(
+        two["conv1.bn.running_mean"], three["conv1.bn.running_mean"],
+        "batch norm frozen"
+    );
+    assert_ne!(two["conv1.weight"], three["conv1.weight"], "the weights go on training");
+    // The trained scales are continuous; the int8 model quantizes with their powers of two.
+    let learned = f32s(&three[&format!("{act}.scale")])[0];
+    let rq = power_of_two_recipe(d, &w);
+    int8_agrees_with_fake_quant(d, &rq, 256, true);
+    let model = qc_runtime::model::Model::load(&d.join("m.qmodel")).unwrap();
+    let scales: Vec<f32> = model
+        .program()
+        .values
+        .iter()
+        .filter_map(|v| v.quant.map(|q| q.scale()))
+        .collect();
+    assert!(!scales.is_empty());
+    for s in &scales {
+        assert_eq!(qc_runtime::quant::pow2_scale(*s), *s, "{s} is not a power of two");
+    }
+    assert!(
+        scales.contains(&qc_runtime::quant::pow2_scale(learned)),
+        "conv1's output scale is pow2_scale({learned})"
+    );
 }

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 use qc_dsl::Diagnostic;
-use qc_runtime::quant::{QParams, QRange};
+use qc_runtime::quant::{pow2_scale, QParams, QRange};
 use qc_runtime::{DType, Tensor, TensorData};
 use qc_runtime_host::observe::{qparams_for_range, ObserverKind, ObserverState};
 
@@ -122,17 +122,9 @@ fn observed_qparams(module: &Module, id: NodeId) -> Result<QuantParams, Box<Diag
             scale.and_then(|v| v.first().copied()),
             zp.and_then(|v| v.first().copied()),
         ) {
-            if spec.power_of_two && !is_power_of_two(s) {
-                return Err(err(
-                    module,
-                    &node.name,
-                    format!(
-                        "`{}.scale` is {s}, not a power of two, but the recipe asks for power-of-two scales here",
-                        node.name
-                    ),
-                    LEARNED_NOT_POW2_HELP,
-                ));
-            }
+            // A power-of-two site's QAT scale is continuous; it quantized with
+            // `pow2_scale(scale)`, and so does the int8 model (docs/design-later-stages.md 7.1).
+            let s = if spec.power_of_two { pow2_scale(s) } else { s };
             let (qmin, qmax) = spec.range();
             return Ok(QuantParams {
                 scale: s,
@@ -148,17 +140,6 @@ fn observed_qparams(module: &Module, id: NodeId) -> Result<QuantParams, Box<Diag
         format!("`{}` has no quantization parameters yet", node.name),
         "run stage `calibrated` first (a `calibrate` entry in `quantize { }`), or load a checkpoint of stage `calibrated`",
     ))
-}
-
-/// What to do when a checkpoint's scales (learned by QAT) are not the powers of two the recipe
-/// asks for.
-const LEARNED_NOT_POW2_HELP: &str =
-    "these scales were learned without power-of-two, and QAT cannot learn power-of-two \
-     scales yet: compile without `--qat` to calibrate power-of-two scales, or drop `power_of_two` from the recipe";
-
-/// Whether `s` is exactly a (positive, normal) power of two.
-fn is_power_of_two(s: f32) -> bool {
-    s.is_normal() && s > 0.0 && s.to_bits() & 0x007f_ffff == 0
 }
 
 /// The runtime parameters of a weight's `ParamQuant` (fixed at `calibrated`), when they have the
@@ -204,15 +185,16 @@ fn quantize_weight(
     let channels = if spec.per_channel { w.shape[0].max(1) } else { 1 };
     let inner = values.len() / channels.max(1);
     let fixed = fixed.and_then(|pq| fixed_weight_qparams(pq, spec, channels));
-    if let Some(p) = fixed.as_ref().filter(|_| spec.power_of_two) {
-        if let Some((c, q)) = p.iter().enumerate().find(|(_, q)| !is_power_of_two(q.scale())) {
-            return Err(format!(
-                "its scale{} is {}, not a power of two, but the recipe asks for power-of-two scales here ({LEARNED_NOT_POW2_HELP})",
-                if p.len() > 1 { format!(" of channel {c}") } else { String::new() },
-                q.scale()
-            ));
-        }
-    }
+    // A power-of-two weight's QAT scales are continuous; QAT quantized with `pow2_scale` of them.
+    let fixed = match fixed {
+        Some(p) if spec.power_of_two => Some(
+            p.iter()
+                .map(|q| QParams::new(pow2_scale(q.scale()), q.zero_point(), q.range()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?,
+        ),
+        other => other,
+    };
     let params: Vec<QParams> = match (fixed, ranges) {
         (Some(p), _) => p,
         (None, Some(r)) if r.len() == channels => r

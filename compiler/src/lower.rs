@@ -827,12 +827,6 @@ pub fn lower_qat(
             }
             _ => continue,
         };
-        if spec.power_of_two {
-            return Err(node_error(
-                node,
-                "power-of-two scales are not trained yet; QAT learns free scales",
-            ));
-        }
         let mut state = |role: &str| -> Result<usize, LowerError> {
             let key = node
                 .params
@@ -862,6 +856,7 @@ pub fn lower_qat(
             per_channel: spec.per_channel,
             symmetric: spec.symmetric,
             learnable: learnable || learnable_scales,
+            power_of_two: spec.power_of_two,
             averaging_constant: match spec.observer {
                 qc_dsl::sections::Observer::MovingAverageMinMax { momentum } => momentum,
                 _ => QAT_AVERAGING_CONSTANT,

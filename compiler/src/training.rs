@@ -55,8 +55,6 @@ pub struct TrainJob {
     pub resume: Option<TrainState>,
     /// The recipe section the settings come from: `train` or `qat`.
     pub section: &'static str,
-    /// QAT's freezing epochs as the recipe says them (batch norm, observers).
-    pub freeze: Option<(Option<u64>, Option<u64>)>,
 }
 
 /// Why a training run could not be prepared.
@@ -122,6 +120,7 @@ pub fn prepare(loaded: &Loaded, request: &TrainRequest) -> Result<TrainJob, Prep
         plan,
         freeze_bn_after: freeze.and_then(|f| f.0).map(|e| e as usize),
         freeze_observers_after: freeze.and_then(|f| f.1).map(|e| e as usize),
+        freeze_ranges_after: freeze.and_then(|f| f.2).map(|e| e as usize),
     });
     Ok(TrainJob {
         module,
@@ -134,7 +133,6 @@ pub fn prepare(loaded: &Loaded, request: &TrainRequest) -> Result<TrainJob, Prep
         test,
         resume,
         section,
-        freeze,
     })
 }
 
@@ -182,18 +180,18 @@ impl TrainJob {
     }
 }
 
+/// QAT's freezing epochs as the recipe says them: batch norm, observers, ranges.
+type Freeze = (Option<u64>, Option<u64>, Option<u64>);
+
 /// The section's settings (QAT's with the `train` section's data and the like filled in), the
 /// freezing epochs and whether scales are learnable.
 #[allow(clippy::type_complexity)]
-fn section_settings(
-    loaded: &Loaded,
-    qat: bool,
-) -> Result<(TrainSettings, Option<(Option<u64>, Option<u64>)>, bool), PrepareError> {
+fn section_settings(loaded: &Loaded, qat: bool) -> Result<(TrainSettings, Option<Freeze>, bool), PrepareError> {
     if qat {
         let Some(q) = loaded.sections.qat.clone() else {
             return Err(PrepareError::NoSection { section: "qat" });
         };
-        let freeze = (q.freeze_bn_after(), q.freeze_observers_after());
+        let freeze = (q.freeze_bn_after(), q.freeze_observers_after(), q.freeze_ranges_after());
         let learnable_scales = q.learnable_scales.is_some_and(|l| l.value);
         Ok((
             with_train_defaults(q.training.clone(), loaded.sections.train.as_ref()),

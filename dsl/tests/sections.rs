@@ -42,18 +42,16 @@ quantize {
   layer "conv*"  { activations: power_of_two }
   layer op(linear) { weights: int4 per_tensor symmetric }
 }
-qat { epochs: 3, lr: 1e-4, optimizer: sgd(momentum: 0.9), freeze_bn_after: 2, freeze_observers_after: 2 }
+qat { epochs: 3, lr: 1e-4, optimizer: sgd(momentum: 0.9), freeze_bn_after: 2, freeze_observers_after: 2, freeze_ranges_after: 2 }
 train { epochs: 2, lr: 0.01, batch_size: 64, data: fashion_mnist(split: train), seed: 1 }
 "#;
 
 /// DESIGN.md's example, which asks for power-of-two activation scales on `conv*` and has a `qat`
-/// section: QAT cannot learn power-of-two scales yet, so that one line is refused (with its span,
-/// and the `qat` section noted); every setting is still read.
+/// section (QAT with power-of-two scales, TI's flow): every setting is read, nothing refused.
 #[test]
 fn design_example() {
     let l = load(DESIGN);
-    let d = only(&l, "qc::pow2-qat", "power_of_two");
-    assert_eq!(d.notes.len(), 1, "the qat section is pointed at");
+    assert!(l.diagnostics.is_empty(), "{:#?}", l.diagnostics);
     let q = l.sections.quantize.as_ref().expect("quantize");
     assert_eq!(q.scheme.value, Scheme::X86);
     assert!(!q.scheme_defaulted);
@@ -109,6 +107,7 @@ fn design_example() {
     );
     assert_eq!(qat.freeze_bn_after(), Some(2));
     assert_eq!(qat.freeze_observers_after(), Some(2));
+    assert_eq!(qat.freeze_ranges_after(), Some(2));
     assert!(!qat.learnable_scales());
     assert_eq!(qat.batch_size(), 64);
     assert_eq!(text(&l, qat.lr.as_ref().unwrap()), "lr: 1e-4");

@@ -49,7 +49,6 @@ const DUPLICATE_SETTING: &str = "qc::duplicate-setting";
 const CONFLICTING_SETTING: &str = "qc::conflicting-setting";
 const DUPLICATE_SECTION: &str = "qc::duplicate-section";
 const MOVED_SETTING: &str = "qc::moved-setting";
-const POW2_QAT: &str = "qc::pow2-qat";
 
 /// Checks the sections of a recipe, reporting every error to `diags`.
 pub fn check(recipe: &Recipe, diags: &mut Diagnostics) -> Sections {
@@ -66,23 +65,6 @@ pub fn check(recipe: &Recipe, diags: &mut Diagnostics) -> Sections {
         |s| s.span,
         |c, s| c.loop_settings(s, "train").training,
     );
-    if let (Some(q), Some(section)) = (&quantize, recipe.qat.first()) {
-        if let Some(span) = power_of_two_written(q) {
-            c.diags.push(
-                Diagnostic::new(
-                    POW2_QAT,
-                    span,
-                    "power-of-two scales cannot be learned by QAT yet, and this recipe has a `qat` section",
-                )
-                .label("power-of-two scales")
-                .note(section.span, "the `qat` section")
-                .help(
-                    "QAT learns free scales; for power-of-two scales quantize after training (remove the `qat` \
-                     section and compile without `--qat`), or drop `power_of_two` to fine-tune with QAT",
-                ),
-            );
-        }
-    }
     let weights = c.weights(&recipe.weights);
     Sections {
         quantize,
@@ -91,20 +73,6 @@ pub fn check(recipe: &Recipe, diags: &mut Diagnostics) -> Sections {
         inputs,
         weights,
     }
-}
-
-/// Where the recipe asks for power-of-two scales (the scheme, a section-wide spec or a layer's),
-/// the first place written.
-fn power_of_two_written(q: &QuantizeSettings) -> Option<Span> {
-    if q.scheme.value == Scheme::PowerOfTwo && !q.scheme_defaulted {
-        return Some(q.scheme.span);
-    }
-    let specs = [&q.activations, &q.weights]
-        .into_iter()
-        .chain(q.layers.iter().flat_map(|l| [&l.activations, &l.weights]));
-    specs
-        .filter_map(|s| s.power_of_two.filter(|p| p.value).map(|p| p.span))
-        .next()
 }
 
 // ---------------------------------------------------------------- help texts
@@ -124,6 +92,9 @@ fn key_help(key: &str) -> &'static str {
         }
         "freeze_observers_after" => {
             "`freeze_observers_after` is the number of epochs after which observers freeze, 0 or more"
+        }
+        "freeze_ranges_after" => {
+            "`freeze_ranges_after` is the number of epochs after which the quantization ranges (observed or learned) freeze, 0 or more"
         }
         "learnable_scales" => "`learnable_scales` is `true` or `false`",
         "schedule" => "`schedule` is `constant`, `cosine` or `step(every: 2, gamma: 0.1)`",

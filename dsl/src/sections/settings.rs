@@ -696,6 +696,8 @@ pub struct QatSettings {
     pub freeze_bn_after: Option<Spanned<u64>>,
     /// Freeze observers (stop updating ranges) after this many epochs.
     pub freeze_observers_after: Option<Spanned<u64>>,
+    /// Freeze the ranges (observers off, learned scales no longer trained) after this many epochs.
+    pub freeze_ranges_after: Option<Spanned<u64>>,
     /// Learn the quantization scales (LSQ-style) instead of observing them.
     pub learnable_scales: Option<Spanned<bool>>,
 }
@@ -721,6 +723,10 @@ impl QatSettings {
     /// Epochs after which observers are frozen; `None` (the default): never.
     pub fn freeze_observers_after(&self) -> Option<u64> {
         self.freeze_observers_after.map(|s| s.value)
+    }
+    /// Epochs after which the ranges (observers and learned scales) are frozen; `None`: never.
+    pub fn freeze_ranges_after(&self) -> Option<u64> {
+        self.freeze_ranges_after.map(|s| s.value)
     }
     /// Whether scales are learnt; default false.
     pub fn learnable_scales(&self) -> bool {

@@ -24,7 +24,12 @@ const COMMON_KEYS: &[&str] = &[
     "normalize",
     "limit",
 ];
-const QAT_ONLY_KEYS: &[&str] = &["freeze_bn_after", "freeze_observers_after", "learnable_scales"];
+const QAT_ONLY_KEYS: &[&str] = &[
+    "freeze_bn_after",
+    "freeze_observers_after",
+    "freeze_ranges_after",
+    "learnable_scales",
+];
 
 impl Checker<'_> {
     /// A `qat` or `train` section; for `train` only `.training` is filled.
@@ -83,6 +88,7 @@ impl Checker<'_> {
                 "freeze_observers_after" => {
                     f.freeze_observers_after = self.int_value(value, &what, 0, help).and_then(sp)
                 }
+                "freeze_ranges_after" => f.freeze_ranges_after = self.int_value(value, &what, 0, help).and_then(sp),
                 "lr" => {
                     f.lr = self
                         .float_value(value, &what, Bounds::POSITIVE, help)

@@ -123,6 +123,8 @@ impl Builder<'_> {
                 site.name
             ));
         }
+        // A power-of-two site quantizes with `pow2_scale` of its continuous scale.
+        let scales = scales.iter().map(|&s| site.quantizing_scale(s)).collect();
         Ok(Some((scales, zero_points)))
     }
 

@@ -30,6 +30,9 @@ pub struct FakeQuantSite {
     /// The scale is trained (LSQ: PyTorch's `_LearnableFakeQuantize`, gradient scaled by
     /// `1 / sqrt(numel · quant_max)`); while the observer is on it still sets the scale.
     pub learnable: bool,
+    /// The scale it quantizes with is `pow2_scale(scale)` (TI's PACT2-style QAT,
+    /// `docs/design-later-stages.md` 7.1); the `scale` constant stays continuous.
+    pub power_of_two: bool,
     /// `i64[1]` flags.
     pub observer_enabled: ConstId,
     pub fake_quant_enabled: ConstId,
@@ -39,6 +42,17 @@ pub struct FakeQuantSite {
     /// `f32` scale and `i32` zero point (`[1]` per tensor, `[C]` per channel).
     pub scale: ConstId,
     pub zero_point: ConstId,
+}
+
+impl FakeQuantSite {
+    /// The scale this site quantizes with, given its `scale` constant's value `s`.
+    pub fn quantizing_scale(&self, s: f32) -> f32 {
+        if self.power_of_two {
+            crate::quant::pow2_scale(s)
+        } else {
+            s
+        }
+    }
 }
 
 /// The fake quantizations of a QAT program, a side table of the program

@@ -158,12 +158,14 @@ pub struct TrainResult {
 
 /// How quantization-aware training runs: the plan and when to freeze (epochs count from 1;
 /// during epoch `e`, batch norm is frozen when `e > freeze_bn_after`, observers when
-/// `e > freeze_observers_after`).
+/// `e > freeze_observers_after`, the ranges (observers and learned scales) when
+/// `e > freeze_ranges_after`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct QatTraining {
     pub plan: QatPlan,
     pub freeze_bn_after: Option<usize>,
     pub freeze_observers_after: Option<usize>,
+    pub freeze_ranges_after: Option<usize>,
 }
 
 /// The sample order of epoch `epoch` (from 0) of [`train_float`]: Fisher–Yates on SplitMix64

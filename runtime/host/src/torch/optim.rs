@@ -14,6 +14,9 @@ pub(super) struct Optim {
     pub(super) state: Vec<Vec<tch::Tensor>>,
     /// Steps done (Adam's bias correction).
     pub(super) steps: usize,
+    /// Trainable constants that this epoch does not update (frozen ranges): their values and
+    /// optimizer state stay as they are.
+    pub(super) frozen: Vec<usize>,
 }
 
 impl Optim {
@@ -32,6 +35,7 @@ impl Optim {
             params,
             state,
             steps: 0,
+            frozen: vec![],
         }
     }
 
@@ -47,7 +51,7 @@ impl Optim {
         for (k, &c) in self.params.iter().enumerate() {
             let mut p = consts[c].shallow_clone();
             let g = p.grad();
-            if !g.defined() {
+            if !g.defined() || self.frozen.contains(&c) {
                 continue;
             }
             let d = if self.weight_decay != 0.0 {

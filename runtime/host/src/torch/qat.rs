@@ -28,6 +28,8 @@ pub(super) struct QatPass<'a> {
     /// `Some(zeros)`: the observers stay still in this pass (evaluation), whatever their
     /// `observer_enabled` says.
     pub(super) observers_off: Option<tch::Tensor>,
+    /// Learned scales are detached in this pass (`freeze_ranges_after`): no gradient reaches them.
+    pub(super) ranges_frozen: bool,
 }
 
 impl<'a> QatPass<'a> {
@@ -45,7 +47,14 @@ impl<'a> QatPass<'a> {
             on_value,
             on_weight,
             observers_off: observers_off.then(|| tch::Tensor::zeros([1], (tch::Kind::Int64, device))),
+            ranges_frozen: false,
         }
+    }
+
+    /// This pass with the learned scales detached (the ranges frozen).
+    pub(super) fn with_ranges_frozen(mut self, frozen: bool) -> Self {
+        self.ranges_frozen = frozen;
+        self
     }
 
     /// PyTorch's `FusedMovingAvgObsFakeQuantize.forward`: observe (moving average), then
@@ -58,7 +67,7 @@ impl<'a> QatPass<'a> {
     ) -> Result<tch::Tensor, TorchError> {
         let s = &self.sites[site];
         let observer_on = self.observers_off.as_ref().unwrap_or(&consts[s.observer_enabled]);
-        if s.learnable {
+        if s.learnable || s.power_of_two {
             return self.learnable_fake_quant(s, x, consts, observer_on);
         }
         fused_fake_quant(s, x, consts, observer_on, &consts[s.fake_quant_enabled])
@@ -93,7 +102,10 @@ pub(super) fn fused_fake_quant(
 impl QatPass<'_> {
     /// PyTorch's `_LearnableFakeQuantize.forward`: while the observer is on, it observes
     /// (moving average) and sets the scale and zero point, outside autograd; then the scale,
-    /// kept at least `f32::EPSILON`, fake-quantizes with a gradient of its own.
+    /// kept at least `f32::EPSILON`, fake-quantizes with a gradient of its own. A power-of-two
+    /// site (learnable or not; TI's PACT2-style QAT, `docs/design-later-stages.md` 7.1)
+    /// quantizes with `pow2_scale` of its continuous scale, the gradient passing straight
+    /// through to it.
     pub(super) fn learnable_fake_quant(
         &self,
         s: &FakeQuantSite,
@@ -120,11 +132,26 @@ impl QatPass<'_> {
             return Ok(x.shallow_clone());
         }
         let zero_point = consts[s.zero_point].f_to_kind(tch::Kind::Float).map_err(err)?;
+        let scale = if self.ranges_frozen {
+            consts[s.scale].f_detach().map_err(err)?
+        } else {
+            consts[s.scale].shallow_clone()
+        };
+        // A power-of-two site quantizes with `pow2_scale(scale)`, straight-through to the
+        // continuous scale (`scale - scale.detach()` is exactly 0).
+        let scale = if s.power_of_two {
+            let fixed = scale.f_detach().map_err(err)?;
+            pow2_scales(&fixed)?
+                .f_add(&scale.f_sub(&fixed).map_err(err)?)
+                .map_err(err)?
+        } else {
+            scale
+        };
         // PyTorch's `use_grad_scaling`: over the whole tensor, per channel too.
         let grad_factor = 1.0 / ((x.numel().max(1) as f64) * s.quant_max as f64).sqrt();
         if s.per_channel {
             x.f_internal_fake_quantize_learnable_per_channel_affine(
-                &consts[s.scale],
+                &scale,
                 &zero_point,
                 0,
                 s.quant_min,
@@ -133,7 +160,7 @@ impl QatPass<'_> {
             )
         } else {
             x.f_internal_fake_quantize_learnable_per_tensor_affine(
-                &consts[s.scale],
+                &scale,
                 &zero_point,
                 s.quant_min,
                 s.quant_max,
@@ -142,6 +169,27 @@ impl QatPass<'_> {
         }
         .map_err(err)
     }
+}
+
+/// `pow2_scale` (`qc_runtime::quant`) of every element, on the f32 bits as the runtime computes
+/// it: the smallest power of two at least the scale, exact.
+pub(super) fn pow2_scales(scale: &tch::Tensor) -> Result<tch::Tensor, TorchError> {
+    let bits = scale
+        .f_to_kind(tch::Kind::Float)
+        .and_then(|t| t.f_contiguous())
+        .and_then(|t| t.f_view_dtype(tch::Kind::Int))
+        .map_err(err)?;
+    let exponent_up = bits
+        .f_bitwise_and(0x7f80_0000i64)
+        .and_then(|t| t.f_add_scalar(0x0080_0000i64))
+        .map_err(err)?;
+    let is_pow2 = bits
+        .f_bitwise_and(0x007f_ffffi64)
+        .and_then(|t| t.f_eq(0))
+        .map_err(err)?;
+    bits.f_where_self(&is_pow2, &exponent_up)
+        .and_then(|t| t.f_view_dtype(tch::Kind::Float))
+        .map_err(err)
 }
 
 /// The weight a weighted step computes with, and the per-channel factor its output is
@@ -221,3 +269,6 @@ fn channel_view(per_channel: &tch::Tensor, rank: usize, axis: usize) -> Result<t
     shape[axis] = -1;
     per_channel.f_reshape(&shape).map_err(err)
 }
+
+#[cfg(test)]
+mod pow2_tests;

@@ -312,14 +312,23 @@ impl Trainer<'_> {
         let started = std::time::Instant::now();
         let lr = config.schedule.lr(config.lr, epoch, config.epochs);
         let bn_training = self.qat.is_none_or(|q| q.freeze_bn_after.is_none_or(|f| epoch < f));
+        let ranges_frozen = self
+            .qat
+            .is_some_and(|q| q.freeze_ranges_after.is_some_and(|f| epoch >= f));
         if let Some(q) = self.qat {
-            if q.freeze_observers_after.is_some_and(|f| epoch >= f) {
+            if ranges_frozen || q.freeze_observers_after.is_some_and(|f| epoch >= f) {
                 for site in &q.plan.sites {
                     let _ = self.consts[site.observer_enabled].f_fill_(0).map_err(err)?;
                 }
             }
         }
-        let pass = self.qat.map(|q| QatPass::new(&q.plan, false, dev));
+        self.opt.frozen = match self.qat {
+            Some(q) if ranges_frozen => q.plan.sites.iter().filter(|s| s.learnable).map(|s| s.scale).collect(),
+            _ => vec![],
+        };
+        let pass = self
+            .qat
+            .map(|q| QatPass::new(&q.plan, false, dev).with_ranges_frozen(ranges_frozen));
         let order = epoch_order(n, config.seed, epoch);
         let bs = config.batch_size;
         let steps = n.div_ceil(bs);
