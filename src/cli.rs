@@ -185,6 +185,10 @@ enum Command {
         /// One class per input sample (IDX labels or `.npy`): print top-1 accuracy.
         #[arg(long)]
         labels: Option<PathBuf>,
+        /// An earlier run's output (`.npy`, e.g. `--output` of another model, device or the QAT
+        /// evaluation): print how many elements are equal and how many quantization steps apart.
+        #[arg(long, value_name = "REF")]
+        compare: Option<PathBuf>,
         /// Where to run: qc's own CPU kernels, libtorch on CUDA (`_int_mm`; the same bits), `auto`
         /// (CUDA when present), or `torch-cpu` (libtorch's int8 path on the CPU, for checks).
         #[arg(long, value_enum, default_value_t = crate::run::RunDevice::Cpu)]
@@ -286,6 +290,7 @@ pub fn main() -> Outcome {
             bench,
             profile,
             labels,
+            compare,
             device,
             allow_non_finite,
             stage,
@@ -298,6 +303,7 @@ pub fn main() -> Outcome {
             bench: bench.map(|b| b as usize),
             profile,
             labels,
+            compare,
             device,
             allow_non_finite,
             stage,

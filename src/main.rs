@@ -1,6 +1,7 @@
 //! `qc`, the command line: check, compile and inspect `.qrecipe` files, and run compiled models.
 
 mod cli;
+mod compare;
 mod eval;
 mod exit;
 mod input_range;

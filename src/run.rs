@@ -73,6 +73,8 @@ pub struct RunArgs {
     pub profile: bool,
     /// Labels (IDX or `.npy`, one class per sample) to report top-1 accuracy against.
     pub labels: Option<PathBuf>,
+    /// An earlier run's output (`.npy`) to compare the first output with.
+    pub compare: Option<PathBuf>,
     pub device: RunDevice,
     /// Run inputs with NaN or infinite values instead of refusing them.
     pub allow_non_finite: bool,
@@ -151,6 +153,7 @@ fn run_model(model: &Model, qat: Option<&QatPlan>, args: &RunArgs) -> Outcome {
     let mut read: Vec<PathBuf> = vec![args.model.clone()];
     read.extend(args.inputs.iter().cloned());
     read.extend(args.labels.iter().cloned());
+    read.extend(args.compare.iter().cloned());
     if let Some(out) = &args.output {
         crate::cli::check_output("--output", out, &read)?;
     }
@@ -213,6 +216,7 @@ fn run_model(model: &Model, qat: Option<&QatPlan>, args: &RunArgs) -> Outcome {
         summarize(&spec.name, out);
     }
     report_accuracy(args.labels.as_deref(), &outputs)?;
+    report_agreement(args.compare.as_deref(), model, qat, &outputs)?;
     write_output(args.output.as_deref(), &outputs)?;
     if args.profile {
         profile(model, &pool, &inputs)?;
@@ -339,6 +343,23 @@ fn report_accuracy(labels: Option<&Path>, outputs: &[Tensor]) -> Outcome {
         }
     }
     Ok(())
+}
+
+/// The first output against `--compare`'s reference, when given.
+fn report_agreement(reference: Option<&Path>, model: &Model, qat: Option<&QatPlan>, outputs: &[Tensor]) -> Outcome {
+    let Some(path) = reference else { return Ok(()) };
+    let step = crate::compare::output_step(model.program(), qat);
+    match crate::compare::agreement(path, &outputs[0], step) {
+        Ok(a) => {
+            println!("{}", crate::compare::describe(path, &a, step));
+            Ok(())
+        }
+        Err(message) => {
+            eprintln!("error: {message}");
+            eprintln!("help: --compare takes the .npy another run wrote with --output, for the same inputs");
+            Err(Failure::User)
+        }
+    }
 }
 
 /// The outputs to `--output`, when given.

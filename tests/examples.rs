@@ -117,3 +117,63 @@ fn per_layer_qat_runs_as_its_readme_says() {
 fn resnet_table_runs_as_its_readme_says() {
     check_readme("resnet-table");
 }
+
+/// The README's commands, then what its `...` lines hide: the int8 model within one step of the
+/// fake-quantized one and of ONNX Runtime's run of its export, and ONNX Runtime's run of the QAT
+/// export within one step of qc's QAT evaluation (equal but where float sums in another order
+/// land on the other side of a halfway point: 99.98% and 100% measured).
+#[test]
+fn tidl_style_runs_as_its_readme_says_within_one_step() {
+    check_readme("tidl-style");
+    let images = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz";
+    let qc = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_qc"))
+            .args(args)
+            .current_dir(repo())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ort = Command::new(repo().join(".venv-ort/bin/python"))
+        .args([
+            "tests/onnx/run_ort.py",
+            "out/tidl_style_qat.onnx",
+            images,
+            "out/tidl_ort_qat.npy",
+        ])
+        .current_dir(repo())
+        .status()
+        .unwrap();
+    assert!(ort.success());
+    let checks = [
+        (
+            vec!["run", "out/tidl_style.qmodel"],
+            "out/tidl_fake.npy",
+            "100.00% within one step",
+        ),
+        (
+            vec!["run", "out/tidl_style.qmodel"],
+            "out/tidl_ort.npy",
+            "100.00% within one step",
+        ),
+        (
+            vec![
+                "run",
+                "examples/tidl-style/converted.qrecipe",
+                "--stage",
+                "observed",
+                "--qat",
+            ],
+            "out/tidl_ort_qat.npy",
+            "100.00% within one step",
+        ),
+    ];
+    for (run, reference, want) in checks {
+        let mut args = run.clone();
+        args.extend(["--input", images, "--compare", reference]);
+        let out = qc(&args);
+        let line = out.lines().find(|l| l.starts_with("against ")).unwrap_or_default();
+        assert!(line.contains(want), "{}: {line}", args.join(" "));
+    }
+}

@@ -1,19 +1,32 @@
 """Runs an ONNX model exported by `qc export --onnx` with ONNX Runtime (CPU, all graph
-optimizations) on the inputs of a .npy file and writes the first output as .npy, after ONNX's
-full model check. Also prints the op types of the optimized graph ONNX Runtime runs.
+optimizations) on the inputs of a .npy file (or IDX images, `*-ubyte.gz`, as `qc run` reads
+them) and writes the first output as .npy, after ONNX's full model check. Also prints the op
+types of the optimized graph ONNX Runtime runs.
 
-Usage: run_ort.py MODEL.onnx INPUT.npy OUTPUT.npy OPTIMIZED.onnx [QC.npy SCALE ZP QMIN QMAX]
+Usage: run_ort.py MODEL.onnx INPUT.npy OUTPUT.npy [OPTIMIZED.onnx [QC.npy SCALE ZP QMIN QMAX]]
 
 With the last five, compares qc's output (`qc run --output QC.npy`) with ONNX Runtime's in the
 quantized domain: both requantized with the model's output parameters, and prints the share of
 equal elements and the largest difference in output steps.
 """
+import gzip
 import sys
 from collections import Counter
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+
+
+def read_idx(path):
+    """An IDX file (gzipped or not) as a numpy array."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if data[:3] != b"\x00\x00\x08":
+        sys.exit(f"{path}: not an IDX file of unsigned bytes")
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(data[3])]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * len(dims)).reshape(dims)
 
 
 def main():
@@ -24,7 +37,10 @@ def main():
     if len(sys.argv) > 4:
         opts.optimized_model_filepath = sys.argv[4]
     sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-    x = np.load(inp)
+    x = read_idx(inp) if "-ubyte" in inp else np.load(inp)
+    rank = len(sess.get_inputs()[0].shape)
+    if x.ndim == rank - 1:
+        x = x[:, None]  # IDX images [N, H, W] as [N, 1, H, W]
     if x.dtype == np.uint8:
         x = x.astype(np.float32) / 255.0
     name = sess.get_inputs()[0].name

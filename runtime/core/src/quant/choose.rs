@@ -52,12 +52,17 @@ pub fn qparams_symmetric(min: f32, max: f32, range: QRange, pow2: bool) -> Resul
     let amax = (-lo).max(hi);
     let half_levels = (range.qmax - range.qmin) as f32 / 2.0;
     let scale = finish_scale(amax / half_levels, pow2, min, max)?;
-    let zp = if range.is_signed() {
+    QParams::new(scale, symmetric_zero_point(range), range)
+}
+
+/// The zero point of symmetric quantization over `range`: 0 for a signed range,
+/// `(qmin + qmax + 1) / 2` (`2^(bits-1)`, 128 for u8) for an unsigned one.
+pub fn symmetric_zero_point(range: QRange) -> i32 {
+    if range.is_signed() {
         0
     } else {
         (range.qmin + range.qmax + 1) / 2
-    };
-    QParams::new(scale, zp, range)
+    }
 }
 
 /// `2^ceil(log2(s))`: the smallest power of two `>= s`, exact (bit manipulation, no `log2`).
