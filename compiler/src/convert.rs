@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 use qc_dsl::Diagnostic;
-use qc_runtime::quant::{pow2_scale, symmetric_zero_point, QParams, QRange};
+use qc_runtime::quant::{pow2_scale, QParams, QRange};
 use qc_runtime::{DType, Tensor, TensorData};
 use qc_runtime_host::observe::{qparams_for_range, ObserverKind, ObserverState};
 
@@ -126,20 +126,6 @@ fn observed_qparams(module: &Module, id: NodeId) -> Result<QuantParams, Box<Diag
             // `pow2_scale(scale)`, and so does the int8 model (docs/design-later-stages.md 7.1).
             let s = if spec.power_of_two { pow2_scale(s) } else { s };
             let (qmin, qmax) = spec.range();
-            let want = QRange::custom(qmin, qmax).ok().map(symmetric_zero_point);
-            if spec.symmetric && want.is_some_and(|w| i64::from(w) != z) {
-                return Err(err(
-                    module,
-                    &node.name,
-                    format!(
-                        "`{}.zero_point` is {z}, but the recipe quantizes this value symmetrically in [{qmin}, {qmax}], with zero point {}",
-                        node.name,
-                        want.unwrap_or_default()
-                    ),
-                    "the checkpoint's fake quantization was trained with another scheme or spec: train QAT with this \
-                     recipe (`qc train RECIPE --qat`), or compile with the recipe it was trained with",
-                ));
-            }
             return Ok(QuantParams {
                 scale: s,
                 zero_point: z as i32,

@@ -77,6 +77,8 @@ impl Sim16 {
                     let zero_point = (qmin as f64 - (lo as f64 / scale as f64).round()).clamp(qmin as f64, qmax as f64);
                     site.quant_min = qmin;
                     site.quant_max = qmax;
+                    // 16 bits over PTQ's range as it is, not rounded to a power of two.
+                    site.power_of_two = false;
                     // libtorch's fused fake quantization derives scale and zero point from the
                     // running range on every call: the range is what to set.
                     set(&mut program.constants[site.min_val], lo as f64);
