@@ -1,7 +1,7 @@
 # qc: the two commands of the README, and their parts.
 #   make demo   set up this machine, build, and run the main job on a shipped example
 #   make test   set up this machine, then run the whole test suite
-.PHONY: setup build demo test edge-core py-setup wheel test-python bench-setup fuzz-setup fuzz lint fmt clean
+.PHONY: setup build demo test edge-core py-setup py-dev-wheel wheel test-python bench-setup fuzz-setup fuzz lint fmt clean
 
 CARGO ?= cargo
 DEMO_RECIPE ?= examples/fashion_cnn.qrecipe
@@ -17,7 +17,8 @@ demo: build
 
 test: setup edge-core
 	$(CARGO) test --workspace
-	$(MAKE) test-python
+	$(MAKE) py-dev-wheel
+	$(PYTEST)
 
 # The edge runtime core builds and tests with no libtorch and none of the host crate's dependencies.
 edge-core:
@@ -44,12 +45,17 @@ wheel: py-setup
 	rm -f target/wheels/qc-*.whl
 	$(MATURIN) --release --out target/wheels
 
-test-python: py-setup
+test-python: py-dev-wheel
+	$(CARGO) build --quiet --bin qc
+	$(PYTEST)
+
+# The dev-profile wheel installed into .venv-py/. `make test` runs the pytest suite against the
+# `target/debug/qc` that its `cargo test` built; `make test-python` builds that binary first.
+PYTEST = QC_BIN=target/debug/qc $(PY) -m pytest -q tests/python
+py-dev-wheel: py-setup
 	rm -rf target/wheels/dev
 	$(MATURIN) --profile dev --out target/wheels/dev
 	$(PY) -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps target/wheels/dev/qc-*.whl
-	$(CARGO) build --quiet --bin qc
-	QC_BIN=target/debug/qc $(PY) -m pytest -q tests/python
 
 # PyTorch 2.11.0 (with numpy and safetensors), ONNX Runtime, ONNX (+ onnxscript, torch.onnx's),
 # OpenVINO and NNCF from PyPI, pinned, into the git-ignored .venv-bench/, for the side-by-side
