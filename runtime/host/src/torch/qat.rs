@@ -28,8 +28,6 @@ pub(super) struct QatPass<'a> {
     /// `Some(zeros)`: the observers stay still in this pass (evaluation), whatever their
     /// `observer_enabled` says.
     pub(super) observers_off: Option<tch::Tensor>,
-    /// Learned scales are detached in this pass (`freeze_ranges_after`): no gradient reaches them.
-    pub(super) ranges_frozen: bool,
 }
 
 impl<'a> QatPass<'a> {
@@ -47,14 +45,7 @@ impl<'a> QatPass<'a> {
             on_value,
             on_weight,
             observers_off: observers_off.then(|| tch::Tensor::zeros([1], (tch::Kind::Int64, device))),
-            ranges_frozen: false,
         }
-    }
-
-    /// This pass with the learned scales detached (the ranges frozen).
-    pub(super) fn with_ranges_frozen(mut self, frozen: bool) -> Self {
-        self.ranges_frozen = frozen;
-        self
     }
 
     /// PyTorch's `FusedMovingAvgObsFakeQuantize.forward`: observe (moving average), then
@@ -132,11 +123,7 @@ impl QatPass<'_> {
             return Ok(x.shallow_clone());
         }
         let zero_point = consts[s.zero_point].f_to_kind(tch::Kind::Float).map_err(err)?;
-        let scale = if self.ranges_frozen {
-            consts[s.scale].f_detach().map_err(err)?
-        } else {
-            consts[s.scale].shallow_clone()
-        };
+        let scale = consts[s.scale].shallow_clone();
         // A power-of-two site quantizes with `pow2_scale(scale)`, straight-through to the
         // continuous scale (`scale - scale.detach()` is exactly 0).
         let scale = if s.power_of_two {

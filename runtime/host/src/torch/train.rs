@@ -326,9 +326,7 @@ impl Trainer<'_> {
             Some(q) if ranges_frozen => q.plan.sites.iter().filter(|s| s.learnable).map(|s| s.scale).collect(),
             _ => vec![],
         };
-        let pass = self
-            .qat
-            .map(|q| QatPass::new(&q.plan, false, dev).with_ranges_frozen(ranges_frozen));
+        let pass = self.qat.map(|q| QatPass::new(&q.plan, false, dev));
         let order = epoch_order(n, config.seed, epoch);
         let bs = config.batch_size;
         let steps = n.div_ceil(bs);
